@@ -1,0 +1,151 @@
+"""Reconstruction metrics, batched: inputs (B, L, H, W), outputs (B,) float64 tensors.
+
+KAIST protocol (``kaist_psnr``, ``kaist_ssim``): what the toolbox's MATLAB script
+(MST ``simulation/test_code/Quality_Metrics/Cal_quality_assessment.m``) reports: the prediction is clipped to
+[0, 1], both cubes are converted with ``im2uint8`` (8-bit, round half up), then
+    PSNR = mean over bands of 10 log10(255^2 / MSE_band)                                      (``csnr.m``)
+    SSIM = mean over bands of Wang's ``ssim_index``: 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01,
+           K2 = 0.03, L = 255, 'valid' filtering (the map is (H-10) x (W-10)), plain mean of the map.
+The toolbox's Python training logs (``torch_psnr``: x*256 without clipping; ``torch_ssim``: zero-padded
+'same' window on unquantised data) differ from these by a few hundredths of a dB / of SSIM and are not used.
+``torchmetrics`` SSIM averages a reflect-padded full-size map, so it does not match 'valid' either; the
+SSIM here is our own separable-Gaussian implementation.
+
+Float metrics (no clipping or quantisation): ``psnr``, ``ssim`` (same window, constants scaled by
+``data_range``), ``sam`` (degrees), ``ergas``. A band with zero error has infinite PSNR, as in MATLAB.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+MATLAB_EPS = 2.220446049250313e-16  # eps('double'), used by the toolbox's SpectAngMapper.m
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape or pred.dim() != 4:
+        raise ValueError(f"expected pred and target of the same shape (B, L, H, W), got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+
+
+def quantize_8bit(x: Tensor) -> Tensor:
+    """MATLAB ``im2uint8`` of data in [0, 1]: clip, then floor(255 x + 0.5); float64 values 0..255."""
+    return torch.floor(x.double().clamp(0.0, 1.0) * 255.0 + 0.5)
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
+    """Mean over bands of the per-band PSNR 10 log10(data_range^2 / MSE) in dB, (B,)."""
+    _check_pair(pred, target)
+    mse = ((pred.double() - target.double()) ** 2).mean(dim=(2, 3))
+    return (10.0 * torch.log10(data_range ** 2 / mse)).mean(dim=1)
+
+
+def _valid_filter_matrix(n: int, window: int, sigma: float, like: Tensor) -> Tensor:
+    """(n - window + 1, n) banded matrix M with (M @ v)[i] = sum_k g[k] v[i + k]: 'valid' 1-D Gaussian filtering.
+
+    g is the normalised Gaussian whose outer product is MATLAB ``fspecial('gaussian', window, sigma)``.
+    """
+    r = torch.arange(window, dtype=like.dtype, device=like.device) - (window - 1) / 2
+    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    g = g / g.sum()
+    m = torch.zeros(n - window + 1, n, dtype=like.dtype, device=like.device)
+    for k in range(window):
+        m.diagonal(k).fill_(g[k])
+    return m
+
+
+def ssim(pred: Tensor, target: Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """Mean over bands of Gaussian-window SSIM with 'valid' filtering (Wang's ``ssim_index``), (B,).
+
+    The separable filter is applied as two banded matrix products (faster than conv2d for one channel).
+    """
+    _check_pair(pred, target)
+    b, bands, h, w = pred.shape
+    if h < window or w < window:
+        raise ValueError(f"SSIM needs images of at least {window} x {window} px, got {h} x {w}")
+    x, y = pred.double(), target.double()
+    rows, cols = _valid_filter_matrix(h, window, sigma, x), _valid_filter_matrix(w, window, sigma, x)
+
+    def blur(z: Tensor) -> Tensor:
+        return rows @ z @ cols.T
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2, blur(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+
+
+def kaist_psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """KAIST-protocol PSNR (dB): 8-bit quantised, clipped to [0, 1] first, per band, averaged, (B,)."""
+    return psnr(quantize_8bit(pred), quantize_8bit(target), data_range=255.0)
+
+
+def kaist_ssim(pred: Tensor, target: Tensor) -> Tensor:
+    """KAIST-protocol SSIM: ``ssim_index`` (L = 255) on the 8-bit quantised bands, averaged, (B,)."""
+    return ssim(quantize_8bit(pred), quantize_8bit(target), data_range=255.0)
+
+
+def sam(pred: Tensor, target: Tensor, eps: float = MATLAB_EPS) -> Tensor:
+    """Mean spectral angle in degrees, (B,), as the toolbox's ``SpectAngMapper.m``.
+
+    Per pixel: acos(clip((<x, y> + eps) / ((|x| + eps)(|y| + eps)), -1, 1)), computed in float64.
+    Zero spectra: two zero spectra give 0 deg; one zero spectrum gives acos(min(1, 1 / (|other| + eps))),
+    i.e. close to 90 deg only when the other spectrum has norm >> 1 (8-bit data), so such pixels are not
+    meaningful on [0, 1] data. The clip reproduces MATLAB's ``real(acos(.))``.
+    """
+    _check_pair(pred, target)
+    x, y = pred.double(), target.double()
+    cos = ((x * y).sum(dim=1) + eps) / ((x.norm(dim=1) + eps) * (y.norm(dim=1) + eps))
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))).mean(dim=(1, 2))
+
+
+def ergas(pred: Tensor, target: Tensor, ratio: float = 1.0) -> Tensor:
+    """ERGAS = 100 * ratio * sqrt(mean over bands of (RMSE_band / mean(target_band))^2), (B,).
+
+    ``ratio`` is the ratio of pixel sizes (high / low resolution) of the original definition; CASSI has no
+    resolution change, and the toolbox (``quality_assessment.m`` as called by MST) uses ratio = 1.
+    A band whose target mean is 0 gives inf / nan.
+    """
+    _check_pair(pred, target)
+    x, y = pred.double(), target.double()
+    rmse = ((x - y) ** 2).mean(dim=(2, 3)).sqrt()
+    return 100.0 * ratio * ((rmse / y.mean(dim=(2, 3))) ** 2).mean(dim=1).sqrt()
+
+
+class ReconstructionMetrics(Metric):
+    """Dataset means of PSNR, SSIM and SAM over all samples seen (sums synced across DDP ranks).
+
+    ``protocol="kaist"``: the three metrics on 8-bit quantised cubes (``kaist_psnr``, ``kaist_ssim``, and SAM
+    of the quantised cubes, as ``quality_assessment.m``); ``"float"``: ``psnr``, ``ssim``, ``sam`` on the raw
+    values with ``data_range``. ``compute()`` returns {"psnr", "ssim", "sam"} as 0-d float64 tensors.
+    """
+
+    full_state_update = False
+
+    def __init__(self, protocol: str = "kaist", data_range: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if protocol not in ("kaist", "float"):
+            raise ValueError(f"protocol must be 'kaist' or 'float', got {protocol!r}")
+        self.protocol, self.data_range = protocol, data_range
+        for name in ("psnr_sum", "ssim_sum", "sam_sum", "count"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        pred, target = pred.detach(), target.detach()
+        if self.protocol == "kaist":
+            pred, target, data_range = quantize_8bit(pred), quantize_8bit(target), 255.0
+        else:
+            data_range = self.data_range
+        self.psnr_sum += psnr(pred, target, data_range).sum()
+        self.ssim_sum += ssim(pred, target, data_range).sum()
+        self.sam_sum += sam(pred, target).sum()
+        self.count += pred.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.count if self.count > 0 else torch.tensor(math.nan, dtype=torch.float64)
+        return {"psnr": self.psnr_sum / n, "ssim": self.ssim_sum / n, "sam": self.sam_sum / n}

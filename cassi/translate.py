@@ -1,0 +1,85 @@
+"""Sub-pixel translation of images onto / off a larger canvas (the dispersion's building block).
+
+``place`` adds an image (optionally times a same-sized ``factor``, e.g. the coded mask) to a canvas,
+moved by a (row, col) offset in pixels; fractional offsets use bilinear weights over the four
+neighbouring integer offsets (light is conserved; what falls outside the canvas is lost). ``pick`` is
+its exact adjoint. Both are differentiable in the images, the canvas and the offsets (0-d tensors);
+without autograd they work in place, with no temporaries.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _overlap(shift: int, src: int, dst: int) -> tuple[slice, slice] | None:
+    """Source and destination slices of a 1-D integer shift from length ``src`` onto length ``dst``."""
+    lo, hi = max(0, shift), min(dst, src + shift)
+    if hi <= lo:
+        return None
+    return slice(lo - shift, hi - shift), slice(lo, hi)
+
+
+def _bilinear_terms(row: Tensor, col: Tensor, keep_zero: bool) -> list[tuple[int, int, Tensor]]:
+    """Integer offsets and weights of a fractional (row, col) offset; zero weights dropped unless kept."""
+    r0, c0 = torch.floor(row.detach()), torch.floor(col.detach())
+    fr, fc = row - r0, col - c0
+    terms = []
+    for dr, wr in ((0, 1 - fr), (1, fr)):
+        for dc, wc in ((0, 1 - fc), (1, fc)):
+            weight = wr * wc
+            if keep_zero or float(weight) != 0.0:
+                terms.append((int(r0) + dr, int(c0) + dc, weight))
+    return terms
+
+
+def _tracking(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def place(canvas: Tensor, image: Tensor, row: Tensor, col: Tensor, factor: Tensor | None = None) -> Tensor:
+    """``canvas[..., p] += (image * factor)[..., p - (row, col)]`` (bilinear), updated in place.
+
+    canvas (..., Hc, Wc); image (..., H, W); factor broadcastable to image (None: 1). Returns canvas.
+    """
+    h, w = image.shape[-2:]
+    hc, wc = canvas.shape[-2:]
+    grad = _tracking(canvas, image, row, col, factor)
+    for dr, dc, weight in _bilinear_terms(row, col, keep_zero=grad):
+        rows, cols = _overlap(dr, h, hc), _overlap(dc, w, wc)
+        if rows is None or cols is None:
+            continue
+        src = image[..., rows[0], cols[0]]
+        fac = None if factor is None else factor[..., rows[0], cols[0]]
+        dst = canvas[..., rows[1], cols[1]]
+        if grad:
+            part = src * weight.to(src.dtype)
+            dst += part if fac is None else part * fac
+        elif fac is None:
+            dst.add_(src, alpha=float(weight))
+        else:
+            dst.addcmul_(src, fac, value=float(weight))
+    return canvas
+
+
+def pick(canvas: Tensor, row: Tensor, col: Tensor, height: int, width: int,
+         factor: Tensor | None = None) -> Tensor:
+    """Adjoint of :func:`place`: ``out[..., q] = factor * canvas[..., q + (row, col)]`` (bilinear).
+
+    Returns a new (..., height, width) tensor (zeros where the offset reads outside the canvas).
+    """
+    hc, wc = canvas.shape[-2:]
+    grad = _tracking(canvas, row, col, factor)
+    out = canvas.new_zeros(*canvas.shape[:-2], height, width)
+    for dr, dc, weight in _bilinear_terms(row, col, keep_zero=grad):
+        rows, cols = _overlap(dr, height, hc), _overlap(dc, width, wc)
+        if rows is None or cols is None:
+            continue
+        src, dst = canvas[..., rows[1], cols[1]], out[..., rows[0], cols[0]]
+        if grad:
+            dst += src * weight.to(src.dtype)
+        else:
+            dst.add_(src, alpha=float(weight))
+    if factor is None:
+        return out
+    return out * factor if grad else out.mul_(factor)

@@ -1,0 +1,295 @@
+"""Training data: random crops of hyperspectral cubes plus the coded-aperture mask.
+
+The datamodule yields ground-truth cubes and masks only. Measurements are simulated on the fly by the
+LightningModule through the CASSI operator (``cassi.CassiOperator``), so mismatch and noise settings live there.
+
+Batches are dicts:
+    "cube"    (B, L, h, w) float32 in [0, 1]
+    "labels"  (B, h, w) int64 material ids (synthetic scenes only)
+    "mask"    (h, w) float32 shared by the batch, or (B, h, w) when ``mask_crop=True`` (a random crop of a larger
+              mask per sample, as CRSDUN's ``crop_mask``)
+
+Reproducibility / DDP: the training set is map-style with ``samples_per_epoch`` items; item ``i`` of epoch ``e``
+is drawn from ``numpy.random.default_rng((seed, 0, e, i))`` only, so any sampler (``DistributedSampler``
+included) gives each rank its own items and a resumed run sees the same data. The epoch reaches the items
+through ``EpochSampler.set_epoch`` (Lightning calls it every epoch, also through its distributed wrapper),
+which yields ``(epoch, i)`` pairs; plain integer indices use ``TrainCrops.set_epoch``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data.io import load_cube, load_mask
+from data.synthetic import random_mask, synthetic_scene
+
+CUBE_SUFFIXES = (".mat", ".npz", ".npy")
+
+
+class SceneSource:
+    """Full cubes (L, H, W) (and optional labels (H, W)) by scene index, in memory or read on demand."""
+
+    def __init__(self, cubes: Sequence[np.ndarray] | None = None, labels: Sequence[np.ndarray] | None = None,
+                 files: Sequence[Path] | None = None, bands: int = 28):
+        self.cubes, self.labels, self.files, self.bands = cubes, labels, files, bands
+
+    def __len__(self) -> int:
+        return len(self.cubes) if self.cubes is not None else len(self.files)
+
+    def cube(self, k: int) -> np.ndarray:
+        return self.cubes[k] if self.cubes is not None else load_cube(self.files[k], bands=self.bands)
+
+    def label(self, k: int) -> np.ndarray | None:
+        return None if self.labels is None else self.labels[k]
+
+    def name(self, k: int) -> str:
+        return str(self.files[k]) if self.files else f"synthetic scene {k}"
+
+    def check_sizes(self, crop: int) -> None:
+        """Error if an in-memory scene is smaller than ``crop`` (files read on demand are checked when read)."""
+        for k, cube in enumerate(self.cubes or []):
+            if min(cube.shape[1:]) < crop:
+                raise ValueError(f"{self.name(k)}: size {cube.shape[1:]} is smaller than the crop {crop}")
+
+
+def _dihedral(x: np.ndarray, rot: int, vflip: bool, hflip: bool) -> np.ndarray:
+    """Rotate the last two axes by ``rot`` quarter turns, then flip columns / rows (MST ``arguement_1``)."""
+    x = np.rot90(x, rot, axes=(-2, -1))
+    if vflip:
+        x = x[..., ::-1]
+    if hflip:
+        x = x[..., ::-1, :]
+    return np.ascontiguousarray(x)
+
+
+def _crop(src: SceneSource, k: int, size: int, rng: np.random.Generator | None = None):
+    """A size x size window of scene k (and its labels): random from ``rng``, or the centre when None."""
+    cube, lab = src.cube(k), src.label(k)
+    height, width = cube.shape[1:]
+    if min(height, width) < size:
+        raise ValueError(f"{src.name(k)}: size {(height, width)} is smaller than the crop {size}")
+    if rng is None:
+        top, left = (height - size) // 2, (width - size) // 2
+    else:
+        top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+    window = (slice(top, top + size), slice(left, left + size))
+    return cube[(slice(None), *window)], None if lab is None else lab[window]
+
+
+class TrainCrops(Dataset):
+    """Random training crops: item ``i`` of epoch ``e`` comes from ``default_rng((seed, 0, e, i))`` only.
+
+    With probability ``splice_prob`` an item is the toolbox's spliced mosaic (MST ``shuffle_crop``): four
+    ``crop/2`` crops from four random scenes tiled 2 x 2, not augmented further; otherwise one ``crop`` crop
+    of a random scene with a random rot90 / flip. ``mask`` given with ``mask_crop``: each item also gets a
+    random ``crop`` x ``crop`` window of that larger mask.
+    """
+
+    def __init__(self, source: SceneSource, crop: int, samples_per_epoch: int, seed: int = 0,
+                 splice_prob: float = 0.5, mask: np.ndarray | None = None, mask_crop: bool = False):
+        if crop % 2:
+            raise ValueError(f"crop size must be even (the spliced mosaic uses crop/2 quarters), got {crop}")
+        self.source, self.crop, self.n, self.seed = source, crop, samples_per_epoch, seed
+        self.splice_prob, self.mask, self.mask_crop = splice_prob, mask, mask_crop
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain integer indices (``(epoch, i)`` indices carry their own)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, i = (self.epoch, index) if isinstance(index, (int, np.integer)) else index
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} samples per epoch")
+        rng = np.random.default_rng((self.seed, 0, int(epoch), int(i)))
+        n_scenes = len(self.source)
+        if rng.random() < self.splice_prob:
+            half = self.crop // 2
+            parts = [_crop(self.source, int(rng.integers(n_scenes)), half, rng) for _ in range(4)]
+            cube = np.block([[parts[0][0], parts[1][0]], [parts[2][0], parts[3][0]]])
+            labels = None if parts[0][1] is None else np.block([[parts[0][1], parts[1][1]],
+                                                                [parts[2][1], parts[3][1]]])
+        else:
+            cube, labels = _crop(self.source, int(rng.integers(n_scenes)), self.crop, rng)
+            rot, vflip, hflip = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
+            cube = _dihedral(cube, rot, vflip, hflip)
+            labels = None if labels is None else _dihedral(labels, rot, vflip, hflip)
+        item = {"cube": torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32))}
+        if labels is not None:
+            item["labels"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        if self.mask_crop:
+            item["mask"] = torch.from_numpy(_random_mask_window(rng, self.mask, self.crop))
+        return item
+
+
+def _random_mask_window(rng: np.random.Generator, mask: np.ndarray, size: int) -> np.ndarray:
+    top = int(rng.integers(0, mask.shape[0] - size + 1))
+    left = int(rng.integers(0, mask.shape[1] - size + 1))
+    return np.ascontiguousarray(mask[top:top + size, left:left + size])
+
+
+class ValCrops(Dataset):
+    """Deterministic validation crops: ``crops_per_scene`` windows of each held-out scene, no augmentation.
+
+    One crop per scene is the centre crop; further crops (and mask windows with ``mask_crop``) come from
+    ``default_rng((seed, 1, i))``, independent of the epoch.
+    """
+
+    def __init__(self, source: SceneSource, crop: int, crops_per_scene: int = 1, seed: int = 0,
+                 mask: np.ndarray | None = None, mask_crop: bool = False):
+        self.source, self.crop, self.per_scene, self.seed = source, crop, crops_per_scene, seed
+        self.mask, self.mask_crop = mask, mask_crop
+
+    def __len__(self) -> int:
+        return len(self.source) * self.per_scene
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} validation crops")
+        k, j = divmod(int(i), self.per_scene)
+        rng = np.random.default_rng((self.seed, 1, int(i)))
+        cube, labels = _crop(self.source, k, self.crop, rng if j else None)
+        item = {"cube": torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32))}
+        if labels is not None:
+            item["labels"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        if self.mask_crop:
+            item["mask"] = torch.from_numpy(_random_mask_window(rng, self.mask, self.crop))
+        return item
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, i)`` for i in range(len(dataset)); ``set_epoch`` (called by Lightning) moves the epoch."""
+
+    def __init__(self, length: int):
+        self.length, self.epoch = length, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in range(self.length))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class CollateWithMask:
+    """Default-collate the items; add the shared (h, w) ``mask`` unless the items carry their own."""
+
+    def __init__(self, mask: torch.Tensor | None):
+        self.mask = mask
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = torch.utils.data.default_collate(items)
+        if "mask" not in batch and self.mask is not None:
+            batch["mask"] = self.mask
+        return batch
+
+
+def _list_cubes(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such data folder: {root}")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in CUBE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{root}: no cube files ({', '.join(CUBE_SUFFIXES)})")
+    return files
+
+
+class CassiDataModule(pl.LightningDataModule):
+    """Cubes + masks for CASSI training (measurements are simulated by the LightningModule).
+
+    Args:
+        root: folder of cubes (MST ``cave_1024_28`` .mat, or .npz / .npy cubes; see ``data.io.load_cube``);
+            None -> built-in synthetic scenes (with labels).
+        num_scenes / val_scenes: synthetic training / held-out scenes (of ``scene_size`` px, default 1.25 x crop).
+            For ``root``, ``val_scenes`` files are held out, chosen with ``seed``; the KAIST-10 test scenes are
+            never part of this module (eval.py).
+        crop: training / validation crop size (px, even). splice_prob: probability of a spliced mosaic item.
+        samples_per_epoch: training items per epoch (MST: 5000). val_crops_per_scene: validation crops per scene.
+        mask: mask file (``data.io.load_mask``) or None -> a random binary mask from ``seed``
+            (crop x crop, or ``mask_size`` x ``mask_size`` with ``mask_crop``). mask_key: key in the mask file.
+        mask_crop: give each item its own random crop x crop window of the (larger) mask.
+        preload: read all ``root`` cubes at setup (fast, memory-hungry like MST); False reads them per item.
+        bands: band count to require from files.
+    """
+
+    def __init__(self, root: str | None = None, num_scenes: int = 32, val_scenes: int = 4,
+                 scene_size: int | None = None, crop: int = 256, splice_prob: float = 0.5,
+                 samples_per_epoch: int = 5000, val_crops_per_scene: int = 1, batch_size: int = 5,
+                 num_workers: int = 0, mask: str | None = None, mask_key: str = "mask", mask_crop: bool = False,
+                 mask_size: int | None = None, preload: bool = True, bands: int = 28, n_classes: int = 6,
+                 seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: TrainCrops | None = None
+        self.val_set: ValCrops | None = None
+        self.mask: np.ndarray | None = None
+        self.train_files: list[Path] = []
+        self.val_files: list[Path] = []
+
+    def _load_mask(self) -> np.ndarray:
+        hp = self.hparams
+        if hp.mask is not None:
+            mask = load_mask(hp.mask, hp.mask_key)
+        else:
+            side = (hp.mask_size or 2 * hp.crop) if hp.mask_crop else hp.crop
+            mask = random_mask(side, side, seed=(hp.seed, 7))
+        too_small = mask.shape[0] < hp.crop or mask.shape[1] < hp.crop
+        if (hp.mask_crop and too_small) or (not hp.mask_crop and mask.shape != (hp.crop, hp.crop)):
+            need = f"at least {hp.crop} x {hp.crop} (mask_crop=True)" if hp.mask_crop else \
+                f"exactly {hp.crop} x {hp.crop} (or set mask_crop=True to crop a larger mask)"
+            raise ValueError(f"mask {hp.mask or '(random)'} has shape {mask.shape}; crop={hp.crop} needs {need}")
+        return mask
+
+    def _sources(self) -> tuple[SceneSource, SceneSource]:
+        hp = self.hparams
+        if hp.root is None:
+            size = hp.scene_size or hp.crop + hp.crop // 4
+            scenes = [synthetic_scene(size, size, hp.bands, (hp.seed, k), hp.n_classes)
+                      for k in range(hp.num_scenes + hp.val_scenes)]
+            cubes, labels = [c for c, _ in scenes], [lab for _, lab in scenes]
+            n = hp.num_scenes
+            return (SceneSource(cubes[:n], labels[:n], bands=hp.bands),
+                    SceneSource(cubes[n:], labels[n:], bands=hp.bands))
+        files = _list_cubes(Path(hp.root))
+        if not 0 < hp.val_scenes < len(files):
+            raise ValueError(f"{hp.root}: cannot hold out {hp.val_scenes} of {len(files)} scenes for validation")
+        held = set(np.random.default_rng((hp.seed, 3)).choice(len(files), hp.val_scenes, replace=False).tolist())
+        self.train_files = [f for k, f in enumerate(files) if k not in held]
+        self.val_files = [f for k, f in enumerate(files) if k in held]
+        return tuple(SceneSource([load_cube(f, bands=hp.bands) for f in fs] if hp.preload else None, files=fs,
+                                 bands=hp.bands) for fs in (self.train_files, self.val_files))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        self.mask = self._load_mask()
+        train, val = self._sources()
+        train.check_sizes(hp.crop)
+        val.check_sizes(hp.crop)
+        self.train_set = TrainCrops(train, hp.crop, hp.samples_per_epoch, hp.seed, hp.splice_prob,
+                                    self.mask, hp.mask_crop)
+        self.val_set = ValCrops(val, hp.crop, hp.val_crops_per_scene, hp.seed, self.mask, hp.mask_crop)
+
+    def _collate(self) -> CollateWithMask:
+        return CollateWithMask(None if self.hparams.mask_crop else torch.from_numpy(self.mask))
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=EpochSampler(len(self.train_set)),
+                          num_workers=hp.num_workers, collate_fn=self._collate(), drop_last=True,
+                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.val_set, batch_size=hp.batch_size, shuffle=False, num_workers=hp.num_workers,
+                          collate_fn=self._collate(), persistent_workers=hp.num_workers > 0)

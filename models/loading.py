@@ -1,0 +1,68 @@
+"""Loading weights: official fixture state dicts and toolbox ``.pth`` checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from models.registry import create_model, get_entry
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                            source: str = "state dict") -> nn.Module:
+    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    misshaped = sorted(k for k in set(own) & set(state_dict)
+                       if tuple(own[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or misshaped:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+        lines = [f"{source} does not match {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys: {show(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys: {show(unexpected)}")
+        if misshaped:
+            lines.append("  shape mismatches: " + show(
+                [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped]))
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(dict(state_dict), strict=True)
+    return model
+
+
+def from_official(name: str, state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> nn.Module:
+    """The project's ``name`` model built like the official fixture, with official weights loaded strictly.
+
+    ``state_dict`` uses the official code's key names; the registered key mapping (if any) renames them.
+    """
+    entry = get_entry(name)
+    model = create_model(name, **{**entry.official_args, **overrides})
+    mapped = entry.map_official_keys(dict(state_dict)) if entry.map_official_keys else dict(state_dict)
+    return load_state_dict_checked(model, mapped, source=f"official '{name}' weights").eval()
+
+
+def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """A plain state dict from a toolbox ``.pth``: unwraps ``state_dict``/``model`` and strips ``module.``."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of tensor names to tensors)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn.Module:
+    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or pickled-module files
+        raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
+    return from_official(name, unwrap_checkpoint(raw, path), **overrides)

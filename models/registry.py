@@ -1,0 +1,64 @@
+"""Model registry (timm style): ``create_model(name, **kwargs)``, ``from_official(name, state_dict)``.
+
+Every registered network follows one small protocol so training, evaluation and calibration can use
+any of them without special cases:
+
+* ``model.prepare_inputs(y, op) -> dict``: the forward keyword arguments built from a measurement
+  ``y`` (B, H, W + step*(L-1)) and a :class:`cassi.CassiOperator` (the paper's input and mask
+  settings, made by the operator, never re-implemented here);
+* ``model(**inputs)``: the published forward, argument names as in the official code;
+* ``model.reconstruction(output) -> Tensor``: the final cube (B, L, H, W) from the forward's output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its builder and how to load the official code's weights."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    official_args: Mapping[str, Any] = field(default_factory=dict)
+    map_official_keys: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, official_args: Mapping[str, Any] | None = None,
+                   map_official_keys: Callable[[dict], dict] | None = None) -> Callable:
+    """Decorator registering a builder (class or function) under ``name``.
+
+    ``official_args`` are the constructor arguments of the official fixture build;
+    ``map_official_keys`` renames an official state dict to this project's names (identity if None).
+    """
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, dict(official_args or {}), map_official_keys)
+        return builder
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; a clear error lists the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with constructor keyword arguments ``kwargs``."""
+    return get_entry(name).builder(**kwargs)

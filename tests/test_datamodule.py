@@ -1,0 +1,197 @@
+"""CassiDataModule: shapes, per-index determinism, augmentation, mosaic, validation split, DDP sharding."""
+import numpy as np
+import pytest
+import torch
+from lightning_fabric.utilities.data import _set_sampler_epoch
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data.datamodule import CassiDataModule
+
+CROP = 16
+
+
+def _module(**kw):
+    args = dict(num_scenes=3, val_scenes=2, scene_size=24, crop=CROP, samples_per_epoch=12, batch_size=4, seed=0)
+    args.update(kw)
+    dm = CassiDataModule(**args)
+    dm.setup("fit")
+    return dm
+
+
+def _windows(arr, size):
+    """All size x size windows of arr (..., H, W) with their (top, left)."""
+    h, w = arr.shape[-2:]
+    for top in range(h - size + 1):
+        for left in range(w - size + 1):
+            yield arr[..., top:top + size, left:left + size]
+
+
+def _dihedral_images(x):
+    """The 8 rot90 / flip variants of x (..., h, w)."""
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(-2, -1))
+        yield r
+        yield torch.flip(r, dims=(-1,))
+
+
+def _found_in(piece, cubes, size, transforms=False):
+    for cube in cubes:
+        for win in _windows(torch.from_numpy(cube), size):
+            for cand in (_dihedral_images(win) if transforms else [win]):
+                if torch.equal(cand, piece):
+                    return True
+    return False
+
+
+def test_batch_shapes_and_types():
+    dm = _module()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["cube"].shape == (4, 28, CROP, CROP) and batch["cube"].dtype == torch.float32
+    assert batch["labels"].shape == (4, CROP, CROP) and batch["labels"].dtype == torch.int64
+    assert batch["mask"].shape == (CROP, CROP) and set(batch["mask"].unique().tolist()) == {0.0, 1.0}
+    assert 0 <= batch["cube"].min() and batch["cube"].max() <= 1
+    assert len(dm.train_dataloader()) == 3
+    val = next(iter(dm.val_dataloader()))
+    assert val["cube"].shape == (2, 28, CROP, CROP) and val["mask"].shape == (CROP, CROP)
+
+
+def test_items_are_a_function_of_seed_epoch_and_index():
+    a, b = _module().train_set, _module().train_set
+    for i in range(4):
+        assert torch.equal(a[(0, i)]["cube"], b[(0, i)]["cube"])
+    assert not torch.equal(a[(0, 1)]["cube"], a[(0, 2)]["cube"])
+    assert not torch.equal(a[(0, 1)]["cube"], a[(1, 1)]["cube"])
+    a.set_epoch(1)
+    assert torch.equal(a[1]["cube"], b[(1, 1)]["cube"])
+    other_seed = _module(seed=1).train_set
+    assert not torch.equal(other_seed[(0, 1)]["cube"], b[(0, 1)]["cube"])
+    with pytest.raises(IndexError):
+        a[12]
+
+
+def test_plain_items_are_augmented_crops_with_matching_labels():
+    dm = _module(splice_prob=0.0)
+    scenes = dm.train_set.source.cubes
+    transformed = 0
+    for i in range(6):
+        item = dm.train_set[(0, i)]
+        assert _found_in(item["cube"], scenes, CROP, transforms=True)
+        transformed += not _found_in(item["cube"], scenes, CROP, transforms=False)
+        # labels follow the same crop and transform: each label region has one spectral shape
+        lab, cube = item["labels"], item["cube"]
+        for c in lab.unique():
+            spectra = cube[:, lab == c]
+            spectra = spectra / spectra.norm(dim=0, keepdim=True)
+            assert (spectra.T @ spectra.mean(1)).min() > 0.9
+    assert transformed >= 2  # rot90 / flips are in use
+
+
+def test_spliced_mosaic_tiles_four_untransformed_half_crops():
+    dm = _module(splice_prob=1.0)
+    scenes, label_maps = dm.train_set.source.cubes, dm.train_set.source.labels
+    half = CROP // 2
+    for i in range(3):
+        item = dm.train_set[(0, i)]
+        quads = [(slice(0, half), slice(0, half)), (slice(0, half), slice(half, CROP)),
+                 (slice(half, CROP), slice(0, half)), (slice(half, CROP), slice(half, CROP))]
+        for rows, cols in quads:
+            assert _found_in(item["cube"][:, rows, cols], scenes, half)
+            assert _found_in(item["labels"][rows, cols][None], [lab[None] for lab in label_maps], half)
+    # without splicing, the four quarters of an item come from one crop
+    assert not _found_in(dm.train_set[(0, 0)]["cube"], scenes, CROP, transforms=True)
+
+
+def test_validation_scenes_are_held_out_and_deterministic():
+    dm = _module()
+    train_scenes = dm.train_set.source.cubes
+    assert len(dm.val_set) == 2
+    for i in range(len(dm.val_set)):
+        crop = dm.val_set[i]["cube"]
+        assert not _found_in(crop, train_scenes, CROP, transforms=True)
+        assert torch.equal(crop, _module().val_set[i]["cube"])
+        center = (24 - CROP) // 2
+        np.testing.assert_array_equal(crop.numpy(), dm.val_set.source.cubes[i][:, center:center + CROP,
+                                                                            center:center + CROP])
+    more = _module(val_crops_per_scene=3).val_set
+    assert len(more) == 6 and not torch.equal(more[0]["cube"], more[1]["cube"])
+
+
+def test_folder_source_split_is_disjoint(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        np.savez(tmp_path / f"scene{k:03d}.npz", cube=rng.random((28, 20, 22)).astype(np.float32))
+    (tmp_path / "notes.txt").write_text("not a cube")
+    dm = _module(root=str(tmp_path), val_scenes=2, preload=False)
+    assert len(dm.train_files) == 4 and len(dm.val_files) == 2
+    assert not set(dm.train_files) & set(dm.val_files)
+    assert {p.name for p in dm.train_files + dm.val_files} == {f"scene{k:03d}.npz" for k in range(6)}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["cube"].shape == (4, 28, CROP, CROP) and "labels" not in batch
+    val_cubes = [np.load(p)["cube"] for p in dm.val_files]
+    assert _found_in(dm.val_set[0]["cube"], val_cubes, CROP)
+    with pytest.raises(ValueError, match="cannot hold out 6 of 6"):
+        _module(root=str(tmp_path), val_scenes=6)
+    with pytest.raises(FileNotFoundError, match="no such data folder"):
+        _module(root=str(tmp_path / "absent"))
+
+
+def test_two_ranks_see_different_samples():
+    train = _module(samples_per_epoch=8).train_set
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(train, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        loader = DataLoader(train, batch_size=4, sampler=sampler)
+        seen.append(torch.cat([b["cube"] for b in loader]))
+    assert seen[0].shape == seen[1].shape == (4, 28, CROP, CROP)
+    for x in seen[0]:
+        assert not any(torch.equal(x, y) for y in seen[1])
+
+
+def test_epoch_reaches_items_through_lightnings_distributed_wrapper():
+    dm = _module(samples_per_epoch=8)
+    loader = dm.train_dataloader()
+    wrapped = DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=1, shuffle=False)
+    _set_sampler_epoch(DataLoader(dm.train_set, sampler=wrapped), 3)
+    indices = list(wrapped)
+    assert len(indices) == 4 and all(epoch == 3 for epoch, _ in indices)
+    _set_sampler_epoch(loader, 2)
+    first = next(iter(loader))["cube"]
+    assert torch.equal(first[0], dm.train_set[(2, 0)]["cube"])
+
+
+def test_mask_file_and_per_sample_mask_crops(tmp_path):
+    big = np.random.default_rng(1).random((40, 36)).astype(np.float32)
+    np.save(tmp_path / "mask.npy", big)
+    dm = _module(mask=str(tmp_path / "mask.npy"), mask_crop=True)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mask"].shape == (4, CROP, CROP)
+    assert not torch.equal(batch["mask"][0], batch["mask"][1])
+    for m in batch["mask"]:
+        assert _found_in(m[None], [big[None]], CROP)
+    val = next(iter(dm.val_dataloader()))
+    assert val["mask"].shape == (2, CROP, CROP)
+    assert torch.equal(val["mask"], next(iter(dm.val_dataloader()))["mask"])
+
+    exact = big[:CROP, :CROP].copy()
+    np.save(tmp_path / "exact.npy", exact)
+    dm = _module(mask=str(tmp_path / "exact.npy"))
+    assert torch.equal(next(iter(dm.train_dataloader()))["mask"], torch.from_numpy(exact))
+    with pytest.raises(ValueError, match=r"mask.npy has shape \(40, 36\); crop=16 needs exactly 16 x 16"):
+        _module(mask=str(tmp_path / "mask.npy"))
+    with pytest.raises(ValueError, match="at least 64 x 64"):
+        _module(mask=str(tmp_path / "mask.npy"), mask_crop=True, crop=64, scene_size=64)
+
+
+def test_random_mask_is_seeded_and_sized():
+    dm = _module(mask_crop=True, mask_size=40)
+    assert dm.mask.shape == (40, 40)
+    np.testing.assert_array_equal(dm.mask, _module(mask_crop=True, mask_size=40).mask)
+    assert not np.array_equal(_module().mask, _module(seed=5).mask)
+
+
+def test_crop_larger_than_scene_is_an_error():
+    with pytest.raises(ValueError, match="synthetic scene 0: size .* smaller than the crop 32"):
+        _module(crop=32, scene_size=24)
+    with pytest.raises(ValueError, match="even"):
+        _module(crop=15)
