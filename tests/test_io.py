@@ -1,17 +1,13 @@
 """File readers / writers: layouts, scaling, and the error messages for bad input."""
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
 
+from conftest import shared_path
 from data.io import (FVGNET_CLASSES, FVGNET_PALETTE, load_cube, load_label_png, load_mask, load_mat,
                      load_measurement, save_npz_atomic)
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
 
 
 def _cube_hwl(h=6, w=5, bands=28, seed=0):
@@ -222,22 +218,23 @@ def test_save_npz_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
 
 # ----------------------------------------------------------------------------- the shared real data
 
-@needs_shared
 def test_shared_masks_and_measurements():
-    kaist = load_mask(SHARED / "kaist" / "mask.mat")
+    kaist = load_mask(shared_path("data", "kaist", "mask.mat"))
     assert kaist.shape == (256, 256) and kaist.dtype == np.float32 and 0.006 < kaist.min() and kaist.max() == 1
-    assert load_mask(SHARED / "real" / "mask.mat").shape == (660, 660)
-    meas = load_measurement(SHARED / "real" / "scene1.mat")
+    assert load_mask(shared_path("data", "real", "mask.mat")).shape == (660, 660)
+    pnp = load_mask(shared_path("data", "masks_extra", "pnp_cassi_mask256.mat"))  # stored as float64
+    assert pnp.dtype == np.float32 and set(np.unique(pnp)) == {0.0, 1.0}
+    meas = load_measurement(shared_path("data", "real", "scene1.mat"))
     assert meas.shape == (660, 714) and 0 <= meas.min() and meas.max() <= 1
-    snaps = sorted((SHARED / "kaist_meas").glob("*.npz"))
+    snaps = sorted(shared_path("data", "kaist_meas").glob("*.npz"))
     assert len(snaps) == 10
     for snap in snaps[:2]:
         assert load_measurement(snap).shape == (256, 310)
         np.testing.assert_array_equal(load_mask(snap), kaist)
 
 
-@needs_shared
 def test_shared_pseudo_cubes():
-    cube = load_cube(SHARED / "pseudo_kaist" / "scene01.npz")
+    cube = load_cube(shared_path("data", "pseudo_kaist", "scene01.npz"))
     assert cube.shape == (28, 256, 256) and cube.dtype == np.float32
     assert 0 <= cube.min() and cube.max() <= 1
+    assert load_cube(shared_path("data", "pseudo_real", "scene1.npz")).shape == (28, 512, 512)
