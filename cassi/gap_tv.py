@@ -12,44 +12,68 @@ Gershgorin bound that keeps the step stable for sub-pixel operators). Every step
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as recompute
 
 from cassi.operator import CassiOperator, check_finite
 
+TV_SLICES_PER_CHUNK = 4  # 4 slices of 256 x 256 float32 x 6 buffers ~ 6 MB: fits a typical L3 cache
 
-def _neg_divergence(px: Tensor, py: Tensor) -> Tensor:
-    """Minus the divergence of the dual field (px, py), Neumann edges, as scikit-image computes it."""
-    d = -(px + py)
-    d[..., 1:, :] += px[..., :-1, :]
-    d[..., :, 1:] += py[..., :, :-1]
-    return d
+
+def _tv_differentiable(image: Tensor, weight: float, iterations: int) -> Tensor:
+    """Chambolle's iteration out of place, so autograd can run through it."""
+    tau = 0.25
+    px = py = torch.zeros_like(image)
+    out = image
+    for i in range(iterations):
+        if i > 0:
+            # out = image - div(p), with scikit-image's backward differences and Neumann edges
+            out = (image - px - py + F.pad(px[..., :-1, :], (0, 0, 1, 0))
+                   + F.pad(py[..., :, :-1], (1, 0)))
+        if i == iterations - 1:
+            break
+        gx = F.pad(out[..., 1:, :] - out[..., :-1, :], (0, 0, 0, 1))
+        gy = F.pad(out[..., :, 1:] - out[..., :, :-1], (0, 1))
+        norm = torch.sqrt(gx * gx + gy * gy) * (tau / weight) + 1.0
+        px, py = (px - tau * gx) / norm, (py - tau * gy) / norm
+    return out
+
+
+def _tv_in_place(image: Tensor, weight: float, iterations: int) -> Tensor:
+    """The same iteration in place on reused buffers (no autograd): about 3x less memory traffic."""
+    tau = 0.25
+    px, py, gx, gy = (torch.zeros_like(image) for _ in range(4))
+    out = image
+    for i in range(iterations):
+        if i > 0:
+            out = image - px - py
+            out[..., 1:, :] += px[..., :-1, :]
+            out[..., :, 1:] += py[..., :, :-1]
+        if i == iterations - 1:
+            break
+        torch.sub(out[..., 1:, :], out[..., :-1, :], out=gx[..., :-1, :])
+        torch.sub(out[..., :, 1:], out[..., :, :-1], out=gy[..., :, :-1])
+        norm = torch.addcmul(gx * gx, gy, gy).sqrt_().mul_(tau / weight).add_(1.0)
+        px.sub_(gx, alpha=tau).div_(norm)
+        py.sub_(gy, alpha=tau).div_(norm)
+    return out
 
 
 def tv_denoise(image: Tensor, weight: float, iterations: int = 5) -> Tensor:
     """Isotropic 2-D TV denoising of every (H, W) slice of ``image`` (..., H, W), Chambolle (2004).
 
     Same iteration as ``skimage.restoration.denoise_tv_chambolle(..., channel_axis=...)`` with
-    ``max_num_iter=iterations`` and no early stop; differentiable.
+    ``max_num_iter=iterations`` and no early stop. Differentiable when autograd records; otherwise it
+    runs in place on groups of :data:`TV_SLICES_PER_CHUNK` slices that stay in the CPU cache.
     """
     if weight <= 0:
         raise ValueError(f"TV weight must be positive, got {weight}")
-    tau = 0.25
-    px = torch.zeros_like(image)
-    py = torch.zeros_like(image)
-    out = image
-    for i in range(iterations):
-        out = image if i == 0 else image + _neg_divergence(px, py)
-        if i == iterations - 1:
-            break
-        gx = torch.zeros_like(image)
-        gy = torch.zeros_like(image)
-        gx[..., :-1, :] = out[..., 1:, :] - out[..., :-1, :]
-        gy[..., :, :-1] = out[..., :, 1:] - out[..., :, :-1]
-        norm = 1.0 + (tau / weight) * torch.sqrt(gx * gx + gy * gy)
-        px = (px - tau * gx) / norm
-        py = (py - tau * gy) / norm
-    return out
+    if torch.is_grad_enabled() and image.requires_grad:
+        return _tv_differentiable(image, weight, iterations)
+    flat = image.reshape(-1, *image.shape[-2:])
+    return torch.cat([_tv_in_place(chunk, weight, iterations)
+                      for chunk in flat.split(TV_SLICES_PER_CHUNK)]).reshape(image.shape)
 
 
 def gap_tv(y: Tensor, op: CassiOperator, iterations: int = 50, tv_weight: float = 0.1,

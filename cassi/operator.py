@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cassi.mismatch import Mismatch, dispersion_offsets
 from cassi.shifts import shift_back
-from cassi.translate import pick, place
+from cassi.translate import Term, bilinear_terms, pick, place
 from cassi.warp import warp_mask
 
 InputKind = Literal["H", "HM", "Y"]
@@ -65,6 +65,8 @@ class CassiOperator(nn.Module):
         self.mismatch = mismatch if mismatch is not None else Mismatch(a1=float(step))
         if not self.mismatch.requires_grad():
             self.mismatch.check_finite()
+        self._terms: list[list[Term]] | None = None
+        self._warped: Tensor | None = None
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -86,9 +88,14 @@ class CassiOperator(nn.Module):
         return (not m.requires_grad() and m.to_dict() == Mismatch(a1=float(self.step)).to_dict())
 
     def warped_mask(self) -> Tensor:
-        """The coded mask after the (dx, dy, theta) warp, (B or 1, H, W)."""
+        """The coded mask after the (dx, dy, theta) warp, (B or 1, H, W); cached like :meth:`band_terms`."""
+        if self._warped is not None and self._warped.device == self.mask.device:
+            return self._warped
         m = self.mismatch
-        return warp_mask(self.mask, m.dx, m.dy, m.theta)
+        warped = warp_mask(self.mask, m.dx, m.dy, m.theta)
+        if not self.mismatch.requires_grad():
+            self._warped = warped
+        return warped
 
     def offsets(self) -> tuple[Tensor, Tensor]:
         """(row, col) detector offsets of the L bands in pixels, float64 (L,) each."""
@@ -98,6 +105,20 @@ class CassiOperator(nn.Module):
         if self.dispersion == "integer":
             rows, cols = _round_ste(rows), _round_ste(cols)
         return rows, cols
+
+    def band_terms(self) -> list[list[Term]]:
+        """Per band, the integer offsets and bilinear weights of its dispersion offset.
+
+        Cached when the mismatch needs no gradient (the operator's parameters are fixed at
+        construction); recomputed on every call otherwise, so each graph gets its own.
+        """
+        if self._terms is not None:
+            return self._terms
+        rows, cols = self.offsets()
+        terms = [bilinear_terms(rows[c], cols[c]) for c in range(self.bands)]
+        if not self.mismatch.requires_grad():
+            self._terms = terms
+        return terms
 
     # --------------------------------------------------------------- operator
     def _check_cube(self, x: Tensor) -> None:
@@ -121,9 +142,8 @@ class CassiOperator(nn.Module):
         self._check_cube(x)
         mask = self.warped_mask().to(x.dtype)
         y = x.new_zeros(x.shape[0], self.height, self.measurement_width)
-        rows, cols = self.offsets()
-        for c in range(self.bands):
-            place(y, x[:, c], rows[c], cols[c], factor=mask)
+        for c, terms in enumerate(self.band_terms()):
+            place(y, x[:, c], terms, factor=mask)
         return y
 
     def back_project(self, y: Tensor) -> Tensor:
@@ -131,17 +151,14 @@ class CassiOperator(nn.Module):
         self._check_measurement(y)
         if self.is_nominal:
             return shift_back(y, self.bands, self.step, self.width)
-        rows, cols = self.offsets()
-        return torch.stack([pick(y, rows[c], cols[c], self.height, self.width)
-                            for c in range(self.bands)], dim=1)
+        return torch.stack([pick(y, terms, self.height, self.width) for terms in self.band_terms()], dim=1)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """``A^T y`` (B, L, H, W) of a measurement (B, H, W + step*(L-1))."""
         self._check_measurement(y)
         mask = self.warped_mask().to(y.dtype)
-        rows, cols = self.offsets()
-        return torch.stack([pick(y, rows[c], cols[c], self.height, self.width, factor=mask)
-                            for c in range(self.bands)], dim=1)
+        return torch.stack([pick(y, terms, self.height, self.width, factor=mask)
+                            for terms in self.band_terms()], dim=1)
 
     # -------------------------------------------------------- network inputs
     @property
@@ -154,12 +171,9 @@ class CassiOperator(nn.Module):
         """Per-band mask on the detector, (B or 1, L, H, Wm): the toolbox's shifted 3-D mask ``Phi``."""
         mask = self.warped_mask()
         canvas = mask.new_zeros(mask.shape[0], self.bands, self.height, self.measurement_width)
-        if self.is_nominal:
-            for c in range(self.bands):
-                canvas[:, c, :, self.step * c:self.step * c + self.width] = mask
-            return canvas
-        rows, cols = self.offsets()
-        return torch.stack([place(canvas[:, c], mask, rows[c], cols[c]) for c in range(self.bands)], 1)
+        for c, terms in enumerate(self.band_terms()):
+            place(canvas[:, c], mask, terms)
+        return canvas
 
     @property
     def phi_sum_sq(self) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from cassi.mismatch import Mismatch, dispersion_offsets
 from cassi.operator import CassiOperator, check_finite
-from cassi.translate import place
+from cassi.translate import bilinear_terms, place
 from cassi.warp import warp_mask
 
 
@@ -70,6 +70,6 @@ def simulate_measurement(cube: Tensor, mask: Tensor, mismatch: Mismatch | None =
                            device=cube.device)
     for k in range(fine_spectra.shape[1]):
         band = fine_spectra[:, k].repeat_interleave(n, 1).repeat_interleave(n, 2)
-        place(detector, band * fine_mask, rows[k], cols[k])
+        place(detector, band, bilinear_terms(rows[k], cols[k]), factor=fine_mask)
     coarse = F.avg_pool2d(detector.unsqueeze(1), n).squeeze(1)
     return (coarse * (bands / fine_spectra.shape[1])).to(cube.dtype)

@@ -8,6 +8,8 @@ without autograd they work in place, with no temporaries.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,16 +22,29 @@ def _overlap(shift: int, src: int, dst: int) -> tuple[slice, slice] | None:
     return slice(lo - shift, hi - shift), slice(lo, hi)
 
 
-def _bilinear_terms(row: Tensor, col: Tensor, keep_zero: bool) -> list[tuple[int, int, Tensor]]:
-    """Integer offsets and weights of a fractional (row, col) offset; zero weights dropped unless kept."""
-    r0, c0 = torch.floor(row.detach()), torch.floor(col.detach())
-    fr, fc = row - r0, col - c0
+Term = tuple[int, int, "float | Tensor"]
+
+
+def bilinear_terms(row: Tensor, col: Tensor) -> list[Term]:
+    """The integer offsets ``(dr, dc)`` and bilinear weights of a fractional (row, col) offset.
+
+    When the offsets need no gradient the weights are Python floats and zero weights are dropped;
+    otherwise all four terms are kept with tensor weights that carry the gradient.
+    """
+    if _tracking(row, col):
+        r0, c0 = torch.floor(row.detach()), torch.floor(col.detach())
+        fr, fc = row - r0, col - c0
+        r0, c0 = int(r0), int(c0)
+    else:
+        r, c = float(row), float(col)
+        r0, c0 = math.floor(r), math.floor(c)
+        fr, fc = r - r0, c - c0
     terms = []
     for dr, wr in ((0, 1 - fr), (1, fr)):
         for dc, wc in ((0, 1 - fc), (1, fc)):
             weight = wr * wc
-            if keep_zero or float(weight) != 0.0:
-                terms.append((int(r0) + dr, int(c0) + dc, weight))
+            if isinstance(weight, Tensor) or weight != 0.0:
+                terms.append((r0 + dr, c0 + dc, weight))
     return terms
 
 
@@ -37,15 +52,15 @@ def _tracking(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def place(canvas: Tensor, image: Tensor, row: Tensor, col: Tensor, factor: Tensor | None = None) -> Tensor:
-    """``canvas[..., p] += (image * factor)[..., p - (row, col)]`` (bilinear), updated in place.
+def place(canvas: Tensor, image: Tensor, terms: list[Term], factor: Tensor | None = None) -> Tensor:
+    """``canvas[..., p] += (image * factor)[..., p - offset]`` (bilinear ``terms`` of the offset), in place.
 
     canvas (..., Hc, Wc); image (..., H, W); factor broadcastable to image (None: 1). Returns canvas.
     """
     h, w = image.shape[-2:]
     hc, wc = canvas.shape[-2:]
-    grad = _tracking(canvas, image, row, col, factor)
-    for dr, dc, weight in _bilinear_terms(row, col, keep_zero=grad):
+    grad = _tracking(canvas, image, factor) or any(isinstance(t[2], Tensor) for t in terms)
+    for dr, dc, weight in terms:
         rows, cols = _overlap(dr, h, hc), _overlap(dc, w, wc)
         if rows is None or cols is None:
             continue
@@ -53,7 +68,7 @@ def place(canvas: Tensor, image: Tensor, row: Tensor, col: Tensor, factor: Tenso
         fac = None if factor is None else factor[..., rows[0], cols[0]]
         dst = canvas[..., rows[1], cols[1]]
         if grad:
-            part = src * weight.to(src.dtype)
+            part = src * weight
             dst += part if fac is None else part * fac
         elif fac is None:
             dst.add_(src, alpha=float(weight))
@@ -62,22 +77,22 @@ def place(canvas: Tensor, image: Tensor, row: Tensor, col: Tensor, factor: Tenso
     return canvas
 
 
-def pick(canvas: Tensor, row: Tensor, col: Tensor, height: int, width: int,
+def pick(canvas: Tensor, terms: list[Term], height: int, width: int,
          factor: Tensor | None = None) -> Tensor:
-    """Adjoint of :func:`place`: ``out[..., q] = factor * canvas[..., q + (row, col)]`` (bilinear).
+    """Adjoint of :func:`place`: ``out[..., q] = factor * canvas[..., q + offset]`` (bilinear ``terms``).
 
     Returns a new (..., height, width) tensor (zeros where the offset reads outside the canvas).
     """
     hc, wc = canvas.shape[-2:]
-    grad = _tracking(canvas, row, col, factor)
+    grad = _tracking(canvas, factor) or any(isinstance(t[2], Tensor) for t in terms)
     out = canvas.new_zeros(*canvas.shape[:-2], height, width)
-    for dr, dc, weight in _bilinear_terms(row, col, keep_zero=grad):
+    for dr, dc, weight in terms:
         rows, cols = _overlap(dr, height, hc), _overlap(dc, width, wc)
         if rows is None or cols is None:
             continue
         src, dst = canvas[..., rows[1], cols[1]], out[..., rows[0], cols[0]]
         if grad:
-            dst += src * weight.to(src.dtype)
+            dst += src * weight
         else:
             dst.add_(src, alpha=float(weight))
     if factor is None:

@@ -8,6 +8,7 @@ Batches are dicts:
     "labels"  (B, h, w) int64 material ids (synthetic scenes only)
     "mask"    (h, w) float32 shared by the batch, or (B, h, w) when ``mask_crop=True`` (a random crop of a larger
               mask per sample, as CRSDUN's ``crop_mask``)
+    "scene"   (B,) int64 index of the held-out scene a validation crop comes from (validation batches only)
 
 Reproducibility / DDP: the training set is map-style with ``samples_per_epoch`` items; item ``i`` of epoch ``e``
 is drawn from ``numpy.random.default_rng((seed, 0, e, i))`` only, so any sampler (``DistributedSampler``
@@ -157,7 +158,8 @@ class ValCrops(Dataset):
         k, j = divmod(int(i), self.per_scene)
         rng = np.random.default_rng((self.seed, 1, int(i)))
         cube, labels = _crop(self.source, k, self.crop, rng if j else None)
-        item = {"cube": torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32))}
+        item = {"cube": torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32)),
+                "scene": torch.tensor(k, dtype=torch.int64)}
         if labels is not None:
             item["labels"] = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
         if self.mask_crop:

@@ -1,6 +1,7 @@
 """Reconstruction networks: a registry of published architectures, one file each."""
 from models.registry import create_model, list_models, register_model
 from models.loading import from_official, load_toolbox_checkpoint
+from models.release import load_release
 
 __all__ = ["create_model", "list_models", "register_model", "from_official", "load_toolbox_checkpoint"]
 import models.crsdun  # noqa: F401

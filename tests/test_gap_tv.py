@@ -62,3 +62,13 @@ def test_gap_tv_rejects_bad_measurements():
         gap_tv(torch.full((1, 8, 62), float("nan")), op)
     with pytest.raises(ValueError, match="at least one iteration"):
         gap_tv(torch.rand(1, 8, 62), op, iterations=0)
+
+
+def test_tv_denoise_differentiable_path_equals_in_place_path():
+    image = torch.rand(2, 5, 20, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        fast = tv_denoise(image, 0.07, 6)
+    tracked = image.clone().requires_grad_(True)
+    slow = tv_denoise(tracked, 0.07, 6)
+    assert slow.requires_grad
+    assert torch.allclose(fast, slow.detach(), atol=1e-12)

@@ -1,0 +1,96 @@
+"""Where scenario III's operator comes from: ``calib.calibrate`` per measurement, or a saved estimate.
+
+* ``--operator FILE.npz``: an operator file (``cassi.operator_file``) written by ``calibrate.py``; its mask
+  must be the evaluation mask (same shape and values) -- its mismatch is used.
+* ``--calibration FILE.json``: ``calibrate.py``'s calibration.json; the five parameters are read from its
+  ``estimate`` object (or from the top level).
+* neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` estimates the mismatch of every scene's
+  measurement on its own (slow: a search per scene).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cassi import Mismatch, PARAMETER_UNITS
+from cassi.operator_file import load_operator
+from evaluation.scenarios import FixedEstimate
+from models.release import mask_sha256
+
+
+def from_operator_file(path: str | Path, mask: Tensor) -> FixedEstimate:
+    """The mismatch of an operator file whose mask equals ``mask``."""
+    op = load_operator(path)
+    if tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
+        raise ValueError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the "
+                         f"evaluation mask (shape {tuple(mask.shape)}); calibrate with the same mask")
+    return FixedEstimate(op.mismatch, {"source": "operator file", "path": str(path)})
+
+
+def from_calibration_json(path: str | Path) -> FixedEstimate:
+    """The mismatch in a calibration.json (``estimate`` object or top-level parameter names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file not found: {path}")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    values = content.get("estimate", content) if isinstance(content, dict) else None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected an object with the mismatch parameters {sorted(PARAMETER_UNITS)}")
+    params = {k: values[k] for k in PARAMETER_UNITS if k in values}
+    if not params:
+        raise ValueError(f"{path}: no mismatch parameter ({', '.join(PARAMETER_UNITS)}) found "
+                         f"(keys: {sorted(values)})")
+    return FixedEstimate(Mismatch.from_dict(params), {"source": "calibration file", "path": str(path)})
+
+
+@dataclass
+class CalibratePerScene:
+    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only)."""
+
+    solver: str = "gap_tv"
+    ckpt: str | None = None
+    bands: int = 28
+    step: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def description(self) -> dict[str, Any]:
+        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt, **self.options}
+
+    def __call__(self, y: Tensor, mask: Tensor) -> Mismatch:
+        calibrate = calibrate_function()
+        result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
+                           **self.options)
+        estimate = result.estimate
+        return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
+
+
+def calibrate_function():
+    """``calib.calibrate``, or a clear error when the calibration package does not provide it."""
+    try:
+        from calib import calibrate
+    except ImportError as err:
+        raise RuntimeError("scenario III needs calib.calibrate, which is not available here "
+                           f"({err}); pass --operator FILE.npz or --calibration FILE.json instead") from err
+    return calibrate
+
+
+def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor, solver: str = "gap_tv",
+                    ckpt: str | None = None, **options: Any):
+    """The calibration source for scenario III, in the order: operator file, calibration file, calib."""
+    if operator and calibration:
+        raise ValueError("give either --operator or --calibration, not both")
+    if operator:
+        return from_operator_file(operator, mask)
+    if calibration:
+        return from_calibration_json(calibration)
+    calibrate_function()
+    return CalibratePerScene(solver, ckpt, options=options)

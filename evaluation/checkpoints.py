@@ -1,0 +1,142 @@
+"""Turning a weights source into a ready network: a release folder, a Lightning ``.ckpt`` or a toolbox ``.pth``.
+
+Every loader returns a :class:`LoadedModel` that records what was loaded (registry name, constructor
+kwargs, where from, a hash of the weights) so reports and releases can say exactly which network they show.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from models.loading import load_state_dict_checked, load_toolbox_checkpoint
+from models.registry import create_model, get_entry
+from models.release import open_release, state_dict_sha256
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode and its provenance.
+
+    ``mask``: the coded aperture (H, W) the weights come with (a release's ``mask.npy``), else None.
+    """
+
+    model: nn.Module
+    name: str
+    kwargs: dict[str, Any]
+    source: dict[str, str]
+    mask: torch.Tensor | None = None
+    metrics: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def weights_sha256(self) -> str:
+        return state_dict_sha256(self.model.state_dict())
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity of the network (for results.json and model cards)."""
+        return {"name": self.name, "kwargs": self.kwargs, "source": self.source,
+                "weights_sha256": self.weights_sha256}
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or pickled-object files
+        raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
+
+
+def _lightning_model_spec(hparams: Mapping[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    """(registry name, kwargs) from a Lightning checkpoint's ``hyper_parameters``.
+
+    Accepted layouts: ``{"model": name, "model_kwargs": {...}}`` (also ``model_name`` / ``model_args``),
+    or ``{"model": {"name": name, "kwargs": {...}}}``.
+    """
+    model = hparams.get("model", hparams.get("model_name"))
+    kwargs = hparams.get("model_kwargs", hparams.get("model_args"))
+    if isinstance(model, Mapping):
+        model, kwargs = model.get("name"), model.get("kwargs", model.get("init_args"))
+    if not isinstance(model, str):
+        raise ValueError(f"{path}: hyper_parameters do not name the model (expected 'model' or 'model_name' "
+                         f"holding a registry name); found keys {sorted(hparams)}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path}: hyper_parameters 'model_kwargs' must be a mapping, got {type(kwargs).__name__}")
+    return model, dict(kwargs or {})
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], wanted: set[str], path: Path) -> dict[str, torch.Tensor]:
+    """The sub-dict of ``state`` under the one prefix (e.g. ``model.``) whose keys are exactly ``wanted``."""
+    anchor = min(wanted)
+    prefixes = {key[: len(key) - len(anchor)] for key in state if key.endswith(anchor)}
+    matches = []
+    for prefix in sorted(prefixes):
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(sub) == wanted:
+            matches.append((prefix, sub))
+    if len(matches) == 1:
+        return matches[0][1]
+    if not matches:
+        raise ValueError(f"{path}: no prefix of the checkpoint's state_dict holds exactly the network's "
+                         f"{len(wanted)} tensors (e.g. '{anchor}'); is this checkpoint for that model?")
+    names = [prefix or "(none)" for prefix, _ in matches]
+    preferred = [sub for prefix, sub in matches if prefix == "model."]
+    if preferred:
+        return preferred[0]
+    raise ValueError(f"{path}: several copies of the network's weights under prefixes {names}")
+
+
+def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> LoadedModel:
+    """A network from a Lightning ``.ckpt``: model name and kwargs from ``hyper_parameters``, weights from
+    the ``state_dict`` entries under the module's prefix (``model.``). ``name``, if given, must agree."""
+    path = Path(path)
+    raw = _torch_load(path)
+    if not isinstance(raw, Mapping) or "state_dict" not in raw:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    hparams = raw.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        raise ValueError(f"{path}: Lightning checkpoint without 'hyper_parameters'; cannot tell which model "
+                         "it holds (export it from a toolbox-style .pth with --model instead)")
+    found, kwargs = _lightning_model_spec(hparams, path)
+    if name is not None and name != found:
+        raise ValueError(f"{path}: checkpoint holds model '{found}', but '{name}' was requested")
+    get_entry(found)
+    model = create_model(found, **kwargs)
+    state = _strip_prefix(raw["state_dict"], set(model.state_dict()), path)
+    load_state_dict_checked(model, state, source=str(path))
+    return LoadedModel(model.eval(), found, kwargs, {"kind": "lightning", "path": str(path)})
+
+
+def load_toolbox(path: str | Path, name: str) -> LoadedModel:
+    """A network from an official toolbox ``.pth`` (built with the registry's official arguments)."""
+    model = load_toolbox_checkpoint(name, path)
+    kwargs = dict(get_entry(name).official_args)
+    return LoadedModel(model.eval(), name, kwargs, {"kind": "toolbox", "path": str(path)})
+
+
+def load_release_model(path: str | Path, name: str | None = None) -> LoadedModel:
+    """A verified release folder (see :mod:`models.release`); ``name``, if given, must agree."""
+    release = open_release(path)
+    found = release.config["model"]["name"]
+    if name is not None and name != found:
+        raise ValueError(f"{path}: release holds model '{found}', but '{name}' was requested")
+    return LoadedModel(release.model, found, dict(release.config["model"].get("kwargs", {})),
+                       {"kind": "release", "path": str(path)}, release.mask, release.metrics)
+
+
+def load_weights(path: str | Path, name: str | None = None) -> LoadedModel:
+    """Dispatch on the source: a folder is a release, ``.ckpt`` is Lightning, ``.pth`` / ``.pt`` is toolbox."""
+    path = Path(path)
+    if path.is_dir():
+        return load_release_model(path, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".ckpt":
+        return load_lightning_checkpoint(path, name)
+    if suffix in (".pth", ".pt"):
+        if name is None:
+            raise ValueError(f"{path}: a toolbox checkpoint does not say which network it is; pass --model NAME")
+        return load_toolbox(path, name)
+    raise ValueError(f"{path}: unknown checkpoint type '{suffix}' (expected a release folder, .ckpt or .pth)")

@@ -1,0 +1,141 @@
+"""``eval.py kaist``: scenes + mask + method -> scenarios -> tables, results.json and previews in one folder."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from data.io import load_mask
+from evaluation.previews import save_comparison, save_spectra
+from evaluation.protocol import PROTOCOL
+from evaluation.reconstructors import Network, Reconstructor
+from evaluation.reports import text_table, write_reports
+from evaluation.scenarios import Calibrator, ScenarioSetup, run_scenarios
+from evaluation.scenes import (Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask,
+                               synthetic_scenes)
+from models.release import mask_sha256
+
+
+@dataclass
+class DataSpec:
+    """Where the scenes come from: ``root`` (MST layout) or ``count`` synthetic scenes of ``size`` px.
+
+    ``mask``: a mask file overriding ``ROOT/mask.mat``, the release's mask and the synthetic mask;
+    ``limit``: evaluate only the first ``limit`` scenes.
+    """
+
+    root: str | None = None
+    mask: str | None = None
+    count: int = 10
+    size: int = 128
+    seed: int = 0
+    limit: int | None = None
+
+
+def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tensor, dict[str, Any]]:
+    """Scenes, mask and a JSON description of both.
+
+    Mask precedence: ``spec.mask`` file, ``ROOT/mask.mat``, the mask stored with a released network, then
+    (synthetic scenes only) a seeded random binary mask. Synthetic scenes take the mask's size when a
+    file or release provides one.
+    """
+    release_mask = method.loaded.mask if isinstance(method, Network) else None
+    if spec.mask is not None:
+        mask, mask_source = torch.from_numpy(load_mask(spec.mask)), spec.mask
+    elif spec.root is not None:
+        mask, mask_source = mst_mask(spec.root), str(Path(spec.root) / "mask.mat")
+    elif release_mask is not None:
+        mask, mask_source = release_mask, f"release {method.loaded.source['path']}"
+    else:
+        mask, mask_source = synthetic_mask(spec.size, spec.size, spec.seed), f"random binary (seed {spec.seed})"
+    if spec.root is not None:
+        scenes = mst_scenes(spec.root)
+        description = f"MST layout {spec.root} ({len(scenes)} scenes)"
+    else:
+        height, width = mask.shape
+        scenes = synthetic_scenes(spec.count, height, width, spec.seed)
+        description = f"{spec.count} built-in synthetic scenes, {height}x{width}, seed {spec.seed}"
+    if spec.limit is not None:
+        scenes = scenes[:spec.limit]
+    check_scene_sizes(scenes, mask)
+    info = {"description": description, "root": spec.root, "scenes": [s.name for s in scenes],
+            "mask": {"source": mask_source, "shape": list(mask.shape), "sha256": mask_sha256(mask)}}
+    return scenes, mask, info
+
+
+def mask_warnings(method: Reconstructor, mask: Tensor) -> list[str]:
+    """A network evaluated with another mask than the one it was released with gets a warning."""
+    if isinstance(method, Network) and method.loaded.mask is not None:
+        released = method.loaded.mask
+        if tuple(released.shape) != tuple(mask.shape) or mask_sha256(released) != mask_sha256(mask):
+            return [f"the evaluation mask (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is "
+                    f"not the mask released with the network (shape {tuple(released.shape)}, sha256 "
+                    f"{mask_sha256(released)[:12]}...)"]
+    return []
+
+
+def evaluate_kaist(method: Reconstructor, data: DataSpec, setup: ScenarioSetup, out_dir: str | Path,
+                   calibrator: Calibrator | None = None, previews: int | None = None,
+                   verbose: bool = True) -> dict[str, Any]:
+    """Run the protocol (and scenarios), write results.{json,md,csv} and previews/ in ``out_dir``.
+
+    ``previews``: number of scenes per scenario that get PNG previews (None: all, 0: none).
+    """
+    out_dir = Path(out_dir)
+    scenes, mask, data_info = load_data(data, method)
+    warnings = mask_warnings(method, mask)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    preview_files: list[str] = []
+    single = len(setup.scenarios) == 1
+
+    def on_result(scenario: str, scene: Scene, pred: Tensor, row: dict[str, Any]) -> None:
+        if verbose:
+            print(f"[{scenario}] {scene.name}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, "
+                  f"SAM {row['sam']:.2f} deg, {row['seconds']:.2f} s", flush=True)
+        index = data_info["scenes"].index(scene.name)
+        if previews is not None and index >= previews:
+            return
+        stem = scene.name if single else f"{scenario}_{scene.name}"
+        title = f"{scene.name} - {method.name} - scenario {scenario}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}"
+        for path in (save_comparison(out_dir / "previews" / f"{stem}.png", pred, scene.cube, title),
+                     save_spectra(out_dir / "previews" / f"{stem}_spectra.png", pred, scene.cube,
+                                  f"{scene.name} - scenario {scenario}: spectra at the probes")):
+            preview_files.append(str(path.relative_to(out_dir)))
+
+    outcome = run_scenarios(scenes, mask, method, setup, calibrator, on_result)
+    primary = "I" if "I" in outcome["scenarios"] else setup.scenarios[0]
+    results = {
+        "command": "kaist",
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "device": str(getattr(method, "device", "cpu")), "threads": torch.get_num_threads()},
+        "protocol": PROTOCOL,
+        "method": method.describe(),
+        "data": data_info,
+        "setup": setup.describe(),
+        "primary_scenario": primary,
+        "scenes": outcome["scenarios"][primary]["scenes"],
+        "mean": outcome["scenarios"][primary]["mean"],
+        **outcome,
+        "warnings": warnings,
+        "previews": preview_files,
+    }
+    files = write_reports(results, out_dir)
+    if verbose:
+        for scenario, block in outcome["scenarios"].items():
+            print(f"\nScenario {scenario} ({block['description']})")
+            print(text_table(block["scenes"], block["mean"]))
+        for key, values in outcome.get("comparison", {}).items():
+            print(f"{key}: " + ", ".join(f"{m} {'-' if v is None else f'{v:+.3f}'}" for m, v in values.items()))
+        if "calibration" in outcome:
+            print("calibration mean |error|: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in outcome["calibration"]["mean_abs_error"].items()))
+        print("\nwrote " + ", ".join(str(p) for p in files.values())
+              + (f" and {len(preview_files)} previews in {out_dir / 'previews'}" if preview_files else ""))
+    return results

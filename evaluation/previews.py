@@ -1,0 +1,94 @@
+"""PNG previews: RGB renders of reconstruction and ground truth, the error map, and spectral curves.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no display needed) and written
+atomically. Cubes are (L, H, W) reflectance-like values; simulated scenes are rendered with exposure 1
+(a reflectance of 1 is white), real captures with an automatic exposure shared by all panels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from data.render import auto_exposure, cube_to_rgb, error_map
+from data.synthetic import wavelengths
+from evaluation.files import save_figure
+
+CURVE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
+
+
+def probe_points(height: int, width: int) -> list[tuple[int, int]]:
+    """Four fixed (row, col) probes, one per quadrant centre."""
+    return [(height // 4, width // 4), (height // 4, 3 * width // 4),
+            (3 * height // 4, width // 4), (3 * height // 4, 3 * width // 4)]
+
+
+def _spectrum(cube: np.ndarray, row: int, col: int) -> np.ndarray:
+    """Mean spectrum of the 3 x 3 patch around (row, col)."""
+    return cube[:, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].mean(axis=(1, 2))
+
+
+def _mark_probes(axis, points: list[tuple[int, int]]) -> None:
+    for k, (row, col) in enumerate(points):
+        axis.plot(col, row, "o", markersize=7, markerfacecolor="none", markeredgecolor=CURVE_COLOURS[k])
+        axis.annotate(str(k + 1), (col, row), xytext=(5, 5), textcoords="offset points",
+                      color=CURVE_COLOURS[k], fontsize=8)
+
+
+def save_comparison(path: str | Path, pred: Tensor, target: Tensor, title: str) -> Path:
+    """Reconstruction | ground truth | per-pixel RMSE over bands, with the spectral probes marked."""
+    pred_np, target_np = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
+    points = probe_points(*target_np.shape[1:])
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    axes = figure.subplots(1, 3)
+    axes[0].imshow(cube_to_rgb(pred_np))
+    axes[0].set_title("reconstruction")
+    axes[1].imshow(cube_to_rgb(target_np))
+    axes[1].set_title("ground truth")
+    _mark_probes(axes[1], points)
+    errors = axes[2].imshow(error_map(pred_np, target_np), cmap="magma", vmin=0.0)
+    axes[2].set_title("error (RMSE over bands)")
+    figure.colorbar(errors, ax=axes[2], shrink=0.8)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title)
+    return save_figure(figure, path, dpi=100)
+
+
+def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: str) -> Path:
+    """Spectra at the four probes: reconstruction (dashed) against ground truth (solid) when there is one."""
+    pred_np = pred.detach().cpu().numpy()
+    target_np = None if target is None else target.detach().cpu().numpy()
+    wl = wavelengths(pred_np.shape[0])
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axis = figure.subplots()
+    for k, (row, col) in enumerate(probe_points(*pred_np.shape[1:])):
+        if target_np is not None:
+            axis.plot(wl, _spectrum(target_np, row, col), "-", color=CURVE_COLOURS[k], label=f"{k + 1} truth")
+        axis.plot(wl, _spectrum(pred_np, row, col), "--", color=CURVE_COLOURS[k], label=f"{k + 1} recon.")
+    axis.set_xlabel("wavelength (nm)")
+    axis.set_ylabel("intensity")
+    axis.set_title(title)
+    axis.legend(fontsize=7, ncol=2)
+    return save_figure(figure, path, dpi=100)
+
+
+def save_real(path: str | Path, pred: Tensor, measurement: Tensor, residual: Tensor, title: str) -> Path:
+    """Real capture: RGB render of the reconstruction (auto exposure), the snapshot, |A x - y|."""
+    pred_np = pred.detach().cpu().numpy()
+    figure = Figure(figsize=(13, 4), layout="constrained")
+    axes = figure.subplots(1, 3, width_ratios=[pred_np.shape[2], measurement.shape[-1], residual.shape[-1]])
+    axes[0].imshow(cube_to_rgb(pred_np, exposure=auto_exposure(pred_np)))
+    axes[0].set_title("reconstruction (auto exposure)")
+    _mark_probes(axes[0], probe_points(*pred_np.shape[1:]))
+    axes[1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
+    axes[1].set_title("measurement")
+    res = axes[2].imshow(residual.detach().cpu().abs().numpy(), cmap="magma", vmin=0.0)
+    axes[2].set_title("|A x - y|")
+    figure.colorbar(res, ax=axes[2], shrink=0.8)
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title)
+    return save_figure(figure, path, dpi=100)

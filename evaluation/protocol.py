@@ -1,0 +1,80 @@
+"""The KAIST evaluation protocol: per-scene metrics, timing, detector noise, and the table's mean row.
+
+Metrics of a reconstruction against its ground truth (both (L, H, W)), as the toolbox's MATLAB scripts
+compute them: the prediction is clipped to [0, 1] and both cubes are quantised to 8 bits, then
+PSNR and SSIM (11 x 11 Gaussian, sigma 1.5, 'valid') per band, averaged over bands (``cassi.metrics``);
+SAM (degrees) and ERGAS on the same 8-bit cubes (as ``quality_assessment.m`` receives them).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from cassi import CassiOperator
+from cassi.metrics import ergas, kaist_psnr, kaist_ssim, quantize_8bit, sam
+from cassi.noise import add_noise
+
+METRICS = ("psnr", "ssim", "sam", "ergas")
+COLUMNS = ("name", *METRICS, "seconds")
+PROTOCOL = ("KAIST protocol: prediction clipped to [0, 1], both cubes quantised to 8 bits; PSNR (dB) and "
+            "SSIM (Gaussian 11x11, sigma 1.5, valid) per band and averaged; SAM (degrees) and ERGAS on the "
+            "same 8-bit cubes; seconds = wall-clock reconstruction time of one scene")
+
+
+def scene_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+    """PSNR, SSIM, SAM, ERGAS of one reconstruction ``pred`` against ``target``, both (L, H, W)."""
+    if pred.shape != target.shape or pred.dim() != 3:
+        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} must both "
+                         "be (L, H, W) of the same shape")
+    pred, target = pred[None], target[None]
+    pred8, target8 = quantize_8bit(pred), quantize_8bit(target)
+    return {"psnr": float(kaist_psnr(pred, target)[0]), "ssim": float(kaist_ssim(pred, target)[0]),
+            "sam": float(sam(pred8, target8)[0]), "ergas": float(ergas(pred8, target8)[0])}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Detector noise added to every simulated measurement (``cassi.noise.add_noise``); scene i uses seed + i.
+
+    ``peak``: photons at the brightest clean pixel (None: no shot noise); ``read``: Gaussian sigma relative
+    to the clean maximum.
+    """
+
+    peak: float | None = None
+    read: float = 0.0
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.peak is not None or self.read > 0
+
+    def apply(self, y: Tensor, index: int) -> Tensor:
+        return add_noise(y, self.peak, self.read, self.seed + index) if self.active else y
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def timed(method: Callable[[Tensor, CassiOperator], Tensor], y: Tensor, op: CassiOperator) -> tuple[Tensor, float]:
+    """``method(y, op)`` and its wall-clock seconds."""
+    start = time.perf_counter()
+    out = method(y, op)
+    return out, time.perf_counter() - start
+
+
+def result_row(name: str, pred: Tensor, target: Tensor, seconds: float) -> dict[str, Any]:
+    """One row of the table: name, the four metrics, seconds."""
+    return {"name": name, **scene_metrics(pred, target), "seconds": seconds}
+
+
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of every metric and of the seconds over ``rows`` (NaN for an empty list)."""
+    keys = (*METRICS, "seconds")
+    if not rows:
+        return {k: math.nan for k in keys}
+    return {k: float(torch.tensor([float(r[k]) for r in rows], dtype=torch.float64).mean()) for k in keys}

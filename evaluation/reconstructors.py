@@ -1,0 +1,77 @@
+"""Reconstruction methods behind one call signature: ``method(y, op) -> cube``.
+
+``y`` is a measurement (B, H, W + step*(L-1)) and ``op`` the :class:`cassi.CassiOperator` the method should
+assume (nominal, calibrated or true); the result is the cube (B, L, H, W) as float32 on the CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from cassi import CassiOperator
+from cassi.gap_tv import gap_tv
+from evaluation.checkpoints import LoadedModel, load_weights
+
+
+class Reconstructor(Protocol):
+    name: str
+
+    def __call__(self, y: Tensor, op: CassiOperator) -> Tensor: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class GapTV:
+    """GAP-TV (:func:`cassi.gap_tv.gap_tv`) with fixed settings."""
+
+    iterations: int = 50
+    tv_weight: float = 0.1
+    tv_iterations: int = 5
+    name: str = "gap_tv"
+
+    def __call__(self, y: Tensor, op: CassiOperator) -> Tensor:
+        with torch.no_grad():
+            return gap_tv(y, op, self.iterations, self.tv_weight, self.tv_iterations).float().cpu()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": {"iterations": self.iterations, "tv_weight": self.tv_weight,
+                                              "tv_iterations": self.tv_iterations}}
+
+
+class Network:
+    """A registered network: ``model.reconstruction(model(**model.prepare_inputs(y, op)))``."""
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu") -> None:
+        self.loaded = loaded
+        self.name = loaded.name
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+
+    def __call__(self, y: Tensor, op: CassiOperator) -> Tensor:
+        with torch.no_grad():
+            inputs = self.model.prepare_inputs(y.to(self.device), op.to(self.device))
+            return self.model.reconstruction(self.model(**inputs)).float().cpu()
+
+    def describe(self) -> dict[str, Any]:
+        return self.loaded.describe()
+
+
+def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: str | None = None,
+                       device: str = "cpu", gap: dict[str, Any] | None = None) -> Reconstructor:
+    """GAP-TV when ``model == "gap_tv"`` and no weights are given; else the network from ``ckpt`` / ``release``.
+
+    A network needs weights: evaluating a randomly initialised model is refused (export one as a release
+    if that is really what you want to measure).
+    """
+    if ckpt and release:
+        raise ValueError("give either --ckpt or --release, not both")
+    source = release or ckpt
+    if source is None:
+        if model != "gap_tv":
+            raise ValueError(f"model '{model}' needs weights: pass --ckpt PATH or --release DIR")
+        return GapTV(**(gap or {}))
+    return Network(load_weights(source, None if model == "gap_tv" else model), device)

@@ -1,0 +1,117 @@
+"""Result tables: console text, Markdown, CSV and results.json (all files written atomically).
+
+``results.json`` holds ``scenes`` (a list of {name, psnr, ssim, sam, ergas, seconds}) and ``mean`` for the
+primary scenario (I when it was run, else the first one), plus, for every scenario run, its own
+``scenes`` / ``mean`` under ``scenarios``, the ``comparison`` (delta_deg, delta_cal, recovery_ratio) and
+the ``calibration`` parameter errors when there are any.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from evaluation.files import write_json, write_text
+from evaluation.protocol import COLUMNS, METRICS, PROTOCOL
+
+FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "sam": "{:.2f}", "ergas": "{:.2f}", "seconds": "{:.2f}"}
+HEADERS = {"name": "scene", "psnr": "PSNR (dB)", "ssim": "SSIM", "sam": "SAM (deg)", "ergas": "ERGAS",
+           "seconds": "seconds"}
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return FORMATS[key].format(value) if key in FORMATS else str(value)
+
+
+def table_rows(rows: list[dict[str, Any]], mean: dict[str, Any]) -> list[list[str]]:
+    """Formatted cells: one line per scene, then the mean."""
+    lines = [[_fmt(k, row[k]) for k in COLUMNS] for row in rows]
+    return lines + [["mean", *[_fmt(k, mean[k]) for k in COLUMNS[1:]]]]
+
+
+def text_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
+    """Fixed-width table for the console."""
+    cells = [[HEADERS[k] for k in COLUMNS], *table_rows(rows, mean)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
+
+
+def comparison_lines(results: dict[str, Any]) -> list[list[str]]:
+    """One line per comparison (delta_deg, delta_cal, recovery_ratio) with a value per metric."""
+    names = {"delta_deg": "Delta_deg = I - II", "delta_cal": "Delta_cal = III - II",
+             "recovery_ratio": "recovery (III - II) / (IV - II)"}
+    lines = []
+    for key, values in results.get("comparison", {}).items():
+        fmt = "{:.3f}" if key == "recovery_ratio" else "{:+.3f}"
+        lines.append([names[key], *["-" if values[m] is None else fmt.format(values[m]) for m in METRICS]])
+    return lines
+
+
+def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    calibration = results["calibration"]
+    params = list(calibration["mean_abs_error"])
+    lines = [[c["name"], *[f"{c['error'][p]:+.4f}" for p in params], f"{c['seconds']:.2f}"]
+             for c in calibration["scenes"]]
+    lines.append(["mean abs", *[f"{calibration['mean_abs_error'][p]:.4f}" for p in params], ""])
+    return ["scene", *[f"{p} error" for p in params], "seconds"], lines
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The whole evaluation as a Markdown document."""
+    method = results["method"]
+    parts = [f"# Evaluation: {method['name']}", "",
+             f"- data: {results['data']['description']}",
+             f"- mask: shape {results['data']['mask']['shape']}, sha256 `{results['data']['mask']['sha256']}`",
+             f"- method: `{method['name']}` {method.get('kwargs', {})}"
+             + (f", weights sha256 `{method['weights_sha256']}`" if "weights_sha256" in method else ""),
+             f"- protocol: {PROTOCOL}"]
+    setup = results.get("setup", {})
+    if "mismatch" in setup:
+        parts.append(f"- injected mismatch: {setup['mismatch']} ({setup['units']}); simulator oversampling "
+                     f"N={setup['oversample']['spatial']}, K={setup['oversample']['spectral']}")
+    if setup.get("noise", {}).get("peak") is not None or setup.get("noise", {}).get("read", 0):
+        parts.append(f"- detector noise: {setup['noise']}")
+    for warning in results.get("warnings", []):
+        parts.append(f"- **warning**: {warning}")
+    header = [HEADERS[k] for k in COLUMNS]
+    for scenario, block in results["scenarios"].items():
+        parts += ["", f"## Scenario {scenario}: {block['description']}", "",
+                  markdown_table(header, table_rows(block["scenes"], block["mean"]))]
+    if len(results["scenarios"]) > 1:
+        lines = [[s, *[_fmt(m, b["mean"][m]) for m in METRICS]] for s, b in results["scenarios"].items()]
+        parts += ["", "## Scenario means", "",
+                  markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
+    if "calibration" in results:
+        header, lines = calibration_lines(results)
+        parts += ["", f"## Calibration parameter errors (estimate - truth), method {results['calibration']['method']}",
+                  "", markdown_table(header, lines)]
+    return "\n".join(parts) + "\n"
+
+
+def csv_report(results: dict[str, Any]) -> str:
+    """scenario,name,psnr,ssim,sam,ergas,seconds; each scenario's scenes, then its 'mean' row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["scenario", *COLUMNS])
+    for scenario, block in results["scenarios"].items():
+        for row in [*block["scenes"], {"name": "mean", **block["mean"]}]:
+            writer.writerow([scenario, *[row[k] for k in COLUMNS]])
+    return buffer.getvalue()
+
+
+def write_reports(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """results.json, results.md and results.csv in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return {"json": write_json(out_dir / "results.json", results),
+            "markdown": write_text(out_dir / "results.md", markdown_report(results)),
+            "csv": write_text(out_dir / "results.csv", csv_report(results))}

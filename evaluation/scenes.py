@@ -1,0 +1,66 @@
+"""Test scenes and the coded aperture for evaluation: the MST / TSA folder layout, or built-in synthetic scenes.
+
+MST layout (``TSA_simu_data``)::
+
+    ROOT/mask.mat            key 'mask', (H, W)
+    ROOT/Truth/sceneNN.mat   key 'img', (H, W, 28) in [0, 1]   (every .mat in Truth/, sorted by name)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from data.io import load_cube, load_mask
+from data.synthetic import random_mask, synthetic_scene
+
+
+@dataclass
+class Scene:
+    """One ground-truth cube (L, H, W) float32 and its name."""
+
+    name: str
+    cube: Tensor
+
+
+def synthetic_scenes(count: int, height: int, width: int, seed: int = 0, bands: int = 28) -> list[Scene]:
+    """``count`` built-in synthetic scenes (L, height, width); scene i uses seed (seed, i)."""
+    if count < 1 or height < 1 or width < 1:
+        raise ValueError(f"need at least one scene of at least 1 px, got count={count}, size={height}x{width}")
+    return [Scene(f"synthetic{i + 1:02d}", torch.from_numpy(synthetic_scene(height, width, bands, (seed, i))[0]))
+            for i in range(count)]
+
+
+def synthetic_mask(height: int, width: int, seed: int = 0) -> Tensor:
+    """The random binary aperture used with synthetic scenes (seeded, half open)."""
+    return torch.from_numpy(random_mask(height, width, seed=(seed, 1_000_003)))
+
+
+def mst_scenes(root: str | Path, bands: int = 28) -> list[Scene]:
+    """All ``ROOT/Truth/*.mat`` cubes (key 'img'), sorted by file name; a clear error if none are there."""
+    truth = Path(root) / "Truth"
+    if not truth.is_dir():
+        raise FileNotFoundError(f"{root}: expected the MST layout with a Truth/ folder of sceneNN.mat files "
+                                f"(and mask.mat); {truth} does not exist")
+    files = sorted(truth.glob("*.mat"))
+    if not files:
+        raise FileNotFoundError(f"{truth}: no .mat scenes found")
+    return [Scene(path.stem, torch.from_numpy(load_cube(path, key="img", bands=bands))) for path in files]
+
+
+def mst_mask(root: str | Path) -> Tensor:
+    """``ROOT/mask.mat`` (key 'mask') as (H, W) float32."""
+    path = Path(root) / "mask.mat"
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: expected the coded aperture in {path}")
+    return torch.from_numpy(load_mask(path))
+
+
+def check_scene_sizes(scenes: list[Scene], mask: Tensor) -> None:
+    """Every scene must be (L, H, W) with (H, W) equal to the mask's shape."""
+    for scene in scenes:
+        if tuple(scene.cube.shape[-2:]) != tuple(mask.shape):
+            raise ValueError(f"scene '{scene.name}' is {tuple(scene.cube.shape[-2:])} pixels but the mask is "
+                             f"{tuple(mask.shape)}; they must match")

@@ -1,0 +1,9 @@
+"""Train a CASSI reconstruction network: ``python train.py fit --config configs/mst_s.yaml``.
+
+See ``python train.py fit --help`` and :mod:`training.cli`. Multi-GPU: ``--trainer.devices 4
+--trainer.strategy ddp``; mixed precision: ``--trainer.precision bf16-mixed``; resume: ``--ckpt_path last``.
+"""
+from training.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""LightningModules: thin wrappers that connect a registry network, the simulated instrument and the data.
+
+* :class:`ReconstructionModule`: any registry model, loss per the paper's recipe (:mod:`training.objectives`).
+* :class:`JointModule`: joint reconstruction + segmentation (CRSDUN), per-stage MSE + lambda * CE with stage
+  weights 0.7^(K-k) (:class:`models.joint_loss.CRSDUNLoss`), validation mIoU.
+
+Per training step the batch's cubes go through :class:`training.simulation.Instrument` (the CASSI operator,
+optional mismatch, gain and detector noise), the network gets ``model.prepare_inputs(y, op)`` and the loss
+compares its output with the cubes. Validation runs on the datamodule's held-out scenes (never the KAIST test
+scenes) and logs PSNR / SSIM / SAM (:class:`cassi.metrics.ReconstructionMetrics`, synced across processes)
+overall and per scene.
+
+Reproducibility: the detector noise of every batch and the global torch RNG before every training step
+(dropout, stochastic depth) are seeded from (seed, epoch, batch index, rank) only, so an interrupted run
+resumed from its last checkpoint continues exactly as the uninterrupted run (the data are deterministic per
+index, see :mod:`data.datamodule`).
+
+Checkpoints store ``model_name`` / ``model_kwargs`` in ``hyper_parameters`` and the network under the
+``model.`` prefix of ``state_dict`` (what ``eval.py`` reads); hyper-parameters are plain values only, so the
+checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from cassi import CassiOperator
+from cassi.metrics import ReconstructionMetrics
+from models import create_model
+from models.joint_loss import CRSDUNLoss
+from training.objectives import OBJECTIVES, build_objective
+from training.simulation import Instrument, derived_seed
+
+SCHEDULERS = ("cosine", "step", "multistep", "constant")
+# Seed streams (first entry after the user seed), so that no two uses share random numbers.
+_TRAIN_NOISE, _TRAIN_TORCH, _VAL_NOISE = 0, 1, 2
+
+
+class CassiModule(pl.LightningModule):
+    """Shared machinery: network, instrument, optimiser and schedule, validation metrics and previews.
+
+    Args:
+        model_name, model_kwargs: registry name and constructor arguments (``models.create_model``).
+        bands, step, mismatch, noise, measurement_gain: the simulated instrument (:class:`Instrument`).
+        lr, betas, weight_decay: Adam settings (all papers here: lr 4e-4, betas (0.9, 0.999)).
+        scheduler: per-epoch learning-rate schedule: ``cosine`` (``CosineAnnealingLR``, ``T_max`` = the
+            trainer's ``max_epochs`` unless given, ``eta_min`` 1e-6 unless given), ``step`` (``StepLR``:
+            ``step_size``, ``gamma``), ``multistep`` (``MultiStepLR``: ``milestones``, ``gamma``), ``constant``.
+        scheduler_kwargs: keyword arguments of that torch scheduler.
+        val_protocol: ``kaist`` (8-bit quantised, as the KAIST tables) or ``float`` metrics.
+        seed: seed of the noise and per-step RNG streams.
+    """
+
+    def __init__(self, model_name: str = "mst_s", model_kwargs: dict[str, Any] | None = None, bands: int = 28,
+                 step: int = 2, mismatch: dict[str, float] | None = None, noise: dict[str, float] | None = None,
+                 measurement_gain: float = 1.0, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, scheduler: Literal["cosine", "step", "multistep", "constant"] = "cosine",
+                 scheduler_kwargs: dict[str, Any] | None = None, val_protocol: Literal["kaist", "float"] = "kaist",
+                 seed: int = 0):
+        super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+        self.save_hyperparameters()
+        self.model = create_model(model_name, **(model_kwargs or {}))
+        for method in ("prepare_inputs", "reconstruction"):
+            if not callable(getattr(self.model, method, None)):
+                raise TypeError(f"model '{model_name}' has no {method}(); it does not follow the registry protocol")
+        self.instrument = Instrument(bands, step, mismatch, noise, measurement_gain)
+        self.val_metrics = ReconstructionMetrics(protocol=val_protocol)
+        self.scene_metrics = nn.ModuleList()
+        self.scene_names: list[str] = []
+        self.preview: dict[str, Any] | None = None  # first validation sample of rank 0, for the preview callback
+
+    # ------------------------------------------------------------------------------ subclass hooks
+    def objective(self, output: Any, batch: dict[str, Tensor], op: CassiOperator) -> dict[str, Tensor]:
+        """{"loss": scalar to optimise, other terms to log} for one batch."""
+        raise NotImplementedError
+
+    def update_extra_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
+        """Validation metrics beyond the reconstruction ones (segmentation)."""
+
+    def extra_preview(self, output: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Further first-sample tensors for the previews."""
+        return {}
+
+    # ------------------------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        names = self._validation_scene_names()
+        if names and len(names) != len(self.scene_metrics):
+            protocol = self.hparams.val_protocol
+            self.scene_metrics = nn.ModuleList(ReconstructionMetrics(protocol=protocol) for _ in names)
+            self.scene_names = names
+
+    def _validation_scene_names(self) -> list[str]:
+        """Short names of the datamodule's held-out scenes (file stems), or [] without such a datamodule."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        source = getattr(getattr(datamodule, "val_set", None), "source", None)
+        if source is None:
+            return []
+        names = [Path(source.name(k)).stem.replace(" ", "_") for k in range(len(source))]
+        return names if len(set(names)) == len(names) else [f"scene{k}" for k in range(len(names))]
+
+    # ------------------------------------------------------------------------------------- steps
+    def forward(self, y: Tensor, op: CassiOperator) -> Any:
+        """The network's output for a measurement ``y`` (B, H, W + step*(L-1)) taken through ``op``."""
+        return self.model(**self.model.prepare_inputs(y, op))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(derived_seed(self.hparams.seed, _TRAIN_TORCH, self.current_epoch, batch_idx,
+                                       self.global_rank))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        seed = derived_seed(self.hparams.seed, _TRAIN_NOISE, self.current_epoch, batch_idx, self.global_rank)
+        y, op = self.instrument.measure(batch, seed)
+        terms = self.objective(self(y, op), batch, op)
+        size = batch["cube"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        for name, value in terms.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        y, op = self.instrument.measure(batch, derived_seed(self.hparams.seed, _VAL_NOISE, batch_idx,
+                                                            self.global_rank))
+        output = self(y, op)
+        cube = batch["cube"]
+        pred = self.model.reconstruction(output).float()
+        self.log("val/loss", self.objective(output, batch, op)["loss"], batch_size=cube.shape[0], sync_dist=True)
+        self.val_metrics.update(pred, cube)
+        if "scene" in batch and len(self.scene_metrics):
+            for k in batch["scene"].unique().tolist():
+                chosen = batch["scene"] == k
+                self.scene_metrics[k].update(pred[chosen], cube[chosen])
+        self.update_extra_metrics(output, batch)
+        if batch_idx == 0 and self.trainer.is_global_zero:
+            scene = int(batch["scene"][0]) if "scene" in batch else None
+            self.preview = {"pred": pred[0].detach().cpu(), "target": cube[0].detach().cpu(),
+                            "scene": self.scene_names[scene] if scene is not None and self.scene_names else "",
+                            **{k: v.detach().cpu() for k, v in self.extra_preview(output, batch).items()}}
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() gathers the metric sums of all processes; every rank logs the same values.
+        self._log_metrics("val", self.val_metrics, prog_bar=True)
+        for name, metrics in zip(self.scene_names, self.scene_metrics):
+            self._log_metrics(f"val_scene/{name}", metrics)
+
+    def _log_metrics(self, prefix: str, metrics: ReconstructionMetrics, prog_bar: bool = False) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        for key, value in values.items():
+            self.log(f"{prefix}/{key}", value.float(), prog_bar=prog_bar and key == "psnr", sync_dist=True)
+
+    # ---------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.lr, betas=tuple(hp.betas),
+                                     weight_decay=hp.weight_decay)
+        kwargs = dict(hp.scheduler_kwargs or {})
+        if hp.scheduler == "constant":
+            return {"optimizer": optimizer}
+        if hp.scheduler == "cosine":
+            if "T_max" not in kwargs:
+                epochs = self.trainer.max_epochs
+                if epochs is None or epochs < 1:
+                    raise ValueError("scheduler 'cosine' anneals over trainer.max_epochs, which is not set; "
+                                     "set --trainer.max_epochs or model scheduler_kwargs.T_max")
+                kwargs["T_max"] = epochs
+            kwargs.setdefault("eta_min", 1e-6)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **kwargs)
+        elif hp.scheduler == "step":
+            schedule = torch.optim.lr_scheduler.StepLR(optimizer, **kwargs)
+        else:
+            schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+class ReconstructionModule(CassiModule):
+    """Trains any registry reconstruction network.
+
+    Args:
+        model_name: registry name (``models.list_models()``).
+        loss: ``rmse`` (MST), ``l1`` (MST real-data), ``charbonnier``, ``s2_mask_aware`` (S²-Transformer's
+            L_ME -> L_MA schedule); see :mod:`training.objectives`.
+        loss_kwargs: arguments of that loss (e.g. ``{"switch_epoch": 150}`` or ``{"eps": 1e-3}``).
+        **kwargs: the shared settings of :class:`CassiModule`.
+    """
+
+    def __init__(self, model_name: str = "mst_s", loss: Literal["rmse", "l1", "charbonnier", "s2_mask_aware"] = "rmse",
+                 loss_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(model_name=model_name, **kwargs)
+        if loss not in OBJECTIVES:
+            raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(OBJECTIVES)}")
+        self.criterion = build_objective(loss, self.model.reconstruction, **(loss_kwargs or {}))
+
+    def objective(self, output: Any, batch: dict[str, Tensor], op: CassiOperator) -> dict[str, Tensor]:
+        return self.criterion(output, batch["cube"], op, self.current_epoch)
+
+
+class JointModule(CassiModule):
+    """Joint reconstruction + segmentation (CRSDUN): deep-supervised MSE + ``seg_weight`` * cross-entropy.
+
+    Args:
+        model_name: a registry model whose output has ``segmentation(output)`` (``crsdun_3stg`` / ``_5stg``).
+        seg_weight: lambda_ce (paper 1e-4). stage_decay: lambda_stage (paper 0.7; stage k of K weighs 0.7^(K-k)).
+        **kwargs: the shared settings of :class:`CassiModule`.
+
+    Batches need ``labels`` (B, h, w) int64 class maps (the synthetic scenes have them).
+    Validation also tracks the mean IoU (``val/miou``, classes absent from prediction and labels skipped).
+    """
+
+    def __init__(self, model_name: str = "crsdun_3stg", seg_weight: float = 1e-4, stage_decay: float = 0.7,
+                 **kwargs: Any):
+        super().__init__(model_name=model_name, **kwargs)
+        if not callable(getattr(self.model, "segmentation", None)):
+            raise TypeError(f"model '{model_name}' has no segmentation(); JointModule needs a joint model (crsdun_*)")
+        self.criterion = CRSDUNLoss(seg_weight=seg_weight, stage_decay=stage_decay)
+        self.n_class = int(self.model.n_class)
+        self.val_miou = MulticlassJaccardIndex(num_classes=self.n_class, average="macro")
+
+    def _labels(self, batch: dict[str, Tensor]) -> Tensor:
+        if "labels" not in batch:
+            raise ValueError("JointModule needs per-pixel 'labels' in the batch; this datamodule gives none "
+                             "(the synthetic scenes have labels, folders of cubes do not)")
+        labels = batch["labels"]
+        if int(labels.max()) >= self.n_class:
+            raise ValueError(f"labels go up to {int(labels.max())} but the model has n_class={self.n_class}; "
+                             "set model_kwargs.n_class")
+        return labels
+
+    def objective(self, output: Any, batch: dict[str, Tensor], op: CassiOperator) -> dict[str, Tensor]:
+        labels = self._labels(batch)
+        loss = self.criterion(output, batch["cube"], labels)
+        with torch.no_grad():
+            rec, seg = self.criterion.terms(output, batch["cube"], labels)
+        return {"loss": loss, "rec": rec, "seg": seg}
+
+    def update_extra_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
+        self.val_miou.update(self.model.segmentation(output).argmax(dim=1), self._labels(batch))
+        self.log("val/miou", self.val_miou, prog_bar=True)
+
+    def extra_preview(self, output: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"pred_labels": self.model.segmentation(output)[0].argmax(dim=0), "labels": batch["labels"][0]}

@@ -1,0 +1,68 @@
+"""Measurements simulated on the fly from a batch's ground-truth cubes and masks.
+
+The datamodule yields cubes and masks only; the instrument (mismatch, gain, detector noise) is a training
+setting and lives here. Everything physical is delegated to :class:`cassi.CassiOperator` and
+:func:`cassi.noise.add_noise`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cassi import CassiOperator, Mismatch
+from cassi.noise import add_noise
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed determined by ``parts`` only (so runs, resumes and ranks are reproducible)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+class Instrument:
+    """The simulated CASSI instrument used for training and validation.
+
+    Args:
+        bands, step: spectral bands L and nominal dispersion (px per band).
+        mismatch: :class:`cassi.Mismatch` fields (dx, dy px; theta deg; a1 px/band; alpha deg) of the
+            instrument that takes the measurements; None is the nominal instrument.
+        noise: keyword arguments of :func:`cassi.noise.add_noise` (``peak`` photons at the brightest pixel,
+            ``read_noise`` relative Gaussian sigma); None is noise-free.
+        gain: factor applied to the clean measurement before the noise (the MST real-data recipe trains on
+            1.2 x the nominal measurement).
+    """
+
+    def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
+                 noise: Mapping[str, Any] | None = None, gain: float = 1.0):
+        if noise is not None:
+            unknown = set(noise) - {"peak", "read_noise"}
+            if unknown:
+                raise ValueError(f"unknown noise setting(s) {sorted(unknown)}; expected 'peak' and/or 'read_noise'")
+        if gain <= 0:
+            raise ValueError(f"measurement gain must be positive, got {gain}")
+        self.bands, self.step, self.gain = bands, step, gain
+        self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
+        self.noise = None if noise is None else dict(noise)
+
+    def operator(self, mask: Tensor) -> CassiOperator:
+        """The operator for a batch's mask, (h, w) shared or (B, h, w) per sample."""
+        return CassiOperator(mask, self.bands, self.step, self.mismatch)
+
+    def measure(self, batch: Mapping[str, Tensor], seed: int) -> tuple[Tensor, CassiOperator]:
+        """(measurement y (B, h, w + step*(L-1)), operator) for ``batch["cube"]`` (B, L, h, w) and its mask.
+
+        ``seed`` drives the detector noise (if any).
+        """
+        cube = batch["cube"]
+        if cube.dim() != 4 or cube.shape[1] != self.bands:
+            raise ValueError(f"batch 'cube' must be (B, {self.bands}, h, w), got {tuple(cube.shape)}")
+        if "mask" not in batch:
+            raise ValueError("batch has no 'mask': the datamodule must provide the coded aperture")
+        op = self.operator(batch["mask"].to(cube.dtype))
+        with torch.no_grad():
+            y = op(cube) * self.gain
+            if self.noise is not None:
+                y = add_noise(y, seed=seed, **self.noise)
+        return y, op
