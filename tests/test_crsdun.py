@@ -1,9 +1,6 @@
 """CRSDUN: official keys, weights and outputs (fixtures), seeded init, gradient paths, inputs, joint loss."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,38 +12,9 @@ from models.crsdun_blocks import trunc_normal_
 from models.joint_loss import CRSDUNLoss
 from models.registry import get_entry
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+from official_fixtures import fixture, flatten, official_state_dict
+
 NAMES = ["crsdun_3stg", "crsdun_5stg"]
-
-
-def fixture_dir(name: str) -> Path:
-    path = FIXTURES / name
-    if not (path / "meta.json").is_file():
-        pytest.skip(f"fixture {path} not available")
-    return path
-
-
-def load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def meta_of(name: str) -> dict:
-    return json.loads((fixture_dir(name) / "meta.json").read_text())
-
-
-def official_state_dict(name: str, perturbed: bool = False) -> dict[str, torch.Tensor]:
-    folder = fixture_dir(name)
-    state = load(folder / "state_dict.pt")
-    if perturbed:
-        state.update(load(folder / "state_dict_perturbed_delta.pt"))
-    return state
-
-
-def flatten(tree) -> list[torch.Tensor]:
-    """Tensors of nested lists/tuples, depth first."""
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in flatten(item)]
-    return [tree]
 
 
 def clone_tree(tree):
@@ -57,8 +25,8 @@ def clone_tree(tree):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_shapes_and_parameter_counts(name):
-    meta = meta_of(name)
-    manifest = json.loads((fixture_dir(name) / "state_dict_keys.json").read_text())
+    meta = fixture(name, "meta.json")
+    manifest = fixture(name, "state_dict_keys.json")
     model = create_model(name)
     ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
     assert ours == manifest
@@ -81,8 +49,8 @@ def test_seeded_init_matches_official(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("perturbed", [False, True], ids=["default", "perturbed"])
 def test_reproduces_official_outputs(name, perturbed):
-    meta = meta_of(name)
-    io = load(fixture_dir(name) / ("io_64_perturbed.pt" if perturbed else "io_64.pt"))
+    meta = fixture(name, "meta.json")
+    io = fixture(name, "io_64_perturbed.pt" if perturbed else "io_64.pt")
     model = from_official(name, official_state_dict(name, perturbed))
     inputs = [io[k] for k in meta["forward_arg_order"]]
     assert isinstance(inputs[1], tuple)
@@ -105,8 +73,8 @@ def test_gradient_paths_match_official():
     """The super-token affinities are computed without gradient (official): exactly the parameters the
     fixture lists as zero-gradient (guide embeddings / norms of the CASTA guides) get no gradient."""
     name = "crsdun_3stg"
-    meta = meta_of(name)
-    io = load(fixture_dir(name) / "io_64_perturbed.pt")
+    meta = fixture(name, "meta.json")
+    io = fixture(name, "io_64_perturbed.pt")
     model = from_official(name, official_state_dict(name, perturbed=True))
     out = model(io["y"], io["input_mask"])
     cube = torch.rand(1, 28, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -120,7 +88,7 @@ def test_gradient_paths_match_official():
 
 def test_prepare_inputs_rebuilds_fixture_inputs_from_operator():
     """y = op(scene) and prepare_inputs(y, op) reproduce the fixture's measurement and mask tuple."""
-    io = load(fixture_dir("crsdun_3stg") / "io_64.pt")
+    io = fixture("crsdun_3stg", "io_64.pt")
     mask2d = io["input_mask"][0][0, 0]
     torch.manual_seed(1)  # the fixture's scene recipe (README)
     scene = torch.sigmoid(F.interpolate(torch.randn(1, 28, 8, 8), size=(64, 64), mode="bilinear",

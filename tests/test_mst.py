@@ -1,9 +1,6 @@
 """MST family: official weights/outputs (fixtures), operator inputs, checkpoints, FLOPs, real-data variant."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,35 +11,16 @@ from models import create_model, from_official, load_toolbox_checkpoint
 from models.flops import count_flops, count_parameters
 from models.mst import MST, mask_shift_offsets
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+from conftest import shared_path
+from official_fixtures import fixture, official_state_dict
+
 SIZES = ["mst_s", "mst_m", "mst_l"]
-
-
-def fixture_dir(name: str) -> Path:
-    path = FIXTURES / name
-    if not (path / "meta.json").is_file():
-        pytest.skip(f"fixture {path} not available")
-    return path
-
-
-def load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def official_state_dict(name: str, perturbed: bool = False) -> dict[str, torch.Tensor]:
-    folder = fixture_dir(name)
-    state = load(folder / "state_dict.pt")
-    if perturbed:
-        state.update(load(folder / "state_dict_perturbed_delta.pt"))
-    return state
 
 
 @pytest.mark.parametrize("name", SIZES)
 def test_state_dict_keys_shapes_and_parameter_count(name):
-    folder = fixture_dir(name)
-    meta = json.loads((folder / "meta.json").read_text())
-    manifest = json.loads((folder / "state_dict_keys.json").read_text())
+    meta = fixture(name, "meta.json")
+    manifest = fixture(name, "state_dict_keys.json")
     model = create_model(name)
     ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
     assert ours == manifest
@@ -66,10 +44,9 @@ def test_seeded_init_matches_official(name):
     ("mst_s", "io_256.pt", False),
 ])
 def test_reproduces_official_outputs(name, io_file, perturbed):
-    folder = fixture_dir(name)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = fixture(name, "meta.json")
     model = from_official(name, official_state_dict(name, perturbed))
-    io = load(folder / io_file)
+    io = fixture(name, io_file)
     inputs = {k: io[k] for k in meta["forward_arg_order"]}
     before = {k: v.clone() for k, v in inputs.items()}
     with torch.no_grad():
@@ -136,10 +113,8 @@ def test_prepare_inputs_refuses_per_sample_masks():
 
 def test_operator_inputs_reproduce_the_official_pipeline():
     """Fixture recipe (binarised KAIST mask crop, seeded scene) through our operator -> io_64 exactly."""
-    io = load(fixture_dir("mst_s") / "io_64.pt")
-    mask_file = SHARED / "data" / "kaist" / "mask.mat"
-    if not mask_file.is_file():
-        pytest.skip(f"{mask_file} not available")
+    io = fixture("mst_s", "io_64.pt")
+    mask_file = shared_path("data", "kaist", "mask.mat")
     from scipy.io import loadmat
     mask = torch.from_numpy((loadmat(mask_file)["mask"] > 0.5).astype("float32"))[:64, :64]
     torch.manual_seed(1)
@@ -174,7 +149,7 @@ def test_load_toolbox_checkpoint(tmp_path):
 
 def test_fvcore_flops_equal_fixture_at_256():
     """At 64 x 64 the count is not 1/16 of the 256 one (mask branch runs on the W + 54 canvas): check at 256."""
-    meta = json.loads((fixture_dir("mst_s") / "meta.json").read_text())
+    meta = fixture("mst_s", "meta.json")
     model = create_model("mst_s").eval()
     inputs = {"x": torch.zeros(1, 28, 256, 256), "mask": torch.zeros(1, 28, 256, 310)}
     assert count_flops(model, inputs) == meta["flops"]["fvcore_total"]

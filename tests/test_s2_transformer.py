@@ -1,9 +1,6 @@
 """S²-Transformer: official keys/weights/outputs (fixtures), sizes, operator inputs, FLOPs, and its losses."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,32 +12,11 @@ from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSE
 from models.registry import get_entry
 from models.s2_transformer import shifted_window_mask
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "s2_transformer"
+from official_fixtures import fixture, flatten, official_state_dict
+
+NAME = "s2_transformer"
 TINY = dict(in_chans=28, img_size=16, window_size=8, embed_dim=12, depths=[2, 2], num_heads=[2, 2],
             mlp_ratio=2, spe_dim_head=6, drop_path_rate=0.0)
-
-
-def fixture(name: str):
-    path = FIXTURE / name
-    if not path.is_file():
-        pytest.skip(f"fixture {path} not available")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def official_state_dict(perturbed: bool = False) -> dict[str, torch.Tensor]:
-    state = fixture("state_dict.pt")
-    if perturbed:
-        state.update(fixture("state_dict_perturbed_delta.pt"))
-    return state
-
-
-def flatten(output) -> list[torch.Tensor]:
-    """Tensors of a nested tuple/list output, depth first."""
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in flatten(item)]
-    return [output]
 
 
 def manifest(model: torch.nn.Module) -> list[list]:
@@ -55,15 +31,15 @@ def tiny_model(**overrides) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def official_model():
     """The fixture build with the official weights, built once for the module."""
-    return from_official("s2_transformer", official_state_dict())
+    return from_official("s2_transformer", official_state_dict(NAME))
 
 
 # ------------------------------------------------------------------------- structure and weights
 def test_state_dict_keys_shapes_and_parameter_count():
-    meta = fixture("meta.json")
+    meta = fixture(NAME, "meta.json")
     model = create_model("s2_transformer", **meta["constructor_args"])
     assert get_entry("s2_transformer").official_args == meta["constructor_args"]
-    assert manifest(model) == fixture("state_dict_keys.json")
+    assert manifest(model) == fixture(NAME, "state_dict_keys.json")
     assert count_parameters(model) == meta["params_total"] == 4_151_956
     masks = {id(b) for name, b in model.named_buffers(remove_duplicate=False) if name.endswith("attn_mask")}
     assert len(masks) == 1, "the shifted blocks should share one stored shift mask"
@@ -71,15 +47,15 @@ def test_state_dict_keys_shapes_and_parameter_count():
 
 def test_published_img256_build_keys_on_meta_device():
     """The published img_size=256 build, on the meta device (its 24 masks would be 384 MiB)."""
-    meta = fixture("meta.json")
+    meta = fixture(NAME, "meta.json")
     with torch.device("meta"):
         model = create_model("s2_transformer", **meta["constructor_args_published"])
-    assert manifest(model) == fixture("state_dict_keys_img256.json")
+    assert manifest(model) == fixture(NAME, "state_dict_keys_img256.json")
 
 
 def test_seeded_init_matches_official():
     """Modules are created in the official order: torch.manual_seed(0) gives the fixture weights."""
-    state = official_state_dict()
+    state = official_state_dict(NAME)
     torch.manual_seed(0)
     model = create_model("s2_transformer", **get_entry("s2_transformer").official_args)
     for key, value in model.state_dict().items():
@@ -100,9 +76,9 @@ def test_strict_load_rejects_a_missing_key():
     ("io_64.pt", False), ("io_64_perturbed.pt", True),     # masks computed for another input size
 ])
 def test_reproduces_official_outputs(official_model, io_file, perturbed):
-    meta = fixture("meta.json")
-    official_model.load_state_dict(official_state_dict(perturbed), strict=True)
-    io = fixture(io_file)
+    meta = fixture(NAME, "meta.json")
+    official_model.load_state_dict(official_state_dict(NAME, perturbed), strict=True)
+    io = fixture(NAME, io_file)
     inputs = {k: io[k] for k in meta["forward_arg_order"]}
     before = {k: v.clone() for k, v in inputs.items()}
     with torch.no_grad():
@@ -118,14 +94,14 @@ def test_reproduces_official_outputs(official_model, io_file, perturbed):
 
 def test_prepare_inputs_with_operator_reproduce_the_fixture(official_model):
     """Rebuild io_32's inputs from the fixture recipe (scene, 2-D mask) through the operator."""
-    io = fixture("io_32.pt")
+    io = fixture(NAME, "io_32.pt")
     mask2d = io["physc_mask"][0, 0]
     torch.manual_seed(1)
     scene = torch.sigmoid(F.interpolate(torch.randn(1, 28, 8, 8), size=(32, 32), mode="bilinear",
                                         align_corners=False))
     op = CassiOperator(mask2d)
     model = official_model
-    model.load_state_dict(official_state_dict(), strict=True)
+    model.load_state_dict(official_state_dict(NAME), strict=True)
     inputs = model.prepare_inputs(op(scene), op)
     assert set(inputs) == {"x", "physc_mask"}
     torch.testing.assert_close(inputs["x"], io["x"], atol=1e-6, rtol=0)
@@ -137,8 +113,8 @@ def test_prepare_inputs_with_operator_reproduce_the_fixture(official_model):
 
 def test_fvcore_flops_scale_to_the_fixture_count_at_256(official_model):
     """Every cost is linear in H*W, so FLOPs(256x256) = 64 * FLOPs(32x32) exactly."""
-    meta = fixture("meta.json")
-    io = fixture("io_32.pt")
+    meta = fixture(NAME, "meta.json")
+    io = fixture(NAME, "io_32.pt")
     flops = count_flops(official_model, {"x": io["x"], "physc_mask": io["physc_mask"]})
     assert 64 * flops == meta["flops"]["fvcore_total"]
 
