@@ -3,7 +3,11 @@
 See ``python train.py fit --help`` and :mod:`training.cli`. Multi-GPU: ``--trainer.devices 4
 --trainer.strategy ddp``; mixed precision: ``--trainer.precision bf16-mixed``; resume: ``--ckpt_path last``.
 """
-from training.cli import main
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see README, "CPU threads"
+
+from training.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -49,21 +49,30 @@ def _torch_load(path: Path) -> Any:
 
 
 def _lightning_model_spec(hparams: Mapping[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
-    """(registry name, kwargs) from a Lightning checkpoint's ``hyper_parameters``.
-
-    Accepted layouts: ``{"model": name, "model_kwargs": {...}}`` (also ``model_name`` / ``model_args``),
-    or ``{"model": {"name": name, "kwargs": {...}}}``.
-    """
-    model = hparams.get("model", hparams.get("model_name"))
-    kwargs = hparams.get("model_kwargs", hparams.get("model_args"))
-    if isinstance(model, Mapping):
-        model, kwargs = model.get("name"), model.get("kwargs", model.get("init_args"))
+    """(registry name, kwargs) from ``hyper_parameters['model_name']`` / ``['model_kwargs']`` (training.CassiModule)."""
+    model, kwargs = hparams.get("model_name"), hparams.get("model_kwargs")
     if not isinstance(model, str):
-        raise ValueError(f"{path}: hyper_parameters do not name the model (expected 'model' or 'model_name' "
-                         f"holding a registry name); found keys {sorted(hparams)}")
+        raise ValueError(f"{path}: hyper_parameters do not name the model ('model_name' holding a registry "
+                         f"name); found keys {sorted(hparams)}")
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise ValueError(f"{path}: hyper_parameters 'model_kwargs' must be a mapping, got {type(kwargs).__name__}")
     return model, dict(kwargs or {})
+
+
+def _lightning_mask(raw: Mapping[str, Any], path: Path) -> torch.Tensor | None:
+    """The coded aperture the run trained with, rebuilt by the datamodule from its saved hyper-parameters
+    (a mask file, or the seeded random mask); None when the checkpoint has no datamodule hyper-parameters."""
+    hparams = raw.get("datamodule_hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        return None
+    from data.datamodule import CassiDataModule
+
+    try:
+        datamodule = CassiDataModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+        return torch.from_numpy(datamodule._load_mask())
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot rebuild the training mask from datamodule_hyper_parameters ({err}); "
+                         "pass --mask FILE") from err
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], wanted: set[str], path: Path) -> dict[str, torch.Tensor]:
@@ -88,8 +97,9 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], wanted: set[str], path: Pat
 
 
 def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> LoadedModel:
-    """A network from a Lightning ``.ckpt``: model name and kwargs from ``hyper_parameters``, weights from
-    the ``state_dict`` entries under the module's prefix (``model.``). ``name``, if given, must agree."""
+    """A network from a Lightning ``.ckpt`` of ``train.py``: model name and kwargs from ``hyper_parameters``,
+    weights from the ``state_dict`` entries under the module's prefix (``model.``), the training mask from
+    the datamodule's hyper-parameters. ``name``, if given, must agree."""
     path = Path(path)
     raw = _torch_load(path)
     if not isinstance(raw, Mapping) or "state_dict" not in raw:
@@ -105,7 +115,9 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     model = create_model(found, **kwargs)
     state = _strip_prefix(raw["state_dict"], set(model.state_dict()), path)
     load_state_dict_checked(model, state, source=str(path))
-    return LoadedModel(model.eval(), found, kwargs, {"kind": "lightning", "path": str(path)})
+    source = {"kind": "lightning", "path": str(path), "epoch": str(raw.get("epoch")),
+              "global_step": str(raw.get("global_step"))}
+    return LoadedModel(model.eval(), found, kwargs, source, _lightning_mask(raw, path))
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:

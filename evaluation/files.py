@@ -10,13 +10,24 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` restricted by the process umask (what ``open`` / ``mkdir`` would give)."""
+    current = os.umask(0)
+    os.umask(current)
+    return mode & ~current
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temp path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    The temp file gets the usual permissions (0666 minus the umask), not ``mkstemp``'s private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, umask_mode(0o666))
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -79,15 +79,14 @@ def mask_warnings(method: Reconstructor, mask: Tensor) -> list[str]:
     return []
 
 
-def evaluate_kaist(method: Reconstructor, data: DataSpec, setup: ScenarioSetup, out_dir: str | Path,
-                   calibrator: Calibrator | None = None, previews: int | None = None,
-                   verbose: bool = True) -> dict[str, Any]:
-    """Run the protocol (and scenarios), write results.{json,md,csv} and previews/ in ``out_dir``.
+def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, data_info: dict[str, Any],
+                   setup: ScenarioSetup, out_dir: str | Path, calibrator: Calibrator | None = None,
+                   previews: int | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Run the protocol (and scenarios) on ``load_data``'s output; write results.{json,md,csv} and previews/.
 
     ``previews``: number of scenes per scenario that get PNG previews (None: all, 0: none).
     """
     out_dir = Path(out_dir)
-    scenes, mask, data_info = load_data(data, method)
     warnings = mask_warnings(method, mask)
     for warning in warnings:
         print(f"warning: {warning}")

@@ -64,8 +64,7 @@ def measure_model(name: str, size: int = 256, repeats: int = 3, timing: bool = T
     call = _Reconstruct(model, op).eval()
     try:
         with torch.no_grad():
-            call(y)                                  # also the timing warm-up
-            row["flops"] = count_flops(call, {"y": y})
+            row["flops"] = count_flops(call, {"y": y})     # the trace also warms up the timing
             if timing:
                 times = []
                 for _ in range(repeats):

@@ -19,10 +19,25 @@ from evaluation.files import save_figure
 CURVE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
 
 
-def probe_points(height: int, width: int) -> list[tuple[int, int]]:
-    """Four fixed (row, col) probes, one per quadrant centre."""
-    return [(height // 4, width // 4), (height // 4, 3 * width // 4),
-            (3 * height // 4, width // 4), (3 * height // 4, 3 * width // 4)]
+def probe_points(cube: np.ndarray, count: int = 4) -> list[tuple[int, int]]:
+    """(row, col) of ``count`` probes: the brightest pixels of the band-mean image (5 x 5 box-smoothed),
+    each at least a sixth of the image size from the others and from the border."""
+    height, width = cube.shape[1:]
+    image = cube.mean(axis=0)
+    padded = np.pad(image, 2, mode="edge")
+    smooth = sum(padded[i:i + height, j:j + width] for i in range(5) for j in range(5)) / 25.0
+    gap = max(min(height, width) // 6, 1)
+    order = np.argsort(smooth, axis=None)[::-1]
+    points: list[tuple[int, int]] = []
+    for flat in order:
+        row, col = divmod(int(flat), width)
+        if min(row, col, height - 1 - row, width - 1 - col) < gap // 2:
+            continue
+        if all(max(abs(row - r), abs(col - c)) >= gap for r, c in points):
+            points.append((row, col))
+            if len(points) == count:
+                break
+    return points
 
 
 def _spectrum(cube: np.ndarray, row: int, col: int) -> np.ndarray:
@@ -40,7 +55,7 @@ def _mark_probes(axis, points: list[tuple[int, int]]) -> None:
 def save_comparison(path: str | Path, pred: Tensor, target: Tensor, title: str) -> Path:
     """Reconstruction | ground truth | per-pixel RMSE over bands, with the spectral probes marked."""
     pred_np, target_np = pred.detach().cpu().numpy(), target.detach().cpu().numpy()
-    points = probe_points(*target_np.shape[1:])
+    points = probe_points(target_np)
     figure = Figure(figsize=(11, 4), layout="constrained")
     axes = figure.subplots(1, 3)
     axes[0].imshow(cube_to_rgb(pred_np))
@@ -64,7 +79,7 @@ def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: s
     wl = wavelengths(pred_np.shape[0])
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
-    for k, (row, col) in enumerate(probe_points(*pred_np.shape[1:])):
+    for k, (row, col) in enumerate(probe_points(pred_np if target_np is None else target_np)):
         if target_np is not None:
             axis.plot(wl, _spectrum(target_np, row, col), "-", color=CURVE_COLOURS[k], label=f"{k + 1} truth")
         axis.plot(wl, _spectrum(pred_np, row, col), "--", color=CURVE_COLOURS[k], label=f"{k + 1} recon.")
@@ -82,7 +97,7 @@ def save_real(path: str | Path, pred: Tensor, measurement: Tensor, residual: Ten
     axes = figure.subplots(1, 3, width_ratios=[pred_np.shape[2], measurement.shape[-1], residual.shape[-1]])
     axes[0].imshow(cube_to_rgb(pred_np, exposure=auto_exposure(pred_np)))
     axes[0].set_title("reconstruction (auto exposure)")
-    _mark_probes(axes[0], probe_points(*pred_np.shape[1:]))
+    _mark_probes(axes[0], probe_points(pred_np))
     axes[1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
     axes[1].set_title("measurement")
     res = axes[2].imshow(residual.detach().cpu().abs().numpy(), cmap="magma", vmin=0.0)

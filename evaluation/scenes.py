@@ -54,7 +54,8 @@ def mst_mask(root: str | Path) -> Tensor:
     """``ROOT/mask.mat`` (key 'mask') as (H, W) float32."""
     path = Path(root) / "mask.mat"
     if not path.is_file():
-        raise FileNotFoundError(f"{root}: expected the coded aperture in {path}")
+        raise FileNotFoundError(f"{root}: expected the MST layout (mask.mat + Truth/sceneNN.mat); {path} "
+                                "does not exist")
     return torch.from_numpy(load_mask(path))
 
 

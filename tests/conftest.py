@@ -1,8 +1,12 @@
 """Shared test helpers: where ../shared lives, and skipping cleanly when it is absent."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning (before torch loads): see README, "CPU threads".
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

@@ -95,7 +95,7 @@ def summary_text(trainer: pl.Trainer) -> str:
 def _logger_location(logger: Any) -> str:
     if isinstance(logger, WandbLogger):
         run_dir = Path(logger.experiment.dir).parent
-        if logger.experiment.settings.mode == "offline":
+        if getattr(logger.experiment, "offline", False):
             return f"W&B offline run: {run_dir}  (upload: wandb sync {run_dir})"
         return f"W&B run: {logger.experiment.url}"
     return f"{type(logger).__name__}: {logger.log_dir}"

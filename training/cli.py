@@ -6,16 +6,14 @@
   so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir``.
 * logger: :class:`training.loggers.CassiWandbLogger` (offline without ``WANDB_API_KEY``) writing under
   ``default_root_dir``; ``--trainer.logger CSVLogger`` / ``TensorBoardLogger`` (their ``save_dir`` defaults to
-  ``default_root_dir`` too) or ``--trainer.logger false``.
+  ``default_root_dir`` too: it is linked) or ``--trainer.logger false``.
 * callbacks: learning-rate monitor (when there is a logger), validation previews (``--previews.*``), and a
   summary printed at the end.
 """
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from jsonargparse import Namespace
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
@@ -37,16 +35,12 @@ class CassiCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ValidationPreviews, "previews")
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        root = config.trainer.default_root_dir or DEFAULT_ROOT
-        config.trainer.default_root_dir = root
         if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
-        loggers = config.trainer.logger
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            _default_save_dir(logger, root)
+            config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir, "checkpoints")
 
     def before_fit(self) -> None:
         if self.trainer.loggers:
@@ -54,16 +48,10 @@ class CassiCLI(LightningCLI):
         self.trainer.callbacks.append(RunSummary())
 
 
-def _default_save_dir(logger: Any, root: str) -> None:
-    """Set a logger's ``save_dir`` to the run folder when the config leaves it unset."""
-    init_args = getattr(logger, "init_args", None) if isinstance(logger, Namespace) else None
-    if init_args is not None and "save_dir" in init_args and init_args.save_dir in (None, "", "."):
-        init_args.save_dir = root
-
-
 def main(args: list[str] | None = None) -> CassiCLI:
     return CassiCLI(
         CassiModule, CassiDataModule, subclass_mode_model=True,
-        trainer_defaults={"logger": {"class_path": "training.loggers.CassiWandbLogger"}},
+        trainer_defaults={"default_root_dir": DEFAULT_ROOT,
+                          "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
         save_config_kwargs={"overwrite": True}, args=args,
     )

@@ -21,6 +21,7 @@ checkpoint loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,10 +120,10 @@ class CassiModule(pl.LightningModule):
         y, op = self.instrument.measure(batch, seed)
         terms = self.objective(self(y, op), batch, op)
         size = batch["cube"].shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
         for name, value in terms.items():
-            if name != "loss":
-                self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
+            # per step: this rank's value (no communication); per epoch: the mean over all ranks
+            self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=True, on_epoch=False, batch_size=size)
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return terms["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -151,7 +152,9 @@ class CassiModule(pl.LightningModule):
             self._log_metrics(f"val_scene/{name}", metrics)
 
     def _log_metrics(self, prefix: str, metrics: ReconstructionMetrics, prog_bar: bool = False) -> None:
-        values = metrics.compute()
+        with warnings.catch_warnings():  # under DDP a rank may hold no crop of some scene; the sums are synced
+            warnings.filterwarnings("ignore", message=".*compute.* was called before the ..update.. method")
+            values = metrics.compute()
         metrics.reset()
         for key, value in values.items():
             self.log(f"{prefix}/{key}", value.float(), prog_bar=prog_bar and key == "psnr", sync_dist=True)

@@ -1,0 +1,218 @@
+"""Evaluate CASSI reconstruction: the KAIST protocol and mismatch scenarios, real captures, releases, model table.
+
+    python eval.py kaist                                   # GAP-TV on 10 built-in synthetic 128x128 scenes
+    python eval.py kaist --model mst_l --ckpt PATH --data.root TSA_simu_data --out runs/mst_l
+    python eval.py kaist --release DIR --scenarios I,II,III,IV --mismatch dx=1,dy=0.5,theta=0.3
+    python eval.py real --data.root TSA_real_data [--release DIR]
+    python eval.py export --ckpt PATH [--model NAME] --mask mask.mat [--results results.json] --out DIR
+    python eval.py models [--size 256] [--models mst_s,mst_l]
+
+Run ``python eval.py COMMAND --help`` for every option.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see README, "CPU threads"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from cassi import Mismatch
+
+GAP_DEFAULTS = {"iterations": 50, "tv_weight": 0.1, "tv_iterations": 5}
+
+
+def parse_mismatch(text: str) -> Mismatch:
+    """'dx=1,dy=0.5,theta=0.3' -> Mismatch (unnamed parameters keep their nominal values)."""
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"mismatch item {item!r} is not NAME=VALUE")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"mismatch value {value!r} of {name!r} is not a number") from None
+    try:
+        return Mismatch.from_dict(values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method")
+    group.add_argument("--model", default="gap_tv", help="gap_tv (default) or a registered network name")
+    group.add_argument("--ckpt", help="weights: Lightning .ckpt, toolbox .pth (needs --model) or a release folder")
+    group.add_argument("--release", help="a release folder written by 'eval.py export'")
+    group.add_argument("--device", default="cpu", help="torch device for networks (default cpu)")
+    for name, default in GAP_DEFAULTS.items():
+        group.add_argument(f"--gap.{name.replace('_', '-')}", dest=f"gap_{name}", type=type(default),
+                           default=default, help=f"GAP-TV {name.replace('_', ' ')} (default {default})")
+
+
+def _add_kaist(sub) -> None:
+    parser = sub.add_parser("kaist", help="KAIST protocol and mismatch scenarios on simulated measurements",
+                            description="Per-scene PSNR/SSIM (KAIST protocol), SAM, ERGAS and seconds; "
+                                        "writes results.json/.md/.csv and PNG previews to --out.")
+    _add_method_options(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data.root", dest="data_root",
+                      help="folder in the MST layout (Truth/sceneNN.mat + mask.mat); default: synthetic scenes")
+    data.add_argument("--mask", help="mask file (.mat key 'mask', .npy, .npz) overriding the default mask")
+    data.add_argument("--synthetic.count", dest="synthetic_count", type=int, default=10,
+                      help="number of synthetic scenes (default 10)")
+    data.add_argument("--synthetic.size", dest="synthetic_size", type=int, default=128,
+                      help="synthetic scene size in px (default 128; a release's mask sets it)")
+    data.add_argument("--synthetic.seed", dest="synthetic_seed", type=int, default=0)
+    data.add_argument("--limit", type=int, help="evaluate only the first N scenes")
+    scen = parser.add_argument_group("scenarios")
+    scen.add_argument("--scenarios", default="I", help="comma list of I (ideal), II (mismatched), "
+                      "III (calibrated), IV (oracle); default I")
+    scen.add_argument("--mismatch", type=parse_mismatch, default=None,
+                      help="injected mismatch for II-IV, e.g. dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2 "
+                           "(px, px, deg, px/band, deg; default dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2)")
+    scen.add_argument("--oversample", type=int, nargs=2, default=(4, 2), metavar=("N", "K"),
+                      help="high-fidelity simulator oversampling, spatial N and spectral K (default 4 2)")
+    scen.add_argument("--operator", help="scenario III: operator .npz from calibrate.py")
+    scen.add_argument("--calibration", help="scenario III: calibration.json from calibrate.py")
+    noise = parser.add_argument_group("noise")
+    noise.add_argument("--noise.peak", dest="noise_peak", type=float, help="photons at the brightest pixel")
+    noise.add_argument("--noise.read", dest="noise_read", type=float, default=0.0,
+                       help="Gaussian read noise sigma relative to the clean maximum")
+    noise.add_argument("--noise.seed", dest="noise_seed", type=int, default=0)
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", default="outputs/kaist", help="output folder (default outputs/kaist)")
+    out.add_argument("--previews", type=int, default=None, help="scenes with PNG previews (default all, 0: none)")
+
+
+def _add_real(sub) -> None:
+    parser = sub.add_parser("real", help="reconstruct real captures (meas_real) and save previews")
+    _add_method_options(parser)
+    parser.add_argument("--data.root", dest="data_root", required=True,
+                        help="folder with mask.mat and scene*.mat (key meas_real)")
+    parser.add_argument("--scale", type=float, help="rescale each measurement to this maximum first "
+                        "(MST real-data networks use 0.8); default: as stored")
+    parser.add_argument("--limit", type=int, help="reconstruct only the first N captures")
+    parser.add_argument("--out", default="outputs/real")
+    parser.add_argument("--no-previews", action="store_true")
+
+
+def _add_export(sub) -> None:
+    parser = sub.add_parser("export", help="write a self-describing release folder")
+    parser.add_argument("--ckpt", required=True, help="Lightning .ckpt, toolbox .pth or a release folder")
+    parser.add_argument("--model", help="registry name (required for a toolbox .pth; checked otherwise)")
+    parser.add_argument("--mask", help="the coded aperture the network was trained with (.mat/.npy/.npz); "
+                        "default: the release's own mask")
+    parser.add_argument("--results", help="results.json of 'eval.py kaist' with these weights, to embed")
+    parser.add_argument("--out", required=True, help="release folder to create")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
+
+
+def _add_models(sub) -> None:
+    parser = sub.add_parser("models", help="parameters, FLOPs, paper figures and CPU time of every network")
+    parser.add_argument("--size", type=int, default=256, help="spatial size (default 256)")
+    parser.add_argument("--models", help="comma list of names (default: all registered)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forward passes (median)")
+    parser.add_argument("--no-time", action="store_true", help="skip the timing")
+    parser.add_argument("--out", help="also write the table as Markdown (FILE.md) and JSON (FILE.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_kaist(sub)
+    _add_real(sub)
+    _add_export(sub)
+    _add_models(sub)
+    return parser
+
+
+def _method(args):
+    from evaluation.reconstructors import make_reconstructor
+    gap = {name: getattr(args, f"gap_{name}") for name in GAP_DEFAULTS}
+    return make_reconstructor(args.model, args.ckpt, args.release, args.device, gap)
+
+
+def run_kaist(args) -> None:
+    from evaluation.calibration import make_calibrator
+    from evaluation.kaist import DataSpec, evaluate_kaist, load_data
+    from evaluation.protocol import Noise
+    from evaluation.scenarios import ScenarioSetup
+
+    method = _method(args)
+    setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
+                    "oversample": tuple(args.oversample),
+                    "noise": Noise(args.noise_peak, args.noise_read, args.noise_seed)}
+    if args.mismatch is not None:
+        setup_kwargs["mismatch"] = args.mismatch
+    setup = ScenarioSetup(**setup_kwargs)
+    spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,
+                    args.limit)
+    scenes, mask, info = load_data(spec, method)
+    calibrator = None
+    if "III" in setup.scenarios:
+        calibrator = make_calibrator(args.operator, args.calibration, mask, solver=method.name,
+                                     ckpt=args.release or args.ckpt)
+    evaluate_kaist(method, scenes, mask, info, setup, args.out, calibrator, args.previews)
+
+
+def run_real(args) -> None:
+    from evaluation.real import evaluate_real
+    evaluate_real(_method(args), args.data_root, args.out, scale=args.scale, previews=not args.no_previews,
+                  limit=args.limit)
+
+
+def run_export(args) -> None:
+    from data.io import load_mask
+    from evaluation.checkpoints import load_weights
+    from evaluation.release import export_release
+
+    loaded = load_weights(args.ckpt, args.model)
+    if args.mask is not None:
+        mask = load_mask(args.mask)
+    elif loaded.mask is not None:
+        mask = loaded.mask
+    else:
+        raise ValueError(f"{args.ckpt} does not record its coded aperture: pass --mask FILE (the mask the "
+                         "network was trained with)")
+    out = export_release(loaded, mask, args.out, args.results, force=args.force)
+    print(f"wrote release of '{loaded.name}' to {out} (load with models.load_release('{out}'))")
+
+
+def run_models(args) -> None:
+    from evaluation.files import write_json, write_text
+    from evaluation.model_table import markdown, model_table
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    rows = model_table(names, args.size, args.repeats, not args.no_time)
+    if args.out:
+        out = Path(args.out)
+        write_text(out.with_suffix(".md"), markdown(rows, args.size))
+        write_json(out.with_suffix(".json"), {"size": args.size, "threads": torch.get_num_threads(), "rows": rows})
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+COMMANDS = {"kaist": run_kaist, "real": run_real, "export": run_export, "models": run_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"eval.py {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

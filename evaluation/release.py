@@ -1,0 +1,159 @@
+"""``eval.py export``: write a release folder (format in :mod:`models.release`) from any weights source.
+
+The folder is assembled in a temporary sibling directory and moved into place with one rename, so a
+reader never sees a half-written release. ``--results`` (an ``eval.py kaist`` results.json) is embedded
+as metrics.json only if it was computed with these exact weights (its ``method.weights_sha256``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from evaluation.checkpoints import LoadedModel
+from evaluation.files import json_safe, umask_mode
+from evaluation.protocol import METRICS
+from models.flops import count_parameters
+from models.release import (CARD_FILE, CHECKSUM_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE,
+                            METRICS_FILE, WEIGHTS_FILE, file_sha256, mask_sha256, model_bands, open_release,
+                            state_dict_sha256)
+
+
+def split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors to store (contiguous CPU copies) and aliases {name: stored name} for tensors sharing storage."""
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        stored[name] = tensor.detach().cpu().contiguous().clone()
+    return stored, aliases
+
+
+def check_results(results_path: str | Path, loaded: LoadedModel) -> dict[str, Any]:
+    """A results.json evaluated with exactly these weights (else a clear error)."""
+    path = Path(results_path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable results.json ({err})") from err
+    if not isinstance(results, dict) or not isinstance(results.get("scenes"), list) or "mean" not in results:
+        raise ValueError(f"{path}: not an eval.py results.json (needs 'scenes' and 'mean')")
+    evaluated = results.get("method", {}).get("weights_sha256")
+    if evaluated != loaded.weights_sha256:
+        raise ValueError(f"{path}: these results were computed with other weights (weights_sha256 "
+                         f"{evaluated}) than the checkpoint being exported ({loaded.weights_sha256})")
+    return results
+
+
+def model_card(config: dict[str, Any], metrics: dict[str, Any] | None) -> str:
+    """README.md of the release: what it is, how to load it, what it scored."""
+    model, mask, weights = config["model"], config["mask"], config["weights"]
+    lines = [f"# {model['name']} (CASSI reconstruction network)", "",
+             f"- architecture: `{model['name']}` from this project's model registry, kwargs `{model['kwargs']}`",
+             f"- parameters: {weights['parameters']:,}",
+             f"- bands: {config['bands']}, dispersion step {config['step']} px per band",
+             f"- coded aperture: `{MASK_FILE}` {mask['shape'][0]}x{mask['shape'][1]}, sha256 `{mask['sha256']}`",
+             f"- weights: `{WEIGHTS_FILE}` ({weights['tensors']} tensors), state sha256 `{weights['state_sha256']}`",
+             f"- exported from: {config['source']['kind']} `{config['source']['path']}` "
+             f"on {config['created_utc']} (torch {config['torch']})", "",
+             "## Use", "", "```python", "from models import load_release",
+             "model = load_release(\"PATH/TO/THIS/FOLDER\")   # verified against SHA256SUMS, eval mode",
+             "y_inputs = model.prepare_inputs(y, op)          # y (B, H, W + 54), op = cassi.CassiOperator(mask)",
+             "cube = model.reconstruction(model(**y_inputs))  # (B, 28, H, W)", "```", "",
+             "Evaluate: `python eval.py kaist --release PATH/TO/THIS/FOLDER [--data.root TSA_simu_data]`.",
+             f"Verify by hand: `sha256sum -c {CHECKSUM_FILE}`.", ""]
+    if metrics is None:
+        lines += ["## Metrics", "", "No evaluation was attached to this release.", ""]
+    else:
+        mean = metrics["mean"]
+        lines += ["## Metrics", "", f"Evaluated on: {metrics.get('data', {}).get('description', 'unknown data')} "
+                  f"(scenario {metrics.get('primary_scenario', 'I')}; full table in `{METRICS_FILE}`).", "",
+                  "| PSNR (dB) | SSIM | SAM (deg) | ERGAS |", "|---:|---:|---:|---:|",
+                  "| " + " | ".join("-" if mean.get(m) is None else f"{mean[m]:.4g}" for m in METRICS) + " |", ""]
+    return "\n".join(lines)
+
+
+def _write(folder: Path, name: str, data: bytes) -> None:
+    (folder / name).write_bytes(data)
+
+
+def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir: str | Path,
+                   results_path: str | Path | None = None, step: int = 2, force: bool = False) -> Path:
+    """Write the release of ``loaded`` with coded aperture ``mask`` (H, W) to ``out_dir``; returns the folder.
+
+    ``force`` replaces an existing non-empty ``out_dir``; otherwise that is an error.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
+    mask_np = np.ascontiguousarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask,
+                                   dtype=np.float32)
+    if mask_np.ndim != 2:
+        raise ValueError(f"the release mask must be (H, W), got shape {mask_np.shape}")
+    bands = model_bands(loaded.model)
+    if bands is None:
+        raise ValueError(f"cannot tell how many bands '{loaded.name}' is built for (no bands / nC / in_chans)")
+    state = loaded.model.state_dict()
+    stored, aliases = split_shared(state)
+    metrics = check_results(results_path, loaded) if results_path is not None else None
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": {"name": loaded.name, "kwargs": loaded.kwargs},
+        "bands": bands, "step": step,
+        "mask": {"file": MASK_FILE, "sha256": mask_sha256(mask_np), "shape": list(mask_np.shape)},
+        "weights": {"file": WEIGHTS_FILE, "state_sha256": state_dict_sha256(state), "tensors": len(state),
+                    "parameters": count_parameters(loaded.model), "aliases": aliases},
+        "metrics": METRICS_FILE if metrics is not None else None,
+        "source": loaded.source,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    os.chmod(staging, umask_mode(0o777))
+    try:
+        _write(staging, WEIGHTS_FILE, safetensors_bytes(stored, metadata={"format": FORMAT}))
+        np.save(staging / MASK_FILE, mask_np, allow_pickle=False)
+        _write(staging, CONFIG_FILE, (json.dumps(json_safe(config), indent=2, allow_nan=False) + "\n").encode())
+        if metrics is not None:
+            _write(staging, METRICS_FILE, (json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n").encode())
+        _write(staging, CARD_FILE, model_card(config, metrics).encode())
+        sums = "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(staging.iterdir()))
+        _write(staging, CHECKSUM_FILE, sums.encode())
+        open_release(staging)                        # what we wrote must load back
+        _move_into_place(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename ``staging`` to ``out_dir``; an existing ``out_dir`` is moved aside first and removed after."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    old.rmdir()
+    os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

@@ -1,0 +1,253 @@
+"""eval.py kaist / real / models: reports and their schema, scenarios, the MST folder layout, bad input.
+
+Small on purpose: 32-64 px scenes, 1-2 scenes, a handful of GAP-TV iterations.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from cassi import CassiOperator, Mismatch
+from cassi.operator_file import save_operator
+from evaluation.protocol import METRICS, mean_row, scene_metrics
+from evaluation.reconstructors import GapTV
+from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios
+from evaluation.scenes import synthetic_mask, synthetic_scenes
+
+eval_cli = importlib.import_module("eval")
+PNG = b"\x89PNG\r\n\x1a\n"
+FAST_GAP = ["--gap.iterations", "8"]
+XI = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
+
+
+def run_cli(*argv: str) -> int:
+    return eval_cli.main([str(a) for a in argv])
+
+
+def read_results(folder) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+# ----------------------------------------------------------------------------------- kaist protocol
+def test_kaist_synthetic_gap_tv_writes_every_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--out", out) == 0
+    results = read_results(out)
+    assert [s["name"] for s in results["scenes"]] == ["synthetic01", "synthetic02"]
+    for scene in results["scenes"]:
+        assert set(scene) == {"name", "psnr", "ssim", "sam", "ergas", "seconds"}
+        assert all(isinstance(scene[k], float) and math.isfinite(scene[k]) for k in (*METRICS, "seconds"))
+        assert scene["psnr"] > 15.0 and 0.0 < scene["ssim"] < 1.0 and scene["seconds"] > 0
+    for key in (*METRICS, "seconds"):
+        assert results["mean"][key] == pytest.approx(np.mean([s[key] for s in results["scenes"]]))
+    assert results["method"]["name"] == "gap_tv" and results["method"]["kwargs"]["iterations"] == 8
+    assert results["data"]["mask"]["shape"] == [32, 32] and len(results["data"]["mask"]["sha256"]) == 64
+
+    markdown = (out / "results.md").read_text()
+    assert "| scene | PSNR (dB) | SSIM | SAM (deg) | ERGAS | seconds |" in markdown
+    assert "synthetic02" in markdown and "| mean |" in markdown
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["name"] for r in rows] == ["synthetic01", "synthetic02", "mean"]
+    assert float(rows[0]["psnr"]) == pytest.approx(results["scenes"][0]["psnr"])
+
+    assert sorted(results["previews"]) == sorted(
+        f"previews/synthetic0{i}{suffix}.png" for i in (1, 2) for suffix in ("", "_spectra"))
+    for preview in results["previews"]:
+        assert (out / preview).read_bytes()[:8] == PNG
+    assert not list(out.rglob(".*.tmp")), "temporary files left behind"
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "synthetic02" in printed
+
+
+def test_scene_metrics_rank_a_better_reconstruction_higher():
+    cube = synthetic_scenes(1, 32, 32)[0].cube
+    close, far = cube + 0.01, cube + 0.1
+    good, bad = scene_metrics(close, cube), scene_metrics(far, cube)
+    assert good["psnr"] > bad["psnr"] and good["ssim"] > bad["ssim"] and good["ergas"] < bad["ergas"]
+    assert scene_metrics(cube, cube)["sam"] == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(mean_row([])["psnr"])
+
+
+# ----------------------------------------------------------------------------------------- scenarios
+def scenario_run(scenarios, calibrator=None, oversample=(1, 1)):
+    scenes = synthetic_scenes(1, 32, 32, seed=3)
+    mask = synthetic_mask(32, 32)
+    setup = ScenarioSetup(scenarios, XI, oversample)
+    return run_scenarios(scenes, mask, GapTV(iterations=10), setup, calibrator), mask
+
+
+def test_scenarios_degrade_with_mismatch_and_recover_with_the_true_operator():
+    """N = K = 1: the simulator is the operator itself, so the oracle must beat the nominal reconstruction."""
+    truth = FixedEstimate(Mismatch(**XI.to_dict()), {"source": "test: the true mismatch"})
+    results, _ = scenario_run(("IV", "I", "III", "II"), truth)
+    assert list(results["scenarios"]) == ["I", "II", "III", "IV"]
+    means = {s: b["mean"] for s, b in results["scenarios"].items()}
+    comparison = results["comparison"]
+    assert comparison["delta_deg"]["psnr"] == pytest.approx(means["I"]["psnr"] - means["II"]["psnr"])
+    assert comparison["delta_deg"]["psnr"] > 1.0                     # the mismatch hurts
+    assert means["IV"]["psnr"] > means["II"]["psnr"] + 1.0          # knowing it helps
+    assert results["scenarios"]["III"]["scenes"][0]["psnr"] == results["scenarios"]["IV"]["scenes"][0]["psnr"]
+    assert comparison["recovery_ratio"]["psnr"] == pytest.approx(1.0)
+    assert comparison["delta_cal"]["psnr"] == pytest.approx(means["III"]["psnr"] - means["II"]["psnr"])
+    errors = results["calibration"]["scenes"][0]["error"]
+    assert set(errors) == {"dx", "dy", "theta", "a1", "alpha"} and all(v == 0 for v in errors.values())
+
+
+def test_scenario_iii_reports_parameter_errors_of_a_wrong_estimate():
+    wrong = FixedEstimate(Mismatch(dx=0.5, dy=0.5, theta=0.3, a1=2.02, alpha=0.2))
+    results, _ = scenario_run(("II", "III"), wrong)
+    calibration = results["calibration"]
+    assert calibration["scenes"][0]["error"]["dx"] == pytest.approx(-0.5)
+    assert calibration["mean_abs_error"]["dx"] == pytest.approx(0.5)
+    assert "recovery_ratio" not in results["comparison"]            # needs IV
+
+
+def test_scenario_iii_without_a_calibration_is_refused():
+    with pytest.raises(ValueError, match="scenario III needs a calibration"):
+        scenario_run(("II", "III"))
+    with pytest.raises(ValueError, match="unknown scenario"):
+        ScenarioSetup(("I", "V"))
+
+
+def test_scenarios_cli_with_operator_file_and_oversampled_simulator(tmp_path):
+    mask = synthetic_mask(32, 32)
+    save_operator(tmp_path / "operator.npz", CassiOperator(mask, mismatch=XI))
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP,
+                   "--scenarios", "I,II,III,IV", "--mismatch", "dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2",
+                   "--oversample", 2, 1, "--operator", tmp_path / "operator.npz", "--previews", 1,
+                   "--out", out) == 0
+    results = read_results(out)
+    assert results["setup"]["oversample"] == {"spatial": 2, "spectral": 1}
+    assert results["setup"]["mismatch"] == XI.to_dict()
+    assert results["primary_scenario"] == "I" and results["scenes"] == results["scenarios"]["I"]["scenes"]
+    assert set(results["comparison"]) == {"delta_deg", "delta_cal", "recovery_ratio"}
+    assert results["calibration"]["method"]["source"] == "operator file"
+    assert (out / "previews" / "III_synthetic01.png").is_file()
+    markdown = (out / "results.md").read_text()
+    assert "Delta_cal = III - II" in markdown and "recovery (III - II) / (IV - II)" in markdown
+    scenarios = {r["scenario"] for r in csv.DictReader((out / "results.csv").open())}
+    assert scenarios == {"I", "II", "III", "IV"}
+
+
+def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
+    other = torch.ones(32, 32)
+    save_operator(tmp_path / "operator.npz", CassiOperator(other, mismatch=XI))
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--operator", tmp_path / "operator.npz", "--out", tmp_path / "run") == 2
+    assert "is not the evaluation mask" in capsys.readouterr().err
+
+
+def test_scenario_iii_with_calib_calibrate(tmp_path):
+    calib = pytest.importorskip("calib")
+    if not hasattr(calib, "calibrate"):
+        pytest.skip("calib.calibrate is not available yet")
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--oversample", 1, 1, "--previews", 0, "--out", out) == 0
+    calibration = read_results(out)["calibration"]
+    assert calibration["method"]["source"] == "calib.calibrate"
+    assert all(math.isfinite(v) for v in calibration["scenes"][0]["estimate"].values())
+
+
+# ------------------------------------------------------------------------------------------ MST layout
+def write_mst_layout(root, size=32, scenes=2, mask_size=None):
+    (root / "Truth").mkdir(parents=True)
+    for k, scene in enumerate(synthetic_scenes(scenes, size, size, seed=7), 1):
+        scipy.io.savemat(root / "Truth" / f"scene{k:02d}.mat", {"img": scene.cube.permute(1, 2, 0).numpy()})
+    side = mask_size or size
+    scipy.io.savemat(root / "mask.mat", {"mask": synthetic_mask(side, side, seed=5).numpy()})
+
+
+def test_mst_layout_is_read_and_evaluated(tmp_path):
+    write_mst_layout(tmp_path / "TSA_simu_data")
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--data.root", tmp_path / "TSA_simu_data", *FAST_GAP, "--previews", 0,
+                   "--out", out) == 0
+    results = read_results(out)
+    assert [s["name"] for s in results["scenes"]] == ["scene01", "scene02"]
+    assert results["data"]["mask"]["source"].endswith("mask.mat")
+    assert results["previews"] == [] and not (out / "previews").exists()
+
+
+def test_mst_layout_errors_name_the_problem(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_cli("kaist", "--data.root", tmp_path / "empty", "--out", tmp_path / "a") == 2
+    assert "Truth" in capsys.readouterr().err
+    write_mst_layout(tmp_path / "wrong", mask_size=64)
+    assert run_cli("kaist", "--data.root", tmp_path / "wrong", "--out", tmp_path / "b") == 2
+    assert "(32, 32) pixels but the mask is (64, 64)" in capsys.readouterr().err
+    (tmp_path / "nokey" / "Truth").mkdir(parents=True)
+    scipy.io.savemat(tmp_path / "nokey" / "Truth" / "scene01.mat", {"cube": np.zeros((32, 32, 28))})
+    scipy.io.savemat(tmp_path / "nokey" / "mask.mat", {"mask": np.ones((32, 32))})
+    assert run_cli("kaist", "--data.root", tmp_path / "nokey", "--out", tmp_path / "c") == 2
+    assert "key 'img' not found" in capsys.readouterr().err
+
+
+def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("kaist", "--mismatch", "dz=1")
+    assert "unknown mismatch parameter" in capsys.readouterr().err
+    assert run_cli("kaist", "--model", "mst_s", "--out", tmp_path / "x") == 2
+    assert "needs weights" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- real captures
+def test_real_captures_report_only_the_measurement_residual(tmp_path):
+    root = tmp_path / "real"
+    root.mkdir()
+    mask = synthetic_mask(32, 32, seed=2)
+    scipy.io.savemat(root / "mask.mat", {"mask": mask.numpy()})
+    cube = synthetic_scenes(1, 32, 32, seed=4)[0].cube
+    y = CassiOperator(mask)(cube[None])[0]
+    scipy.io.savemat(root / "scene1.mat", {"meas_real": (y / y.max()).numpy()})
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    capture = results["captures"][0]
+    assert set(capture) == {"name", "residual", "seconds"} and 0 < capture["residual"] < 0.5
+    assert set(results["mean"]) == {"residual", "seconds"} and "scenes" not in results
+    assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
+
+
+def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli("real")
+    root = tmp_path / "real"
+    root.mkdir()
+    scipy.io.savemat(root / "mask.mat", {"mask": np.ones((32, 32), np.float32)})
+    scipy.io.savemat(root / "scene1.mat", {"meas_real": np.ones((32, 80), np.float32)})
+    assert run_cli("real", "--data.root", root, "--out", tmp_path / "run") == 2
+    assert "must be (32, 86)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- model table
+def test_models_table_rows(tmp_path, capsys):
+    """One row per requested network; a size the network cannot take is reported on its row, not raised."""
+    from models.flops import PAPER_FIGURES, count_flops, count_parameters
+    from models.registry import create_model
+
+    out = tmp_path / "table"
+    names = ["mst_s", "hsra_s"]
+    assert run_cli("models", "--size", 32, "--models", ",".join(names), "--repeats", 1, "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "networks at 32x32" in printed
+    assert [ln.split()[0] for ln in printed.splitlines() if ln.split() and ln.split()[0] in names] == names
+    rows = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    model = create_model("mst_s").eval()
+    op = CassiOperator(torch.ones(32, 32))
+    inputs = model.prepare_inputs(torch.rand(1, 32, 86), op)
+    assert rows["mst_s"]["flops"] == count_flops(model, inputs)     # the operator adds no counted FLOPs
+    assert rows["mst_s"]["params"] == count_parameters(model)
+    assert rows["mst_s"]["paper_gflops"] == PAPER_FIGURES["mst_s"][1]
+    assert rows["mst_s"]["seconds"] > 0 and rows["mst_s"]["error"] is None
+    assert rows["hsra_s"]["flops"] is None and "multiple of 64" in rows["hsra_s"]["error"]
+    assert rows["hsra_s"]["params"] == count_parameters(create_model("hsra_s"))
+    assert "| mst_s |" in out.with_suffix(".md").read_text()

@@ -1,0 +1,243 @@
+"""Releases: export from toolbox .pth / Lightning .ckpt / release, load_release round trip, tampering refused."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cassi import CassiOperator
+from evaluation.scenes import synthetic_mask
+from models import create_model, load_release
+from models.release import ReleaseError, open_release, state_dict_sha256
+from conftest import shared_path
+
+eval_cli = importlib.import_module("eval")
+SIZE = 64
+
+
+def run_cli(*argv) -> int:
+    return eval_cli.main([str(a) for a in argv])
+
+
+def random_mst_s(tmp_path, seed: int = 0):
+    """A randomly initialised MST-S saved like a toolbox checkpoint, and a mask file."""
+    torch.manual_seed(seed)
+    model = create_model("mst_s").eval()
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / "mst_s.pth")
+    np.save(tmp_path / "mask.npy", synthetic_mask(SIZE, SIZE, seed=9).numpy())
+    return model
+
+
+@pytest.fixture
+def release(tmp_path):
+    model = random_mst_s(tmp_path)
+    out = tmp_path / "release"
+    assert run_cli("export", "--ckpt", tmp_path / "mst_s.pth", "--model", "mst_s", "--mask", tmp_path / "mask.npy",
+                   "--out", out) == 0
+    return out, model
+
+
+def reconstruct(model, mask):
+    op = CassiOperator(mask)
+    y = op(torch.rand(1, 28, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        return model.reconstruction(model(**model.prepare_inputs(y, op)))
+
+
+def rewrite_checksums(folder):
+    """What a careful forger does after editing a file: recompute SHA256SUMS."""
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+             for p in sorted(folder.iterdir()) if p.name != "SHA256SUMS"]
+    (folder / "SHA256SUMS").write_text("".join(lines))
+
+
+def edit_config(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    rewrite_checksums(folder)
+
+
+# -------------------------------------------------------------------------------------------- round trip
+def test_export_then_load_release_gives_the_same_network(release):
+    folder, original = release
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "mask.npy",
+                                                        "weights.safetensors"]
+    loaded = load_release(folder)
+    assert not loaded.training
+    for key, value in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    opened = open_release(folder)
+    mask = torch.from_numpy(np.load(folder.parent / "mask.npy"))
+    assert torch.equal(opened.mask, mask)
+    assert torch.equal(reconstruct(loaded, mask), reconstruct(original, mask))
+    config = opened.config
+    assert config["model"] == {"name": "mst_s", "kwargs": {"dim": 28, "stage": 2, "num_blocks": [2, 2, 2]}}
+    assert config["bands"] == 28 and config["mask"]["shape"] == [SIZE, SIZE]
+    assert config["weights"]["state_sha256"] == state_dict_sha256(original.state_dict())
+    assert config["source"]["kind"] == "toolbox"
+    card = (folder / "README.md").read_text()
+    assert "load_release" in card and config["mask"]["sha256"] in card
+
+
+def test_release_evaluates_with_its_own_mask_and_exports_with_its_metrics(release, tmp_path):
+    folder, _ = release
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--release", folder, "--synthetic.count", 1, "--previews", 0, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert results["method"]["name"] == "mst_s"
+    assert results["method"]["weights_sha256"] == config["weights"]["state_sha256"]
+    assert results["data"]["mask"]["sha256"] == config["mask"]["sha256"]      # the release's mask by default
+    assert results["warnings"] == []
+    assert np.isfinite(results["mean"]["psnr"])
+
+    with_metrics = tmp_path / "with_metrics"
+    assert run_cli("export", "--ckpt", folder, "--results", out / "results.json", "--out", with_metrics) == 0
+    opened = open_release(with_metrics)
+    assert opened.metrics["mean"] == results["mean"]
+    assert f"{results['mean']['psnr']:.4g}" in (with_metrics / "README.md").read_text()
+
+
+def test_results_of_other_weights_are_not_embedded(release, tmp_path, capsys):
+    folder, _ = release
+    out = tmp_path / "gap"
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, "--gap.iterations", 2,
+                   "--previews", 0, "--out", out) == 0
+    assert run_cli("export", "--ckpt", folder, "--results", out / "results.json", "--out", tmp_path / "r2") == 2
+    assert "computed with other weights" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_export_does_not_overwrite_without_force(release, tmp_path, capsys):
+    folder, _ = release
+    random_mst_s(tmp_path, seed=1)                                   # other weights, same file name
+    args = ["export", "--ckpt", tmp_path / "mst_s.pth", "--model", "mst_s", "--mask", tmp_path / "mask.npy",
+            "--out", folder]
+    before = (folder / "weights.safetensors").read_bytes()
+    assert run_cli(*args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (folder / "weights.safetensors").read_bytes() == before
+    assert run_cli(*args, "--force") == 0
+    assert (folder / "weights.safetensors").read_bytes() != before
+    load_release(folder)
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_needs_a_mask_and_a_model_name_for_toolbox_files(tmp_path, capsys):
+    random_mst_s(tmp_path)
+    assert run_cli("export", "--ckpt", tmp_path / "mst_s.pth", "--mask", tmp_path / "mask.npy",
+                   "--out", tmp_path / "r") == 2
+    assert "pass --model NAME" in capsys.readouterr().err
+    assert run_cli("export", "--ckpt", tmp_path / "mst_s.pth", "--model", "mst_s", "--out", tmp_path / "r") == 2
+    assert "pass --mask FILE" in capsys.readouterr().err
+
+
+def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
+    training = pytest.importorskip("training", reason="training package not available")
+    module = training.ReconstructionModule(model_name="mst_s")
+    datamodule_hparams = {"root": None, "crop": SIZE, "mask": None, "mask_key": "mask", "mask_crop": False,
+                          "mask_size": None, "seed": 3}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 4,
+                "global_step": 40, "datamodule_hyper_parameters": datamodule_hparams}, tmp_path / "last.ckpt")
+    out = tmp_path / "release"
+    assert run_cli("export", "--ckpt", tmp_path / "last.ckpt", "--out", out) == 0
+    opened = open_release(out)
+    for key, value in module.model.state_dict().items():
+        assert torch.equal(opened.model.state_dict()[key], value), key
+    from data.datamodule import CassiDataModule
+    expected_mask = CassiDataModule(**datamodule_hparams)._load_mask()
+    assert np.array_equal(opened.mask.numpy(), expected_mask)
+    assert opened.config["source"]["kind"] == "lightning" and opened.config["source"]["epoch"] == "4"
+
+
+def test_official_toolbox_fixture_exports_and_reproduces_its_output(tmp_path):
+    state = torch.load(shared_path("fixtures", "mst_s", "state_dict.pt"), weights_only=True)
+    io = torch.load(shared_path("fixtures", "mst_s", "io_64.pt"), weights_only=True)
+    torch.save(state, tmp_path / "official.pth")
+    np.save(tmp_path / "mask.npy", np.ones((64, 64), np.float32))
+    assert run_cli("export", "--ckpt", tmp_path / "official.pth", "--model", "mst_s", "--mask",
+                   tmp_path / "mask.npy", "--out", tmp_path / "release") == 0
+    model = load_release(tmp_path / "release")
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["x"], io["mask"]), io["output"], atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- tampering
+def test_modified_weights_byte_is_refused(release):
+    folder, _ = release
+    data = bytearray((folder / "weights.safetensors").read_bytes())
+    data[-5] ^= 0x01
+    (folder / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match=r"weights\.safetensors: SHA-256 .* does not match SHA256SUMS"):
+        load_release(folder)
+
+
+def test_modified_weights_with_recomputed_checksums_are_refused(release):
+    folder, _ = release
+    tensors = load_file(folder / "weights.safetensors")
+    tensors["mapping.weight"] = tensors["mapping.weight"] * 1.01
+    save_file(tensors, folder / "weights.safetensors")
+    rewrite_checksums(folder)
+    with pytest.raises(ReleaseError, match="weights do not match the state_sha256"):
+        load_release(folder)
+
+
+def test_weights_of_another_shape_are_refused(release):
+    folder, _ = release
+    tensors = load_file(folder / "weights.safetensors")
+    tensors["mapping.weight"] = torch.zeros(27, 28, 3, 3)
+    save_file(tensors, folder / "weights.safetensors")
+    state = {**tensors}
+    edit_config(folder, lambda c: c["weights"].update(state_sha256=state_dict_sha256(state)))
+    with pytest.raises(ReleaseError, match=r"shape mismatches: mapping\.weight \(27, 28, 3, 3\) vs \(28, 28, 3, 3\)"):
+        load_release(folder)
+
+
+def test_wrong_band_count_is_refused(release):
+    folder, _ = release
+    edit_config(folder, lambda c: c.update(bands=31))
+    with pytest.raises(ReleaseError, match="records 31 bands but 'mst_s' with these kwargs is built for 28"):
+        load_release(folder)
+
+
+def test_mask_of_another_shape_is_refused(release):
+    folder, _ = release
+    np.save(folder / "mask.npy", np.ones((32, 32), np.float32))
+    rewrite_checksums(folder)
+    with pytest.raises(ReleaseError, match=r"mask has shape \(32, 32\), config.json records \(64, 64\)"):
+        load_release(folder)
+
+
+def test_checksum_list_must_cover_the_release(release):
+    folder, _ = release
+    sums = (folder / "SHA256SUMS").read_text().splitlines()
+    (folder / "SHA256SUMS").write_text("\n".join(line for line in sums if "weights" not in line) + "\n")
+    with pytest.raises(ReleaseError, match=r"does not list \['weights.safetensors'\]"):
+        load_release(folder)
+    (folder / "SHA256SUMS").unlink()
+    with pytest.raises(ReleaseError, match="not a release"):
+        load_release(folder)
+
+
+def test_eval_refuses_a_tampered_release(release, tmp_path, capsys):
+    folder, _ = release
+    edit_config(folder, lambda c: c["model"].update(name="mst_x"))
+    assert run_cli("kaist", "--release", folder, "--synthetic.count", 1, "--out", tmp_path / "run") == 2
+    assert "unknown model 'mst_x'" in capsys.readouterr().err
+
+
+def test_evaluating_a_release_with_another_mask_is_flagged(release, tmp_path):
+    folder, _ = release
+    np.save(tmp_path / "other_mask.npy", synthetic_mask(SIZE, SIZE, seed=10).numpy())
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--release", folder, "--mask", tmp_path / "other_mask.npy", "--synthetic.count", 1,
+                   "--previews", 0, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["warnings"]) == 1 and "not the mask released with the network" in results["warnings"][0]
+    assert "**warning**" in (out / "results.md").read_text()

@@ -1,0 +1,233 @@
+"""Training: objectives, instrument, modules, configs, smoke fits of every model family, exact resume."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from cassi import CassiOperator
+from models import list_models
+from models.joint_loss import CRSDUNLoss
+from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSELoss
+from training import JointModule, ReconstructionModule
+from training.cli import main
+from training.objectives import build_objective
+from training.simulation import Instrument
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def fit(config: Path | str, root: Path, *overrides: str, logger: bool = False):
+    """``train.py fit`` in this process; returns the CLI (trainer, model, datamodule)."""
+    args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *QUIET, *overrides]
+    if not logger:
+        args += ["--trainer.logger", "false"]
+    return main(args)
+
+
+def one_step(config: Path, root: Path, *overrides: str):
+    # one batch of the smoke configs' 2 (the CLI reads "--trainer.limit_train_batches 1" as the fraction 1.0)
+    return fit(config, root, "--trainer.max_epochs", "1", "--data.samples_per_epoch", "2", "--data.batch_size", "2",
+               "--previews.every_n_epochs", "0", *overrides)
+
+
+def _batch(size: int = 16, batch: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"cube": torch.rand(batch, 28, size, size, generator=gen),
+            "mask": (torch.rand(size, size, generator=gen) > 0.5).float(),
+            "labels": torch.randint(0, 5, (batch, size, size), generator=gen)}
+
+
+# ------------------------------------------------------------------------------------ objectives
+def test_pixel_objectives_are_the_model_losses_on_the_final_cube():
+    cube, pred = torch.rand(2, 28, 8, 8), torch.rand(2, 28, 8, 8)
+    op = CassiOperator(torch.ones(8, 8))
+    last = lambda output: output[-1]  # noqa: E731  (a multi-stage output whose final cube is the last entry)
+    output = [torch.zeros_like(pred), pred]
+    expected = {"rmse": RMSELoss()(pred, cube), "l1": (pred - cube).abs().mean(),
+                "charbonnier": CharbonnierLoss(eps=1e-2)(pred, cube)}
+    for name, value in expected.items():
+        kwargs = {"eps": 1e-2} if name == "charbonnier" else {}
+        got = build_objective(name, last, **kwargs)(output, cube, op, 0)
+        torch.testing.assert_close(got["loss"], value)
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        build_objective("mse", last)
+
+
+def test_s2_mask_aware_schedule_switches_from_me_to_ma():
+    torch.manual_seed(0)
+    cube = torch.rand(1, 28, 8, 8)
+    op = CassiOperator((torch.rand(8, 8) > 0.5).float())
+    output = (torch.rand(1, 28, 8, 8), [torch.rand(1, 28, 8, 8) for _ in range(4)])
+    objective = build_objective("s2_mask_aware", lambda out: out[0], switch_epoch=3)
+    early, late = objective(output, cube, op, 2), objective(output, cube, op, 3)
+    torch.testing.assert_close(early["loss"], MaskEncodingLoss(alpha=1.5, k_me=2)(output, cube, op.mask3d))
+    torch.testing.assert_close(late["loss"], MaskAwareLoss(alpha=1.0, beta=10.0, k_me=2)(output, cube, op.mask3d))
+    assert "ma" not in early and "ma" in late and late["loss"] > early["loss"]
+
+
+# ------------------------------------------------------------------------------------ instrument
+def test_instrument_noise_is_seeded_and_mismatch_reaches_the_operator():
+    batch = _batch()
+    clean, _ = Instrument().measure(batch, seed=0)
+    torch.testing.assert_close(clean, CassiOperator(batch["mask"])(batch["cube"]))
+    noisy = Instrument(noise={"peak": 100.0}, gain=1.2)
+    a, b, c = (noisy.measure(batch, seed=s)[0] for s in (5, 5, 6))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    assert abs(float(a.mean() / clean.mean()) - 1.2) < 0.02
+    shifted, op = Instrument(mismatch={"dx": 1.0}).measure(batch, seed=0)
+    assert op.mismatch.dx == 1.0 and not torch.allclose(shifted, clean)
+    with pytest.raises(ValueError, match="unknown noise setting.*'sigma'"):
+        Instrument(noise={"sigma": 0.1})
+    with pytest.raises(ValueError, match="no 'mask'"):
+        Instrument().measure({"cube": batch["cube"]}, seed=0)
+
+
+# ---------------------------------------------------------------------------------------- modules
+def test_modules_store_plain_hyperparameters_and_the_network_under_model():
+    module = ReconstructionModule(model_name="mst_s", loss="charbonnier", loss_kwargs={"eps": 1e-3})
+    assert module.hparams.model_name == "mst_s" and module.hparams.loss == "charbonnier"
+    assert all(key.startswith(("model.",)) for key in module.state_dict())
+    with pytest.raises(ValueError, match="unknown loss"):
+        ReconstructionModule(loss="mse")
+    with pytest.raises(TypeError, match="no segmentation"):
+        JointModule(model_name="mst_s")
+
+
+def test_joint_objective_is_crsdun_loss_and_labels_are_required():
+    module = JointModule(model_name="crsdun_3stg", model_kwargs={"n_class": 5})
+    batch = _batch(size=32, batch=1)
+    y, op = module.instrument.measure(batch, seed=0)
+    output = module(y, op)
+    terms = module.objective(output, batch, op)
+    torch.testing.assert_close(terms["loss"], CRSDUNLoss()(output, batch["cube"], batch["labels"]))
+    assert set(terms) == {"loss", "rec", "seg"}
+    with pytest.raises(ValueError, match="needs per-pixel 'labels'"):
+        module.objective(output, {k: v for k, v in batch.items() if k != "labels"}, op)
+    with pytest.raises(ValueError, match="n_class=5"):
+        module.objective(output, {**batch, "labels": batch["labels"] + 5}, op)
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("cosine", {}, ("CosineAnnealingLR", {"T_max": 300, "eta_min": 1e-6})),
+    ("step", {"step_size": 50, "gamma": 0.5}, ("StepLR", {"step_size": 50, "gamma": 0.5})),
+    ("multistep", {"milestones": [50, 100], "gamma": 0.5}, ("MultiStepLR", {"gamma": 0.5})),
+])
+def test_schedules(name, kwargs, expected):
+    module = ReconstructionModule(model_name="mst_s", scheduler=name, scheduler_kwargs=kwargs)
+    module.trainer = pl.Trainer(max_epochs=300, logger=False)
+    config = module.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert optimizer.defaults["lr"] == 4e-4 and optimizer.defaults["betas"] == (0.9, 0.999)
+    assert type(schedule).__name__ == expected[0] and config["lr_scheduler"]["interval"] == "epoch"
+    assert all(getattr(schedule, k) == v for k, v in expected[1].items())
+
+
+# ---------------------------------------------------------------------------------------- configs
+def _printed_config(path: Path, capsys) -> dict:
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert stop.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_every_registry_model_has_a_config_and_a_smoke_config(capsys):
+    for folder in (CONFIGS, CONFIGS / "smoke"):
+        assert sorted(p.stem for p in folder.glob("*.yaml")) == list_models()
+        for path in sorted(folder.glob("*.yaml")):
+            config = _printed_config(path, capsys)
+            init = config["model"]["init_args"]
+            assert init["model_name"] == path.stem, path
+            assert init["lr"] == 4e-4, path
+            assert config["data"]["root"] is None, path  # synthetic data by default
+            if folder == CONFIGS:
+                assert config["data"]["crop"] in (256, 384), path
+                assert config["data"]["samples_per_epoch"] in (5000, 1250), path
+
+
+def test_print_config_from_the_command_line():
+    done = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/mst_s.yaml", "--print_config"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = yaml.safe_load(done.stdout)
+    assert config["model"]["class_path"] == "training.ReconstructionModule"
+    assert config["model"]["init_args"]["scheduler"] == "cosine" and config["trainer"]["max_epochs"] == 300
+    assert config["data"]["batch_size"] == 5 and config["data"]["crop"] == 256
+    assert config["checkpoint"]["monitor"] == "val/psnr" and config["checkpoint"]["save_last"] is True
+
+
+# ------------------------------------------------------------------------------------- smoke fits
+@pytest.mark.parametrize("name", ["mst_s", "mst_s_real", "s2_transformer", "crsdun_3stg", "hsra_s", "hsra_dum_3stg"])
+def test_smoke_config_trains_one_step(name, tmp_path, capsys):
+    cli = one_step(CONFIGS / "smoke" / f"{name}.yaml", tmp_path)
+    trainer, module = cli.trainer, cli.model
+    assert trainer.global_step == 1
+    metrics = trainer.callback_metrics
+    assert math.isfinite(float(metrics["train/loss_epoch"])) and 5 < float(metrics["val/psnr"]) < 60
+    assert {"val/ssim", "val/sam"} <= set(metrics)
+    if name.startswith("crsdun"):
+        assert 0 <= float(metrics["val/miou"]) <= 1
+    # exactly one Adam step was taken on the network's parameters, with a non-zero gradient
+    state = trainer.optimizers[0].state
+    assert {int(state[p]["step"]) for p in module.model.parameters() if p in state} == {1}
+    assert any(float(state[p]["exp_avg"].abs().max()) > 0 for p in state)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"last.ckpt"}
+    out = capsys.readouterr().out
+    assert "best val/psnr" in out and str(tmp_path / "checkpoints") in out
+
+
+def test_bf16_mixed_precision_step(tmp_path):
+    cli = one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path, "--trainer.precision", "bf16-mixed",
+                   "--data.crop", "32")
+    assert cli.trainer.precision == "bf16-mixed" and cli.trainer.global_step == 1
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss_epoch"]))
+
+
+def test_training_on_a_folder_of_cubes_in_mst_layout(tmp_path):
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    (tmp_path / "cubes").mkdir()
+    for k in range(3):  # MST cave_1024_28 layout: 'img_expand' (H, W, 28), 16-bit counts
+        savemat(tmp_path / "cubes" / f"scene{k}.mat", {"img_expand": rng.integers(0, 65535, (40, 40, 28),
+                                                                                   dtype=np.uint16)})
+    cli = one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.root", str(tmp_path / "cubes"),
+                   "--data.val_scenes", "1", "--data.crop", "32")
+    assert cli.trainer.global_step == 1
+    assert [p.name for p in cli.datamodule.val_files] and not set(cli.datamodule.val_files) & set(
+        cli.datamodule.train_files)
+    assert any(key.startswith("val_scene/scene") for key in cli.trainer.callback_metrics)
+
+
+# ----------------------------------------------------------------------------------------- resume
+def _final_state(root: Path) -> dict:
+    return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path):
+    """2 epochs x 2 steps in one go == the same run stopped after epoch 0 (as if killed), then
+    ``fit --ckpt_path last`` with the same config (the cosine schedule spans the 2 epochs in both)."""
+    config = CONFIGS / "smoke" / "mst_s.yaml"
+    common = ["--trainer.max_epochs", "2", "--data.samples_per_epoch", "4", "--data.batch_size", "2",
+              "--data.crop", "32", "--previews.every_n_epochs", "0"]
+    fit(config, tmp_path / "full", *common)
+    fit(config, tmp_path / "split", "--trainer.max_steps", "2", *common)
+    first_half = _final_state(tmp_path / "split")
+    fit(config, tmp_path / "split", "--ckpt_path", "last", *common)
+    full, split = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
+    assert first_half["global_step"] == 2 and full["global_step"] == split["global_step"] == 4
+    assert not torch.equal(first_half["state_dict"]["model.mapping.weight"], split["state_dict"]["model.mapping.weight"])
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(split["state_dict"][key], value, rtol=1e-5, atol=1e-7, msg=key)
+    assert full["lr_schedulers"][0]["last_epoch"] == split["lr_schedulers"][0]["last_epoch"] == 2
+    for a, b in zip(full["optimizer_states"][0]["state"].values(), split["optimizer_states"][0]["state"].values()):
+        torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=1e-5, atol=1e-8)
