@@ -1,0 +1,54 @@
+"""``calibrate.py simulate``: file formats, shapes, equality with the library, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+import calibrate
+from cassi import Mismatch
+from cassi.noise import add_noise
+from cassi.simulator import simulate_measurement
+
+
+def write_inputs(tmp_path, h=16, w=20, bands=28):
+    rng = np.random.default_rng(0)
+    cube = rng.random((bands, h, w)).astype(np.float32)
+    mask = (rng.random((h, w)) > 0.5).astype(np.float32)
+    np.savez(tmp_path / "cube.npz", cube=cube)
+    scipy.io.savemat(tmp_path / "cube.mat", {"img": cube.transpose(1, 2, 0)})
+    scipy.io.savemat(tmp_path / "mask.mat", {"mask": mask})
+    np.save(tmp_path / "mask.npy", mask)
+    return cube, mask
+
+
+@pytest.mark.parametrize("cube_file,mask_file", [("cube.npz", "mask.mat"), ("cube.mat", "mask.npy")])
+def test_simulate_writes_y_equal_to_the_library(tmp_path, cube_file, mask_file):
+    cube, mask = write_inputs(tmp_path)
+    out = tmp_path / "y.npz"
+    calibrate.main(["simulate", "--cube", str(tmp_path / cube_file), "--mask", str(tmp_path / mask_file),
+                    "--dx", "0.5", "--theta", "0.3", "--a1", "2.02", "--oversample", "2", "2",
+                    "--noise-peak", "1e4", "--read-noise", "0.005", "--seed", "3", "--out", str(out)])
+    y = np.load(out)["y"]
+    assert y.shape == (16, 20 + 54)
+    clean = simulate_measurement(torch.from_numpy(cube)[None], torch.from_numpy(mask),
+                                 Mismatch(dx=0.5, theta=0.3, a1=2.02), spatial=2, spectral=2)
+    expected = add_noise(clean, peak=1e4, read_noise=0.005, seed=3)[0].numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_simulate_errors_name_the_problem(tmp_path):
+    write_inputs(tmp_path)
+    scipy.io.savemat(tmp_path / "nomask.mat", {"other": np.ones((16, 20))})
+    with pytest.raises(SystemExit, match="mask"):
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask",
+                        str(tmp_path / "nomask.mat"), "--out", str(tmp_path / "y.npz")])
+    np.save(tmp_path / "small.npy", np.ones((8, 8), np.float32))
+    with pytest.raises(SystemExit, match=r"mask .*small.npy is \(8, 8\) but cube"):
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask",
+                        str(tmp_path / "small.npy"), "--out", str(tmp_path / "y.npz")])
+    with pytest.raises(SystemExit, match="missing.npz"):
+        calibrate.main(["simulate", "--cube", str(tmp_path / "missing.npz"), "--mask",
+                        str(tmp_path / "mask.mat"), "--out", str(tmp_path / "y.npz")])
+    assert not (tmp_path / "y.npz").exists()
