@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 
 from cassi.mismatch import Mismatch, dispersion_offsets
-from cassi.translate import pick, place
+from cassi.translate import _overlap
 
 PARAMETER_NAMES = ("dx", "dy", "theta", "a1", "alpha")
 
@@ -95,11 +95,33 @@ def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int])
 
 @dataclass(frozen=True)
 class Placement:
-    """Which band goes where: entry p places band ``band[p]`` at integer shift (``row[p]``, ``col[p]``)."""
+    """Entry p adds band ``band[p]`` times effective mask p, moved by the integer shift (``row[p]``,
+    ``col[p]``), to the detector: ``y[dst_p] += x_band[src_p] * G_p[src_p]`` with the overlap slices
+    ``src`` (scene grid) and ``dst`` (detector grid); entries entirely off the detector are dropped."""
 
     band: tuple[int, ...]
     row: tuple[int, ...]
     col: tuple[int, ...]
+    src: tuple[tuple[slice, slice], ...]
+    dst: tuple[tuple[slice, slice], ...]
+
+    @classmethod
+    def build(cls, band: list[int], row: list[int], col: list[int], height: int, width: int,
+              measurement_width: int) -> tuple["Placement", list[int]]:
+        """The placement of the entries that reach the detector, and their indices in the input lists."""
+        fields: list[list] = [[], [], [], [], []]
+        kept = []
+        for i, (c, r, q) in enumerate(zip(band, row, col)):
+            rows, cols = _overlap(r, height, height), _overlap(q, width, measurement_width)
+            if rows is None or cols is None:
+                continue
+            kept.append(i)
+            for values, v in zip(fields, (c, r, q, (rows[0], cols[0]), (rows[1], cols[1]))):
+                values.append(v)
+        return cls(*(tuple(v) for v in fields)), kept
+
+    def __len__(self) -> int:
+        return len(self.band)
 
 
 def _landing_table(offsets: Tensor, spatial: int) -> tuple[Tensor, int]:
@@ -125,11 +147,11 @@ def _landing_table(offsets: Tensor, spatial: int) -> tuple[Tensor, int]:
 
 
 def effective_mask_weights(params: Tensor, bands: int, step: float, spatial: int, spectral: int
-                           ) -> tuple[Tensor, Placement]:
+                           ) -> tuple[Tensor, list[int], list[int], list[int]]:
     """``Phi_{c,T}(v)`` of the module docstring for a batch of parameters.
 
-    ``params`` (B, 5). Returns (weights (B, P, N*N), placement of the P active (band, T) entries);
-    an entry is active when any candidate of the batch gives it a non-zero weight.
+    ``params`` (B, 5). Returns (weights (B, P, N*N), band, row shift, col shift of the P active
+    (band, T) entries); an entry is active when any candidate of the batch gives it a non-zero weight.
     """
     n, k = spatial, spectral
     fine = (bands - 1) * n * k + 1
@@ -148,34 +170,39 @@ def effective_mask_weights(params: Tensor, bands: int, step: float, spatial: int
     active = phi.detach().abs().sum(dim=(0, 4, 5)) > 0                # (L, nR, nC)
     band, r, q = active.nonzero(as_tuple=True)
     weights = phi[:, band, r, q].reshape(params.shape[0], band.numel(), n * n)
-    placement = Placement(tuple(band.tolist()), tuple((r + row_min).tolist()), tuple((q + col_min).tolist()))
-    return weights, placement
+    return weights, band.tolist(), (r + row_min).tolist(), (q + col_min).tolist()
 
 
-def _place_all(x: Tensor, masks: Tensor, plan: Placement, height: int, width: int) -> Tensor:
-    """``sum_p place(x[:, band_p] * masks[:, p], T_p)`` on a (B, height, width) canvas (no autograd)."""
-    batch = max(x.shape[0], masks.shape[0])
-    y = x.new_zeros(batch, height, width)
-    for p, (c, r, q) in enumerate(zip(plan.band, plan.row, plan.col)):
-        place(y, x[:, c].expand(batch, -1, -1), [(r, q, 1.0)], factor=masks[:, p])
+def _place_all(x: Tensor, masks: Tensor, plan: Placement, width: int) -> Tensor:
+    """``y = sum_p place(x[:, band_p] * masks[:, p], T_p)``: (B, h, width) (no autograd)."""
+    y = x.new_zeros(max(x.shape[0], masks.shape[0]), x.shape[-2], width)
+    for p, c in enumerate(plan.band):
+        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
+        y[:, rd, cd].addcmul_(x[:, c, rs, cs], masks[:, p, rs, cs])
     return y
 
 
-def _pick_all(y: Tensor, masks: Tensor, plan: Placement, bands: int, height: int, width: int) -> Tensor:
-    """Adjoint of :func:`_place_all`: (B, L, height, width) (no autograd)."""
-    batch = max(y.shape[0], masks.shape[0])
-    x = y.new_zeros(batch, bands, height, width)
-    for p, (c, r, q) in enumerate(zip(plan.band, plan.row, plan.col)):
-        x[:, c] += pick(y, [(r, q, 1.0)], height, width) * masks[:, p]
+def _pick_all(y: Tensor, masks: Tensor, plan: Placement, bands: int, width: int) -> Tensor:
+    """Adjoint of :func:`_place_all`: (B, L, h, width) (no autograd)."""
+    x = y.new_zeros(max(y.shape[0], masks.shape[0]), bands, y.shape[-2], width)
+    for p, c in enumerate(plan.band):
+        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
+        x[:, c, rs, cs].addcmul_(y[:, rd, cd], masks[:, p, rs, cs])
     return x
 
 
-def _mask_grad(a: Tensor, b_canvas: Tensor, plan: Placement, mask_batch: int) -> Tensor:
-    """d<.,.>/d masks: ``a[:, band_p] * pick(b_canvas, T_p)`` summed to the masks' batch, (Bm, P, h, w)."""
-    h, w = a.shape[-2:]
-    grads = torch.stack([a[:, c] * pick(b_canvas, [(r, q, 1.0)], h, w)
-                         for c, r, q in zip(plan.band, plan.row, plan.col)], dim=1)
-    return grads if grads.shape[0] == mask_batch else grads.sum(0, keepdim=True)
+def _mask_grad(cube: Tensor, canvas: Tensor, plan: Placement, mask_shape: torch.Size) -> Tensor:
+    """Gradient of ``<canvas, A(G) cube>`` with respect to the effective masks G: (Bm, P, h, W)."""
+    batch = max(cube.shape[0], canvas.shape[0])
+    grad = cube.new_zeros(batch, *mask_shape[1:])
+    for p, c in enumerate(plan.band):
+        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
+        torch.mul(cube[:, c, rs, cs], canvas[:, rd, cd], out=grad[:, p, rs, cs])
+    return grad if batch == mask_shape[0] else grad.sum(0, keepdim=True)
+
+
+def _sum_to(t: Tensor, batch: int) -> Tensor:
+    return t if t.shape[0] == batch else t.sum(0, keepdim=True)
 
 
 class _Forward(Function):
@@ -185,18 +212,16 @@ class _Forward(Function):
     def forward(ctx, x: Tensor, masks: Tensor, plan: Placement, width: int) -> Tensor:
         ctx.save_for_backward(x, masks)
         ctx.plan = plan
-        return _place_all(x, masks, plan, x.shape[-2], width)
+        return _place_all(x, masks, plan, width)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         x, masks = ctx.saved_tensors
         grad_x = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_x = _pick_all(grad_y, masks, ctx.plan, x.shape[1], x.shape[-2], x.shape[-1])
-            if grad_x.shape[0] != x.shape[0]:
-                grad_x = grad_x.sum(0, keepdim=True)
+            grad_x = _sum_to(_pick_all(grad_y, masks, ctx.plan, x.shape[1], x.shape[-1]), x.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(x.expand(grad_y.shape[0], -1, -1, -1), grad_y, ctx.plan, masks.shape[0])
+            grad_masks = _mask_grad(x, grad_y, ctx.plan, masks.shape)
         return grad_x, grad_masks, None, None
 
 
@@ -207,23 +232,21 @@ class _Adjoint(Function):
     def forward(ctx, y: Tensor, masks: Tensor, plan: Placement, bands: int, width: int) -> Tensor:
         ctx.save_for_backward(y, masks)
         ctx.plan = plan
-        return _pick_all(y, masks, plan, bands, y.shape[-2], width)
+        return _pick_all(y, masks, plan, bands, width)
 
     @staticmethod
     def backward(ctx, grad_x: Tensor):
         y, masks = ctx.saved_tensors
         grad_y = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_y = _place_all(grad_x, masks, ctx.plan, y.shape[-2], y.shape[-1])
-            if grad_y.shape[0] != y.shape[0]:
-                grad_y = grad_y.sum(0, keepdim=True)
+            grad_y = _sum_to(_place_all(grad_x, masks, ctx.plan, y.shape[-1]), y.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(grad_x, y.expand(grad_x.shape[0], -1, -1), ctx.plan, masks.shape[0])
+            grad_masks = _mask_grad(grad_x, y, ctx.plan, masks.shape)
         return grad_y, grad_masks, None, None, None
 
 
 class EnlargedGridOperator(nn.Module):
-    """The N x K enlarged-grid instrument as a detector-grid operator, one per candidate.
+    """The N x K enlarged-grid instrument as a detector-grid operator, for a batch of candidates.
 
     Args:
         mask: nominal coded mask (H, W).
@@ -231,14 +254,16 @@ class EnlargedGridOperator(nn.Module):
             :class:`Mismatch`; may require grad.
         bands, step: band count L and nominal dispersion (px per band).
         spatial, spectral: oversampling N and K of the instrument model (the simulator's defaults 4, 2).
-        rows: scene rows (r0, r1) the operator covers (default all); columns are always all W.
+        windows: row windows ``[(r0, r1), ...]`` of equal height h (default: all H rows); columns are
+            always all W. Candidate b, window s is batch entry ``b * S + s``.
 
-    ``forward``: (B or 1, L, h, W) -> (B, h, W + step*(L-1)); ``adjoint`` back. Same interface as
+    ``forward``: (B*S or 1, L, h, W) -> (B*S, h, W + step*(L-1)); ``adjoint`` back. Same interface as
     :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv` needs it.
     """
 
     def __init__(self, mask: Tensor, params: Tensor | Mismatch, bands: int = 28, step: int = 2,
-                 spatial: int = 4, spectral: int = 2, rows: tuple[int, int] | None = None) -> None:
+                 spatial: int = 4, spectral: int = 2,
+                 windows: list[tuple[int, int]] | None = None) -> None:
         super().__init__()
         if mask.dim() != 2:
             raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
@@ -248,21 +273,27 @@ class EnlargedGridOperator(nn.Module):
             raise ValueError(f"params must be (B, 5) = (dx, dy, theta, a1, alpha), got {tuple(params.shape)}")
         if spatial < 1 or spectral < 1:
             raise ValueError(f"oversampling factors must be >= 1, got N={spatial}, K={spectral}")
-        rows = (0, mask.shape[0]) if rows is None else (int(rows[0]), int(rows[1]))
-        if not 0 <= rows[0] < rows[1] <= mask.shape[0]:
-            raise ValueError(f"rows {rows} outside the mask's {mask.shape[0]} rows")
-        self.bands, self.step, self.spatial, self.spectral, self.rows = bands, step, spatial, spectral, rows
-        self.full_width = mask.shape[1]
-        mask = mask.float() if not mask.is_floating_point() else mask
-        weights, self.plan = effective_mask_weights(params, bands, step, spatial, spectral)
-        fine = fine_mask(mask, spatial, params, rows)                       # (B, N h, N W)
-        b, h, w, n = params.shape[0], rows[1] - rows[0], mask.shape[1], spatial
-        blocks = fine.view(b, h, n, w, n).permute(0, 2, 4, 1, 3).reshape(b, n * n, h * w)
-        self.masks = torch.bmm(weights.to(blocks.dtype), blocks).view(b, -1, h, w)   # (B, P, h, W)
+        windows = [(0, mask.shape[0])] if windows is None else [(int(a), int(b)) for a, b in windows]
+        heights = {b - a for a, b in windows}
+        if len(heights) != 1 or any(not 0 <= a < b <= mask.shape[0] for a, b in windows):
+            raise ValueError(f"row windows {windows} must lie inside the mask's {mask.shape[0]} rows "
+                             "and have equal heights")
+        self.bands, self.step, self.spatial, self.spectral = bands, step, spatial, spectral
+        self.windows, self.full_width = windows, mask.shape[1]
+        mask = mask if mask.is_floating_point() else mask.float()
+        weights, band, row, col = effective_mask_weights(params, bands, step, spatial, spectral)
+        b, s, n = params.shape[0], len(windows), spatial
+        h, w = heights.pop(), mask.shape[1]
+        self.plan, kept = Placement.build(band, row, col, h, w, w + step * (bands - 1))
+        weights = weights[:, kept]
+        fine = torch.stack([fine_mask(mask, n, params, rows) for rows in windows], 1)   # (B, S, Nh, NW)
+        blocks = fine.view(b * s, h, n, w, n).permute(0, 2, 4, 1, 3).reshape(b * s, n * n, h * w)
+        weights = weights.to(blocks.dtype).repeat_interleave(s, 0)                     # (B*S, P, N*N)
+        self.masks = torch.bmm(weights, blocks).view(b * s, -1, h, w)                  # (B*S, P, h, W)
 
     @property
     def height(self) -> int:
-        return self.rows[1] - self.rows[0]
+        return self.windows[0][1] - self.windows[0][0]
 
     @property
     def width(self) -> int:
@@ -277,20 +308,14 @@ class EnlargedGridOperator(nn.Module):
         return self.masks.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Measurement (B, h, W + step*(L-1)) of cubes (B or 1, L, h, W)."""
+        """Measurement (B*S, h, W + step*(L-1)) of cubes (B*S or 1, L, h, W)."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.bands, self.height, self.width):
             raise ValueError(f"cube must be (B, {self.bands}, {self.height}, {self.width}), got {tuple(x.shape)}")
         return _Forward.apply(x, self.masks.to(x.dtype), self.plan, self.measurement_width)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        """``A^T y`` (B, L, h, W) of measurements (B or 1, h, W + step*(L-1))."""
+        """``A^T y`` (B*S, L, h, W) of measurements (B*S or 1, h, W + step*(L-1))."""
         if y.dim() != 3 or tuple(y.shape[1:]) != (self.height, self.measurement_width):
             raise ValueError(f"measurement must be (B, {self.height}, {self.measurement_width}), "
                              f"got {tuple(y.shape)}")
         return _Adjoint.apply(y, self.masks.to(y.dtype), self.plan, self.bands, self.width)
-
-    def gram_row_sums(self) -> Tensor:
-        """Row sums of ``A A^T`` with zeros set to 1, (B, h, Wm): GAP's normaliser."""
-        ones = self.masks.new_ones(1, self.height, self.measurement_width)
-        s = self.forward(self.adjoint(ones))
-        return torch.where(s == 0, torch.ones_like(s), s)

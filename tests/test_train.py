@@ -225,7 +225,8 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path):
     fit(config, tmp_path / "split", "--ckpt_path", "last", *common)
     full, split = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
     assert first_half["global_step"] == 2 and full["global_step"] == split["global_step"] == 4
-    assert not torch.equal(first_half["state_dict"]["model.mapping.weight"], split["state_dict"]["model.mapping.weight"])
+    weight = "model.mapping.weight"
+    assert not torch.equal(first_half["state_dict"][weight], split["state_dict"][weight])
     for key, value in full["state_dict"].items():
         torch.testing.assert_close(split["state_dict"][key], value, rtol=1e-5, atol=1e-7, msg=key)
     assert full["lr_schedulers"][0]["last_epoch"] == split["lr_schedulers"][0]["last_epoch"] == 2

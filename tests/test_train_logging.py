@@ -11,7 +11,8 @@ from training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke" / "mst_s.yaml"
-RUN = ["--trainer.max_epochs", "1", "--data.samples_per_epoch", "4", "--data.batch_size", "2", "--data.crop", "32", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+RUN = ["--trainer.max_epochs", "1", "--data.samples_per_epoch", "4", "--data.batch_size", "2", "--data.crop", "32",
+       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def wandb_records(path: Path) -> list[bytes]:

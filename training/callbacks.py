@@ -85,7 +85,7 @@ def summary_text(trainer: pl.Trainer) -> str:
             lines.append(f"  best {checkpoint.monitor}: {float(score):.3f}  ->  {checkpoint.best_model_path}")
         if checkpoint.last_model_path:
             lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
-        lines.append(f"  resume with: python train.py fit --config <same config> --ckpt_path last")
+        lines.append("  resume with: python train.py fit --config <same config> --ckpt_path last")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
     for logger in trainer.loggers:
         lines.append(f"  {_logger_location(logger)}")

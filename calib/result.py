@@ -1,0 +1,96 @@
+"""What a calibration returns: the estimate, how it was reached, and whether to trust it."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from cassi.mismatch import PARAMETER_UNITS, Mismatch
+
+STATUSES = ("ok", "ambiguous", "failed")
+
+
+@dataclass
+class StageRecord:
+    """One stage of the pipeline: its best point, score and cost; ``trace`` holds per-step values."""
+
+    name: str
+    best: dict[str, float]
+    score: float
+    evaluations: int
+    seconds: float
+    cpu_seconds: float
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.name, "best": self.best, "score": self.score, "evaluations": self.evaluations,
+                "seconds": round(self.seconds, 3), "cpu_seconds": round(self.cpu_seconds, 3),
+                "trace": self.trace}
+
+
+@dataclass
+class CalibrationResult:
+    """Estimated instrument mismatch with its provenance.
+
+    ``status`` is "ok", "ambiguous" (a number came out but should not be trusted: ``reasons`` says
+    why, e.g. a flat landscape or an estimate at a range edge) or "failed" (no usable estimate).
+    ``landscape`` holds 1-D score slices through the estimate (for the plots); ``checks`` the
+    residuals of the chosen solver before / after calibration.
+    """
+
+    estimate: Mismatch
+    score: float
+    nominal_score: float
+    status: str
+    reasons: list[str]
+    history: list[StageRecord]
+    timings: dict[str, float]
+    settings: dict[str, Any]
+    landscape: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": self.estimate.to_dict(), "units": dict(PARAMETER_UNITS), "status": self.status,
+                "reasons": list(self.reasons), "score": self.score, "nominal_score": self.nominal_score,
+                "history": [h.to_dict() for h in self.history], "timings": self.timings,
+                "landscape": self.landscape, "checks": self.checks, "settings": self.settings}
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+class StageClock:
+    """Wall and CPU seconds of named stages (CPU time is what other processes cannot inflate)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+
+    def last(self, name: str) -> tuple[float, float]:
+        return self.wall.get(name, 0.0), self.cpu.get(name, 0.0)
+
+    def summary(self) -> dict[str, float]:
+        out = {f"{k}_s": round(v, 3) for k, v in self.wall.items()}
+        out.update({f"{k}_cpu_s": round(v, 3) for k, v in self.cpu.items()})
+        out["total_s"] = round(sum(self.wall.values()), 3)
+        out["total_cpu_s"] = round(sum(self.cpu.values()), 3)
+        return out
