@@ -23,7 +23,7 @@ from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
 
 SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5)
-REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=8)
+REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=16)
 SLICE_POINTS = (-1.0, -0.5, 0.5, 1.0)     # landscape slices, in pixel units (see pixel_scales)
 FLAT_RISE = 0.005                          # score rise at +-1 px unit below which a parameter is "flat"
 EDGE_FRACTION = 0.02                       # estimate within 2 % of the range width of an edge

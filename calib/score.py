@@ -38,7 +38,7 @@ class ScoreSettings:
     rows: int = 24                 # rows per stripe
     border: int = 2                # rows left out of the error at each stripe edge
     smooth_space: float = 3.0      # lam, relative to mean(mask^2)
-    smooth_spectrum: float = 0.3   # mu, relative to mean(mask^2)
+    smooth_spectrum: float = 10.0  # mu, relative to mean(mask^2)
     iterations: int = 6            # conjugate-gradient iterations per fold, from the warm start
     reference_iterations: int = 60 # iterations of the first warm-start solve (at the nominal point)
     rebase_iterations: int = 30    # iterations of later warm-start solves, from the previous ones

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -26,12 +27,19 @@ CONFIGS = REPO / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
+def cli(args: list[str]):
+    """``train.py <args>`` in this process (pytest's own command line hidden from LightningCLI)."""
+    with mock.patch.object(sys, "argv", ["train.py"]):
+        return main(args)
+
+
 def fit(config: Path | str, root: Path, *overrides: str, logger: bool = False):
-    """``train.py fit`` in this process; returns the CLI (trainer, model, datamodule)."""
+    """``train.py fit`` in this process; returns the CLI (trainer, model, datamodule).
+    ``logger=False`` adds ``--trainer.logger false``; otherwise the config's (default: offline W&B)."""
     args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *QUIET, *overrides]
     if not logger:
         args += ["--trainer.logger", "false"]
-    return main(args)
+    return cli(args)
 
 
 def one_step(config: Path, root: Path, *overrides: str):
@@ -136,7 +144,7 @@ def test_schedules(name, kwargs, expected):
 # ---------------------------------------------------------------------------------------- configs
 def _printed_config(path: Path, capsys) -> dict:
     with pytest.raises(SystemExit) as stop:
-        main(["fit", "--config", str(path), "--print_config"])
+        cli(["fit", "--config", str(path), "--print_config"])
     assert stop.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 

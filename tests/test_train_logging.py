@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from test_train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke" / "mst_s.yaml"
-RUN = ["--trainer.max_epochs", "1", "--data.samples_per_epoch", "4", "--data.batch_size", "2", "--data.crop", "32",
-       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+RUN = ["--trainer.max_epochs", "1", "--data.samples_per_epoch", "4", "--data.batch_size", "2", "--data.crop", "32"]
 
 
 def wandb_records(path: Path) -> list[bytes]:
@@ -31,6 +31,8 @@ def wandb_records(path: Path) -> list[bytes]:
         if kind == 0 and length == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + 7 + length > len(raw):  # a record still being written
+            break
         chunk, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 1:
             records.append(chunk)
@@ -43,12 +45,22 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def history_keys(run_dir: Path) -> dict[str, list]:
+def history_keys(run_dir: Path, timeout: float = 60.0) -> dict[str, list]:
+    """{metric: values} of the run's history records, once the run's closing ``exit`` record is on disk
+    (the W&B service may still be writing when ``wandb.finish()`` returns)."""
     from wandb.proto import wandb_internal_pb2
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for data in wandb_records(next(run_dir.glob("run-*.wandb"))):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     values: dict[str, list] = {}
-    for data in wandb_records(next(run_dir.glob("run-*.wandb"))):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
@@ -61,7 +73,7 @@ def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    main(["fit", "--config", str(SMOKE), "--trainer.default_root_dir", str(tmp_path), *RUN])
+    fit(SMOKE, tmp_path, *RUN, logger=True)
     wandb.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "expected one offline run under the run folder"
@@ -81,8 +93,7 @@ def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
 
 def test_tensorboard_logger_is_selectable(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    main(["fit", "--config", str(SMOKE), "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.logger", "TensorBoardLogger", *RUN])
+    fit(SMOKE, tmp_path, "--trainer.logger", "TensorBoardLogger", *RUN, logger=True)
     (events,) = list(tmp_path.rglob("events.out.tfevents.*"))
     accumulator = EventAccumulator(str(events.parent), size_guidance={"images": 0})
     accumulator.Reload()
