@@ -4,7 +4,7 @@ Noise-free nominal measurements with the KAIST mask; both solvers run the same a
 the same number of iterations and TV steps; the reference is plain numpy with scikit-image's
 ``denoise_tv_chambolle`` (the operator's A and A^T, a few percent of its time, come from ``cassi``). Prints PSNR and seconds per scene for both, then the mean PSNR gap and the
 speed-up (targets: PSNR >= reference, speed-up >= 3). Timings come from this one run.
-Usage: python benchmarks/bench_gap_tv.py [--iterations 50] [--threads 2] [--scenes 10]
+Usage: python -m benchmarks.bench_gap_tv [--iterations 50] [--threads 2] [--scenes 10]
 """
 from __future__ import annotations
 

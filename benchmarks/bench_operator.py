@@ -1,7 +1,7 @@
 """Operator speed: forward + adjoint time over one elementwise ``x * mask`` pass (target <= 3).
 
 Batch (8, 28, 256, 256) on the CPU, float32, no autograd; all timings from this one run.
-Usage: python benchmarks/bench_operator.py [--threads 2]
+Usage: python -m benchmarks.bench_operator [--threads 2]
 """
 from __future__ import annotations
 

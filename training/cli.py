@@ -53,5 +53,5 @@ def main(args: list[str] | None = None) -> CassiCLI:
         CassiModule, CassiDataModule, subclass_mode_model=True,
         trainer_defaults={"default_root_dir": DEFAULT_ROOT,
                           "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
-        save_config_kwargs={"overwrite": True}, args=args,
+        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, args=args,
     )
