@@ -1,12 +1,14 @@
 """``calibrate``: blind estimate of (dx, dy, theta, a1, alpha) from one snapshot and the nominal mask.
 
 Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out score, Algorithm 2
-(:mod:`calib.refine`) with the full setting, 1-D landscape slices through the estimate, a status
-check, and the user's solver run with the nominal and the calibrated operator (residual before /
+(:mod:`calib.refine`) with the full setting, 1-D landscape slices through the estimate (cheap
+setting: the slices span about a pixel, where it resolves the landscape as the search does), a
+status check, and the user's solver run with the nominal and the calibrated operator (residual before /
 after). Only ``y`` and the nominal ``mask`` are used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import torch
@@ -23,9 +25,10 @@ from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
 
 SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5)
-REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=16)
-SLICE_POINTS = (-1.0, -0.5, 0.5, 1.0)     # landscape slices, in pixel units (see pixel_scales)
-FLAT_RISE = 0.005                          # score rise at +-1 px unit below which a parameter is "flat"
+REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=24)
+SLICE_POINTS = (-1.0, 1.0)                # landscape slices, in pixel units (see pixel_scales)
+SLICE_MAX_FRACTION = 0.4                   # ... but at most this fraction of the parameter's range
+FLAT_RISE = 0.005                          # smallest score rise at the slice ends of a trusted parameter
 EDGE_FRACTION = 0.02                       # estimate within 2 % of the range width of an edge
 
 
@@ -47,40 +50,45 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
     return y.float(), mask.float()
 
 
-def _landscape(score: HeldOutScore, point: Tensor, centre_score: float, ranges: Ranges, scales: Tensor,
-               clock: StageClock) -> tuple[dict, StageRecord]:
+def slice_steps(ranges: Ranges, scales: Tensor) -> Tensor:
+    """Half-widths (5,) of the landscape slices: one pixel unit, capped at a fraction of the range."""
+    width = ranges.bounds()[:, 1] - ranges.bounds()[:, 0]
+    return torch.minimum(scales, SLICE_MAX_FRACTION * width)
+
+
+def _landscape(score: HeldOutScore, point: Tensor, centre_score: float, steps: Tensor, clock: StageClock
+               ) -> tuple[dict, StageRecord]:
+    """Scores on 1-D slices through ``point``; a slice point outside the range mirrors to the other side."""
     name = "3 landscape"
     with clock.stage(name):
         score.set_reference(point[None])
         offsets = torch.tensor(SLICE_POINTS, dtype=torch.float64)
         probes = point.repeat(5 * len(offsets), 1)
         for i in range(5):
-            probes[i * len(offsets):(i + 1) * len(offsets), i] += offsets * scales[i]
-        probes = ranges.clamp(probes)
+            probes[i * len(offsets):(i + 1) * len(offsets), i] += offsets * steps[i]
         values = score(probes).view(5, len(offsets))
     slices = {}
     for i, n in enumerate(PARAMETER_NAMES):
-        xs = probes[i * len(offsets):(i + 1) * len(offsets), i].tolist()
-        order = sorted(range(len(xs) + 1), key=lambda k: ([*xs, float(point[i])])[k])
-        all_x = [*xs, float(point[i])]
-        all_v = [*values[i].tolist(), centre_score]
-        slices[n] = {"values": [all_x[k] for k in order], "scores": [all_v[k] for k in order]}
+        xs = [*probes[i * len(offsets):(i + 1) * len(offsets), i].tolist(), float(point[i])]
+        vs = [*values[i].tolist(), centre_score]
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        slices[n] = {"values": [xs[k] for k in order], "scores": [vs[k] for k in order]}
     wall, cpu = clock.last(name)
     return slices, StageRecord(name, params_to_mismatch(point).to_dict(), centre_score, probes.shape[0], wall, cpu)
 
 
-def _status(point: Tensor, point_score: float, slices: dict, ranges: Ranges, scales: Tensor
+def _status(point: Tensor, point_score: float, slices: dict, ranges: Ranges, steps: Tensor
             ) -> tuple[str, list[str]]:
-    if not (torch.isfinite(point).all() and point_score == point_score and abs(point_score) != float("inf")):
+    if not (torch.isfinite(point).all() and math.isfinite(point_score)):
         return "failed", ["the score or the estimate is not finite"]
     reasons = []
     for i, n in enumerate(PARAMETER_NAMES):
         s = slices[n]
-        far = [v for x, v in zip(s["values"], s["scores"]) if abs(x - float(point[i])) >= 0.99 * float(scales[i])]
-        rise = (min(far) - point_score) / point_score if far else 0.0
+        ends = [v for x, v in zip(s["values"], s["scores"]) if abs(x - float(point[i])) > 0.5 * float(steps[i])]
+        rise = (min(ends) - point_score) / point_score
         if rise < FLAT_RISE:
-            reasons.append(f"flat landscape in {n}: the score rises only {100 * rise:.2f} % one pixel-unit "
-                           f"({float(scales[i]):.3g}) away from the estimate")
+            reasons.append(f"flat landscape in {n}: the score rises only {100 * rise:.2f} % at "
+                           f"+-{float(steps[i]):.3g} from the estimate (needs {100 * FLAT_RISE:.1f} %)")
     bounds = ranges.bounds()
     for i, n in enumerate(PARAMETER_NAMES):
         lo, hi = float(bounds[i, 0]), float(bounds[i, 1])
@@ -109,13 +117,15 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
               ranges: Ranges | dict | None = None, progress: bool = True,
               search: SearchSettings = SearchSettings(), refinement: RefineSettings = RefineSettings(),
               search_score: ScoreSettings = SEARCH_SCORE, refine_score: ScoreSettings = REFINE_SCORE,
-              solver_check: bool = True) -> CalibrationResult:
+              oversample: tuple[int, int] = (4, 2), solver_check: bool = True) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used).
 
     ``solver``: "gap_tv" or "mst_s" / "mst_m" / "mst_l" with ``ckpt`` (toolbox .pth or release folder),
     used to reconstruct with the nominal and the calibrated operator (``result.checks``).
-    ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). Returns a :class:`CalibrationResult`.
+    ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). ``oversample``: (N, K) of the calibration
+    forward model (:mod:`calib.forward_model`); (1, 1) is the native-grid operator, for data made with
+    it. Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
@@ -123,6 +133,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
         load_solver(solver, ckpt)                       # fail early on a bad solver / checkpoint
     clock = StageClock()
     scales = pixel_scales(*mask.shape, bands, step)
+    search_score = search_score.with_(spatial=oversample[0], spectral=oversample[1])
+    refine_score = refine_score.with_(spatial=oversample[0], spectral=oversample[1])
     with clock.stage("0 setup"):
         cheap = HeldOutScore(y, mask, bands, step, search_score)
         full = HeldOutScore(y, mask, bands, step, refine_score)
@@ -132,16 +144,22 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     point, history, diagnostics = beam_search(evaluations, ranges, search, clock, progress)
     point, point_score, refined = refine(full, point, ranges, scales, refinement, clock, progress)
     history += refined
-    slices, record = _landscape(full, point, point_score, ranges, scales, clock)
+    steps = slice_steps(ranges, scales)
+    with clock.stage("3 landscape"):
+        cheap.set_reference(point[None])
+        centre_score = float(cheap(point[None])[0])
+    slices, record = _landscape(cheap, point, centre_score, steps, clock)
     history.append(record)
-    status, reasons = _status(point, point_score, slices, ranges, scales)
+    status, reasons = _status(point, centre_score, slices, ranges, steps)
     estimate = params_to_mismatch(point)
     checks = _solver_check(solver, ckpt, y, mask, bands, step, estimate, clock) if solver_check else {}
     settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),
+                "oversample": list(oversample),
                 "search": asdict(search), "search_score": asdict(search_score),
                 "refine_score": asdict(refine_score),
-                "refinement": {"stages": [list(s) for s in refinement.stages],
-                               "evaluations": refinement.evaluations},
+                "refinement": asdict(refinement),
                 "diagnostics": diagnostics}
+    log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
+           for stage, point, value in evaluations.log]
     return CalibrationResult(estimate, point_score, nominal_score, status, reasons, history, clock.summary(),
-                             settings, slices, checks)
+                             settings, slices, checks, log)

@@ -36,8 +36,9 @@ class CalibrationResult:
 
     ``status`` is "ok", "ambiguous" (a number came out but should not be trusted: ``reasons`` says
     why, e.g. a flat landscape or an estimate at a range edge) or "failed" (no usable estimate).
-    ``landscape`` holds 1-D score slices through the estimate (for the plots); ``checks`` the
-    residuals of the chosen solver before / after calibration.
+    ``landscape`` holds 1-D score slices through the estimate; ``evaluations`` every score the beam
+    search computed (stage, point, score), for the plots; ``checks`` the residuals of the chosen
+    solver before / after calibration.
     """
 
     estimate: Mismatch
@@ -50,6 +51,7 @@ class CalibrationResult:
     settings: dict[str, Any]
     landscape: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -63,7 +65,8 @@ class CalibrationResult:
         return {"estimate": self.estimate.to_dict(), "units": dict(PARAMETER_UNITS), "status": self.status,
                 "reasons": list(self.reasons), "score": self.score, "nominal_score": self.nominal_score,
                 "history": [h.to_dict() for h in self.history], "timings": self.timings,
-                "landscape": self.landscape, "checks": self.checks, "settings": self.settings}
+                "landscape": self.landscape, "checks": self.checks, "settings": self.settings,
+                "evaluations": self.evaluations}
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

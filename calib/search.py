@@ -28,11 +28,11 @@ class SearchSettings:
 
     beams: int = 3
     dy_step: float = 0.5
-    theta_step: float = 0.25
+    theta_step: float = 0.5
     dx_step: float = 0.5
     a1_points: int = 5
     alpha_points: int = 5
-    polish_rounds: int = 3
+    polish_rounds: int = 2
     polish_start: tuple[float, float, float, float, float] = (0.25, 0.25, 0.1, 0.01, 0.25)
     batch: int = 32
 
@@ -55,7 +55,7 @@ class Evaluations:
         todo = sorted({k for k in keys if k not in self.cache})
         if todo:
             chunks = torch.tensor(todo, dtype=torch.float64).split(self.batch)
-            bar = tqdm(total=len(todo), desc=stage or "score", unit="cand", disable=not self.progress,
+            bar = tqdm(total=len(todo), desc=stage or "score", unit="cand", disable=not self.progress or len(todo) < 8,
                        leave=False)
             for chunk in chunks:
                 for key, value in zip(chunk.tolist(), self.score(chunk).tolist()):

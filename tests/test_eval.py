@@ -146,9 +146,6 @@ def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
 
 
 def test_scenario_iii_with_calib_calibrate(tmp_path):
-    calib = pytest.importorskip("calib")
-    if not hasattr(calib, "calibrate"):
-        pytest.skip("calib.calibrate is not available yet")
     out = tmp_path / "run"
     assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
                    "--oversample", 1, 1, "--previews", 0, "--out", out) == 0

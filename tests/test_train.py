@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from cassi import CassiOperator
+from cassi import CassiOperator, Mismatch
 from models import list_models
 from models.joint_loss import CRSDUNLoss
 from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSELoss
@@ -99,6 +99,21 @@ def test_instrument_noise_is_seeded_and_mismatch_reaches_the_operator():
         Instrument(noise={"sigma": 0.1})
     with pytest.raises(ValueError, match="no 'mask'"):
         Instrument().measure({"cube": batch["cube"]}, seed=0)
+
+
+def test_instrument_from_a_calibrated_operator_file(tmp_path):
+    from cassi.operator_file import save_operator
+
+    batch = _batch()
+    xi = Mismatch(dx=0.4, dy=-0.2, theta=0.1, a1=2.01, alpha=0.3)
+    save_operator(tmp_path / "operator.npz", CassiOperator(batch["mask"], mismatch=xi))
+    y, op = Instrument(operator=str(tmp_path / "operator.npz")).measure(batch, seed=0)
+    assert op.mismatch == xi
+    torch.testing.assert_close(y, CassiOperator(batch["mask"], mismatch=xi)(batch["cube"]))
+    with pytest.raises(ValueError, match="not both"):
+        Instrument(mismatch={"dx": 1.0}, operator=str(tmp_path / "operator.npz"))
+    with pytest.raises(ValueError, match="operator.npz has 28 bands"):
+        Instrument(bands=31, operator=str(tmp_path / "operator.npz"))
 
 
 # ---------------------------------------------------------------------------------------- modules

@@ -47,7 +47,8 @@ class CassiModule(pl.LightningModule):
 
     Args:
         model_name, model_kwargs: registry name and constructor arguments (``models.create_model``).
-        bands, step, mismatch, noise, measurement_gain: the simulated instrument (:class:`Instrument`).
+        bands, step, mismatch, noise, measurement_gain, operator: the simulated instrument (:class:`Instrument`;
+            ``operator``: a calibrated operator file from ``calibrate.py``).
         lr, betas, weight_decay: Adam settings (all papers here: lr 4e-4, betas (0.9, 0.999)).
         scheduler: per-epoch learning-rate schedule: ``cosine`` (``CosineAnnealingLR``, ``T_max`` = the
             trainer's ``max_epochs`` unless given, ``eta_min`` 1e-6 unless given), ``step`` (``StepLR``:
@@ -62,7 +63,7 @@ class CassiModule(pl.LightningModule):
                  measurement_gain: float = 1.0, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, scheduler: Literal["cosine", "step", "multistep", "constant"] = "cosine",
                  scheduler_kwargs: dict[str, Any] | None = None, val_protocol: Literal["kaist", "float"] = "kaist",
-                 seed: int = 0):
+                 seed: int = 0, operator: str | None = None):
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
@@ -71,7 +72,7 @@ class CassiModule(pl.LightningModule):
         for method in ("prepare_inputs", "reconstruction"):
             if not callable(getattr(self.model, method, None)):
                 raise TypeError(f"model '{model_name}' has no {method}(); it does not follow the registry protocol")
-        self.instrument = Instrument(bands, step, mismatch, noise, measurement_gain)
+        self.instrument = Instrument(bands, step, mismatch, noise, measurement_gain, operator)
         self.val_metrics = ReconstructionMetrics(protocol=val_protocol)
         self.scene_metrics = nn.ModuleList()
         self.scene_names: list[str] = []

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from cassi import CassiOperator, Mismatch
 from cassi.noise import add_noise
+from cassi.operator_file import load_operator
 
 
 def derived_seed(*parts: int) -> int:
@@ -32,10 +33,13 @@ class Instrument:
             ``read_noise`` relative Gaussian sigma); None is noise-free.
         gain: factor applied to the clean measurement before the noise (the MST real-data recipe trains on
             1.2 x the nominal measurement).
+        operator: an operator file (``calibrate.py``'s ``operator.npz``): its mismatch is the instrument's
+            (instead of ``mismatch``); its bands and step must equal ``bands`` and ``step``. Its mask is the
+            data's business (``--data.mask FILE``).
     """
 
     def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
-                 noise: Mapping[str, Any] | None = None, gain: float = 1.0):
+                 noise: Mapping[str, Any] | None = None, gain: float = 1.0, operator: str | None = None):
         if noise is not None:
             unknown = set(noise) - {"peak", "read_noise"}
             if unknown:
@@ -44,6 +48,14 @@ class Instrument:
             raise ValueError(f"measurement gain must be positive, got {gain}")
         self.bands, self.step, self.gain = bands, step, gain
         self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
+        if operator is not None:
+            if mismatch is not None:
+                raise ValueError("give the instrument's mismatch or an operator file, not both")
+            calibrated = load_operator(operator)
+            if (calibrated.bands, calibrated.step) != (bands, step):
+                raise ValueError(f"operator file {operator} has {calibrated.bands} bands and step {calibrated.step}; "
+                                 f"training uses {bands} bands and step {step}")
+            self.mismatch = calibrated.mismatch
         self.noise = None if noise is None else dict(noise)
 
     def operator(self, mask: Tensor) -> CassiOperator:

@@ -1,0 +1,106 @@
+"""Figures of a calibration (matplotlib, Agg): score landscapes and the score per stage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from calib.forward_model import PARAMETER_NAMES  # noqa: E402
+from calib.result import CalibrationResult  # noqa: E402
+from cassi.mismatch import PARAMETER_UNITS  # noqa: E402
+
+
+def _stage_points(result: CalibrationResult, prefix: str) -> list[dict]:
+    return [e for e in result.evaluations if e["stage"].startswith(prefix)]
+
+
+def _heatmap(ax, entries: list[dict], x: str, y: str, title: str) -> None:
+    """Best score over the other parameters on the (x, y) grid of a search stage (log10, relative)."""
+    if not entries:
+        ax.set_axis_off()
+        return
+    xs = sorted({round(e["point"][x], 6) for e in entries})
+    ys = sorted({round(e["point"][y], 6) for e in entries})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for e in entries:
+        i, j = ys.index(round(e["point"][y], 6)), xs.index(round(e["point"][x], 6))
+        grid[i, j] = np.nanmin([grid[i, j], e["score"]])
+    grid = np.log10(grid / np.nanmin(grid))
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis",
+                   extent=(xs[0], xs[-1], ys[0], ys[-1]) if len(xs) > 1 and len(ys) > 1 else None)
+    ax.set_xlabel(f"{x} ({PARAMETER_UNITS[x]})")
+    ax.set_ylabel(f"{y} ({PARAMETER_UNITS[y]})")
+    ax.set_title(title, fontsize=9)
+    plt.colorbar(im, ax=ax, label="log10(score / min)")
+
+
+def plot_landscape(result: CalibrationResult, path: str | Path) -> Path:
+    """Search landscapes (stage maps) and 1-D slices through the estimate; writes a PNG."""
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    _heatmap(axes[0, 0], _stage_points(result, "1a"), "theta", "dy", "1a: dy-theta grid (dx, a1, alpha nominal)")
+    ax = axes[0, 1]
+    coarse = _stage_points(result, "1b")
+    beams = sorted({(round(e["point"]["dy"], 4), round(e["point"]["theta"], 4)) for e in coarse})
+    for dy, theta in beams:
+        pts = sorted((e["point"]["dx"], e["score"]) for e in coarse
+                     if (round(e["point"]["dy"], 4), round(e["point"]["theta"], 4)) == (dy, theta))
+        ax.plot(*zip(*pts), marker="o", ms=3, label=f"dy={dy:g}, theta={theta:g}")
+    ax.set_xlabel("dx (px)")
+    ax.set_ylabel("held-out score")
+    ax.set_title("1b: dx per beam", fontsize=9)
+    if beams:
+        ax.legend(fontsize=7)
+    _heatmap(axes[0, 2], _stage_points(result, "1d"), "alpha", "a1", "1d: a1-alpha grid")
+    est = result.estimate.to_dict()
+    for k, name in enumerate(PARAMETER_NAMES):
+        ax = axes[1, 0] if k < 3 else axes[1, 1]
+        s = result.landscape.get(name)
+        if not s:
+            continue
+        offsets = np.array(s["values"]) - est[name]
+        scale = np.abs(offsets).max() or 1.0
+        rise = 100 * (np.array(s["scores"]) / result.score - 1)
+        ax.plot(offsets / scale, rise, marker="o", label=f"{name} (+-{scale:.3g} {PARAMETER_UNITS[name]})")
+    for ax in (axes[1, 0], axes[1, 1]):
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("offset from the estimate (slice half-width = 1)")
+        ax.set_ylabel("score rise (%)")
+        ax.legend(fontsize=7)
+        ax.set_title("slices through the estimate", fontsize=9)
+    plot_stages(result, ax=axes[1, 2])
+    fig.suptitle(f"calibration: {', '.join(f'{n}={v:.4g}' for n, v in est.items())}  status: {result.status}",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_stages(result: CalibrationResult, path: str | Path | None = None, ax=None):
+    """Held-out score (the blind residual) at the end of every stage; writes a PNG if ``path``."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    names = ["nominal"] + [h.name for h in result.history]
+    values = [result.nominal_score] + [h.score for h in result.history]
+    ax.plot(range(len(values)), values, marker="o")
+    ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("held-out score")
+    ax.set_yscale("log")
+    ax.set_title("score per stage (1x: search setting, 2x-3: refinement setting)", fontsize=9)
+    if own:
+        fig.tight_layout()
+        return _save(fig, path)
+    return None
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

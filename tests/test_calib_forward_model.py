@@ -1,0 +1,110 @@
+"""The calibration forward model against the native operator and the high-fidelity simulator.
+
+These tests use a known cube on purpose: they test the model, not the (blind) calibrator.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calib.forward_model import EnlargedGridOperator, fine_mask, params_tensor
+from cassi import CassiOperator, Mismatch
+from cassi.simulator import simulate_measurement
+from cassi.warp import warp_mask
+from data.synthetic import random_mask, synthetic_scene
+
+DRIFT = Mismatch(dx=0.7, dy=-1.3, theta=0.4, a1=2.03, alpha=0.5)
+
+
+def _mask(h: int, w: int, seed: int = 1) -> torch.Tensor:
+    return torch.from_numpy(random_mask(h, w, seed=seed)).double()
+
+
+@pytest.mark.parametrize("mismatch", [Mismatch(), DRIFT])
+def test_without_oversampling_it_is_the_native_operator(mismatch):
+    mask = _mask(20, 24)
+    x = torch.rand(2, 28, 20, 24, dtype=torch.float64)
+    y = torch.rand(2, 20, 24 + 54, dtype=torch.float64)
+    native = CassiOperator(mask, 28, 2, mismatch)
+    model = EnlargedGridOperator(mask, mismatch, spatial=1, spectral=1)
+    torch.testing.assert_close(model(x), native(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.adjoint(y), native.adjoint(y), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mismatch", [Mismatch(), DRIFT])
+def test_equals_the_simulator_for_spectra_linear_between_bands(mismatch):
+    # PCHIP (simulator) and linear interpolation (model) agree on spectra linear in the band index
+    h, w = 18, 22
+    mask = _mask(h, w)
+    a, b = torch.rand(1, 1, h, w, dtype=torch.float64), torch.rand(1, 1, h, w, dtype=torch.float64)
+    x = a + b * torch.linspace(0, 1, 28, dtype=torch.float64).view(1, -1, 1, 1)
+    expected = simulate_measurement(x, mask, mismatch, spatial=4, spectral=2)
+    got = EnlargedGridOperator(mask, mismatch, spatial=4, spectral=2)(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_fits_the_simulator_far_better_than_the_native_operator():
+    cube, _ = synthetic_scene(32, 32, 28, seed=2)
+    x = torch.from_numpy(cube)[None].double()
+    mask = _mask(32, 32)
+    y = simulate_measurement(x, mask, DRIFT, spatial=4, spectral=2)
+    model_err = (EnlargedGridOperator(mask, DRIFT)(x) - y).norm() / y.norm()
+    native_err = (CassiOperator(mask, 28, 2, DRIFT)(x) - y).norm() / y.norm()
+    assert model_err < 0.01
+    assert model_err < 0.1 * native_err
+
+
+def test_row_windows_are_rows_of_the_full_operator():
+    mask = _mask(24, 20)
+    x = torch.rand(1, 28, 24, 20, dtype=torch.float64)
+    full = EnlargedGridOperator(mask, DRIFT)(x)
+    windows = [(3, 11), (14, 22)]
+    part = EnlargedGridOperator(mask, DRIFT, windows=windows)(torch.cat([x[:, :, a:b] for a, b in windows]))
+    for s, (a, b) in enumerate(windows):     # rows next to a window edge miss light from outside it
+        torch.testing.assert_close(part[s, 2:-2], full[0, a + 2:b - 2], rtol=0, atol=1e-12)
+
+
+def test_fine_mask_is_the_simulators_warped_upsampled_mask():
+    mask = _mask(12, 16)
+    fine = fine_mask(mask, 4, params_tensor(DRIFT), (2, 9))
+    up = mask.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    torch.testing.assert_close(fine[0], warp_mask(up, 4 * DRIFT.dx, 4 * DRIFT.dy, DRIFT.theta)[8:36],
+                               rtol=0, atol=1e-12)
+
+
+def test_adjoint_and_parameter_gradients():
+    mask = _mask(10, 12)
+    x = torch.rand(1, 28, 10, 12, dtype=torch.float64)
+    y = torch.rand(1, 10, 12 + 54, dtype=torch.float64)
+    op = EnlargedGridOperator(mask, DRIFT)
+    assert abs(float((op(x) * y).sum() - (x * op.adjoint(y)).sum())) < 1e-10 * float((op(x) * y).sum())
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        model = EnlargedGridOperator(mask, p)
+        return (model(x) * y).sum() + (model.adjoint(y) ** 2).sum()
+
+    p = params_tensor(DRIFT).requires_grad_(True)
+    grad = torch.autograd.grad(f(p), p)[0][0]
+    for i in range(5):
+        e = torch.zeros(1, 5, dtype=torch.float64)
+        e[0, i] = 1e-6
+        numeric = (f(p.detach() + e) - f(p.detach() - e)) / 2e-6
+        assert abs(float(grad[i] - numeric)) <= 0.01 * abs(float(numeric)) + 1e-6, (i, grad[i], numeric)
+
+
+def test_fit_with_the_true_cube_is_unbiased_unlike_the_native_operator():
+    # issue 6: the native operator lands ~0.45 px off in dx against the N=4, K=2 simulator
+    cube, _ = synthetic_scene(40, 40, 28, seed=3)
+    x = torch.from_numpy(cube)[None].double()
+    mask = _mask(40, 40, seed=4)
+    y = simulate_measurement(x, mask, Mismatch(), spatial=4, spectral=2)
+    grid = torch.linspace(-0.8, 0.8, 33, dtype=torch.float64)
+    model_err, native_err = [], []
+    for dx in grid.tolist():
+        m = Mismatch(dx=dx)
+        model_err.append(float((EnlargedGridOperator(mask, m)(x) - y).norm()))
+        native_err.append(float((CassiOperator(mask, 28, 2, m)(x) - y).norm()))
+    model_best = float(grid[torch.tensor(model_err).argmin()])
+    native_best = float(grid[torch.tensor(native_err).argmin()])
+    assert abs(model_best) <= 0.05
+    assert abs(native_best) >= 0.25

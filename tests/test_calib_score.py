@@ -1,0 +1,65 @@
+"""The blind criterion: takes only the measurement and the nominal mask, and points at the truth."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import calib
+from calib.forward_model import params_tensor
+from calib.score import HeldOutScore, ScoreSettings, stripe_windows
+from cassi import Mismatch
+from cassi.noise import add_noise
+from cassi.simulator import simulate_measurement
+from data.synthetic import random_mask, synthetic_scene
+
+TRUTH = Mismatch(dx=0.6, dy=-0.8, theta=0.3, a1=2.02, alpha=0.4)
+
+
+@pytest.fixture(scope="module")
+def measurement():
+    cube, _ = synthetic_scene(64, 64, 28, seed=11)
+    mask = torch.from_numpy(random_mask(64, 64, seed=12))
+    y = simulate_measurement(torch.from_numpy(cube)[None], mask, TRUTH, spatial=4, spectral=2)
+    return add_noise(y, peak=1e4, read_noise=0.005, seed=0)[0], mask
+
+
+def test_the_calibration_path_takes_no_scene():
+    for fn in (calib.calibrate, HeldOutScore.__init__):
+        names = set(inspect.signature(fn).parameters)
+        assert {"y", "mask"} <= names
+        assert not names & {"x", "cube", "truth", "scene", "ground_truth", "target"}, names
+
+
+def test_stripes_are_inside_the_image_and_spread():
+    assert stripe_windows(256, 4, 24) == [(20, 44), (84, 108), (148, 172), (212, 236)]
+    assert stripe_windows(30, 4, 24) == [(3, 27)]
+
+
+def test_score_is_lowest_near_the_truth(measurement):
+    y, mask = measurement
+    score = HeldOutScore(y, mask, settings=ScoreSettings(stripes=2, rows=24, iterations=30))
+    score.set_reference(params_tensor(Mismatch()))
+    for i, (name, step) in enumerate((("dx", 0.25), ("dy", 0.25), ("a1", 0.01), ("alpha", 0.25))):
+        index = ["dx", "dy", "theta", "a1", "alpha"].index(name)
+        offsets = torch.arange(-4, 5, dtype=torch.float64) * step
+        points = params_tensor(TRUTH).repeat(len(offsets), 1)
+        points[:, index] += offsets
+        values = score(points)
+        assert abs(float(offsets[values.argmin()])) <= step, (name, values)
+        assert float(values.max() / values.min()) > 1.01, (name, values)     # not flat
+
+
+def test_score_is_deterministic_and_its_gradient_matches_differences(measurement):
+    y, mask = measurement
+    score = HeldOutScore(y, mask, settings=ScoreSettings(stripes=1, rows=16, iterations=4, reference_iterations=10))
+    p = params_tensor(TRUTH) + torch.tensor([[0.3, 0.3, 0.2, 0.01, 0.3]], dtype=torch.float64)
+    assert torch.equal(score(p), score(p))
+    q = p.clone().requires_grad_(True)
+    grad = torch.autograd.grad(score.loss(q), q)[0][0]
+    for i, h in ((0, 1e-3), (1, 1e-3), (3, 1e-4), (4, 1e-3)):      # dx, dy, a1, alpha
+        e = torch.zeros_like(p)
+        e[0, i] = h
+        numeric = (score(p + e) - score(p - e))[0] / (2 * h)
+        assert abs(float(grad[i] - numeric)) <= 0.03 * abs(float(numeric)), (i, grad[i], numeric)
