@@ -31,12 +31,11 @@ them is not modelled, so scores should drop one or two border rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
+from calib.kernels import PlacementIndex, mask_products, pick, place
 from cassi.mismatch import Mismatch, dispersion_offsets
 from cassi.translate import _overlap
 
@@ -93,37 +92,6 @@ def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int])
                     + fr * ((1 - fc) * take(r1, c0) + fc * take(r1, c1)))
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Entry p adds band ``band[p]`` times effective mask p, moved by the integer shift (``row[p]``,
-    ``col[p]``), to the detector: ``y[dst_p] += x_band[src_p] * G_p[src_p]`` with the overlap slices
-    ``src`` (scene grid) and ``dst`` (detector grid); entries entirely off the detector are dropped."""
-
-    band: tuple[int, ...]
-    row: tuple[int, ...]
-    col: tuple[int, ...]
-    src: tuple[tuple[slice, slice], ...]
-    dst: tuple[tuple[slice, slice], ...]
-
-    @classmethod
-    def build(cls, band: list[int], row: list[int], col: list[int], height: int, width: int,
-              measurement_width: int) -> tuple["Placement", list[int]]:
-        """The placement of the entries that reach the detector, and their indices in the input lists."""
-        fields: list[list] = [[], [], [], [], []]
-        kept = []
-        for i, (c, r, q) in enumerate(zip(band, row, col)):
-            rows, cols = _overlap(r, height, height), _overlap(q, width, measurement_width)
-            if rows is None or cols is None:
-                continue
-            kept.append(i)
-            for values, v in zip(fields, (c, r, q, (rows[0], cols[0]), (rows[1], cols[1]))):
-                values.append(v)
-        return cls(*(tuple(v) for v in fields)), kept
-
-    def __len__(self) -> int:
-        return len(self.band)
-
-
 def _landing_table(offsets: Tensor, spatial: int) -> tuple[Tensor, int]:
     """Where the fine pixels of each fine band land along one axis, and with what bilinear weight.
 
@@ -173,55 +141,40 @@ def effective_mask_weights(params: Tensor, bands: int, step: float, spatial: int
     return weights, band.tolist(), (r + row_min).tolist(), (q + col_min).tolist()
 
 
-def _place_all(x: Tensor, masks: Tensor, plan: Placement, width: int) -> Tensor:
-    """``y = sum_p place(x[:, band_p] * masks[:, p], T_p)``: (B, h, width) (no autograd)."""
-    y = x.new_zeros(max(x.shape[0], masks.shape[0]), x.shape[-2], width)
-    for p, c in enumerate(plan.band):
-        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
-        y[:, rd, cd].addcmul_(x[:, c, rs, cs], masks[:, p, rs, cs])
-    return y
-
-
-def _pick_all(y: Tensor, masks: Tensor, plan: Placement, bands: int, width: int) -> Tensor:
-    """Adjoint of :func:`_place_all`: (B, L, h, width) (no autograd)."""
-    x = y.new_zeros(max(y.shape[0], masks.shape[0]), bands, y.shape[-2], width)
-    for p, c in enumerate(plan.band):
-        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
-        x[:, c, rs, cs].addcmul_(y[:, rd, cd], masks[:, p, rs, cs])
-    return x
-
-
-def _mask_grad(cube: Tensor, canvas: Tensor, plan: Placement, mask_shape: torch.Size) -> Tensor:
-    """Gradient of ``<canvas, A(G) cube>`` with respect to the effective masks G: (Bm, P, h, W)."""
-    batch = max(cube.shape[0], canvas.shape[0])
-    grad = cube.new_zeros(batch, *mask_shape[1:])
-    for p, c in enumerate(plan.band):
-        (rs, cs), (rd, cd) = plan.src[p], plan.dst[p]
-        torch.mul(cube[:, c, rs, cs], canvas[:, rd, cd], out=grad[:, p, rs, cs])
-    return grad if batch == mask_shape[0] else grad.sum(0, keepdim=True)
+def active_placements(band: list[int], row: list[int], col: list[int], height: int, width: int,
+                      measurement_width: int) -> list[int]:
+    """Indices of the (band, row shift, col shift) entries whose moved window overlaps the detector
+    (rows [0, height), columns [0, measurement_width) for a source width ``width``)."""
+    return [i for i, (r, q) in enumerate(zip(row, col))
+            if _overlap(r, height, height) is not None and _overlap(q, width, measurement_width) is not None]
 
 
 def _sum_to(t: Tensor, batch: int) -> Tensor:
     return t if t.shape[0] == batch else t.sum(0, keepdim=True)
 
 
+def _mask_grad(cube: Tensor, canvas: Tensor, index: PlacementIndex, masks: Tensor) -> Tensor:
+    """Gradient of ``<canvas, A(G) cube>`` with respect to the effective masks G (Bm, P, h, W)."""
+    return _sum_to(mask_products(cube, canvas, index, masks.shape[-1]), masks.shape[0])
+
+
 class _Forward(Function):
     """y = A(G) x with an explicit backward (the adjoint), so autograd never tapes the ~300 placements."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, masks: Tensor, plan: Placement, width: int) -> Tensor:
+    def forward(ctx, x: Tensor, masks: Tensor, index: PlacementIndex, width: int) -> Tensor:
         ctx.save_for_backward(x, masks)
-        ctx.plan = plan
-        return _place_all(x, masks, plan, width)
+        ctx.index = index
+        return place(x, masks, index, width)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         x, masks = ctx.saved_tensors
         grad_x = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_x = _sum_to(_pick_all(grad_y, masks, ctx.plan, x.shape[1], x.shape[-1]), x.shape[0])
+            grad_x = _sum_to(pick(grad_y, masks, ctx.index, x.shape[1], x.shape[-1]), x.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(x, grad_y, ctx.plan, masks.shape)
+            grad_masks = _mask_grad(x, grad_y, ctx.index, masks)
         return grad_x, grad_masks, None, None
 
 
@@ -229,19 +182,19 @@ class _Adjoint(Function):
     """x = A(G)^T y with an explicit backward."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, masks: Tensor, plan: Placement, bands: int, width: int) -> Tensor:
+    def forward(ctx, y: Tensor, masks: Tensor, index: PlacementIndex, bands: int, width: int) -> Tensor:
         ctx.save_for_backward(y, masks)
-        ctx.plan = plan
-        return _pick_all(y, masks, plan, bands, width)
+        ctx.index = index
+        return pick(y, masks, index, bands, width)
 
     @staticmethod
     def backward(ctx, grad_x: Tensor):
         y, masks = ctx.saved_tensors
         grad_y = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_y = _sum_to(_place_all(grad_x, masks, ctx.plan, y.shape[-1]), y.shape[0])
+            grad_y = _sum_to(place(grad_x, masks, ctx.index, y.shape[-1]), y.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(grad_x, y, ctx.plan, masks.shape)
+            grad_masks = _mask_grad(grad_x, y, ctx.index, masks)
         return grad_y, grad_masks, None, None, None
 
 
@@ -284,7 +237,8 @@ class EnlargedGridOperator(nn.Module):
         weights, band, row, col = effective_mask_weights(params, bands, step, spatial, spectral)
         b, s, n = params.shape[0], len(windows), spatial
         h, w = heights.pop(), mask.shape[1]
-        self.plan, kept = Placement.build(band, row, col, h, w, w + step * (bands - 1))
+        kept = active_placements(band, row, col, h, w, w + step * (bands - 1))
+        self.index = PlacementIndex(*([v[i] for i in kept] for v in (band, row, col)))
         weights = weights[:, kept]
         fine = torch.stack([fine_mask(mask, n, params, rows) for rows in windows], 1)   # (B, S, Nh, NW)
         blocks = fine.view(b * s, h, n, w, n).permute(0, 2, 4, 1, 3).reshape(b * s, n * n, h * w)
@@ -311,11 +265,11 @@ class EnlargedGridOperator(nn.Module):
         """Measurement (B*S, h, W + step*(L-1)) of cubes (B*S or 1, L, h, W)."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.bands, self.height, self.width):
             raise ValueError(f"cube must be (B, {self.bands}, {self.height}, {self.width}), got {tuple(x.shape)}")
-        return _Forward.apply(x, self.masks.to(x.dtype), self.plan, self.measurement_width)
+        return _Forward.apply(x, self.masks.to(x.dtype), self.index, self.measurement_width)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """``A^T y`` (B*S, L, h, W) of measurements (B*S or 1, h, W + step*(L-1))."""
         if y.dim() != 3 or tuple(y.shape[1:]) != (self.height, self.measurement_width):
             raise ValueError(f"measurement must be (B, {self.height}, {self.measurement_width}), "
                              f"got {tuple(y.shape)}")
-        return _Adjoint.apply(y, self.masks.to(y.dtype), self.plan, self.bands, self.width)
+        return _Adjoint.apply(y, self.masks.to(y.dtype), self.index, self.bands, self.width)

@@ -60,7 +60,8 @@ class CassiOperator(nn.Module):
             raise ValueError(f"need bands >= 1 and step >= 0, got bands={bands}, step={step}")
         if dispersion not in ("linear", "integer"):
             raise ValueError(f"dispersion must be 'linear' or 'integer', got {dispersion!r}")
-        self.register_buffer("mask", mask if mask.dim() == 3 else mask.unsqueeze(0))
+        # row-major: a MATLAB (column-major) mask made every band's multiply a strided gather
+        self.register_buffer("mask", (mask if mask.dim() == 3 else mask.unsqueeze(0)).contiguous())
         self.bands, self.step, self.dispersion = bands, step, dispersion
         self.mismatch = mismatch if mismatch is not None else Mismatch(a1=float(step))
         if not self.mismatch.requires_grad():
@@ -157,8 +158,14 @@ class CassiOperator(nn.Module):
         """``A^T y`` (B, L, H, W) of a measurement (B, H, W + step*(L-1))."""
         self._check_measurement(y)
         mask = self.warped_mask().to(y.dtype)
-        return torch.stack([pick(y, terms, self.height, self.width, factor=mask)
-                            for terms in self.band_terms()], dim=1)
+        tracked = y.requires_grad or mask.requires_grad or self.mismatch.requires_grad()
+        if torch.is_grad_enabled() and tracked:
+            return torch.stack([pick(y, terms, self.height, self.width, factor=mask)
+                                for terms in self.band_terms()], dim=1)
+        out = y.new_empty(y.shape[0], self.bands, self.height, self.width)
+        for c, terms in enumerate(self.band_terms()):  # straight into the cube: no per-band copies
+            pick(y, terms, self.height, self.width, factor=mask, out=out[:, c])
+        return out
 
     # -------------------------------------------------------- network inputs
     @property

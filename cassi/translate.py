@@ -78,18 +78,28 @@ def place(canvas: Tensor, image: Tensor, terms: list[Term], factor: Tensor | Non
 
 
 def pick(canvas: Tensor, terms: list[Term], height: int, width: int,
-         factor: Tensor | None = None) -> Tensor:
+         factor: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """Adjoint of :func:`place`: ``out[..., q] = factor * canvas[..., q + offset]`` (bilinear ``terms``).
 
-    Returns a new (..., height, width) tensor (zeros where the offset reads outside the canvas).
+    Returns a new (..., height, width) tensor (zeros where the offset reads outside the canvas), or
+    fills ``out`` of that shape (without autograd only). A single weight-1 term that reads the whole
+    output (an integer offset) is one multiplication.
     """
     hc, wc = canvas.shape[-2:]
     grad = _tracking(canvas, factor) or any(isinstance(t[2], Tensor) for t in terms)
-    out = canvas.new_zeros(*canvas.shape[:-2], height, width)
-    for dr, dc, weight in terms:
-        rows, cols = _overlap(dr, height, hc), _overlap(dc, width, wc)
-        if rows is None or cols is None:
-            continue
+    if out is not None and grad:
+        raise ValueError("pick(..., out=) works without autograd only")
+    spans = [(_overlap(dr, height, hc), _overlap(dc, width, wc), weight) for dr, dc, weight in terms]
+    spans = [(rows, cols, weight) for rows, cols, weight in spans if rows is not None and cols is not None]
+    if not grad and len(spans) == 1:
+        rows, cols, weight = spans[0]
+        if weight == 1.0 and rows[0] == slice(0, height) and cols[0] == slice(0, width):
+            src = canvas[..., rows[1], cols[1]]
+            if out is None:
+                return src.clone() if factor is None else src * factor
+            return out.copy_(src) if factor is None else torch.mul(src, factor, out=out)
+    out = canvas.new_zeros(*canvas.shape[:-2], height, width) if out is None else out.zero_()
+    for rows, cols, weight in spans:
         src, dst = canvas[..., rows[1], cols[1]], out[..., rows[0], cols[0]]
         if grad:
             dst += src * weight

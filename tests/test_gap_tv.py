@@ -1,6 +1,9 @@
 """GAP-TV: TV step equals scikit-image, reconstruction improves on the back-projection, gradients flow."""
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -10,12 +13,71 @@ from cassi import CassiOperator, Mismatch
 from cassi.gap_tv import gap_tv, tv_denoise
 from data.synthetic import synthetic_scene
 
+SHAPES = [(3, 20, 24), (2, 17, 9), (2, 3, 11, 16), (1, 1, 5), (2, 6, 1), (7, 7)]
 
-def test_tv_denoise_equals_scikit_image():
-    image = torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    ours = tv_denoise(image, 0.1, 7).numpy()
-    ref = denoise_tv_chambolle(image.numpy(), weight=0.1, max_num_iter=7, eps=0, channel_axis=0)
-    assert np.abs(ours - ref).max() < 1e-10
+
+def random_image(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tv_denoise_equals_scikit_image(shape, dtype):
+    image = random_image(shape, dtype)
+    with torch.no_grad():
+        ours = tv_denoise(image, 0.1, 7)
+    slices = image.reshape(-1, *shape[-2:]).numpy()
+    ref = denoise_tv_chambolle(slices, weight=0.1, max_num_iter=7, eps=0, channel_axis=0)
+    assert ours.shape == image.shape and ours.dtype == image.dtype
+    assert np.array_equal(ours.reshape(slices.shape).numpy(), ref)  # same operations, same order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_tv_denoise_differentiable_path_equals_fused_path(shape, dtype):
+    image = random_image(shape, dtype, seed=5)
+    for iterations in (0, 1, 2, 6):
+        with torch.no_grad():
+            fused = tv_denoise(image, 0.07, iterations)
+        tracked = image.clone().requires_grad_(True)
+        slow = tv_denoise(tracked, 0.07, iterations)
+        assert slow.requires_grad
+        tol = 1e-6 if dtype == torch.float32 else 1e-12
+        assert torch.allclose(fused, slow.detach(), rtol=tol, atol=tol)
+
+
+def test_tv_denoise_does_not_depend_on_the_thread_count():
+    image = random_image((2, 5, 33, 20), torch.float32, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(tv_denoise(image, 0.1, 5))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+def test_tv_denoise_leaves_its_input_alone_and_takes_views():
+    image = random_image((3, 24, 20), torch.float64, seed=4)
+    copy = image.clone()
+    view = image.transpose(-1, -2)  # not contiguous
+    out = tv_denoise(view, 0.1, 5)
+    assert torch.equal(image, copy)
+    assert torch.equal(out, tv_denoise(view.contiguous(), 0.1, 5))
+    assert tv_denoise(torch.zeros(0, 4, 4), 0.1).shape == (0, 4, 4)
+
+
+def test_tv_denoise_from_threads_and_forked_processes():
+    images = [random_image((4, 16, 12), torch.float32, seed=s) for s in range(4)]
+    expected = [tv_denoise(im, 0.1, 5) for im in images]
+    with ThreadPoolExecutor(2) as pool:  # concurrent calls are serialised, not fatal
+        assert all(torch.equal(a, b) for a, b in zip(pool.map(lambda im: tv_denoise(im, 0.1, 5), images),
+                                                    expected))
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # e.g. DataLoader workers
+        child = pool.apply_async(tv_denoise, (images[0], 0.1, 5)).get(timeout=60)
+    assert torch.equal(child, expected[0])
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,13 +124,3 @@ def test_gap_tv_rejects_bad_measurements():
         gap_tv(torch.full((1, 8, 62), float("nan")), op)
     with pytest.raises(ValueError, match="at least one iteration"):
         gap_tv(torch.rand(1, 8, 62), op, iterations=0)
-
-
-def test_tv_denoise_differentiable_path_equals_in_place_path():
-    image = torch.rand(2, 5, 20, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with torch.no_grad():
-        fast = tv_denoise(image, 0.07, 6)
-    tracked = image.clone().requires_grad_(True)
-    slow = tv_denoise(tracked, 0.07, 6)
-    assert slow.requires_grad
-    assert torch.allclose(fast, slow.detach(), atol=1e-12)

@@ -9,6 +9,7 @@ import torch
 from scipy.ndimage import affine_transform
 
 from cassi import CassiOperator, Mismatch, shift, shift_back, warp_mask
+from cassi.translate import pick
 
 MISMATCH = Mismatch(dx=0.3, dy=-0.7, theta=0.5, a1=2.03, alpha=0.4)
 
@@ -53,6 +54,31 @@ def test_dot_product(mismatch, dispersion):
     y = torch.rand(3, 16, 20 + 54, generator=g, dtype=torch.float64)
     lhs, rhs = (op(x) * y).sum(), (x * op.adjoint(y)).sum()
     assert abs(float(lhs - rhs)) / abs(float(lhs)) < 1e-6
+
+
+@pytest.mark.parametrize("mismatch", [None, MISMATCH])
+@pytest.mark.parametrize("dispersion", ["linear", "integer"])
+def test_adjoint_without_autograd_equals_the_tracked_adjoint(mismatch, dispersion):
+    g = torch.Generator().manual_seed(7)
+    op = CassiOperator(torch.rand(2, 16, 20, generator=g, dtype=torch.float64), mismatch=mismatch,
+                       dispersion=dispersion)
+    y = torch.rand(2, 16, 20 + 54, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        fast = op.adjoint(y)  # written band by band into one cube
+    tracked = op.adjoint(y.clone().requires_grad_(True))
+    assert tracked.requires_grad and not fast.requires_grad
+    assert torch.allclose(fast, tracked.detach(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="without autograd"):
+        pick(y.clone().requires_grad_(True), op.band_terms()[0], 16, 20, out=torch.empty(2, 16, 20))
+
+
+def test_column_major_mask_gives_the_same_operator():
+    g = torch.Generator().manual_seed(8)
+    mask = torch.rand(20, 16, generator=g).T  # as a MATLAB mask arrives: column-major
+    x = torch.rand(1, 28, 16, 20, generator=g)
+    op, ref = CassiOperator(mask), CassiOperator(mask.contiguous())
+    assert op.mask.is_contiguous()
+    assert torch.equal(op(x), ref(x)) and torch.equal(op.adjoint(op(x)), ref.adjoint(ref(x)))
 
 
 def test_mismatch_changes_the_measurement_and_zero_mismatch_is_exact():
