@@ -23,7 +23,7 @@ from torch import Tensor
 
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.simulator import simulate_measurement
-from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
+from evaluation.protocol import METRICS, Noise, compile_kernels, mean_row, result_row, timed
 from evaluation.scenes import Scene
 
 SCENARIOS = {"I": "ideal: nominal measurement, nominal operator",
@@ -97,6 +97,7 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
     oracle = CassiOperator(mask, bands, setup.step, setup.mismatch)
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in setup.scenarios}
     calibration: list[dict[str, Any]] = []
+    compile_kernels()
     for index, scene in enumerate(scenes):
         x = scene.cube[None]
         ideal = setup.noise.apply(nominal(x), index) if "I" in setup.scenarios else None
