@@ -31,6 +31,7 @@ them is not modelled, so scores should drop one or two border rows.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
@@ -210,7 +211,8 @@ class EnlargedGridOperator(nn.Module):
         windows: row windows ``[(r0, r1), ...]`` of equal height h (default: all H rows); columns are
             always all W. Candidate b, window s is batch entry ``b * S + s``.
 
-    ``forward``: (B*S or 1, L, h, W) -> (B*S, h, W + step*(L-1)); ``adjoint`` back. Same interface as
+    ``forward``: (B*S or 1, L, h, W) -> (B*S, h, W + step*(L-1)); ``adjoint`` back; CPU tensors (the
+    placement sums are numba kernels, :mod:`calib.kernels`). Same interface as
     :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv` needs it.
     """
 
