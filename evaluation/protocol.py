@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from cassi import CassiOperator
-from cassi.gap_tv import tv_denoise
 from cassi.metrics import ergas, kaist_psnr, kaist_ssim, quantize_8bit, sam
 from cassi.noise import add_noise
 
@@ -62,15 +61,8 @@ class Noise:
         return asdict(self)
 
 
-def compile_kernels() -> None:
-    """Compile (or load from numba's cache) GAP-TV's TV kernel, so that no timed call pays for it."""
-    with torch.no_grad():
-        for dtype in (torch.float32, torch.float64):
-            tv_denoise(torch.zeros(1, 2, 2, dtype=dtype), 0.1)
-
-
 def timed(method: Callable[[Tensor, CassiOperator], Tensor], y: Tensor, op: CassiOperator) -> tuple[Tensor, float]:
-    """``method(y, op)`` and its wall-clock seconds (call :func:`compile_kernels` once before)."""
+    """``method(y, op)`` and its wall-clock seconds (call :func:`cassi.gap_tv.compile_tv_kernel` once before)."""
     start = time.perf_counter()
     out = method(y, op)
     return out, time.perf_counter() - start

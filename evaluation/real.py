@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from cassi import CassiOperator
+from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
 from evaluation.files import write_json, write_text
 from evaluation.previews import save_real, save_spectra
-from evaluation.protocol import compile_kernels, timed
+from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor
 from evaluation.reports import markdown_table
 from models.release import mask_sha256
@@ -53,7 +54,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     mask = torch.from_numpy(load_mask(mask_path))
     op = CassiOperator(mask, bands, step)
     rows, preview_files = [], []
-    compile_kernels()
+    compile_tv_kernel()
     for path in captures:
         y = torch.from_numpy(load_measurement(path, key="meas_real"))
         if tuple(y.shape) != (op.height, op.measurement_width):

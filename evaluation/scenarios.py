@@ -22,8 +22,9 @@ from typing import Any, Callable, Protocol
 from torch import Tensor
 
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
+from cassi.gap_tv import compile_tv_kernel
 from cassi.simulator import simulate_measurement
-from evaluation.protocol import METRICS, Noise, compile_kernels, mean_row, result_row, timed
+from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
 from evaluation.scenes import Scene
 
 SCENARIOS = {"I": "ideal: nominal measurement, nominal operator",
@@ -97,7 +98,7 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
     oracle = CassiOperator(mask, bands, setup.step, setup.mismatch)
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in setup.scenarios}
     calibration: list[dict[str, Any]] = []
-    compile_kernels()
+    compile_tv_kernel()
     for index, scene in enumerate(scenes):
         x = scene.cube[None]
         ideal = setup.noise.apply(nominal(x), index) if "I" in setup.scenarios else None
