@@ -24,12 +24,15 @@ from calib.solvers import load_solver, residual
 from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
 
-SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5)
-REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=24)
+# the search's 5-iteration solves need mu > 0 to converge far from their warm start; refinement
+# (warm starts at the current point) keeps mu = 0, which is less biased
+SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5, smooth_spectrum=1.0)
+REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=12)
 SLICE_POINTS = (-1.0, 1.0)                # landscape slices, in pixel units (see pixel_scales)
 SLICE_MAX_FRACTION = 0.4                   # ... but at most this fraction of the parameter's range
 FLAT_RISE = 0.005                          # smallest score rise at the slice ends of a trusted parameter
 EDGE_FRACTION = 0.02                       # estimate within 2 % of the range width of an edge
+MIN_MASK_CONTRAST = 0.01                   # std / mean over the mask's open area below which it has no code
 
 
 def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tensor, Tensor]:
@@ -98,6 +101,20 @@ def _status(point: Tensor, point_score: float, slices: dict, ranges: Ranges, ste
     return ("ambiguous" if reasons else "ok"), reasons
 
 
+def mask_structure_reasons(mask: Tensor) -> list[str]:
+    """Why the mask cannot pin the warp: [] for a coded mask; a reason for one that is uniform over
+    the bounding box of its open pixels (an open aperture: only its outline moves with dx, dy, theta)."""
+    rows, cols = (mask > 0).any(1).nonzero(), (mask > 0).any(0).nonzero()
+    if rows.numel() == 0:
+        return ["the mask is zero everywhere"]
+    box = mask[int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+    contrast = float(box.std() / box.mean()) if box.numel() > 1 else 0.0
+    if contrast < MIN_MASK_CONTRAST:
+        return [f"the mask has no code: std / mean = {contrast:.2g} over its open area (needs {MIN_MASK_CONTRAST:g}); "
+                "dx, dy and theta are then pinned by its outline alone"]
+    return []
+
+
 def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, step: int, estimate: Mismatch,
                   clock: StageClock) -> dict:
     """Reconstruct with the chosen solver and the nominal / calibrated operator; residuals before/after."""
@@ -151,6 +168,10 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     slices, record = _landscape(cheap, point, centre_score, steps, clock)
     history.append(record)
     status, reasons = _status(point, centre_score, slices, ranges, steps)
+    structure = mask_structure_reasons(mask)
+    if structure and status == "ok":
+        status = "ambiguous"
+    reasons = structure + reasons
     estimate = params_to_mismatch(point)
     checks = _solver_check(solver, ckpt, y, mask, bands, step, estimate, clock) if solver_check else {}
     settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),

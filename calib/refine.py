@@ -11,7 +11,8 @@ detector displacement (:func:`calib.ranges.pixel_scales`). Before each step the 
 move to the current point (they make the short solves accurate nearby). The step is accepted only
 if it lowers the score: the full step is tried first, then shorter ones (one batched call).
 
-Stages (the method's 2A/2B/2C): (dx, dy, theta), then (a1, alpha), then all five jointly.
+Stages (the method's 2A/2B/2C): (dx, dy, theta), then (a1, alpha), then all five jointly (up to 5
+steps; a stage ends once a step moves no parameter by more than 0.01 pixel units).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from calib.score import HeldOutScore
 
 DEFAULT_STAGES = (("2A dx-dy-theta", ("dx", "dy", "theta"), 1),
                   ("2B a1-alpha", ("a1", "alpha"), 1),
-                  ("2C joint", PARAMETER_NAMES, 2))
+                  ("2C joint", PARAMETER_NAMES, 5))
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class RefineSettings:
     trust: float = 1.0                # largest move of one parameter per step
     damping: float = 1e-3             # Levenberg-Marquardt damping, relative to max diag(J^T J)
     backtrack: tuple[float, ...] = (0.5, 0.2)   # shorter steps tried when the full step does not lower the score
+    tolerance: float = 0.01           # a stage ends early once a step moves no parameter further than this
 
 
 def refine(score: HeldOutScore, start: Tensor, ranges: Ranges, scales: Tensor, settings: RefineSettings,
@@ -53,8 +55,11 @@ def refine(score: HeldOutScore, start: Tensor, ranges: Ranges, scales: Tensor, s
         trace = []
         with clock.stage(name):
             for _ in tqdm(range(steps), desc=name, unit="step", disable=not progress, leave=False):
+                before = point
                 point, value, entry = gauss_newton_step(score, point, free, ranges, scales, settings)
                 trace.append(entry)
+                if float(((point - before) / scales).abs().max()) < settings.tolerance:
+                    break
         wall, cpu = clock.last(name)
         evaluations = sum(e["evaluations"] for e in trace)
         records.append(StageRecord(name, params_to_mismatch(point).to_dict(), value, evaluations, wall, cpu, trace))

@@ -2,14 +2,17 @@
 
 All candidates of a stage are scored in one batched call of the blind score. The order follows the
 landscapes: dy (and theta, which tilts the mask rows) has a sharp, non-convex valley about 1 px wide,
-so it is gridded first at half-pixel steps; dx (along the dispersion) has a broad single basin over
-the whole range, so a 1-D grid per beam finds it; a1 and alpha matter below a pixel and are gridded
-last. Polishing is a batched coordinate descent: every parameter is probed at +-h at once, moved to
-its parabola vertex, and h is halved.
+so it is gridded first at half-pixel steps (on a coarse dx grid: 2.5 px, a dx 2 px off can hide the
+dy valley); dx (along the dispersion) has a broad single basin over the whole range, so a 1-D grid
+per beam finds it; a1 and alpha matter below a pixel and are gridded last. Polishing is a batched
+coordinate descent: every parameter is probed at +-h at once, moved to its parabola vertex, and h
+is halved.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -27,6 +30,7 @@ class SearchSettings:
     """Grid steps (px, deg, px/band) and beam counts of Algorithm 1."""
 
     beams: int = 3
+    coarse_dx_step: float = 2.5
     dy_step: float = 0.5
     theta_step: float = 0.5
     dx_step: float = 0.5
@@ -143,13 +147,14 @@ def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings,
 
     name = "1a coarse dy-theta"
     with clock.stage(name):
+        dx = _axis(*ranges.dx, s.coarse_dx_step)
         dy = _axis(*ranges.dy, s.dy_step)
         theta = _axis(*ranges.theta, s.theta_step)
-        pts = centre.repeat(len(dy) * len(theta), 1)
-        pts[:, [DY, THETA]] = _grid([dy, theta])
+        pts = centre.repeat(len(dx) * len(dy) * len(theta), 1)
+        pts[:, [DX, DY, THETA]] = _grid([dx, dy, theta])
         scores = evaluate(pts, name)
-        radius = torch.tensor([0.0, s.dy_step, s.theta_step, 0.0, 0.0], dtype=torch.float64) * 1.01
-        beams = pts[_distinct_best(pts, scores, s.beams, radius)]
+        radius = torch.tensor([math.inf, s.dy_step, s.theta_step, 0.0, 0.0], dtype=torch.float64) * 1.01
+        beams = pts[_distinct_best(pts, scores, s.beams, radius)]     # distinct in (dy, theta); dx is re-gridded
     records.append(_record(name, clock, pts, scores, len(pts)))
     coarse_scores = scores.sort().values
 
