@@ -189,8 +189,8 @@ def draw_landscapes(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from calib.forward_model import EnlargedGridOperator, params_tensor
-    from calib.score import HeldOutScore, ScoreSettings, _smoothness
+    from calib.forward_model import params_tensor
+    from calib.score import HeldOutScore, ScoreSettings, SpectralSubspace, _smoothness
     from cassi.gap_tv import gap_tv
     from cassi.noise import add_noise
     from cassi.simulator import simulate_measurement
@@ -208,7 +208,8 @@ def draw_landscapes(path: Path) -> None:
         offsets = torch.linspace(-span, span, 9, dtype=torch.float64)
         points = params_tensor(truth).repeat(len(offsets), 1)
         points[:, index] += offsets
-        op = EnlargedGridOperator(score.mask, points, windows=score.windows)
+        prior = score.operator(points)                      # the score's operator: A U (its DCT subspace)
+        op = prior.op if isinstance(prior, SpectralSubspace) else prior   # A itself, for GAP-TV
         ys = score.y.repeat(len(offsets), 1, 1)
         keep = score.folds[0].repeat(len(offsets), 1, 1)
         inner = score.interior.repeat(len(offsets), 1, 1)
@@ -217,7 +218,6 @@ def draw_landscapes(path: Path) -> None:
             plain = (((ys - op(x)) * inner) ** 2).sum((1, 2)).view(len(offsets), -1).sum(1)
             x = gap_tv(ys * keep, _Adapter(op, keep), iterations=30)
             gap_held = (((ys - op(x)) * (1 - keep) * inner) ** 2).sum((1, 2)).view(len(offsets), -1).sum(1)
-            prior = score.operator(points)                  # the score's prior: spectra in its DCT subspace
             z = score.solve(prior, ys, torch.ones_like(ys), 100, None)
             penalty = _smoothness(z, score.lam, score.mu, score.band_curvature)
             objective = ((((ys - prior(z)) * inner) ** 2).sum((1, 2))
