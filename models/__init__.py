@@ -4,6 +4,7 @@ from models.loading import from_official, load_toolbox_checkpoint
 from models.release import load_release
 
 __all__ = ["create_model", "list_models", "register_model", "from_official", "load_toolbox_checkpoint"]
+import models.bisrnet  # noqa: F401
 import models.crsdun  # noqa: F401
 import models.mst  # noqa: F401  (registers mst_*)
 import models.hsra  # noqa: F401

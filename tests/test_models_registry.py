@@ -9,7 +9,7 @@ from models import create_model, list_models
 
 # smallest sizes each family accepts (window / down-sampling multiples), and a lighter width where
 # the family allows it: this checks the wiring, the fixture tests check the published builds.
-SIZE = {"crsdun": 64, "hsra": 64, "s2_transformer": 16, "mst": 32}
+SIZE = {"bisrnet": 16, "crsdun": 64, "hsra": 64, "s2_transformer": 16, "mst": 32}
 LIGHT = {"s2_transformer": dict(img_size=16, window_size=8, embed_dim=12, depths=[1], num_heads=[2], spe_dim_head=6)}
 
 
@@ -32,7 +32,7 @@ def test_model_runs_on_a_mismatched_operator(name):
         out_nominal = model.reconstruction(model(**model.prepare_inputs(y, nominal)))
     assert out.shape == (1, 28, size, size)
     assert torch.isfinite(out).all()
-    if not name.endswith("_real"):  # the real-data MST takes the measurement only, no mask
+    if not name.endswith("_real"):  # the real-data MST and BiSRNet take the measurement only, no mask
         assert not torch.allclose(out, out_nominal), "the operator's mismatch does not reach the model"
 
 
