@@ -19,8 +19,9 @@ Structure (channels C = ``n_feat``):
   (so it keeps its channel count). Channel changes are made by pairs of them (:class:`BinaryConvPair`:
   concatenate two branches to widen, average two halves to narrow); down-sampling is a 2x2 average pool,
   up-sampling bilinear (x2);
-* a block is ``x + FFN(LayerNorm(x))`` with a binarised feed-forward (C -> 2C -> 4C by pairs, RPReLU,
-  grouped 3x3 binary conv with 4 channels per group, RPReLU, 4C -> 2C -> C); BiSRNet has no attention.
+* a block is ``x + FFN(LayerNorm(x))``: MST's pre-norm and feed-forward (:mod:`models.mst_blocks`) with a
+  binarised conv stack (C -> 2C -> 4C by pairs, RPReLU, grouped 3x3 binary conv with 4 channels per group,
+  RPReLU, 4C -> 2C -> C); BiSRNet has no attention.
 
 Sizes: any H, W >= 5. The official forward reflect-pads the cube to multiples of 8 (torch's reflect padding
 needs pad < size, which fails below 5 px) and crops the output back.
@@ -62,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cassi.shifts import shift_back
-from models.mst import PreNorm
+from models.mst_blocks import FeedForward, PreNorm, encode
 from models.registry import register_model
 
 BANDS = 28
@@ -196,24 +197,18 @@ class BinaryConvPair(nn.Module):
         return (self.biconv_1(first) + self.biconv_2(second)) / 2
 
 
-class BinaryFeedForward(nn.Module):
-    """Binarised feed-forward on (B, H, W, C) tokens: C -> 2C -> 4C, RPReLU, grouped 3x3 binary conv
-    (C groups of 4 channels), RPReLU, 4C -> 2C -> C."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            BinaryConvPair(dim, 1, "concat"),
-            BinaryConvPair(dim * 2, 1, "concat"),
-            RPReLU(dim * 4),
-            BinaryConv2d(dim * 4, 3, padding=1, groups=dim),
-            RPReLU(dim * 4),
-            BinaryConvPair(dim * 2, 1, "average"),
-            BinaryConvPair(dim, 1, "average"),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+def binary_feed_forward(dim: int) -> nn.Sequential:
+    """BiSRNet's binarised feed-forward conv stack on (B, C, H, W): C -> 2C -> 4C by pairs, RPReLU, grouped 3x3
+    binary conv (C groups of 4 channels), RPReLU, 4C -> 2C -> C (it replaces MST's 1x1 / depth-wise / 1x1 stack)."""
+    return nn.Sequential(
+        BinaryConvPair(dim, 1, "concat"),
+        BinaryConvPair(dim * 2, 1, "concat"),
+        RPReLU(dim * 4),
+        BinaryConv2d(dim * 4, 3, padding=1, groups=dim),
+        RPReLU(dim * 4),
+        BinaryConvPair(dim * 2, 1, "average"),
+        BinaryConvPair(dim, 1, "average"),
+    )
 
 
 class BinaryBlock(nn.Module):
@@ -221,7 +216,8 @@ class BinaryBlock(nn.Module):
 
     def __init__(self, dim: int, num_blocks: int):
         super().__init__()
-        self.blocks = nn.ModuleList(PreNorm(dim, BinaryFeedForward(dim)) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(PreNorm(dim, FeedForward(dim, net=binary_feed_forward(dim)))
+                                    for _ in range(num_blocks))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
@@ -265,12 +261,7 @@ class BinaryUNet(nn.Module):
         self.mapping = BinaryConv2d(dim, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        fea = self.embedding(x)
-        skips = []
-        for block, down in self.encoder_layers:
-            fea = block(fea)
-            skips.append(fea)
-            fea = down(fea)
+        fea, skips = encode(self.embedding(x), self.encoder_layers)
         fea = self.bottleneck(fea)
         for (up, fusion, block), skip in zip(self.decoder_layers, reversed(skips)):
             fea = block(fusion(torch.cat([up(fea), skip], dim=1)))

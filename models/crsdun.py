@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from cassi.shifts import shift, shift_back
 from models.crsdun_blocks import ARB, CASTAB, SSRB, MaskEmbedding, SwinBlock, trunc_normal_
+from models.mst_blocks import encode
 from models.registry import register_model
 
 STEP = 2          # dispersion step (px per band) hard-coded in the official model
@@ -148,13 +149,8 @@ class CATSeg(nn.Module):
 
     def forward(self, kexi: Tensor, emb: Tensor | None = None) -> Tensor:
         """kexi (B, in_dim, H, W) LISTA output; emb (B, dim, H, W) the cube, required when ``cross``."""
-        fea = self.embedding(kexi)
         guides = [self.x_emb1(emb), self.x_emb2(emb)] if self.cross else None
-        skips = []
-        for block, down in self.encoder_layers:
-            fea = block(fea)
-            skips.append(fea)
-            fea = down(fea)
+        fea, skips = encode(self.embedding(kexi), self.encoder_layers)
         fea = self.bottleneck(fea)
         for level, (up, fusion, block) in enumerate(self.decoder_layers):
             depth = self.levels - 1 - level

@@ -7,7 +7,8 @@ weights as the official one built after the same seed.
 
 Groups:
 
-* normalisation wrappers and the feed-forward network shared by every branch;
+* pre-norm and feed-forward on maps, shared by every branch (the MST-family blocks of
+  :mod:`models.mst_blocks`; windows and relative position indices are timm's);
 * reconstruction branch: spectral window attention (WSSA) + convolutional mixing (CMB, SAB), i.e.
   the SSRB encoder block and the ARB refinement block;
 * segmentation branch: a Swin block (window attention with relative position bias, no shift mask);
@@ -15,24 +16,21 @@ Groups:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from timm.layers import trunc_normal_ as timm_trunc_normal_
 from torch import Tensor, nn
 
+from models.mst_blocks import (FeedForward, PreNorm, WindowAttention, apply_channel_norm, window_merge,
+                               window_partition)
 
-@torch.no_grad()
+
 def trunc_normal_(tensor: Tensor, std: float, bound: float = 2.0) -> Tensor:
-    """Fill ``tensor`` in place with N(0, std^2) truncated to [-bound, bound], by inverse-CDF sampling.
-
-    Same distribution as ``nn.init.trunc_normal_``, but the same random stream as the official code
-    (recent torch versions sample by rejection instead), so seeded builds reproduce official weights.
-    """
-    cdf_hi = (1.0 + math.erf(bound / std / math.sqrt(2.0))) / 2.0   # cdf_lo = 1 - cdf_hi
-    tensor.uniform_(1.0 - 2.0 * cdf_hi, 2.0 * cdf_hi - 1.0).erfinv_()
-    return tensor.mul_(std * math.sqrt(2.0)).clamp_(-bound, bound)
+    """Fill ``tensor`` in place with N(0, std^2) truncated to [-bound, bound] (absolute bounds, as the official
+    ``trunc_normal_(w, std=.02)`` calls): timm's inverse-CDF sampler, the random stream of the official code
+    (recent ``nn.init.trunc_normal_`` samples differently), so seeded builds reproduce official weights."""
+    return timm_trunc_normal_(tensor, std=std, a=-bound, b=bound)
 
 
 def _trunc_normal_conv_weights(module: nn.Module, zero_bias: bool) -> None:
@@ -44,34 +42,14 @@ def _trunc_normal_conv_weights(module: nn.Module, zero_bias: bool) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _channel_norm(kind: str, dim: int) -> nn.Module:
-    """'ln': LayerNorm over channels, 'bn': BatchNorm2d, 'gn': GroupNorm with one group per channel."""
-    if kind == "ln":
-        return nn.LayerNorm(dim)
-    if kind == "bn":
-        return nn.BatchNorm2d(dim)
-    if kind == "gn":
-        return nn.GroupNorm(dim, dim)
-    raise ValueError(f"unknown norm type '{kind}' (expected 'ln', 'bn' or 'gn')")
+def map_prenorm(dim: int, fn: nn.Module, norm: str = "ln") -> PreNorm:
+    """``fn(norm(x))`` on maps (B, C, H, W) (official ``PreNorm``; ``norm`` 'ln', 'bn' or 'gn')."""
+    return PreNorm(dim, fn, norm, channels_last=False)
 
 
-def _apply_channel_norm(norm: nn.Module, x: Tensor) -> Tensor:
-    """Normalise ``x`` (B, C, H, W); a LayerNorm acts on the channel axis of each pixel."""
-    if isinstance(norm, nn.LayerNorm):
-        return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    return norm(x)
-
-
-class PreNorm(nn.Module):
-    """``fn(norm(x))`` (official ``PreNorm``)."""
-
-    def __init__(self, dim: int, fn: nn.Module, norm_type: str = "ln"):
-        super().__init__()
-        self.fn = fn
-        self.norm = _channel_norm(norm_type, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(_apply_channel_norm(self.norm, x))
+def map_ffn(dim: int) -> FeedForward:
+    """MST's feed-forward on maps (B, C, H, W) (official ``FFN``): 1x1 x4, GELU, depth-wise 3x3, GELU, 1x1."""
+    return FeedForward(dim, channels_last=False)
 
 
 class PairPreNorm(nn.Module):
@@ -84,25 +62,7 @@ class PairPreNorm(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return self.fn(_apply_channel_norm(self.norm1, x1), _apply_channel_norm(self.norm2, x2))
-
-
-class FFN(nn.Module):
-    """Pointwise expand (x4) - GELU - depthwise 3x3 - GELU - pointwise project; no biases."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        hidden = dim * mult
-        self.net = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1, 1, bias=False),
-            nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, bias=False, groups=hidden),
-            nn.GELU(),
-            nn.Conv2d(hidden, dim, 1, 1, bias=False),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.fn(apply_channel_norm(self.norm1, x1), apply_channel_norm(self.norm2, x2))
 
 
 # ---------------------------------------------------------------- reconstruction branch
@@ -150,8 +110,8 @@ class ERB(nn.Module):
 
     def __init__(self, dim: int, dim_head: int):
         super().__init__()
-        self.WSSA = PreNorm(dim, WSSA(dim, dim_head))
-        self.FFN = PreNorm(dim, FFN(dim), norm_type="gn")
+        self.WSSA = map_prenorm(dim, WSSA(dim, dim_head))
+        self.FFN = map_prenorm(dim, map_ffn(dim), "gn")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.WSSA(x) + x
@@ -196,8 +156,8 @@ class ARB(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.CMB = PreNorm(dim, CMB(dim))
-        self.SAB = PreNorm(dim, SAB(dim), norm_type="gn")
+        self.CMB = map_prenorm(dim, CMB(dim))
+        self.SAB = map_prenorm(dim, SAB(dim), "gn")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.CMB(x) + x
@@ -220,34 +180,16 @@ class SSRB(nn.Module):
 
 # ---------------------------------------------------------------- segmentation branch
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention in non-overlapping windows, with a relative position bias table."""
+class MapWindowAttention(WindowAttention):
+    """Window attention with relative position bias on maps (B, C, H, W) (official ``WindowAttention``):
+    ``window_size`` x ``window_size`` windows, no mask modulation, no shift mask."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 8):
-        super().__init__()
-        self.window_size = window_size
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        span = 2 * window_size - 1
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(span * span, num_heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
-                                            indexing="ij")).flatten(1)            # (2, ws*ws)
-        rel = (coords[:, :, None] - coords[:, None, :]) + (window_size - 1)    # (2, N, N), >= 0
-        self.register_buffer("relative_position_index", rel[0] * span + rel[1])
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-        trunc_normal_(self.relative_position_bias_table, std=0.02)
+        super().__init__(dim, window_size, num_heads, mask_eff="omit")
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        ws, heads = self.window_size, self.num_heads
-        tokens = rearrange(x, "b c (nh h) (nw w) -> (b nh nw) (h w) c", h=ws, w=ws)
-        q, k, v = rearrange(self.qkv(tokens), "n t (three k d) -> three n k t d", three=3, k=heads)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(ws * ws, ws * ws, heads).permute(2, 0, 1)             # (heads, N, N)
-        attn = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-        out = self.proj(rearrange(attn @ v, "n k t d -> n t (k d)"))
-        return rearrange(out, "(b nh nw) (h w) c -> b c (nh h) (nw w)", b=b, nh=h // ws, h=ws, w=ws)
+        tokens = window_partition(x.permute(0, 2, 3, 1), self.window)              # (B * nW, ws*ws, C)
+        return window_merge(super().forward(tokens), self.window, x.shape[2:]).permute(0, 3, 1, 2)
 
 
 class SwinBlock(nn.Module):
@@ -257,7 +199,7 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, heads: int, num_blocks: int, shift_size: int = 4):
         super().__init__()
         self.blocks = nn.ModuleList([
-            nn.ModuleList([PreNorm(dim, WindowAttention(dim, num_heads=heads)), PreNorm(dim, FFN(dim))])
+            nn.ModuleList([map_prenorm(dim, MapWindowAttention(dim, num_heads=heads)), map_prenorm(dim, map_ffn(dim))])
             for _ in range(num_blocks)])
         self.shift_size = shift_size
 
@@ -378,7 +320,7 @@ class CASTAB(nn.Module):
         self.pos = nn.Conv2d(dim * 2, dim * 2, 5, 1, 2, groups=dim * 2)
         self.blocks = nn.ModuleList([
             nn.ModuleList([PairPreNorm(dim, CASTA(dim, stoken_size=stoken_size, num_heads=heads)),
-                           PreNorm(dim, FFN(dim), norm_type=norm_type)])
+                           map_prenorm(dim, map_ffn(dim), norm_type)])
             for _ in range(num_blocks)])
 
     def forward(self, x: Tensor, guide: Tensor, guide_as_pixels: bool = False) -> Tensor:

@@ -21,6 +21,8 @@ to L bands plus the input (residual). The end-to-end networks (hsra_s/m/l) are m
 does not say how the mask enters, and concatenating the 3-D mask to the "H" input is our reading.
 
 Tensors inside blocks are channels-last (B, H, W, C); the network maps cubes (B, L, H, W) to cubes.
+The pre-norm residuals and MST's feed-forward come from :mod:`models.mst_blocks` (windows: timm's reshapes).
+HSRA's spectral attention is its own (fused qkv, q k^T affinity, one depth-wise positional conv), not MS-MSA.
 FLOPs (fvcore, multiply-accumulates / 2**30 as the MST toolbox prints them) scale linearly in the
 pixel count because every attention is windowed or spectral.
 """
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from models.mst_blocks import FeedForward, PreNorm, window_merge, window_partition
 from models.registry import register_model
 
 if TYPE_CHECKING:  # the operator is only passed through, never built here
@@ -46,21 +49,6 @@ def _to_channels_first(x: Tensor) -> Tensor:
 
 def _to_channels_last(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1)
-
-
-class FeedForward(nn.Module):
-    """Pointwise expand -> depthwise 3x3 -> pointwise project (MST's FFN), on (B, H, W, C)."""
-
-    def __init__(self, dim: int, mult: int = 4) -> None:
-        super().__init__()
-        hidden = dim * mult
-        self.net = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1, bias=False), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.GELU(),
-            nn.Conv2d(hidden, dim, 1, bias=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _to_channels_last(self.net(_to_channels_first(x)))
 
 
 class MultiKernelTokenMixer(nn.Module):
@@ -107,15 +95,12 @@ class WindowSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w, _ = x.shape
-        wh, ww = self.window
-        tokens = rearrange(x, "b (nh wh) (nw ww) c -> (b nh nw) (wh ww) c", wh=wh, ww=ww)
+        tokens = window_partition(x, self.window)
         q, k, v = rearrange(self.to_qkv(tokens), "n t (three h d) -> three n h t d",
                             three=3, h=self.heads)
         attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
         out = rearrange(attn @ v, "n h t d -> n t (h d)")
-        return rearrange(self.proj(out), "(b nh nw) (wh ww) c -> b (nh wh) (nw ww) c",
-                         b=b, nh=h // wh, nw=w // ww, wh=wh, ww=ww)
+        return window_merge(self.proj(out), self.window, (x.shape[1], x.shape[2]))
 
 
 class SpectralSelfAttention(nn.Module):
@@ -172,28 +157,22 @@ class LatentWindowInteraction(nn.Module):
         return self.proj(self.to_query(x) * self.to_context(_to_channels_last(context)))
 
 
-class PreNormResidual(nn.Module):
+def pre_norm_residual(dim: int, fn: nn.Module) -> PreNorm:
     """``x + fn(LayerNorm(x))`` on channels-last features."""
-
-    def __init__(self, dim: int, fn: nn.Module) -> None:
-        super().__init__()
-        self.norm, self.fn = nn.LayerNorm(dim), fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.fn(self.norm(x))
+    return PreNorm(dim, fn, residual=True)
 
 
 def mkptm_block(dim: int, ffn_mult: int, kernels: Sequence[int], ratio: float) -> nn.Sequential:
     """Local block: MK-PTM token mixer, then feed-forward."""
-    return nn.Sequential(PreNormResidual(dim, MultiKernelTokenMixer(dim, kernels, ratio)),
-                         PreNormResidual(dim, FeedForward(dim, ffn_mult)))
+    return nn.Sequential(pre_norm_residual(dim, MultiKernelTokenMixer(dim, kernels, ratio)),
+                         pre_norm_residual(dim, FeedForward(dim, ffn_mult)))
 
 
 def lwim_block(dim: int, heads: int, ffn_mult: int, pool: int,
                latent_window: tuple[int, int]) -> nn.Sequential:
     """Mid-scale block: LWIM, then feed-forward."""
-    return nn.Sequential(PreNormResidual(dim, LatentWindowInteraction(dim, heads, pool, latent_window)),
-                         PreNormResidual(dim, FeedForward(dim, ffn_mult)))
+    return nn.Sequential(pre_norm_residual(dim, LatentWindowInteraction(dim, heads, pool, latent_window)),
+                         pre_norm_residual(dim, FeedForward(dim, ffn_mult)))
 
 
 def hmssa_block(dim: int, heads: int, ffn_mult: int, window: int) -> nn.Sequential:
@@ -204,10 +183,10 @@ def hmssa_block(dim: int, heads: int, ffn_mult: int, window: int) -> nn.Sequenti
     taken as two successive window attentions of size w and 2w; the spectral attention (whose
     affinity spans the whole image) is the last, global, granularity.
     """
-    return nn.Sequential(PreNormResidual(dim, WindowSelfAttention(dim, heads, (window, window))),
-                         PreNormResidual(dim, WindowSelfAttention(dim, heads, (2 * window, 2 * window))),
-                         PreNormResidual(dim, SpectralSelfAttention(dim, heads)),
-                         PreNormResidual(dim, FeedForward(dim, ffn_mult)))
+    return nn.Sequential(pre_norm_residual(dim, WindowSelfAttention(dim, heads, (window, window))),
+                         pre_norm_residual(dim, WindowSelfAttention(dim, heads, (2 * window, 2 * window))),
+                         pre_norm_residual(dim, SpectralSelfAttention(dim, heads)),
+                         pre_norm_residual(dim, FeedForward(dim, ffn_mult)))
 
 
 class HSRA(nn.Module):

@@ -3,8 +3,9 @@
 Re-implementation of the official code (caiyuanhao1998/MST,
 ``simulation/test_code/architecture/MST.py`` at commit 9ff03b93); parameter names are identical, so
 official state dicts load without a key mapping. A U-shaped network of MSABs (mask-guided spectral-wise
-multi-head self-attention + depth-wise feed-forward); the attention runs across channels (a d x d map
-per head), so its cost is linear in the number of pixels.
+multi-head self-attention + depth-wise feed-forward, from :mod:`models.mst_blocks`, here with MST's mask
+guidance); the attention runs across channels (a d x d map per head), so its cost is linear in the number of
+pixels.
 
 Sizes (``create_model`` names, all ``dim=28, stage=2``): ``mst_s`` num_blocks [2, 2, 2] (0.92 M params),
 ``mst_m`` [2, 4, 4] (1.49 M), ``mst_l`` [4, 7, 5] (2.02 M).
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cassi.shifts import shift_back
+from models.mst_blocks import FeedForward, PreNorm, SpectralMSA
 from models.registry import register_model
 
 BANDS = 28
@@ -83,89 +85,14 @@ class MaskGuidedMechanism(nn.Module):
         return shift_back(mask_shift, step=mask_shift_offsets(channels, rows), width=width)
 
 
-class MS_MSA(nn.Module):
-    """(Mask-guided) spectral-wise multi-head self-attention on (B, H, W, C) tokens.
-
-    Each head attends over its ``dim_head`` channels (a dim_head x dim_head map from L2-normalised
-    queries/keys along the pixels, times a learned per-head ``rescale``); values are weighted by the mask
-    guidance of the first batch element; a depth-wise conv positional branch acts on the unmasked values.
-    """
-
-    def __init__(self, dim: int, dim_head: int, heads: int, mask_guided: bool = True):
-        super().__init__()
-        self.num_heads = heads
-        self.dim_head = dim_head
-        self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
-        self.to_k = nn.Linear(dim, dim_head * heads, bias=False)
-        self.to_v = nn.Linear(dim, dim_head * heads, bias=False)
-        self.rescale = nn.Parameter(torch.ones(heads, 1, 1))
-        self.proj = nn.Linear(dim_head * heads, dim, bias=True)
-        self.pos_emb = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False, groups=dim),
-            nn.GELU(),
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False, groups=dim),
-        )
-        self.mm = MaskGuidedMechanism(dim) if mask_guided else None
-
-    def _heads(self, t: Tensor) -> Tensor:
-        """(B, N, heads * d) -> (B, heads, d, N)."""
-        return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.dim_head).permute(0, 2, 3, 1)
-
-    def forward(self, x_in: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x_in (B, H, W, C), mask (1, C, H, W') mask features (ignored without mask guidance) -> (B, H, W, C)."""
-        b, h, w, c = x_in.shape
-        tokens = x_in.reshape(b, h * w, c)
-        q_inp, k_inp, v_inp = self.to_q(tokens), self.to_k(tokens), self.to_v(tokens)
-        q, k, v = self._heads(q_inp), self._heads(k_inp), self._heads(v_inp)
-        if self.mm is not None:
-            guidance = self.mm(mask, width=w)[:1]                      # (1, C, H, W): first sample only
-            v = v * self._heads(guidance.permute(0, 2, 3, 1).reshape(1, h * w, c))
-        q = F.normalize(q, dim=-1, p=2)
-        k = F.normalize(k, dim=-1, p=2)
-        attn = (k @ q.transpose(-2, -1)) * self.rescale                # (B, heads, d, d)
-        out = attn.softmax(dim=-1) @ v                                 # (B, heads, d, N)
-        out = out.permute(0, 3, 1, 2).reshape(b, h * w, self.num_heads * self.dim_head)
-        out_c = self.proj(out).view(b, h, w, c)
-        out_p = self.pos_emb(v_inp.reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return out_c + out_p
-
-
-class FeedForward(nn.Module):
-    """1x1 conv (x4 channels), GELU, depth-wise 3x3, GELU, 1x1 conv on (B, H, W, C) tokens."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(dim, dim * mult, 1, 1, bias=False),
-            nn.GELU(),
-            nn.Conv2d(dim * mult, dim * mult, 3, 1, 1, bias=False, groups=dim * mult),
-            nn.GELU(),
-            nn.Conv2d(dim * mult, dim, 1, 1, bias=False),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
-class PreNorm(nn.Module):
-    """LayerNorm over channels, then ``fn``."""
-
-    def __init__(self, dim: int, fn: nn.Module):
-        super().__init__()
-        self.fn = fn
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(self.norm(x))
-
-
 class MSAB(nn.Module):
     """``num_blocks`` x (attention + residual, pre-norm feed-forward + residual) on (B, C, H, W)."""
 
     def __init__(self, dim: int, dim_head: int, heads: int, num_blocks: int, mask_guided: bool = True):
         super().__init__()
+        guidance = MaskGuidedMechanism if mask_guided else None
         self.blocks = nn.ModuleList(
-            nn.ModuleList([MS_MSA(dim, dim_head, heads, mask_guided), PreNorm(dim, FeedForward(dim))])
+            nn.ModuleList([SpectralMSA(dim, dim_head, heads, guidance), PreNorm(dim, FeedForward(dim))])
             for _ in range(num_blocks))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

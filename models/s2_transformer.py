@@ -19,6 +19,9 @@ Structure (C = embed_dim, L = in_chans bands, H x W a multiple of the window):
   the intermediate outputs used by the mask-aware losses (:mod:`models.losses`);
 * ``norm``, ``conv_after_body`` + long skip, ``conv_last`` and a global residual on the input.
 
+Spa-MSA's window attention and Spe-MSA (MST's MS-MSA without mask guidance) come from
+:mod:`models.mst_blocks`; the MLP, drop-path, initialisation and window reshapes are timm's.
+
 Forward ``model(x, physc_mask) -> (x_out (B, L, H, W), [K tensors (B, L, H, W)])``.
 
 Deviations from the official code, none changing the output for inputs it accepts:
@@ -44,14 +47,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from models.mst_blocks import SpectralMSA, WindowAttention, window_merge, window_partition
 from models.registry import register_model
-
-MASK_EFFECTS = ("both_qk", "only_q", "only_k", "only_v", "omit")
 
 
 # ------------------------------------------------------------------ token / window layout helpers
@@ -59,21 +60,6 @@ def tokens_to_image(tokens: Tensor, size: tuple[int, int]) -> Tensor:
     """(B, H*W, C) tokens -> (B, C, H, W) feature map."""
     height, width = size
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
-
-
-def window_partition(x: Tensor, window: int) -> Tensor:
-    """(B, H, W, C) -> (B * nW, window*window, C), windows in row-major order."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
-
-
-def window_merge(windows: Tensor, window: int, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`: (B * nW, window*window, C) -> (B, H, W, C)."""
-    h, w = size
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
 def shifted_window_mask(size: tuple[int, int], window: int, shift: int,
@@ -97,67 +83,6 @@ def shifted_window_mask(size: tuple[int, int], window: int, shift: int,
 
 
 # ------------------------------------------------------------------------------ attention modules
-class Mlp(nn.Module):
-    """Linear -> GELU -> Linear on tokens (B, N, C)."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class WindowAttention(nn.Module):
-    """Mask-modulated multi-head self-attention inside windows, with relative position bias (Eq. 8).
-
-    Queries are scaled by ``head_dim ** -0.5``; then q and/or k/v (``mask_eff``) are multiplied
-    element-wise by the windowed mask embedding.
-    """
-
-    def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True,
-                 qk_scale: float | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 mask_eff: str = "both_qk") -> None:
-        super().__init__()
-        if mask_eff not in MASK_EFFECTS:
-            raise ValueError(f"mask_eff must be one of {MASK_EFFECTS}, got {mask_eff!r}")
-        self.dim, self.window, self.num_heads, self.mask_eff = dim, window, num_heads, mask_eff
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-        rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2*window-2]
-        self.register_buffer("relative_position_index", rel[0] * (2 * window - 1) + rel[1])
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def forward(self, x: Tensor, mask_embedding: Tensor, shift_mask: Tensor | None) -> Tensor:
-        """x, mask_embedding: (B*nW, N, C); shift_mask: (nW, N, N) or None -> (B*nW, N, C)."""
-        bw, n, c = x.shape
-        heads, head_dim = self.num_heads, c // self.num_heads
-        q, k, v = self.qkv(x).reshape(bw, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = q * self.scale
-        m = mask_embedding.reshape(bw, n, heads, head_dim).transpose(1, 2)
-        if self.mask_eff in ("both_qk", "only_q"):
-            q = q * m
-        if self.mask_eff in ("both_qk", "only_k"):
-            k = k * m
-        if self.mask_eff == "only_v":
-            v = v * m
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = q @ k.transpose(-2, -1) + bias.view(n, n, heads).permute(2, 0, 1).unsqueeze(0)
-        if shift_mask is not None:
-            nw = shift_mask.shape[0]
-            attn = (attn.view(bw // nw, nw, heads, n, n) + shift_mask[None, :, None]).view(bw, heads, n, n)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c)))
-
-
 class ShiftedWindowAttention(nn.Module):
     """Spa-MSA (official ``WindowWrapSpatial``) on an image of tokens: cyclic shift, window
     partition, :class:`WindowAttention`, merge.
@@ -193,42 +118,6 @@ class ShiftedWindowAttention(nn.Module):
         return out.reshape(b, hw, c)
 
 
-class SpectralAttention(nn.Module):
-    """Spe-MSA (Eq. 9; official ``chl_msa``): per-head channel attention over all H*W pixels, plus
-    a depth-wise conv position embedding of the values. (B, HW, C) -> (B, HW, C).
-
-    q and k are L2-normalised along the pixels; attention = softmax(rescale * k q^T) (dim_head x dim_head).
-    """
-
-    def __init__(self, dim: int, dim_head: int, heads: int) -> None:
-        super().__init__()
-        self.num_heads, self.dim_head = heads, dim_head
-        self.to_q = nn.Linear(dim, dim_head * heads, bias=False)
-        self.to_k = nn.Linear(dim, dim_head * heads, bias=False)
-        self.to_v = nn.Linear(dim, dim_head * heads, bias=False)
-        self.rescale = nn.Parameter(torch.ones(heads, 1, 1))
-        self.proj = nn.Linear(dim_head * heads, dim, bias=True)
-        self.pos_emb = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False, groups=dim),
-            nn.GELU(),
-            nn.Conv2d(dim, dim, 3, 1, 1, bias=False, groups=dim),
-        )
-
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        b, hw, c = x.shape
-        v_inp = self.to_v(x)
-
-        def heads_first(t: Tensor) -> Tensor:  # (B, HW, heads*d) -> (B, heads, d, HW)
-            return t.view(b, hw, self.num_heads, self.dim_head).permute(0, 2, 3, 1)
-
-        q = F.normalize(heads_first(self.to_q(x)), dim=-1, p=2)
-        k = F.normalize(heads_first(self.to_k(x)), dim=-1, p=2)
-        attn = ((k @ q.transpose(-2, -1)) * self.rescale).softmax(dim=-1)
-        out = (attn @ heads_first(v_inp)).permute(0, 3, 1, 2).reshape(b, hw, self.num_heads * self.dim_head)
-        pos = self.pos_emb(tokens_to_image(v_inp, size)).flatten(2).transpose(1, 2)
-        return self.proj(out) + pos
-
-
 class SpatialSpectralBlock(nn.Module):
     """Parall-SS block (Eq. 11) with the mask embedding that modulates its spatial attention."""
 
@@ -253,17 +142,18 @@ class SpatialSpectralBlock(nn.Module):
                        qk_scale=qk_scale, attn_drop=attn_drop, mask_eff=mask_eff)
         self.win_wrap_spatial = ShiftedWindowAttention(**spatial)
         self.win_wrap_spatial2 = ShiftedWindowAttention(**spatial)
-        self.chl_msa = SpectralAttention(dim, spe_dim_head, dim // spe_dim_head)
-        self.chl_msa2 = SpectralAttention(dim, spe_dim_head, dim // spe_dim_head)
+        self.chl_msa = SpectralMSA(dim, spe_dim_head, dim // spe_dim_head)
+        self.chl_msa2 = SpectralMSA(dim, spe_dim_head, dim // spe_dim_head)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: Tensor, size: tuple[int, int], physc_mask: Tensor,
                 shift_mask: Tensor | None) -> Tensor:
         """x (B, HW, C), physc_mask (B, mask_chl, H, W) -> (B, HW, C)."""
         mask_embedding = self.ms_conv2(self.ms_conv1(physc_mask)).softmax(dim=-1).permute(0, 2, 3, 1)
         spatial = self.win_wrap_spatial(self.norm1(x), size, mask_embedding, shift_mask)
-        spectral = self.chl_msa(self.norm2(x), size)
+        b, hw, c = x.shape
+        spectral = self.chl_msa(self.norm2(x).view(b, *size, c)).view(b, hw, c)
         x = x + self.chl_reduce(torch.cat((self.drop_path(spatial), self.drop_path(spectral)), dim=2))
         return x + self.drop_path(self.mlp(self.norm3(x)))
 
