@@ -13,6 +13,12 @@ Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-ke
 ``simulate`` writes a measurement of a cube through the high-fidelity instrument model (enlarged
 grid, mismatch, noise).
 
+Outputs: DIR is written as one unit (a staging folder renamed into place at the end, after the summary
+is printed); an existing non-empty DIR (or ``simulate``'s existing --out file) needs --force. Bad input
+ends with one line ``calibrate.py COMMAND: error: ...`` and exit code 2 before any work; impossible
+physics (a1 = 0, |theta| or |alpha| > 45 deg, a mask moved off the detector, a measurement without light)
+is an error, doubtful physics a warning recorded in the output (README, "Errors and exit codes").
+
 Units: dx, dy in pixels (right, down), theta and alpha in degrees (counter-clockwise), a1 in pixels
 per band (nominal 2). The measurement (H, W + 2*(L-1)) is stored under key ``y``; light that falls
 outside that width is lost. Cubes: ``.npz`` (key ``cube``, (L, H, W)) or ``.mat`` (key ``img``,
@@ -32,44 +38,52 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cassi import CassiOperator, Mismatch  # noqa: E402
+from cassi.checks import check_instrument, check_mask, check_measurement  # noqa: E402
+from cassi.errors import (CliParser, UserError, cli_errors, non_negative_float, positive_float,  # noqa: E402
+                          positive_int)
+from cassi.files import OutputFolder, check_output_file, json_text, save_npz, write_text  # noqa: E402
 from cassi.noise import add_noise  # noqa: E402
 from cassi.operator_file import save_operator  # noqa: E402
 from cassi.simulator import simulate_measurement  # noqa: E402
-from data.io import load_cube, load_mask, load_measurement, save_npz_atomic  # noqa: E402
+from data.io import load_cube, load_mask, load_measurement  # noqa: E402
 
 COMMANDS = ("simulate", "calibrate", "demo")
+MARKER = "calibration.json"                  # the file every calibration output folder holds
 
 
 def simulate(args: argparse.Namespace) -> Path:
     """Run the ``simulate`` command; returns the written file."""
+    out = check_output_file(args.out, args.force, inputs=(args.cube, args.mask))
     cube = torch.from_numpy(load_cube(args.cube, bands=None))
     mask = torch.from_numpy(load_mask(args.mask))
     if tuple(mask.shape) != tuple(cube.shape[1:]):
-        raise SystemExit(f"error: mask {args.mask} is {tuple(mask.shape)} but cube {args.cube} is "
-                         f"{tuple(cube.shape[1:])} (H, W)")
+        raise UserError(f"mask {args.mask} is {tuple(mask.shape)} but cube {args.cube} is "
+                        f"{tuple(cube.shape[1:])} (H, W)")
+    check_mask(mask, args.mask)
     mismatch = Mismatch(dx=args.dx, dy=args.dy, theta=args.theta, a1=args.a1, alpha=args.alpha)
+    warnings = check_instrument(CassiOperator(mask, cube.shape[0], args.step, mismatch))
     spatial, spectral = args.oversample
     y = simulate_measurement(cube[None], mask, mismatch, step=args.step, spatial=spatial, spectral=spectral)
     if args.noise_peak is not None or args.read_noise > 0:
         y = add_noise(y, peak=args.noise_peak, read_noise=args.read_noise, seed=args.seed)
-    out = Path(args.out)
-    save_npz_atomic(out, y=y[0].numpy().astype(np.float32), mismatch=np.array(
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"simulated y {tuple(y.shape[1:])}, mismatch {mismatch.to_dict()}, N={spatial} K={spectral}")
+    save_npz(out, y=y[0].numpy().astype(np.float32), mismatch=np.array(
         [mismatch.dx, mismatch.dy, mismatch.theta, mismatch.a1, mismatch.alpha]), step=np.int64(args.step),
-        oversample=np.array(args.oversample, dtype=np.int64))
-    print(f"wrote {out}: y {tuple(y.shape[1:])}, mismatch {mismatch.to_dict()}, N={spatial} K={spectral}")
+        oversample=np.array(args.oversample, dtype=np.int64), warnings=np.array(warnings, dtype=np.str_))
+    print(f"wrote {out}")
     return out
 
 
-def write_outputs(result, mask: torch.Tensor, bands: int, step: int, out: Path) -> dict[str, Path]:
-    """calibration.json, operator.npz and the two figures of a calibration, written atomically."""
+def write_outputs(result, mask: torch.Tensor, bands: int, step: int, out: Path,
+                  warnings: list[str] = ()) -> dict[str, Path]:
+    """calibration.json (with the input ``warnings``), operator.npz and the two figures of a calibration."""
     from calib.plots import plot_landscape, plot_stages
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "calibration.json", "operator": out / "operator.npz",
+    files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
-    tmp = files["json"].with_name(".calibration.json.tmp")
-    tmp.write_text(result.to_json(), encoding="utf-8")
-    tmp.replace(files["json"])
+    write_text(files["json"], json_text({**result.to_dict(), "warnings": list(warnings)}))
     save_operator(files["operator"], CassiOperator(mask, bands, step, result.estimate))
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
@@ -92,22 +106,32 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+def wrote(folder: Path) -> str:
+    return f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
+
+
 def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     """Run the ``calibrate`` command; returns the written files."""
     from calib import calibrate
 
+    folder = OutputFolder(args.out, MARKER, args.force, inputs=(args.meas, args.mask, args.ckpt))
     y = torch.from_numpy(load_measurement(args.meas, args.meas_key))
     mask = torch.from_numpy(load_mask(args.mask))
     expected = (mask.shape[0], mask.shape[1] + args.step * (args.bands - 1))
     if tuple(y.shape) != expected:
-        raise ValueError(f"measurement {args.meas} is {tuple(y.shape)} but mask {args.mask} is {tuple(mask.shape)}: "
-                         f"expected a measurement of {expected} (H, W + {args.step}*({args.bands}-1))")
-    result = calibrate(y, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands, step=args.step,
-                       progress=not args.no_progress, oversample=tuple(args.model_oversample))
-    files = write_outputs(result, mask, args.bands, args.step, Path(args.out))
-    print(summary(result))
-    print("wrote " + ", ".join(str(f) for f in files.values()))
-    return files
+        raise UserError(f"measurement {args.meas} is {tuple(y.shape)} but mask {args.mask} is {tuple(mask.shape)}: "
+                        f"expected a measurement of {expected} (H, W + {args.step}*({args.bands}-1))")
+    check_mask(mask, args.mask)
+    warnings = check_measurement(y, args.meas)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    with folder as staging:
+        result = calibrate(y, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands, step=args.step,
+                           progress=not args.no_progress, oversample=tuple(args.model_oversample))
+        print(summary(result), flush=True)
+        files = write_outputs(result, mask, args.bands, args.step, staging, warnings)
+    print(wrote(folder.path))
+    return {key: folder.path / path.name for key, path in files.items()}
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -118,34 +142,43 @@ def run_demo(args: argparse.Namespace) -> dict:
     from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios
     from evaluation.scenes import synthetic_mask, synthetic_scenes
 
+    folder = OutputFolder(args.out, MARKER, args.force)
     rng = np.random.default_rng(args.seed)
     truth = Mismatch(dx=float(rng.uniform(-3, 3)), dy=float(rng.uniform(-3, 3)), theta=float(rng.uniform(-1, 1)),
                      a1=float(rng.uniform(1.95, 2.05)), alpha=float(rng.uniform(-1, 1)))
-    scene = synthetic_scenes(1, args.size, args.size, seed=args.seed)[0]
-    mask = synthetic_mask(args.size, args.size, seed=args.seed)
-    noise = Noise(peak=1e4, read=0.005, seed=args.seed)
-    y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
-    print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.to_dict()}")
-    result = calibrate(y[0], mask, progress=not args.no_progress)
-    files = write_outputs(result, mask, 28, 2, Path(args.out))
-    print(summary(result))
-    est, tru = result.estimate.to_dict(), truth.to_dict()
-    print(f"{'':8}{'true':>10}{'estimate':>10}{'error':>10}")
-    for k in tru:
-        print(f"{k:8}{tru[k]:10.4f}{est[k]:10.4f}{est[k] - tru[k]:10.4f}")
-    setup = ScenarioSetup(scenarios=("I", "II", "III", "IV"), mismatch=truth, oversample=(4, 2), noise=noise)
-    report = run_scenarios([scene], mask, gap_tv_solver(), setup, FixedEstimate(result.estimate))
-    psnr = {s: report["scenarios"][s]["mean"]["psnr"] for s in setup.scenarios}
-    print("GAP-TV PSNR (dB, KAIST protocol): " + "  ".join(f"{s} {v:.2f}" for s, v in psnr.items()))
-    ratio = report["comparison"]["recovery_ratio"]["psnr"]
-    print(f"recovery ratio (III-II)/(IV-II): {ratio:.3f}" if ratio is not None else "recovery ratio: undefined")
-    print("wrote " + ", ".join(str(f) for f in files.values()))
+    with folder as staging:
+        scene = synthetic_scenes(1, args.size, args.size, seed=args.seed)[0]
+        mask = synthetic_mask(args.size, args.size, seed=args.seed)
+        noise = Noise(peak=1e4, read=0.005, seed=args.seed)
+        y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
+        print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.to_dict()}")
+        result = calibrate(y[0], mask, progress=not args.no_progress)
+        print(summary(result))
+        est, tru = result.estimate.to_dict(), truth.to_dict()
+        print(f"{'':8}{'true':>10}{'estimate':>10}{'error':>10}")
+        for k in tru:
+            print(f"{k:8}{tru[k]:10.4f}{est[k]:10.4f}{est[k] - tru[k]:10.4f}")
+        setup = ScenarioSetup(scenarios=("I", "II", "III", "IV"), mismatch=truth, oversample=(4, 2), noise=noise)
+        report = run_scenarios([scene], mask, gap_tv_solver(), setup, FixedEstimate(result.estimate))
+        psnr = {s: report["scenarios"][s]["mean"]["psnr"] for s in setup.scenarios}
+        print("GAP-TV PSNR (dB, KAIST protocol): " + "  ".join(f"{s} {v:.2f}" for s, v in psnr.items()))
+        ratio = report["comparison"]["recovery_ratio"]["psnr"]
+        print(f"recovery ratio (III-II)/(IV-II): {ratio:.3f}" if ratio is not None else "recovery ratio: undefined",
+              flush=True)
+        write_outputs(result, mask, 28, 2, staging)
+    print(wrote(folder.path))
     return {"result": result, "truth": truth, "psnr": psnr, "recovery_ratio": ratio}
 
 
+def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    parser.add_argument("--out", default=default, required=default is None, help=what)
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out (as a whole; never one that holds an input)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = CliParser(prog="calibrate.py", description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cal = commands.add_parser("calibrate", help="estimate the mismatch from a measurement (the default command)")
     cal.add_argument("--meas", required=True, help=".npz (key y), .mat (key meas, y or meas_real) or .npy")
@@ -154,17 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--solver", default="gap_tv", choices=("gap_tv", "mst_s", "mst_m", "mst_l"),
                      help="reconstruction solver to check the calibration with")
     cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth or release folder) for mst_*")
-    cal.add_argument("--out", default="outputs/calibration", help="output folder")
-    cal.add_argument("--bands", type=int, default=28)
-    cal.add_argument("--step", type=int, default=2, help="nominal dispersion step, px per band")
-    cal.add_argument("--model-oversample", type=int, nargs=2, default=(4, 2), metavar=("N", "K"),
+    _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
+    cal.add_argument("--bands", type=positive_int, default=28)
+    cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
+    cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
                      help="oversampling of the calibration forward model (1 1: the native-grid operator)")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")
-    demo.add_argument("--size", type=int, default=256, help="scene height and width")
+    demo.add_argument("--size", type=positive_int, default=256, help="scene height and width")
     demo.add_argument("--seed", type=int, default=0, help="scene, mask, mismatch and noise seed")
-    demo.add_argument("--out", default="outputs/calibration_demo", help="output folder")
+    _add_output(demo, "outputs/calibration_demo", "output folder (written as one unit at the end)")
     demo.add_argument("--no-progress", action="store_true")
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")
@@ -174,18 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--theta", type=float, default=0.0, help="mask rotation, degrees counter-clockwise")
     sim.add_argument("--a1", type=float, default=2.0, help="dispersion, px per band (nominal 2)")
     sim.add_argument("--alpha", type=float, default=0.0, help="dispersion axis angle, degrees")
-    sim.add_argument("--step", type=int, default=2, help="nominal dispersion step, px per band")
-    sim.add_argument("--oversample", type=int, nargs=2, default=(1, 1), metavar=("N", "K"),
+    sim.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
+    sim.add_argument("--oversample", type=positive_int, nargs=2, default=(1, 1), metavar=("N", "K"),
                      help="spatial and spectral oversampling of the enlarged grid")
-    sim.add_argument("--noise-peak", type=float, default=None, help="photons at the brightest pixel")
-    sim.add_argument("--read-noise", type=float, default=0.0, help="Gaussian sigma / clean maximum")
+    sim.add_argument("--noise-peak", type=positive_float, default=None, help="photons at the brightest pixel")
+    sim.add_argument("--read-noise", type=non_negative_float, default=0.0, help="Gaussian sigma / clean maximum")
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--out", required=True, help="output .npz (measurement under key y)")
+    _add_output(sim, None, "output .npz (measurement under key y)")
     return parser
 
 
 def main(argv: list[str] | None = None):
-    """``calibrate`` is the default command when the first argument is an option, ``demo`` without any."""
+    """``calibrate`` is the default command when the first argument is an option, ``demo`` without any.
+
+    Bad input ends with one line ``calibrate.py COMMAND: error: ...`` and exit code 2 before any work
+    (``cassi.errors``); returns the written files (the demo: its results) otherwise.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["demo"]
@@ -193,10 +230,8 @@ def main(argv: list[str] | None = None):
         argv = ["calibrate", *argv]
     args = build_parser().parse_args(argv)
     run = {"simulate": simulate, "calibrate": run_calibration, "demo": run_demo}[args.command]
-    try:
+    with cli_errors(f"calibrate.py {args.command}"):
         return run(args)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

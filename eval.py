@@ -7,7 +7,9 @@
     python eval.py export --ckpt PATH [--model NAME] --mask mask.mat [--results results.json] --out DIR
     python eval.py models [--size 256] [--models mst_s,mst_l]
 
-Run ``python eval.py COMMAND --help`` for every option.
+Run ``python eval.py COMMAND --help`` for every option. Output folders are written as one unit (an existing
+non-empty --out needs --force); bad input ends with one line ``eval.py COMMAND: error: ...`` and exit code 2
+before any work (README, "Errors and exit codes").
 """
 from __future__ import annotations
 
@@ -21,9 +23,14 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from cassi import Mismatch
+from cassi import Mismatch  # noqa: E402
+from cassi.checks import check_mismatch  # noqa: E402
+from cassi.errors import (CliParser, cli_errors, exit_code, non_negative_float, non_negative_int,  # noqa: E402
+                          positive_float, positive_int)
+from cassi.files import OutputFolder, check_output_file  # noqa: E402
 
-GAP_DEFAULTS = {"iterations": 50, "tv_weight": 0.1, "tv_iterations": 5}
+GAP_DEFAULTS = {"iterations": (50, positive_int), "tv_weight": (0.1, positive_float),
+                "tv_iterations": (5, positive_int)}
 
 
 def parse_mismatch(text: str) -> Mismatch:
@@ -38,9 +45,11 @@ def parse_mismatch(text: str) -> Mismatch:
         except ValueError:
             raise argparse.ArgumentTypeError(f"mismatch value {value!r} of {name!r} is not a number") from None
     try:
-        return Mismatch.from_dict(values)
+        mismatch = Mismatch.from_dict(values)
+        check_mismatch(mismatch, f"mismatch {text!r}")
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    return mismatch
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +58,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ckpt", help="weights: Lightning .ckpt, toolbox .pth (needs --model) or a release folder")
     group.add_argument("--release", help="a release folder written by 'eval.py export'")
     group.add_argument("--device", default="cpu", help="torch device for networks (default cpu)")
-    for name, default in GAP_DEFAULTS.items():
-        group.add_argument(f"--gap.{name.replace('_', '-')}", dest=f"gap_{name}", type=type(default),
+    for name, (default, kind) in GAP_DEFAULTS.items():
+        group.add_argument(f"--gap.{name.replace('_', '-')}", dest=f"gap_{name}", type=kind,
                            default=default, help=f"GAP-TV {name.replace('_', ' ')} (default {default})")
 
 
@@ -63,30 +72,32 @@ def _add_kaist(sub) -> None:
     data.add_argument("--data.root", dest="data_root",
                       help="folder in the MST layout (Truth/sceneNN.mat + mask.mat); default: synthetic scenes")
     data.add_argument("--mask", help="mask file (.mat key 'mask', .npy, .npz) overriding the default mask")
-    data.add_argument("--synthetic.count", dest="synthetic_count", type=int, default=10,
+    data.add_argument("--synthetic.count", dest="synthetic_count", type=positive_int, default=10,
                       help="number of synthetic scenes (default 10)")
-    data.add_argument("--synthetic.size", dest="synthetic_size", type=int, default=128,
+    data.add_argument("--synthetic.size", dest="synthetic_size", type=positive_int, default=128,
                       help="synthetic scene size in px (default 128; a release's mask sets it)")
     data.add_argument("--synthetic.seed", dest="synthetic_seed", type=int, default=0)
-    data.add_argument("--limit", type=int, help="evaluate only the first N scenes")
+    data.add_argument("--limit", type=positive_int, help="evaluate only the first N scenes")
     scen = parser.add_argument_group("scenarios")
     scen.add_argument("--scenarios", default="I", help="comma list of I (ideal), II (mismatched), "
                       "III (calibrated), IV (oracle); default I")
     scen.add_argument("--mismatch", type=parse_mismatch, default=None,
                       help="injected mismatch for II-IV, e.g. dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2 "
                            "(px, px, deg, px/band, deg; default dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2)")
-    scen.add_argument("--oversample", type=int, nargs=2, default=(4, 2), metavar=("N", "K"),
+    scen.add_argument("--oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
                       help="high-fidelity simulator oversampling, spatial N and spectral K (default 4 2)")
     scen.add_argument("--operator", help="scenario III: operator .npz from calibrate.py")
     scen.add_argument("--calibration", help="scenario III: calibration.json from calibrate.py")
     noise = parser.add_argument_group("noise")
-    noise.add_argument("--noise.peak", dest="noise_peak", type=float, help="photons at the brightest pixel")
-    noise.add_argument("--noise.read", dest="noise_read", type=float, default=0.0,
+    noise.add_argument("--noise.peak", dest="noise_peak", type=positive_float,
+                       help="photons at the brightest pixel")
+    noise.add_argument("--noise.read", dest="noise_read", type=non_negative_float, default=0.0,
                        help="Gaussian read noise sigma relative to the clean maximum")
     noise.add_argument("--noise.seed", dest="noise_seed", type=int, default=0)
     out = parser.add_argument_group("output")
-    out.add_argument("--out", default="outputs/kaist", help="output folder (default outputs/kaist)")
-    out.add_argument("--previews", type=int, default=None, help="scenes with PNG previews (default all, 0: none)")
+    _add_output(out, "outputs/kaist", "output folder (default outputs/kaist), written as one unit at the end")
+    out.add_argument("--previews", type=non_negative_int, default=None,
+                     help="scenes with PNG previews (default all, 0: none)")
 
 
 def _add_real(sub) -> None:
@@ -94,10 +105,10 @@ def _add_real(sub) -> None:
     _add_method_options(parser)
     parser.add_argument("--data.root", dest="data_root", required=True,
                         help="folder with mask.mat and scene*.mat (key meas_real)")
-    parser.add_argument("--scale", type=float, help="rescale each measurement to this maximum first "
+    parser.add_argument("--scale", type=positive_float, help="rescale each measurement to this maximum first "
                         "(MST real-data networks use 0.8); default: as stored")
-    parser.add_argument("--limit", type=int, help="reconstruct only the first N captures")
-    parser.add_argument("--out", default="outputs/real")
+    parser.add_argument("--limit", type=positive_int, help="reconstruct only the first N captures")
+    _add_output(parser, "outputs/real", "output folder (default outputs/real), written as one unit at the end")
     parser.add_argument("--no-previews", action="store_true")
 
 
@@ -108,23 +119,29 @@ def _add_export(sub) -> None:
     parser.add_argument("--mask", help="the coded aperture the network was trained with (.mat/.npy/.npz); "
                         "default: the release's own mask")
     parser.add_argument("--results", help="results.json of 'eval.py kaist' with these weights, to embed")
-    parser.add_argument("--out", required=True, help="release folder to create")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    _add_output(parser, None, "release folder to create (written as one unit)")
 
 
 def _add_models(sub) -> None:
     parser = sub.add_parser("models", help="parameters, FLOPs, paper figures and CPU time of every network")
-    parser.add_argument("--size", type=int, default=256, help="spatial size (default 256)")
+    parser.add_argument("--size", type=positive_int, default=256, help="spatial size (default 256)")
     parser.add_argument("--models", help="comma list of names (default: all registered)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed forward passes (median)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed forward passes (median)")
     parser.add_argument("--no-time", action="store_true", help="skip the timing")
     parser.add_argument("--out", help="also write the table as Markdown (FILE.md) and JSON (FILE.json)")
+    parser.add_argument("--force", action="store_true", help="replace existing FILE.md / FILE.json")
+
+
+def _add_output(group, default: str | None, what: str) -> None:
+    group.add_argument("--out", default=default, required=default is None, help=what)
+    group.add_argument("--force", action="store_true",
+                       help="replace an existing non-empty --out (as a whole; never one that holds an input)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser = CliParser(prog="eval.py", description=__doc__.splitlines()[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_kaist(sub)
     _add_real(sub)
@@ -139,33 +156,48 @@ def _method(args):
     return make_reconstructor(args.model, args.ckpt, args.release, args.device, gap)
 
 
+def _wrote(folder: OutputFolder, results: dict) -> None:
+    names = sorted(p.name for p in folder.path.iterdir() if p.is_file())
+    previews = len(results.get("previews", []))
+    print(f"\nwrote {folder.path}: {', '.join(names)}" + (f" and {previews} previews in previews/" if previews else ""))
+
+
 def run_kaist(args) -> None:
     from evaluation.calibration import make_calibrator
     from evaluation.kaist import DataSpec, evaluate_kaist, load_data
     from evaluation.protocol import Noise
     from evaluation.scenarios import ScenarioSetup
 
-    method = _method(args)
+    folder = OutputFolder(args.out, "results.json", args.force, inputs=(
+        args.data_root, args.mask, args.ckpt, args.release, args.operator, args.calibration))
     setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
                     "oversample": tuple(args.oversample),
                     "noise": Noise(args.noise_peak, args.noise_read, args.noise_seed)}
     if args.mismatch is not None:
         setup_kwargs["mismatch"] = args.mismatch
     setup = ScenarioSetup(**setup_kwargs)
-    spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,
-                    args.limit)
-    scenes, mask, info = load_data(spec, method)
-    calibrator = None
-    if "III" in setup.scenarios:
-        calibrator = make_calibrator(args.operator, args.calibration, mask, solver=method.name,
-                                     ckpt=args.release or args.ckpt)
-    evaluate_kaist(method, scenes, mask, info, setup, args.out, calibrator, args.previews)
+    with folder as staging:
+        method = _method(args)
+        spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,
+                        args.limit)
+        scenes, mask, info = load_data(spec, method)
+        calibrator = None
+        if "III" in setup.scenarios:
+            calibrator = make_calibrator(args.operator, args.calibration, mask, solver=method.name,
+                                         ckpt=args.release or args.ckpt, bands=scenes[0].cube.shape[0],
+                                         step=setup.step)
+        results = evaluate_kaist(method, scenes, mask, info, setup, staging, calibrator, args.previews)
+    _wrote(folder, results)
 
 
 def run_real(args) -> None:
     from evaluation.real import evaluate_real
-    evaluate_real(_method(args), args.data_root, args.out, scale=args.scale, previews=not args.no_previews,
-                  limit=args.limit)
+
+    folder = OutputFolder(args.out, "results.json", args.force, inputs=(args.data_root, args.ckpt, args.release))
+    with folder as staging:
+        results = evaluate_real(_method(args), args.data_root, staging, scale=args.scale,
+                                previews=not args.no_previews, limit=args.limit)
+    _wrote(folder, results)
 
 
 def run_export(args) -> None:
@@ -174,25 +206,22 @@ def run_export(args) -> None:
     from evaluation.release import export_release
 
     loaded = load_weights(args.ckpt, args.model)
-    if args.mask is not None:
-        mask = load_mask(args.mask)
-    elif loaded.mask is not None:
-        mask = loaded.mask
-    else:
-        raise ValueError(f"{args.ckpt} does not record its coded aperture: pass --mask FILE (the mask the "
-                         "network was trained with)")
-    out = export_release(loaded, mask, args.out, args.results, force=args.force)
+    mask = load_mask(args.mask) if args.mask is not None else loaded.require_mask()
+    out = export_release(loaded, mask, args.out, args.results, force=args.force, inputs=(args.ckpt, args.mask))
     print(f"wrote release of '{loaded.name}' to {out} (load with models.load_release('{out}'))")
 
 
 def run_models(args) -> None:
-    from evaluation.files import write_json, write_text
+    from cassi.files import write_json, write_text
     from evaluation.model_table import markdown, model_table
 
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        for path in (out.with_suffix(".md"), out.with_suffix(".json")):
+            check_output_file(path, args.force)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
     rows = model_table(names, args.size, args.repeats, not args.no_time)
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         write_text(out.with_suffix(".md"), markdown(rows, args.size))
         write_json(out.with_suffix(".json"), {"size": args.size, "threads": torch.get_num_threads(), "rows": rows})
         print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
@@ -202,15 +231,15 @@ COMMANDS = {"kaist": run_kaist, "real": run_real, "export": run_export, "models"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (bad input: one line on stderr and 2, see ``cassi.errors``)."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"eval.py {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        with cli_errors(f"eval.py {args.command}"):
+            COMMANDS[args.command](args)
+    except SystemExit as exit:
+        return exit_code(exit)
     return 0
 
 

@@ -35,6 +35,7 @@ from benchmarks.common import REPO, kaist_mask, pseudo_kaist_cubes, shared_file 
 from calib import calibrate  # noqa: E402
 from calib.solvers import gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
+from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
 from evaluation.protocol import Noise  # noqa: E402
 from evaluation.scenarios import ScenarioSetup, run_scenarios  # noqa: E402
@@ -236,8 +237,7 @@ def draw_landscapes(path: Path) -> None:
               "(argmin offset index from the truth)", flush=True)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     print(f"wrote {path}")
 
 
@@ -262,9 +262,7 @@ def main() -> None:
         results["kaist_meas"] = kaist_snapshots(args)
     if args.real:
         results["real"] = real_captures(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+    out = write_text(args.out, json.dumps(results, indent=1, default=float))
     print(f"wrote {out}")
 
 

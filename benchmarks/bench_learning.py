@@ -24,7 +24,6 @@ Usage: python -m benchmarks.bench_learning [--steps 900] [--batch 4] [--data syn
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 
 from benchmarks.common import kaist_mask, pseudo_kaist_cubes, shared_file
 from cassi import CassiOperator
+from cassi.files import atomic_path
 from cassi.metrics import kaist_psnr, kaist_ssim
 from data.datamodule import CassiDataModule
 from training import ReconstructionModule
@@ -124,9 +124,8 @@ def main() -> None:
             module = train(args, mask_file)
         print(f"training took {time.perf_counter() - start:.0f} s")
         if args.save:
-            tmp = args.save.with_name(args.save.name + ".tmp")
-            torch.save(module.model.state_dict(), tmp)
-            os.replace(tmp, args.save)
+            with atomic_path(args.save) as tmp:
+                torch.save(module.model.state_dict(), tmp)
     baseline, trained = evaluate(module, mask)
     gain = trained - baseline
     verdict = "PASS" if gain >= args.margin else "FAIL"

@@ -21,6 +21,7 @@ from calib.result import CalibrationResult, StageClock, StageRecord
 from calib.score import HeldOutScore, ScoreSettings
 from calib.search import Evaluations, SearchSettings, beam_search
 from calib.solvers import load_solver, residual
+from cassi.checks import check_mask, check_measurement
 from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
 
@@ -45,11 +46,8 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
     if y.dim() != 2 or tuple(y.shape) != expected:
         raise ValueError(f"measurement must be (H, W + step*(L-1)) = {expected} for a {tuple(mask.shape)} mask, "
                          f"{bands} bands and step {step}; got shape {tuple(y.shape)}")
-    for name, t in (("measurement", y), ("mask", mask)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains NaN or Inf values")
-    if float(y.abs().max()) == 0:
-        raise ValueError("measurement is all zeros")
+    check_mask(mask)                                # before any work: a zero mask has nothing to calibrate
+    check_measurement(y)
     return y.float(), mask.float()
 
 

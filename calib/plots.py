@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 
 from calib.forward_model import PARAMETER_NAMES  # noqa: E402
 from calib.result import CalibrationResult  # noqa: E402
+from cassi.files import save_figure  # noqa: E402
 from cassi.mismatch import PARAMETER_UNITS  # noqa: E402
 
 
@@ -97,10 +98,7 @@ def plot_stages(result: CalibrationResult, path: str | Path | None = None, ax=No
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)

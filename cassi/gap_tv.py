@@ -147,6 +147,7 @@ def gap_tv(y: Tensor, op: CassiOperator, iterations: int = 50, tv_weight: float 
     default, so the first projection gives ``A^T(y / sum Phi^2)``) with the accumulated measurement
     ``y_acc = A x0``; each step adds the residual to ``y_acc`` and projects onto ``A x = y_acc``.
     """
+    op.check_measurement(y)
     check_finite("measurement", y)
     if iterations < 1:
         raise ValueError(f"GAP-TV needs at least one iteration, got {iterations}")

@@ -31,7 +31,7 @@ class Mismatch:
         if unknown:
             raise ValueError(f"unknown mismatch parameter(s) {sorted(unknown)}; "
                              f"expected {sorted(PARAMETER_UNITS)}")
-        return cls(**{k: float(v) for k, v in values.items()})
+        return cls(**{name: _number(name, value) for name, value in values.items()})
 
     def to_dict(self) -> dict[str, float]:
         """Plain floats, for JSON."""
@@ -45,6 +45,17 @@ class Mismatch:
         for name, value in self.to_dict().items():
             if not math.isfinite(value):
                 raise ValueError(f"mismatch parameter {name} is not finite: {value}")
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a float: a number or a 0-d array / tensor (not a bool, string, None or sequence)."""
+    try:
+        if isinstance(value, (bool, str, bytes)) or getattr(value, "shape", ()) != ():
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"mismatch parameter {name} must be a number ({PARAMETER_UNITS[name]}), "
+                         f"got {value!r}") from None
 
 
 def _scalar(value: float | Tensor, like: Tensor) -> Tensor:

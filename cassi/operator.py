@@ -29,6 +29,12 @@ def _round_ste(value: Tensor) -> Tensor:
     return value + (torch.round(value) - value).detach()
 
 
+def _check_floating(name: str, tensor: Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype} (integer data would "
+                         "overflow or truncate: convert it, e.g. x.float() / 255 for 8-bit values)")
+
+
 def check_finite(name: str, tensor: Tensor) -> None:
     """Raise a ValueError naming ``name`` if ``tensor`` holds NaN or Inf."""
     if not torch.isfinite(tensor).all():
@@ -126,12 +132,16 @@ class CassiOperator(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.bands, self.height, self.width):
             raise ValueError(f"cube must be (B, {self.bands}, {self.height}, {self.width}), "
                              f"got shape {tuple(x.shape)}")
+        _check_floating("cube", x)
         self._check_batch(x.shape[0])
 
-    def _check_measurement(self, y: Tensor) -> None:
+    def check_measurement(self, y: Tensor) -> None:
+        """Raise a ValueError unless ``y`` is a floating-point (B, H, W + step*(L-1)) batch for this operator."""
         if y.dim() != 3 or tuple(y.shape[1:]) != (self.height, self.measurement_width):
             raise ValueError(f"measurement must be (B, {self.height}, {self.measurement_width}), "
-                             f"got shape {tuple(y.shape)}")
+                             f"got shape {tuple(y.shape)}"
+                             + (" (add a batch dimension: y[None])" if y.dim() == 2 else ""))
+        _check_floating("measurement", y)
         self._check_batch(y.shape[0])
 
     def _check_batch(self, batch: int) -> None:
@@ -149,14 +159,14 @@ class CassiOperator(nn.Module):
 
     def back_project(self, y: Tensor) -> Tensor:
         """Per-band read-out of the detector without the mask, (B, L, H, W): the toolbox's ``shift_back``."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         if self.is_nominal:
             return shift_back(y, self.bands, self.step, self.width)
         return torch.stack([pick(y, terms, self.height, self.width) for terms in self.band_terms()], dim=1)
 
     def adjoint(self, y: Tensor) -> Tensor:
         """``A^T y`` (B, L, H, W) of a measurement (B, H, W + step*(L-1))."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         mask = self.warped_mask().to(y.dtype)
         tracked = y.requires_grad or mask.requires_grad or self.mismatch.requires_grad()
         if torch.is_grad_enabled() and tracked:
@@ -207,7 +217,7 @@ class CassiOperator(nn.Module):
         check_finite("measurement", y)
         scaled = y / self.bands * 2
         if kind == "Y":
-            self._check_measurement(y)
+            self.check_measurement(y)
             return scaled
         if kind == "H":
             return self.back_project(scaled)

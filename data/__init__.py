@@ -1,13 +1,13 @@
 """Data: file readers/writers, built-in synthetic scenes, and the Lightning training datamodule."""
 from data.datamodule import CassiDataModule, EpochSampler, TrainCrops, ValCrops
 from data.io import (FVGNET_CLASSES, FVGNET_PALETTE, load_cube, load_label_png, load_mask, load_mat,
-                     load_measurement, save_npz_atomic, voc_palette)
+                     load_measurement, voc_palette)
 from data.synthetic import (KAIST_WAVELENGTHS, MATERIAL_NAMES, random_mask, synthetic_dataset, synthetic_scene,
                             wavelengths)
 
 __all__ = [
     "CassiDataModule", "EpochSampler", "TrainCrops", "ValCrops",
     "FVGNET_CLASSES", "FVGNET_PALETTE", "load_cube", "load_label_png", "load_mask", "load_mat",
-    "load_measurement", "save_npz_atomic", "voc_palette",
+    "load_measurement", "voc_palette",
     "KAIST_WAVELENGTHS", "MATERIAL_NAMES", "random_mask", "synthetic_dataset", "synthetic_scene", "wavelengths",
 ]

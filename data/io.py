@@ -13,11 +13,12 @@ Layouts:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from cassi.errors import UserError
 
 PathLike = str | os.PathLike
 
@@ -25,6 +26,8 @@ PathLike = str | os.PathLike
 CUBE_MAT_KEYS = ("img_expand", "img")          # MST cave_1024_28 (img_expand), TSA/MST Truth/sceneNN.mat (img)
 MEASUREMENT_MAT_KEYS = ("meas", "y", "meas_real")
 CAVE_16BIT_SCALE = 1.0 / 65536.0               # MST LoadTraining divides CAVE cubes by 65536
+COUNTS_16BIT_MIN_MAX = 4096.0                  # smallest maximum read as 16-bit counts (see _infer_scale)
+MASK_MAX = 1.0 + 1e-6                          # a transmission is at most 1 (float rounding allowed)
 
 # FVgNET (fake-vs-genuine fruit) segmentation labels: PASCAL-VOC colour map, 23 classes
 # (class order as in the CRSDUN data loader, zjhe02/CRSDUN dataset.py).
@@ -92,17 +95,36 @@ def _pick(arrays: Mapping[str, np.ndarray], key: str | None, candidates: Sequenc
     return found[0]
 
 
+def _unreadable(path: Path, kind: str, err: Exception) -> UserError:
+    """The error for a file that cannot be parsed (empty, truncated, another format, pickled objects)."""
+    if path.stat().st_size == 0:
+        reason = "the file is empty"
+    elif "pickled" in str(err):
+        reason = "it holds pickled Python objects (or is not a numpy file); only plain arrays are read"
+    else:
+        reason = f"{type(err).__name__}: {str(err) or 'no details'}"
+    return UserError(f"{path}: not a readable {kind} file, truncated or corrupt? ({reason})")
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """All arrays of a .mat / .npz file, or {'': array} for a .npy file."""
     suffix = path.suffix.lower()
     if suffix == ".mat":
         return load_mat(path)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    if suffix == ".npy":
-        return {"": np.load(path, allow_pickle=False)}
-    raise ValueError(f"{path}: unsupported file type '{suffix}' (expected .mat, .npz or .npy)")
+    if suffix not in (".npz", ".npy"):
+        raise ValueError(f"{path}: unsupported file type '{suffix}' (expected .mat, .npz or .npy)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            if suffix == ".npy":
+                return {"": loaded}
+            raise ValueError("it holds a single .npy array, not a .npz archive")
+        with loaded:
+            if suffix == ".npy":
+                raise ValueError("it is a .npz archive, not a .npy array")
+            return {k: loaded[k] for k in loaded.files}
+    except Exception as err:  # numpy / zipfile / zlib raise many types for a damaged file
+        raise _unreadable(path, suffix, err) from err
 
 
 def _read_one(path: PathLike, key: str | None, candidates: Sequence[str]) -> tuple[np.ndarray, str]:
@@ -135,20 +157,20 @@ def load_mat(path: PathLike) -> dict[str, np.ndarray]:
     import scipy.io
 
     path = _existing(path)
-    if h5py.is_hdf5(path):
-        out: dict[str, np.ndarray] = {}
-        with h5py.File(path, "r") as f:
-            for name, item in f.items():
-                if name.startswith("#") or not isinstance(item, h5py.Dataset):
-                    continue
-                if item.dtype.kind not in "biuf" or item.attrs.get("MATLAB_class", b"") == b"char":
-                    continue
-                out[name] = np.asarray(item[()]).T
-        return out
     try:
+        if h5py.is_hdf5(path):
+            out: dict[str, np.ndarray] = {}
+            with h5py.File(path, "r") as f:
+                for name, item in f.items():
+                    if name.startswith("#") or not isinstance(item, h5py.Dataset):
+                        continue
+                    if item.dtype.kind not in "biuf" or item.attrs.get("MATLAB_class", b"") == b"char":
+                        continue
+                    out[name] = np.asarray(item[()]).T
+            return out
         raw = scipy.io.loadmat(path)
-    except (ValueError, TypeError, NotImplementedError) as err:
-        raise ValueError(f"{path}: not a readable MATLAB file ({err})") from err
+    except Exception as err:  # scipy / h5py raise many types for a damaged file
+        raise _unreadable(path, "MATLAB .mat (v4-v7 or v7.3)", err) from err
     return {k: v for k, v in raw.items()
             if not k.startswith("__") and isinstance(v, np.ndarray) and v.dtype.kind in "biuf"}
 
@@ -156,14 +178,17 @@ def load_mat(path: PathLike) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- cubes
 
 def _infer_scale(cube: np.ndarray, where: str) -> float:
-    """1.0 for reflectance already in [0, 1]; 1/65536 for 16-bit CAVE counts (max in (255, 65536])."""
+    """1.0 for reflectance already in [0, 1]; 1/65536 for 16-bit CAVE counts: whole numbers whose maximum
+    is in [4096, 65536] (above 12 bits: a darker 'scene' is more likely data on another scale)."""
     vmax = float(cube.max())
     if vmax <= 1.5:
         return 1.0
-    if 255.0 < vmax <= 65536.0:
+    if COUNTS_16BIT_MIN_MAX <= vmax <= 65536.0 and np.array_equal(cube, np.round(cube)):
         return CAVE_16BIT_SCALE
-    raise ValueError(f"{where}: cannot infer the value scale from the range [{float(cube.min()):.4g}, "
-                     f"{vmax:.4g}]; pass scale=... (1/65536 for 16-bit CAVE counts, 1.0 for [0, 1] data)")
+    raise UserError(f"{where}: cannot tell the value scale of data in [{float(cube.min()):.4g}, {vmax:.4g}]: "
+                    "neither reflectance in [0, 1] nor 16-bit counts (whole numbers with a maximum in "
+                    f"[{COUNTS_16BIT_MIN_MAX:g}, 65536]); rescale the file to [0, 1] (from Python: "
+                    "load_cube(..., scale=FACTOR))")
 
 
 def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
@@ -177,8 +202,9 @@ def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
     ``layout`` ("LHW" or "HWL") overrides the default. ``bands`` (None: any) is the required band count.
 
     Scale: ``scale=None`` infers it from the values, as the toolboxes do: max <= 1.5 -> used as stored;
-    max in (255, 65536] -> 16-bit CAVE counts, multiplied by 1/65536 (MST ``LoadTraining``); anything else is
-    an error asking for an explicit ``scale``. Pass ``scale=1.0`` to read values exactly as stored.
+    whole numbers with a max in [4096, 65536] -> 16-bit CAVE counts, multiplied by 1/65536 (MST
+    ``LoadTraining``); anything else is an error asking for an explicit ``scale``. Pass ``scale=1.0`` to
+    read values exactly as stored. Negative values are an error.
     """
     arr, where = _read_one(path, key, CUBE_MAT_KEYS if Path(path).suffix.lower() == ".mat" else ("cube",))
     _check_ndim(arr, 3, "cube", where)
@@ -192,6 +218,9 @@ def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
     if bands is not None and cube.shape[0] != bands:
         raise ValueError(f"{where}: expected {bands} bands, got {cube.shape[0]} "
                          f"(shape as (L, H, W): {cube.shape}; is layout={layout!r} right?)")
+    if cube.size and float(cube.min()) < 0:
+        raise UserError(f"{where}: {int((cube < 0).sum())} negative values (min {float(cube.min()):.4g}); a "
+                        "hyperspectral cube holds radiance or reflectance, which cannot be negative")
     factor = _infer_scale(cube, where) if scale is None else float(scale)
     if factor != 1.0:
         cube = cube * np.float32(factor)
@@ -204,7 +233,7 @@ def load_mask(path: PathLike, key: str | None = "mask") -> np.ndarray:
     """Coded-aperture mask as (H, W) float32 from .mat / .npz (``key``, default 'mask') or .npy.
 
     Values are returned as stored (the KAIST and real masks are continuous in [0.005, 1], not binary);
-    negative transmissions are an error.
+    values outside [0, 1] are an error (a 0/255 image is not rescaled silently).
     """
     if Path(path).suffix.lower() == ".npy":
         key = None
@@ -213,6 +242,9 @@ def load_mask(path: PathLike, key: str | None = "mask") -> np.ndarray:
     mask = _as_float32(arr, where)
     if mask.min() < 0:
         raise ValueError(f"{where}: mask has negative values (min {float(mask.min()):.4g})")
+    if mask.max() > MASK_MAX:
+        raise UserError(f"{where}: mask values go up to {float(mask.max()):.4g}, but a transmission is at most 1"
+                        + (" (an 8-bit image? divide it by 255)" if arr.dtype == np.uint8 else ""))
     return mask
 
 
@@ -268,20 +300,3 @@ def load_label_png(path: PathLike, palette: np.ndarray = FVGNET_PALETTE) -> np.n
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ValueError(f"{path}: {len(bad)} colour(s) not in the palette: {listed}{more}")
     return order[pos].astype(np.int64)
-
-
-# --------------------------------------------------------------------------- writing
-
-def save_npz_atomic(path: PathLike, compress: bool = True, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` to ``path`` (exactly that name) as .npz via a temp file + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -4,6 +4,6 @@ Modules (one job each): ``scenes`` (MST layout / synthetic scenes), ``reconstruc
 behind ``method(y, op)``), ``checkpoints`` (release / Lightning / toolbox weights), ``protocol`` (metrics,
 noise, timing), ``scenarios`` (I ideal, II mismatched, III calibrated, IV oracle), ``calibration`` (scenario
 III's operator), ``kaist`` / ``real`` (the two evaluation commands), ``reports`` and ``previews`` (outputs),
-``release`` (export), ``model_table`` (parameters, FLOPs, time), ``files`` (atomic writes).
-``eval.py`` is the command line.
+``release`` (export), ``model_table`` (parameters, FLOPs, time). Files are written through ``cassi.files``
+(atomic files, output folders as one unit). ``eval.py`` is the command line.
 """

@@ -18,17 +18,26 @@ import torch
 from torch import Tensor
 
 from cassi import Mismatch, PARAMETER_UNITS
+from cassi.errors import UserError
 from cassi.operator_file import load_operator
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
 
-def from_operator_file(path: str | Path, mask: Tensor) -> FixedEstimate:
-    """The mismatch of an operator file whose mask equals ``mask``."""
+def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: int = 2) -> FixedEstimate:
+    """The mismatch of an operator file whose mask equals ``mask`` and whose bands and step are these."""
     op = load_operator(path)
-    if tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
-        raise ValueError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the "
-                         f"evaluation mask (shape {tuple(mask.shape)}); calibrate with the same mask")
+    shape, wanted = tuple(op.mask.shape[-2:]), tuple(mask.shape)
+    if shape != wanted:
+        raise UserError(f"{path}: the operator's mask is {shape} but the evaluation mask is {wanted}; "
+                        "calibrate with the same mask")
+    if mask_sha256(op.mask[0]) != mask_sha256(mask):
+        raise UserError(f"{path}: the operator's mask has the evaluation mask's shape {shape} but other values "
+                        f"(sha256 {mask_sha256(op.mask[0])[:12]}... vs {mask_sha256(mask)[:12]}...): it is not the "
+                        "evaluation mask; calibrate with the same mask")
+    if (op.bands, op.step) != (bands, step):
+        raise UserError(f"{path}: the operator has {op.bands} bands and step {op.step}, the evaluation "
+                        f"{bands} bands and step {step}")
     return FixedEstimate(op.mismatch, {"source": "operator file", "path": str(path)})
 
 
@@ -39,7 +48,7 @@ def from_calibration_json(path: str | Path) -> FixedEstimate:
         raise FileNotFoundError(f"calibration file not found: {path}")
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     values = content.get("estimate", content) if isinstance(content, dict) else None
     if not isinstance(values, dict):
@@ -48,7 +57,11 @@ def from_calibration_json(path: str | Path) -> FixedEstimate:
     if not params:
         raise ValueError(f"{path}: no mismatch parameter ({', '.join(PARAMETER_UNITS)}) found "
                          f"(keys: {sorted(values)})")
-    return FixedEstimate(Mismatch.from_dict(params), {"source": "calibration file", "path": str(path)})
+    try:
+        mismatch = Mismatch.from_dict(params)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+    return FixedEstimate(mismatch, {"source": "calibration file", "path": str(path)})
 
 
 @dataclass
@@ -78,18 +91,18 @@ def calibrate_function():
     try:
         from calib import calibrate
     except ImportError as err:
-        raise RuntimeError("scenario III needs calib.calibrate, which is not available here "
+        raise UserError("scenario III needs calib.calibrate, which is not available here "
                            f"({err}); pass --operator FILE.npz or --calibration FILE.json instead") from err
     return calibrate
 
 
 def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor, solver: str = "gap_tv",
-                    ckpt: str | None = None, **options: Any):
+                    ckpt: str | None = None, bands: int = 28, step: int = 2, **options: Any):
     """The calibration source for scenario III, in the order: operator file, calibration file, calib."""
     if operator and calibration:
         raise ValueError("give either --operator or --calibration, not both")
     if operator:
-        return from_operator_file(operator, mask)
+        return from_operator_file(operator, mask, bands, step)
     if calibration:
         return from_calibration_json(calibration)
     calibrate_function()

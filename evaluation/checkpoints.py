@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from cassi.errors import UserError, one_line
 from models.loading import load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
 from models.release import open_release, state_dict_sha256
@@ -21,7 +22,8 @@ from models.release import open_release, state_dict_sha256
 class LoadedModel:
     """A network in eval mode and its provenance.
 
-    ``mask``: the coded aperture (H, W) the weights come with (a release's ``mask.npy``), else None.
+    ``mask``: the coded aperture (H, W) the weights come with (a release's ``mask.npy``, a Lightning
+    checkpoint's training mask), else None and ``mask_error`` says why.
     """
 
     model: nn.Module
@@ -30,6 +32,14 @@ class LoadedModel:
     source: dict[str, str]
     mask: torch.Tensor | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
+    mask_error: str | None = None
+
+    def require_mask(self) -> torch.Tensor:
+        """The coded aperture the weights come with, or a clear error asking for ``--mask FILE``."""
+        if self.mask is None:
+            why = self.mask_error or f"{self.source.get('path', self.name)} does not record its coded aperture"
+            raise UserError(f"{why}: pass --mask FILE (the mask the network was trained with)")
+        return self.mask
 
     @property
     def weights_sha256(self) -> str:
@@ -59,20 +69,21 @@ def _lightning_model_spec(hparams: Mapping[str, Any], path: Path) -> tuple[str, 
     return model, dict(kwargs or {})
 
 
-def _lightning_mask(raw: Mapping[str, Any], path: Path) -> torch.Tensor | None:
+def _lightning_mask(raw: Mapping[str, Any], path: Path) -> tuple[torch.Tensor | None, str | None]:
     """The coded aperture the run trained with, rebuilt by the datamodule from its saved hyper-parameters
-    (a mask file, or the seeded random mask); None when the checkpoint has no datamodule hyper-parameters."""
+    (a mask file, or the seeded random mask); (None, None) without datamodule hyper-parameters; (None, why)
+    when the mask cannot be rebuilt (its file has moved): the caller decides whether it needs the mask."""
     hparams = raw.get("datamodule_hyper_parameters")
     if not isinstance(hparams, Mapping):
-        return None
+        return None, None
     from data.datamodule import CassiDataModule
 
     try:
         datamodule = CassiDataModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        return torch.from_numpy(datamodule._load_mask())
+        return torch.from_numpy(datamodule._load_mask()), None
     except (OSError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: cannot rebuild the training mask from datamodule_hyper_parameters ({err}); "
-                         "pass --mask FILE") from err
+        return None, (f"{path}: cannot rebuild the training mask from datamodule_hyper_parameters "
+                      f"({one_line(err)})")
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], wanted: set[str], path: Path) -> dict[str, torch.Tensor]:
@@ -117,7 +128,8 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     load_state_dict_checked(model, state, source=str(path))
     source = {"kind": "lightning", "path": str(path), "epoch": str(raw.get("epoch")),
               "global_step": str(raw.get("global_step"))}
-    return LoadedModel(model.eval(), found, kwargs, source, _lightning_mask(raw, path))
+    mask, mask_error = _lightning_mask(raw, path)
+    return LoadedModel(model.eval(), found, kwargs, source, mask, mask_error=mask_error)
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:

@@ -10,12 +10,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cassi import CassiOperator
+from cassi.checks import check_instrument
 from data.io import load_mask
 from evaluation.previews import save_comparison, save_spectra
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
 from evaluation.reports import text_table, write_reports
-from evaluation.scenarios import Calibrator, ScenarioSetup, run_scenarios
+from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
 from evaluation.scenes import (Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask,
                                synthetic_scenes)
 from models.release import mask_sha256
@@ -45,6 +47,8 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
     file or release provides one.
     """
     release_mask = method.loaded.mask if isinstance(method, Network) else None
+    if isinstance(method, Network) and spec.mask is None and spec.root is None and method.loaded.mask_error:
+        method.loaded.require_mask()                 # its training mask is recorded but cannot be rebuilt
     if spec.mask is not None:
         mask, mask_source = torch.from_numpy(load_mask(spec.mask)), spec.mask
     elif spec.root is not None:
@@ -79,15 +83,30 @@ def mask_warnings(method: Reconstructor, mask: Tensor) -> list[str]:
     return []
 
 
+def instrument_warnings(setup: ScenarioSetup, calibrator: Calibrator | None, mask: Tensor, bands: int
+                        ) -> list[str]:
+    """Physical checks (:func:`cassi.checks.check_instrument`) of the injected mismatch and of a fixed
+    scenario III estimate: an impossible instrument is an error, a doubtful one a warning (returned)."""
+    warnings = []
+    if setup.needs_mismatch:
+        warnings += check_instrument(CassiOperator(mask, bands, setup.step, setup.mismatch), "injected mismatch")
+    if isinstance(calibrator, FixedEstimate):
+        source = calibrator.description.get("path", "scenario III")
+        warnings += check_instrument(CassiOperator(mask, bands, setup.step, calibrator.estimate),
+                                     f"scenario III estimate from {source}")
+    return warnings
+
+
 def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, data_info: dict[str, Any],
                    setup: ScenarioSetup, out_dir: str | Path, calibrator: Calibrator | None = None,
                    previews: int | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Run the protocol (and scenarios) on ``load_data``'s output; write results.{json,md,csv} and previews/.
+    """Run the protocol (and scenarios) on ``load_data``'s output; write results.{json,md,csv} and previews/
+    to ``out_dir`` (the tables are printed first). Returns the results.
 
     ``previews``: number of scenes per scenario that get PNG previews (None: all, 0: none).
     """
     out_dir = Path(out_dir)
-    warnings = mask_warnings(method, mask)
+    warnings = mask_warnings(method, mask) + instrument_warnings(setup, calibrator, mask, scenes[0].cube.shape[0])
     for warning in warnings:
         print(f"warning: {warning}")
     preview_files: list[str] = []
@@ -125,7 +144,6 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
         "warnings": warnings,
         "previews": preview_files,
     }
-    files = write_reports(results, out_dir)
     if verbose:
         for scenario, block in outcome["scenarios"].items():
             print(f"\nScenario {scenario} ({block['description']})")
@@ -135,6 +153,5 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
         if "calibration" in outcome:
             print("calibration mean |error|: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in outcome["calibration"]["mean_abs_error"].items()))
-        print("\nwrote " + ", ".join(str(p) for p in files.values())
-              + (f" and {len(preview_files)} previews in {out_dir / 'previews'}" if preview_files else ""))
+    write_reports(results, out_dir)
     return results

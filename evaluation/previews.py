@@ -14,7 +14,7 @@ from torch import Tensor
 
 from data.render import auto_exposure, cube_to_rgb, error_map
 from data.synthetic import wavelengths
-from evaluation.files import save_figure
+from cassi.files import save_figure
 
 CURVE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
 

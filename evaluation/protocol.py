@@ -17,7 +17,7 @@ from torch import Tensor
 
 from cassi import CassiOperator
 from cassi.metrics import ergas, kaist_psnr, kaist_ssim, quantize_8bit, sam
-from cassi.noise import add_noise
+from cassi.noise import add_noise, check_noise
 
 METRICS = ("psnr", "ssim", "sam", "ergas")
 COLUMNS = ("name", *METRICS, "seconds")
@@ -49,6 +49,9 @@ class Noise:
     peak: float | None = None
     read: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_noise(self.peak, self.read)
 
     @property
     def active(self) -> bool:

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from cassi import CassiOperator
+from cassi.checks import check_mask, check_measurement
+from cassi.errors import UserError
 from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
-from evaluation.files import write_json, write_text
+from cassi.files import write_json, write_text
 from evaluation.previews import save_real, save_spectra
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor
@@ -43,23 +45,42 @@ def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
     return mask, captures
 
 
+def load_captures(root: str | Path, bands: int = 28, step: int = 2, limit: int | None = None
+                  ) -> tuple[Path, torch.Tensor, list[tuple[Path, torch.Tensor]], list[str]]:
+    """The mask, the captures (the first ``limit``) and warnings, all read and checked before any
+    reconstruction: shapes, finite values, light in every capture (:func:`cassi.checks.check_measurement`)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be a positive number of captures, got {limit}")
+    mask_path, paths = find_captures(root)
+    mask = torch.from_numpy(load_mask(mask_path))
+    check_mask(mask, str(mask_path))
+    expected = (mask.shape[0], mask.shape[1] + step * (bands - 1))
+    captures, warnings = [], []
+    for path in paths[:limit]:
+        y = torch.from_numpy(load_measurement(path, key="meas_real"))
+        if tuple(y.shape) != expected:
+            raise UserError(f"{path}['meas_real'] has shape {tuple(y.shape)}; with the {tuple(mask.shape)} mask "
+                            f"and {bands} bands (step {step}) it must be {expected}")
+        warnings += check_measurement(y, f"{path}['meas_real']")
+        captures.append((path, y))
+    return mask_path, mask, captures, warnings
+
+
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
                   scale: float | None = None, previews: bool = True, limit: int | None = None,
                   verbose: bool = True) -> dict[str, Any]:
     """Reconstruct every capture of ``root`` (the first ``limit`` ones if given); write results.{json,md},
-    previews and spectra to ``out_dir``."""
+    previews and spectra to ``out_dir`` (the mean is printed first)."""
+    if scale is not None and not 0 < scale < float("inf"):
+        raise UserError(f"scale must be a finite number > 0, got {scale}")
     out_dir = Path(out_dir)
-    mask_path, captures = find_captures(root)
-    captures = captures[:limit] if limit is not None else captures
-    mask = torch.from_numpy(load_mask(mask_path))
+    mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
+    for warning in warnings:
+        print(f"warning: {warning}")
     op = CassiOperator(mask, bands, step)
     rows, preview_files = [], []
     compile_tv_kernel()
-    for path in captures:
-        y = torch.from_numpy(load_measurement(path, key="meas_real"))
-        if tuple(y.shape) != (op.height, op.measurement_width):
-            raise ValueError(f"{path}['meas_real'] has shape {tuple(y.shape)}; with the {tuple(mask.shape)} mask "
-                             f"and {bands} bands (step {step}) it must be {(op.height, op.measurement_width)}")
+    for path, y in captures:
         if scale is not None:
             y = y * (scale / y.max())
         y = y[None]
@@ -80,12 +101,13 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
                "method": method.describe(), "root": str(root), "scale": scale,
                "mask": {"source": str(mask_path), "shape": list(mask.shape), "sha256": mask_sha256(mask)},
                "metric": "relative measurement residual ||A x - y|| / ||y|| (no ground truth: no PSNR/SSIM)",
-               "captures": rows, "mean": mean, "previews": preview_files}
+               "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}
+    if verbose:
+        print(f"mean relative residual {mean['residual']:.4f}")
     write_json(out_dir / "results.json", results)
     lines = [[r["name"], f"{r['residual']:.4f}", f"{r['seconds']:.2f}"] for r in rows]
     lines.append(["mean", f"{mean['residual']:.4f}", f"{mean['seconds']:.2f}"])
     write_text(out_dir / "results.md", f"# Real captures: {method.name}\n\n{results['metric']}; data {root}\n\n"
+               + "".join(f"- **warning**: {w}\n" for w in warnings) + ("\n" if warnings else "")
                + markdown_table(["capture", "relative residual", "seconds"], lines) + "\n")
-    if verbose:
-        print(f"mean relative residual {mean['residual']:.4f}; wrote {out_dir / 'results.json'}")
     return results

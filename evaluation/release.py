@@ -1,25 +1,22 @@
 """``eval.py export``: write a release folder (format in :mod:`models.release`) from any weights source.
 
-The folder is assembled in a temporary sibling directory and moved into place with one rename, so a
-reader never sees a half-written release. ``--results`` (an ``eval.py kaist`` results.json) is embedded
+The folder is assembled in a private staging folder and renamed into place as one unit
+(:class:`cassi.files.OutputFolder`), so a reader never sees a half-written release. ``--results`` (an ``eval.py kaist`` results.json) is embedded
 as metrics.json only if it was computed with these exact weights (its ``method.weights_sha256``).
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from cassi.files import OutputFolder, save_npy, write_bytes, write_json, write_text
 from evaluation.checkpoints import LoadedModel
-from evaluation.files import json_safe, umask_mode
 from evaluation.protocol import METRICS
 from models.flops import count_parameters
 from models.release import (CARD_FILE, CHECKSUM_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE,
@@ -87,19 +84,17 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _write(folder: Path, name: str, data: bytes) -> None:
-    (folder / name).write_bytes(data)
-
-
 def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir: str | Path,
-                   results_path: str | Path | None = None, step: int = 2, force: bool = False) -> Path:
+                   results_path: str | Path | None = None, step: int = 2, force: bool = False,
+                   inputs: Sequence[str | Path | None] = ()) -> Path:
     """Write the release of ``loaded`` with coded aperture ``mask`` (H, W) to ``out_dir``; returns the folder.
 
-    ``force`` replaces an existing non-empty ``out_dir``; otherwise that is an error.
+    ``out_dir`` is written as one unit (:class:`cassi.files.OutputFolder`): an existing non-empty folder
+    is an error unless ``force``, which replaces an earlier release as a whole but never a folder that
+    holds one of ``inputs`` (the checkpoint, mask and results files the release is made from).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; choose another --out or pass --force")
+    folder = OutputFolder(out_dir, CONFIG_FILE, force, [loaded.source.get("path"), results_path, *inputs])
     mask_np = np.ascontiguousarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask,
                                    dtype=np.float32)
     if mask_np.ndim != 2:
@@ -122,38 +117,14 @@ def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    os.chmod(staging, umask_mode(0o777))
-    try:
-        _write(staging, WEIGHTS_FILE, safetensors_bytes(stored, metadata={"format": FORMAT}))
-        np.save(staging / MASK_FILE, mask_np, allow_pickle=False)
-        _write(staging, CONFIG_FILE, (json.dumps(json_safe(config), indent=2, allow_nan=False) + "\n").encode())
+    with folder as staging:
+        write_bytes(staging / WEIGHTS_FILE, safetensors_bytes(stored, metadata={"format": FORMAT}))
+        save_npy(staging / MASK_FILE, mask_np)
+        write_json(staging / CONFIG_FILE, config)
         if metrics is not None:
-            _write(staging, METRICS_FILE, (json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n").encode())
-        _write(staging, CARD_FILE, model_card(config, metrics).encode())
+            write_json(staging / METRICS_FILE, metrics)
+        write_text(staging / CARD_FILE, model_card(config, metrics))
         sums = "".join(f"{file_sha256(p)}  {p.name}\n" for p in sorted(staging.iterdir()))
-        _write(staging, CHECKSUM_FILE, sums.encode())
+        write_text(staging / CHECKSUM_FILE, sums)
         open_release(staging)                        # what we wrote must load back
-        _move_into_place(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` to ``out_dir``; an existing ``out_dir`` is moved aside first and removed after."""
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-    old.rmdir()
-    os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evaluation.files import write_json, write_text
+from cassi.files import write_json, write_text
 from evaluation.protocol import COLUMNS, METRICS, PROTOCOL
 
 FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "sam": "{:.2f}", "ergas": "{:.2f}", "seconds": "{:.2f}"}

@@ -12,7 +12,8 @@ from models.registry import create_model, get_entry
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                             source: str = "state dict") -> nn.Module:
-    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
+    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys, or
+    the tensors holding NaN / Inf."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -30,6 +31,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             lines.append("  shape mismatches: " + show(
                 [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped]))
         raise ValueError("\n".join(lines))
+    bad = sorted(k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {', '.join(bad[:3])}); "
+                         "these weights cannot reconstruct anything")
     model.load_state_dict(dict(state_dict), strict=True)
     return model
 

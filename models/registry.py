@@ -60,5 +60,13 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name`` with constructor keyword arguments ``kwargs``."""
-    return get_entry(name).builder(**kwargs)
+    """Build the registered model ``name`` with constructor keyword arguments ``kwargs``.
+
+    Arguments the architecture cannot be built with (an unknown name, ``dim=0``, a size that does not
+    divide) are a ``ValueError`` naming the model and the arguments.
+    """
+    entry = get_entry(name)
+    try:
+        return entry.builder(**kwargs)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as err:
+        raise ValueError(f"cannot build model '{name}' with {kwargs}: {type(err).__name__}: {err}") from err

@@ -133,7 +133,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReleaseError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ReleaseError(f"{path}: not a {FORMAT} configuration")
@@ -212,7 +212,13 @@ def open_release(folder: str | Path) -> Release:
         metrics_path = folder / str(config["metrics"])
         if config["metrics"] not in read_checksums(folder):
             raise ReleaseError(f"{metrics_path}: metrics file is not covered by {CHECKSUM_FILE}")
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ReleaseError(f"{metrics_path}: not a readable JSON file ({err})") from err
+        if not isinstance(metrics, dict):
+            raise ReleaseError(f"{metrics_path}: expected a JSON object (an eval.py results.json), got "
+                               f"{type(metrics).__name__}")
     return Release(folder, model.eval(), config, mask, metrics)
 
 

@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 import calibrate
+from cli_checks import user_error
 from cassi.operator_file import load_operator
 from data.synthetic import random_mask, synthetic_scene
 
@@ -54,16 +55,22 @@ def test_recovers_the_injected_mismatch_blind(run):
     assert content["score"] < content["nominal_score"]
 
 
-def test_errors_name_the_file_key_and_shape(run, tmp_path):
+def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):
     folder, _ = run
+    out = ["--out", str(tmp_path / "out")]
+
+    def fails(capsys, argv, pattern):
+        user_error(capsys, lambda: calibrate.main(argv), pattern)
+
     np.savez(tmp_path / "wrong_key.npz", other=np.ones((64, 118), np.float32))
-    with pytest.raises(SystemExit, match=r"wrong_key.npz.*'y'"):
-        calibrate.main(["--meas", str(tmp_path / "wrong_key.npz"), "--mask", str(folder / "mask.mat")])
+    fails(capsys, ["--meas", str(tmp_path / "wrong_key.npz"), "--mask", str(folder / "mask.mat"), *out],
+          r"wrong_key.npz.*'y'")
     np.save(tmp_path / "narrow.npy", np.ones((64, 100), np.float32))
-    with pytest.raises(SystemExit, match=r"narrow.npy is \(64, 100\).*mask.mat is \(64, 64\)"):
-        calibrate.main(["--meas", str(tmp_path / "narrow.npy"), "--mask", str(folder / "mask.mat")])
-    with pytest.raises(SystemExit, match="checkpoint"):
-        calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--solver", "mst_s"])
+    fails(capsys, ["--meas", str(tmp_path / "narrow.npy"), "--mask", str(folder / "mask.mat"), *out],
+          r"narrow.npy is \(64, 100\).*mask.mat is \(64, 64\)")
+    fails(capsys, ["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--solver", "mst_s",
+                   *out], "checkpoint")
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_prints_truth_estimate_and_scenarios(tmp_path, capsys):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import shared_path
 from data.io import (FVGNET_CLASSES, FVGNET_PALETTE, load_cube, load_label_png, load_mask, load_mat,
-                     load_measurement, save_npz_atomic)
+                     load_measurement)
 
 
 def _cube_hwl(h=6, w=5, bands=28, seed=0):
@@ -187,33 +187,6 @@ def test_label_png_round_trip_and_unknown_colour(tmp_path):
     Image.fromarray(labels.astype(np.uint8)).save(tmp_path / "gray.png")
     with pytest.raises(ValueError, match=r"gray.png: expected an RGB\(A\) label image"):
         load_label_png(tmp_path / "gray.png")
-
-
-# ----------------------------------------------------------------------------- writing
-
-def test_save_npz_atomic_writes_exact_name_and_leaves_no_temp(tmp_path):
-    cube = np.random.default_rng(6).random((28, 4, 4)).astype(np.float32)
-    target = tmp_path / "out" / "recon.npz"
-    save_npz_atomic(target, cube=cube, step=np.int32(2))
-    save_npz_atomic(target, cube=cube * 0.5)  # overwrite in place
-    assert sorted(p.name for p in target.parent.iterdir()) == ["recon.npz"]
-    np.testing.assert_array_equal(load_cube(target), cube * 0.5)
-    save_npz_atomic(tmp_path / "plain", compress=False, y=cube[0])
-    assert (tmp_path / "plain").is_file() and not (tmp_path / "plain.npz").exists()
-
-
-class _Unconvertible:
-    def __array__(self, *args, **kwargs):
-        raise RuntimeError("cannot convert")
-
-
-def test_save_npz_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "keep.npz"
-    save_npz_atomic(target, y=np.ones(3))
-    with pytest.raises(RuntimeError, match="cannot convert"):
-        save_npz_atomic(target, a=np.zeros(2), y=_Unconvertible())
-    np.testing.assert_array_equal(np.load(target)["y"], np.ones(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz"]
 
 
 # ----------------------------------------------------------------------------- the shared real data

@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from data.io import voc_palette
-from evaluation.files import save_figure
+from cassi.files import save_figure
 from evaluation.previews import save_comparison, save_spectra
 from training.loggers import log_image_file
 

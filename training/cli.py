@@ -13,15 +13,87 @@
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.cli import LightningCLI
+import torch
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
+from cassi.files import atomic_path
 from data.datamodule import CassiDataModule
 from training.callbacks import RunSummary, ValidationPreviews
 from training.modules import CassiModule
 
 DEFAULT_ROOT = "runs/default"
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+
+
+JSONARGPARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+                      "Expected a <class 'NoneType'>")
+
+
+def parser_message(text: str) -> str:
+    """jsonargparse's nested explanation of a bad option reduced to what the user can act on, on one line."""
+    kept = [line.strip().removeprefix("- ").strip('"') for line in text.splitlines()]
+    kept = [line for line in kept if line and not line.startswith(JSONARGPARSE_NOISE)]
+    return one_line("\n".join(kept)) if kept else one_line(text)
+
+
+class OneLineParser(LightningArgumentParser):
+    """Parser whose errors are one line (``train.py fit: error: ... (see train.py fit --help)``) and exit 2,
+    instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=1`` shows it)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)
+        prog = self.prog.replace(" [options]", "")
+        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)} (see {prog} --help)\n")
+
+
+class MarkRunErrors(Callback):
+    """Marks an exception raised once the trainer runs, so ``train.py`` shows it with its traceback (exit 1)
+    instead of as a user error: those are caught before the run starts (one line, exit 2)."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        mark_during_run(exception)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written through :func:`cassi.files.atomic_path` (a temp file in the checkpoint folder,
+    renamed over the target): an interrupted save never leaves a truncated ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):                       # remote storage: Lightning's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> None:
+    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc")."""
+    if ckpt_path is None or str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) \
+            or str(ckpt_path).startswith("registry"):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"--ckpt_path {path}: no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return                                       # holds other objects: Lightning loads it (or says why)
+    except Exception as err:
+        raise UserError(f"--ckpt_path {path}: not a readable torch checkpoint ({type(err).__name__}: "
+                        f"{one_line(str(err))})") from err
+    if not isinstance(raw, Mapping) or "pytorch-lightning_version" not in raw:
+        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint of train.py (it holds "
+                        f"{'the weights only, like an MST toolbox .pth' if isinstance(raw, Mapping) else type(raw).__name__}); "
+                        f"--ckpt_path resumes a train.py run; evaluate these weights with "
+                        f"'eval.py kaist --model NAME --ckpt {path}'")
 
 
 class CassiCLI(LightningCLI):
@@ -37,21 +109,45 @@ class CassiCLI(LightningCLI):
         parser.add_lightning_class_args(ValidationPreviews, "previews")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:                    # a constructor refused its arguments
+            raise UserError(parser_message(str(err))) from err
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir, "checkpoints")
 
+    def check_before_run(self, stage: str) -> None:
+        """User errors surface here, before any file is written: a ``--ckpt_path`` that is not a Lightning
+        checkpoint, and every data problem (``datamodule.setup(stage)`` runs now; Lightning's own call is then
+        a no-op). Errors raised later, by the run itself, keep their traceback (:class:`MarkRunErrors`)."""
+        check_resume_checkpoint(self.config[self.subcommand].get("ckpt_path"))
+        if self.datamodule is not None:
+            self.datamodule.setup(stage)
+        self.trainer.callbacks.append(MarkRunErrors())
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
     def before_fit(self) -> None:
+        self.check_before_run("fit")
         if self.trainer.loggers:
             self.trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         self.trainer.callbacks.append(RunSummary())
 
+    def before_validate(self) -> None:
+        self.check_before_run("validate")
+
 
 def main(args: list[str] | None = None) -> CassiCLI:
-    return CassiCLI(
-        CassiModule, CassiDataModule, subclass_mode_model=True,
-        trainer_defaults={"default_root_dir": DEFAULT_ROOT,
-                          "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
-        save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, args=args,
-    )
+    """Run ``train.py``; bad input (options, data, ``--ckpt_path``, a missing accelerator) ends with one line
+    ``train.py: error: ...`` and exit code 2 before any work (``cassi.errors``)."""
+    with cli_errors("train.py", extra=(MisconfigurationException,)):
+        return CassiCLI(
+            CassiModule, CassiDataModule, subclass_mode_model=True, parser_class=OneLineParser,
+            trainer_defaults={"default_root_dir": DEFAULT_ROOT,
+                              "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
+            save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, args=args,
+        )

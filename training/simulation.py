@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from cassi import CassiOperator, Mismatch
-from cassi.noise import add_noise
+from cassi.checks import check_mismatch
+from cassi.noise import add_noise, check_noise
 from cassi.operator_file import load_operator
 
 
@@ -57,6 +58,10 @@ class Instrument:
                                  f"training uses {bands} bands and step {step}")
             self.mismatch = calibrated.mismatch
         self.noise = None if noise is None else dict(noise)
+        if self.noise is not None:
+            check_noise(**self.noise)
+        if self.mismatch is not None:
+            check_mismatch(self.mismatch, "instrument mismatch")
 
     def operator(self, mask: Tensor) -> CassiOperator:
         """The operator for a batch's mask, (h, w) shared or (B, h, w) per sample."""

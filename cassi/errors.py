@@ -1,0 +1,147 @@
+"""Bad input and how the command-line tools report it: one line on stderr, exit code 2, before any work.
+
+Library code raises :class:`UserError` (a ``ValueError``) -- or ``ValueError`` / ``FileNotFoundError`` /
+``FileExistsError`` / ``KeyError`` -- with a message that names the file, key, shape or option that is
+wrong. ``train.py``, ``eval.py`` and ``calibrate.py`` run their command inside :func:`cli_errors`, which
+turns those errors into ``PROG: error: MESSAGE`` (one line) and exit code 2, Ctrl-C / SIGTERM into one
+line and exit code 130, and :class:`OutputConflict` (a run whose ``--out`` was taken by a concurrent run)
+into one line and exit code 1. Any other exception keeps its traceback. ``CASSI_DEBUG=1`` in the
+environment re-raises user errors too, with their traceback.
+
+:class:`CliParser` is the ``argparse`` parser of the three tools: an invalid option is one line and exit
+code 2 as well, and the ``positive_int`` / ``positive_float`` / ``non_negative_float`` types refuse
+values that make no sense (``--limit 0``, ``--scale 0``, ``--noise.read -1``) when they are parsed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEBUG_ENV = "CASSI_DEBUG"
+
+
+class UserError(ValueError):
+    """Bad input from the user: a file, key, shape, value or option that is wrong (the message names it)."""
+
+
+class OutputConflict(Exception):
+    """A finished run could not take its output folder (another run wrote it meanwhile); the message says
+    where this run's outputs were kept instead."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError, IsADirectoryError, PermissionError, KeyError)
+
+
+def mark_during_run(error: BaseException) -> None:
+    """Flag ``error`` as raised while the real work ran (not a user error): :func:`cli_errors` then keeps
+    its traceback and exit code 1 even when its type is a user-error type."""
+    error.cassi_during_run = True  # type: ignore[attr-defined]
+
+
+def one_line(error: BaseException | str) -> str:
+    """The message of ``error`` on one line.
+
+    A ``KeyError``'s message is shown without quotes. A message on several lines is an outline (a first
+    line, indented details): the first line is kept with the deepest details (and the line they hang
+    from), joined by "; " -- e.g. jsonargparse's nested errors or a list of mismatched state-dict keys.
+    """
+    text = error if isinstance(error, str) else (
+        str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error))
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and line.strip() != ","]
+    if len(lines) <= 1:
+        return lines[0].strip() if lines else type(error).__name__
+    depth = [len(line) - len(line.lstrip()) for line in lines]
+    deepest = max(depth[1:])
+    parts = [lines[0].strip()]
+    for i in range(1, len(lines)):
+        if depth[i] != deepest:
+            continue
+        parent = next((j for j in range(i - 1, 0, -1) if depth[j] < deepest), None)
+        if parent is not None and lines[parent].strip() not in parts:
+            parts.append(lines[parent].strip())
+        parts.append(lines[i].strip())
+    out = parts[0]
+    for part in parts[1:]:
+        out += (" " if out.endswith(":") else "; ") + part
+    return out
+
+
+def _interrupt(signum: int, frame) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Report what goes wrong inside the block as a command-line tool should (see the module docstring).
+
+    ``extra``: further exception types to treat as user errors (e.g. Lightning's configuration errors).
+    Raises ``SystemExit`` with the exit code; SIGTERM is handled like Ctrl-C inside the block.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except OutputConflict as err:
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    except (*USER_ERRORS, *extra) as err:
+        if os.environ.get(DEBUG_ENV) or getattr(err, "cassi_during_run", False):
+            raise
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(exit: SystemExit) -> int:
+    """The integer status of a ``SystemExit`` (None is 0; a message is 1, as the interpreter does)."""
+    return exit.code if isinstance(exit.code, int) else (EXIT_OK if exit.code is None else EXIT_FAILED)
+
+
+class CliParser(argparse.ArgumentParser):
+    """``argparse`` parser whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, text: str, test, requirement: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not test(value):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _number(int, text, lambda v: v >= 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(float, text, lambda v: 0 < v < float("inf"), "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(float, text, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
