@@ -138,9 +138,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     """Synthetic scene, random mismatch, N=4 K=2 simulator + noise, blind calibration, scenarios I-IV."""
     from calib import calibrate
     from calib.solvers import gap_tv_solver
+    from data.kaist import synthetic_mask, synthetic_scenes
     from evaluation.protocol import Noise
     from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios
-    from evaluation.scenes import synthetic_mask, synthetic_scenes
 
     folder = OutputFolder(args.out, MARKER, args.force)
     rng = np.random.default_rng(args.seed)

@@ -1,7 +1,9 @@
-"""Train a CASSI reconstruction network: ``python train.py fit --config configs/mst_s.yaml``.
+"""Train a CASSI reconstruction network: ``python train.py fit --config configs/mst_s.yaml --data.root DIR``.
 
-See ``python train.py fit --help`` and :mod:`training.cli`. Multi-GPU: ``--trainer.devices 4
---trainer.strategy ddp``; mixed precision: ``--trainer.precision bf16-mixed``; resume: ``--ckpt_path last``.
+``DIR`` is the MST toolbox's ``datasets/`` folder (or add ``--config configs/data/synthetic.yaml`` instead).
+See ``python train.py fit --help``, README "Training" and :mod:`training.cli`. Multi-GPU: ``--trainer.devices 4
+--trainer.strategy ddp``; mixed precision: ``--trainer.precision bf16-mixed``; resume: ``--ckpt_path last``;
+KAIST protocol on a checkpoint: ``train.py test ... --ckpt_path PATH``; reconstructions: ``train.py predict``.
 """
 import os
 

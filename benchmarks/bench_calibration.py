@@ -37,9 +37,9 @@ from calib.solvers import gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
 from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
+from data.kaist import Scene  # noqa: E402
 from evaluation.protocol import Noise  # noqa: E402
 from evaluation.scenarios import ScenarioSetup, run_scenarios  # noqa: E402
-from evaluation.scenes import Scene  # noqa: E402
 
 TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}

@@ -6,9 +6,17 @@ LightningModule through the CASSI operator (``cassi.CassiOperator``), so mismatc
 Batches are dicts:
     "cube"    (B, L, h, w) float32 in [0, 1]
     "labels"  (B, h, w) int64 material ids (synthetic scenes only)
-    "mask"    (h, w) float32 shared by the batch, or (B, h, w) when ``mask_crop=True`` (a random crop of a larger
-              mask per sample, as CRSDUN's ``crop_mask``)
-    "scene"   (B,) int64 index of the held-out scene a validation crop comes from (validation batches only)
+    "mask"    (h, w) float32 shared by the batch, or (B, h, w) when ``mask_crop="sample"`` (a random window of a
+              larger mask per sample, as CRSDUN's ``crop_mask`` and the MST real-data loader); ``mask_crop="batch"``
+              shares the first sample's window with the whole batch (for MST, whose attention uses only it)
+    "scene"   (B,) int64 index of the held-out (validation) or test scene (validation and test batches)
+
+Where the data come from (``source``, see :mod:`data.layouts`): built-in synthetic scenes, a folder of cubes, or
+the MST toolbox's layout (``mst_simulation``: ``cave_1024_28`` + the KAIST mask; ``mst_real``: ``CAVE_512_28`` +
+``KAIST_CVPR2021`` + the real mask). ``check()`` validates all of it from folder listings and the mask file
+before any work. Test / predict sets (``train.py test|predict``) are the KAIST protocol's scenes: ``test_root``
+in the MST ``TSA_simu_data`` layout (found in the toolbox folder by ``mst_simulation``), else the built-in
+synthetic test scenes of ``eval.py kaist`` at the mask's size, one scene per batch.
 
 Reproducibility / DDP: the training set is map-style with ``samples_per_epoch`` items; item ``i`` of epoch ``e``
 is drawn from ``numpy.random.default_rng((seed, 0, e, i))`` only, so any sampler (``DistributedSampler``
@@ -19,37 +27,39 @@ which yields ``(epoch, i)`` pairs; plain integer indices use ``TrainCrops.set_ep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.io import load_cube, load_mask
+from data.io import load_mask
+from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
+from data.layouts import CubeFile, TrainingData, find_training_data, mask_file
 from data.synthetic import random_mask, synthetic_scene
 
-CUBE_SUFFIXES = (".mat", ".npz", ".npy")
+MASK_CROP = ("none", "sample", "batch")
 
 
 class SceneSource:
     """Full cubes (L, H, W) (and optional labels (H, W)) by scene index, in memory or read on demand."""
 
     def __init__(self, cubes: Sequence[np.ndarray] | None = None, labels: Sequence[np.ndarray] | None = None,
-                 files: Sequence[Path] | None = None, bands: int = 28):
+                 files: Sequence[CubeFile] | None = None, bands: int = 28):
         self.cubes, self.labels, self.files, self.bands = cubes, labels, files, bands
 
     def __len__(self) -> int:
         return len(self.cubes) if self.cubes is not None else len(self.files)
 
     def cube(self, k: int) -> np.ndarray:
-        return self.cubes[k] if self.cubes is not None else load_cube(self.files[k], bands=self.bands)
+        return self.cubes[k] if self.cubes is not None else self.files[k].load(self.bands)
 
     def label(self, k: int) -> np.ndarray | None:
         return None if self.labels is None else self.labels[k]
 
     def name(self, k: int) -> str:
-        return str(self.files[k]) if self.files else f"synthetic scene {k}"
+        return str(self.files[k].path) if self.files else f"synthetic scene {k}"
 
     def check_sizes(self, crop: int) -> None:
         """Error if an in-memory scene is smaller than ``crop`` (files read on demand are checked when read)."""
@@ -88,7 +98,8 @@ class TrainCrops(Dataset):
     With probability ``splice_prob`` an item is the toolbox's spliced mosaic (MST ``shuffle_crop``): four
     ``crop/2`` crops from four random scenes tiled 2 x 2, not augmented further; otherwise one ``crop`` crop
     of a random scene with a random rot90 / flip. ``mask`` given with ``mask_crop``: each item also gets a
-    random ``crop`` x ``crop`` window of that larger mask.
+    random ``crop`` x ``crop`` window of that larger mask (the collate function decides whether the batch keeps
+    every window or only the first).
     """
 
     def __init__(self, source: SceneSource, crop: int, samples_per_epoch: int, seed: int = 0,
@@ -184,76 +195,154 @@ class EpochSampler(Sampler):
 
 
 class CollateWithMask:
-    """Default-collate the items; add the shared (h, w) ``mask`` unless the items carry their own."""
+    """Default-collate the items; add the shared (h, w) ``mask`` unless the items carry their own windows, of
+    which ``first_window_only`` keeps the first sample's as the batch's (h, w) mask."""
 
-    def __init__(self, mask: torch.Tensor | None):
-        self.mask = mask
+    def __init__(self, mask: torch.Tensor | None, first_window_only: bool = False):
+        self.mask, self.first_window_only = mask, first_window_only
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch = torch.utils.data.default_collate(items)
         if "mask" not in batch and self.mask is not None:
             batch["mask"] = self.mask
+        elif "mask" in batch and self.first_window_only:
+            batch["mask"] = batch["mask"][0]
         return batch
 
 
-def _list_cubes(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"no such data folder: {root}")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in CUBE_SUFFIXES and p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{root}: no cube files ({', '.join(CUBE_SUFFIXES)})")
-    return files
+class WholeScenes(Dataset):
+    """Whole test scenes, one per item: ``{"cube": (L, H, W), "scene": index}`` (the mask is the collate's)."""
+
+    def __init__(self, scenes: Sequence[Scene]):
+        self.scenes = list(scenes)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"cube": self.scenes[i].cube, "scene": torch.tensor(i, dtype=torch.int64)}
 
 
 class CassiDataModule(pl.LightningDataModule):
     """Cubes + masks for CASSI training (measurements are simulated by the LightningModule).
 
     Args:
-        root: folder of cubes (MST ``cave_1024_28`` .mat, or .npz / .npy cubes; see ``data.io.load_cube``);
-            None -> built-in synthetic scenes (with labels).
+        root: the data folder of ``source`` (see :mod:`data.layouts`): a folder of cubes (MST ``cave_1024_28`` .mat,
+            or .npz / .npy cubes; see ``data.io.load_cube``), or the MST toolbox's ``datasets/`` folder.
+        source: ``auto`` (synthetic without ``root``, else ``folder``), ``synthetic``, ``folder``, ``mst_simulation``
+            (``cave_1024_28`` + ``TSA_simu_data/mask.mat``), ``mst_real`` (``CAVE_512_28`` + ``KAIST_CVPR2021`` +
+            ``TSA_real_data/mask.mat``).
         num_scenes / val_scenes: synthetic training / held-out scenes (of ``scene_size`` px, default 1.25 x crop).
-            For ``root``, ``val_scenes`` files are held out, chosen with ``seed``; the KAIST-10 test scenes are
-            never part of this module (eval.py).
+            For cube files, ``val_scenes`` files are held out, chosen with ``seed``; the KAIST-10 test scenes are
+            never training or validation data (they are the test set).
         crop: training / validation crop size (px, even). splice_prob: probability of a spliced mosaic item.
-        samples_per_epoch: training items per epoch (MST: 5000). val_crops_per_scene: validation crops per scene.
-        mask: mask file (``data.io.load_mask``) or None -> a random binary mask from ``seed``
-            (crop x crop, or ``mask_size`` x ``mask_size`` with ``mask_crop``). mask_key: key in the mask file.
-        mask_crop: give each item its own random crop x crop window of the (larger) mask.
-        preload: read all ``root`` cubes at setup (fast, memory-hungry like MST); False reads them per item.
+        samples_per_epoch: training items per epoch (MST: 5000). val_crops_per_scene: validation crops per scene
+            (the first is the centre crop).
+        mask: mask file (``data.io.load_mask``), None -> the recipe's mask (``mst_*`` sources) or a random binary
+            mask from ``seed`` (crop x crop, or ``mask_size`` x ``mask_size`` with ``mask_crop``). mask_key: its key.
+        mask_crop: ``none``: the whole mask (crop x crop) for every sample; ``sample``: a random crop x crop window
+            of a larger mask per sample; ``batch``: one such window per batch (the first sample's). ``True`` /
+            ``False`` mean ``sample`` / ``none``.
+        preload: read all cubes at setup (fast, memory-hungry like MST); False reads them per item.
         bands: band count to require from files.
+        test_root: KAIST test scenes in the MST ``TSA_simu_data`` layout (``Truth/*.mat`` + ``mask.mat``) for
+            ``train.py test|predict``; None -> the layout's own (``mst_simulation``), else ``test_scenes`` built-in
+            synthetic scenes (those of ``eval.py kaist``, seed 0) at the training mask's size.
     """
 
-    def __init__(self, root: str | None = None, num_scenes: int = 32, val_scenes: int = 4,
-                 scene_size: int | None = None, crop: int = 256, splice_prob: float = 0.5,
-                 samples_per_epoch: int = 5000, val_crops_per_scene: int = 1, batch_size: int = 5,
-                 num_workers: int = 0, mask: str | None = None, mask_key: str = "mask", mask_crop: bool = False,
-                 mask_size: int | None = None, preload: bool = True, bands: int = 28, n_classes: int = 6,
-                 seed: int = 0):
+    def __init__(self, root: str | None = None, source: Literal["auto", "synthetic", "folder", "mst_simulation",
+                                                                  "mst_real"] = "auto",
+                 num_scenes: int = 32, val_scenes: int = 4, scene_size: int | None = None, crop: int = 256,
+                 splice_prob: float = 0.5, samples_per_epoch: int = 5000, val_crops_per_scene: int = 1,
+                 batch_size: int = 5, num_workers: int = 0, mask: str | None = None, mask_key: str = "mask",
+                 mask_crop: bool | Literal["none", "sample", "batch"] = "none", mask_size: int | None = None,
+                 preload: bool = True, bands: int = 28, n_classes: int = 6, test_root: str | None = None,
+                 test_scenes: int = 10, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
+        if isinstance(mask_crop, bool):
+            mask_crop = "sample" if mask_crop else "none"
+        if mask_crop not in MASK_CROP:
+            raise ValueError(f"mask_crop must be one of {', '.join(MASK_CROP)} (or true / false), got {mask_crop!r}")
+        self.mask_crop = mask_crop
         self.train_set: TrainCrops | None = None
         self.val_set: ValCrops | None = None
+        self.test_set: WholeScenes | None = None
         self.mask: np.ndarray | None = None
+        self.test_mask: torch.Tensor | None = None
         self.train_files: list[Path] = []
         self.val_files: list[Path] = []
+        self.test_names: list[str] = []
+        self._data: TrainingData | None = None
 
-    def _load_mask(self) -> np.ndarray:
-        hp = self.hparams
-        if hp.mask is not None:
-            mask = load_mask(hp.mask, hp.mask_key)
+    # ------------------------------------------------------------------------------------- checks
+    def data(self) -> TrainingData:
+        """Where the cubes, the mask and the test scenes are (folder listings only; cached)."""
+        if self._data is None:
+            hp = self.hparams
+            self._data = find_training_data(hp.source, hp.root, hp.mask)
+        return self._data
+
+    def check(self, stage: str = "fit") -> None:
+        """Every data error this module can tell without reading a cube, raised before any work: missing
+        folders or mask, too few files to hold scenes out, a mask that does not fit the crop."""
+        if stage in ("fit", "validate"):
+            self._held_out_split()
+            self.training_mask()
+            hp = self.hparams
+            if not self.data().folders and hp.scene_size is not None and hp.scene_size < hp.crop:
+                raise ValueError(f"synthetic scenes of {hp.scene_size} px are smaller than the crop {hp.crop}")
         else:
-            side = (hp.mask_size or 2 * hp.crop) if hp.mask_crop else hp.crop
+            self._test_root()
+
+    def training_mask(self) -> np.ndarray:
+        """The coded aperture (H, W) of training: the mask file, or the seeded random one; checked against the
+        crop (exactly crop x crop, or at least that with ``mask_crop``)."""
+        hp = self.hparams
+        path = mask_file(hp.source, hp.root, hp.mask)
+        if path is not None:
+            mask = load_mask(path, hp.mask_key)
+        else:
+            side = (hp.mask_size or 2 * hp.crop) if self.mask_crop != "none" else hp.crop
             mask = random_mask(side, side, seed=(hp.seed, 7))
-        too_small = mask.shape[0] < hp.crop or mask.shape[1] < hp.crop
-        if (hp.mask_crop and too_small) or (not hp.mask_crop and mask.shape != (hp.crop, hp.crop)):
-            need = f"at least {hp.crop} x {hp.crop} (mask_crop=True)" if hp.mask_crop else \
-                f"exactly {hp.crop} x {hp.crop} (or set mask_crop=True to crop a larger mask)"
-            raise ValueError(f"mask {hp.mask or '(random)'} has shape {mask.shape}; crop={hp.crop} needs {need}")
+        name = path or "(random)"
+        if self.mask_crop != "none" and (mask.shape[0] < hp.crop or mask.shape[1] < hp.crop):
+            raise ValueError(f"mask {name} has shape {mask.shape}; crop={hp.crop} with mask_crop={self.mask_crop} "
+                             f"needs at least {hp.crop} x {hp.crop}: lower --data.crop")
+        if self.mask_crop == "none" and mask.shape != (hp.crop, hp.crop):
+            raise ValueError(f"mask {name} has shape {mask.shape}; crop={hp.crop} needs exactly {hp.crop} x {hp.crop}"
+                             f": set --data.crop {mask.shape[0]} (a square mask) or --data.mask_crop batch / sample "
+                             "to train on random windows of the larger mask")
         return mask
 
+    def _held_out_split(self) -> tuple[list[CubeFile], list[CubeFile]]:
+        """(training files, held-out files) of a file source; ([], []) for synthetic scenes."""
+        hp = self.hparams
+        data = self.data()
+        if not data.folders:
+            return [], []
+        files = data.files()
+        if not 0 < hp.val_scenes < len(files):
+            where = ", ".join(str(folder.path) for folder in data.folders)
+            raise ValueError(f"{where}: {len(files)} cube file(s); cannot hold out {hp.val_scenes} of {len(files)} "
+                             "scenes for validation and keep at least one for training (--data.val_scenes)")
+        held = set(np.random.default_rng((hp.seed, 3)).choice(len(files), hp.val_scenes, replace=False).tolist())
+        return ([f for k, f in enumerate(files) if k not in held], [f for k, f in enumerate(files) if k in held])
+
+    def _test_root(self) -> Path | None:
+        root = self.hparams.test_root
+        if root is None:
+            return self.data().test_root
+        if not (Path(root) / "Truth").is_dir() or not (Path(root) / "mask.mat").is_file():
+            raise FileNotFoundError(f"--data.test_root {root}: expected the MST TSA_simu_data layout (Truth/*.mat "
+                                    "and mask.mat)")
+        return Path(root)
+
+    # -------------------------------------------------------------------------------------- setup
     def _sources(self) -> tuple[SceneSource, SceneSource]:
         hp = self.hparams
-        if hp.root is None:
+        train_files, val_files = self._held_out_split()
+        if not self.data().folders:
             size = hp.scene_size or hp.crop + hp.crop // 4
             scenes = [synthetic_scene(size, size, hp.bands, (hp.seed, k), hp.n_classes)
                       for k in range(hp.num_scenes + hp.val_scenes)]
@@ -261,29 +350,51 @@ class CassiDataModule(pl.LightningDataModule):
             n = hp.num_scenes
             return (SceneSource(cubes[:n], labels[:n], bands=hp.bands),
                     SceneSource(cubes[n:], labels[n:], bands=hp.bands))
-        files = _list_cubes(Path(hp.root))
-        if not 0 < hp.val_scenes < len(files):
-            raise ValueError(f"{hp.root}: cannot hold out {hp.val_scenes} of {len(files)} scenes for validation")
-        held = set(np.random.default_rng((hp.seed, 3)).choice(len(files), hp.val_scenes, replace=False).tolist())
-        self.train_files = [f for k, f in enumerate(files) if k not in held]
-        self.val_files = [f for k, f in enumerate(files) if k in held]
-        return tuple(SceneSource([load_cube(f, bands=hp.bands) for f in fs] if hp.preload else None, files=fs,
-                                 bands=hp.bands) for fs in (self.train_files, self.val_files))
+        self.train_files = [f.path for f in train_files]
+        self.val_files = [f.path for f in val_files]
+        return tuple(SceneSource([f.load(hp.bands) for f in fs] if hp.preload else None, files=fs, bands=hp.bands)
+                     for fs in (train_files, val_files))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+        if stage in ("test", "predict"):
+            self._setup_test()
+        elif self.train_set is None:
+            self._setup_fit()
+
+    def _setup_fit(self) -> None:
         hp = self.hparams
-        self.mask = self._load_mask()
+        self.mask = self.training_mask()
         train, val = self._sources()
         train.check_sizes(hp.crop)
         val.check_sizes(hp.crop)
-        self.train_set = TrainCrops(train, hp.crop, hp.samples_per_epoch, hp.seed, hp.splice_prob,
-                                    self.mask, hp.mask_crop)
-        self.val_set = ValCrops(val, hp.crop, hp.val_crops_per_scene, hp.seed, self.mask, hp.mask_crop)
+        windows = self.mask_crop != "none"
+        self.train_set = TrainCrops(train, hp.crop, hp.samples_per_epoch, hp.seed, hp.splice_prob, self.mask, windows)
+        self.val_set = ValCrops(val, hp.crop, hp.val_crops_per_scene, hp.seed, self.mask, windows)
 
+    def _setup_test(self) -> None:
+        if self.test_set is not None:
+            return
+        root = self._test_root()
+        if root is not None:
+            scenes, self.test_mask = mst_scenes(root, self.hparams.bands), mst_mask(root)
+        else:
+            self.test_mask = torch.from_numpy(self.training_mask())
+            height, width = self.test_mask.shape
+            scenes = synthetic_scenes(self.hparams.test_scenes, height, width, seed=0, bands=self.hparams.bands)
+        check_scene_sizes(scenes, self.test_mask)
+        self.test_names = [scene.name for scene in scenes]
+        self.test_set = WholeScenes(scenes)
+
+    def describe_test_set(self) -> str:
+        """What ``train.py test|predict`` runs on, in words (after setup)."""
+        root = self._test_root()
+        where = f"MST layout {root}" if root is not None else "built-in synthetic scenes (seed 0), training mask"
+        return f"{len(self.test_names)} KAIST-protocol test scene(s) {tuple(self.test_mask.shape)} from {where}"
+
+    # -------------------------------------------------------------------------------- dataloaders
     def _collate(self) -> CollateWithMask:
-        return CollateWithMask(None if self.hparams.mask_crop else torch.from_numpy(self.mask))
+        shared = None if self.mask_crop != "none" else torch.from_numpy(self.mask)
+        return CollateWithMask(shared, first_window_only=self.mask_crop == "batch")
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -295,3 +406,10 @@ class CassiDataModule(pl.LightningDataModule):
         hp = self.hparams
         return DataLoader(self.val_set, batch_size=hp.batch_size, shuffle=False, num_workers=hp.num_workers,
                           collate_fn=self._collate(), persistent_workers=hp.num_workers > 0)
+
+    def test_dataloader(self) -> DataLoader:
+        """One whole test scene per batch, with the test mask (the KAIST protocol, as ``eval.py kaist``)."""
+        return DataLoader(self.test_set, batch_size=1, shuffle=False, collate_fn=CollateWithMask(self.test_mask))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -24,6 +24,7 @@ class LoadedModel:
 
     ``mask``: the coded aperture (H, W) the weights come with (a release's ``mask.npy``, a Lightning
     checkpoint's training mask), else None and ``mask_error`` says why.
+    ``training``: how a ``train.py`` checkpoint was trained (see :func:`lightning_training`), else None.
     """
 
     model: nn.Module
@@ -33,6 +34,7 @@ class LoadedModel:
     mask: torch.Tensor | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
     mask_error: str | None = None
+    training: dict[str, Any] | None = field(default=None, repr=False)
 
     def require_mask(self) -> torch.Tensor:
         """The coded aperture the weights come with, or a clear error asking for ``--mask FILE``."""
@@ -80,10 +82,41 @@ def _lightning_mask(raw: Mapping[str, Any], path: Path) -> tuple[torch.Tensor | 
 
     try:
         datamodule = CassiDataModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        return torch.from_numpy(datamodule._load_mask()), None
+        return torch.from_numpy(datamodule.training_mask()), None
     except (OSError, TypeError, ValueError) as err:
         return None, (f"{path}: cannot rebuild the training mask from datamodule_hyper_parameters "
                       f"({one_line(err)})")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: tensors become numbers, tuples lists."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What a ``train.py`` checkpoint records about its training: the module class and hyper-parameters (loss,
+    optimiser, schedule, instrument), the datamodule's (data source, crop, batch, held-out scenes), epoch and
+    step, the validation score of these very weights and the run's best (``ModelCheckpoint`` state), the
+    held-out scene names and the W&B run id."""
+    hparams = dict(raw.get("hyper_parameters") or {})
+    data = dict(raw.get("datamodule_hyper_parameters") or {})
+    validation: dict[str, Any] = {"scenes": _plain(raw.get("validation_scenes"))}
+    for key, state in (raw.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(state, Mapping) and state.get("monitor"):
+            validation.update(monitor=state["monitor"], score=_plain(state.get("current_score")),
+                              best=_plain(state.get("best_model_score")))
+            break
+    return {"module": hparams.get("_class_path"),
+            "hyper_parameters": _plain({k: v for k, v in hparams.items() if not k.startswith("_")}),
+            "data": _plain({k: v for k, v in data.items() if not k.startswith("_")}),
+            "epoch": raw.get("epoch"), "global_step": raw.get("global_step"), "validation": validation,
+            "wandb_run_id": (raw.get("wandb") or {}).get("run_id")}
 
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], wanted: set[str], path: Path) -> dict[str, torch.Tensor]:
@@ -129,7 +162,8 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     source = {"kind": "lightning", "path": str(path), "epoch": str(raw.get("epoch")),
               "global_step": str(raw.get("global_step"))}
     mask, mask_error = _lightning_mask(raw, path)
-    return LoadedModel(model.eval(), found, kwargs, source, mask, mask_error=mask_error)
+    return LoadedModel(model.eval(), found, kwargs, source, mask, mask_error=mask_error,
+                       training=lightning_training(raw))
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:
@@ -146,7 +180,8 @@ def load_release_model(path: str | Path, name: str | None = None) -> LoadedModel
     if name is not None and name != found:
         raise ValueError(f"{path}: release holds model '{found}', but '{name}' was requested")
     return LoadedModel(release.model, found, dict(release.config["model"].get("kwargs", {})),
-                       {"kind": "release", "path": str(path)}, release.mask, release.metrics)
+                       {"kind": "release", "path": str(path)}, release.mask, release.metrics,
+                       release.config.get("training"))
 
 
 def load_weights(path: str | Path, name: str | None = None) -> LoadedModel:

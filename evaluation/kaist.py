@@ -9,17 +9,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from cassi import CassiOperator
 from cassi.checks import check_instrument
 from data.io import load_mask
-from evaluation.previews import save_comparison, save_spectra
+from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask, synthetic_scenes
+from data.previews import save_comparison, save_spectra
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
 from evaluation.reports import text_table, write_reports
 from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
-from evaluation.scenes import (Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask,
-                               synthetic_scenes)
 from models.release import mask_sha256
 
 
@@ -57,17 +57,20 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
         mask, mask_source = release_mask, f"release {method.loaded.source['path']}"
     else:
         mask, mask_source = synthetic_mask(spec.size, spec.size, spec.seed), f"random binary (seed {spec.seed})"
-    if spec.root is not None:
-        scenes = mst_scenes(spec.root)
-        description = f"MST layout {spec.root} ({len(scenes)} scenes)"
-    else:
-        height, width = mask.shape
-        scenes = synthetic_scenes(spec.count, height, width, spec.seed)
-        description = f"{spec.count} built-in synthetic scenes, {height}x{width}, seed {spec.seed}"
+    height, width = mask.shape
+    scenes = mst_scenes(spec.root) if spec.root is not None else synthetic_scenes(spec.count, height, width, spec.seed)
+    available = len(scenes)
     if spec.limit is not None:
         scenes = scenes[:spec.limit]
     check_scene_sizes(scenes, mask)
-    info = {"description": description, "root": spec.root, "scenes": [s.name for s in scenes],
+    # the description counts the scenes evaluated, after --limit (model cards quote it)
+    subset = f"the first {len(scenes)} of " if len(scenes) != available else ""
+    if spec.root is not None:
+        description = f"{subset}{available} scenes of the MST layout {spec.root}"
+    else:
+        description = f"{subset}{available} built-in synthetic scenes, {height}x{width}, seed {spec.seed}"
+    info = {"description": description, "root": spec.root, "seed": None if spec.root is not None else spec.seed,
+            "available": available, "scenes": [s.name for s in scenes],
             "mask": {"source": mask_source, "shape": list(mask.shape), "sha256": mask_sha256(mask)}}
     return scenes, mask, info
 
@@ -111,11 +114,13 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
         print(f"warning: {warning}")
     preview_files: list[str] = []
     single = len(setup.scenarios) == 1
+    progress = tqdm(total=len(scenes) * len(setup.scenarios), desc="kaist", unit="scene", disable=not verbose)
 
     def on_result(scenario: str, scene: Scene, pred: Tensor, row: dict[str, Any]) -> None:
+        progress.update()
         if verbose:
-            print(f"[{scenario}] {scene.name}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, "
-                  f"SAM {row['sam']:.2f} deg, {row['seconds']:.2f} s", flush=True)
+            progress.write(f"[{scenario}] {scene.name}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, "
+                           f"SAM {row['sam']:.2f} deg, {row['seconds']:.2f} s")
         index = data_info["scenes"].index(scene.name)
         if previews is not None and index >= previews:
             return
@@ -126,7 +131,8 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
                                   f"{scene.name} - scenario {scenario}: spectra at the probes")):
             preview_files.append(str(path.relative_to(out_dir)))
 
-    outcome = run_scenarios(scenes, mask, method, setup, calibrator, on_result)
+    with progress:
+        outcome = run_scenarios(scenes, mask, method, setup, calibrator, on_result)
     primary = "I" if "I" in outcome["scenarios"] else setup.scenarios[0]
     results = {
         "command": "kaist",

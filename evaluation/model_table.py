@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from cassi import CassiOperator
 from models.flops import PAPER_FIGURES, count_flops, count_parameters
@@ -87,10 +88,10 @@ def model_table(names: list[str] | None = None, size: int = 256, repeats: int = 
     rows = []
     if verbose:
         print(text_header(size))
-    for name in names:
+    for name in tqdm(names, desc="models", unit="model", disable=not verbose):
         rows.append(measure_model(name, size, repeats, timing))
         if verbose:
-            print(text_line(rows[-1]), flush=True)
+            tqdm.write(text_line(rows[-1]))
     return rows
 
 

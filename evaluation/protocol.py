@@ -1,9 +1,9 @@
 """The KAIST evaluation protocol: per-scene metrics, timing, detector noise, and the table's mean row.
 
 Metrics of a reconstruction against its ground truth (both (L, H, W)), as the toolbox's MATLAB scripts
-compute them: the prediction is clipped to [0, 1] and both cubes are quantised to 8 bits, then
-PSNR and SSIM (11 x 11 Gaussian, sigma 1.5, 'valid') per band, averaged over bands (``cassi.metrics``);
-SAM (degrees) and ERGAS on the same 8-bit cubes (as ``quality_assessment.m`` receives them).
+compute them (:func:`cassi.metrics.kaist_metrics`, shared with ``train.py test``): the prediction is clipped
+to [0, 1] and both cubes are quantised to 8 bits, then PSNR and SSIM (11 x 11 Gaussian, sigma 1.5, 'valid')
+per band, averaged over bands; SAM (degrees) and ERGAS on the same 8-bit cubes.
 """
 from __future__ import annotations
 
@@ -16,26 +16,15 @@ import torch
 from torch import Tensor
 
 from cassi import CassiOperator
-from cassi.metrics import ergas, kaist_psnr, kaist_ssim, quantize_8bit, sam
+from cassi.metrics import KAIST_METRICS, kaist_metrics
 from cassi.noise import add_noise, check_noise
 
-METRICS = ("psnr", "ssim", "sam", "ergas")
+METRICS = KAIST_METRICS
 COLUMNS = ("name", *METRICS, "seconds")
 PROTOCOL = ("KAIST protocol: prediction clipped to [0, 1], both cubes quantised to 8 bits; PSNR (dB) and "
             "SSIM (Gaussian 11x11, sigma 1.5, valid) per band and averaged; SAM (degrees) and ERGAS on the "
             "same 8-bit cubes; seconds = wall-clock reconstruction time of one scene (numba kernels compiled "
             "before the first one)")
-
-
-def scene_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
-    """PSNR, SSIM, SAM, ERGAS of one reconstruction ``pred`` against ``target``, both (L, H, W)."""
-    if pred.shape != target.shape or pred.dim() != 3:
-        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} must both "
-                         "be (L, H, W) of the same shape")
-    pred, target = pred[None], target[None]
-    pred8, target8 = quantize_8bit(pred), quantize_8bit(target)
-    return {"psnr": float(kaist_psnr(pred, target)[0]), "ssim": float(kaist_ssim(pred, target)[0]),
-            "sam": float(sam(pred8, target8)[0]), "ergas": float(ergas(pred8, target8)[0])}
 
 
 @dataclass(frozen=True)
@@ -73,7 +62,7 @@ def timed(method: Callable[[Tensor, CassiOperator], Tensor], y: Tensor, op: Cass
 
 def result_row(name: str, pred: Tensor, target: Tensor, seconds: float) -> dict[str, Any]:
     """One row of the table: name, the four metrics, seconds."""
-    return {"name": name, **scene_metrics(pred, target), "seconds": seconds}
+    return {"name": name, **kaist_metrics(pred, target), "seconds": seconds}
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from cassi import CassiOperator
 from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
+from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
-from cassi.files import write_json, write_text
-from evaluation.previews import save_real, save_spectra
+from data.previews import save_real, save_spectra
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor
 from evaluation.reports import markdown_table
@@ -80,7 +81,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     op = CassiOperator(mask, bands, step)
     rows, preview_files = [], []
     compile_tv_kernel()
-    for path, y in captures:
+    for path, y in tqdm(captures, desc="real", unit="capture", disable=not verbose):
         if scale is not None:
             y = y * (scale / y.max())
         y = y[None]
@@ -88,8 +89,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         residual = op(pred) - y
         rows.append({"name": path.stem, "residual": float(residual.norm() / y.norm()), "seconds": seconds})
         if verbose:
-            print(f"{path.stem}: relative residual ||Ax - y||/||y|| = {rows[-1]['residual']:.4f}, "
-                  f"{seconds:.2f} s", flush=True)
+            tqdm.write(f"{path.stem}: relative residual ||Ax - y||/||y|| = {rows[-1]['residual']:.4f}, "
+                       f"{seconds:.2f} s")
         if previews:
             title = f"{path.stem} - {method.name}: relative residual {rows[-1]['residual']:.4f}"
             for file in (save_real(out_dir / "previews" / f"{path.stem}.png", pred[0], y[0], residual[0], title),

@@ -1,8 +1,9 @@
 """``eval.py export``: write a release folder (format in :mod:`models.release`) from any weights source.
 
 The folder is assembled in a private staging folder and renamed into place as one unit
-(:class:`cassi.files.OutputFolder`), so a reader never sees a half-written release. ``--results`` (an ``eval.py kaist`` results.json) is embedded
-as metrics.json only if it was computed with these exact weights (its ``method.weights_sha256``).
+(:class:`cassi.files.OutputFolder`), so a reader never sees a half-written release. ``--results`` (an
+``eval.py kaist`` results.json) is embedded as metrics.json only if it was computed with these exact weights
+(its ``method.weights_sha256``) and its rows give its means; the model card is :mod:`evaluation.model_card`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from cassi.files import OutputFolder, save_npy, write_bytes, write_json, write_text
 from evaluation.checkpoints import LoadedModel
-from evaluation.protocol import METRICS
+from evaluation.model_card import check_consistency, model_card
 from models.flops import count_parameters
 from models.release import (CARD_FILE, CHECKSUM_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE,
                             METRICS_FILE, WEIGHTS_FILE, file_sha256, mask_sha256, model_bands, open_release,
@@ -41,7 +42,7 @@ def split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 
 def check_results(results_path: str | Path, loaded: LoadedModel) -> dict[str, Any]:
-    """A results.json evaluated with exactly these weights (else a clear error)."""
+    """A results.json evaluated with exactly these weights, whose rows give its means (else a clear error)."""
     path = Path(results_path)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -53,35 +54,8 @@ def check_results(results_path: str | Path, loaded: LoadedModel) -> dict[str, An
     if evaluated != loaded.weights_sha256:
         raise ValueError(f"{path}: these results were computed with other weights (weights_sha256 "
                          f"{evaluated}) than the checkpoint being exported ({loaded.weights_sha256})")
+    check_consistency(results, str(path))
     return results
-
-
-def model_card(config: dict[str, Any], metrics: dict[str, Any] | None) -> str:
-    """README.md of the release: what it is, how to load it, what it scored."""
-    model, mask, weights = config["model"], config["mask"], config["weights"]
-    lines = [f"# {model['name']} (CASSI reconstruction network)", "",
-             f"- architecture: `{model['name']}` from this project's model registry, kwargs `{model['kwargs']}`",
-             f"- parameters: {weights['parameters']:,}",
-             f"- bands: {config['bands']}, dispersion step {config['step']} px per band",
-             f"- coded aperture: `{MASK_FILE}` {mask['shape'][0]}x{mask['shape'][1]}, sha256 `{mask['sha256']}`",
-             f"- weights: `{WEIGHTS_FILE}` ({weights['tensors']} tensors), state sha256 `{weights['state_sha256']}`",
-             f"- exported from: {config['source']['kind']} `{config['source']['path']}` "
-             f"on {config['created_utc']} (torch {config['torch']})", "",
-             "## Use", "", "```python", "from models import load_release",
-             "model = load_release(\"PATH/TO/THIS/FOLDER\")   # verified against SHA256SUMS, eval mode",
-             "y_inputs = model.prepare_inputs(y, op)          # y (B, H, W + 54), op = cassi.CassiOperator(mask)",
-             "cube = model.reconstruction(model(**y_inputs))  # (B, 28, H, W)", "```", "",
-             "Evaluate: `python eval.py kaist --release PATH/TO/THIS/FOLDER [--data.root TSA_simu_data]`.",
-             f"Verify by hand: `sha256sum -c {CHECKSUM_FILE}`.", ""]
-    if metrics is None:
-        lines += ["## Metrics", "", "No evaluation was attached to this release.", ""]
-    else:
-        mean = metrics["mean"]
-        lines += ["## Metrics", "", f"Evaluated on: {metrics.get('data', {}).get('description', 'unknown data')} "
-                  f"(scenario {metrics.get('primary_scenario', 'I')}; full table in `{METRICS_FILE}`).", "",
-                  "| PSNR (dB) | SSIM | SAM (deg) | ERGAS |", "|---:|---:|---:|---:|",
-                  "| " + " | ".join("-" if mean.get(m) is None else f"{mean[m]:.4g}" for m in METRICS) + " |", ""]
-    return "\n".join(lines)
 
 
 def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir: str | Path,
@@ -112,6 +86,7 @@ def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir
         "mask": {"file": MASK_FILE, "sha256": mask_sha256(mask_np), "shape": list(mask_np.shape)},
         "weights": {"file": WEIGHTS_FILE, "state_sha256": state_dict_sha256(state), "tensors": len(state),
                     "parameters": count_parameters(loaded.model), "aliases": aliases},
+        "training": loaded.training,
         "metrics": METRICS_FILE if metrics is not None else None,
         "source": loaded.source,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -24,8 +24,8 @@ from torch import Tensor
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.gap_tv import compile_tv_kernel
 from cassi.simulator import simulate_measurement
+from data.kaist import Scene
 from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
-from evaluation.scenes import Scene
 
 SCENARIOS = {"I": "ideal: nominal measurement, nominal operator",
              "II": "mismatched: measured with the mismatch (high-fidelity simulator), nominal operator",

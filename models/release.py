@@ -1,21 +1,24 @@
 """Released checkpoints: a folder that fully describes one trained network, loadable without Lightning.
 
-Layout (written by ``python eval.py export``, see :mod:`evaluation.release`)::
+The Hugging Face model-repository layout (``model.safetensors`` + ``config.json`` + ``README.md`` model card),
+written by ``python eval.py export`` (see :mod:`evaluation.release`)::
 
-    config.json           {"format": "cassi-release", "format_version": 1,
+    config.json           {"format": "cassi-release", "format_version": 2,
                            "model": {"name", "kwargs"}, "bands", "step",
                            "mask": {"file", "sha256", "shape"},
                            "weights": {"file", "state_sha256", "tensors", "parameters", "aliases"},
+                           "training": {...} | null (recipe, data, validation of a train.py checkpoint),
                            "metrics": "metrics.json" | null, "source": {...}}
-    weights.safetensors   the model's state dict (tensors that share storage are stored once: ``aliases``)
+    model.safetensors     the model's state dict (tensors that share storage are stored once: ``aliases``)
     mask.npy              the coded aperture (H, W) float32 the network was trained and evaluated with
     metrics.json          the evaluation table (``eval.py kaist`` results.json), optional
-    README.md             model card
+    README.md             model card (Hugging Face front matter; what was trained, on what, what it scored)
     SHA256SUMS            ``sha256sum`` lines for every file above (``sha256sum -c SHA256SUMS`` checks them)
 
 :func:`open_release` refuses a folder whose files do not match their checksums, whose mask or weights
 differ from what ``config.json`` records (hash, shape), whose weights do not fit the configured network
-(missing / unexpected / mis-shaped tensors) or whose band count differs from the network's.
+(missing / unexpected / mis-shaped tensors) or whose band count differs from the network's. Loading needs
+no network access (``models.load_release(folder)``).
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ from models.loading import load_state_dict_checked
 from models.registry import create_model, get_entry
 
 FORMAT = "cassi-release"
-FORMAT_VERSION = 1
-CONFIG_FILE, WEIGHTS_FILE, MASK_FILE = "config.json", "weights.safetensors", "mask.npy"
+FORMAT_VERSION = 2       # 2: Hugging Face file names (version 1 stored weights.safetensors)
+CONFIG_FILE, WEIGHTS_FILE, MASK_FILE = "config.json", "model.safetensors", "mask.npy"
 METRICS_FILE, CARD_FILE, CHECKSUM_FILE = "metrics.json", "README.md", "SHA256SUMS"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, MASK_FILE)
 
@@ -139,7 +142,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ReleaseError(f"{path}: not a {FORMAT} configuration")
     if config.get("format_version") != FORMAT_VERSION:
         raise ReleaseError(f"{path}: format_version {config.get('format_version')!r} is not supported "
-                           f"(this code reads version {FORMAT_VERSION})")
+                           f"(this code reads version {FORMAT_VERSION}); export the release again from its "
+                           "training checkpoint with eval.py export")
     for key, kind in (("model", dict), ("mask", dict), ("weights", dict), ("bands", int), ("step", int)):
         if not isinstance(config.get(key), kind):
             raise ReleaseError(f"{path}: '{key}' must be a {kind.__name__}, got {config.get(key)!r}")

@@ -7,6 +7,8 @@ from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data.datamodule import CassiDataModule
+from data.io import load_mask
+from conftest import mst_toolbox
 
 CROP = 16
 
@@ -132,7 +134,7 @@ def test_folder_source_split_is_disjoint(tmp_path):
     assert _found_in(dm.val_set[0]["cube"], val_cubes, CROP)
     with pytest.raises(ValueError, match="cannot hold out 6 of 6"):
         _module(root=str(tmp_path), val_scenes=6)
-    with pytest.raises(FileNotFoundError, match="no such data folder"):
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
         _module(root=str(tmp_path / "absent"))
 
 
@@ -195,3 +197,104 @@ def test_crop_larger_than_scene_is_an_error():
         _module(crop=32, scene_size=24)
     with pytest.raises(ValueError, match="even"):
         _module(crop=15)
+
+
+# ---------------------------------------------------------------------------------- recipe data layouts
+def test_mst_simulation_layout_from_the_toolbox_folder_or_cave_itself(tmp_path):
+    from data.layouts import find_training_data
+    root = mst_toolbox(tmp_path)
+    for given in (root, root / "cave_1024_28"):
+        found = find_training_data("mst_simulation", str(given), None)
+        assert [f.path.name for f in found.files()] == ["scene01.mat", "scene02.mat", "scene03.mat"]
+        assert found.mask == root / "TSA_simu_data" / "mask.mat" and found.test_root == root / "TSA_simu_data"
+    dm = _module(root=str(root), source="mst_simulation", val_scenes=1)
+    assert len(dm.train_files) == 2 and len(dm.val_files) == 1
+    np.testing.assert_array_equal(dm.mask, load_mask(root / "TSA_simu_data" / "mask.mat"))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["cube"].shape == (4, 28, CROP, CROP) and batch["mask"].shape == (CROP, CROP)
+    assert 300 / 65536 <= float(batch["cube"].min()) and float(batch["cube"].max()) < 1  # 16-bit counts / 65536
+
+
+def test_recipe_data_errors_name_what_is_missing(tmp_path):
+    from data.layouts import find_training_data
+    with pytest.raises(ValueError, match=r"cave_1024_28.*configs/data/synthetic.yaml"):
+        find_training_data("mst_simulation", None, None)
+    with pytest.raises(FileNotFoundError, match=r"data folder not found: .*absent.*configs/data/synthetic.yaml"):
+        find_training_data("mst_simulation", str(tmp_path / "absent"), None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds neither cave_1024_28/ nor .mat cubes"):
+        find_training_data("mst_simulation", str(tmp_path / "empty"), None)
+    root = mst_toolbox(tmp_path)
+    (root / "TSA_simu_data" / "mask.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"TSA_simu_data/mask.mat.*pass --data.mask"):
+        find_training_data("mst_simulation", str(root / "cave_1024_28"), None)
+    np.save(tmp_path / "mask.npy", np.ones((CROP, CROP), np.float32))
+    assert find_training_data("mst_simulation", str(root), str(tmp_path / "mask.npy")).mask == tmp_path / "mask.npy"
+    with pytest.raises(FileNotFoundError, match="no CAVE_512_28/ folder"):
+        find_training_data("mst_real", str(root), None)
+    with pytest.raises(ValueError, match="source is 'synthetic'"):
+        find_training_data("synthetic", str(root), None)
+
+
+def test_mst_real_layout_reads_both_datasets_with_their_keys(tmp_path):
+    from scipy.io import loadmat, savemat
+    from data.layouts import find_training_data
+    rng = np.random.default_rng(0)
+    root = tmp_path / "datasets"
+    for folder, key, data in (("CAVE_512_28", "data_slice", rng.integers(0, 65535, (24, 24, 28), dtype=np.uint16)),
+                              ("KAIST_CVPR2021", "HSI", rng.random((24, 24, 28)))):
+        (root / folder).mkdir(parents=True)
+        savemat(root / folder / "scene1.mat", {key: data})
+    (root / "TSA_real_data").mkdir()
+    savemat(root / "TSA_real_data" / "mask.mat", {"mask": rng.random((30, 30))})
+    found = find_training_data("mst_real", str(root), None)
+    cave, kaist = (f.load() for f in found.files())
+    stored = loadmat(root / "CAVE_512_28" / "scene1.mat")["data_slice"].astype(np.float64)
+    np.testing.assert_allclose(cave, np.transpose(stored, (2, 0, 1)) / 65535.0, rtol=1e-6)
+    assert kaist.shape == (28, 24, 24) and found.mask.name == "mask.mat"
+
+
+def test_check_finds_data_errors_before_any_cube_is_read(tmp_path):
+    root = mst_toolbox(tmp_path, n_cave=2)
+    few = CassiDataModule(root=str(root), source="mst_simulation", val_scenes=2, crop=CROP)
+    with pytest.raises(ValueError, match="2 cube file.*cannot hold out 2 of 2"):
+        few.check("fit")
+    wrong_crop = CassiDataModule(root=str(root), source="mst_simulation", val_scenes=1, crop=8)
+    with pytest.raises(ValueError, match=r"\(16, 16\); crop=8 needs exactly 8 x 8: set --data.crop 16 .*mask_crop"):
+        wrong_crop.check("fit")
+    too_big = CassiDataModule(root=str(root), source="mst_simulation", val_scenes=1, crop=32, mask_crop="batch")
+    with pytest.raises(ValueError, match="needs at least 32 x 32"):
+        too_big.check("fit")
+    CassiDataModule(root=str(root), source="mst_simulation", val_scenes=1, crop=CROP).check("fit")
+    with pytest.raises(ValueError, match="mask_crop must be one of"):
+        CassiDataModule(mask_crop="first")
+
+
+def test_batch_mask_crop_shares_the_first_samples_window(tmp_path):
+    big = np.random.default_rng(1).random((40, 36)).astype(np.float32)
+    np.save(tmp_path / "mask.npy", big)
+    per_sample = _module(mask=str(tmp_path / "mask.npy"), mask_crop="sample")
+    per_batch = _module(mask=str(tmp_path / "mask.npy"), mask_crop="batch")
+    a, b = next(iter(per_sample.train_dataloader())), next(iter(per_batch.train_dataloader()))
+    assert a["mask"].shape == (4, CROP, CROP) and b["mask"].shape == (CROP, CROP)
+    assert torch.equal(b["mask"], a["mask"][0]) and torch.equal(b["cube"], a["cube"])
+    assert next(iter(per_batch.val_dataloader()))["mask"].shape == (CROP, CROP)
+
+
+def test_test_set_is_evals_synthetic_scenes_or_the_mst_test_folder(tmp_path):
+    from data.kaist import mst_scenes, synthetic_scenes
+    dm = CassiDataModule(crop=CROP, test_scenes=3)
+    dm.setup("test")
+    expected = synthetic_scenes(3, CROP, CROP, seed=0)
+    assert dm.test_names == ["synthetic01", "synthetic02", "synthetic03"]
+    batches = list(dm.test_dataloader())
+    assert len(batches) == 3 and all(b["cube"].shape == (1, 28, CROP, CROP) for b in batches)
+    assert torch.equal(batches[1]["cube"][0], expected[1].cube)
+    assert torch.equal(batches[0]["mask"], torch.from_numpy(dm.training_mask()))
+    root = mst_toolbox(tmp_path)
+    dm = CassiDataModule(root=str(root), source="mst_simulation", crop=CROP)
+    dm.setup("predict")
+    assert dm.test_names == ["scene01", "scene02"]
+    assert torch.equal(next(iter(dm.predict_dataloader()))["cube"][0], mst_scenes(root / "TSA_simu_data")[0].cube)
+    with pytest.raises(FileNotFoundError, match="TSA_simu_data layout"):
+        CassiDataModule(test_root=str(tmp_path)).check("test")

@@ -33,7 +33,7 @@ from cassi.operator_file import save_operator
 from cli_checks import user_error
 from data.io import load_cube, load_mask
 from data.synthetic import random_mask, synthetic_scene
-from evaluation.scenes import synthetic_mask
+from data.kaist import synthetic_mask
 from models import create_model, load_release
 from models.release import ReleaseError, open_release, state_dict_sha256
 from training.cli import AtomicCheckpointIO
@@ -399,11 +399,11 @@ def test_nan_weights_in_a_release_are_refused(files, tmp_path):
     """Issue: NaN weights passed export and load_release (here: a forged release with consistent hashes)."""
     out = tmp_path / "release"
     assert ev("export", "--ckpt", files / "mst_s.pth", "--model", "mst_s", "--mask", files / "mask.mat", "--out", out) == 0
-    tensors = load_file(out / "weights.safetensors")
+    tensors = load_file(out / "model.safetensors")
     tensors["mapping.weight"] = torch.full_like(tensors["mapping.weight"], float("nan"))
-    save_file(tensors, out / "weights.safetensors")
+    save_file(tensors, out / "model.safetensors")
     forge_release(out, lambda c: c["weights"].update(state_sha256=state_dict_sha256(tensors)))
-    with pytest.raises(ReleaseError, match=r"weights.safetensors: 1 tensor\(s\) hold NaN or Inf values"):
+    with pytest.raises(ReleaseError, match=r"model.safetensors: 1 tensor\(s\) hold NaN or Inf values"):
         load_release(out)
 
 

@@ -15,11 +15,12 @@ import scipy.io
 import torch
 
 from cassi import CassiOperator, Mismatch
+from cassi.metrics import kaist_metrics
 from cassi.operator_file import save_operator
-from evaluation.protocol import METRICS, mean_row, scene_metrics
+from data.kaist import synthetic_mask, synthetic_scenes
+from evaluation.protocol import METRICS, mean_row
 from evaluation.reconstructors import GapTV
 from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios
-from evaluation.scenes import synthetic_mask, synthetic_scenes
 
 eval_cli = importlib.import_module("eval")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,9 +70,9 @@ def test_kaist_synthetic_gap_tv_writes_every_report(tmp_path, capsys):
 def test_scene_metrics_rank_a_better_reconstruction_higher():
     cube = synthetic_scenes(1, 32, 32)[0].cube
     close, far = cube + 0.01, cube + 0.1
-    good, bad = scene_metrics(close, cube), scene_metrics(far, cube)
+    good, bad = kaist_metrics(close, cube), kaist_metrics(far, cube)
     assert good["psnr"] > bad["psnr"] and good["ssim"] > bad["ssim"] and good["ergas"] < bad["ergas"]
-    assert scene_metrics(cube, cube)["sam"] == pytest.approx(0.0, abs=1e-6)
+    assert kaist_metrics(cube, cube)["sam"] == pytest.approx(0.0, abs=1e-6)
     assert math.isnan(mean_row([])["psnr"])
 
 

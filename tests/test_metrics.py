@@ -4,6 +4,7 @@ import pytest
 import torch
 from scipy.signal import correlate2d
 from skimage.metrics import structural_similarity
+from torchmetrics.functional.image import peak_signal_noise_ratio as tm_psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
 from cassi.metrics import (ReconstructionMetrics, ergas, kaist_psnr, kaist_ssim, psnr, quantize_8bit, sam,
@@ -85,6 +86,16 @@ def test_torchmetrics_default_ssim_differs_but_its_cropped_map_agrees():
     _, full = tm_ssim(p, t, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0,
                       return_full_image=True)
     assert abs(full[..., 5:-5, 5:-5].mean().item() - ours.item()) < 1e-10
+
+
+def test_torchmetrics_psnr_agrees_only_to_float32_rounding():
+    """Why kaist_psnr keeps its own three lines: torchmetrics' per-band PSNR is not csnr.m to the last bit."""
+    pred, target = _pair()
+    ours = kaist_psnr(pred, target)
+    per_band = tm_psnr(quantize_8bit(pred), quantize_8bit(target), data_range=255.0, reduction="none", dim=(2, 3))
+    theirs = per_band.reshape(2, -1).mean(dim=1)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    assert not torch.equal(theirs, ours)
 
 
 def test_sam_degrees_and_zero_spectra():

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cassi import CassiOperator
-from evaluation.scenes import synthetic_mask
+from data.kaist import synthetic_mask
 from models import create_model, load_release
 from models.release import ReleaseError, open_release, state_dict_sha256
 from conftest import shared_path
@@ -67,7 +67,7 @@ def edit_config(folder, change):
 def test_export_then_load_release_gives_the_same_network(release):
     folder, original = release
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "mask.npy",
-                                                        "weights.safetensors"]
+                                                        "model.safetensors"]
     loaded = load_release(folder)
     assert not loaded.training
     for key, value in original.state_dict().items():
@@ -119,12 +119,12 @@ def test_export_does_not_overwrite_without_force(release, tmp_path, capsys):
     random_mst_s(tmp_path, seed=1)                                   # other weights, same file name
     args = ["export", "--ckpt", tmp_path / "mst_s.pth", "--model", "mst_s", "--mask", tmp_path / "mask.npy",
             "--out", folder]
-    before = (folder / "weights.safetensors").read_bytes()
+    before = (folder / "model.safetensors").read_bytes()
     assert run_cli(*args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert (folder / "weights.safetensors").read_bytes() == before
+    assert (folder / "model.safetensors").read_bytes() == before
     assert run_cli(*args, "--force") == 0
-    assert (folder / "weights.safetensors").read_bytes() != before
+    assert (folder / "model.safetensors").read_bytes() != before
     load_release(folder)
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
 
@@ -151,7 +151,7 @@ def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
     for key, value in module.model.state_dict().items():
         assert torch.equal(opened.model.state_dict()[key], value), key
     from data.datamodule import CassiDataModule
-    expected_mask = CassiDataModule(**datamodule_hparams)._load_mask()
+    expected_mask = CassiDataModule(**datamodule_hparams).training_mask()
     assert np.array_equal(opened.mask.numpy(), expected_mask)
     assert opened.config["source"]["kind"] == "lightning" and opened.config["source"]["epoch"] == "4"
 
@@ -171,18 +171,18 @@ def test_official_toolbox_fixture_exports_and_reproduces_its_output(tmp_path):
 # ---------------------------------------------------------------------------------------------- tampering
 def test_modified_weights_byte_is_refused(release):
     folder, _ = release
-    data = bytearray((folder / "weights.safetensors").read_bytes())
+    data = bytearray((folder / "model.safetensors").read_bytes())
     data[-5] ^= 0x01
-    (folder / "weights.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ReleaseError, match=r"weights\.safetensors: SHA-256 .* does not match SHA256SUMS"):
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match=r"model\.safetensors: SHA-256 .* does not match SHA256SUMS"):
         load_release(folder)
 
 
 def test_modified_weights_with_recomputed_checksums_are_refused(release):
     folder, _ = release
-    tensors = load_file(folder / "weights.safetensors")
+    tensors = load_file(folder / "model.safetensors")
     tensors["mapping.weight"] = tensors["mapping.weight"] * 1.01
-    save_file(tensors, folder / "weights.safetensors")
+    save_file(tensors, folder / "model.safetensors")
     rewrite_checksums(folder)
     with pytest.raises(ReleaseError, match="weights do not match the state_sha256"):
         load_release(folder)
@@ -190,9 +190,9 @@ def test_modified_weights_with_recomputed_checksums_are_refused(release):
 
 def test_weights_of_another_shape_are_refused(release):
     folder, _ = release
-    tensors = load_file(folder / "weights.safetensors")
+    tensors = load_file(folder / "model.safetensors")
     tensors["mapping.weight"] = torch.zeros(27, 28, 3, 3)
-    save_file(tensors, folder / "weights.safetensors")
+    save_file(tensors, folder / "model.safetensors")
     state = {**tensors}
     edit_config(folder, lambda c: c["weights"].update(state_sha256=state_dict_sha256(state)))
     with pytest.raises(ReleaseError, match=r"shape mismatches: mapping\.weight \(27, 28, 3, 3\) vs \(28, 28, 3, 3\)"):
@@ -217,8 +217,8 @@ def test_mask_of_another_shape_is_refused(release):
 def test_checksum_list_must_cover_the_release(release):
     folder, _ = release
     sums = (folder / "SHA256SUMS").read_text().splitlines()
-    (folder / "SHA256SUMS").write_text("\n".join(line for line in sums if "weights" not in line) + "\n")
-    with pytest.raises(ReleaseError, match=r"does not list \['weights.safetensors'\]"):
+    (folder / "SHA256SUMS").write_text("\n".join(line for line in sums if "model.safetensors" not in line) + "\n")
+    with pytest.raises(ReleaseError, match=r"does not list \['model.safetensors'\]"):
         load_release(folder)
     (folder / "SHA256SUMS").unlink()
     with pytest.raises(ReleaseError, match="not a release"):
@@ -241,3 +241,49 @@ def test_evaluating_a_release_with_another_mask_is_flagged(release, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert len(results["warnings"]) == 1 and "not the mask released with the network" in results["warnings"][0]
     assert "**warning**" in (out / "results.md").read_text()
+
+
+# --------------------------------------------------------------------------------------- model cards
+def test_card_of_a_trained_checkpoint_states_its_recipe_validation_and_what_was_evaluated(tmp_path):
+    from test_train import CONFIGS, one_step
+    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--ckpt", ckpt, "--synthetic.count", 3, "--limit", 2, "--previews", 0, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["description"].startswith("the first 2 of 3 built-in synthetic scenes")
+    assert results["data"]["available"] == 3 and len(results["scenes"]) == 2
+    release = tmp_path / "release"
+    assert run_cli("export", "--ckpt", ckpt, "--results", out / "results.json", "--out", release) == 0
+    assert sorted(p.name for p in release.iterdir()) == ["README.md", "SHA256SUMS", "config.json", "mask.npy",
+                                                         "metrics.json", "model.safetensors"]
+    opened = open_release(release)
+    training = opened.config["training"]
+    assert training["module"] == "training.ReconstructionModule" and training["hyper_parameters"]["loss"] == "rmse"
+    assert training["data"]["crop"] == 32 and training["global_step"] == 1
+    assert training["validation"]["scenes"] == ["synthetic_scene_0", "synthetic_scene_1"]
+    assert training["validation"]["monitor"] == "val/psnr" and np.isfinite(training["validation"]["score"])
+    card = (release / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "- cassi" in front and f"value: {results['mean']['psnr']:.4f}" in front
+    assert "on 2 built-in synthetic scenes 32x32 (seed 0; the first 2 of 3), scenario I" in body
+    assert "| synthetic01 |" in body and "| synthetic02 |" in body and "synthetic03" not in body
+    assert f"| **mean of 2** | {results['mean']['psnr']:.2f} |" in body
+    assert "the release's mask." in body and opened.config["mask"]["sha256"] in body
+    assert f"val/psnr of these weights: {training['validation']['score']:.3f}" in body
+    assert "loss `rmse`" in body and "schedule cosine" in body and "never KAIST test scenes" in body
+
+
+def test_results_that_do_not_add_up_are_not_embedded(release, tmp_path, capsys):
+    folder, _ = release
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--release", folder, "--synthetic.count", 2, "--previews", 0, "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    for edit, message in ((lambda r: r["mean"].update(psnr=r["mean"]["psnr"] + 1), "is not the mean of its 2"),
+                          (lambda r: r["scenes"].pop(), "are not the scenes it says it evaluated")):
+        edited = json.loads(json.dumps(results))
+        edit(edited)
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        assert run_cli("export", "--ckpt", folder, "--results", tmp_path / "edited.json", "--out", tmp_path / "r") == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()

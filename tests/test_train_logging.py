@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from test_train import fit
 
@@ -45,9 +47,9 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def history_keys(run_dir: Path, timeout: float = 60.0) -> dict[str, list]:
-    """{metric: values} of the run's history records, once the run's closing ``exit`` record is on disk
-    (the W&B service may still be writing when ``wandb.finish()`` returns)."""
+def run_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The parsed records of a run's ``.wandb`` log, once its closing ``exit`` record is on disk (the W&B
+    service may still be writing when ``wandb.finish()`` returns)."""
     from wandb.proto import wandb_internal_pb2
     deadline = time.monotonic() + timeout
     while True:
@@ -57,15 +59,43 @@ def history_keys(run_dir: Path, timeout: float = 60.0) -> dict[str, list]:
             record.ParseFromString(data)
             records.append(record)
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
-            break
+            return records
         time.sleep(0.5)
+
+
+def history_keys(run_dir: Path) -> dict[str, list]:
+    """{metric: values} of the run's history records."""
     values: dict[str, list] = {}
-    for record in records:
+    for record in run_records(run_dir):
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
                 values.setdefault(key, []).append(json.loads(item.value_json))
     return values
+
+
+def run_config(run_dir: Path) -> dict:
+    """The run's config as W&B stored it ({key: value})."""
+    config = {}
+    for record in run_records(run_dir):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
+
+
+def artifacts(run_dir: Path) -> list:
+    return [r.artifact for r in run_records(run_dir) if r.WhichOneof("record_type") == "artifact"]
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch):
+    import wandb
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield
+    wandb.finish()
 
 
 def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
@@ -100,3 +130,59 @@ def test_tensorboard_logger_is_selectable(tmp_path):
     tags = accumulator.Tags()
     assert {"val/psnr", "train/loss", "lr-Adam"} <= set(tags["scalars"])
     assert {"preview/reconstruction", "preview/spectra"} <= set(tags["images"])
+
+
+def test_wandb_run_holds_the_resolved_config_the_scene_table_and_checkpoints(tmp_path, offline_wandb):
+    import wandb
+    fit(SMOKE, tmp_path, *RUN, "--trainer.logger.log_model", "all", logger=True)
+    wandb.finish()
+    (run,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    run_id = run.name.rsplit("-", 1)[1]
+    config = run_config(run)
+    # the whole resolved CLI config: trainer, model (class path + init args), data, seed, and provenance
+    assert config["trainer"]["max_epochs"] == 1 and config["trainer"]["default_root_dir"] == str(tmp_path)
+    assert config["model"]["class_path"] == "training.ReconstructionModule"
+    assert config["model"]["init_args"]["model_name"] == "mst_s" and config["data"]["crop"] == 32
+    assert config["seed_everything"] == 0 and config["checkpoint"]["monitor"] == "val/psnr"
+    provenance = config["provenance"]
+    assert provenance["class_paths"]["data"] == "data.datamodule.CassiDataModule"
+    assert provenance["class_paths"]["loggers"] == ["training.loggers.CassiWandbLogger"]
+    assert provenance["git"]["commit"] is None or len(provenance["git"]["commit"]) == 40
+    # the config file: one per run in the run folder, and uploaded with the run
+    (saved,) = list((tmp_path / "configs").glob(f"fit-*-{run_id}.yaml"))
+    assert (run / "files" / saved.name).read_text() == saved.read_text()
+    assert yaml.safe_load(saved.read_text())["model"]["init_args"]["model_name"] == "mst_s"
+    # per-scene validation table (metrics + thumbnails) and spectra as line plots
+    history = history_keys(run)
+    assert history["val/scenes/_type"] == ["table-file"] and history["val/scenes/nrows"] == [2]
+    tables = {a.name.split("-")[2]: a for a in artifacts(run) if a.type == "run_table"}
+    thumbnails = [c.path for c in tables["valscenes"].manifest.contents if c.path.endswith(".png")]
+    assert len(thumbnails) == 6                                   # 2 scenes x (reconstruction, truth, error)
+    table = json.loads(next((run / "files" / "media" / "table" / "val").glob("scenes_*.table.json")).read_text())
+    assert table["columns"][:4] == ["scene", "psnr", "ssim", "sam"]
+    assert [row[0] for row in table["data"]] == ["synthetic_scene_0", "synthetic_scene_1"]
+    assert table["data"][0][1] == pytest.approx(history["val_scene/synthetic_scene_0/psnr"][-1])
+    assert {"val_spectra/synthetic_scene_0_table/_type", "val_spectra/synthetic_scene_1_table/_type"} <= set(history)
+    assert any(key.startswith("_wandb/visualize/val_spectra/") for key in config)   # rendered as line charts
+    # checkpoints as model artifacts (offline: kept for wandb sync)
+    models = [a for a in artifacts(run) if a.type == "model"]
+    assert models and all([c.path for c in a.manifest.contents] == ["model.ckpt"] for a in models)
+
+
+def test_resume_continues_the_same_wandb_run_and_keeps_every_config(tmp_path, offline_wandb):
+    import wandb
+    common = [*RUN, "--trainer.max_epochs", "2", "--data.samples_per_epoch", "2"]
+    fit(SMOKE, tmp_path, *common, "--trainer.max_steps", "1", logger=True)
+    wandb.finish()
+    (first,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    run_id = first.name.rsplit("-", 1)[1]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["wandb"] == {"run_id": run_id}
+    resumed = fit(SMOKE, tmp_path, *common, "--ckpt_path", "last", logger=True)
+    assert resumed.trainer.global_step == 2 and resumed.trainer.logger.experiment.id == run_id
+    wandb.finish()
+    pieces = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(pieces) == 2 and all(p.name.endswith(f"-{run_id}") for p in pieces)
+    assert 2 in history_keys(pieces[1])["trainer/global_step"]          # the second session's steps, same run
+    configs = sorted((tmp_path / "configs").glob(f"fit-*-{run_id}*.yaml"))
+    assert len(configs) == 2                                            # one per session, none overwritten
+    assert yaml.safe_load(configs[1].read_text())["ckpt_path"] == "last"

@@ -1,40 +1,39 @@
-"""Callbacks: validation previews (images in the run folder and the loggers) and the end-of-run summary."""
+"""Callbacks: validation previews (images in the run folder, W&B tables), the run's configuration, the W&B run of
+a checkpoint, prediction files and the end-of-run summary."""
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from matplotlib.figure import Figure
+import torch
+import yaml
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from scipy.io import savemat
 
-from data.io import voc_palette
-from cassi.files import save_figure
-from evaluation.previews import save_comparison, save_spectra
-from training.loggers import log_image_file
+from cassi.files import atomic_path, write_text
+from data.previews import save_comparison, save_segmentation, save_spectra
+from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
-
-def save_segmentation(path: Path, pred: np.ndarray, labels: np.ndarray, n_class: int, title: str) -> Path:
-    """Predicted | true class maps (H, W) side by side in the PASCAL-VOC palette."""
-    palette = voc_palette(n_class)
-    figure = Figure(figsize=(7, 3.6), layout="constrained")
-    axes = figure.subplots(1, 2)
-    for axis, classes, name in zip(axes, (pred, labels), ("predicted classes", "true classes")):
-        axis.imshow(palette[np.clip(classes, 0, n_class - 1)])
-        axis.set_title(name)
-        axis.set_axis_off()
-    figure.suptitle(title)
-    return save_figure(figure, path, dpi=100)
+REPO = Path(__file__).resolve().parents[1]
+PREDICTION_FORMATS = (".mat", ".npz")
 
 
 class ValidationPreviews(pl.Callback):
     """After validation (rank 0): the first held-out crop's reconstruction next to its ground truth with the
-    error map, spectra at four probe pixels and, for joint models, the class maps.
+    error map, spectra at four probe pixels and, for joint models, the class maps; with W&B, a table of every
+    held-out scene (metrics and thumbnails) and their spectra as line plots.
 
     PNGs go to ``<default_root_dir>/previews/epochNNN_*.png`` (atomic writes) and to every logger that takes
-    images (W&B media, TensorBoard).
+    images (W&B media, TensorBoard). Under DDP the table holds the scenes of rank 0's share of the crops.
 
     Args:
         every_n_epochs: render every n-th validation epoch (0: never).
@@ -45,27 +44,151 @@ class ValidationPreviews(pl.Callback):
             raise ValueError(f"every_n_epochs must be >= 0, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        preview = getattr(pl_module, "preview", None)
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        samples = getattr(pl_module, "val_samples", None)
         epoch = trainer.current_epoch
-        if (trainer.sanity_checking or not trainer.is_global_zero or preview is None or not self.every_n_epochs
+        if (trainer.sanity_checking or not trainer.is_global_zero or not samples or not self.every_n_epochs
                 or epoch % self.every_n_epochs):
             return
+        first = samples[0]
         folder = Path(trainer.default_root_dir) / "previews"
-        title = f"epoch {epoch}, step {trainer.global_step}" + (f", {preview['scene']}" if preview["scene"] else "")
+        title = f"epoch {epoch}, step {trainer.global_step}" + (f", {first['scene']}" if first["scene"] else "")
         files = {
             "preview/reconstruction": save_comparison(folder / f"epoch{epoch:03d}_comparison.png",
-                                                      preview["pred"], preview["target"], title),
+                                                      first["pred"], first["target"], title),
             "preview/spectra": save_spectra(folder / f"epoch{epoch:03d}_spectra.png",
-                                            preview["pred"], preview["target"], title),
+                                            first["pred"], first["target"], title),
         }
-        if "pred_labels" in preview:
+        if "pred_labels" in first:
             files["preview/segmentation"] = save_segmentation(
-                folder / f"epoch{epoch:03d}_segmentation.png", preview["pred_labels"].numpy(),
-                preview["labels"].numpy(), int(pl_module.n_class), title)
+                folder / f"epoch{epoch:03d}_segmentation.png", first["pred_labels"].numpy(),
+                first["labels"].numpy(), int(pl_module.n_class), title)
         for logger in trainer.loggers:
             for key, path in files.items():
                 log_image_file(logger, key, path, trainer.global_step, caption=title)
+            if isinstance(logger, WandbLogger):
+                log_validation_scenes(logger, samples, scene_metrics(trainer.callback_metrics), trainer.global_step)
+
+
+def scene_metrics(callback_metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{scene: {metric: value}} from the logged ``val_scene/<scene>/<metric>`` values."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in callback_metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "val_scene":
+            table.setdefault(parts[1], {})[parts[2]] = float(value)
+    return table
+
+
+def git_state(folder: Path = REPO) -> dict[str, Any]:
+    """{"commit": hash or None, "dirty": uncommitted changes or None} of the code's git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+class RunConfig(SaveConfigCallback):
+    """The resolved configuration of every run, never overwritten: ``<default_root_dir>/configs/<stage>-<UTC
+    time>[-<W&B run id>].yaml`` (re-runnable with ``--config``; provenance in its header comments), and on a W&B
+    run its whole content (trainer, model, data, seed, checkpointing, class paths, git commit) as the run's
+    config plus the file itself uploaded with the run."""
+
+    def __init__(self, parser: Any, config: Any, **kwargs: Any):
+        super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
+
+    def provenance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        datamodule = trainer.datamodule
+        return {
+            "class_paths": {
+                "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+                "data": None if datamodule is None else f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+                "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
+                "loggers": [f"{type(lg).__module__}.{type(lg).__qualname__}" for lg in trainer.loggers],
+            },
+            "seed": self.config.get("seed_everything"),
+            "git": git_state(),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "lightning": str(pl.__version__)},
+        }
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Any) -> None:
+        stage = str(getattr(stage, "value", stage))                  # Lightning passes a TrainerFn
+        text = self.parser.dump(self.config, skip_none=False)
+        provenance = self.provenance(trainer, pl_module)
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        run_id = wandb_loggers[0].experiment.id if wandb_loggers else None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        folder = Path(trainer.default_root_dir) / "configs"
+        stem = f"{stage}-{stamp}" + (f"-{run_id}" if run_id else "")
+        path, k = folder / f"{stem}.yaml", 1
+        while path.exists():
+            k += 1
+            path = folder / f"{stem}-{k}.yaml"
+        header = "".join(f"# {line}\n" for line in yaml.safe_dump(provenance, sort_keys=False).splitlines())
+        write_text(path, f"# train.py {stage}: resolved configuration (re-run with --config this file)\n{header}{text}")
+        for logger in wandb_loggers:
+            log_run_config(logger, {**yaml.safe_load(text), "provenance": provenance}, path)
+
+
+class WandbRunId(pl.Callback):
+    """Records the W&B run id in every checkpoint (``checkpoint["wandb"]["run_id"]``), so that ``train.py fit
+    --ckpt_path`` continues that run instead of opening a new one."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint["wandb"] = {"run_id": logger.version}
+                return
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The W&B run id a checkpoint of this project records, or None."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a readable zip checkpoint: Lightning reports that itself when it loads it
+        return None
+    record = raw.get("wandb") if isinstance(raw, dict) else None
+    return record.get("run_id") if isinstance(record, dict) else None
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``train.py predict``'s reconstructions to one file (atomically), after the last scene.
+
+    ``.mat``: the MST toolbox's test layout, ``pred`` and ``truth`` (N, H, W, L) float32 (as its ``test.py``
+    saves them) and ``scenes`` (names). ``.npz``: ``pred`` and ``truth`` (N, L, H, W) float32 and ``names``.
+
+    Args:
+        path: output file; None -> ``<default_root_dir>/predictions.mat``.
+    """
+
+    def __init__(self, path: str | None = None):
+        super().__init__(write_interval="epoch")
+        if path is not None and Path(path).suffix.lower() not in PREDICTION_FORMATS:
+            raise ValueError(f"--predictions.path {path}: the file must end in .mat or .npz")
+        self.path = path
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        if not trainer.is_global_zero or not predictions:
+            return
+        pred = torch.cat([p["pred"] for p in predictions]).numpy()
+        truth = torch.cat([p["truth"] for p in predictions]).numpy()
+        names = [name for p in predictions for name in p["names"]]
+        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "predictions.mat"
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            if path.suffix.lower() == ".mat":
+                savemat(handle, {"pred": pred.transpose(0, 2, 3, 1), "truth": truth.transpose(0, 2, 3, 1),
+                                 "scenes": np.array(names, dtype=object)})
+            else:
+                np.savez_compressed(handle, pred=pred, truth=truth, names=np.array(names))
+        print(f"wrote {len(names)} reconstruction(s) to {path}")
 
 
 class RunSummary(pl.Callback):
@@ -88,14 +211,16 @@ def summary_text(trainer: pl.Trainer) -> str:
         lines.append("  resume with: python train.py fit --config <same config> --ckpt_path last")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
     for logger in trainer.loggers:
-        lines.append(f"  {_logger_location(logger)}")
+        lines.append(f"  {logger_location(logger)}")
     return "\n".join(lines)
 
 
-def _logger_location(logger: Any) -> str:
+def logger_location(logger: Any) -> str:
     if isinstance(logger, WandbLogger):
         run_dir = Path(logger.experiment.dir).parent
         if getattr(logger.experiment, "offline", False):
-            return f"W&B offline run: {run_dir}  (upload: wandb sync {run_dir})"
+            # a resumed run has one folder per session; wandb sync uploads them in order into the one run
+            pieces = run_dir.parent / f"offline-run-*-{logger.experiment.id}"
+            return f"W&B offline run: {run_dir}  (upload: wandb sync {pieces})"
         return f"W&B run: {logger.experiment.url}"
     return f"{type(logger).__name__}: {logger.log_dir}"

@@ -1,14 +1,21 @@
 """``train.py``: LightningCLI with the project's defaults.
 
+* subcommands: ``fit`` (train), ``validate``, ``test`` (the KAIST protocol on a checkpoint, the numbers of
+  ``eval.py kaist``), ``predict`` (reconstructions to ``--predictions.path``, ``.mat`` or ``.npz``).
 * model: ``training.ReconstructionModule`` or ``training.JointModule`` (``model.class_path`` in the YAML);
-  data: :class:`data.CassiDataModule` (synthetic scenes unless ``--data.root`` names a folder of cubes).
+  data: :class:`data.CassiDataModule` (``--data.source`` / ``--data.root``: the recipe's MST toolbox layout,
+  a folder of cubes, or built-in synthetic scenes).
+* before any work: options, the accelerator, ``--ckpt_path``, the data (folders, mask, held-out split; then the
+  data themselves are loaded) and the model's mask handling are checked; a mistake ends in one line
+  ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`); errors of the run itself keep their traceback.
 * checkpoints (``--checkpoint.*``): best by ``val/psnr`` and ``last.ckpt`` in ``<default_root_dir>/checkpoints``,
-  so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir``.
+  so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run).
 * logger: :class:`training.loggers.CassiWandbLogger` (offline without ``WANDB_API_KEY``) writing under
   ``default_root_dir``; ``--trainer.logger CSVLogger`` / ``TensorBoardLogger`` (their ``save_dir`` defaults to
   ``default_root_dir`` too: it is linked) or ``--trainer.logger false``.
-* callbacks: learning-rate monitor (when there is a logger), validation previews (``--previews.*``), and a
-  summary printed at the end.
+* callbacks: learning-rate monitor (when there is a logger), validation previews (``--previews.*``), the run's
+  configuration (:class:`training.callbacks.RunConfig`), the W&B run id in checkpoints, prediction files and a
+  summary printed at the end of ``fit``.
 """
 from __future__ import annotations
 
@@ -18,15 +25,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+from cassi import CassiOperator
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
 from cassi.files import atomic_path
 from data.datamodule import CassiDataModule
-from training.callbacks import RunSummary, ValidationPreviews
+from training.acceleration import check_accelerator
+from training.callbacks import (PredictionWriter, RunConfig, RunSummary, ValidationPreviews, WandbRunId,
+                                checkpoint_run_id)
 from training.modules import CassiModule
 
 DEFAULT_ROOT = "runs/default"
@@ -96,8 +108,51 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> None:
                         f"'eval.py kaist --model NAME --ckpt {path}'")
 
 
+def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> None:
+    """Per-sample mask windows (``mask_crop: sample``) with a network that reads only the first sample's mask
+    (MST's mask attention) would fail at the first step: ask for ``mask_crop: batch`` before any work.
+
+    The network is asked through its own ``prepare_inputs`` on a zero measurement of two samples with
+    different random masks, at the crop size."""
+    if datamodule.mask_crop != "sample" or datamodule.hparams.batch_size < 2:
+        return
+    crop, bands, step = datamodule.hparams.crop, module.hparams.bands, module.hparams.step
+    masks = (torch.rand(2, crop, crop, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    op = CassiOperator(masks, bands, step)
+    try:
+        module.model.prepare_inputs(torch.zeros(2, crop, op.measurement_width), op)
+    except ValueError as err:
+        raise ValueError(f"--data.mask_crop sample gives every sample its own mask window, but "
+                         f"{module.hparams.model_name} cannot take per-sample masks ({err}); use --data.mask_crop "
+                         "batch (one window per batch) or --data.batch_size 1") from None
+
+
+def resolve_checkpoint(ckpt_path: str, dirpath: str | None) -> Path | None:
+    """The file ``--ckpt_path`` names: ``last`` / ``best`` are looked up in the checkpoint folder."""
+    if ckpt_path in SPECIAL_CKPT_PATHS or ckpt_path.startswith("registry"):
+        if ckpt_path != "last" or dirpath is None or not Path(dirpath).is_dir():
+            return None
+        candidates = sorted(Path(dirpath).glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return candidates[-1] if candidates else None
+    return Path(ckpt_path)
+
+
+def _logger_config(trainer: Namespace) -> Namespace | None:
+    """The W&B logger's config Namespace (class_path + init_args) of the trainer config, or None."""
+    logger = trainer.get("logger")
+    if not isinstance(logger, Namespace) or not isinstance(logger.get("class_path"), str):
+        return None
+    module, _, name = logger.class_path.rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return None
+    return logger if isinstance(cls, type) and issubclass(cls, WandbLogger) else None
+
+
 class CassiCLI(LightningCLI):
-    """LightningCLI that fills run-folder defaults and adds the project's callbacks."""
+    """LightningCLI that fills run-folder defaults, checks inputs before any work and adds the project's
+    callbacks."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -107,6 +162,7 @@ class CassiCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ValidationPreviews, "previews")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
     def instantiate_classes(self) -> None:
@@ -119,26 +175,57 @@ class CassiCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir, "checkpoints")
+        check_accelerator(config.trainer.accelerator, config.trainer.devices)
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            self._continue_wandb_run(config)
+
+    @staticmethod
+    def _continue_wandb_run(config: Namespace) -> None:
+        """Resuming from a checkpoint continues the W&B run that wrote it (unless an id is given)."""
+        logger = _logger_config(config.trainer)
+        path = resolve_checkpoint(str(config.ckpt_path), config.checkpoint.dirpath)
+        if logger is None or path is None or not path.is_file():
+            return
+        run_id = checkpoint_run_id(path)
+        init_args = logger.get("init_args") or Namespace()
+        if run_id and not init_args.get("id"):
+            init_args.id = run_id                     # WandbLogger resumes an existing id ("allow")
+            logger.init_args = init_args
 
     def check_before_run(self, stage: str) -> None:
         """User errors surface here, before any file is written: a ``--ckpt_path`` that is not a Lightning
-        checkpoint, and every data problem (``datamodule.setup(stage)`` runs now; Lightning's own call is then
-        a no-op). Errors raised later, by the run itself, keep their traceback (:class:`MarkRunErrors`)."""
+        checkpoint, every data problem (first from folder listings and the mask, ``datamodule.check``, then
+        ``datamodule.setup(stage)`` loads the data now; Lightning's own call is then a no-op), per-sample masks
+        for a network that reads only the first, a test run on several devices. Errors raised later, by the run
+        itself, keep their traceback (:class:`MarkRunErrors`)."""
         check_resume_checkpoint(self.config[self.subcommand].get("ckpt_path"))
         if self.datamodule is not None:
+            self.datamodule.check(stage)
+            if stage == "fit":
+                check_mask_handling(self.model, self.datamodule)
             self.datamodule.setup(stage)
+        if stage in ("test", "predict") and self.trainer.world_size > 1:
+            raise UserError(f"train.py {stage} runs the KAIST protocol scene by scene on one device: pass "
+                            "--trainer.devices 1")
         self.trainer.callbacks.append(MarkRunErrors())
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def before_fit(self) -> None:
         self.check_before_run("fit")
+        self.trainer.callbacks.append(WandbRunId())
         if self.trainer.loggers:
             self.trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         self.trainer.callbacks.append(RunSummary())
 
     def before_validate(self) -> None:
         self.check_before_run("validate")
+
+    def before_test(self) -> None:
+        self.check_before_run("test")
+
+    def before_predict(self) -> None:
+        self.check_before_run("predict")
 
 
 def main(args: list[str] | None = None) -> CassiCLI:
@@ -149,5 +236,5 @@ def main(args: list[str] | None = None) -> CassiCLI:
             CassiModule, CassiDataModule, subclass_mode_model=True, parser_class=OneLineParser,
             trainer_defaults={"default_root_dir": DEFAULT_ROOT,
                               "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
-            save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, args=args,
+            save_config_callback=RunConfig, auto_configure_optimizers=False, args=args,
         )

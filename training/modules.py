@@ -10,6 +10,14 @@ compares its output with the cubes. Validation runs on the datamodule's held-out
 scenes) and logs PSNR / SSIM / SAM (:class:`cassi.metrics.ReconstructionMetrics`, synced across processes)
 overall and per scene.
 
+``train.py test`` runs the KAIST protocol on the datamodule's test scenes exactly as ``eval.py kaist``'s
+scenario I: nominal operator with the test mask, no gain or noise, metrics of :func:`cassi.metrics.kaist_metrics`
+per scene, logged as ``test/<metric>`` (means) and ``test_scene/<scene>/<metric>``. ``train.py predict`` returns
+the reconstructions (written by :class:`training.callbacks.PredictionWriter`).
+
+GPU switches (:mod:`training.acceleration`): ``activation_checkpointing``, ``channels_last``, ``compile``
+(``nn.Module.compile``, so the state-dict keys stay those of the network).
+
 Reproducibility: the detector noise of every batch and the global torch RNG before every training step
 (dropout, stochastic depth) are seeded from (seed, epoch, batch index, rank) only, so an interrupted run
 resumed from its last checkpoint continues exactly as the uninterrupted run (the data are deterministic per
@@ -31,9 +39,10 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from cassi import CassiOperator
-from cassi.metrics import ReconstructionMetrics
+from cassi.metrics import KAIST_METRICS, ReconstructionMetrics, kaist_metrics
 from models import create_model
 from models.joint_loss import CRSDUNLoss
+from training.acceleration import enable_activation_checkpointing, to_channels_last
 from training.objectives import OBJECTIVES, build_objective
 from training.simulation import Instrument, derived_seed
 
@@ -56,6 +65,12 @@ class CassiModule(pl.LightningModule):
         scheduler_kwargs: keyword arguments of that torch scheduler.
         val_protocol: ``kaist`` (8-bit quantised, as the KAIST tables) or ``float`` metrics.
         seed: seed of the noise and per-step RNG streams.
+        activation_checkpointing: recompute the network's blocks in the backward pass instead of storing their
+            activations (same outputs and gradients, less memory, one more forward pass of each block).
+        channels_last: network parameters and 4-D inputs in channels-last memory layout (faster convolutions on
+            tensor-core GPUs, especially with bf16).
+        compile: ``torch.compile`` the network (``compile_kwargs``: e.g. ``{mode: max-autotune}``); the first
+            steps are slow while it compiles.
     """
 
     def __init__(self, model_name: str = "mst_s", model_kwargs: dict[str, Any] | None = None, bands: int = 28,
@@ -63,7 +78,8 @@ class CassiModule(pl.LightningModule):
                  measurement_gain: float = 1.0, lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, scheduler: Literal["cosine", "step", "multistep", "constant"] = "cosine",
                  scheduler_kwargs: dict[str, Any] | None = None, val_protocol: Literal["kaist", "float"] = "kaist",
-                 seed: int = 0, operator: str | None = None):
+                 seed: int = 0, operator: str | None = None, activation_checkpointing: bool = False,
+                 channels_last: bool = False, compile: bool = False, compile_kwargs: dict[str, Any] | None = None):
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
@@ -72,11 +88,19 @@ class CassiModule(pl.LightningModule):
         for method in ("prepare_inputs", "reconstruction"):
             if not callable(getattr(self.model, method, None)):
                 raise TypeError(f"model '{model_name}' has no {method}(); it does not follow the registry protocol")
+        self.checkpointed = enable_activation_checkpointing(self.model) if activation_checkpointing else []
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile(**(compile_kwargs or {}))
         self.instrument = Instrument(bands, step, mismatch, noise, measurement_gain, operator)
         self.val_metrics = ReconstructionMetrics(protocol=val_protocol)
         self.scene_metrics = nn.ModuleList()
         self.scene_names: list[str] = []
-        self.preview: dict[str, Any] | None = None  # first validation sample of rank 0, for the preview callback
+        # rank 0's first validation crop of every held-out scene seen, for the preview callback
+        self.val_samples: list[dict[str, Any]] = []
+        self.test_rows: list[dict[str, Any]] = []
+        self.test_results: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ subclass hooks
     def objective(self, output: Any, batch: dict[str, Tensor], op: CassiOperator) -> dict[str, Tensor]:
@@ -86,8 +110,8 @@ class CassiModule(pl.LightningModule):
     def update_extra_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
         """Validation metrics beyond the reconstruction ones (segmentation)."""
 
-    def extra_preview(self, output: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Further first-sample tensors for the previews."""
+    def extra_preview(self, output: Any, batch: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+        """Further tensors of sample ``index`` for the previews."""
         return {}
 
     # ------------------------------------------------------------------------------------ setup
@@ -98,19 +122,32 @@ class CassiModule(pl.LightningModule):
             self.scene_metrics = nn.ModuleList(ReconstructionMetrics(protocol=protocol) for _ in names)
             self.scene_names = names
 
+    def _datamodule(self) -> Any:
+        try:
+            return getattr(self.trainer, "datamodule", None)
+        except RuntimeError:                                 # not attached to a Trainer
+            return None
+
     def _validation_scene_names(self) -> list[str]:
         """Short names of the datamodule's held-out scenes (file stems), or [] without such a datamodule."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._datamodule()
         source = getattr(getattr(datamodule, "val_set", None), "source", None)
         if source is None:
             return []
         names = [Path(source.name(k)).stem.replace(" ", "_") for k in range(len(source))]
         return names if len(set(names)) == len(names) else [f"scene{k}" for k in range(len(names))]
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints name their held-out validation scenes (for release model cards)."""
+        checkpoint["validation_scenes"] = list(self.scene_names)
+
     # ------------------------------------------------------------------------------------- steps
     def forward(self, y: Tensor, op: CassiOperator) -> Any:
         """The network's output for a measurement ``y`` (B, H, W + step*(L-1)) taken through ``op``."""
-        return self.model(**self.model.prepare_inputs(y, op))
+        inputs = self.model.prepare_inputs(y, op)
+        if self.hparams.channels_last:
+            inputs = {name: to_channels_last(value) for name, value in inputs.items()}
+        return self.model(**inputs)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(derived_seed(self.hparams.seed, _TRAIN_TORCH, self.current_epoch, batch_idx,
@@ -140,11 +177,30 @@ class CassiModule(pl.LightningModule):
                 chosen = batch["scene"] == k
                 self.scene_metrics[k].update(pred[chosen], cube[chosen])
         self.update_extra_metrics(output, batch)
-        if batch_idx == 0 and self.trainer.is_global_zero:
-            scene = int(batch["scene"][0]) if "scene" in batch else None
-            self.preview = {"pred": pred[0].detach().cpu(), "target": cube[0].detach().cpu(),
-                            "scene": self.scene_names[scene] if scene is not None and self.scene_names else "",
-                            **{k: v.detach().cpu() for k, v in self.extra_preview(output, batch).items()}}
+        if self.trainer.is_global_zero:
+            self._keep_samples(output, batch, pred)
+
+    def _keep_samples(self, output: Any, batch: dict[str, Tensor], pred: Tensor) -> None:
+        """Keep the first crop of every scene (just the first crop when the batches carry no scene index)."""
+        if "scene" not in batch:
+            if not self.val_samples:
+                self.val_samples.append(self._sample(output, batch, pred, 0, ""))
+            return
+        seen = {sample["index"] for sample in self.val_samples}
+        for i, scene in enumerate(batch["scene"].tolist()):
+            if scene not in seen:
+                seen.add(scene)
+                name = self.scene_names[scene] if scene < len(self.scene_names) else f"scene{scene}"
+                self.val_samples.append(self._sample(output, batch, pred, i, name, scene))
+
+    def _sample(self, output: Any, batch: dict[str, Tensor], pred: Tensor, i: int, name: str,
+                index: int = 0) -> dict[str, Any]:
+        extra = {k: v.detach().cpu() for k, v in self.extra_preview(output, batch, i).items()}
+        return {"pred": pred[i].detach().cpu(), "target": batch["cube"][i].detach().float().cpu(), "scene": name,
+                "index": index, **extra}
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_samples = []
 
     def on_validation_epoch_end(self) -> None:
         # compute() gathers the metric sums of all processes; every rank logs the same values.
@@ -159,6 +215,43 @@ class CassiModule(pl.LightningModule):
         metrics.reset()
         for key, value in values.items():
             self.log(f"{prefix}/{key}", value.float(), prog_bar=prog_bar and key == "psnr", sync_dist=True)
+
+    # ----------------------------------------------------------------------------------- test / predict
+    def protocol_reconstruction(self, batch: dict[str, Tensor]) -> Tensor:
+        """The reconstruction (B, L, H, W) float32 of ``batch["cube"]`` measured through the nominal operator of
+        ``batch["mask"]`` (no mismatch, gain or noise): ``eval.py kaist``'s scenario I."""
+        cube = batch["cube"]
+        op = CassiOperator(batch["mask"].to(cube.dtype), self.hparams.bands, self.hparams.step)
+        return self.model.reconstruction(self(op(cube), op)).float()
+
+    def _test_scene_name(self, index: int) -> str:
+        names = getattr(self._datamodule(), "test_names", None) or []
+        return names[index] if index < len(names) else f"scene{index}"
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows, self.test_results = [], None
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        pred = self.protocol_reconstruction(batch).cpu()
+        for i, index in enumerate(batch["scene"].tolist()):
+            row = kaist_metrics(pred[i], batch["cube"][i].float().cpu())
+            self.test_rows.append({"name": self._test_scene_name(index), **row})
+
+    def on_test_epoch_end(self) -> None:
+        """Means over the scenes (float64, as ``eval.py``'s mean row) and every scene's row, logged."""
+        mean = {k: float(torch.tensor([row[k] for row in self.test_rows], dtype=torch.float64).mean())
+                for k in KAIST_METRICS}
+        self.test_results = {"scenes": list(self.test_rows), "mean": mean}
+        for key, value in mean.items():
+            self.log(f"test/{key}", value)
+        for row in self.test_rows:
+            for key in KAIST_METRICS:
+                self.log(f"test_scene/{row['name']}/{key}", row[key])
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
+        """{"pred": (B, L, H, W), "truth": the cubes, "names": scene names}, on the CPU."""
+        return {"pred": self.protocol_reconstruction(batch).cpu(), "truth": batch["cube"].float().cpu(),
+                "names": [self._test_scene_name(i) for i in batch["scene"].tolist()]}
 
     # ---------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -248,5 +341,5 @@ class JointModule(CassiModule):
         self.val_miou.update(self.model.segmentation(output).argmax(dim=1), self._labels(batch))
         self.log("val/miou", self.val_miou, prog_bar=True)
 
-    def extra_preview(self, output: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"pred_labels": self.model.segmentation(output)[0].argmax(dim=0), "labels": batch["labels"][0]}
+    def extra_preview(self, output: Any, batch: dict[str, Tensor], index: int) -> dict[str, Tensor]:
+        return {"pred_labels": self.model.segmentation(output)[index].argmax(dim=0), "labels": batch["labels"][index]}

@@ -1,4 +1,5 @@
-"""Test scenes and the coded aperture for evaluation: the MST / TSA folder layout, or built-in synthetic scenes.
+"""KAIST-protocol test scenes and their coded aperture (``eval.py kaist``, ``train.py test``): the MST / TSA folder
+layout, or built-in synthetic scenes.
 
 MST layout (``TSA_simu_data``)::
 

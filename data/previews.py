@@ -1,8 +1,9 @@
-"""PNG previews: RGB renders of reconstruction and ground truth, the error map, and spectral curves.
+"""PNG previews: RGB renders of reconstruction and ground truth, the error map, spectral curves, class maps.
 
-Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no display needed) and written
-atomically. Cubes are (L, H, W) reflectance-like values; simulated scenes are rendered with exposure 1
-(a reflectance of 1 is white), real captures with an automatic exposure shared by all panels.
+Used by evaluation (``eval.py``) and training (validation previews). Figures are built with
+``matplotlib.figure.Figure`` (no pyplot state, no display needed) and written atomically. Cubes are (L, H, W)
+reflectance-like values; simulated scenes are rendered with exposure 1 (a reflectance of 1 is white), real
+captures with an automatic exposure shared by all panels.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from cassi.files import save_figure
+from data.io import voc_palette
 from data.render import auto_exposure, cube_to_rgb, error_map
 from data.synthetic import wavelengths
-from cassi.files import save_figure
 
 CURVE_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange")
 
@@ -45,11 +47,34 @@ def _spectrum(cube: np.ndarray, row: int, col: int) -> np.ndarray:
     return cube[:, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].mean(axis=(1, 2))
 
 
+def probe_spectra(pred: np.ndarray, target: np.ndarray | None) -> list[tuple[int, int, np.ndarray | None, np.ndarray]]:
+    """(row, col, truth spectrum or None, reconstructed spectrum) at the probes of the truth (else of ``pred``);
+    spectra are 3 x 3 means, cubes (L, H, W)."""
+    points = probe_points(pred if target is None else target)
+    return [(row, col, None if target is None else _spectrum(target, row, col), _spectrum(pred, row, col))
+            for row, col in points]
+
+
 def _mark_probes(axis, points: list[tuple[int, int]]) -> None:
     for k, (row, col) in enumerate(points):
         axis.plot(col, row, "o", markersize=7, markerfacecolor="none", markeredgecolor=CURVE_COLOURS[k])
         axis.annotate(str(k + 1), (col, row), xytext=(5, 5), textcoords="offset points",
                       color=CURVE_COLOURS[k], fontsize=8)
+
+
+def _heat_map(figure: Figure, axis, image: np.ndarray, title: str) -> None:
+    """A non-negative map in the magma colour map, with its colour bar."""
+    shown = axis.imshow(image, cmap="magma", vmin=0.0)
+    axis.set_title(title)
+    figure.colorbar(shown, ax=axis, shrink=0.8)
+
+
+def _save_panels(figure: Figure, axes, title: str, path: str | Path) -> Path:
+    """Image panels without axes, the title, saved atomically."""
+    for axis in axes:
+        axis.set_axis_off()
+    figure.suptitle(title)
+    return save_figure(figure, path, dpi=100)
 
 
 def save_comparison(path: str | Path, pred: Tensor, target: Tensor, title: str) -> Path:
@@ -63,13 +88,8 @@ def save_comparison(path: str | Path, pred: Tensor, target: Tensor, title: str) 
     axes[1].imshow(cube_to_rgb(target_np))
     axes[1].set_title("ground truth")
     _mark_probes(axes[1], points)
-    errors = axes[2].imshow(error_map(pred_np, target_np), cmap="magma", vmin=0.0)
-    axes[2].set_title("error (RMSE over bands)")
-    figure.colorbar(errors, ax=axes[2], shrink=0.8)
-    for axis in axes:
-        axis.set_axis_off()
-    figure.suptitle(title)
-    return save_figure(figure, path, dpi=100)
+    _heat_map(figure, axes[2], error_map(pred_np, target_np), "error (RMSE over bands)")
+    return _save_panels(figure, axes, title, path)
 
 
 def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: str) -> Path:
@@ -79,10 +99,10 @@ def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: s
     wl = wavelengths(pred_np.shape[0])
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
-    for k, (row, col) in enumerate(probe_points(pred_np if target_np is None else target_np)):
-        if target_np is not None:
-            axis.plot(wl, _spectrum(target_np, row, col), "-", color=CURVE_COLOURS[k], label=f"{k + 1} truth")
-        axis.plot(wl, _spectrum(pred_np, row, col), "--", color=CURVE_COLOURS[k], label=f"{k + 1} recon.")
+    for k, (_, _, truth, recon) in enumerate(probe_spectra(pred_np, target_np)):
+        if truth is not None:
+            axis.plot(wl, truth, "-", color=CURVE_COLOURS[k], label=f"{k + 1} truth")
+        axis.plot(wl, recon, "--", color=CURVE_COLOURS[k], label=f"{k + 1} recon.")
     axis.set_xlabel("wavelength (nm)")
     axis.set_ylabel("intensity")
     axis.set_title(title)
@@ -100,10 +120,16 @@ def save_real(path: str | Path, pred: Tensor, measurement: Tensor, residual: Ten
     _mark_probes(axes[0], probe_points(pred_np))
     axes[1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
     axes[1].set_title("measurement")
-    res = axes[2].imshow(residual.detach().cpu().abs().numpy(), cmap="magma", vmin=0.0)
-    axes[2].set_title("|A x - y|")
-    figure.colorbar(res, ax=axes[2], shrink=0.8)
-    for axis in axes:
-        axis.set_axis_off()
-    figure.suptitle(title)
-    return save_figure(figure, path, dpi=100)
+    _heat_map(figure, axes[2], residual.detach().cpu().abs().numpy(), "|A x - y|")
+    return _save_panels(figure, axes, title, path)
+
+
+def save_segmentation(path: str | Path, pred: np.ndarray, labels: np.ndarray, n_class: int, title: str) -> Path:
+    """Predicted | true class maps (H, W) side by side in the PASCAL-VOC palette."""
+    palette = voc_palette(n_class)
+    figure = Figure(figsize=(7, 3.6), layout="constrained")
+    axes = figure.subplots(1, 2)
+    for axis, classes, name in zip(axes, (pred, labels), ("predicted classes", "true classes")):
+        axis.imshow(palette[np.clip(classes, 0, n_class - 1)])
+        axis.set_title(name)
+    return _save_panels(figure, axes, title, path)

@@ -1,0 +1,110 @@
+"""Recipe configs on the user's data, input checks before any work, ``train.py test`` (= ``eval.py kaist``) and
+``train.py predict``."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import loadmat
+
+from conftest import mst_toolbox
+from data.kaist import mst_scenes, synthetic_scenes
+from test_train import CONFIGS, QUIET, cli, one_step
+
+eval_cli = importlib.import_module("eval")
+TINY = ["--trainer.max_epochs", "1", "--data.samples_per_epoch", "2", "--data.batch_size", "2",
+        "--data.val_scenes", "1", "--data.num_workers", "0", "--previews.every_n_epochs", "0",
+        "--trainer.logger", "false", *QUIET]
+
+
+def run(subcommand: str, config, root, *overrides: str):
+    return cli([subcommand, "--config", str(config), "--trainer.default_root_dir", str(root), *overrides])
+
+
+def eval_rows(*argv) -> list[dict]:
+    out = argv[-1]
+    assert eval_cli.main(["kaist", *[str(a) for a in argv[:-1]], "--previews", "0", "--out", str(out)]) == 0
+    return json.loads((out / "results.json").read_text())["scenes"]
+
+
+def assert_same_numbers(ours: list[dict], theirs: list[dict]) -> None:
+    assert [r["name"] for r in ours] == [r["name"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        for metric in ("psnr", "ssim", "sam", "ergas"):
+            assert a[metric] == b[metric], (a["name"], metric, a[metric], b[metric])
+
+
+# ------------------------------------------------------------------------------------------- recipes
+def test_recipe_without_data_stops_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"cave_1024_28.*--data.root.*--config configs/data/synthetic.yaml"):
+        run("fit", CONFIGS / "mst_l.yaml", tmp_path / "run", *QUIET)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match="CAVE_512_28"):
+        run("fit", CONFIGS / "mst_s_real.yaml", tmp_path / "run", "--data.root", str(tmp_path), *QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_trains_on_the_toolbox_folder_and_test_equals_eval_kaist(tmp_path):
+    """configs/mst_s.yaml on a toolbox datasets/ folder (cave_1024_28 + TSA_simu_data); train.py test runs on
+    TSA_simu_data/Truth with its mask and gives eval.py kaist's numbers for the same checkpoint."""
+    root = mst_toolbox(tmp_path, mask_size=32)
+    fitted = run("fit", CONFIGS / "mst_s.yaml", tmp_path / "run", "--data.root", str(root), "--data.crop", "32", *TINY)
+    assert fitted.trainer.global_step == 1
+    assert fitted.datamodule.data().test_root == root / "TSA_simu_data"
+    assert len(fitted.datamodule.train_files) == 2 and fitted.model.scene_names == [fitted.datamodule.val_files[0].stem]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tested = run("test", CONFIGS / "mst_s.yaml", tmp_path / "run", "--data.root", str(root), "--data.crop", "32",
+                 "--ckpt_path", str(last), "--trainer.logger", "false", *QUIET)
+    ours = tested.model.test_results["scenes"]
+    assert [r["name"] for r in ours] == [s.name for s in mst_scenes(root / "TSA_simu_data")]
+    assert_same_numbers(ours, eval_rows("--ckpt", last, "--data.root", root / "TSA_simu_data", tmp_path / "eval"))
+    logged = tested.trainer.callback_metrics
+    assert float(logged["test/psnr"]) == pytest.approx(np.mean([r["psnr"] for r in ours]), rel=1e-6)
+    assert "test_scene/scene02/ssim" in logged
+
+
+def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstructions(tmp_path):
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    one_step(smoke, tmp_path / "run", "--data.crop", "32")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    common = ["--data.crop", "32", "--data.test_scenes", "2", "--ckpt_path", str(last), "--trainer.logger", "false",
+              *QUIET]
+    tested = run("test", smoke, tmp_path / "run", *common)
+    rows = tested.model.test_results["scenes"]
+    assert_same_numbers(rows, eval_rows("--ckpt", last, "--synthetic.count", 2, tmp_path / "eval"))
+
+    run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(tmp_path / "pred.mat"))
+    mat = loadmat(tmp_path / "pred.mat")
+    assert mat["pred"].shape == mat["truth"].shape == (2, 32, 32, 28) and mat["pred"].dtype == np.float32
+    truth = synthetic_scenes(2, 32, 32)
+    np.testing.assert_array_equal(mat["truth"][1], truth[1].cube.numpy().transpose(1, 2, 0))
+    run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(tmp_path / "pred.npz"))
+    npz = np.load(tmp_path / "pred.npz")
+    assert list(npz["names"]) == ["synthetic01", "synthetic02"]
+    np.testing.assert_array_equal(npz["pred"], mat["pred"].transpose(0, 3, 1, 2))
+    # the reconstructions are the ones the test scored
+    from cassi.metrics import kaist_psnr
+    psnr = kaist_psnr(torch.from_numpy(npz["pred"]), torch.from_numpy(npz["truth"]))
+    assert [float(p) for p in psnr] == [r["psnr"] for r in rows]
+    with pytest.raises(ValueError, match="must end in .mat or .npz"):
+        run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(tmp_path / "pred.txt"))
+
+
+# ------------------------------------------------------------------------------------- input checks
+def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(tmp_path):
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    with pytest.raises(ValueError, match="mst_s cannot take per-sample masks.*--data.mask_crop batch"):
+        one_step(smoke, tmp_path / "a", "--data.crop", "32", "--data.mask_crop", "sample", "--data.mask_size", "48")
+    assert not (tmp_path / "a").exists()
+    trained = one_step(smoke, tmp_path / "b", "--data.crop", "32", "--data.mask_crop", "batch", "--data.mask_size", "48")
+    assert trained.trainer.global_step == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_missing_accelerator_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--trainer.accelerator gpu: no CUDA GPU is visible"):
+        one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path, "--trainer.accelerator", "gpu")
+    assert not tmp_path.joinpath("checkpoints").exists()
