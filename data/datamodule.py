@@ -292,8 +292,8 @@ class CassiDataModule(pl.LightningDataModule):
             hp = self.hparams
             if not self.data().folders and hp.scene_size is not None and hp.scene_size < hp.crop:
                 raise ValueError(f"synthetic scenes of {hp.scene_size} px are smaller than the crop {hp.crop}")
-        else:
-            self._test_root()
+        elif self._test_root() is None:
+            self.training_mask()                      # the synthetic test scenes take the training mask
 
     def training_mask(self) -> np.ndarray:
         """The coded aperture (H, W) of training: the mask file, or the seeded random one; checked against the
@@ -384,12 +384,6 @@ class CassiDataModule(pl.LightningDataModule):
         check_scene_sizes(scenes, self.test_mask)
         self.test_names = [scene.name for scene in scenes]
         self.test_set = WholeScenes(scenes)
-
-    def describe_test_set(self) -> str:
-        """What ``train.py test|predict`` runs on, in words (after setup)."""
-        root = self._test_root()
-        where = f"MST layout {root}" if root is not None else "built-in synthetic scenes (seed 0), training mask"
-        return f"{len(self.test_names)} KAIST-protocol test scene(s) {tuple(self.test_mask.shape)} from {where}"
 
     # -------------------------------------------------------------------------------- dataloaders
     def _collate(self) -> CollateWithMask:

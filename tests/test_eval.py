@@ -63,8 +63,9 @@ def test_kaist_synthetic_gap_tv_writes_every_report(tmp_path, capsys):
     for preview in results["previews"]:
         assert (out / preview).read_bytes()[:8] == PNG
     assert not list(out.rglob(".*.tmp")), "temporary files left behind"
-    printed = capsys.readouterr().out
-    assert "mean" in printed and "synthetic02" in printed
+    captured = capsys.readouterr()
+    assert "mean" in captured.out and "synthetic02" in captured.out
+    assert "kaist: 100%" in captured.err and "2/2" in captured.err         # the per-scene progress bar
 
 
 def test_scene_metrics_rank_a_better_reconstruction_higher():
@@ -217,7 +218,7 @@ def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- real captures
-def test_real_captures_report_only_the_measurement_residual(tmp_path):
+def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys):
     root = tmp_path / "real"
     root.mkdir()
     mask = synthetic_mask(32, 32, seed=2)
@@ -232,6 +233,7 @@ def test_real_captures_report_only_the_measurement_residual(tmp_path):
     assert set(capture) == {"name", "residual", "seconds"} and 0 < capture["residual"] < 0.5
     assert set(results["mean"]) == {"residual", "seconds"} and "scenes" not in results
     assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
+    assert "real: 100%" in capsys.readouterr().err
 
 
 def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
@@ -254,8 +256,9 @@ def test_models_table_rows(tmp_path, capsys):
     out = tmp_path / "table"
     names = ["mst_s", "hsra_s"]
     assert run_cli("models", "--size", 32, "--models", ",".join(names), "--repeats", 1, "--out", out) == 0
-    printed = capsys.readouterr().out
-    assert "networks at 32x32" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "networks at 32x32" in printed and "models: 100%" in captured.err
     assert [ln.split()[0] for ln in printed.splitlines() if ln.split() and ln.split()[0] in names] == names
     rows = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
     model = create_model("mst_s").eval()

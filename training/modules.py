@@ -88,7 +88,8 @@ class CassiModule(pl.LightningModule):
         for method in ("prepare_inputs", "reconstruction"):
             if not callable(getattr(self.model, method, None)):
                 raise TypeError(f"model '{model_name}' has no {method}(); it does not follow the registry protocol")
-        self.checkpointed = enable_activation_checkpointing(self.model) if activation_checkpointing else []
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.model)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
