@@ -1,5 +1,5 @@
 """GPU switches, tested on the CPU: activation checkpointing (identical outputs, gradients and BatchNorm
-statistics for every family), channels-last, torch.compile (dynamo tracing with the eager backend)."""
+statistics, one network of every family), channels-last, torch.compile (dynamo tracing with the eager backend)."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +18,7 @@ S2_TINY = dict(in_chans=28, img_size=16, window_size=8, embed_dim=12, depths=[2,
                spe_dim_head=6, drop_path_rate=0.1)
 FAMILIES = {  # one network per family, at a small size; crsdun has BatchNorm, s2 its own switch and drop-path
     "mst_s": ({}, 32), "mst_s_real": ({}, 32), "hsra_s": ({}, 64), "crsdun_3stg": ({"n_class": 5}, 32),
-    "s2_transformer": (S2_TINY, 16),
+    "s2_transformer": (S2_TINY, 16), "bisrnet": ({}, 32),
 }
 
 
@@ -53,7 +53,7 @@ def test_every_network_has_something_to_checkpoint():
         kwargs = S2_TINY if name == "s2_transformer" else {}
         model = create_model(name, **kwargs)
         native = native_checkpoint_switches(model)
-        assert native or checkpoint_blocks(model), name
+        assert native or len(checkpoint_blocks(model)) > 1, name          # one block would save no peak memory
     assert native_checkpoint_switches(create_model("s2_transformer", **S2_TINY))   # its own switch is used
 
 

@@ -8,7 +8,8 @@ Activation checkpointing (:func:`enable_activation_checkpointing`) is one switch
   ``nn.Sequential`` containers, every module that has sub-modules (MST's MSABs, HSRA's residual blocks, an
   unfolding stage's prior, CRSDUN's stage modules) recomputes its forward in the backward pass instead of storing
   its activations (``torch.utils.checkpoint``, non-reentrant, RNG state preserved, so dropout and stochastic depth
-  draw the same numbers). Single layers (a convolution between blocks) are left alone.
+  draw the same numbers). Single layers (a convolution between blocks) are left alone; a lone block that holds
+  the whole network (BiSRNet's binary U-Net) is opened up the same way.
 
 Outputs and gradients are the same as without it (tested for every family). BatchNorm running statistics are
 restored after the recomputation, so they are updated once per step, as without checkpointing.
@@ -51,18 +52,25 @@ def native_checkpoint_switches(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(getattr(module, "use_checkpoint", None), bool)]
 
 
-def checkpoint_blocks(model: nn.Module) -> list[str]:
-    """Names of the blocks that generic checkpointing wraps (see the module docstring)."""
+def _blocks_below(module: nn.Module, prefix: str) -> list[str]:
     blocks: list[str] = []
+    for name, child in module.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            blocks += _blocks_below(child, f"{prefix}{name}.")
+        elif next(child.children(), None) is not None:
+            blocks.append(f"{prefix}{name}")
+    return blocks
 
-    def walk(module: nn.Module, prefix: str) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, (nn.ModuleList, nn.Sequential)):
-                walk(child, f"{prefix}{name}.")
-            elif next(child.children(), None) is not None:
-                blocks.append(f"{prefix}{name}")
 
-    walk(model, "")
+def checkpoint_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks that generic checkpointing wraps (see the module docstring). A lone block holding the
+    whole network (BiSRNet's U-Net) is opened up: recomputing everything at once would save no peak memory."""
+    blocks = _blocks_below(model, "")
+    while len(blocks) == 1:
+        inner = _blocks_below(model.get_submodule(blocks[0]), f"{blocks[0]}.")
+        if not inner:
+            break
+        blocks = inner
     return blocks
 
 
