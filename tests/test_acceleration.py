@@ -76,8 +76,10 @@ def test_compile_switch_keeps_state_dict_keys_and_outputs():
         return graph.forward
 
     torch.manual_seed(0)
-    plain = ReconstructionModule(model_name="mst_s")
-    compiled = ReconstructionModule(model_name="mst_s", compile=True, compile_kwargs={"backend": backend})
+    tiny = {"stage": 1, "num_blocks": [1, 1]}                    # a one-level MST: quick to trace
+    plain = ReconstructionModule(model_name="mst_s", model_kwargs=tiny)
+    compiled = ReconstructionModule(model_name="mst_s", model_kwargs=tiny, compile=True,
+                                    compile_kwargs={"backend": backend})
     compiled.load_state_dict(plain.state_dict())
     assert compiled.state_dict().keys() == plain.state_dict().keys()    # checkpoints stay loadable by eval.py
     gen = torch.Generator().manual_seed(1)
