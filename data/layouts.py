@@ -73,7 +73,7 @@ class TrainingData:
 def list_cubes(folder: Path, suffixes: tuple[str, ...] = CUBE_SUFFIXES) -> list[Path]:
     """Cube files of ``folder`` sorted by name; an error naming the folder when there are none."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"data folder not found: {folder}")
+        raise FileNotFoundError(f"no such data folder: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
     if not files:
         raise FileNotFoundError(f"{folder}: no cube files ({', '.join(suffixes)})")
@@ -103,7 +103,7 @@ def _require_root(root: str | None, recipe: str, needs: str) -> Path:
         raise ValueError(f"the {recipe} trains on {needs}: pass --data.root /path/to/MST/datasets; {NO_DATA_HINT}")
     path = Path(root)
     if not path.is_dir():
-        raise FileNotFoundError(f"data folder not found: {path} (the {recipe} needs {needs}); {NO_DATA_HINT}")
+        raise FileNotFoundError(f"no such data folder: {path} (the {recipe} needs {needs}); {NO_DATA_HINT}")
     return path
 
 

@@ -134,7 +134,7 @@ def test_folder_source_split_is_disjoint(tmp_path):
     assert _found_in(dm.val_set[0]["cube"], val_cubes, CROP)
     with pytest.raises(ValueError, match="cannot hold out 6 of 6"):
         _module(root=str(tmp_path), val_scenes=6)
-    with pytest.raises(FileNotFoundError, match="data folder not found"):
+    with pytest.raises(FileNotFoundError, match="no such data folder"):
         _module(root=str(tmp_path / "absent"))
 
 
@@ -219,7 +219,7 @@ def test_recipe_data_errors_name_what_is_missing(tmp_path):
     from data.layouts import find_training_data
     with pytest.raises(ValueError, match=r"cave_1024_28.*configs/data/synthetic.yaml"):
         find_training_data("mst_simulation", None, None)
-    with pytest.raises(FileNotFoundError, match=r"data folder not found: .*absent.*configs/data/synthetic.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"no such data folder: .*absent.*configs/data/synthetic.yaml"):
         find_training_data("mst_simulation", str(tmp_path / "absent"), None)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds neither cave_1024_28/ nor .mat cubes"):

@@ -32,8 +32,8 @@ from cassi.gap_tv import gap_tv
 from cassi.operator_file import save_operator
 from cli_checks import user_error
 from data.io import load_cube, load_mask
-from data.synthetic import random_mask, synthetic_scene
 from data.kaist import synthetic_mask
+from data.synthetic import random_mask, synthetic_scene
 from models import create_model, load_release
 from models.release import ReleaseError, open_release, state_dict_sha256
 from training.cli import AtomicCheckpointIO
@@ -152,6 +152,7 @@ def test_existing_out_needs_force_and_is_then_replaced_as_a_whole(tmp_path, caps
     out = tmp_path / "run"
     assert ev(*KAIST[:-2], "--previews", "1", "--out", out) == 0
     assert (out / "previews" / "synthetic01.png").is_file()
+    capsys.readouterr()                                      # that run's progress bar
     before = (out / "results.json").read_bytes()
     user_error(capsys, lambda: ev(*KAIST, "--out", out), r"--out .*run already exists and is not empty; pass --force")
     assert (out / "results.json").read_bytes() == before
@@ -159,6 +160,7 @@ def test_existing_out_needs_force_and_is_then_replaced_as_a_whole(tmp_path, caps
     assert not (out / "previews").exists()                   # the stale previews went with the old folder
     assert json.loads((out / "results.json").read_text())["data"]["description"].endswith("seed 5")
     assert [p.name for p in tmp_path.iterdir()] == ["run"]   # no staging or old folder left
+    capsys.readouterr()
     foreign = tmp_path / "mydata"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("precious")

@@ -186,3 +186,11 @@ def test_resume_continues_the_same_wandb_run_and_keeps_every_config(tmp_path, of
     configs = sorted((tmp_path / "configs").glob(f"fit-*-{run_id}*.yaml"))
     assert len(configs) == 2                                            # one per session, none overwritten
     assert yaml.safe_load(configs[1].read_text())["ckpt_path"] == "last"
+
+
+def test_segmentation_preview_of_a_joint_model_is_a_png(tmp_path):
+    import numpy as np
+    from data.previews import save_segmentation
+    rng = np.random.default_rng(0)
+    path = save_segmentation(tmp_path / "seg.png", rng.integers(0, 5, (16, 16)), rng.integers(0, 5, (16, 16)), 5, "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

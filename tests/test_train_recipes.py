@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.io import loadmat
 
+from cli_checks import user_error
 from conftest import mst_toolbox
 from data.kaist import mst_scenes, synthetic_scenes
 from test_train import CONFIGS, QUIET, cli, one_step
@@ -38,12 +39,13 @@ def assert_same_numbers(ours: list[dict], theirs: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- recipes
-def test_recipe_without_data_stops_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match=r"cave_1024_28.*--data.root.*--config configs/data/synthetic.yaml"):
-        run("fit", CONFIGS / "mst_l.yaml", tmp_path / "run", *QUIET)
+def test_recipe_without_data_stops_before_any_work(tmp_path, capsys):
+    user_error(capsys, lambda: run("fit", CONFIGS / "mst_l.yaml", tmp_path / "run", *QUIET),
+               r"train.py: error: the MST simulation recipe .*cave_1024_28.*--data.root.*configs/data/synthetic.yaml",
+               only_line=False)
     assert not (tmp_path / "run").exists()
-    with pytest.raises(FileNotFoundError, match="CAVE_512_28"):
-        run("fit", CONFIGS / "mst_s_real.yaml", tmp_path / "run", "--data.root", str(tmp_path), *QUIET)
+    user_error(capsys, lambda: run("fit", CONFIGS / "mst_s_real.yaml", tmp_path / "run", "--data.root", str(tmp_path),
+                                   *QUIET), r"no CAVE_512_28/ folder", only_line=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -66,7 +68,7 @@ def test_recipe_trains_on_the_toolbox_folder_and_test_equals_eval_kaist(tmp_path
     assert "test_scene/scene02/ssim" in logged
 
 
-def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstructions(tmp_path):
+def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstructions(tmp_path, capsys):
     smoke = CONFIGS / "smoke" / "mst_s.yaml"
     one_step(smoke, tmp_path / "run", "--data.crop", "32")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -89,22 +91,23 @@ def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstru
     from cassi.metrics import kaist_psnr
     psnr = kaist_psnr(torch.from_numpy(npz["pred"]), torch.from_numpy(npz["truth"]))
     assert [float(p) for p in psnr] == [r["psnr"] for r in rows]
-    with pytest.raises(ValueError, match="must end in .mat or .npz"):
-        run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(tmp_path / "pred.txt"))
+    user_error(capsys, lambda: run("predict", smoke, tmp_path / "run", *common, "--predictions.path",
+                                   str(tmp_path / "pred.txt")), "must end in .mat or .npz", only_line=False)
 
 
 # ------------------------------------------------------------------------------------- input checks
-def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(tmp_path):
+def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(tmp_path, capsys):
     smoke = CONFIGS / "smoke" / "mst_s.yaml"
-    with pytest.raises(ValueError, match="mst_s cannot take per-sample masks.*--data.mask_crop batch"):
-        one_step(smoke, tmp_path / "a", "--data.crop", "32", "--data.mask_crop", "sample", "--data.mask_size", "48")
+    user_error(capsys, lambda: one_step(smoke, tmp_path / "a", "--data.crop", "32", "--data.mask_crop", "sample",
+                                        "--data.mask_size", "48"),
+               "mst_s cannot take per-sample masks.*--data.mask_crop batch", only_line=False)
     assert not (tmp_path / "a").exists()
     trained = one_step(smoke, tmp_path / "b", "--data.crop", "32", "--data.mask_crop", "batch", "--data.mask_size", "48")
     assert trained.trainer.global_step == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_missing_accelerator_is_one_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="--trainer.accelerator gpu: no CUDA GPU is visible"):
-        one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path, "--trainer.accelerator", "gpu")
+def test_missing_accelerator_is_one_clear_error(tmp_path, capsys):
+    user_error(capsys, lambda: one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path, "--trainer.accelerator", "gpu"),
+               "--trainer.accelerator gpu: no CUDA GPU is visible", only_line=False)
     assert not tmp_path.joinpath("checkpoints").exists()
