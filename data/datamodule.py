@@ -5,20 +5,22 @@ LightningModule through the CASSI operator (``cassi.CassiOperator``), so mismatc
 
 Batches are dicts:
     "cube"    (B, L, h, w) float32 in [0, 1]
-    "labels"  (B, h, w) int64 material ids (synthetic scenes only)
+    "labels"  (B, h, w) int64 class ids (synthetic scenes: material ids; FVgNET: its 23 classes)
     "mask"    (h, w) float32 shared by the batch, or (B, h, w) when ``mask_crop="sample"`` (a random window of a
               larger mask per sample, as CRSDUN's ``crop_mask`` and the MST real-data loader); ``mask_crop="batch"``
               shares the first sample's window with the whole batch (for MST, whose attention uses only it)
     "scene"   (B,) int64 index of the held-out (validation) or test scene (validation and test batches)
 
-Where the data come from (``source``, see :mod:`data.layouts`): built-in synthetic scenes, a folder of cubes, or
+Where the data come from (``source``, see :mod:`data.layouts`): built-in synthetic scenes, a folder of cubes,
 the MST toolbox's layout (``mst_simulation``: ``cave_1024_28`` + the KAIST mask; ``mst_real``: ``CAVE_512_28`` +
-``KAIST_CVPR2021`` + the real mask). ``check()`` validates all of it from folder listings and the mask file
+``KAIST_CVPR2021`` + the real mask), or CRSDUN's FVgNET layout (``fvgnet``: the labelled images of
+``train_data.csv`` + CRSDUN's 512 x 512 mask). ``check()`` validates all of it from folder listings and the mask file
 before any work. Test / predict sets (``train.py test|predict``) are the KAIST protocol's scenes: ``test_root``
 in the MST ``TSA_simu_data`` layout (found in the toolbox folder by ``mst_simulation``), else the built-in
 synthetic test scenes of ``eval.py kaist`` at the mask's size, one scene per batch.
 
-Reproducibility / DDP: the training set is map-style with ``samples_per_epoch`` items; item ``i`` of epoch ``e``
+Reproducibility / DDP: the training set is map-style with ``samples_per_epoch`` items (None: one per training
+scene, each scene once per epoch in the order ``default_rng((seed, 4, e)).permutation``); item ``i`` of epoch ``e``
 is drawn from ``numpy.random.default_rng((seed, 0, e, i))`` only, so any sampler (``DistributedSampler``
 included) gives each rank its own items and a resumed run sees the same data. The epoch reaches the items
 through ``EpochSampler.set_epoch`` (Lightning calls it every epoch, also through its distributed wrapper),
@@ -40,6 +42,7 @@ from data.layouts import CubeFile, TrainingData, find_training_data, mask_file
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
+AUGMENT = ("dihedral", "hflip")
 
 
 class SceneSource:
@@ -49,23 +52,40 @@ class SceneSource:
                  files: Sequence[CubeFile] | None = None, bands: int = 28):
         self.cubes, self.labels, self.files, self.bands = cubes, labels, files, bands
 
+    @classmethod
+    def from_files(cls, files: Sequence[CubeFile], bands: int, preload: bool) -> "SceneSource":
+        """Scenes of ``files``, all read now (``preload``) or each one when it is used."""
+        if not preload:
+            return cls(files=files, bands=bands)
+        scenes = [file.load_scene(bands) for file in files]
+        labels = [lab for _, lab in scenes]
+        return cls([cube for cube, _ in scenes], None if any(lab is None for lab in labels) else labels, files, bands)
+
     def __len__(self) -> int:
         return len(self.cubes) if self.cubes is not None else len(self.files)
 
-    def cube(self, k: int) -> np.ndarray:
-        return self.cubes[k] if self.cubes is not None else self.files[k].load(self.bands)
-
-    def label(self, k: int) -> np.ndarray | None:
-        return None if self.labels is None else self.labels[k]
+    def scene(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scene k's cube (L, H, W) and class map (H, W) (None without labels)."""
+        if self.cubes is None:
+            return self.files[k].load_scene(self.bands)
+        return self.cubes[k], None if self.labels is None else self.labels[k]
 
     def name(self, k: int) -> str:
         return str(self.files[k].path) if self.files else f"synthetic scene {k}"
 
-    def check_sizes(self, crop: int) -> None:
-        """Error if an in-memory scene is smaller than ``crop`` (files read on demand are checked when read)."""
+    def check_sizes(self, crop: int, top: int | None = None) -> None:
+        """Error if an in-memory scene cannot hold the crop (files read on demand are checked when read)."""
         for k, cube in enumerate(self.cubes or []):
-            if min(cube.shape[1:]) < crop:
-                raise ValueError(f"{self.name(k)}: size {cube.shape[1:]} is smaller than the crop {crop}")
+            _check_fits(self.name(k), cube.shape[1:], crop, top)
+
+
+def _check_fits(name: str, shape: tuple[int, int], size: int, top: int | None) -> None:
+    """Error naming the scene if a size x size crop (starting at row ``top``) does not fit its (H, W)."""
+    if min(shape) < size:
+        raise ValueError(f"{name}: size {tuple(shape)} is smaller than the crop {size}")
+    if top is not None and top + size > shape[0]:
+        raise ValueError(f"{name}: {shape[0]} rows, too few for crops of rows {top}..{top + size - 1} "
+                         f"(--data.crop_top {top}, --data.crop {size})")
 
 
 def _dihedral(x: np.ndarray, rot: int, vflip: bool, hflip: bool) -> np.ndarray:
@@ -78,16 +98,17 @@ def _dihedral(x: np.ndarray, rot: int, vflip: bool, hflip: bool) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _crop(src: SceneSource, k: int, size: int, rng: np.random.Generator | None = None):
-    """A size x size window of scene k (and its labels): random from ``rng``, or the centre when None."""
-    cube, lab = src.cube(k), src.label(k)
+def _crop(src: SceneSource, k: int, size: int, rng: np.random.Generator | None = None, top: int | None = None):
+    """A size x size window of scene k (and its labels): random from ``rng`` (``top``: at that first row, as
+    CRSDUN's ``RandomCropHoriz``), or the centre when ``rng`` is None."""
+    cube, lab = src.scene(k)
     height, width = cube.shape[1:]
-    if min(height, width) < size:
-        raise ValueError(f"{src.name(k)}: size {(height, width)} is smaller than the crop {size}")
+    _check_fits(src.name(k), (height, width), size, top)
     if rng is None:
         top, left = (height - size) // 2, (width - size) // 2
     else:
-        top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+        top = int(rng.integers(0, height - size + 1)) if top is None else top
+        left = int(rng.integers(0, width - size + 1))
     window = (slice(top, top + size), slice(left, left + size))
     return cube[(slice(None), *window)], None if lab is None else lab[window]
 
@@ -97,17 +118,26 @@ class TrainCrops(Dataset):
 
     With probability ``splice_prob`` an item is the toolbox's spliced mosaic (MST ``shuffle_crop``): four
     ``crop/2`` crops from four random scenes tiled 2 x 2, not augmented further; otherwise one ``crop`` crop
-    of a random scene with a random rot90 / flip. ``mask`` given with ``mask_crop``: each item also gets a
-    random ``crop`` x ``crop`` window of that larger mask (the collate function decides whether the batch keeps
-    every window or only the first).
+    of a scene, augmented (``augment``): ``dihedral``, a random rot90 / flip (MST ``arguement_1``), or ``hflip``,
+    columns mirrored with probability 1/2 (CRSDUN's ``RandomHorizontalFlip``). The scene is a random one, or with
+    ``samples_per_epoch=None`` item i of the epoch's permutation of the scenes (one pass per epoch, as a shuffled
+    ``DataLoader`` over the images). ``crop_top`` fixes the first row of every crop (mosaic quarters included).
+    ``mask`` given with ``mask_crop``: each item also gets a random ``crop`` x ``crop`` window of that larger mask
+    (the collate function decides whether the batch keeps every window or only the first).
     """
 
-    def __init__(self, source: SceneSource, crop: int, samples_per_epoch: int, seed: int = 0,
-                 splice_prob: float = 0.5, mask: np.ndarray | None = None, mask_crop: bool = False):
+    def __init__(self, source: SceneSource, crop: int, samples_per_epoch: int | None, seed: int = 0,
+                 splice_prob: float = 0.5, mask: np.ndarray | None = None, mask_crop: bool = False,
+                 augment: str = "dihedral", crop_top: int | None = None):
         if crop % 2:
             raise ValueError(f"crop size must be even (the spliced mosaic uses crop/2 quarters), got {crop}")
-        self.source, self.crop, self.n, self.seed = source, crop, samples_per_epoch, seed
+        if augment not in AUGMENT:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENT)}, got {augment!r}")
+        self.one_pass = samples_per_epoch is None
+        self.source, self.crop, self.seed = source, crop, seed
+        self.n = len(source) if samples_per_epoch is None else samples_per_epoch
         self.splice_prob, self.mask, self.mask_crop = splice_prob, mask, mask_crop
+        self.augment, self.crop_top = augment, crop_top
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -125,13 +155,20 @@ class TrainCrops(Dataset):
         n_scenes = len(self.source)
         if rng.random() < self.splice_prob:
             half = self.crop // 2
-            parts = [_crop(self.source, int(rng.integers(n_scenes)), half, rng) for _ in range(4)]
+            parts = [_crop(self.source, int(rng.integers(n_scenes)), half, rng, self.crop_top) for _ in range(4)]
             cube = np.block([[parts[0][0], parts[1][0]], [parts[2][0], parts[3][0]]])
             labels = None if parts[0][1] is None else np.block([[parts[0][1], parts[1][1]],
                                                                 [parts[2][1], parts[3][1]]])
         else:
-            cube, labels = _crop(self.source, int(rng.integers(n_scenes)), self.crop, rng)
-            rot, vflip, hflip = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
+            if self.one_pass:
+                k = int(np.random.default_rng((self.seed, 4, int(epoch))).permutation(n_scenes)[i])
+            else:
+                k = int(rng.integers(n_scenes))
+            cube, labels = _crop(self.source, k, self.crop, rng, self.crop_top)
+            if self.augment == "dihedral":
+                rot, vflip, hflip = int(rng.integers(4)), bool(rng.integers(2)), bool(rng.integers(2))
+            else:  # CRSDUN's horizontal flip mirrors the columns: _dihedral's vflip (MST's name)
+                rot, vflip, hflip = 0, bool(rng.random() < 0.5), False
             cube = _dihedral(cube, rot, vflip, hflip)
             labels = None if labels is None else _dihedral(labels, rot, vflip, hflip)
         item = {"cube": torch.from_numpy(np.ascontiguousarray(cube, dtype=np.float32))}
@@ -228,22 +265,30 @@ class CassiDataModule(pl.LightningDataModule):
 
     Args:
         root: the data folder of ``source`` (see :mod:`data.layouts`): a folder of cubes (MST ``cave_1024_28`` .mat,
-            or .npz / .npy cubes; see ``data.io.load_cube``), or the MST toolbox's ``datasets/`` folder.
+            or .npz / .npy cubes; see ``data.io.load_cube``), the MST toolbox's ``datasets/`` folder, or CRSDUN's
+            ``fvgnet/`` folder (or the CRSDUN folder holding it).
         source: ``auto`` (synthetic without ``root``, else ``folder``), ``synthetic``, ``folder``, ``mst_simulation``
             (``cave_1024_28`` + ``TSA_simu_data/mask.mat``), ``mst_real`` (``CAVE_512_28`` + ``KAIST_CVPR2021`` +
-            ``TSA_real_data/mask.mat``).
-        num_scenes / val_scenes: synthetic training / held-out scenes (of ``scene_size`` px, default 1.25 x crop).
-            For cube files, ``val_scenes`` files are held out, chosen with ``seed``; the KAIST-10 test scenes are
-            never training or validation data (they are the test set).
-        crop: training / validation crop size (px, even). splice_prob: probability of a spliced mosaic item.
-        samples_per_epoch: training items per epoch (MST: 5000). val_crops_per_scene: validation crops per scene
-            (the first is the centre crop).
-        mask: mask file (``data.io.load_mask``), None -> the recipe's mask (``mst_*`` sources) or a random binary
-            mask from ``seed`` (crop x crop, or ``mask_size`` x ``mask_size`` with ``mask_crop``). mask_key: its key.
+            ``TSA_real_data/mask.mat``), ``fvgnet`` (the labelled images of ``train_data.csv`` with their labels +
+            CRSDUN's ``mask/mask512x512.mat``).
+        num_scenes / val_scenes: synthetic training / held-out scenes (of ``scene_size`` px, default 1.25 x crop,
+            or what crop_top + crop and val_crop need).
+            For cube files, ``val_scenes`` files are held out, chosen with ``seed``; the KAIST-10 test scenes (and
+            FVgNET's ``test_data.csv`` images) are never training or validation data (they are the test set).
+        crop: training crop size (px, even). crop_top: first row of every training crop (None: random; CRSDUN: 170).
+        augment: of the training crops: ``dihedral`` (random rot90 / flips, MST) or ``hflip`` (columns mirrored with
+            probability 1/2, CRSDUN). splice_prob: probability of a spliced mosaic item.
+        samples_per_epoch: training items per epoch (MST: 5000); None: one per training scene, each once per epoch.
+        val_crop: validation crop size (None: ``crop``; the whole image when it is the image's size).
+        val_crops_per_scene: validation crops per scene (the first is the centre crop).
+        mask: mask file (``data.io.load_mask``), None -> the recipe's mask (``mst_*``, ``fvgnet`` sources) or a random
+            binary mask from ``seed`` (crop x crop, or ``mask_size`` x ``mask_size`` with ``mask_crop``, default
+            twice the larger crop). mask_key: its key.
         mask_crop: ``none``: the whole mask (crop x crop) for every sample; ``sample``: a random crop x crop window
-            of a larger mask per sample; ``batch``: one such window per batch (the first sample's). ``True`` /
-            ``False`` mean ``sample`` / ``none``.
-        preload: read all cubes at setup (fast, memory-hungry like MST); False reads them per item.
+            of a larger mask per sample; ``batch``: one such window per batch (the first sample's). Validation takes
+            val_crop x val_crop windows the same way. ``True`` / ``False`` mean ``sample`` / ``none``.
+        preload: read all cubes (and labels) at setup (fast, memory-hungry like MST; every file is checked before
+            training starts); False reads them per item.
         bands: band count to require from files.
         test_root: KAIST test scenes in the MST ``TSA_simu_data`` layout (``Truth/*.mat`` + ``mask.mat``) for
             ``train.py test|predict``; None -> the layout's own (``mst_simulation``), else ``test_scenes`` built-in
@@ -251,9 +296,11 @@ class CassiDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, root: str | None = None, source: Literal["auto", "synthetic", "folder", "mst_simulation",
-                                                                  "mst_real"] = "auto",
+                                                                  "mst_real", "fvgnet"] = "auto",
                  num_scenes: int = 32, val_scenes: int = 4, scene_size: int | None = None, crop: int = 256,
-                 splice_prob: float = 0.5, samples_per_epoch: int = 5000, val_crops_per_scene: int = 1,
+                 crop_top: int | None = None, augment: Literal["dihedral", "hflip"] = "dihedral",
+                 splice_prob: float = 0.5, samples_per_epoch: int | None = 5000, val_crop: int | None = None,
+                 val_crops_per_scene: int = 1,
                  batch_size: int = 5, num_workers: int = 0, mask: str | None = None, mask_key: str = "mask",
                  mask_crop: bool | Literal["none", "sample", "batch"] = "none", mask_size: int | None = None,
                  preload: bool = True, bands: int = 28, n_classes: int = 6, test_root: str | None = None,
@@ -265,6 +312,7 @@ class CassiDataModule(pl.LightningDataModule):
         if mask_crop not in MASK_CROP:
             raise ValueError(f"mask_crop must be one of {', '.join(MASK_CROP)} (or true / false), got {mask_crop!r}")
         self.mask_crop = mask_crop
+        self.val_crop = crop if val_crop is None else val_crop
         self.train_set: TrainCrops | None = None
         self.val_set: ValCrops | None = None
         self.test_set: WholeScenes | None = None
@@ -285,30 +333,45 @@ class CassiDataModule(pl.LightningDataModule):
 
     def check(self, stage: str = "fit") -> None:
         """Every data error this module can tell without reading a cube, raised before any work: missing
-        folders or mask, too few files to hold scenes out, a mask that does not fit the crop."""
+        folders or mask, too few files to hold scenes out or to fill a batch, a mask that does not fit the crop."""
         if stage in ("fit", "validate"):
-            self._held_out_split()
+            train_files, _ = self._held_out_split()
             self.training_mask()
             hp = self.hparams
-            if not self.data().folders and hp.scene_size is not None and hp.scene_size < hp.crop:
-                raise ValueError(f"synthetic scenes of {hp.scene_size} px are smaller than the crop {hp.crop}")
+            items = hp.samples_per_epoch
+            if items is None:
+                items = len(train_files) if self.data().folders else hp.num_scenes
+            if stage == "fit" and items < hp.batch_size:
+                per_epoch = "samples per epoch" if hp.samples_per_epoch else "training scenes (one pass per epoch)"
+                raise ValueError(f"{items} {per_epoch}, fewer than --data.batch_size {hp.batch_size}: no training "
+                                 "step would run (the last incomplete batch of an epoch is dropped)")
+            largest = max(hp.crop + (hp.crop_top or 0), self.val_crop)
+            if not self.data().folders and hp.scene_size is not None and hp.scene_size < largest:
+                raise ValueError(f"synthetic scenes of {hp.scene_size} px are smaller than the crops (crop {hp.crop}, "
+                                 f"crop_top {hp.crop_top}, val_crop {self.val_crop})")
         elif self._test_root() is None:
             self.training_mask()                      # the synthetic test scenes take the training mask
 
     def training_mask(self) -> np.ndarray:
         """The coded aperture (H, W) of training: the mask file, or the seeded random one; checked against the
-        crop (exactly crop x crop, or at least that with ``mask_crop``)."""
+        crops (exactly crop x crop, or at least the larger crop with ``mask_crop``)."""
         hp = self.hparams
         path = mask_file(hp.source, hp.root, hp.mask)
+        largest = max(hp.crop, self.val_crop)
         if path is not None:
             mask = load_mask(path, hp.mask_key)
         else:
-            side = (hp.mask_size or 2 * hp.crop) if self.mask_crop != "none" else hp.crop
+            side = (hp.mask_size or 2 * largest) if self.mask_crop != "none" else hp.crop
             mask = random_mask(side, side, seed=(hp.seed, 7))
         name = path or "(random)"
-        if self.mask_crop != "none" and (mask.shape[0] < hp.crop or mask.shape[1] < hp.crop):
-            raise ValueError(f"mask {name} has shape {mask.shape}; crop={hp.crop} with mask_crop={self.mask_crop} "
-                             f"needs at least {hp.crop} x {hp.crop}: lower --data.crop")
+        if self.mask_crop == "none" and self.val_crop != hp.crop:
+            raise ValueError(f"val_crop={self.val_crop} differs from crop={hp.crop}, but with mask_crop=none every "
+                             "crop takes the whole mask: set --data.mask_crop batch / sample or drop --data.val_crop")
+        if self.mask_crop != "none" and (mask.shape[0] < largest or mask.shape[1] < largest):
+            crops, options = ((f"crop={hp.crop}", "--data.crop") if self.val_crop == hp.crop else
+                              (f"crop={hp.crop}, val_crop={self.val_crop}", "--data.crop / --data.val_crop"))
+            raise ValueError(f"mask {name} has shape {mask.shape}; {crops} with mask_crop={self.mask_crop} needs at "
+                             f"least {largest} x {largest}: lower {options}")
         if self.mask_crop == "none" and mask.shape != (hp.crop, hp.crop):
             raise ValueError(f"mask {name} has shape {mask.shape}; crop={hp.crop} needs exactly {hp.crop} x {hp.crop}"
                              f": set --data.crop {mask.shape[0]} (a square mask) or --data.mask_crop batch / sample "
@@ -343,7 +406,7 @@ class CassiDataModule(pl.LightningDataModule):
         hp = self.hparams
         train_files, val_files = self._held_out_split()
         if not self.data().folders:
-            size = hp.scene_size or hp.crop + hp.crop // 4
+            size = hp.scene_size or max(hp.crop + hp.crop // 4, (hp.crop_top or 0) + hp.crop, self.val_crop)
             scenes = [synthetic_scene(size, size, hp.bands, (hp.seed, k), hp.n_classes)
                       for k in range(hp.num_scenes + hp.val_scenes)]
             cubes, labels = [c for c, _ in scenes], [lab for _, lab in scenes]
@@ -352,8 +415,7 @@ class CassiDataModule(pl.LightningDataModule):
                     SceneSource(cubes[n:], labels[n:], bands=hp.bands))
         self.train_files = [f.path for f in train_files]
         self.val_files = [f.path for f in val_files]
-        return tuple(SceneSource([f.load(hp.bands) for f in fs] if hp.preload else None, files=fs, bands=hp.bands)
-                     for fs in (train_files, val_files))
+        return tuple(SceneSource.from_files(fs, hp.bands, hp.preload) for fs in (train_files, val_files))
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("test", "predict"):
@@ -365,11 +427,12 @@ class CassiDataModule(pl.LightningDataModule):
         hp = self.hparams
         self.mask = self.training_mask()
         train, val = self._sources()
-        train.check_sizes(hp.crop)
-        val.check_sizes(hp.crop)
+        train.check_sizes(hp.crop, hp.crop_top)
+        val.check_sizes(self.val_crop)
         windows = self.mask_crop != "none"
-        self.train_set = TrainCrops(train, hp.crop, hp.samples_per_epoch, hp.seed, hp.splice_prob, self.mask, windows)
-        self.val_set = ValCrops(val, hp.crop, hp.val_crops_per_scene, hp.seed, self.mask, windows)
+        self.train_set = TrainCrops(train, hp.crop, hp.samples_per_epoch, hp.seed, hp.splice_prob, self.mask, windows,
+                                    hp.augment, hp.crop_top)
+        self.val_set = ValCrops(val, self.val_crop, hp.val_crops_per_scene, hp.seed, self.mask, windows)
 
     def _setup_test(self) -> None:
         if self.test_set is not None:

@@ -9,20 +9,31 @@ The MST toolbox (caiyuanhao1998/MST) keeps its data in one folder::
     datasets/KAIST_CVPR2021/*.mat        KAIST, key 'HSI' (2704 x 3376 x 28, [0, 1])         real-data training
     datasets/TSA_real_data/mask.mat      the real mask (660 x 660)                             real-data mask
 
+CRSDUN (zjhe02/CRSDUN, ``dataset.py`` / ``opt.py``) keeps FVgNET beside its mask::
+
+    CRSDUN/fvgnet/visible_28/<name>.npy  cube (H x W x 28), read as stored                   joint training
+    CRSDUN/fvgnet/labels/<name>.png      per-pixel classes, PASCAL-VOC colours (23 classes)
+    CRSDUN/fvgnet/train_data.csv         the training images: columns 'names', 'masks' (labelled: True)
+    CRSDUN/fvgnet/test_data.csv          the test images (the paper's 50), never read for training
+    CRSDUN/mask/mask512x512.mat          the coded aperture (512 x 512, binary)
+
 :func:`find_training_data` turns a source name and ``--data.root`` into the folders to read, with one clear
 error naming the folder or file that is missing. It only looks at folder listings (no cube is read), so a
 recipe can stop before any work.
 """
 from __future__ import annotations
 
+import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data.io import load_cube
+from cassi.errors import UserError
+from data.io import load_cube, load_label_png
 
-SOURCES = ("auto", "synthetic", "folder", "mst_simulation", "mst_real")
+SOURCES = ("auto", "synthetic", "folder", "mst_simulation", "mst_real", "fvgnet")
 CUBE_SUFFIXES = (".mat", ".npz", ".npy")
 SYNTHETIC_CONFIG = "configs/data/synthetic.yaml"
 NO_DATA_HINT = (f"no data? train on built-in synthetic scenes by adding --config {SYNTHETIC_CONFIG} after the "
@@ -31,15 +42,28 @@ NO_DATA_HINT = (f"no data? train on built-in synthetic scenes by adding --config
 
 @dataclass(frozen=True)
 class CubeFile:
-    """One cube file and how to read it (``data.io.load_cube`` key and scale; None: its defaults)."""
+    """One cube file and how to read it (``data.io.load_cube`` key and scale; None: its defaults), with its
+    label image when it has one (a PNG in the FVgNET palette, ``data.io.load_label_png``)."""
 
     path: Path
     key: str | None = None
     scale: float | None = None
+    labels: Path | None = None
 
     def load(self, bands: int | None = 28) -> np.ndarray:
         """The cube (L, H, W) float32."""
         return load_cube(self.path, key=self.key, bands=bands, scale=self.scale)
+
+    def load_scene(self, bands: int | None = 28) -> tuple[np.ndarray, np.ndarray | None]:
+        """The cube (L, H, W) float32 and its class map (H, W) int64 (None without a label image)."""
+        cube = self.load(bands)
+        if self.labels is None:
+            return cube, None
+        labels = load_label_png(self.labels)
+        if labels.shape != cube.shape[1:]:
+            raise UserError(f"{self.labels}: labels of {labels.shape[0]} x {labels.shape[1]} px for the cube "
+                            f"{self.path} of {cube.shape[1]} x {cube.shape[2]} px; they must match")
+        return cube, labels
 
 
 @dataclass(frozen=True)
@@ -56,12 +80,64 @@ class CubeFolder:
 
 
 @dataclass(frozen=True)
+class LabelledSplit:
+    """The labelled images an FVgNET split file lists, as CRSDUN's ``HySpecSegmentation``: the rows of
+    ``folder/split`` whose 'masks' column is true, sorted by 'names'; image ``name`` is the cube
+    ``visible_28/<name>.npy`` (H x W x 28, values as stored) with the labels ``labels/<name>.png``."""
+
+    folder: Path
+    split: str = "train_data.csv"
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.split
+
+    def names(self) -> list[str]:
+        """The labelled images' names, sorted; an error naming the file for a missing column or a bad row."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.folder}: no {self.split} (CRSDUN's FVgNET split file)")
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        missing = [c for c in ("names", "masks") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{self.path}: no {' / '.join(repr(c) for c in missing)} column (CRSDUN reads the image "
+                            "names from 'names' and keeps the rows whose 'masks' is True)")
+        names = []
+        for line, row in enumerate(rows, start=2):
+            flag = str(row["masks"]).strip().lower()
+            if flag not in ("true", "false", "1", "0"):
+                raise UserError(f"{self.path}, line {line}: 'masks' is {row['masks']!r}, expected True or False")
+            if flag in ("true", "1"):
+                if not row["names"]:
+                    raise UserError(f"{self.path}, line {line}: no image name in the 'names' column")
+                names.append(row["names"])
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+        if repeated:
+            raise UserError(f"{self.path}: image(s) listed more than once: {', '.join(repeated[:5])}")
+        return sorted(names)
+
+    def files(self) -> list[CubeFile]:
+        """Cube and label file of every listed image; an error naming the first one that is missing."""
+        files = [CubeFile(self.folder / "visible_28" / f"{name}.npy", scale=1.0,  # as stored: CRSDUN's np.load
+                          labels=self.folder / "labels" / f"{name}.png") for name in self.names()]
+        if not files:
+            raise UserError(f"{self.path}: lists no labelled image (no row with 'masks' True)")
+        for file in files:
+            for path in (file.path, file.labels):
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: missing; {self.path} lists image '{file.path.stem}', whose "
+                                            "cube is visible_28/<name>.npy and labels labels/<name>.png")
+        return files
+
+
+@dataclass(frozen=True)
 class TrainingData:
-    """Resolved data of a run: cube folders (none for synthetic scenes), the mask file (None: a seeded random
-    mask) and the KAIST test folder (``Truth/`` + ``mask.mat``) when the layout has one."""
+    """Resolved data of a run: cube folders or split lists (none for synthetic scenes), the mask file (None: a
+    seeded random mask) and the KAIST test folder (``Truth/`` + ``mask.mat``) when the layout has one."""
 
     source: str
-    folders: tuple[CubeFolder, ...] = ()
+    folders: tuple[CubeFolder | LabelledSplit, ...] = ()
     mask: Path | None = None
     test_root: Path | None = None
 
@@ -98,9 +174,9 @@ def _recipe_mask(default: Path, recipe: str) -> Path:
     return default
 
 
-def _require_root(root: str | None, recipe: str, needs: str) -> Path:
+def _require_root(root: str | None, recipe: str, needs: str, folder: str = "/path/to/MST/datasets") -> Path:
     if root is None:
-        raise ValueError(f"the {recipe} trains on {needs}: pass --data.root /path/to/MST/datasets; {NO_DATA_HINT}")
+        raise ValueError(f"the {recipe} trains on {needs}: pass --data.root {folder}; {NO_DATA_HINT}")
     path = Path(root)
     if not path.is_dir():
         raise FileNotFoundError(f"no such data folder: {path} (the {recipe} needs {needs}); {NO_DATA_HINT}")
@@ -113,6 +189,34 @@ SIMULATION_NEEDS = ("the toolbox's CAVE cubes (datasets/cave_1024_28/) and the K
 REAL = "MST real-data recipe"
 REAL_NEEDS = ("the toolbox's datasets/CAVE_512_28/ and datasets/KAIST_CVPR2021/ cubes and the real mask "
               "datasets/TSA_real_data/mask.mat")
+
+
+FVGNET = "CRSDUN recipe"
+FVGNET_NEEDS = ("FVgNET in CRSDUN's layout (fvgnet/ with visible_28/*.npy, labels/*.png, train_data.csv) and its "
+                "mask (mask/mask512x512.mat beside fvgnet/)")
+FVGNET_TRAIN, FVGNET_TEST = "train_data.csv", "test_data.csv"
+
+
+def _fvgnet_folder(root: str | None) -> Path:
+    """The ``fvgnet`` folder (the one holding ``train_data.csv``) from ``root`` = it or the CRSDUN folder."""
+    path = _require_root(root, FVGNET, FVGNET_NEEDS, "/path/to/CRSDUN/fvgnet")
+    for folder in (path, path / "fvgnet"):
+        if (folder / FVGNET_TRAIN).is_file():
+            return folder
+    raise FileNotFoundError(f"{path}: holds neither {FVGNET_TRAIN} nor fvgnet/{FVGNET_TRAIN}; the {FVGNET} needs "
+                            f"{FVGNET_NEEDS}: pass --data.root /path/to/CRSDUN/fvgnet; {NO_DATA_HINT}")
+
+
+def _fvgnet_split(root: str | None) -> LabelledSplit:
+    """The training split; an error if an image of it is also a test image (``test_data.csv``, when present)."""
+    folder = _fvgnet_folder(root)
+    train = LabelledSplit(folder, FVGNET_TRAIN)
+    if (folder / FVGNET_TEST).is_file():
+        shared = sorted(set(train.names()) & set(LabelledSplit(folder, FVGNET_TEST).names()))
+        if shared:
+            raise UserError(f"{folder / FVGNET_TEST}: {len(shared)} test image(s) also listed in {FVGNET_TRAIN} "
+                            f"({', '.join(shared[:3])}); training and validation must not see test images")
+    return train
 
 
 def _simulation_folders(root: str | None) -> tuple[Path, Path]:
@@ -150,6 +254,8 @@ def mask_file(source: str, root: str | None, mask: str | None) -> Path | None:
         return _recipe_mask(_simulation_folders(root)[1] / "TSA_simu_data" / "mask.mat", SIMULATION)
     if source == "mst_real":
         return _recipe_mask(_require_root(root, REAL, REAL_NEEDS) / "TSA_real_data" / "mask.mat", REAL)
+    if source == "fvgnet":
+        return _recipe_mask(_fvgnet_folder(root).parent / "mask" / "mask512x512.mat", FVGNET)
     return None
 
 
@@ -160,7 +266,10 @@ def find_training_data(source: str, root: str | None, mask: str | None) -> Train
     not be set). ``folder``: every cube file of ``root``. ``mst_simulation``: ``cave_1024_28`` (``root`` or in
     it; .mat files only, as the toolbox's ``LoadTraining``) and ``TSA_simu_data/mask.mat`` beside it.
     ``mst_real``: ``root``'s ``CAVE_512_28`` (key 'data_slice' / 65535) and ``KAIST_CVPR2021`` (key 'HSI'),
-    and ``TSA_real_data/mask.mat``. ``mask`` replaces the recipe's mask (else a seeded random one).
+    and ``TSA_real_data/mask.mat``. ``fvgnet``: the labelled images of ``train_data.csv`` (``root`` = the
+    ``fvgnet`` folder or the CRSDUN folder holding it; every listed cube and label file must exist, none may be a
+    ``test_data.csv`` image) and ``mask/mask512x512.mat`` beside ``fvgnet``. ``mask`` replaces the recipe's mask
+    (else a seeded random one).
     """
     source = _resolve_source(source, root)
     test_root = None
@@ -168,6 +277,8 @@ def find_training_data(source: str, root: str | None, mask: str | None) -> Train
         return TrainingData(source, mask=mask_file(source, root, mask))
     if source == "folder":
         folders = (CubeFolder(Path(root)),)
+    elif source == "fvgnet":
+        folders = (_fvgnet_split(root),)
     elif source == "mst_simulation":
         cave, toolbox = _simulation_folders(root)
         folders = (CubeFolder(cave, suffixes=(".mat",)),)

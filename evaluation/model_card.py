@@ -82,22 +82,26 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
     where = f"`{data['root']}`" if data.get("root") else "built-in synthetic scenes"
     if data.get("mask"):
         mask = f"`{data['mask']}`"
-    elif source in ("mst_simulation", "mst_real"):
+    elif source in ("mst_simulation", "mst_real", "fvgnet"):
         mask = "the recipe's mask file in the data folder"
     else:
         mask = f"a random binary mask (seed {data.get('seed')})"
+    per_epoch = data.get("samples_per_epoch", "?")
+    epoch = "one pass over the training scenes per epoch" if per_epoch is None else f"{per_epoch} samples per epoch"
+    test_set = "FVgNET test_data.csv images" if source == "fvgnet" else "KAIST test scenes"
     lines = ["## Training", "",
              f"- module: `{training.get('module')}`, loss `{hp.get('loss', 'joint')}`, Adam lr {hp.get('lr')} "
              f"betas {hp.get('betas')}, schedule {schedule}",
              f"- instrument: {instrument}; measurement gain {hp.get('measurement_gain', 1.0)}",
              f"- data: source `{source}`, {where}, mask: {mask} (mask_crop {data.get('mask_crop')}), "
              f"{data.get('crop')} px crops, batch {data.get('batch_size')}, "
-             f"{data.get('samples_per_epoch')} samples per epoch, spliced mosaics p = {data.get('splice_prob')}",
+             f"{epoch}, spliced mosaics p = {data.get('splice_prob')}",
              f"- stopped at epoch index {training.get('epoch')} (0-based), global step {training.get('global_step')}"
              + (f"; W&B run `{training['wandb_run_id']}`" if training.get("wandb_run_id") else "")]
     scenes = val.get("scenes") or []
     lines.append(f"- validation: {len(scenes)} held-out training scene(s) ({', '.join(scenes) or 'names not recorded'}),"
-                 f" {data.get('val_crops_per_scene', 1)} crop(s) of {data.get('crop')} px each (never KAIST test scenes)")
+                 f" {data.get('val_crops_per_scene', 1)} crop(s) of {data.get('val_crop') or data.get('crop')} px each"
+                 f" (never {test_set})")
     if val.get("monitor"):
         lines.append(f"- {val['monitor']} of these weights: {_number(val.get('score'), 3)}; best of the run: "
                      f"{_number(val.get('best'), 3)}")

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data.datamodule import CassiDataModule
 from data.io import load_mask
-from conftest import mst_toolbox
+from conftest import fvgnet_layout, mst_toolbox
 
 CROP = 16
 
@@ -298,3 +298,131 @@ def test_test_set_is_evals_synthetic_scenes_or_the_mst_test_folder(tmp_path):
     assert torch.equal(next(iter(dm.predict_dataloader()))["cube"][0], mst_scenes(root / "TSA_simu_data")[0].cube)
     with pytest.raises(FileNotFoundError, match="TSA_simu_data layout"):
         CassiDataModule(test_root=str(tmp_path)).check("test")
+
+
+# ---------------------------------------------------------------------------------- FVgNET (CRSDUN's layout)
+FVGNET_RECIPE = dict(source="fvgnet", crop=CROP, crop_top=8, augment="hflip", splice_prob=0.0, samples_per_epoch=None,
+                     val_scenes=1, val_crop=48, mask_crop="batch", batch_size=2)
+
+
+def _stored(root, name):
+    """An FVgNET image as CRSDUN reads it: the .npy cube (H, W, 28) -> (28, H, W), the label PNG -> classes."""
+    from data.io import load_label_png
+    return (np.load(root / "visible_28" / f"{name}.npy").transpose(2, 0, 1),
+            load_label_png(root / "labels" / f"{name}.png"))
+
+
+def test_fvgnet_layout_reads_the_labelled_training_split(tmp_path):
+    from data.layouts import find_training_data
+    root = fvgnet_layout(tmp_path, train=5, test=2)
+    names = [f"2021-11-03_{k:03d}" for k in range(5)]        # the unlabelled row and test_data.csv are left out
+    for given in (root, root.parent):                        # the fvgnet folder or the CRSDUN folder holding it
+        found = find_training_data("fvgnet", str(given), None)
+        assert [f.path.stem for f in found.files()] == names and found.test_root is None
+        assert [f.labels for f in found.files()] == [root / "labels" / f"{n}.png" for n in names]
+        assert found.mask == root.parent / "mask" / "mask512x512.mat"
+    stored = root / "visible_28" / f"{names[0]}.npy"
+    np.save(stored, 3 * np.load(stored))                      # values read as stored (CRSDUN: np.load), not rescaled
+    cube, labels = found.files()[0].load_scene()              # the palette-mode PNG reads as the RGB ones
+    np.testing.assert_array_equal(cube, _stored(root, names[0])[0])
+    assert cube.max() > 2
+    assert labels.dtype == np.int64 and set(np.unique(labels)) == {0, 1, 6}
+
+
+def test_fvgnet_crops_are_crsduns_one_pass_of_row_band_crops_with_horizontal_flips(tmp_path):
+    root = fvgnet_layout(tmp_path, train=5, test=2)
+    dm = CassiDataModule(root=str(root), **FVGNET_RECIPE)
+    dm.setup("fit")
+    assert sorted(p.stem for p in dm.train_files + dm.val_files) == [f"2021-11-03_{k:03d}" for k in range(5)]
+    assert len(dm.val_files) == 1 and not set(dm.val_files) & set(dm.train_files)
+    train = {p.stem: _stored(root, p.stem) for p in dm.train_files}
+    assert len(dm.train_set) == 4 and len(dm.train_dataloader()) == 2
+    mirrored = 0
+    for epoch in range(3):
+        seen = []
+        for i in range(4):
+            item = dm.train_set[(epoch, i)]
+            assert item["cube"].shape == (28, CROP, CROP) and item["mask"].shape == (CROP, CROP)
+            matches = [(name, flip) for name, (cube, labels) in train.items() for left in range(48 - CROP + 1)
+                       for flip in (False, True)
+                       if np.array_equal(cube[:, 8:8 + CROP, left:left + CROP][..., ::-1] if flip else
+                                         cube[:, 8:8 + CROP, left:left + CROP], item["cube"].numpy())
+                       and np.array_equal(labels[8:8 + CROP, left:left + CROP][:, ::-1] if flip else
+                                          labels[8:8 + CROP, left:left + CROP], item["labels"].numpy())]
+            assert len(matches) == 1, (epoch, i)              # rows 8..8+CROP, columns mirrored or not, no rotation
+            seen.append(matches[0][0])
+            mirrored += matches[0][1]
+        assert sorted(seen) == sorted(train), epoch           # every training image once per epoch
+    assert 0 < mirrored < 12
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["mask"].shape == (CROP, CROP) and batch["labels"].shape == (2, CROP, CROP)
+    # validation: the whole held-out image with its labels, through the whole mask
+    val = next(iter(dm.val_dataloader()))
+    cube, labels = _stored(root, dm.val_files[0].stem)
+    np.testing.assert_array_equal(val["cube"][0].numpy(), cube)
+    np.testing.assert_array_equal(val["labels"][0].numpy(), labels)
+    np.testing.assert_array_equal(val["mask"].numpy(), load_mask(root.parent / "mask" / "mask512x512.mat"))
+
+
+def test_fvgnet_errors_name_the_folder_or_file(tmp_path):
+    from PIL import Image
+    from data.layouts import find_training_data
+    with pytest.raises(ValueError, match=r"CRSDUN recipe trains on FVgNET.*--data.root.*configs/data/synthetic.yaml"):
+        find_training_data("fvgnet", None, None)
+    with pytest.raises(FileNotFoundError, match=r"no such data folder: .*absent.*configs/data/synthetic.yaml"):
+        find_training_data("fvgnet", str(tmp_path / "absent"), None)
+    with pytest.raises(FileNotFoundError, match=r"holds neither train_data.csv nor fvgnet/train_data.csv"):
+        find_training_data("fvgnet", str(tmp_path), None)
+    root = fvgnet_layout(tmp_path, train=4, test=1)
+    csv = (root / "train_data.csv").read_text()
+
+    (root / "train_data.csv").write_text(csv + "9,2021-11-03_004,True,apple\n")        # a test image
+    with pytest.raises(ValueError, match=r"test_data.csv: 1 test image.*also listed in train_data.csv"):
+        find_training_data("fvgnet", str(root), None)
+    (root / "train_data.csv").write_text(csv.replace("masks", "labelled"))
+    with pytest.raises(ValueError, match=r"train_data.csv: no 'masks' column"):
+        find_training_data("fvgnet", str(root), None)
+    (root / "train_data.csv").write_text(csv.replace("True", "yes", 1))
+    with pytest.raises(ValueError, match=r"train_data.csv, line 2: 'masks' is 'yes'"):
+        find_training_data("fvgnet", str(root), None)
+    (root / "train_data.csv").write_text(csv)
+
+    (root / "labels" / "2021-11-03_002.png").rename(tmp_path / "kept.png")
+    with pytest.raises(FileNotFoundError, match=r"labels/2021-11-03_002.png: missing; .*train_data.csv lists image"):
+        CassiDataModule(root=str(root), **FVGNET_RECIPE).check("fit")
+    (tmp_path / "kept.png").rename(root / "labels" / "2021-11-03_002.png")
+    (root.parent / "mask" / "mask512x512.mat").rename(tmp_path / "mask.mat")
+    with pytest.raises(FileNotFoundError, match=r"mask/mask512x512.mat, which is not at .*pass --data.mask"):
+        CassiDataModule(root=str(root), **FVGNET_RECIPE).check("fit")
+    (tmp_path / "mask.mat").rename(root.parent / "mask" / "mask512x512.mat")
+
+    # read at setup: a colour outside the palette, a cube with 27 bands, labels of another size
+    label = root / "labels" / "2021-11-03_001.png"
+    rgb = np.asarray(Image.open(label).convert("RGB")).copy()
+    rgb[0, 0] = (1, 2, 3)
+    Image.fromarray(rgb).save(label)
+    with pytest.raises(ValueError, match=r"2021-11-03_001.png: 1 colour\(s\) not in the palette: \(1, 2, 3\)"):
+        CassiDataModule(root=str(root), **FVGNET_RECIPE).setup("fit")
+    rgb[0, 0] = 0
+    Image.fromarray(rgb[:40]).save(label)
+    with pytest.raises(ValueError, match=r"2021-11-03_001.png: labels of 40 x 48 px for the cube .*001.npy of 48 x 48"):
+        CassiDataModule(root=str(root), **FVGNET_RECIPE).setup("fit")
+    Image.fromarray(rgb).save(label)
+    cube = root / "visible_28" / "2021-11-03_003.npy"
+    np.save(cube, np.load(cube)[..., :27])
+    with pytest.raises(ValueError, match=r"2021-11-03_003.npy: expected 28 bands, got 27"):
+        CassiDataModule(root=str(root), **FVGNET_RECIPE).setup("fit")
+
+
+def test_synthetic_scenes_hold_the_row_band_and_whole_image_validation_crops():
+    """The CRSDUN recipe with configs/data/synthetic.yaml: synthetic scenes large enough for crop_top + crop and
+    val_crop, a random mask large enough for the validation windows."""
+    dm = CassiDataModule(source="synthetic", num_scenes=2, crop=CROP, crop_top=20, augment="hflip", val_scenes=1,
+                         val_crop=40, mask_crop="batch", batch_size=2, samples_per_epoch=None)
+    dm.setup("fit")
+    assert dm.train_set.source.cubes[0].shape == (28, 40, 40) and dm.mask.shape == (80, 80)
+    assert len(dm.train_set) == 2 and next(iter(dm.val_dataloader()))["cube"].shape == (1, 28, 40, 40)
+    with pytest.raises(ValueError, match="val_crop=40 differs from crop=16, but with mask_crop=none"):
+        CassiDataModule(crop=CROP, val_crop=40).check("fit")
+    with pytest.raises(ValueError, match=r"3 training scenes \(one pass per epoch\), fewer than --data.batch_size 4"):
+        CassiDataModule(crop=CROP, num_scenes=3, batch_size=4, samples_per_epoch=None).check("fit")

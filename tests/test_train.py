@@ -175,10 +175,12 @@ def test_every_registry_model_has_a_config_and_a_smoke_config(capsys):
             assert config["data"]["root"] is None, path  # the recipe's data come from --data.root
             if folder == CONFIGS:
                 assert config["data"]["crop"] in (96, 256, 384), path
+                # the toolbox's data layout; CRSDUN: FVgNET in its layout, one pass over the images per epoch
+                if path.stem.startswith("crsdun"):
+                    assert config["data"]["source"] == "fvgnet" and config["data"]["samples_per_epoch"] is None, path
+                    continue
                 assert config["data"]["samples_per_epoch"] in (5000, 1250, 20000), path
-                # the toolbox's data layout, except CRSDUN (FVgNET is not read yet: labelled synthetic scenes)
-                expected = "synthetic" if path.stem.startswith("crsdun") else (
-                    "mst_real" if path.stem.endswith("_real") else "mst_simulation")
+                expected = "mst_real" if path.stem.endswith("_real") else "mst_simulation"
                 assert config["data"]["source"] == expected, path
             else:
                 assert config["data"]["source"] == "auto", path  # synthetic scenes: runs anywhere

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from scipy.io import loadmat
 
 from cli_checks import user_error
-from conftest import mst_toolbox
+from conftest import fvgnet_layout, mst_toolbox
 from data.kaist import mst_scenes, synthetic_scenes
 from test_train import CONFIGS, QUIET, cli, one_step
 
@@ -66,6 +67,57 @@ def test_recipe_trains_on_the_toolbox_folder_and_test_equals_eval_kaist(tmp_path
     logged = tested.trainer.callback_metrics
     assert float(logged["test/psnr"]) == pytest.approx(np.mean([r["psnr"] for r in ours]), rel=1e-6)
     assert "test_scene/scene02/ssim" in logged
+
+
+# CRSDUN's recipe on a tiny FVgNET (64 x 64 images and mask; CRSDUN needs sides divisible by 32): crops and
+# validation shrunk to fit
+FVGNET_SIZES = ["--data.crop", "32", "--data.crop_top", "8", "--data.val_crop", "64", "--data.val_scenes", "1",
+                "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.logger", "false",
+                "--previews.every_n_epochs", "0", *QUIET]
+
+
+def test_crsdun_recipe_trains_on_fvgnet_and_validates_on_held_out_whole_images(tmp_path):
+    """configs/crsdun_3stg.yaml on the CRSDUN folder: 4 training images = one epoch of 2 steps, the fifth held out
+    and validated whole with its labels (mIoU), test_data.csv never read."""
+    root = fvgnet_layout(tmp_path, train=5, test=2, size=64, mask_size=64)
+    fitted = run("fit", CONFIGS / "crsdun_3stg.yaml", tmp_path / "run", "--data.root", str(root.parent),
+                 "--trainer.max_epochs", "1", *FVGNET_SIZES)
+    assert fitted.trainer.global_step == 2 and fitted.trainer.precision in ("16-mixed", "bf16-mixed")
+    dm = fitted.datamodule
+    assert dm.hparams.source == "fvgnet" and dm.hparams.augment == "hflip" and dm.hparams.splice_prob == 0
+    assert dm.mask.shape == (64, 64) and len(dm.train_files) == 4
+    assert fitted.model.scene_names == [dm.val_files[0].stem]
+    assert not {p.stem for p in dm.train_files + dm.val_files} & {"2021-11-03_005", "2021-11-03_006"}
+    metrics = fitted.trainer.callback_metrics
+    assert 0 <= float(metrics["val/miou"]) <= 1 and math.isfinite(float(metrics["val/psnr"]))
+    assert f"val_scene/{dm.val_files[0].stem}/psnr" in metrics
+
+
+def test_crsdun_recipe_data_errors_are_one_line_before_any_work(tmp_path, capsys):
+    from PIL import Image
+
+    def fails(pattern: str, *args: str) -> None:
+        user_error(capsys, lambda: run("fit", CONFIGS / "crsdun_3stg.yaml", tmp_path / "run", *args, *FVGNET_SIZES),
+                   pattern, only_line=False)
+        assert not (tmp_path / "run").exists()
+
+    fails(r"train.py: error: the CRSDUN recipe trains on FVgNET .*--data.root /path/to/CRSDUN/fvgnet; .*"
+          r"--config configs/data/synthetic.yaml")
+    fails(r"no such data folder: .*absent .*configs/data/synthetic.yaml", "--data.root", str(tmp_path / "absent"))
+    root = fvgnet_layout(tmp_path, train=3, test=1, size=64, mask_size=64)
+    (root / "labels" / "2021-11-03_001.png").unlink()
+    fails(r"labels/2021-11-03_001.png: missing; .*train_data.csv lists image '2021-11-03_001'", "--data.root",
+          str(root))
+    label = root / "labels" / "2021-11-03_002.png"
+    rgb = np.asarray(Image.open(label).convert("RGB")).copy()
+    Image.fromarray(rgb).save(root / "labels" / "2021-11-03_001.png")
+    rgb[5, 5] = (255, 255, 255)
+    Image.fromarray(rgb).save(label)
+    fails(r"2021-11-03_002.png: 1 colour\(s\) not in the palette: \(255, 255, 255\)", "--data.root", str(root))
+    rgb[5, 5] = 0
+    Image.fromarray(rgb).save(label)
+    np.save(root / "visible_28" / "2021-11-03_000.npy", np.zeros((64, 64, 31), np.float32))
+    fails(r"2021-11-03_000.npy: expected 28 bands, got 31", "--data.root", str(root))
 
 
 def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstructions(tmp_path, capsys):

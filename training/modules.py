@@ -308,7 +308,7 @@ class JointModule(CassiModule):
         seg_weight: lambda_ce (paper 1e-4). stage_decay: lambda_stage (paper 0.7; stage k of K weighs 0.7^(K-k)).
         **kwargs: the shared settings of :class:`CassiModule`.
 
-    Batches need ``labels`` (B, h, w) int64 class maps (the synthetic scenes have them).
+    Batches need ``labels`` (B, h, w) int64 class maps (the synthetic scenes and FVgNET have them).
     Validation also tracks the mean IoU (``val/miou``, classes absent from prediction and labels skipped).
     """
 
@@ -324,7 +324,7 @@ class JointModule(CassiModule):
     def _labels(self, batch: dict[str, Tensor]) -> Tensor:
         if "labels" not in batch:
             raise ValueError("JointModule needs per-pixel 'labels' in the batch; this datamodule gives none "
-                             "(the synthetic scenes have labels, folders of cubes do not)")
+                             "(the synthetic scenes and --data.source fvgnet have labels, folders of cubes do not)")
         labels = batch["labels"]
         if int(labels.max()) >= self.n_class:
             raise ValueError(f"labels go up to {int(labels.max())} but the model has n_class={self.n_class}; "
