@@ -108,6 +108,8 @@ def _add_real(sub) -> None:
     parser.add_argument("--scale", type=positive_float, help="rescale each measurement to this maximum first "
                         "(MST real-data networks use 0.8); default: as stored")
     parser.add_argument("--limit", type=positive_int, help="reconstruct only the first N captures")
+    parser.add_argument("--operator", help="calibrate.py's operator.npz: also reconstruct through the calibrated "
+                        "instrument, previews side by side")
     _add_output(parser, "outputs/real", "output folder (default outputs/real), written as one unit at the end")
     parser.add_argument("--no-previews", action="store_true")
 
@@ -193,10 +195,11 @@ def run_kaist(args) -> None:
 def run_real(args) -> None:
     from evaluation.real import evaluate_real
 
-    folder = OutputFolder(args.out, "results.json", args.force, inputs=(args.data_root, args.ckpt, args.release))
+    folder = OutputFolder(args.out, "results.json", args.force,
+                          inputs=(args.data_root, args.ckpt, args.release, args.operator))
     with folder as staging:
         results = evaluate_real(_method(args), args.data_root, staging, scale=args.scale,
-                                previews=not args.no_previews, limit=args.limit)
+                                previews=not args.no_previews, limit=args.limit, operator=args.operator)
     _wrote(folder, results)
 
 

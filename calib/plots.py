@@ -39,6 +39,26 @@ def _heatmap(ax, entries: list[dict], x: str, y: str, title: str) -> None:
     plt.colorbar(im, ax=ax, label="log10(score / min)")
 
 
+def slice_curves(result: CalibrationResult) -> dict[str, dict]:
+    """The landscape slices as plotted: per parameter, offsets from the estimate divided by the slice
+    half-width (``scale``), the score's rise over its value at the estimate on the same slice (%, so
+    0 at offset 0) and its standard error (%, the criterion's noise, :mod:`calib.status`)."""
+    est = result.estimate.to_dict()
+    curves = {}
+    for name in PARAMETER_NAMES:
+        s = result.landscape.get(name)
+        if not s:
+            continue
+        offsets = np.array(s["values"]) - est[name]
+        centre = int(np.argmin(np.abs(offsets)))
+        scores = np.array(s["scores"])
+        scale = float(np.abs(offsets).max()) or 1.0
+        errors = np.array(s.get("standard_error", np.zeros_like(scores)))
+        curves[name] = {"offset": offsets / scale, "rise": 100 * (scores / scores[centre] - 1),
+                        "standard_error": 100 * errors, "scale": scale}
+    return curves
+
+
 def plot_landscape(result: CalibrationResult, path: str | Path) -> Path:
     """Search landscapes (stage maps) and 1-D slices through the estimate; writes a PNG."""
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
@@ -57,21 +77,16 @@ def plot_landscape(result: CalibrationResult, path: str | Path) -> Path:
         ax.legend(fontsize=7)
     _heatmap(axes[0, 2], _stage_points(result, "1d"), "alpha", "a1", "1d: a1-alpha grid")
     est = result.estimate.to_dict()
-    for k, name in enumerate(PARAMETER_NAMES):
+    for k, (name, curve) in enumerate(slice_curves(result).items()):
         ax = axes[1, 0] if k < 3 else axes[1, 1]
-        s = result.landscape.get(name)
-        if not s:
-            continue
-        offsets = np.array(s["values"]) - est[name]
-        scale = np.abs(offsets).max() or 1.0
-        rise = 100 * (np.array(s["scores"]) / result.score - 1)
-        ax.plot(offsets / scale, rise, marker="o", label=f"{name} (+-{scale:.3g} {PARAMETER_UNITS[name]})")
+        ax.errorbar(curve["offset"], curve["rise"], yerr=curve["standard_error"], marker="o", capsize=3,
+                    label=f"{name} (+-{curve['scale']:.3g} {PARAMETER_UNITS[name]})")
     for ax in (axes[1, 0], axes[1, 1]):
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xlabel("offset from the estimate (slice half-width = 1)")
-        ax.set_ylabel("score rise (%)")
+        ax.set_ylabel("score rise (%), bars: criterion noise")
         ax.legend(fontsize=7)
-        ax.set_title("slices through the estimate", fontsize=9)
+        ax.set_title("slices through the estimate (search setting)", fontsize=9)
     plot_stages(result, ax=axes[1, 2])
     fig.suptitle(f"calibration: {', '.join(f'{n}={v:.4g}' for n, v in est.items())}  status: {result.status}",
                  fontsize=10)
@@ -90,7 +105,7 @@ def plot_stages(result: CalibrationResult, path: str | Path | None = None, ax=No
     ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("held-out score")
     ax.set_yscale("log")
-    ax.set_title("score per stage (1x: search setting, 2x-3: refinement setting)", fontsize=9)
+    ax.set_title("score per stage (1x, 3: search setting; 2x: refinement setting)", fontsize=9)
     if own:
         fig.tight_layout()
         return _save(fig, path)

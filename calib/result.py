@@ -38,7 +38,7 @@ class CalibrationResult:
     why, e.g. a flat landscape or an estimate at a range edge) or "failed" (no usable estimate).
     ``landscape`` holds 1-D score slices through the estimate; ``evaluations`` every score the beam
     search computed (stage, point, score), for the plots; ``checks`` the residuals of the chosen
-    solver before / after calibration.
+    solver before / after calibration; ``tests`` the numbers behind the status (:mod:`calib.status`).
     """
 
     estimate: Mismatch
@@ -52,6 +52,7 @@ class CalibrationResult:
     landscape: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    tests: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -63,7 +64,8 @@ class CalibrationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"estimate": self.estimate.to_dict(), "units": dict(PARAMETER_UNITS), "status": self.status,
-                "reasons": list(self.reasons), "score": self.score, "nominal_score": self.nominal_score,
+                "reasons": list(self.reasons), "status_tests": self.tests, "score": self.score,
+                "nominal_score": self.nominal_score,
                 "history": [h.to_dict() for h in self.history], "timings": self.timings,
                 "landscape": self.landscape, "checks": self.checks, "settings": self.settings,
                 "evaluations": self.evaluations}

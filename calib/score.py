@@ -246,6 +246,16 @@ class HeldOutScore:
         """Held-out prediction errors (B, N) of candidates (B, 5); ``score = (residuals ** 2).sum(1)``."""
         return torch.cat([self._residuals(part, False) for part in self._chunks(params)])
 
+    @torch.no_grad()
+    def block_scores(self, params: Tensor, blocks: int) -> Tensor:
+        """Scores of candidates (B, 5) split over (fold, stripe, column block): (B, folds * stripes * blocks),
+        summing to ``self(params)``. Paired differences of these components between two candidates
+        estimate the noise of their score difference (:mod:`calib.status`)."""
+        errors = self.residuals(params) ** 2
+        errors = errors.view(errors.shape[0], len(self.folds), len(self.windows), self.y.shape[1], self.y.shape[2])
+        columns = torch.tensor_split(torch.arange(self.y.shape[2]), min(blocks, self.y.shape[2]))
+        return torch.stack([errors[..., c].sum((-1, -2)) for c in columns], -1).flatten(1)
+
     def differentiable_residuals(self, params: Tensor) -> Tensor:
         """Held-out prediction errors (1, N) of one candidate (1, 5), differentiable in it
         (checkpointed unrolled CG)."""

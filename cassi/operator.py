@@ -89,6 +89,11 @@ class CassiOperator(nn.Module):
         return self.width + self.step * (self.bands - 1)
 
     @property
+    def oversample(self) -> tuple[int, int]:
+        """(N, K) of the enlarged-grid model this operator computes; (1, 1): the native grid."""
+        return 1, 1
+
+    @property
     def is_nominal(self) -> bool:
         """True when the operator is exactly the toolbox's integer shift model."""
         m = self.mismatch

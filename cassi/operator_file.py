@@ -1,11 +1,15 @@
-"""Saving and loading an instrument model (mask + mismatch) as one ``.npz`` file.
+"""Saving and loading an instrument model (mask + mismatch + forward model) as one ``.npz`` file.
 
-Keys: ``mask`` (H, W) float32, ``bands``, ``step``, ``dispersion`` ("linear"/"integer") and the five
-mismatch parameters ``dx, dy, theta, a1, alpha`` (px, px, deg, px/band, deg). ``calibrate.py`` writes
-one; ``train.py`` and ``eval.py`` accept it wherever they take a mask.
+Keys: ``mask`` (H, W) float32, ``bands``, ``step``, ``dispersion`` ("linear"/"integer"), the five
+mismatch parameters ``dx, dy, theta, a1, alpha`` (px, px, deg, px/band, deg) and ``spatial``,
+``spectral``: the oversampling N, K of the forward model the mismatch was calibrated with (1, 1: the
+native operator; files without these keys are native). ``calibrate.py`` writes one; ``train.py`` and
+``eval.py`` accept it wherever they take a mask, through ``calib.instrument.load_instrument`` (which
+builds the N x K model; :func:`load_operator` here gives native-grid files only).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +21,28 @@ from cassi.mismatch import PARAMETER_UNITS, Mismatch
 from cassi.operator import CassiOperator
 
 REQUIRED_KEYS = ("mask", "bands", "step", "dispersion", *PARAMETER_UNITS)
+OVERSAMPLE_KEYS = ("spatial", "spectral")
+
+
+@dataclass
+class OperatorRecord:
+    """The contents of an operator file."""
+
+    mask: torch.Tensor
+    bands: int
+    step: int
+    dispersion: str
+    mismatch: Mismatch
+    oversample: tuple[int, int] = (1, 1)
 
 
 def save_operator(path: str | Path, op: CassiOperator) -> Path:
-    """Write ``op`` (its unwarped mask and its mismatch) atomically to ``path`` (.npz)."""
+    """Write ``op`` (its unwarped mask, its mismatch and ``op.oversample``) atomically to ``path`` (.npz)."""
     if op.mask.shape[0] != 1:
         raise ValueError("save_operator stores one instrument: the operator holds per-sample masks")
     arrays = {"mask": op.mask[0].detach().cpu().float().numpy(), "bands": np.int64(op.bands),
-              "step": np.int64(op.step), "dispersion": np.str_(op.dispersion)}
+              "step": np.int64(op.step), "dispersion": np.str_(op.dispersion),
+              "spatial": np.int64(op.oversample[0]), "spectral": np.int64(op.oversample[1])}
     arrays.update({k: np.float64(v) for k, v in op.mismatch.to_dict().items()})
     return save_npz(path, compress=False, **arrays)
 
@@ -39,8 +57,9 @@ def _scalar(data, key: str, kind: str, path: Path):
     return {"int": int, "float": float, "str": str}[kind](value)
 
 
-def load_operator(path: str | Path) -> CassiOperator:
-    """Read an operator file written by :func:`save_operator`; a clear error names a missing or bad key."""
+def read_operator_file(path: str | Path) -> OperatorRecord:
+    """The contents of an operator file written by :func:`save_operator`; a clear error names a missing
+    or bad key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"operator file not found: {path}")
@@ -49,7 +68,7 @@ def load_operator(path: str | Path) -> CassiOperator:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
                 raise UserError(f"{path}: operator file lacks key(s) {missing}; it has {sorted(data.files)}")
-            values = {k: data[k] for k in REQUIRED_KEYS}
+            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS) if k in data.files}
     except UserError:
         raise
     except Exception as err:  # not a zip, truncated, pickled objects, ...
@@ -58,10 +77,23 @@ def load_operator(path: str | Path) -> CassiOperator:
     if mask.ndim != 2 or mask.dtype.kind not in "iuf":
         raise UserError(f"{path}: key 'mask' must be a 2-D numeric array, got dtype {mask.dtype} and shape "
                         f"{mask.shape}")
-    mismatch = Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS})
+    oversample = tuple(_scalar(values, k, "int", path) if k in values else 1 for k in OVERSAMPLE_KEYS)
+    if min(oversample) < 1:
+        raise UserError(f"{path}: oversampling (spatial, spectral) = {oversample} must be >= 1")
+    return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
+                          _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
+                          Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
+                          oversample)
+
+
+def load_operator(path: str | Path) -> CassiOperator:
+    """The native-grid operator of an operator file; a file that records an N x K forward model is
+    refused (load it with ``calib.instrument.load_instrument``)."""
+    record = read_operator_file(path)
+    if record.oversample != (1, 1):
+        raise UserError(f"{path}: the instrument was calibrated with the N={record.oversample[0]}, "
+                        f"K={record.oversample[1]} forward model; load it with calib.instrument.load_instrument")
     try:
-        return CassiOperator(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
-                             _scalar(values, "step", "int", path), mismatch,
-                             dispersion=_scalar(values, "dispersion", "str", path))
+        return CassiOperator(record.mask, record.bands, record.step, record.mismatch, dispersion=record.dispersion)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err

@@ -62,9 +62,9 @@ def _mark_probes(axis, points: list[tuple[int, int]]) -> None:
                       color=CURVE_COLOURS[k], fontsize=8)
 
 
-def _heat_map(figure: Figure, axis, image: np.ndarray, title: str) -> None:
-    """A non-negative map in the magma colour map, with its colour bar."""
-    shown = axis.imshow(image, cmap="magma", vmin=0.0)
+def _heat_map(figure: Figure, axis, image: np.ndarray, title: str, top: float | None = None) -> None:
+    """A non-negative map in the magma colour map (up to ``top``, default its maximum), with its colour bar."""
+    shown = axis.imshow(image, cmap="magma", vmin=0.0, vmax=top)
     axis.set_title(title)
     figure.colorbar(shown, ax=axis, shrink=0.8)
 
@@ -110,18 +110,25 @@ def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: s
     return save_figure(figure, path, dpi=100)
 
 
-def save_real(path: str | Path, pred: Tensor, measurement: Tensor, residual: Tensor, title: str) -> Path:
-    """Real capture: RGB render of the reconstruction (auto exposure), the snapshot, |A x - y|."""
-    pred_np = pred.detach().cpu().numpy()
-    figure = Figure(figsize=(13, 4), layout="constrained")
-    axes = figure.subplots(1, 3, width_ratios=[pred_np.shape[2], measurement.shape[-1], residual.shape[-1]])
-    axes[0].imshow(cube_to_rgb(pred_np, exposure=auto_exposure(pred_np)))
-    axes[0].set_title("reconstruction (auto exposure)")
-    _mark_probes(axes[0], probe_points(pred_np))
-    axes[1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
-    axes[1].set_title("measurement")
-    _heat_map(figure, axes[2], residual.detach().cpu().abs().numpy(), "|A x - y|")
-    return _save_panels(figure, axes, title, path)
+def save_real(path: str | Path, measurement: Tensor, reconstructions: list[tuple[str, Tensor, Tensor]],
+              title: str) -> Path:
+    """Real capture: one row per (label, reconstruction (L, H, W), residual A x - y) -- the RGB render (one
+    automatic exposure for all rows) and |A x - y| (one colour scale for all rows) -- and the snapshot."""
+    preds = [pred.detach().cpu().numpy() for _, pred, _ in reconstructions]
+    residuals = [res.detach().cpu().abs().numpy() for _, _, res in reconstructions]
+    exposure = auto_exposure(preds[0])
+    top = max(float(r.max()) for r in residuals)
+    figure = Figure(figsize=(13, 4 * len(reconstructions)), layout="constrained")
+    axes = figure.subplots(len(reconstructions), 3, squeeze=False,
+                           width_ratios=[preds[0].shape[2], measurement.shape[-1], residuals[0].shape[-1]])
+    for row, ((label, _, _), pred, residual) in enumerate(zip(reconstructions, preds, residuals)):
+        axes[row, 0].imshow(cube_to_rgb(pred, exposure=exposure))
+        axes[row, 0].set_title(f"{label}: reconstruction")
+        _mark_probes(axes[row, 0], probe_points(pred))
+        _heat_map(figure, axes[row, 2], residual, f"{label}: |A x - y|", top)
+    axes[0, 1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
+    axes[0, 1].set_title("measurement")
+    return _save_panels(figure, axes.flat, title, path)
 
 
 def save_segmentation(path: str | Path, pred: np.ndarray, labels: np.ndarray, n_class: int, title: str) -> Path:

@@ -1,9 +1,9 @@
 """Where scenario III's operator comes from: ``calib.calibrate`` per measurement, or a saved estimate.
 
 * ``--operator FILE.npz``: an operator file (``cassi.operator_file``) written by ``calibrate.py``; its mask
-  must be the evaluation mask (same shape and values) -- its mismatch is used.
+  must be the evaluation mask (same shape and values) -- its mismatch and forward model (N, K) are used.
 * ``--calibration FILE.json``: ``calibrate.py``'s calibration.json; the five parameters are read from its
-  ``estimate`` object (or from the top level).
+  ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` if present.
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` estimates the mismatch of every scene's
   measurement on its own (slow: a search per scene).
 """
@@ -19,26 +19,27 @@ from torch import Tensor
 
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
-from cassi.operator_file import load_operator
+from cassi.operator_file import read_operator_file
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
 
 def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: int = 2) -> FixedEstimate:
-    """The mismatch of an operator file whose mask equals ``mask`` and whose bands and step are these."""
-    op = load_operator(path)
-    shape, wanted = tuple(op.mask.shape[-2:]), tuple(mask.shape)
+    """The mismatch and forward model (N, K) of an operator file whose mask equals ``mask`` and whose
+    bands and step are these."""
+    record = read_operator_file(path)
+    shape, wanted = tuple(record.mask.shape), tuple(mask.shape)
     if shape != wanted:
         raise UserError(f"{path}: the operator's mask is {shape} but the evaluation mask is {wanted}; "
                         "calibrate with the same mask")
-    if mask_sha256(op.mask[0]) != mask_sha256(mask):
+    if mask_sha256(record.mask) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask has the evaluation mask's shape {shape} but other values "
-                        f"(sha256 {mask_sha256(op.mask[0])[:12]}... vs {mask_sha256(mask)[:12]}...): it is not the "
+                        f"(sha256 {mask_sha256(record.mask)[:12]}... vs {mask_sha256(mask)[:12]}...): it is not the "
                         "evaluation mask; calibrate with the same mask")
-    if (op.bands, op.step) != (bands, step):
-        raise UserError(f"{path}: the operator has {op.bands} bands and step {op.step}, the evaluation "
+    if (record.bands, record.step) != (bands, step):
+        raise UserError(f"{path}: the operator has {record.bands} bands and step {record.step}, the evaluation "
                         f"{bands} bands and step {step}")
-    return FixedEstimate(op.mismatch, {"source": "operator file", "path": str(path)})
+    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path)}, record.oversample)
 
 
 def from_calibration_json(path: str | Path) -> FixedEstimate:
@@ -61,7 +62,14 @@ def from_calibration_json(path: str | Path) -> FixedEstimate:
         mismatch = Mismatch.from_dict(params)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err
-    return FixedEstimate(mismatch, {"source": "calibration file", "path": str(path)})
+    settings = content.get("settings")
+    oversample = settings.get("oversample") if isinstance(settings, dict) else None
+    if oversample is not None:
+        if not (isinstance(oversample, list) and len(oversample) == 2
+                and all(isinstance(v, int) and v >= 1 for v in oversample)):
+            raise UserError(f"{path}: settings.oversample must be [N, K] with integers >= 1, got {oversample!r}")
+        oversample = tuple(oversample)
+    return FixedEstimate(mismatch, {"source": "calibration file", "path": str(path)}, oversample)
 
 
 @dataclass
@@ -77,6 +85,11 @@ class CalibratePerScene:
     @property
     def description(self) -> dict[str, Any]:
         return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt, **self.options}
+
+    @property
+    def oversample(self) -> tuple[int, int]:
+        from calib.pipeline import MODEL_OVERSAMPLE
+        return tuple(self.options.get("oversample", MODEL_OVERSAMPLE))
 
     def __call__(self, y: Tensor, mask: Tensor) -> Mismatch:
         calibrate = calibrate_function()

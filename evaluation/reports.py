@@ -2,7 +2,8 @@
 
 ``results.json`` holds ``scenes`` (a list of {name, psnr, ssim, sam, ergas, seconds}) and ``mean`` for the
 primary scenario (I when it was run, else the first one), plus, for every scenario run, its own
-``scenes`` / ``mean`` under ``scenarios``, the ``comparison`` (delta_deg, delta_cal, recovery_ratio) and
+``scenes`` / ``mean`` under ``scenarios``, the ``comparison`` (delta_deg, delta_cal, recovery_ratio, their
+"-model" versions and the I - IV gap split, see ``evaluation.scenarios``) and
 the ``calibration`` parameter errors when there are any.
 """
 from __future__ import annotations
@@ -49,10 +50,15 @@ def markdown_table(header: list[str], lines: list[list[str]]) -> str:
 def comparison_lines(results: dict[str, Any]) -> list[list[str]]:
     """One line per comparison (delta_deg, delta_cal, recovery_ratio) with a value per metric."""
     names = {"delta_deg": "Delta_deg = I - II", "delta_cal": "Delta_cal = III - II",
-             "recovery_ratio": "recovery (III - II) / (IV - II)"}
+             "recovery_ratio": "recovery (III - II) / (IV - II)",
+             "delta_cal_model": "Delta_cal, model = III-model - II-model",
+             "recovery_ratio_model": "recovery, model = (III-model - II-model) / (IV-model - II-model)",
+             "gap_i_iv": "gap I - IV", "instrument": "instrument = I - Ih-model",
+             "drift": "drift with known parameters = Ih-model - IV-model",
+             "model_error": "model error = IV-model - IV"}
     lines = []
     for key, values in results.get("comparison", {}).items():
-        fmt = "{:.3f}" if key == "recovery_ratio" else "{:+.3f}"
+        fmt = "{:.3f}" if key.startswith("recovery_ratio") else "{:+.3f}"
         lines.append([names[key], *["-" if values[m] is None else fmt.format(values[m]) for m in METRICS]])
     return lines
 

@@ -2,16 +2,27 @@
 
 For every scene x with coded aperture M and an injected mismatch xi:
 
-* **I ideal**: y = A_nominal x; reconstruct with A_nominal.
-* **II mismatched**: y' = the high-fidelity simulator (``cassi.simulator``, N x spatial, K x spectral
-  oversampling) of the instrument with mismatch xi; reconstruct with A_nominal.
+* **I ideal**: y = A_nominal x (native grid); reconstruct with A_nominal.
+* **Ih ideal instrument**: y = the high-fidelity simulator (``cassi.simulator``, N x spatial, K x spectral
+  oversampling) at the nominal parameters; reconstruct at the nominal parameters.
+* **II mismatched**: y' = the simulator of the instrument with mismatch xi; reconstruct at the nominal parameters.
 * **III calibrated**: xi_hat estimated from y' and M alone (``calib.calibrate``, or an estimate read from
-  a file); reconstruct y' with A(xi_hat).
-* **IV oracle**: reconstruct y' with A(xi), the true mismatch (the simulator's discretisation error remains).
+  a file); reconstruct y' at xi_hat.
+* **IV oracle**: reconstruct y' at the true xi (the model's discretisation error remains).
 
-Reported: Delta_deg = I - II, Delta_cal = III - II, recovery ratio (III - II) / (IV - II) for every metric,
-and the parameter errors xi_hat - xi. The same detector noise (if any) is added to y and y'.
-The plain KAIST protocol is scenario I alone.
+Every scenario reconstructs through the native-grid operator ``A(xi)`` (key "I", "II", ...); Ih-IV also
+through the calibration forward model, the N_m x K_m enlarged-grid model of ``calib.instrument`` at the same
+parameters (key "Ih-model", "II-model", ...), with (N_m, K_m) the calibration's (``Calibrator.oversample``),
+else ``ScenarioSetup.model``, else the simulator's (N, K); none when that is (1, 1) (the native operator).
+
+Reported: Delta_deg = I - II, Delta_cal = III - II, recovery ratio (III - II) / (IV - II) for every metric
+(and their "-model" versions), the parameter errors xi_hat - xi, and the I - IV gap split into
+instrument = I - Ih-model (a native-grid vs an enlarged-grid measurement, each through its own model),
+drift = Ih-model - IV-model (the drift when its parameters are known) and model error = IV-model - IV
+(what reconstructing through the native operator instead of the model costs): I - IV = instrument + drift
++ model error.
+The same detector noise (if any) is added to every measurement of a scene. The plain KAIST protocol is
+scenario I alone.
 """
 from __future__ import annotations
 
@@ -21,23 +32,30 @@ from typing import Any, Callable, Protocol
 
 from torch import Tensor
 
+from calib.instrument import instrument_operator
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.gap_tv import compile_tv_kernel
 from cassi.simulator import simulate_measurement
 from data.kaist import Scene
 from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
 
-SCENARIOS = {"I": "ideal: nominal measurement, nominal operator",
+SCENARIOS = {"I": "ideal: native-grid measurement, nominal operator",
+             "Ih": "ideal instrument: high-fidelity simulator at the nominal parameters, nominal operator",
              "II": "mismatched: measured with the mismatch (high-fidelity simulator), nominal operator",
              "III": "calibrated: mismatched measurement, operator estimated from the measurement",
              "IV": "oracle: mismatched measurement, operator with the true mismatch"}
+MODEL = "-model"          # suffix of the results reconstructed through the calibration forward model
 DEFAULT_MISMATCH = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
 
 
 class Calibrator(Protocol):
-    """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W)."""
+    """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W).
+
+    ``oversample``: (N, K) of the forward model the estimate belongs to, or None when unknown.
+    """
 
     description: dict[str, Any]
+    oversample: tuple[int, int] | None
 
     def __call__(self, y: Tensor, mask: Tensor) -> Mismatch: ...
 
@@ -48,6 +66,7 @@ class FixedEstimate:
 
     estimate: Mismatch
     description: dict[str, Any] = field(default_factory=dict)
+    oversample: tuple[int, int] | None = None
 
     def __call__(self, y: Tensor, mask: Tensor) -> Mismatch:
         return self.estimate
@@ -55,13 +74,15 @@ class FixedEstimate:
 
 @dataclass
 class ScenarioSetup:
-    """Which scenarios to run and how the mismatched instrument is simulated."""
+    """Which scenarios to run, how the instrument is simulated (``oversample`` N, K) and, optionally, the
+    (N, K) of the calibration forward model to reconstruct through (``model``; see the module docstring)."""
 
     scenarios: tuple[str, ...] = ("I",)
     mismatch: Mismatch = field(default_factory=lambda: Mismatch(**DEFAULT_MISMATCH.to_dict()))
     oversample: tuple[int, int] = (4, 2)
     noise: Noise = field(default_factory=Noise)
     step: int = 2
+    model: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
@@ -71,13 +92,20 @@ class ScenarioSetup:
 
     @property
     def needs_mismatch(self) -> bool:
-        return any(s != "I" for s in self.scenarios)
+        return any(s in ("II", "III", "IV") for s in self.scenarios)
+
+    def model_oversample(self, calibrator: Calibrator | None) -> tuple[int, int] | None:
+        """(N, K) of the calibration model to reconstruct Ih-IV through, None for the native operator only."""
+        model = getattr(calibrator, "oversample", None) or self.model or self.oversample
+        model = tuple(int(v) for v in model)
+        return None if model == (1, 1) or self.scenarios == ("I",) else model
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scenarios": list(self.scenarios), "noise": self.noise.describe(), "step": self.step}
         if self.needs_mismatch:
-            out.update(mismatch=self.mismatch.to_dict(), units=PARAMETER_UNITS,
-                       oversample={"spatial": self.oversample[0], "spectral": self.oversample[1]})
+            out.update(mismatch=self.mismatch.to_dict(), units=PARAMETER_UNITS)
+        if self.needs_mismatch or "Ih" in self.scenarios:
+            out["oversample"] = {"spatial": self.oversample[0], "spectral": self.oversample[1]}
         return out
 
 
@@ -87,41 +115,63 @@ OnResult = Callable[[str, Scene, Tensor, dict[str, Any]], None]
 def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, CassiOperator], Tensor],
                   setup: ScenarioSetup, calibrator: Calibrator | None = None,
                   on_result: OnResult | None = None) -> dict[str, Any]:
-    """Reconstruct every scene in every scenario of ``setup``; returns per-scenario rows, means and comparisons.
+    """Reconstruct every scene in every scenario of ``setup``, through the native operator and (Ih-IV) the
+    calibration forward model; returns per-scenario rows, means and comparisons.
 
-    ``on_result(scenario, scene, prediction (L, H, W), row)`` is called after each reconstruction.
+    ``on_result(key, scene, prediction (L, H, W), row)`` is called after each reconstruction (key: the
+    scenario, with "-model" for the calibration forward model).
     """
     if "III" in setup.scenarios and calibrator is None:
         raise ValueError("scenario III needs a calibration: calib.calibrate, --calibration FILE or --operator FILE")
     bands = scenes[0].cube.shape[0]
-    nominal = CassiOperator(mask, bands, setup.step)
-    oracle = CassiOperator(mask, bands, setup.step, setup.mismatch)
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in setup.scenarios}
+    model = setup.model_oversample(calibrator)
+
+    def operators(mismatch: Mismatch | None) -> tuple[CassiOperator, CassiOperator | None]:
+        native = CassiOperator(mask, bands, setup.step, mismatch)
+        return native, (instrument_operator(mask, bands, setup.step, mismatch, model) if model else None)
+
+    built: dict[str, tuple[CassiOperator, CassiOperator | None]] = {}
+
+    def fixed(scenario: str) -> tuple[CassiOperator, CassiOperator | None]:
+        """The (native, model) operators of a scenario without calibration, built once."""
+        key = "truth" if scenario == "IV" else "nominal"
+        if key not in built:
+            built[key] = operators(setup.mismatch if key == "truth" else None)
+        return (built[key][0], None) if scenario == "I" else built[key]
+
+    rows: dict[str, list[dict[str, Any]]] = {}
     calibration: list[dict[str, Any]] = []
     compile_tv_kernel()
     for index, scene in enumerate(scenes):
         x = scene.cube[None]
-        ideal = setup.noise.apply(nominal(x), index) if "I" in setup.scenarios else None
-        drifted = None
+        measured = {}
+        if "I" in setup.scenarios:
+            measured["I"] = setup.noise.apply(fixed("I")[0](x), index)
+        if "Ih" in setup.scenarios:
+            measured["Ih"] = setup.noise.apply(simulate_measurement(x, mask, None, setup.step, *setup.oversample),
+                                               index)
         if setup.needs_mismatch:
-            drifted = setup.noise.apply(
+            measured["II"] = setup.noise.apply(
                 simulate_measurement(x, mask, setup.mismatch, setup.step, *setup.oversample), index)
         for scenario in setup.scenarios:
-            y = ideal if scenario == "I" else drifted
+            y = measured.get(scenario, measured.get("II"))
             if scenario == "III":
                 start = time.perf_counter()
                 estimate = calibrator(y, mask)
                 calibration.append(_parameter_row(scene.name, estimate, setup.mismatch,
                                                   time.perf_counter() - start))
-                op = CassiOperator(mask, bands, setup.step, estimate)
+                native, modelled = operators(estimate)
             else:
-                op = oracle if scenario == "IV" else nominal
-            pred, seconds = timed(method, y, op)
-            row = result_row(scene.name, pred[0], scene.cube, seconds)
-            rows[scenario].append(row)
-            if on_result is not None:
-                on_result(scenario, scene, pred[0], row)
-    return summarize(rows, calibration, calibrator)
+                native, modelled = fixed(scenario)
+            for key, op in ((scenario, native), (scenario + MODEL, modelled)):
+                if op is None:
+                    continue
+                pred, seconds = timed(method, y, op)
+                row = result_row(scene.name, pred[0], scene.cube, seconds)
+                rows.setdefault(key, []).append(row)
+                if on_result is not None:
+                    on_result(key, scene, pred[0], row)
+    return summarize(rows, calibration, calibrator, model)
 
 
 def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float) -> dict[str, Any]:
@@ -133,20 +183,42 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if abs(den) > 1e-12 else None
 
 
+def _describe(key: str, model: tuple[int, int] | None) -> str:
+    scenario = key.removesuffix(MODEL)
+    if key == scenario:
+        return SCENARIOS[scenario] + "; native-grid operator"
+    return SCENARIOS[scenario] + f"; reconstructed through the N={model[0]}, K={model[1]} calibration forward model"
+
+
+def _differences(means: dict[str, dict[str, float]], plus: str, minus: str) -> dict[str, float] | None:
+    if plus in means and minus in means:
+        return {m: means[plus][m] - means[minus][m] for m in METRICS}
+    return None
+
+
 def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str, Any]],
-              calibrator: Calibrator | None) -> dict[str, Any]:
-    """Per-scenario tables and means, Delta_deg, Delta_cal, recovery ratio and parameter errors."""
-    means = {s: mean_row(r) for s, r in rows.items()}
-    out: dict[str, Any] = {"scenarios": {s: {"description": SCENARIOS[s], "scenes": rows[s], "mean": means[s]}
-                                         for s in rows}}
+              calibrator: Calibrator | None, model: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Per-scenario tables and means, Delta_deg, Delta_cal, recovery ratios, the I - IV gap split and
+    parameter errors. ``rows`` keys: scenarios, and scenarios + "-model"."""
+    order = [k for s in SCENARIOS for k in (s, s + MODEL) if k in rows]
+    means = {k: mean_row(rows[k]) for k in order}
+    out: dict[str, Any] = {"scenarios": {k: {"description": _describe(k, model), "scenes": rows[k], "mean": means[k]}
+                                         for k in order}}
+    if model:
+        out["model"] = {"spatial": model[0], "spectral": model[1]}
     comparison: dict[str, Any] = {}
-    if "I" in means and "II" in means:
-        comparison["delta_deg"] = {m: means["I"][m] - means["II"][m] for m in METRICS}
-    if "III" in means and "II" in means:
-        comparison["delta_cal"] = {m: means["III"][m] - means["II"][m] for m in METRICS}
-    if {"II", "III", "IV"} <= set(means):
-        comparison["recovery_ratio"] = {m: _ratio(means["III"][m] - means["II"][m], means["IV"][m] - means["II"][m])
-                                        for m in METRICS}
+    for name, plus, minus in (("delta_deg", "I", "II"), ("delta_cal", "III", "II"),
+                              ("delta_cal_model", "III" + MODEL, "II" + MODEL), ("gap_i_iv", "I", "IV"),
+                              ("instrument", "I", "Ih" + MODEL), ("drift", "Ih" + MODEL, "IV" + MODEL),
+                              ("model_error", "IV" + MODEL, "IV")):
+        values = _differences(means, plus, minus)
+        if values is not None:
+            comparison[name] = values
+    for name, suffix in (("recovery_ratio", ""), ("recovery_ratio_model", MODEL)):
+        gained, possible = _differences(means, "III" + suffix, "II" + suffix), _differences(means, "IV" + suffix,
+                                                                                             "II" + suffix)
+        if gained is not None and possible is not None:
+            comparison[name] = {m: _ratio(gained[m], possible[m]) for m in METRICS}
     if comparison:
         out["comparison"] = comparison
     if calibration:

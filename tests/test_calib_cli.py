@@ -9,8 +9,8 @@ import pytest
 import scipy.io
 
 import calibrate
+from calib.instrument import InstrumentOperator, load_instrument
 from cli_checks import user_error
-from cassi.operator_file import load_operator
 from data.synthetic import random_mask, synthetic_scene
 
 TRUTH = {"dx": 0.7, "dy": -0.4, "theta": 0.3, "a1": 2.02, "alpha": 0.3}
@@ -40,7 +40,8 @@ def test_writes_json_operator_and_plots(run):
     assert set(content["estimate"]) == set(TRUTH)
     assert content["status"] in ("ok", "ambiguous", "failed")
     assert content["history"] and "total_s" in content["timings"]
-    op = load_operator(files["operator"])
+    op = load_instrument(files["operator"])                    # the calibration forward model itself
+    assert isinstance(op, InstrumentOperator) and op.oversample == (4, 2) == tuple(content["settings"]["oversample"])
     assert op.mismatch.to_dict() == pytest.approx(content["estimate"])
     assert tuple(op.mask.shape[-2:]) == (64, 64)
     for key in ("landscape", "stages"):
@@ -76,8 +77,8 @@ def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):
 def test_demo_prints_truth_estimate_and_scenarios(tmp_path, capsys):
     out = calibrate.main(["demo", "--size", "48", "--out", str(tmp_path), "--no-progress"])
     printed = capsys.readouterr().out
-    assert "recovery ratio" in printed and "PSNR" in printed
-    assert set(out["psnr"]) == {"I", "II", "III", "IV"}
+    assert "recovery ratio" in printed and "PSNR" in printed and "model error" in printed
+    assert set(out["psnr"]) == {"I", "Ih", "II", "III", "IV", "Ih-model", "II-model", "III-model", "IV-model"}
     assert (tmp_path / "calibration.json").is_file()
 
 

@@ -149,13 +149,37 @@ def test_scenarios_cli_with_operator_file_and_oversampled_simulator(tmp_path):
     assert results["setup"]["oversample"] == {"spatial": 2, "spectral": 1}
     assert results["setup"]["mismatch"] == XI.to_dict()
     assert results["primary_scenario"] == "I" and results["scenes"] == results["scenarios"]["I"]["scenes"]
-    assert set(results["comparison"]) == {"delta_deg", "delta_cal", "recovery_ratio"}
+    assert set(results["comparison"]) == {"delta_deg", "delta_cal", "recovery_ratio", "gap_i_iv"}   # a native file
     assert results["calibration"]["method"]["source"] == "operator file"
     assert (out / "previews" / "III_synthetic01.png").is_file()
     markdown = (out / "results.md").read_text()
     assert "Delta_cal = III - II" in markdown and "recovery (III - II) / (IV - II)" in markdown
     scenarios = {r["scenario"] for r in csv.DictReader((out / "results.csv").open())}
     assert scenarios == {"I", "II", "III", "IV"}
+
+
+def test_scenarios_reconstruct_through_the_calibration_model_too(tmp_path):
+    """An operator file of the N=2, K=1 model: Ih-IV are reconstructed through the native operator and
+    through that model; the I - IV gap splits into instrument + drift + model error."""
+    from calib.instrument import InstrumentOperator
+
+    mask = synthetic_mask(32, 32)
+    save_operator(tmp_path / "operator.npz", InstrumentOperator(mask, mismatch=XI, spatial=2, spectral=1))
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP,
+                   "--scenarios", "I,Ih,II,III,IV", "--mismatch", ",".join(f"{k}={v}" for k, v in XI.to_dict().items()),
+                   "--oversample", 2, 1, "--operator", tmp_path / "operator.npz", "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    assert list(results["scenarios"]) == ["I", "Ih", "Ih-model", "II", "II-model", "III", "III-model", "IV", "IV-model"]
+    assert results["model"] == {"spatial": 2, "spectral": 1}
+    scene = {k: b["scenes"][0]["psnr"] for k, b in results["scenarios"].items()}
+    assert scene["III-model"] == pytest.approx(scene["IV-model"], abs=1e-9)     # the file holds the truth
+    assert scene["Ih-model"] != pytest.approx(scene["Ih"], abs=1e-3)            # another operator was used
+    c = {k: v["psnr"] for k, v in results["comparison"].items() if v["psnr"] is not None}
+    assert c["gap_i_iv"] == pytest.approx(c["instrument"] + c["drift"] + c["model_error"])
+    assert c["model_error"] == pytest.approx(scene["IV-model"] - scene["IV"])
+    assert c["recovery_ratio_model"] == pytest.approx(1.0)
+    assert "model error = IV-model - IV" in (out / "results.md").read_text()
 
 
 def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
@@ -234,6 +258,32 @@ def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys):
     assert set(results["mean"]) == {"residual", "seconds"} and "scenes" not in results
     assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
     assert "real: 100%" in capsys.readouterr().err
+
+
+def test_real_captures_side_by_side_with_the_calibrated_instrument(tmp_path, capsys):
+    """--operator: every capture is also reconstructed through the calibrated forward model it records."""
+    from calib.instrument import InstrumentOperator
+
+    root = tmp_path / "real"
+    root.mkdir()
+    mask = synthetic_mask(32, 32, seed=2)
+    scipy.io.savemat(root / "mask.mat", {"mask": mask.numpy()})
+    instrument = InstrumentOperator(mask, mismatch=XI, spatial=2, spectral=1)
+    y = instrument(synthetic_scenes(1, 32, 32, seed=4)[0].cube[None])[0]
+    scipy.io.savemat(root / "scene1.mat", {"meas_real": (y / y.max()).numpy()})
+    save_operator(tmp_path / "operator.npz", instrument)
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--operator", tmp_path / "operator.npz", "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    capture = results["captures"][0]
+    assert set(capture) == {"name", "residual", "seconds", "residual_calibrated", "seconds_calibrated"}
+    assert results["operator"]["oversample"] == [2, 1]
+    assert results["operator"]["mismatch"] == pytest.approx(XI.to_dict())
+    assert "residual calibrated" in (out / "results.md").read_text()
+    assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
+    save_operator(tmp_path / "other.npz", InstrumentOperator(torch.ones(32, 32), spatial=2, spectral=1))
+    assert run_cli("real", "--data.root", root, "--operator", tmp_path / "other.npz", "--out", tmp_path / "x") == 2
+    assert "is not the captures' mask.mat" in capsys.readouterr().err
 
 
 def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):

@@ -114,6 +114,14 @@ def test_instrument_from_a_calibrated_operator_file(tmp_path):
         Instrument(mismatch={"dx": 1.0}, operator=str(tmp_path / "operator.npz"))
     with pytest.raises(ValueError, match="operator.npz has 28 bands"):
         Instrument(bands=31, operator=str(tmp_path / "operator.npz"))
+    # a file of the enlarged-grid calibration model: measurements and network inputs go through that model
+    from calib.instrument import InstrumentOperator
+
+    model = InstrumentOperator(batch["mask"], mismatch=xi, spatial=2, spectral=1)
+    save_operator(tmp_path / "model.npz", model)
+    y, op = Instrument(operator=str(tmp_path / "model.npz")).measure(batch, seed=0)
+    assert isinstance(op, InstrumentOperator) and op.oversample == (2, 1)
+    torch.testing.assert_close(y, model(batch["cube"]))
 
 
 # ---------------------------------------------------------------------------------------- modules

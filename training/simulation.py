@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from calib.instrument import instrument_operator
 from cassi import CassiOperator, Mismatch
 from cassi.checks import check_mismatch
 from cassi.noise import add_noise, check_noise
-from cassi.operator_file import load_operator
+from cassi.operator_file import read_operator_file
 
 
 def derived_seed(*parts: int) -> int:
@@ -35,8 +36,10 @@ class Instrument:
         gain: factor applied to the clean measurement before the noise (the MST real-data recipe trains on
             1.2 x the nominal measurement).
         operator: an operator file (``calibrate.py``'s ``operator.npz``): its mismatch is the instrument's
-            (instead of ``mismatch``); its bands and step must equal ``bands`` and ``step``. Its mask is the
-            data's business (``--data.mask FILE``).
+            (instead of ``mismatch``) and measurements and network inputs go through the forward model it
+            records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid; CPU tensors when
+            N, K > 1); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
+            business (``--data.mask FILE``).
     """
 
     def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
@@ -49,14 +52,15 @@ class Instrument:
             raise ValueError(f"measurement gain must be positive, got {gain}")
         self.bands, self.step, self.gain = bands, step, gain
         self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
+        self.oversample = (1, 1)
         if operator is not None:
             if mismatch is not None:
                 raise ValueError("give the instrument's mismatch or an operator file, not both")
-            calibrated = load_operator(operator)
+            calibrated = read_operator_file(operator)
             if (calibrated.bands, calibrated.step) != (bands, step):
                 raise ValueError(f"operator file {operator} has {calibrated.bands} bands and step {calibrated.step}; "
                                  f"training uses {bands} bands and step {step}")
-            self.mismatch = calibrated.mismatch
+            self.mismatch, self.oversample = calibrated.mismatch, calibrated.oversample
         self.noise = None if noise is None else dict(noise)
         if self.noise is not None:
             check_noise(**self.noise)
@@ -65,7 +69,7 @@ class Instrument:
 
     def operator(self, mask: Tensor) -> CassiOperator:
         """The operator for a batch's mask, (h, w) shared or (B, h, w) per sample."""
-        return CassiOperator(mask, self.bands, self.step, self.mismatch)
+        return instrument_operator(mask, self.bands, self.step, self.mismatch, self.oversample)
 
     def measure(self, batch: Mapping[str, Tensor], seed: int) -> tuple[Tensor, CassiOperator]:
         """(measurement y (B, h, w + step*(L-1)), operator) for ``batch["cube"]`` (B, L, h, w) and its mask.

@@ -1,0 +1,154 @@
+"""The calibrated instrument as an operator every consumer can use: the calibration forward model
+(:class:`calib.forward_model.EnlargedGridOperator`, N x K enlarged grid) of one instrument behind the
+:class:`cassi.CassiOperator` interface, and the operator file that records it.
+
+GAP-TV, HSRA-DUM and the data step of any unfolding network only need ``A`` and ``A^T``; those are
+the enlarged-grid model's own (exact). The networks' other inputs are defined from the same model so
+that with N = K = 1 every one of them equals the native operator's (tested):
+
+* ``phi[c]`` (detector plane, (1, L, H, W + step*(L-1))): ``A`` applied to a uniform unit image in
+  band c, i.e. the detector image of band c's light through the code. For the native operator this is
+  the toolbox's shifted mask ``Phi_c``. Kept unnormalised, so ``sum_c phi_c * x_c`` (shifted) is the
+  model's measurement of a locally flat scene -- what networks that rebuild ``A`` from ``Phi``
+  (CRSDUN's data step) assume.
+* ``mask3d[c]`` (scene plane, (1, L, H, W)): band c's effective mask ``sum_T G_{c,T}`` (how much of
+  scene pixel q in band c reaches the detector, summed over the integer placements T of the model's
+  docstring), divided by the band's throughput ``s_c`` (the same sum for an open, unwarped aperture).
+  Dividing keeps the code and drops a spectral weight that is not part of it: the enlarged grid gives
+  the first and last band half the light of the others (their fine bands cover half a band interval).
+  Interior bands see the warped mask blurred by the within-band dispersion; N = K = 1 gives the warped
+  mask itself for every band.
+* ``back_project(y)[c]`` (the toolbox's ``shift_back``, input "H"): the detector read at band c's
+  landing positions with the model's weights for an open aperture, divided by ``s_c`` -- a weighted
+  average over the ~2-3 px that band c's light spreads over. N = K = 1 gives the bilinear read-out of
+  the native operator (``shift_back`` when nominal).
+
+The placement kernels run on CPU tensors (:mod:`calib.kernels`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from calib.forward_model import EnlargedGridOperator, params_tensor
+from cassi.mismatch import Mismatch
+from cassi.operator import CassiOperator
+from cassi.operator_file import read_operator_file
+
+
+class InstrumentOperator(CassiOperator):
+    """The N x K enlarged-grid model of one instrument (mask, mismatch) as a :class:`cassi.CassiOperator`.
+
+    Args:
+        mask: nominal coded mask (H, W), or one per sample (B, H, W) (each gets its own model).
+        bands, step: band count L and nominal dispersion (px per band).
+        mismatch: dx, dy (px), theta (deg), a1 (px/band), alpha (deg); None is nominal. Fixed (no gradient).
+        spatial, spectral: the model's oversampling N and K.
+
+    ``forward`` (B, L, H, W) -> (B, H, W + step*(L-1)) and ``adjoint`` back are exact adjoints;
+    ``phi``, ``mask3d``, ``back_project`` as in the module docstring. CPU tensors.
+    """
+
+    def __init__(self, mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
+                 spatial: int = 4, spectral: int = 2) -> None:
+        super().__init__(mask, bands, step, mismatch)
+        if self.mismatch.requires_grad():
+            raise ValueError("InstrumentOperator holds a fixed instrument: its mismatch cannot require grad")
+        self.spatial, self.spectral = int(spatial), int(spectral)
+        params = params_tensor(self.mismatch)
+        self.models = [EnlargedGridOperator(m, params, bands, step, self.spatial, self.spectral) for m in self.mask]
+        self._readout: EnlargedGridOperator | None = None      # built on first use: A and A^T do not need it
+        self._throughput: Tensor | None = None
+        self._phi: Tensor | None = None
+        self._mask3d: Tensor | None = None
+
+    @property
+    def oversample(self) -> tuple[int, int]:
+        return self.spatial, self.spectral
+
+    def _per_sample(self, fn, batch: Tensor) -> Tensor:
+        if len(self.models) == 1:
+            return fn(self.models[0], batch)
+        return torch.cat([fn(m, batch[i:i + 1]) for i, m in enumerate(self.models)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Measurement (B, H, W + step*(L-1)) of the cube ``x`` (B, L, H, W)."""
+        self._check_cube(x)
+        return self._per_sample(lambda m, v: m(v), x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """``A^T y`` (B, L, H, W) of a measurement (B, H, W + step*(L-1))."""
+        self._check_measurement(y)
+        return self._per_sample(lambda m, v: m.adjoint(v), y)
+
+    @property
+    def readout(self) -> EnlargedGridOperator:
+        """The model of an open, unwarped aperture (the read-out of :meth:`back_project`)."""
+        if self._readout is None:
+            params = params_tensor(self.mismatch)
+            params[:, :3] = 0                                     # the read-out has no mask, hence no warp
+            self._readout = EnlargedGridOperator(torch.ones_like(self.mask[0]), params, self.bands, self.step,
+                                                 self.spatial, self.spectral)
+        return self._readout
+
+    @property
+    def throughput(self) -> Tensor:
+        """``s_c``: the model's weight of band c for an open aperture, (L,) (about 1; half at the end bands)."""
+        if self._throughput is None:
+            self._throughput = _band_sums(self.readout).mean((-2, -1)).clamp_min(1e-12)
+        return self._throughput
+
+    def back_project(self, y: Tensor) -> Tensor:
+        """Per-band read-out of the detector without the mask (B, L, H, W) (module docstring)."""
+        self._check_measurement(y)
+        return self.readout.adjoint(y) / self.throughput.to(y.dtype).view(1, -1, 1, 1)
+
+    @property
+    def mask3d(self) -> Tensor:
+        """Per-band effective masks divided by the band throughput, (B or 1, L, H, W)."""
+        if self._mask3d is None:
+            self._mask3d = torch.stack([_band_sums(m) for m in self.models]) / self.throughput.view(1, -1, 1, 1)
+        return self._mask3d
+
+    @property
+    def phi(self) -> Tensor:
+        """``A`` of a uniform unit image in each band, (B or 1, L, H, W + step*(L-1))."""
+        if self._phi is None:
+            unit = self.mask.new_zeros(1, self.bands, self.height, self.width)
+            planes = []
+            for c in range(self.bands):                          # one band at a time: L cubes would not fit
+                unit[:, c] = 1
+                planes.append(torch.cat([m(unit) for m in self.models]))
+                unit[:, c] = 0
+            self._phi = torch.stack(planes, 1)
+        return self._phi
+
+
+def _band_sums(model: EnlargedGridOperator) -> Tensor:
+    """``sum_T G_{c,T}`` over each band's placements: (L, H, W) of a single-instrument model."""
+    band = torch.as_tensor(model.index.band, dtype=torch.long)
+    masks = model.masks[0]
+    return masks.new_zeros(model.bands, *masks.shape[-2:]).index_add_(0, band, masks)
+
+
+def instrument_operator(mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
+                        oversample: tuple[int, int] = (1, 1)) -> CassiOperator:
+    """The operator of a calibrated instrument: the native :class:`cassi.CassiOperator` for
+    ``oversample == (1, 1)`` (the same model, faster), else an :class:`InstrumentOperator`."""
+    spatial, spectral = (int(v) for v in oversample)
+    if (spatial, spectral) == (1, 1):
+        return CassiOperator(mask, bands, step, mismatch)
+    return InstrumentOperator(mask, bands, step, mismatch, spatial, spectral)
+
+
+def load_instrument(path: str | Path) -> CassiOperator:
+    """The instrument of an operator file (``calibrate.py``'s operator.npz) through the forward model it
+    records (N, K; files without them are native-grid operators)."""
+    record = read_operator_file(path)
+    if record.dispersion != "linear" and record.oversample != (1, 1):
+        raise ValueError(f"{path}: dispersion {record.dispersion!r} is only defined for the native grid (N = K = 1)")
+    if record.oversample == (1, 1):
+        return CassiOperator(record.mask, record.bands, record.step, record.mismatch, dispersion=record.dispersion)
+    return InstrumentOperator(record.mask, record.bands, record.step, record.mismatch, *record.oversample)
