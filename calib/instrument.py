@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from calib.forward_model import EnlargedGridOperator, params_tensor
+from cassi.errors import UserError
 from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
 from cassi.operator_file import read_operator_file
@@ -80,7 +81,7 @@ class InstrumentOperator(CassiOperator):
 
     def adjoint(self, y: Tensor) -> Tensor:
         """``A^T y`` (B, L, H, W) of a measurement (B, H, W + step*(L-1))."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         return self._per_sample(lambda m, v: m.adjoint(v), y)
 
     @property
@@ -102,7 +103,7 @@ class InstrumentOperator(CassiOperator):
 
     def back_project(self, y: Tensor) -> Tensor:
         """Per-band read-out of the detector without the mask (B, L, H, W) (module docstring)."""
-        self._check_measurement(y)
+        self.check_measurement(y)
         return self.readout.adjoint(y) / self.throughput.to(y.dtype).view(1, -1, 1, 1)
 
     @property
@@ -148,7 +149,11 @@ def load_instrument(path: str | Path) -> CassiOperator:
     records (N, K; files without them are native-grid operators)."""
     record = read_operator_file(path)
     if record.dispersion != "linear" and record.oversample != (1, 1):
-        raise ValueError(f"{path}: dispersion {record.dispersion!r} is only defined for the native grid (N = K = 1)")
-    if record.oversample == (1, 1):
-        return CassiOperator(record.mask, record.bands, record.step, record.mismatch, dispersion=record.dispersion)
-    return InstrumentOperator(record.mask, record.bands, record.step, record.mismatch, *record.oversample)
+        raise UserError(f"{path}: dispersion {record.dispersion!r} is only defined for the native grid (N = K = 1)")
+    try:
+        if record.oversample == (1, 1):
+            return CassiOperator(record.mask, record.bands, record.step, record.mismatch,
+                                 dispersion=record.dispersion)
+        return InstrumentOperator(record.mask, record.bands, record.step, record.mismatch, *record.oversample)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
