@@ -1,6 +1,7 @@
 """Package layering (README "Architecture"): cassi/, data/ -> models/ -> calib/ -> evaluation/, and training/
-beside evaluation/ (neither imports the other); training/ and evaluation/ use no private (underscore) name of
-another package."""
+beside evaluation/ (neither imports the other; both may use calib/, training for the calibrated instrument of
+an operator file, calib.instrument); training/ and evaluation/ use no private (underscore) name of another
+package."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ALLOWED = {"cassi": set(), "data": {"cassi"}, "models": {"cassi", "data"}, "calib": {"cassi", "data", "models"},
-           "evaluation": {"cassi", "data", "models", "calib"}, "training": {"cassi", "data", "models"}}
+           "evaluation": {"cassi", "data", "models", "calib"}, "training": {"cassi", "data", "models", "calib"}}
 
 
 def imports(path: Path) -> list[tuple[str, list[str]]]:
