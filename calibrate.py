@@ -1,7 +1,7 @@
 """Instrument calibration: recover (dx, dy, theta, a1, alpha) from one snapshot and the nominal mask.
 
-    python calibrate.py --meas y.npz --mask mask.mat [--solver gap_tv|mst_s|mst_m|mst_l --ckpt PATH] \\
-        [--out DIR]
+    python calibrate.py --meas y.npz --mask mask.mat [--device cuda] [--out DIR] \\
+        [--check-solver | --solver gap_tv|mst_s|mst_m|mst_l --ckpt PATH]
     python calibrate.py simulate --cube scene.npz --mask mask.mat --dx 1.2 --theta 0.4 --a1 2.02 \\
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
@@ -9,6 +9,9 @@
 Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, the status
 "ok" / "ambiguous" / "failed" with reasons, per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
+``--solver NAME`` (or ``--check-solver`` for GAP-TV) also reconstructs with the nominal and the
+calibrated operator and reports that solver's residual before / after (off by default: it does not
+change the estimate). ``--device cuda`` runs the forward model, the score and the check on the GPU.
 Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``.
 ``simulate`` writes a measurement of a cube through the high-fidelity instrument model (enlarged
 grid, mismatch, noise).
@@ -26,7 +29,11 @@ outside that width is lost. Cubes: ``.npz`` (key ``cube``, (L, H, W)) or ``.mat`
 """
 from __future__ import annotations
 
-import os
+import time
+
+STARTED = time.perf_counter()  # start-up (imports, reading the inputs) is reported from here
+
+import os  # noqa: E402
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see README, "CPU threads"
 
@@ -34,25 +41,48 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cassi import CassiOperator, Mismatch  # noqa: E402
-from cassi.checks import check_instrument, check_mask, check_measurement  # noqa: E402
 from cassi.errors import (CliParser, UserError, cli_errors, non_negative_float, positive_float,  # noqa: E402
                           positive_int)
-from cassi.files import OutputFolder, check_output_file, json_text, save_npz, write_text  # noqa: E402
-from cassi.noise import add_noise  # noqa: E402
-from cassi.operator_file import save_operator  # noqa: E402
-from cassi.simulator import simulate_measurement  # noqa: E402
-from data.io import load_cube, load_mask, load_measurement  # noqa: E402
+
+# torch, numpy and the rest of the project are imported by the commands that use them, so --help and
+# argument errors answer at once (README, "Start-up")
 
 COMMANDS = ("simulate", "calibrate", "demo")
 MARKER = "calibration.json"                  # the file every calibration output folder holds
 
 
+def check_device(name: str):
+    """The torch device ``name`` ("cpu", "cuda", "cuda:N"); :class:`UserError` naming it when this machine
+    does not have it."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name; use cpu or cuda[:N]") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda[:N] are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device is available on this machine "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def simulate(args: argparse.Namespace) -> Path:
     """Run the ``simulate`` command; returns the written file."""
+    import numpy as np
+    import torch
+
+    from cassi import CassiOperator, Mismatch
+    from cassi.checks import check_instrument, check_mask
+    from cassi.files import check_output_file, save_npz
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+    from data.io import load_cube, load_mask
+
     out = check_output_file(args.out, args.force, inputs=(args.cube, args.mask))
     cube = torch.from_numpy(load_cube(args.cube, bands=None))
     mask = torch.from_numpy(load_mask(args.mask))
@@ -76,11 +106,13 @@ def simulate(args: argparse.Namespace) -> Path:
     return out
 
 
-def write_outputs(result, mask: torch.Tensor, bands: int, step: int, out: Path,
-                  warnings: list[str] = ()) -> dict[str, Path]:
+def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = ()) -> dict[str, Path]:
     """calibration.json (with the input ``warnings``), operator.npz and the two figures of a calibration."""
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
+    from cassi import CassiOperator
+    from cassi.files import json_text, write_text
+    from cassi.operator_file import save_operator
 
     files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
@@ -105,7 +137,9 @@ def summary(result) -> str:
                      f"{checks['residual_nominal']:.5f} -> calibrated {checks['residual_calibrated']:.5f}")
     elif "error" in checks:
         lines.append(f"{checks['solver']} check skipped: {checks['error']}")
-    lines.append(f"time: {result.timings['total_s']:.1f} s wall, {result.timings['total_cpu_s']:.1f} s CPU")
+    timings = result.timings
+    startup = f"start-up {timings['startup_s']:.1f} s + " if "startup_s" in timings else ""
+    lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 
 
@@ -115,8 +149,14 @@ def wrote(folder: Path) -> str:
 
 def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     """Run the ``calibrate`` command; returns the written files."""
-    from calib import calibrate
+    import torch
 
+    from calib import calibrate
+    from cassi.checks import check_mask, check_measurement
+    from cassi.files import OutputFolder
+    from data.io import load_mask, load_measurement
+
+    device = check_device(args.device)
     folder = OutputFolder(args.out, MARKER, args.force, inputs=(args.meas, args.mask, args.ckpt))
     y = torch.from_numpy(load_measurement(args.meas, args.meas_key))
     mask = torch.from_numpy(load_mask(args.mask))
@@ -128,9 +168,12 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     warnings = check_measurement(y, args.meas)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    startup = time.perf_counter() - STARTED
     with folder as staging:
-        result = calibrate(y, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands, step=args.step,
-                           progress=not args.no_progress, oversample=tuple(args.model_oversample))
+        result = calibrate(y, mask, solver=args.solver or "gap_tv", ckpt=args.ckpt, bands=args.bands,
+                           step=args.step, progress=not args.no_progress, oversample=tuple(args.model_oversample),
+                           solver_check=args.check_solver or args.solver is not None, device=device)
+        result.timings["startup_s"] = round(startup, 3)
         print(summary(result), flush=True)
         files = write_outputs(result, mask, args.bands, args.step, staging, warnings)
     print(wrote(folder.path))
@@ -140,12 +183,18 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
 def run_demo(args: argparse.Namespace) -> dict:
     """Synthetic scene, random mismatch, N=4 K=2 simulator + noise, blind calibration, scenarios I-IV
     through the native operator and the calibration forward model."""
+    import numpy as np
+
     from calib import calibrate
     from calib.solvers import gap_tv_solver
+    from cassi import Mismatch
+    from cassi.files import OutputFolder
+    from cassi.simulator import simulate_measurement
     from data.kaist import synthetic_mask, synthetic_scenes
     from evaluation.protocol import Noise
     from evaluation.scenarios import MODEL, FixedEstimate, ScenarioSetup, run_scenarios
 
+    device = check_device(args.device)
     folder = OutputFolder(args.out, MARKER, args.force)
     rng = np.random.default_rng(args.seed)
     truth = Mismatch(dx=float(rng.uniform(-3, 3)), dy=float(rng.uniform(-3, 3)), theta=float(rng.uniform(-1, 1)),
@@ -156,7 +205,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         noise = Noise(peak=1e4, read=0.005, seed=args.seed)
         y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
         print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.to_dict()}")
-        result = calibrate(y[0], mask, progress=not args.no_progress)
+        result = calibrate(y[0], mask, progress=not args.no_progress, device=device)
         print(summary(result))
         est, tru = result.estimate.to_dict(), truth.to_dict()
         print(f"{'':8}{'true':>10}{'estimate':>10}{'error':>10}")
@@ -201,8 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--meas", required=True, help=".npz (key y), .mat (key meas, y or meas_real) or .npy")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
-    cal.add_argument("--solver", default="gap_tv", choices=("gap_tv", "mst_s", "mst_m", "mst_l"),
-                     help="reconstruction solver to check the calibration with")
+    cal.add_argument("--solver", default=None, choices=("gap_tv", "mst_s", "mst_m", "mst_l"),
+                     help="reconstruct with this solver and the nominal / calibrated operator and report its "
+                          "residual before / after (default: no such check)")
+    cal.add_argument("--check-solver", action="store_true", help="the same check with GAP-TV (--solver gap_tv)")
+    cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
+                                                     "score and the solver check run")
     cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth or release folder) for mst_*")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
     cal.add_argument("--bands", type=positive_int, default=28)
@@ -215,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=positive_int, default=256, help="scene height and width")
     demo.add_argument("--seed", type=int, default=0, help="scene, mask, mismatch and noise seed")
     _add_output(demo, "outputs/calibration_demo", "output folder (written as one unit at the end)")
+    demo.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for the calibration")
     demo.add_argument("--no-progress", action="store_true")
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")

@@ -21,20 +21,21 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402
-
-from cassi import Mismatch  # noqa: E402
-from cassi.checks import check_mismatch  # noqa: E402
 from cassi.errors import (CliParser, cli_errors, exit_code, non_negative_float, non_negative_int,  # noqa: E402
                           positive_float, positive_int)
-from cassi.files import OutputFolder, check_output_file  # noqa: E402
+
+# torch, numpy and the rest of the project are imported by the commands that use them, so --help answers
+# at once (README, "Start-up")
 
 GAP_DEFAULTS = {"iterations": (50, positive_int), "tv_weight": (0.1, positive_float),
                 "tv_iterations": (5, positive_int)}
 
 
-def parse_mismatch(text: str) -> Mismatch:
+def parse_mismatch(text: str):
     """'dx=1,dy=0.5,theta=0.3' -> Mismatch (unnamed parameters keep their nominal values)."""
+    from cassi import Mismatch
+    from cassi.checks import check_mismatch
+
     values = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
@@ -158,13 +159,14 @@ def _method(args):
     return make_reconstructor(args.model, args.ckpt, args.release, args.device, gap)
 
 
-def _wrote(folder: OutputFolder, results: dict) -> None:
+def _wrote(folder, results: dict) -> None:
     names = sorted(p.name for p in folder.path.iterdir() if p.is_file())
     previews = len(results.get("previews", []))
     print(f"\nwrote {folder.path}: {', '.join(names)}" + (f" and {previews} previews in previews/" if previews else ""))
 
 
 def run_kaist(args) -> None:
+    from cassi.files import OutputFolder
     from evaluation.calibration import make_calibrator
     from evaluation.kaist import DataSpec, evaluate_kaist, load_data
     from evaluation.protocol import Noise
@@ -193,6 +195,7 @@ def run_kaist(args) -> None:
 
 
 def run_real(args) -> None:
+    from cassi.files import OutputFolder
     from evaluation.real import evaluate_real
 
     folder = OutputFolder(args.out, "results.json", args.force,
@@ -215,7 +218,9 @@ def run_export(args) -> None:
 
 
 def run_models(args) -> None:
-    from cassi.files import write_json, write_text
+    import torch
+
+    from cassi.files import check_output_file, write_json, write_text
     from evaluation.model_table import markdown, model_table
 
     out = Path(args.out) if args.out else None
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (bad input: one line on stderr and 2, see ``cassi.errors``)."""
     args = build_parser().parse_args(argv)
     if args.threads:
+        import torch
         torch.set_num_threads(args.threads)
     try:
         with cli_errors(f"eval.py {args.command}"):

@@ -6,8 +6,15 @@ Gaussian (sigma = 0.005 x clean maximum) noise; ``calib.calibrate`` sees only th
 KAIST mask. Scenarios I, Ih, II-IV (evaluation.scenarios) reconstruct with GAP-TV through the native-grid
 operator (nominal / estimated / true mismatch) and through the calibration forward model (N=4, K=2; the
 "-model" columns); recovery = (III - II) / (IV - II); model error = IV-model - IV. Tolerances:
-|dx|, |dy| <= 0.1 px, theta <= 0.05 deg, a1 <= 0.01, alpha <= 0.15 deg. Seconds are wall and CPU of the
-calibration alone (CPU time is what other processes on a shared machine do not inflate).
+|dx|, |dy| <= 0.1 px, theta <= 0.05 deg, a1 <= 0.01, alpha <= 0.15 deg.
+
+Seconds, per scene: "in-process" is wall and CPU of ``calib.calibrate`` called in this process (no
+solver check, as the CLI by default); "CLI" runs what a user runs, ``python calibrate.py --meas y.npz
+--mask mask.mat --out DIR`` as a subprocess on the same measurement, timed from its start to
+calibration.json written and to its exit (the figures come last), with the child's CPU seconds (CPU
+time is what other processes on a shared machine do not inflate; the load average is printed).
+``--device cuda`` runs both on the GPU; without one a final line times scene01 on ``cuda`` when a CUDA
+device is present and says "no CUDA device" otherwise.
 
 Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nominal mask and the native
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
@@ -15,7 +22,8 @@ find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 re
 (660 x 714) with the real 660 mask: estimate and held-out residual before / after. ``--landscapes``: the
 criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
 held-out) on one scene.
-Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--kaist-meas 3] [--real 5]
+Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
+       [--kaist-meas 3] [--real 5]
 """
 from __future__ import annotations
 
@@ -26,6 +34,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,17 +59,47 @@ TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}
 
 
+def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int) -> dict:
+    """``python calibrate.py --meas y.npz --mask MASK --out DIR`` in a subprocess: wall seconds from its
+    start to calibration.json written and to its exit, its CPU seconds, its start-up and estimate."""
+    with tempfile.TemporaryDirectory() as folder:
+        meas, out = Path(folder) / "y.npz", Path(folder) / "out"
+        np.savez(meas, y=y.numpy())
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.time()
+        subprocess.run([sys.executable, str(REPO / "calibrate.py"), "--meas", str(meas), "--mask", str(mask_file),
+                        "--out", str(out), "--device", device, "--no-progress"], check=True, cwd=REPO, env=env,
+                       stdout=subprocess.DEVNULL)
+        end = time.time()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        written = out / "calibration.json"
+        content = json.loads(written.read_text())
+        return {"wall_to_json": written.stat().st_mtime - start, "wall_to_exit": end - start,
+                "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                "startup": content["timings"].get("startup_s"), "estimate": content["estimate"]}
+
+
 class TimedCalibrator:
-    """``calib.calibrate`` as a scenario-III calibrator that keeps the result and its wall / CPU seconds."""
+    """``calib.calibrate`` as a scenario-III calibrator that keeps the result and its wall / CPU seconds,
+    then (``cli``) the same calibration through ``calibrate.py`` in a subprocess."""
 
     description = {"source": "calib.calibrate", "solver": "gap_tv"}
     oversample = MODEL_OVERSAMPLE
 
+    def __init__(self, device: str = "cpu", cli: bool = True, threads: int = 2) -> None:
+        self.device, self.cli, self.threads = device, cli, threads
+
     def __call__(self, y: torch.Tensor, mask: torch.Tensor) -> Mismatch:
         wall, cpu = time.perf_counter(), time.process_time()
-        self.result = calibrate(y[0], mask, progress=False)
+        self.result = calibrate(y[0], mask, progress=False, solver_check=False, device=self.device)
         self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads) if self.cli else None
         return self.result.estimate
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
 
 
 def draw_mismatch(rng: np.random.Generator) -> Mismatch:
@@ -68,16 +110,18 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
     mask = kaist_mask()
     rng = np.random.default_rng(args.seed)
     rows = []
+    load = os.getloadavg()[0]
     columns = ("I", "Ih", "II", "III", "IV", "Ih-model", "III-model", "IV-model")
     header = (f"{'scene':8} {'param':6} {'true':>8} {'est':>8} {'err':>8}  | "
               + " ".join(f"{c:>9}" for c in columns)
-              + f" {'ratio':>6} {'pass':>5} {'status':>9} {'wall s':>7} {'cpu s':>7}")
+              + f" {'ratio':>6} {'pass':>5} {'status':>9} | {'in-process s':>12} {'cpu s':>6} | {'CLI s':>6}"
+              f" {'(exit)':>6} {'cpu s':>6} {'same':>5}")
     print(header)
     for index, (name, cube) in enumerate(pseudo_kaist_cubes()[:args.scenes]):
         truth = draw_mismatch(rng)
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
                               noise=Noise(peak=1e4, read=0.005, seed=1000 * args.seed + index))
-        calibrator = TimedCalibrator()
+        calibrator = TimedCalibrator(args.device, not args.no_cli, args.threads)
         report = run_scenarios([Scene(name, cube)], mask, gap_tv_solver(), setup, calibrator)
         est, tru = calibrator.result.estimate.to_dict(), truth.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
@@ -89,14 +133,18 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                "status_tests": calibrator.result.tests, "psnr": psnr,
                "comparison": {k: v["psnr"] for k, v in report["comparison"].items()},
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
+               "cli": calibrator.cli_run,
                "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score}
         rows.append(row)
+        cli = calibrator.cli_run
+        cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
+                    f"{str(cli['estimate'] == est):>5}" if cli else f"{'-':>6} {'-':>6} {'-':>6} {'-':>5}")
         for j, k in enumerate(tru):
             tail = ""
             if j == 0:
                 tail = ("  | " + " ".join(f"{psnr[c]:9.2f}" for c in columns)
                         + f" {(ratio if ratio is not None else math.nan):6.3f} {str(row['pass_all']):>5} "
-                        f"{row['status']:>9} {row['seconds']:7.1f} {row['cpu_seconds']:7.1f}")
+                        f"{row['status']:>9} | {row['seconds']:12.1f} {row['cpu_seconds']:6.1f} | {cli_text}")
             print(f"{name if j == 0 else '':8} {k:6} {tru[k]:8.4f} {est[k]:8.4f} {err[k]:+8.4f}"
                   f"{'' if ok[k] else ' X'}{tail}", flush=True)
         for reason in row["reasons"]:
@@ -116,9 +164,39 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
     parts = ("gap_i_iv", "instrument", "drift", "model_error")
     print("mean I - IV gap (dB) = instrument + drift + model error: "
           + " / ".join(f"{p} {np.mean([r['comparison'][p] for r in rows]):+.2f}" for p in parts))
-    print(f"max seconds: {max(r['seconds'] for r in rows):.1f} wall, {max(r['cpu_seconds'] for r in rows):.1f} CPU "
-          f"(target <= 60, {torch.get_num_threads()} threads)")
+    walls, cpus = [r["seconds"] for r in rows], [r["cpu_seconds"] for r in rows]
+    print(f"in-process seconds per scene ({args.device}, {torch.get_num_threads()} threads): median {_median(walls):.1f} "
+          f"max {max(walls):.1f} wall, median {_median(cpus):.1f} max {max(cpus):.1f} CPU")
+    clis = [r["cli"] for r in rows if r["cli"]]
+    if clis:
+        for key, label in (("wall_to_json", "start to calibration.json"), ("wall_to_exit", "start to exit"),
+                           ("cpu", "CPU")):
+            values = [c[key] for c in clis]
+            print(f"CLI seconds per scene, {label}: median {_median(values):.1f} max {max(values):.1f}"
+                  + (" (target: median <= 30, max <= 40)" if key == "wall_to_json" else ""))
+        print(f"CLI start-up (process start to calibration start): median {_median([c['startup'] for c in clis]):.1f} s")
+    print(f"machine load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+          f"({os.cpu_count()} CPUs)")
+    if args.device == "cpu":
+        gpu_line(pseudo_kaist_cubes()[0][1], draw_mismatch(np.random.default_rng(args.seed)), 1000 * args.seed,
+                 args.threads)
     return rows
+
+
+def gpu_line(cube: torch.Tensor, truth: Mismatch, noise_seed: int, threads: int) -> None:
+    """Scene01 calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
+    if not torch.cuda.is_available():
+        print("GPU: no CUDA device (torch.cuda.is_available() is False): not timed")
+        return
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+
+    y = add_noise(simulate_measurement(cube[None], kaist_mask(), truth, 2, 4, 2), 1e4, 0.005, noise_seed)
+    calibrator = TimedCalibrator("cuda", True, threads)
+    est = calibrator(y, kaist_mask()).to_dict()
+    err = " ".join(f"{k} {est[k] - v:+.4f}" for k, v in truth.to_dict().items())
+    print(f"GPU ({torch.cuda.get_device_name(0)}): scene01 in-process {calibrator.wall:.1f} s wall, CLI "
+          f"{calibrator.cli_run['wall_to_json']:.1f} s to calibration.json; errors {err}")
 
 
 def inverse_warp(mask: torch.Tensor, warp: Mismatch) -> torch.Tensor:
@@ -214,7 +292,7 @@ def draw_landscapes(path: Path) -> None:
     mask = kaist_mask()
     name, cube = pseudo_kaist_cubes()[2]
     truth = Mismatch(dx=0.7, dy=-1.3, theta=0.4, a1=2.03, alpha=0.5)
-    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
+    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, noise_seed)[0]
     score = HeldOutScore(y, mask, settings=ScoreSettings(stripes=2, rows=24, iterations=60))
     score.set_reference(params_tensor(truth))
     spans = {"dx": 1.0, "a1": 0.04, "alpha": 1.0, "dy": 0.5}
@@ -260,6 +338,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
+    parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kaist-meas", type=int, default=0, help="number of KAIST snapshots to check (0: none)")
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")

@@ -30,13 +30,14 @@ them is not modelled, so scores should drop one or two border rows.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
-from calib.kernels import PlacementIndex, mask_products, pick, place
+from calib.placement import PlacementIndex, check_backend, default_backend, mask_products, pick, place
 from cassi.mismatch import Mismatch, dispersion_offsets
 from cassi.translate import _overlap
 
@@ -120,8 +121,46 @@ def effective_mask_weights(params: Tensor, bands: int, step: float, spatial: int
     """``Phi_{c,T}(v)`` of the module docstring for a batch of parameters.
 
     ``params`` (B, 5). Returns (weights (B, P, N*N), band, row shift, col shift of the P active
-    (band, T) entries); an entry is active when any candidate of the batch gives it a non-zero weight.
+    (band, T) entries, in (band, row, col) order); an entry is active when any candidate of the batch
+    gives it a non-zero weight. The weights depend on (a1, alpha) only: without autograd they come
+    from a cache per (a1, alpha) (a search scores hundreds of candidates that share them).
     """
+    if torch.is_grad_enabled() and params.requires_grad:
+        return _weights_of_batch(params, bands, step, spatial, spectral)
+    pairs = [tuple(p) for p in params.detach()[:, 3:5].cpu().to(torch.float64).tolist()]
+    unique = {pair: i for i, pair in enumerate(dict.fromkeys(pairs))}
+    weights, band, row, col = _union_weights(tuple(unique), bands, float(step), spatial, spectral)
+    inverse = torch.tensor([unique[pair] for pair in pairs])
+    return weights[inverse].to(params.dtype).to(params.device), list(band), list(row), list(col)
+
+
+@functools.lru_cache(maxsize=256)
+def _union_weights(dispersions: tuple[tuple[float, float], ...], bands: int, step: float, spatial: int,
+                   spectral: int) -> tuple[Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Weights (U, P, N*N) of U distinct (a1, alpha) on the union of their placements, in
+    (band, row, col) order, float64 on the CPU."""
+    parts = [_dispersion_weights(a1, alpha, bands, step, spatial, spectral) for a1, alpha in dispersions]
+    keys = sorted({key for _, placements in parts for key in placements})
+    position = {key: i for i, key in enumerate(keys)}
+    weights = torch.zeros(len(parts), len(keys), spatial * spatial, dtype=torch.float64)
+    for i, (part, placements) in enumerate(parts):
+        weights[i, [position[key] for key in placements]] = part
+    band, row, col = zip(*keys)
+    return weights, band, row, col
+
+
+@functools.lru_cache(maxsize=4096)
+def _dispersion_weights(a1: float, alpha: float, bands: int, step: float, spatial: int, spectral: int
+                        ) -> tuple[Tensor, tuple[tuple[int, int, int], ...]]:
+    """The weights (P, N*N) and (band, row, col) keys of one (a1, alpha), float64 on the CPU."""
+    params = torch.tensor([[0.0, 0.0, 0.0, a1, alpha]], dtype=torch.float64)
+    weights, band, row, col = _weights_of_batch(params, bands, step, spatial, spectral)
+    return weights[0], tuple(zip(band, row, col))
+
+
+def _weights_of_batch(params: Tensor, bands: int, step: float, spatial: int, spectral: int
+                      ) -> tuple[Tensor, list[int], list[int], list[int]]:
+    """:func:`effective_mask_weights` computed for the whole batch at once (differentiable)."""
     n, k = spatial, spectral
     fine = (bands - 1) * n * k + 1
     dtype, device = params.dtype, params.device
@@ -151,52 +190,54 @@ def active_placements(band: list[int], row: list[int], col: list[int], height: i
 
 
 def _sum_to(t: Tensor, batch: int) -> Tensor:
-    return t if t.shape[0] == batch else t.sum(0, keepdim=True)
+    """Gradient (B, ...) of an input with ``batch`` entries shared by consecutive output entries."""
+    return t if t.shape[0] == batch else t.view(batch, -1, *t.shape[1:]).sum(1)
 
 
-def _mask_grad(cube: Tensor, canvas: Tensor, index: PlacementIndex, masks: Tensor) -> Tensor:
+def _mask_grad(cube: Tensor, canvas: Tensor, index: PlacementIndex, masks: Tensor, backend: str) -> Tensor:
     """Gradient of ``<canvas, A(G) cube>`` with respect to the effective masks G (Bm, P, h, W)."""
-    return _sum_to(mask_products(cube, canvas, index, masks.shape[-1]), masks.shape[0])
+    return _sum_to(mask_products(cube, canvas, index, masks.shape[-1], backend), masks.shape[0])
 
 
 class _Forward(Function):
     """y = A(G) x with an explicit backward (the adjoint), so autograd never tapes the ~300 placements."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, masks: Tensor, index: PlacementIndex, width: int) -> Tensor:
+    def forward(ctx, x: Tensor, masks: Tensor, index: PlacementIndex, width: int, backend: str) -> Tensor:
         ctx.save_for_backward(x, masks)
-        ctx.index = index
-        return place(x, masks, index, width)
+        ctx.index, ctx.backend = index, backend
+        return place(x, masks, index, width, backend)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         x, masks = ctx.saved_tensors
         grad_x = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_x = _sum_to(pick(grad_y, masks, ctx.index, x.shape[1], x.shape[-1]), x.shape[0])
+            grad_x = _sum_to(pick(grad_y, masks, ctx.index, x.shape[1], x.shape[-1], ctx.backend), x.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(x, grad_y, ctx.index, masks)
-        return grad_x, grad_masks, None, None
+            grad_masks = _mask_grad(x, grad_y, ctx.index, masks, ctx.backend)
+        return grad_x, grad_masks, None, None, None
 
 
 class _Adjoint(Function):
     """x = A(G)^T y with an explicit backward."""
 
     @staticmethod
-    def forward(ctx, y: Tensor, masks: Tensor, index: PlacementIndex, bands: int, width: int) -> Tensor:
+    def forward(ctx, y: Tensor, masks: Tensor, index: PlacementIndex, bands: int, width: int, backend: str
+                ) -> Tensor:
         ctx.save_for_backward(y, masks)
-        ctx.index = index
-        return pick(y, masks, index, bands, width)
+        ctx.index, ctx.backend = index, backend
+        return pick(y, masks, index, bands, width, backend)
 
     @staticmethod
     def backward(ctx, grad_x: Tensor):
         y, masks = ctx.saved_tensors
         grad_y = grad_masks = None
         if ctx.needs_input_grad[0]:
-            grad_y = _sum_to(place(grad_x, masks, ctx.index, y.shape[-1]), y.shape[0])
+            grad_y = _sum_to(place(grad_x, masks, ctx.index, y.shape[-1], ctx.backend), y.shape[0])
         if ctx.needs_input_grad[1]:
-            grad_masks = _mask_grad(grad_x, y, ctx.index, masks)
-        return grad_y, grad_masks, None, None, None
+            grad_masks = _mask_grad(grad_x, y, ctx.index, masks, ctx.backend)
+        return grad_y, grad_masks, None, None, None, None
 
 
 class EnlargedGridOperator(nn.Module):
@@ -210,15 +251,18 @@ class EnlargedGridOperator(nn.Module):
         spatial, spectral: oversampling N and K of the instrument model (the simulator's defaults 4, 2).
         windows: row windows ``[(r0, r1), ...]`` of equal height h (default: all H rows); columns are
             always all W. Candidate b, window s is batch entry ``b * S + s``.
+        backend: how the placement sums run (:mod:`calib.placement`): "numba" (CPU kernels, the
+            default for a CPU mask) or "torch" (torch ops on the mask's device, the default elsewhere).
 
-    ``forward``: (B*S or 1, L, h, W) -> (B*S, h, W + step*(L-1)); ``adjoint`` back; CPU tensors (the
-    placement sums are numba kernels, :mod:`calib.kernels`). Same interface as
-    :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv` needs it.
+    The model lives on the mask's device; ``params`` may be on the CPU (the small per-candidate
+    tables are computed there). ``forward``: cubes (E, L, h, W) -> (E, h, W + step*(L-1)) with E a
+    multiple of B*S (g consecutive entries share one candidate-window's masks) or 1; ``adjoint`` back. Same interface as :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv`
+    needs it.
     """
 
     def __init__(self, mask: Tensor, params: Tensor | Mismatch, bands: int = 28, step: int = 2,
                  spatial: int = 4, spectral: int = 2,
-                 windows: list[tuple[int, int]] | None = None) -> None:
+                 windows: list[tuple[int, int]] | None = None, backend: str | None = None) -> None:
         super().__init__()
         if mask.dim() != 2:
             raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
@@ -235,17 +279,26 @@ class EnlargedGridOperator(nn.Module):
                              "and have equal heights")
         self.bands, self.step, self.spatial, self.spectral = bands, step, spatial, spectral
         self.windows, self.full_width = windows, mask.shape[1]
+        self.backend = check_backend(backend or default_backend(mask.device), mask.device)
         mask = mask if mask.is_floating_point() else mask.float()
         weights, band, row, col = effective_mask_weights(params, bands, step, spatial, spectral)
-        b, s, n = params.shape[0], len(windows), spatial
         h, w = heights.pop(), mask.shape[1]
         kept = active_placements(band, row, col, h, w, w + step * (bands - 1))
         self.index = PlacementIndex(*([v[i] for i in kept] for v in (band, row, col)))
         weights = weights[:, kept]
-        fine = torch.stack([fine_mask(mask, n, params, rows) for rows in windows], 1)   # (B, S, Nh, NW)
-        blocks = fine.view(b * s, h, n, w, n).permute(0, 2, 4, 1, 3).reshape(b * s, n * n, h * w)
-        weights = weights.to(blocks.dtype).repeat_interleave(s, 0)                     # (B*S, P, N*N)
-        self.masks = torch.bmm(weights, blocks).view(b * s, -1, h, w)                  # (B*S, P, h, W)
+        if self.backend == "numba" and not (torch.is_grad_enabled() and params.requires_grad):
+            from calib.kernels import effective_masks
+            self.masks = effective_masks(mask, params, weights, [a for a, _ in windows], h, spatial)
+        else:
+            self.masks = self._masks_differentiable(mask, params.to(mask.device), weights.to(mask.device), h)
+
+    def _masks_differentiable(self, mask: Tensor, params: Tensor, weights: Tensor, height: int) -> Tensor:
+        """The effective masks (B*S, P, h, W) as torch ops, differentiable in ``params`` (B, 5)."""
+        b, s, n, w = params.shape[0], len(self.windows), self.spatial, mask.shape[1]
+        fine = torch.stack([fine_mask(mask, n, params, rows) for rows in self.windows], 1)   # (B, S, Nh, NW)
+        blocks = fine.view(b * s, height, n, w, n).permute(0, 2, 4, 1, 3).reshape(b * s, n * n, height * w)
+        weights = weights.to(blocks.dtype).repeat_interleave(s, 0)                            # (B*S, P, N*N)
+        return torch.bmm(weights, blocks).view(b * s, -1, height, w)                          # (B*S, P, h, W)
 
     @property
     def height(self) -> int:
@@ -264,14 +317,18 @@ class EnlargedGridOperator(nn.Module):
         return self.masks.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Measurement (B*S, h, W + step*(L-1)) of cubes (B*S or 1, L, h, W)."""
+        """Measurements (E, h, W + step*(L-1)) of cubes (E, L, h, W); see the class docstring for E."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.bands, self.height, self.width):
             raise ValueError(f"cube must be (B, {self.bands}, {self.height}, {self.width}), got {tuple(x.shape)}")
-        return _Forward.apply(x, self.masks.to(x.dtype), self.index, self.measurement_width)
+        return _Forward.apply(x, self.masks.to(x.dtype), self.index, self.measurement_width, self.backend)
 
     def adjoint(self, y: Tensor) -> Tensor:
-        """``A^T y`` (B*S, L, h, W) of measurements (B*S or 1, h, W + step*(L-1))."""
+        """``A^T y`` (E, L, h, W) of measurements (E, h, W + step*(L-1))."""
         if y.dim() != 3 or tuple(y.shape[1:]) != (self.height, self.measurement_width):
             raise ValueError(f"measurement must be (B, {self.height}, {self.measurement_width}), "
                              f"got {tuple(y.shape)}")
-        return _Adjoint.apply(y, self.masks.to(y.dtype), self.index, self.bands, self.width)
+        return _Adjoint.apply(y, self.masks.to(y.dtype), self.index, self.bands, self.width, self.backend)
+
+    def normal(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``A^T (weight * A x)`` (E, L, h, W) for cubes x (E, L, h, W) and a detector weight (E or 1, h, Wm)."""
+        return self.adjoint(self(x) * weight)

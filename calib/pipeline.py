@@ -51,10 +51,11 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
 def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, step: int, estimate: Mismatch,
                   oversample: tuple[int, int], clock: StageClock) -> dict:
     """Reconstruct with the chosen solver through the calibration forward model (what operator.npz
-    records) at the nominal point and at the estimate; measurement residuals before / after."""
+    records) at the nominal point and at the estimate, on the device of ``y`` and ``mask``;
+    measurement residuals before / after."""
     with clock.stage("4 solver check"):
         try:
-            solve = load_solver(solver_name, ckpt)
+            solve = load_solver(solver_name, ckpt, y.device)
             out = {"solver": solver_name, "oversample": list(oversample)}
             for label, mismatch in (("nominal", None), ("calibrated", estimate)):
                 op = instrument_operator(mask, bands, step, mismatch, oversample)
@@ -69,7 +70,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
               search: SearchSettings = SearchSettings(), refinement: RefineSettings = RefineSettings(),
               search_score: ScoreSettings = SEARCH_SCORE, refine_score: ScoreSettings = REFINE_SCORE,
               oversample: tuple[int, int] = MODEL_OVERSAMPLE, solver_check: bool = True,
-              status_settings: StatusSettings = StatusSettings()) -> CalibrationResult:
+              status_settings: StatusSettings = StatusSettings(),
+              device: str | torch.device = "cpu") -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used).
 
@@ -77,10 +79,15 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     used to reconstruct with the nominal and the calibrated operator (``result.checks``).
     ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). ``oversample``: (N, K) of the calibration
     forward model (:mod:`calib.forward_model`); (1, 1) is the native-grid operator, for data made with
-    it. ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). Returns a
-    :class:`CalibrationResult`.
+    it. ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
+    ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
+    the forward model, the score's solves and the solver check run (torch ops; on the CPU the
+    placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
+    Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
+    device = torch.device(device)
+    y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
     if solver != "gap_tv" or ckpt is not None:
         load_solver(solver, ckpt)                       # fail early on a bad solver / checkpoint
@@ -107,7 +114,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     checks = (_solver_check(solver, ckpt, y, mask, bands, step, estimate, oversample, clock)
               if solver_check else {})
     settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),
-                "oversample": list(oversample),
+                "oversample": list(oversample), "device": str(device),
                 "search": asdict(search), "search_score": asdict(search_score),
                 "refine_score": asdict(refine_score),
                 "refinement": asdict(refinement), "status": asdict(status_settings),

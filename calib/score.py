@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint as recompute
 
 from calib.forward_model import EnlargedGridOperator
 
-MASK_BYTES_PER_CHUNK = 160 * 2 ** 20   # candidates are scored in chunks whose effective masks fit this
+MASK_BYTES_PER_CHUNK = 24 * 2 ** 20    # candidates are scored in chunks whose effective masks fit this
 
 
 @dataclass(frozen=True)
@@ -118,19 +118,45 @@ class SpectralSubspace:
     def adjoint(self, y: Tensor) -> Tensor:
         return torch.einsum("lk,blhw->bkhw", self.basis.to(y.dtype), self.op.adjoint(y)).contiguous()
 
+    def fused(self, *tensors: Tensor | None) -> bool:
+        """Whether the fused CPU kernels may compute with these tensors: the numba backend, and no
+        autograd through them or the masks."""
+        return self.op.backend == "numba" and not (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (self.op.masks, *tensors)))
+
+    def normal(self, z: Tensor, weight: Tensor) -> Tensor:
+        """``U^T A^T (weight * A U z)``; one fused CPU kernel per call when nothing needs autograd."""
+        if self.fused(z, weight):
+            from calib.kernels import subspace_normal
+            return subspace_normal(z, self.basis.to(z.dtype), self.op.masks.to(z.dtype), weight.to(z.dtype),
+                                   self.op.index)
+        return self.adjoint(self(z) * weight)
+
 
 def regularised_solve(op: EnlargedGridOperator | SpectralSubspace, y: Tensor, weight: Tensor, lam: float,
                       mu: float, iterations: int, x0: Tensor | None = None, checkpoint: bool = False,
-                      band_curvature: Tensor | None = None) -> Tensor:
+                      band_curvature: Tensor | None = None, predict: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Conjugate gradients on ``(A^T W A + lam L_rc + mu L_band) x = A^T W y`` from ``x0`` (default 0).
 
     ``y`` (B, h, Wm); ``weight`` (1 or B, h, Wm) in {0, 1}; ``x0`` (B, L, h, W), a constant.
-    Returns x (B, L, h, W). For a :class:`SpectralSubspace` operator x holds the DCT coefficients
-    (B, k, h, W) and ``band_curvature`` is :func:`dct_band_curvature`. Batched (one system per batch
-    entry); differentiable in the operator; ``checkpoint`` recomputes each iteration in backward.
+    Returns x (B, L, h, W), or with ``predict`` (x, A x). For a :class:`SpectralSubspace` operator x
+    holds the DCT coefficients (B, k, h, W) and ``band_curvature`` is :func:`dct_band_curvature`.
+    Batched (one system per batch entry); differentiable in the operator; ``checkpoint`` recomputes
+    each iteration in backward.
+    Without autograd, a subspace operator on the numba backend runs the whole solve as one CPU kernel
+    (:func:`calib.kernels.subspace_cg`: the same iteration, entries that share masks together).
     """
+    if isinstance(op, SpectralSubspace) and op.fused(y, weight, x0):
+        from calib.kernels import subspace_cg
+        k = op.basis.shape[1]
+        start = y.new_zeros(y.shape[0], k, *op.op.masks.shape[-2:]) if x0 is None else x0
+        curvature = band_curvature if band_curvature is not None else y.new_zeros(k)
+        x, prediction = subspace_cg(start.to(y.dtype), y, weight.to(y.dtype), op.op.masks.to(y.dtype),
+                                    op.basis.to(y.dtype), lam, mu, curvature, iterations, op.op.index, predict)
+        return (x, prediction) if predict else x
+
     def normal(v: Tensor) -> Tensor:
-        return op.adjoint(op(v) * weight) + _smoothness(v, lam, mu, band_curvature)
+        return op.normal(v, weight) + _smoothness(v, lam, mu, band_curvature)
 
     def step(x: Tensor, r: Tensor, p: Tensor, rs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         hp = normal(p)
@@ -153,43 +179,64 @@ def regularised_solve(op: EnlargedGridOperator | SpectralSubspace, y: Tensor, we
             x, r, p, rs = recompute(step, x, r, p, rs, use_reentrant=False)
         else:
             x, r, p, rs = step(x, r, p, rs)
-    return x
+    return (x, op(x)) if predict else x
 
 
 class HeldOutScore:
-    """Blind score of candidate instruments for one measurement (lower is better).
+    """Blind score of candidate instruments for one measurement, or several of one instrument (lower
+    is better).
 
     Args:
-        y: measurement (H, W + step*(L-1)).
+        y: measurement (H, W + step*(L-1)), or M measurements (M, H, W + step*(L-1)) of the same
+            instrument: the score is then the mean of their relative held-out errors, each capture
+            split and solved on its own (the same stripes and split for every capture).
         mask: nominal coded mask (H, W).
         bands, step: band count and nominal dispersion.
         settings: :class:`ScoreSettings`.
+        backend: placement backend of the forward model (:mod:`calib.placement`; default: numba
+            kernels on the CPU, torch ops elsewhere).
+
+    Everything lives on ``y``'s device (the mask is moved there); candidate parameters are CPU
+    float64 (B, 5), and scores and residuals come back on the CPU.
     """
 
     def __init__(self, y: Tensor, mask: Tensor, bands: int = 28, step: int = 2,
-                 settings: ScoreSettings = ScoreSettings()) -> None:
+                 settings: ScoreSettings = ScoreSettings(), backend: str | None = None) -> None:
         height, width = mask.shape
-        if y.dim() != 2 or tuple(y.shape) != (height, width + step * (bands - 1)):
-            raise ValueError(f"measurement must be (H, W + step*(L-1)) = "
-                             f"({height}, {width + step * (bands - 1)}) for the mask {tuple(mask.shape)}, "
-                             f"got {tuple(y.shape)}")
-        self.mask = mask.float()
-        self.bands, self.step, self.settings = bands, step, settings
+        expected = (height, width + step * (bands - 1))
+        if y.dim() not in (2, 3) or tuple(y.shape[-2:]) != expected or y.dim() == 3 and y.shape[0] == 0:
+            raise ValueError(f"measurement must be (H, W + step*(L-1)) = {expected} (or (M, ...) for M "
+                             f"captures) for the mask {tuple(mask.shape)}, got {tuple(y.shape)}")
+        captures = y.reshape(-1, *expected).float()
+        self.mask = mask.float().to(y.device)
+        self.bands, self.step, self.settings, self.backend = bands, step, settings, backend
         self.windows = stripe_windows(height, settings.stripes, settings.rows)
-        self.y = torch.stack([y.float()[a:b] for a, b in self.windows])               # (S, h, Wm)
+        self.captures = captures.shape[0]
+        # entry m * S + s: capture m, stripe s
+        self.y = torch.stack([c[a:b] for c in captures for a, b in self.windows])         # (M*S, h, Wm)
+        stripes = len(self.windows)
         gen = torch.Generator().manual_seed(settings.seed)
-        keep = (torch.rand(self.y.shape, generator=gen) < 0.5).float()
+        keep = (torch.rand(stripes, *self.y.shape[1:], generator=gen) < 0.5).float()
+        keep = keep.repeat(self.captures, 1, 1).to(y.device)
         self.folds = (keep, 1 - keep)[:settings.folds]
         interior = torch.zeros_like(self.y)
         interior[:, settings.border:self.y.shape[1] - settings.border] = 1
         self.interior = interior
-        self.energy = float((self.y ** 2 * interior).sum())
+        energy = (self.y ** 2 * interior).sum((1, 2)).view(self.captures, stripes).sum(1)      # (M,)
+        # held-out errors of capture m are scaled by 1 / sqrt(M * energy_m): the score is their mean
+        scale = (self.captures * energy).rsqrt().repeat_interleave(stripes).view(-1, 1, 1)
+        # the folds of a stripe are solved as neighbouring entries (m * S + s) * F + f, which share
+        # the stripe's masks (the fused kernels read them once for both)
+        folds = len(self.folds)
+        self.fits = torch.stack(self.folds, 1).flatten(0, 1)                                 # (M*S*F, h, Wm)
+        self.y_folds = self.y.repeat_interleave(folds, 0)
+        self.held_out = (1 - self.fits) * (interior * scale).repeat_interleave(folds, 0)
         scale = float((self.mask ** 2).mean())
         self.lam, self.mu = settings.smooth_space * scale, settings.smooth_spectrum * scale
         k = settings.spectral_basis
-        self.basis = dct_basis(bands, k) if k else None
-        self.band_curvature = dct_band_curvature(bands, k) if k else None
-        self.reference: list[Tensor] = []
+        self.basis = dct_basis(bands, k).to(y.device) if k else None
+        self.band_curvature = dct_band_curvature(bands, k).to(y.device) if k else None
+        self.reference: Tensor | None = None
         self.set_reference(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]], dtype=torch.float64))
 
     @torch.no_grad()
@@ -201,50 +248,61 @@ class HeldOutScore:
         """
         op = self.operator(params.reshape(1, 5).detach().to(torch.float64))
         s = self.settings
-        previous = self.reference or [None] * len(self.folds)
-        iterations = s.rebase_iterations if self.reference else s.reference_iterations
-        self.reference = [self.solve(op, self.y, fold, iterations, x0) for fold, x0 in zip(self.folds, previous)]
+        iterations = s.rebase_iterations if self.reference is not None else s.reference_iterations
+        self.reference = self.solve(op, self.y_folds, self.fits, iterations, self.reference)
 
     def operator(self, params: Tensor) -> EnlargedGridOperator | SpectralSubspace:
-        """The criterion's operator for candidates (B, 5) on the stripes: ``A_xi`` or ``A_xi U``."""
+        """The criterion's operator for candidates (B, 5) on the stripes of every capture: ``A_xi``
+        or ``A_xi U`` (batch entry ``(b * M + m) * S + s``)."""
         s = self.settings
         op = EnlargedGridOperator(self.mask, params, self.bands, self.step, s.spatial, s.spectral,
-                                  windows=self.windows)
+                                  windows=self.windows * self.captures, backend=self.backend)
         return op if self.basis is None else SpectralSubspace(op, self.basis)
 
     def solve(self, op: EnlargedGridOperator | SpectralSubspace, y: Tensor, fit: Tensor, iterations: int,
-               x0: Tensor | None, checkpoint: bool = False) -> Tensor:
+              x0: Tensor | None, checkpoint: bool = False, predict: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """:func:`regularised_solve` with this criterion's prior (``lam``, ``mu``, subspace)."""
-        return regularised_solve(op, y, fit, self.lam, self.mu, iterations, x0, checkpoint, self.band_curvature)
+        return regularised_solve(op, y, fit, self.lam, self.mu, iterations, x0, checkpoint, self.band_curvature,
+                                 predict)
 
     def _residuals(self, params: Tensor, checkpoint: bool) -> Tensor:
-        """Held-out prediction errors of every candidate, (B, N), scaled so that the score is
-        their squared norm (the held-out energy is 1); fitted and border pixels hold 0."""
+        """Held-out prediction errors of every candidate, (B, N) on the CPU, scaled so that the
+        score is their squared norm (each capture's held-out energy is 1 / M); fitted and border
+        pixels hold 0."""
         op = self.operator(params)
         n = params.shape[0]
-        y = self.y.repeat(n, 1, 1)
-        out = []
-        for fold, x0 in zip(self.folds, self.reference):
-            fit = fold.repeat(n, 1, 1)
-            x = self.solve(op, y, fit, self.settings.iterations, x0.repeat(n, 1, 1, 1), checkpoint)
-            miss = (y - op(x)) * ((1 - fit) * self.interior.repeat(n, 1, 1))
-            out.append(miss.reshape(n, -1))
-        return torch.cat(out, 1) / self.energy ** 0.5
+        y = self.y_folds.repeat(n, 1, 1)
+        _, prediction = self.solve(op, y, self.fits.repeat(n, 1, 1), self.settings.iterations,
+                                   self.reference.repeat(n, 1, 1, 1), checkpoint, predict=True)
+        return ((y - prediction) * self.held_out.repeat(n, 1, 1)).reshape(n, -1).cpu()
 
-    def _chunks(self, params: Tensor) -> tuple[Tensor, ...]:
+    def _in_chunks(self, params: Tensor, evaluate) -> Tensor:
+        """``evaluate`` (no autograd) over memory-bounded chunks of the candidates (B, 5), results in
+        their order. Chunks group candidates by the sign of alpha, then by a1: a chunk's model holds
+        the union of its candidates' placements, and alpha's sign decides which rows they shift to
+        (a 5 x 5 (a1, alpha) grid needs 534 placements at once, each sign about 360)."""
         h, w = self.y.shape[1], self.mask.shape[1]
-        per_candidate = len(self.windows) * self._placements_estimate() * h * w * 4
-        return params.detach().to(torch.float64).split(max(1, MASK_BYTES_PER_CHUNK // per_candidate))
+        per_candidate = self.y.shape[0] * self._placements_estimate() * h * w * 4
+        size = max(1, MASK_BYTES_PER_CHUNK // per_candidate)
+        params = params.detach().to(torch.float64)
+        signs = params[:, 4].nan_to_num().sign().tolist()
+        order = sorted(range(len(params)), key=lambda i: (signs[i], float(params[i, 3])))
+        groups = [[i for i in order if signs[i] == sign] for sign in (-1.0, 0.0, 1.0)]
+        chunks = [group[k:k + size] for group in groups for k in range(0, len(group), size)]
+        with torch.no_grad():
+            parts = [evaluate(params[chunk]) for chunk in chunks]
+        out = torch.cat(parts)
+        result = torch.empty_like(out)
+        result[torch.tensor([i for chunk in chunks for i in chunk])] = out
+        return result
 
-    @torch.no_grad()
     def __call__(self, params: Tensor) -> Tensor:
-        """Scores (B,) of candidate parameters (B, 5), evaluated in memory-bounded chunks."""
-        return torch.cat([(self._residuals(part, False) ** 2).sum(1) for part in self._chunks(params)])
+        """Scores (B,) of candidate parameters (B, 5)."""
+        return self._in_chunks(params, lambda part: (self._residuals(part, False) ** 2).sum(1))
 
-    @torch.no_grad()
     def residuals(self, params: Tensor) -> Tensor:
         """Held-out prediction errors (B, N) of candidates (B, 5); ``score = (residuals ** 2).sum(1)``."""
-        return torch.cat([self._residuals(part, False) for part in self._chunks(params)])
+        return self._in_chunks(params, lambda part: self._residuals(part, False))
 
     @torch.no_grad()
     def block_scores(self, params: Tensor, blocks: int) -> Tensor:

@@ -29,8 +29,9 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     return solve
 
 
-def network_solver(name: str, checkpoint: str | Path) -> Solver:
-    """A frozen ``mst_*`` network (eval mode, no gradients) from a toolbox ``.pth`` or a release folder."""
+def network_solver(name: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> Solver:
+    """A frozen ``mst_*`` network (eval mode, no gradients, on ``device``) from a toolbox ``.pth`` or a
+    release folder."""
     from models import load_release, load_toolbox_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -38,7 +39,7 @@ def network_solver(name: str, checkpoint: str | Path) -> Solver:
         model = load_release(checkpoint)
     else:
         model = load_toolbox_checkpoint(name, checkpoint)
-    model.eval()
+    model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -48,8 +49,9 @@ def network_solver(name: str, checkpoint: str | Path) -> Solver:
     return solve
 
 
-def load_solver(name: str, checkpoint: str | Path | None = None) -> Solver:
-    """``"gap_tv"`` or one of ``mst_s | mst_m | mst_l`` (which need ``checkpoint``)."""
+def load_solver(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> Solver:
+    """``"gap_tv"`` or one of ``mst_s | mst_m | mst_l`` (which need ``checkpoint``); a network is put
+    on ``device`` (GAP-TV runs where its inputs are)."""
     if name == "gap_tv":
         if checkpoint is not None:
             raise ValueError("--ckpt is only used with a network solver (mst_s, mst_m, mst_l), not gap_tv")
@@ -57,7 +59,7 @@ def load_solver(name: str, checkpoint: str | Path | None = None) -> Solver:
     if name in NETWORKS:
         if checkpoint is None:
             raise ValueError(f"solver {name} needs a checkpoint (--ckpt PATH)")
-        return network_solver(name, checkpoint)
+        return network_solver(name, checkpoint, device)
     raise ValueError(f"unknown solver {name!r}; expected one of {', '.join(SOLVERS)}")
 
 

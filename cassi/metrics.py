@@ -21,11 +21,12 @@ Float metrics (no clipping or quantisation): ``psnr``, ``ssim`` (same window, co
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 MATLAB_EPS = 2.220446049250313e-16  # eps('double'), used by the toolbox's SpectAngMapper.m
 
@@ -138,35 +139,51 @@ def kaist_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
             "sam": float(sam(pred8, target8)[0]), "ergas": float(ergas(pred8, target8)[0])}
 
 
-class ReconstructionMetrics(Metric):
-    """Dataset means of PSNR, SSIM and SAM over all samples seen (sums synced across DDP ranks).
+def __getattr__(name: str) -> Any:
+    # ReconstructionMetrics subclasses torchmetrics' Metric; torchmetrics imports torchvision, matplotlib
+    # and more, so it is loaded when the class is first asked for, not by the metric functions above
+    if name == "ReconstructionMetrics":
+        return _reconstruction_metrics()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    ``protocol="kaist"``: the three metrics on 8-bit quantised cubes (``kaist_psnr``, ``kaist_ssim``, and SAM
-    of the quantised cubes, as ``quality_assessment.m``); ``"float"``: ``psnr``, ``ssim``, ``sam`` on the raw
-    values with ``data_range``. ``compute()`` returns {"psnr", "ssim", "sam"} as 0-d float64 tensors.
-    """
 
-    full_state_update = False
+@functools.lru_cache(maxsize=None)
+def _reconstruction_metrics() -> type:
+    from torchmetrics import Metric
 
-    def __init__(self, protocol: str = "kaist", data_range: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        if protocol not in ("kaist", "float"):
-            raise ValueError(f"protocol must be 'kaist' or 'float', got {protocol!r}")
-        self.protocol, self.data_range = protocol, data_range
-        for name in ("psnr_sum", "ssim_sum", "sam_sum", "count"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+    class ReconstructionMetrics(Metric):
+        """Dataset means of PSNR, SSIM and SAM over all samples seen (sums synced across DDP ranks).
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        pred, target = pred.detach(), target.detach()
-        if self.protocol == "kaist":
-            pred, target, data_range = quantize_8bit(pred), quantize_8bit(target), 255.0
-        else:
-            data_range = self.data_range
-        self.psnr_sum += psnr(pred, target, data_range).sum()
-        self.ssim_sum += ssim(pred, target, data_range).sum()
-        self.sam_sum += sam(pred, target).sum()
-        self.count += pred.shape[0]
+        ``protocol="kaist"``: the three metrics on 8-bit quantised cubes (``kaist_psnr``, ``kaist_ssim``, and SAM
+        of the quantised cubes, as ``quality_assessment.m``); ``"float"``: ``psnr``, ``ssim``, ``sam`` on the raw
+        values with ``data_range``. ``compute()`` returns {"psnr", "ssim", "sam"} as 0-d float64 tensors.
+        """
 
-    def compute(self) -> dict[str, Tensor]:
-        n = self.count if self.count > 0 else torch.tensor(math.nan, dtype=torch.float64)
-        return {"psnr": self.psnr_sum / n, "ssim": self.ssim_sum / n, "sam": self.sam_sum / n}
+        full_state_update = False
+
+        def __init__(self, protocol: str = "kaist", data_range: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            if protocol not in ("kaist", "float"):
+                raise ValueError(f"protocol must be 'kaist' or 'float', got {protocol!r}")
+            self.protocol, self.data_range = protocol, data_range
+            for name in ("psnr_sum", "ssim_sum", "sam_sum", "count"):
+                self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+        def update(self, pred: Tensor, target: Tensor) -> None:
+            pred, target = pred.detach(), target.detach()
+            if self.protocol == "kaist":
+                pred, target, data_range = quantize_8bit(pred), quantize_8bit(target), 255.0
+            else:
+                data_range = self.data_range
+            self.psnr_sum += psnr(pred, target, data_range).sum()
+            self.ssim_sum += ssim(pred, target, data_range).sum()
+            self.sam_sum += sam(pred, target).sum()
+            self.count += pred.shape[0]
+
+        def compute(self) -> dict[str, Tensor]:
+            n = self.count if self.count > 0 else torch.tensor(math.nan, dtype=torch.float64)
+            return {"psnr": self.psnr_sum / n, "ssim": self.ssim_sum / n, "sam": self.sam_sum / n}
+
+    # importable (and picklable) as cassi.metrics.ReconstructionMetrics
+    ReconstructionMetrics.__module__, ReconstructionMetrics.__qualname__ = __name__, "ReconstructionMetrics"
+    return ReconstructionMetrics

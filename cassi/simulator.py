@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.interpolate import PchipInterpolator
 from torch import Tensor
 
 from cassi.mismatch import Mismatch, dispersion_offsets
@@ -32,6 +31,8 @@ def interpolate_spectra(cube: Tensor, samples_per_band: int) -> Tensor:
         return cube.to(torch.float64)
     bands = cube.shape[1]
     positions = np.arange((bands - 1) * samples_per_band + 1) / samples_per_band
+    from scipy.interpolate import PchipInterpolator  # scipy.interpolate is a heavy import: only when used
+
     values = PchipInterpolator(np.arange(bands), cube.detach().cpu().double().numpy(), axis=1)(positions)
     return torch.from_numpy(np.clip(values, 0.0, None)).to(cube.device)
 

@@ -1,14 +1,26 @@
 """Data: file readers/writers, built-in synthetic scenes, the MST toolbox layouts and KAIST test scenes, the
-Lightning training datamodule, PNG previews and atomic output files."""
-from data.datamodule import CassiDataModule, EpochSampler, TrainCrops, ValCrops
-from data.io import (FVGNET_CLASSES, FVGNET_PALETTE, load_cube, load_label_png, load_mask, load_mat,
-                     load_measurement, voc_palette)
-from data.synthetic import (KAIST_WAVELENGTHS, MATERIAL_NAMES, random_mask, synthetic_dataset, synthetic_scene,
-                            wavelengths)
+Lightning training datamodule, PNG previews and atomic output files.
 
-__all__ = [
-    "CassiDataModule", "EpochSampler", "TrainCrops", "ValCrops",
-    "FVGNET_CLASSES", "FVGNET_PALETTE", "load_cube", "load_label_png", "load_mask", "load_mat",
-    "load_measurement", "voc_palette",
-    "KAIST_WAVELENGTHS", "MATERIAL_NAMES", "random_mask", "synthetic_dataset", "synthetic_scene", "wavelengths",
-]
+The names below are loaded on first use, so ``import data.io`` (the file readers, used by the
+calibration and evaluation entry points) does not import Lightning.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "data.datamodule": ("CassiDataModule", "EpochSampler", "TrainCrops", "ValCrops"),
+    "data.io": ("FVGNET_CLASSES", "FVGNET_PALETTE", "load_cube", "load_label_png", "load_mask", "load_mat",
+                "load_measurement", "voc_palette"),
+    "data.synthetic": ("KAIST_WAVELENGTHS", "MATERIAL_NAMES", "random_mask", "synthetic_dataset", "synthetic_scene",
+                       "wavelengths"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

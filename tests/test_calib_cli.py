@@ -39,7 +39,8 @@ def test_writes_json_operator_and_plots(run):
     content = json.loads(files["json"].read_text())
     assert set(content["estimate"]) == set(TRUTH)
     assert content["status"] in ("ok", "ambiguous", "failed")
-    assert content["history"] and "total_s" in content["timings"]
+    assert content["history"] and "total_s" in content["timings"] and "startup_s" in content["timings"]
+    assert content["checks"] == {}                         # the solver check runs only when asked
     op = load_instrument(files["operator"])                    # the calibration forward model itself
     assert isinstance(op, InstrumentOperator) and op.oversample == (4, 2) == tuple(content["settings"]["oversample"])
     assert op.mismatch.to_dict() == pytest.approx(content["estimate"])

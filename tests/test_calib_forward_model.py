@@ -111,8 +111,11 @@ def test_fit_with_the_true_cube_is_unbiased_unlike_the_native_operator():
 
 
 def _placement_reference(x, masks, band, row, col, width):
-    """The placement sum written out with slices (the definition the kernels must equal)."""
-    y = x.new_zeros(max(x.shape[0], masks.shape[0]), x.shape[-2], width)
+    """The placement sum written out with slices (the definition the kernels must equal); an input
+    with fewer entries is shared by consecutive output entries."""
+    b = max(x.shape[0], masks.shape[0])
+    x, masks = x.repeat_interleave(b // x.shape[0], 0), masks.repeat_interleave(b // masks.shape[0], 0)
+    y = x.new_zeros(b, x.shape[-2], width)
     h, w = x.shape[-2:]
     for p, (c, r, q) in enumerate(zip(band, row, col)):
         r0, r1, q0, q1 = max(0, -r), min(h, h - r), max(0, -q), min(w, width - q)
@@ -121,11 +124,17 @@ def _placement_reference(x, masks, band, row, col, width):
     return y
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batches", [(3, 3), (1, 3), (3, 1)])
-def test_placement_kernels_equal_the_slice_definition(dtype, batches):
-    from calib.kernels import PlacementIndex, mask_products, pick, place
+@pytest.mark.parametrize("batches", [(3, 3), (1, 3), (3, 1), (6, 3), (2, 6)])
+def test_placement_kernels_equal_the_slice_definition(backend, dtype, batches):
+    from functools import partial
 
+    from calib import placement
+    from calib.placement import PlacementIndex
+
+    place, pick, mask_products = (partial(f, backend=backend) for f in
+                                  (placement.place, placement.pick, placement.mask_products))
     gen = torch.Generator().manual_seed(0)
     bands, h, w, width = 5, 7, 9, 9 + 8
     band, row, col = [0, 1, 1, 4, 2, 3], [0, -1, 2, 1, -6, 0], [0, 3, -2, 8, 1, 17]   # some half or fully off
@@ -140,6 +149,55 @@ def test_placement_kernels_equal_the_slice_definition(dtype, batches):
     xr, mr = x.clone().requires_grad_(True), masks.clone().requires_grad_(True)
     gx, gm = torch.autograd.grad((_placement_reference(xr, mr, band, row, col, width) * y).sum(), (xr, mr))
     picked = pick(y, masks, index, bands, w)
-    torch.testing.assert_close(picked if batches[0] > 1 else picked.sum(0, keepdim=True), gx, **tol)
+    torch.testing.assert_close(picked.view(batches[0], -1, *picked.shape[1:]).sum(1), gx, **tol)
     products = mask_products(x, y, index, w)
-    torch.testing.assert_close(products if batches[1] > 1 else products.sum(0, keepdim=True), gm, **tol)
+    torch.testing.assert_close(products.view(batches[1], -1, *products.shape[1:]).sum(1), gm, **tol)
+
+
+def test_torch_path_equals_the_numba_path_in_values_and_gradients():
+    """The torch ops (the GPU path) and the numba kernels (the CPU path) are one model: forward,
+    adjoint, the effective masks and the gradients in all five parameters agree in float64."""
+    mask = _mask(14, 12)
+    windows = [(1, 7), (7, 13)]
+    gen = torch.Generator().manual_seed(0)
+    params = params_tensor([DRIFT, Mismatch(dx=-0.4, dy=0.9, theta=-0.7, a1=1.96, alpha=-0.8)])
+    x = torch.rand(1, 28, 6, 12, generator=gen, dtype=torch.float64)
+    y = torch.rand(4, 6, 12 + 54, generator=gen, dtype=torch.float64)
+
+    def outputs(backend: str, p: torch.Tensor):
+        op = EnlargedGridOperator(mask, p, windows=windows, backend=backend)
+        return op.masks, op(x), op.adjoint(y), op.normal(x, y)
+
+    for built, reference in zip(outputs("numba", params), outputs("torch", params)):
+        torch.testing.assert_close(built, reference, rtol=1e-6, atol=1e-12)
+
+    def loss(backend: str) -> torch.Tensor:
+        p = params.clone().requires_grad_(True)
+        op = EnlargedGridOperator(mask, p, windows=windows, backend=backend)
+        value = (op(x) * y).sum() + (op.adjoint(y) ** 2).sum() + (op.normal(x, y) ** 2).sum()
+        return torch.autograd.grad(value, p)[0]
+
+    numba_grad, torch_grad = loss("numba"), loss("torch")
+    assert numba_grad.abs().min() > 0
+    torch.testing.assert_close(numba_grad, torch_grad, rtol=1e-6, atol=1e-9)
+
+
+def test_fused_subspace_normal_equals_the_composite_operator():
+    from calib.score import SpectralSubspace, dct_basis
+
+    mask = _mask(10, 12)
+    gen = torch.Generator().manual_seed(1)
+    z = torch.rand(3, 5, 10, 12, generator=gen, dtype=torch.float64)
+    weight = (torch.rand(1, 10, 12 + 54, generator=gen) < 0.5).double()
+    params = params_tensor([DRIFT, Mismatch(), Mismatch(dx=1.3, alpha=-1.1)])
+    fused = SpectralSubspace(EnlargedGridOperator(mask, params), dct_basis(28, 5).double())
+    composite = SpectralSubspace(EnlargedGridOperator(mask, params, backend="torch"), dct_basis(28, 5).double())
+    torch.testing.assert_close(fused.normal(z, weight), composite.adjoint(composite(z) * weight), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_backend_names_are_checked():
+    with pytest.raises(ValueError, match="placement backend must be one of"):
+        EnlargedGridOperator(_mask(8, 8), DRIFT, backend="cuda")
+    with pytest.raises(ValueError, match="numba placement kernels run on CPU tensors only"):
+        EnlargedGridOperator(_mask(8, 8).to("meta"), DRIFT, backend="numba")

@@ -88,3 +88,38 @@ def test_score_is_deterministic_and_its_gradient_matches_differences(measurement
         e[0, i] = h
         numeric = (score(p + e) - score(p - e))[0] / (2 * h)
         assert abs(float(grad[i] - numeric)) <= 0.03 * abs(float(numeric)), (i, grad[i], numeric)
+
+
+def _small_score(y, mask, backend=None):
+    return HeldOutScore(y, mask, settings=ScoreSettings(stripes=2, rows=12, iterations=4, reference_iterations=20,
+                                                        rebase_iterations=10), backend=backend)
+
+
+def test_torch_ops_score_as_the_numba_kernels(measurement):
+    """The criterion as run on a GPU (torch backend) equals the CPU one: scores and gradient."""
+    y, mask = measurement
+    points = params_tensor(TRUTH).repeat(3, 1) + torch.tensor([[0.0] * 5, [0.4, -0.3, 0.2, 0.01, 0.3],
+                                                               [-0.5, 0.2, 0.0, -0.01, -0.4]], dtype=torch.float64)
+    scores, grads = [], []
+    for backend in ("numba", "torch"):
+        score = _small_score(y, mask, backend)
+        score.set_reference(points[:1])
+        scores.append(score(points))
+        q = points[1].clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(score.loss(q[None]), q)[0])
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-4, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0.02, atol=1e-3 * float(grads[0].abs().max()))
+
+
+def test_several_captures_score_as_the_mean_of_their_scores(measurement):
+    y, mask = measurement
+    other = add_noise(simulate_measurement(torch.from_numpy(synthetic_scene(64, 64, 28, seed=5)[0])[None], mask,
+                                           TRUTH, spatial=4, spectral=2), peak=1e4, read_noise=0.005, seed=1)[0]
+    points = params_tensor(TRUTH).repeat(2, 1) + torch.tensor([[0.0] * 5, [0.3, 0.3, 0.1, 0.0, 0.2]],
+                                                               dtype=torch.float64)
+    alone = [_small_score(capture, mask)(points) for capture in (y, other)]
+    joint = _small_score(torch.stack([y, other]), mask)
+    torch.testing.assert_close(joint(points), (alone[0] + alone[1]) / 2, rtol=1e-4, atol=0)
+    assert joint.residuals(points).shape[1] == 2 * _small_score(y, mask).residuals(points).shape[1]
+    q = points[1].clone().requires_grad_(True)
+    assert torch.isfinite(torch.autograd.grad(joint.loss(q[None]), q)[0]).all()

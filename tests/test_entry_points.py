@@ -1,0 +1,71 @@
+"""Entry points start fast (no heavy imports for --help) and refuse a device they do not have."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+def _loaded_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"import sys; {code}; print(' '.join(sorted(sys.modules)))"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("entry", ["calibrate", "eval"])
+def test_help_needs_neither_torch_nor_the_project(entry):
+    loaded = _loaded_after(f"import {entry}; {entry}.build_parser().format_help()")
+    assert not {"torch", "numpy", "numba", "calib", "cassi", "evaluation"} & loaded
+
+
+def test_file_readers_do_not_import_lightning():
+    loaded = _loaded_after("import data.io, data.synthetic")
+    assert not {"pytorch_lightning", "lightning", "lightning_fabric"} & loaded
+
+
+def test_data_package_still_exports_the_datamodule():
+    import data
+    assert data.CassiDataModule.__name__ == "CassiDataModule"
+    with pytest.raises(AttributeError):
+        data.no_such_name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "tpu"])
+def test_calibrate_refuses_a_missing_device_before_any_work(tmp_path, device):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "calibrate.py", "--meas", str(tmp_path / "missing.npz"), "--mask",
+                          str(tmp_path / "missing.mat"), "--out", str(out), "--device", device],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("calibrate.py: error: --device"), run.stderr
+    assert device in lines[0]
+    assert "missing" not in run.stderr                      # refused before the files were read
+    assert not out.exists()
+
+
+def test_check_solver_reports_the_gap_tv_residual(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    import calibrate
+    from cassi import Mismatch
+    from cassi.simulator import simulate_measurement
+    from data.synthetic import random_mask, synthetic_scene
+
+    cube, _ = synthetic_scene(32, 32, 28, seed=1)
+    mask = random_mask(32, 32, seed=2)
+    y = simulate_measurement(torch.from_numpy(cube)[None], torch.from_numpy(mask), Mismatch(dx=0.4), 2, 4, 2)
+    np.savez(tmp_path / "y.npz", y=y[0].numpy())
+    np.save(tmp_path / "mask.npy", mask)
+    files = calibrate.main(["--meas", str(tmp_path / "y.npz"), "--mask", str(tmp_path / "mask.npy"), "--out",
+                            str(tmp_path / "out"), "--check-solver", "--device", "cpu", "--no-progress"])
+    assert "gap_tv fit residual" in capsys.readouterr().out
+    checks = json.loads(files["json"].read_text())["checks"]
+    assert checks["solver"] == "gap_tv" and 0 < checks["residual_nominal"] < 1
