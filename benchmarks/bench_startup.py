@@ -99,7 +99,7 @@ def main() -> None:
         meas, mask = write_inputs(folder)
         out = folder / "calibration"
         wall, cpu, _ = best_of([python, "calibrate.py", "--meas", str(meas), "--mask", str(mask), "--out", str(out),
-                                "--no-progress"], args.repeats)
+                                "--no-progress", "--force"], args.repeats)
         timings = json.loads((out / "calibration.json").read_text())["timings"]
         rows.append(("calibrate.py, 32 x 32 measurement", wall, cpu,
                      f"start-up (imports, files) {timings['startup_s']:.2f} s, calibration "
@@ -109,7 +109,7 @@ def main() -> None:
         rows.append(("numba kernels from cache (fresh process)", wall, cpu,
                      f"imports {imports:.2f} s, first call of the 7 kernels {first_calls:.2f} s"))
         wall, cpu, _ = best_of([python, "eval.py", "kaist", "--synthetic.count", "1", "--synthetic.size", "32",
-                                "--gap.iterations", "1", "--previews", "0", "--out", str(folder / "eval")],
+                                "--gap.iterations", "1", "--previews", "0", "--out", str(folder / "eval"), "--force"],
                                args.repeats)
         rows.append(("eval.py kaist, one 32 x 32 scene, 1 GAP-TV iteration", wall, cpu, ""))
         wall, cpu, _ = best_of([python, "train.py", "fit", "--config", "configs/smoke/mst_s.yaml",
