@@ -306,11 +306,11 @@ class HeldOutScore:
 
     @torch.no_grad()
     def block_scores(self, params: Tensor, blocks: int) -> Tensor:
-        """Scores of candidates (B, 5) split over (fold, stripe, column block): (B, folds * stripes * blocks),
-        summing to ``self(params)``. Paired differences of these components between two candidates
-        estimate the noise of their score difference (:mod:`calib.status`)."""
+        """Scores of candidates (B, 5) split over (capture, stripe, fold, column block):
+        (B, captures * stripes * folds * blocks), summing to ``self(params)``. Paired differences of these
+        components between two candidates estimate the noise of their score difference (:mod:`calib.status`)."""
         errors = self.residuals(params) ** 2
-        errors = errors.view(errors.shape[0], len(self.folds), len(self.windows), self.y.shape[1], self.y.shape[2])
+        errors = errors.view(errors.shape[0], -1, self.y.shape[1], self.y.shape[2])
         columns = torch.tensor_split(torch.arange(self.y.shape[2]), min(blocks, self.y.shape[2]))
         return torch.stack([errors[..., c].sum((-1, -2)) for c in columns], -1).flatten(1)
 

@@ -125,7 +125,7 @@ def _score_at(score: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, itera
     steps reach the value of a 150- or 300-step solve from zero to 0-2.5 % (KAIST, pseudo-KAIST)."""
     settings = score.settings.with_(reference_iterations=0, rebase_iterations=iterations, **changes)
     other = HeldOutScore(y, mask, score.bands, score.step, settings)
-    other.reference = [r.clone() for r in score.reference]
+    other.reference = score.reference.clone()
     other.set_reference(point[None])
     return other
 
