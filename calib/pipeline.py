@@ -1,4 +1,5 @@
-"""``calibrate``: blind estimate of (dx, dy, theta, a1, alpha) from one snapshot and the nominal mask.
+"""``calibrate``: blind estimate of (dx, dy, theta, a1, alpha) from one snapshot (or several captures of one
+instrument) and the nominal mask.
 
 Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out score, Algorithm 2
 (:mod:`calib.refine`) with the full setting, the status tests and 1-D landscape slices through the
@@ -34,32 +35,35 @@ MODEL_OVERSAMPLE = (4, 2)                  # (N, K) of the default calibration f
 
 
 def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tensor, Tensor]:
+    """``y`` as (M, H, W + step*(L-1)) float32 (one capture (H, W') becomes M = 1) and the mask as
+    float32, or ValueError naming the wrong shape / the capture without light."""
     y, mask = torch.as_tensor(y), torch.as_tensor(mask)
     if mask.dim() != 2:
         raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
-    if y.dim() == 3 and y.shape[0] == 1:
-        y = y[0]
     expected = (mask.shape[0], mask.shape[1] + step * (bands - 1))
-    if y.dim() != 2 or tuple(y.shape) != expected:
-        raise ValueError(f"measurement must be (H, W + step*(L-1)) = {expected} for a {tuple(mask.shape)} mask, "
-                         f"{bands} bands and step {step}; got shape {tuple(y.shape)}")
+    if y.dim() not in (2, 3) or tuple(y.shape[-2:]) != expected or y.numel() == 0:
+        raise ValueError(f"measurement must be (H, W + step*(L-1)) = {expected}, or (M, H, W + step*(L-1)) for M "
+                         f"captures of one instrument, for a {tuple(mask.shape)} mask, {bands} bands and step "
+                         f"{step}; got shape {tuple(y.shape)}")
     check_mask(mask)                                # before any work: a zero mask has nothing to calibrate
-    check_measurement(y)
+    y = y.reshape(-1, *expected)
+    for m, capture in enumerate(y):
+        check_measurement(capture, f"capture {m}" if len(y) > 1 else "measurement")
     return y.float(), mask.float()
 
 
 def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, step: int, estimate: Mismatch,
                   oversample: tuple[int, int], clock: StageClock) -> dict:
-    """Reconstruct with the chosen solver through the calibration forward model (what operator.npz
-    records) at the nominal point and at the estimate, on the device of ``y`` and ``mask``;
-    measurement residuals before / after."""
+    """Reconstruct the captures ``y`` (M, H, W') with the chosen solver through the calibration forward
+    model (what operator.npz records) at the nominal point and at the estimate, on the device of ``y``
+    and ``mask``; measurement residuals (all captures together) before / after."""
     with clock.stage("4 solver check"):
         try:
             solve = load_solver(solver_name, ckpt, y.device)
             out = {"solver": solver_name, "oversample": list(oversample)}
             for label, mismatch in (("nominal", None), ("calibrated", estimate)):
                 op = instrument_operator(mask, bands, step, mismatch, oversample)
-                out[f"residual_{label}"] = residual(y[None], op, solve(y[None], op))
+                out[f"residual_{label}"] = residual(y, op, solve(y, op))
         except (ValueError, RuntimeError) as err:       # e.g. a network that does not accept this size
             out = {"solver": solver_name, "error": str(err)}
     return out
@@ -73,7 +77,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
               status_settings: StatusSettings = StatusSettings(),
               device: str | torch.device = "cpu") -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
-    coded ``mask`` (H, W), blind (no scene is given or used).
+    coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
+    ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
+    errors (:class:`calib.score.HeldOutScore`), the status tests each capture too (:mod:`calib.status`).
 
     ``solver``: "gap_tv" or "mst_s" / "mst_m" / "mst_l" with ``ckpt`` (toolbox .pth or release folder),
     used to reconstruct with the nominal and the calibrated operator (``result.checks``).
@@ -114,7 +120,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     checks = (_solver_check(solver, ckpt, y, mask, bands, step, estimate, oversample, clock)
               if solver_check else {})
     settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),
-                "oversample": list(oversample), "device": str(device),
+                "oversample": list(oversample), "device": str(device), "captures": int(y.shape[0]),
                 "search": asdict(search), "search_score": asdict(search_score),
                 "refine_score": asdict(refine_score),
                 "refinement": asdict(refinement), "status": asdict(status_settings),

@@ -38,7 +38,11 @@ pixel unit, :func:`calib.ranges.pixel_scales`, at most 40 % of the range) the sc
 more than the noise at both ends; the nominal point scores lower than the estimate in the search
 setting by more than the noise (the criterion's two settings disagree on the minimum); or the
 estimate sits at a range edge. The slices are along the parameter axes: a bias along the soft
-dx-dy-alpha valley (pseudo-KAIST scene04, 0.32 px off in dx) still reads "ok".
+dx-dy-alpha valley (pseudo-KAIST scene04, 0.32 px off in dx) still reads "ok". With several captures
+of one instrument (a joint fit), the *capture test*: the nominal test repeated on each capture's own
+components; a capture that the joint estimate predicts worse than the uncalibrated instrument, beyond
+the noise, means the captures do not agree on one instrument (or the model lacks something one of
+them needs).
 
 The solver's measurement residual before / after (``result.checks``) is reported but not used:
 GAP-TV fits a sharp, integer-shift operator faster than a sub-pixel one, so its residual rose 5x
@@ -130,6 +134,24 @@ def _score_at(score: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, itera
     return other
 
 
+def _capture_agreement(calibrated: Tensor, uncalibrated: Tensor, model: str, captures: int, z: float,
+                       tests: dict) -> list[str]:
+    """The nominal test on each capture's components (``block_scores`` are ordered capture first):
+    reasons for "ambiguous" where the joint estimate predicts a capture worse than the uncalibrated
+    ``model`` by more than ``z`` standard errors; records the numbers in ``tests["captures"]``."""
+    reasons, rows = [], []
+    for m, (mine, theirs) in enumerate(zip(calibrated.chunk(captures), uncalibrated.chunk(captures))):
+        excess, se = relative_difference(mine, theirs)
+        rows.append({"score": float(mine.sum()), "score_uncalibrated": float(theirs.sum()),
+                     "relative_excess": excess, "standard_error": se})
+        if excess > z * se:
+            reasons.append(f"capture {m}: the joint estimate predicts its held-out pixels worse than the uncalibrated "
+                           f"{model.replace('_', ' ')} ({100 * excess:.1f} % +- {100 * se:.1f} %): the captures do not "
+                           "agree on one instrument under this model")
+    tests["captures"] = {str(m): row for m, row in enumerate(rows)}
+    return reasons
+
+
 def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, ranges: Ranges,
            scales: Tensor, settings: StatusSettings = StatusSettings(), nominal_parts: Tensor | None = None
            ) -> Assessment:
@@ -189,6 +211,8 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
                       f"predicts the held-out pixels better than the calibrated model ({float(native.sum()):.4g} vs "
                       f"{float(calibrated.sum()):.4g}, {100 * excess:.1f} % +- {100 * se:.1f} %): the calibration does "
                       "not explain this measurement (wrong forward model, e.g. --model-oversample, or the search failed)")
+    if full.captures > 1:
+        ambiguous += _capture_agreement(calibrated, native, model, full.captures, z, tests)
 
     drop, se = relative_difference(parts[1], centre)
     tests["nominal_point"] = {"relative_rise": drop, "standard_error": se}
