@@ -2,6 +2,7 @@
 
     python calibrate.py --meas y.npz --mask mask.mat [--device cuda] [--out DIR] \\
         [--check-solver | --solver gap_tv|mst_s|mst_m|mst_l --ckpt PATH]
+    python calibrate.py --meas a.mat b.mat c.mat --mask mask.mat --out DIR [--separately]
     python calibrate.py simulate --cube scene.npz --mask mask.mat --dx 1.2 --theta 0.4 --a1 2.02 \\
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
@@ -13,6 +14,10 @@ corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, D
 calibrated operator and reports that solver's residual before / after (off by default: it does not
 change the estimate). ``--device cuda`` runs the forward model, the score and the check on the GPU.
 Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``.
+Several ``--meas`` files are captures of one instrument (a scene each): one estimate is fitted to all
+of them jointly (the score is the mean of their held-out errors; ``calibration.json`` lists them under
+``measurements``, the status tests each capture too); ``--separately`` calibrates each on its own in one
+process instead (DIR/<file stem>/ with the usual files, DIR/calibrations.json listing them).
 ``simulate`` writes a measurement of a cube through the high-fidelity instrument model (enlarged
 grid, mismatch, noise).
 
@@ -49,6 +54,7 @@ from cassi.errors import (CliParser, UserError, cli_errors, non_negative_float, 
 
 COMMANDS = ("simulate", "calibrate", "demo")
 MARKER = "calibration.json"                  # the file every calibration output folder holds
+SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
 
 
 def check_device(name: str):
@@ -106,8 +112,10 @@ def simulate(args: argparse.Namespace) -> Path:
     return out
 
 
-def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = ()) -> dict[str, Path]:
-    """calibration.json (with the input ``warnings``), operator.npz and the two figures of a calibration."""
+def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = (),
+                  measurements: list[str] = ()) -> dict[str, Path]:
+    """calibration.json (with the ``measurements`` fitted and their ``warnings``), operator.npz and the two
+    figures of a calibration, in the folder ``out`` (created)."""
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
     from cassi import CassiOperator
@@ -116,7 +124,9 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
 
     files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
-    write_text(files["json"], json_text({**result.to_dict(), "warnings": list(warnings)}))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(files["json"], json_text({**result.to_dict(), "measurements": [str(p) for p in measurements],
+                                         "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     save_operator(files["operator"], instrument_operator(mask, bands, step, result.estimate, oversample))
     plot_landscape(result, files["landscape"])
@@ -127,7 +137,9 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
 def summary(result) -> str:
     """A few lines for the terminal: estimate, status, blind residual before / after, time."""
     est = ", ".join(f"{k}={v:.4f}" for k, v in result.estimate.to_dict().items())
-    lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band)",
+    captures = result.settings.get("captures", 1)
+    joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
+    lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
              f"held-out residual (blind score): nominal {result.nominal_score:.5f} -> calibrated {result.score:.5f}"]
     checks = result.checks
@@ -147,37 +159,81 @@ def wrote(folder: Path) -> str:
     return f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
 
 
+def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands: int, step: int):
+    """The captures of ``--meas`` as (M, H, W + step*(L-1)) and their warnings, every file read and checked
+    before any work: one size for all, the width the mask and band count imply, light in each; a
+    :class:`UserError` naming the file otherwise."""
+    import torch
+
+    from cassi.checks import check_measurement
+    from data.io import load_measurement
+
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise UserError(f"--meas names the same file twice: {' '.join(paths)}")
+    captures = [torch.from_numpy(load_measurement(p, key)) for p in paths]
+    sizes = {tuple(y.shape) for y in captures}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{p} {tuple(y.shape)}" for p, y in zip(paths, captures))
+        raise UserError(f"--meas: captures of different sizes in one list ({listed}); the captures of one "
+                        "instrument share the detector size")
+    expected = (mask.shape[0], mask.shape[1] + step * (bands - 1))
+    warnings = []
+    for path, y in zip(paths, captures):
+        if tuple(y.shape) != expected:
+            raise UserError(f"measurement {path} is {tuple(y.shape)} but mask {mask_path} is {tuple(mask.shape)}: "
+                            f"expected a measurement of {expected} (H, W + {step}*({bands}-1))")
+        warnings += check_measurement(y, path)
+    return torch.stack(captures), warnings
+
+
 def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
-    """Run the ``calibrate`` command; returns the written files."""
+    """Run the ``calibrate`` command; returns the written files (``--separately``: per capture stem,
+    its files, and ``summary``)."""
     import torch
 
     from calib import calibrate
-    from cassi.checks import check_mask, check_measurement
-    from cassi.files import OutputFolder
-    from data.io import load_mask, load_measurement
+    from cassi.checks import check_mask
+    from cassi.files import OutputFolder, json_text, write_text
+    from data.io import load_mask
 
     device = check_device(args.device)
-    folder = OutputFolder(args.out, MARKER, args.force, inputs=(args.meas, args.mask, args.ckpt))
-    y = torch.from_numpy(load_measurement(args.meas, args.meas_key))
+    stems = [Path(p).stem for p in args.meas]
+    if args.separately and len(set(stems)) < len(stems):
+        raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
+    folder = OutputFolder(args.out, SUMMARY if args.separately else MARKER, args.force,
+                          inputs=(*args.meas, args.mask, args.ckpt))
     mask = torch.from_numpy(load_mask(args.mask))
-    expected = (mask.shape[0], mask.shape[1] + args.step * (args.bands - 1))
-    if tuple(y.shape) != expected:
-        raise UserError(f"measurement {args.meas} is {tuple(y.shape)} but mask {args.mask} is {tuple(mask.shape)}: "
-                        f"expected a measurement of {expected} (H, W + {args.step}*({args.bands}-1))")
     check_mask(mask, args.mask)
-    warnings = check_measurement(y, args.meas)
+    y, warnings = read_captures(args.meas, args.meas_key, mask, args.mask, args.bands, args.step)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     startup = time.perf_counter() - STARTED
+    groups = ([(stem, [path], y[i:i + 1]) for i, (stem, path) in enumerate(zip(stems, args.meas))]
+              if args.separately else [("", list(args.meas), y)])
+    files, rows = {}, []
     with folder as staging:
-        result = calibrate(y, mask, solver=args.solver or "gap_tv", ckpt=args.ckpt, bands=args.bands,
-                           step=args.step, progress=not args.no_progress, oversample=tuple(args.model_oversample),
-                           solver_check=args.check_solver or args.solver is not None, device=device)
-        result.timings["startup_s"] = round(startup, 3)
-        print(summary(result), flush=True)
-        files = write_outputs(result, mask, args.bands, args.step, staging, warnings)
+        for stem, paths, captures in groups:
+            if args.separately:
+                print(f"{stem}:", flush=True)
+            result = calibrate(captures, mask, solver=args.solver or "gap_tv", ckpt=args.ckpt, bands=args.bands,
+                               step=args.step, progress=not args.no_progress,
+                               oversample=tuple(args.model_oversample),
+                               solver_check=args.check_solver or args.solver is not None, device=device)
+            result.timings["startup_s"] = round(startup, 3)
+            print(summary(result), flush=True)
+            mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
+            written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths)
+            if args.separately:
+                files[stem] = {key: folder.path / stem / path.name for key, path in written.items()}
+                rows.append({"measurement": str(paths[0]), "folder": stem, "estimate": result.estimate.to_dict(),
+                             "status": result.status, "reasons": result.reasons})
+            else:
+                files = {key: folder.path / path.name for key, path in written.items()}
+        if args.separately:
+            write_text(staging / SUMMARY, json_text({"calibrations": rows}))
+            files["summary"] = folder.path / SUMMARY
     print(wrote(folder.path))
-    return {key: folder.path / path.name for key, path in files.items()}
+    return files
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -247,7 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cal = commands.add_parser("calibrate", help="estimate the mismatch from a measurement (the default command)")
-    cal.add_argument("--meas", required=True, help=".npz (key y), .mat (key meas, y or meas_real) or .npy")
+    cal.add_argument("--meas", required=True, nargs="+", metavar="FILE",
+                     help=".npz (key y), .mat (key meas, y or meas_real) or .npy; several captures of one instrument "
+                          "(a scene each) are fitted jointly: one estimate for all")
+    cal.add_argument("--separately", action="store_true",
+                     help="with several --meas: calibrate each capture on its own, DIR/<file stem>/ each, in one "
+                          "process (DIR/calibrations.json lists them)")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
     cal.add_argument("--solver", default=None, choices=("gap_tv", "mst_s", "mst_m", "mst_l"),

@@ -19,7 +19,11 @@ device is present and says "no CUDA device" otherwise.
 Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nominal mask and the native
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
 find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 real captures
-(660 x 714) with the real 660 mask: estimate and held-out residual before / after. ``--landscapes``: the
+(660 x 714) with the real 660 mask (issue 12 §3): (a) each calibrated alone (estimate, held-out residual
+before / after, GAP-TV check) and the spread (max - min) of the estimates against dx, dy 0.1 px,
+theta 0.05 deg, a1 0.005, alpha 0.15 deg; (b) leave one out: one instrument calibrated on the other N-1
+jointly, then the blind score of the capture left out (its held-out prediction error through the
+calibration model at the nominal point vs at that estimate); ``--real-parts alone|loo`` runs one of them. ``--landscapes``: the
 criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
 held-out) on one scene.
 Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
@@ -231,24 +235,100 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def real_captures(args: argparse.Namespace) -> list[dict]:
+AGREEMENT = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.005, "alpha": 0.15}   # issue 12 §3 (a): max - min
+
+
+def real_data(count: int) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+    """The real 660 mask and the first ``count`` real captures (name, (660, 714))."""
     from data.io import load_mask, load_measurement
 
     mask = torch.from_numpy(load_mask(shared_file("real", "mask.mat")))
+    paths = sorted(shared_file("real").glob("scene*.mat"))[:count]
+    return mask, [(p.stem, torch.from_numpy(load_measurement(p))) for p in paths]
+
+
+def spread(rows: list[dict]) -> dict[str, float]:
+    """Max - min of each parameter's estimate over ``rows`` (their ``estimate`` dicts); printed against
+    :data:`AGREEMENT`."""
+    out = {k: max(r["estimate"][k] for r in rows) - min(r["estimate"][k] for r in rows) for k in AGREEMENT}
+    print("spread (max - min) of the estimates across the captures vs the agreement target: "
+          + ", ".join(f"{k} {out[k]:.3f} ({'<=' if out[k] <= AGREEMENT[k] else '>'} {AGREEMENT[k]})" for k in out))
+    return out
+
+
+def real_captures(args: argparse.Namespace) -> list[dict]:
+    """(a) Each real capture calibrated alone (with the GAP-TV check), then the spread of the estimates."""
+    mask, captures = real_data(args.real)
     rows = []
-    print("\nreal captures (660 x 714, real 660 mask):")
-    for path in sorted(shared_file("real").glob("scene*.mat"))[:args.real]:
-        y = torch.from_numpy(load_measurement(path))
+    print("\nreal captures (660 x 714, real 660 mask), each calibrated alone:")
+    for name, y in captures:
         wall, cpu = time.perf_counter(), time.process_time()
         result = calibrate(y, mask, progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        rows.append({"file": path.name, "estimate": result.estimate.to_dict(), "status": result.status,
+        rows.append({"file": name, "estimate": result.estimate.to_dict(), "status": result.status,
                      "reasons": result.reasons, "held_out_nominal": result.nominal_score,
                      "held_out_calibrated": result.score, "checks": result.checks,
-                     "seconds": wall, "cpu_seconds": cpu})
-        print(f"{path.stem:8} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
+                     "oversample": result.settings["oversample"], "seconds": wall, "cpu_seconds": cpu})
+        print(f"{name:8} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
               + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  status {result.status}"
               + f"  {wall:.0f} s wall {cpu:.0f} s CPU", flush=True)
+    if len(rows) > 1:
+        spread(rows)
+    return rows
+
+
+def held_out_prediction(y: torch.Tensor, mask: torch.Tensor, estimate: Mismatch, oversample: tuple[int, int]
+                        ) -> dict[str, float]:
+    """The blind score of a capture that the calibration did not see: its held-out prediction error
+    (refinement setting of the criterion) through the calibration model at the nominal point and at
+    ``estimate``, each solved from the same warm start, and the native-grid operator at the nominal
+    point; the relative difference calibrated vs nominal with its standard error (calib.status)."""
+    from calib.forward_model import params_tensor
+    from calib.pipeline import REFINE_SCORE
+    from calib.score import HeldOutScore
+    from calib.status import StatusSettings, relative_difference
+
+    blocks = StatusSettings().blocks
+    nominal = params_tensor(Mismatch())
+    parts = {}
+    for label, point, model in (("nominal", nominal, oversample), ("calibrated", params_tensor(estimate), oversample),
+                                ("native_nominal", nominal, (1, 1))):
+        score = HeldOutScore(y, mask, settings=REFINE_SCORE.with_(spatial=model[0], spectral=model[1]))
+        score.set_reference(point)
+        parts[label] = score.block_scores(point, blocks)[0]
+    change, se = relative_difference(parts["calibrated"], parts["nominal"])
+    return {**{k: float(v.sum()) for k, v in parts.items()}, "relative_change": change, "standard_error": se}
+
+
+def leave_one_out(args: argparse.Namespace) -> list[dict]:
+    """(b) For each real capture: calibrate one instrument on the others jointly, then predict the left-out
+    capture's held-out pixels through the nominal and the calibrated instrument (the blind score)."""
+    mask, captures = real_data(args.real)
+    rows = []
+    print(f"\nleave one out: one instrument from {len(captures) - 1} real captures jointly, blind score of the "
+          "capture left out (held-out prediction error, lower is better):")
+    for k, (name, y) in enumerate(captures):
+        others = torch.stack([c for j, (_, c) in enumerate(captures) if j != k])
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = calibrate(others, mask, progress=False, solver_check=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        oversample = tuple(result.settings["oversample"])
+        blind = held_out_prediction(y, mask, result.estimate, oversample)
+        better = blind["calibrated"] < blind["nominal"]
+        rows.append({"left_out": name, "estimate": result.estimate.to_dict(), "status": result.status,
+                     "reasons": result.reasons, "oversample": list(oversample), "blind": blind,
+                     "calibrated_better": better, "seconds": wall, "cpu_seconds": cpu})
+        print(f"without {name:7} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
+              + f"  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU\n"
+              f"{'':16}{name}: nominal {blind['nominal']:.5f} -> calibrated {blind['calibrated']:.5f} "
+              f"({100 * blind['relative_change']:+.1f} % +- {100 * blind['standard_error']:.1f} %; native grid at "
+              f"nominal {blind['native_nominal']:.5f})  calibrated better: {better}"
+              + "".join(f"\n{'':16}{reason}" for reason in result.reasons), flush=True)
+    print(f"calibrated better on {sum(r['calibrated_better'] for r in rows)}/{len(rows)} left-out captures "
+          f"(beyond 2 standard errors: "
+          f"{sum(r['blind']['relative_change'] < -2 * r['blind']['standard_error'] for r in rows)}/{len(rows)})")
+    if len(rows) > 1:
+        spread(rows)
     return rows
 
 
@@ -343,6 +423,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kaist-meas", type=int, default=0, help="number of KAIST snapshots to check (0: none)")
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")
+    parser.add_argument("--real-parts", default="alone,loo",
+                        help="with --real: 'alone' (each capture calibrated alone), 'loo' (leave one out: calibrate "
+                             "on the others jointly, blind score of the one left out), or both (default)")
     parser.add_argument("--landscapes", action="store_true", help="only draw the criterion comparison figure")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_calibration.json"))
     args = parser.parse_args()
@@ -355,8 +438,11 @@ def main() -> None:
         results["pseudo_kaist"] = pseudo_kaist(args)
     if args.kaist_meas:
         results["kaist_meas"] = kaist_snapshots(args)
-    if args.real:
+    parts = args.real_parts.split(",")
+    if args.real and "alone" in parts:
         results["real"] = real_captures(args)
+    if args.real > 1 and "loo" in parts:
+        results["real_leave_one_out"] = leave_one_out(args)
     out = write_text(args.out, json.dumps(results, indent=1, default=float))
     print(f"wrote {out}")
 

@@ -134,21 +134,31 @@ def _score_at(score: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, itera
     return other
 
 
-def _capture_agreement(calibrated: Tensor, uncalibrated: Tensor, model: str, captures: int, z: float,
-                       tests: dict) -> list[str]:
-    """The nominal test on each capture's components (``block_scores`` are ordered capture first):
-    reasons for "ambiguous" where the joint estimate predicts a capture worse than the uncalibrated
-    ``model`` by more than ``z`` standard errors; records the numbers in ``tests["captures"]``."""
-    reasons, rows = [], []
+def _capture_agreement(calibrated: Tensor, uncalibrated: Tensor, model: str, parts: Tensor,
+                       slices: list[tuple[int, str]], captures: int, z: float, tests: dict) -> list[str]:
+    """Whether M captures agree on the joint estimate, from each capture's own score components (all
+    ``block_scores`` are ordered capture first): reasons for "ambiguous" where the joint estimate predicts
+    a capture worse than the uncalibrated ``model`` (``calibrated`` vs ``uncalibrated`` components), or
+    where a capture's own score falls at a slice probe (``parts`` row k of ``slices`` (k, label); row 0
+    the estimate), by more than ``z`` standard errors. The numbers go to ``tests["captures"]``."""
+    reasons, rows = [], {}
+    own = parts.chunk(captures, dim=1)
     for m, (mine, theirs) in enumerate(zip(calibrated.chunk(captures), uncalibrated.chunk(captures))):
         excess, se = relative_difference(mine, theirs)
-        rows.append({"score": float(mine.sum()), "score_uncalibrated": float(theirs.sum()),
-                     "relative_excess": excess, "standard_error": se})
+        falls = [(relative_difference(own[m][k], own[m][0]), label) for k, label in slices]
+        (drop, drop_se), where = min(falls, key=lambda item: item[0][0] + z * item[0][1])
+        rows[str(m)] = {"score": float(mine.sum()), "score_uncalibrated": float(theirs.sum()),
+                        "relative_excess": excess, "standard_error": se,
+                        "largest_slice_fall": {"at": where, "rise": drop, "standard_error": drop_se}}
         if excess > z * se:
             reasons.append(f"capture {m}: the joint estimate predicts its held-out pixels worse than the uncalibrated "
-                           f"{model.replace('_', ' ')} ({100 * excess:.1f} % +- {100 * se:.1f} %): the captures do not "
-                           "agree on one instrument under this model")
-    tests["captures"] = {str(m): row for m, row in enumerate(rows)}
+                           f"{model.replace('_', ' ')} ({100 * excess:+.1f} % +- {100 * se:.1f} %): the captures do "
+                           "not agree on one instrument under this model")
+        if drop < -z * drop_se:
+            reasons.append(f"capture {m}: its own held-out error falls by {100 * -drop:.1f} % +- {100 * drop_se:.1f} % "
+                           f"at {where}: it prefers another instrument than the joint estimate (the captures pull "
+                           "the parameters different ways)")
+    tests["captures"] = rows
     return reasons
 
 
@@ -211,8 +221,6 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
                       f"predicts the held-out pixels better than the calibrated model ({float(native.sum()):.4g} vs "
                       f"{float(calibrated.sum()):.4g}, {100 * excess:.1f} % +- {100 * se:.1f} %): the calibration does "
                       "not explain this measurement (wrong forward model, e.g. --model-oversample, or the search failed)")
-    if full.captures > 1:
-        ambiguous += _capture_agreement(calibrated, native, model, full.captures, z, tests)
 
     drop, se = relative_difference(parts[1], centre)
     tests["nominal_point"] = {"relative_rise": drop, "standard_error": se}
@@ -237,6 +245,10 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
             ambiguous.append(f"the landscape does not pin {name}: the score changes by {100 * rise:+.2f} % "
                              f"+- {100 * se:.2f} % (criterion noise) at {where}; needs a rise of more than "
                              f"{z:g} standard errors")
+    if full.captures > 1:
+        slices = [(2 + i * len(offsets) + j, f"{name} {float(offsets[j] * steps[i]):+.3g} {PARAMETER_UNITS[name]} "
+                   "from the joint estimate") for i, name in enumerate(PARAMETER_NAMES) for j in range(len(offsets))]
+        ambiguous += _capture_agreement(calibrated, native, model, parts, slices, full.captures, z, tests)
     bounds = ranges.bounds()
     for i, name in enumerate(PARAMETER_NAMES):
         lo, hi = float(bounds[i, 0]), float(bounds[i, 1])
