@@ -308,6 +308,8 @@ def leave_one_out(args: argparse.Namespace) -> list[dict]:
     print(f"\nleave one out: one instrument from {len(captures) - 1} real captures jointly, blind score of the "
           "capture left out (held-out prediction error, lower is better):")
     for k, (name, y) in enumerate(captures):
+        if args.real_left_out and name not in args.real_left_out.split(","):
+            continue
         others = torch.stack([c for j, (_, c) in enumerate(captures) if j != k])
         wall, cpu = time.perf_counter(), time.process_time()
         result = calibrate(others, mask, progress=False, solver_check=False)
@@ -426,6 +428,8 @@ def main() -> None:
     parser.add_argument("--real-parts", default="alone,loo",
                         help="with --real: 'alone' (each capture calibrated alone), 'loo' (leave one out: calibrate "
                              "on the others jointly, blind score of the one left out), or both (default)")
+    parser.add_argument("--real-left-out", default="",
+                        help="with 'loo': only these captures left out, e.g. scene4,scene5 (default: each in turn)")
     parser.add_argument("--landscapes", action="store_true", help="only draw the criterion comparison figure")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_calibration.json"))
     args = parser.parse_args()
