@@ -27,7 +27,7 @@ calibration model at the nominal point vs at that estimate); ``--real-parts alon
 criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
 held-out) on one scene.
 Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
-       [--kaist-meas 3] [--real 5]
+       [--kaist-meas 3] [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
 """
 from __future__ import annotations
 
