@@ -1,7 +1,7 @@
 """Instrument calibration: recover (dx, dy, theta, a1, alpha) from one snapshot and the nominal mask.
 
-    python calibrate.py --meas y.npz --mask mask.mat [--device cuda] [--out DIR] \\
-        [--check-solver | --solver gap_tv|mst_s|mst_m|mst_l --ckpt PATH]
+    python calibrate.py --meas y.npz --mask mask.mat [--solver heldout|gap_tv|bisrnet|mst_l|... --ckpt PATH] \\
+        [--check-solver] [--device cuda] [--out DIR]
     python calibrate.py simulate --cube scene.npz --mask mask.mat --dx 1.2 --theta 0.4 --a1 2.02 \\
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
@@ -9,9 +9,11 @@
 Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, the status
 "ok" / "ambiguous" / "failed" with reasons, per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
-``--solver NAME`` (or ``--check-solver`` for GAP-TV) also reconstructs with the nominal and the
-calibrated operator and reports that solver's residual before / after (off by default: it does not
-change the estimate). ``--device cuda`` runs the forward model, the score and the check on the GPU.
+``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
+default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
+11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
+calibrated operator and reports its residual before / after (off by default). ``--device cuda`` runs
+the forward model, the score, the solver and the check on the GPU.
 Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``.
 ``simulate`` writes a measurement of a cube through the high-fidelity instrument model (enlarged
 grid, mismatch, noise).
@@ -129,7 +131,8 @@ def summary(result) -> str:
     est = ", ".join(f"{k}={v:.4f}" for k, v in result.estimate.to_dict().items())
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band)",
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
-             f"held-out residual (blind score): nominal {result.nominal_score:.5f} -> calibrated {result.score:.5f}"]
+             f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "
+             f"{result.score:.5f}"]
     checks = result.checks
     if "residual_nominal" in checks:
         n, k = checks["oversample"]
@@ -170,9 +173,9 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         print(f"warning: {warning}", file=sys.stderr)
     startup = time.perf_counter() - STARTED
     with folder as staging:
-        result = calibrate(y, mask, solver=args.solver or "gap_tv", ckpt=args.ckpt, bands=args.bands,
+        result = calibrate(y, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
                            step=args.step, progress=not args.no_progress, oversample=tuple(args.model_oversample),
-                           solver_check=args.check_solver or args.solver is not None, device=device)
+                           solver_check=args.check_solver, device=device)
         result.timings["startup_s"] = round(startup, 3)
         print(summary(result), flush=True)
         files = write_outputs(result, mask, args.bands, args.step, staging, warnings)
@@ -250,13 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--meas", required=True, help=".npz (key y), .mat (key meas, y or meas_real) or .npy")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
-    cal.add_argument("--solver", default=None, choices=("gap_tv", "mst_s", "mst_m", "mst_l"),
-                     help="reconstruct with this solver and the nominal / calibrated operator and report its "
-                          "residual before / after (default: no such check)")
-    cal.add_argument("--check-solver", action="store_true", help="the same check with GAP-TV (--solver gap_tv)")
+    cal.add_argument("--solver", default="heldout",
+                     help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
+                          "gap_tv, or a registered mask-aware network (bisrnet, mst_s, mst_m, mst_l, "
+                          "s2_transformer, ...) with --ckpt")
+    cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth state dict or release folder)")
+    cal.add_argument("--check-solver", action="store_true",
+                     help="reconstruct with the solver (GAP-TV for heldout) and the nominal / calibrated operator "
+                          "and report its residual before / after")
     cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
-                                                     "score and the solver check run")
-    cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth or release folder) for mst_*")
+                                                     "score, the solver and the check run")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
     cal.add_argument("--bands", type=positive_int, default=28)
     cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")

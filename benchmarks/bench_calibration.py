@@ -1,5 +1,11 @@
-"""Blind calibration on the 10 pseudo-KAIST cubes (issue 6 table), plus the real-data checks.
+"""Blind calibration on the 10 pseudo-KAIST cubes and ten pseudo-real crops, per inner solver, plus the
+real-data checks.
 
+``--solvers heldout,gap_tv,bisrnet`` (default heldout): the inner solver of ``calib.calibrate`` (networks
+load ``--ckpt``, default the official BiSRNet simulation weights). Sets: (a) the 10 pseudo-KAIST cubes
+(``--scenes``), (b) ``--pseudo-real`` 256 x 256 crops of ``../shared/data/pseudo_real`` (two per capture:
+rows/cols 0:256 and 256:512, each divided by its maximum) with the KAIST mask and their own draws
+(seed + 2) -- (b) matters because the pseudo-KAIST cubes are BiSRNet's own outputs.
 Every cube is measured with its own random mismatch (dx, dy in [-3, 3] px, theta in [-1, 1] deg,
 a1 in [1.95, 2.05], alpha in [-1, 1] deg) through the N=4, K=2 simulator with Poisson (peak 1e4) +
 Gaussian (sigma = 0.005 x clean maximum) noise; ``calib.calibrate`` sees only that measurement and the
@@ -22,8 +28,10 @@ find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 re
 (660 x 714) with the real 660 mask: estimate and held-out residual before / after. ``--landscapes``: the
 criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
 held-out) on one scene.
-Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
-       [--kaist-meas 3] [--real 5]
+``--solver-landscapes``: 1-D slices of the solver criteria (BiSRNet residual, BiSRNet + GAP-TV
+consistency steps, GAP-TV alone) and of the held-out criterion through the truth of two scenes.
+Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
+       [--pseudo-real 10] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3] [--real 5]
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ import torch  # noqa: E402
 from benchmarks.common import REPO, kaist_mask, pseudo_kaist_cubes, shared_file  # noqa: E402
 from calib import calibrate  # noqa: E402
 from calib.pipeline import MODEL_OVERSAMPLE  # noqa: E402
-from calib.solvers import gap_tv_solver  # noqa: E402
+from calib.solvers import GAP_TV, HELD_OUT, gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
 from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
@@ -59,8 +67,11 @@ TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}
 
 
-def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int) -> dict:
-    """``python calibrate.py --meas y.npz --mask MASK --out DIR`` in a subprocess: wall seconds from its
+BISRNET_WEIGHTS = REPO.parent / "shared" / "weights" / "bisrnet_simulation.pth"
+
+
+def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int, solver: list[str]) -> dict:
+    """``python calibrate.py --meas y.npz --mask MASK [--solver S --ckpt W] --out DIR`` in a subprocess: wall seconds from its
     start to calibration.json written and to its exit, its CPU seconds, its start-up and estimate."""
     with tempfile.TemporaryDirectory() as folder:
         meas, out = Path(folder) / "y.npz", Path(folder) / "out"
@@ -69,7 +80,7 @@ def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int) -> dict
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.time()
         subprocess.run([sys.executable, str(REPO / "calibrate.py"), "--meas", str(meas), "--mask", str(mask_file),
-                        "--out", str(out), "--device", device, "--no-progress"], check=True, cwd=REPO, env=env,
+                        "--out", str(out), "--device", device, "--no-progress", *solver], check=True, cwd=REPO, env=env,
                        stdout=subprocess.DEVNULL)
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -84,17 +95,21 @@ class TimedCalibrator:
     """``calib.calibrate`` as a scenario-III calibrator that keeps the result and its wall / CPU seconds,
     then (``cli``) the same calibration through ``calibrate.py`` in a subprocess."""
 
-    description = {"source": "calib.calibrate", "solver": "gap_tv"}
     oversample = MODEL_OVERSAMPLE
 
-    def __init__(self, device: str = "cpu", cli: bool = True, threads: int = 2) -> None:
-        self.device, self.cli, self.threads = device, cli, threads
+    def __init__(self, solver: str = HELD_OUT, ckpt: str | None = None, device: str = "cpu", cli: bool = True,
+                 threads: int = 2) -> None:
+        self.solver, self.ckpt, self.device, self.cli, self.threads = solver, ckpt, device, cli, threads
+        self.description = {"source": "calib.calibrate", "solver": solver, "ckpt": ckpt}
 
-    def __call__(self, y: torch.Tensor, mask: torch.Tensor) -> Mismatch:
+    def __call__(self, y: torch.Tensor, mask: torch.Tensor, scene: str = "") -> Mismatch:
         wall, cpu = time.perf_counter(), time.process_time()
-        self.result = calibrate(y[0], mask, progress=False, solver_check=False, device=self.device)
+        self.result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, progress=False, solver_check=False,
+                                device=self.device)
         self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads) if self.cli else None
+        self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads,
+                               ["--solver", self.solver] + (["--ckpt", self.ckpt] if self.ckpt else [])
+                               ) if self.cli else None
         return self.result.estimate
 
 
@@ -106,9 +121,32 @@ def draw_mismatch(rng: np.random.Generator) -> Mismatch:
     return Mismatch(**{k: float(rng.uniform(*v)) for k, v in DRAW.items()})
 
 
-def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
+def pseudo_real_crops(count: int) -> list[tuple[str, torch.Tensor]]:
+    """``count`` 256 x 256 crops of the pseudo-real cubes (rows/cols 0:256 and 256:512 of each), max 1."""
+    from data.io import load_cube
+
+    crops = []
+    for path in sorted(shared_file("pseudo_real").glob("scene*.npz")):
+        cube = torch.from_numpy(load_cube(path))
+        for start in (0, 256):
+            crop = cube[:, start:start + 256, start:start + 256]
+            crops.append((f"{path.stem}_{start}", crop / crop.max()))
+    return crops[:count]
+
+
+def solver_ckpt(solver: str, ckpt: str | None) -> str | None:
+    """The checkpoint of a network solver: ``--ckpt``, or the official BiSRNet weights for bisrnet."""
+    if solver in (HELD_OUT, GAP_TV):
+        return None
+    if ckpt is None and solver == "bisrnet":
+        return str(BISRNET_WEIGHTS)
+    return ckpt
+
+
+def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generator, noise_seed: int,
+                   solver: str, ckpt: str | None, args: argparse.Namespace) -> list[dict]:
+    """Calibrate every cube, measured with its own random mismatch; GAP-TV scenarios; per-scene rows."""
     mask = kaist_mask()
-    rng = np.random.default_rng(args.seed)
     rows = []
     load = os.getloadavg()[0]
     columns = ("I", "Ih", "II", "III", "IV", "Ih-model", "III-model", "IV-model")
@@ -116,12 +154,13 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
               + " ".join(f"{c:>9}" for c in columns)
               + f" {'ratio':>6} {'pass':>5} {'status':>9} | {'in-process s':>12} {'cpu s':>6} | {'CLI s':>6}"
               f" {'(exit)':>6} {'cpu s':>6} {'same':>5}")
+    print(f"solver {solver}" + (f" ({ckpt})" if ckpt else ""))
     print(header)
-    for index, (name, cube) in enumerate(pseudo_kaist_cubes()[:args.scenes]):
+    for index, (name, cube) in enumerate(cubes):
         truth = draw_mismatch(rng)
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
-                              noise=Noise(peak=1e4, read=0.005, seed=1000 * args.seed + index))
-        calibrator = TimedCalibrator(args.device, not args.no_cli, args.threads)
+                              noise=Noise(peak=1e4, read=0.005, seed=noise_seed + index))
+        calibrator = TimedCalibrator(solver, ckpt, args.device, not args.no_cli, args.threads)
         report = run_scenarios([Scene(name, cube)], mask, gap_tv_solver(), setup, calibrator)
         est, tru = calibrator.result.estimate.to_dict(), truth.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
@@ -151,7 +190,7 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
             print(f"{'':8} {row['status']}: {reason}")
     passed = sum(r["pass_all"] for r in rows)
     ratios = [r["recovery_ratio"] for r in rows if r["recovery_ratio"] is not None]
-    print(f"\nscenes passing all tolerances: {passed}/{len(rows)} (target >= 9/10)")
+    print(f"\n{solver}: scenes passing all tolerances: {passed}/{len(rows)} (target >= 9/10)")
     for k in TOLERANCE:
         errs = [abs(r["error"][k]) for r in rows]
         print(f"  {k:6} |err| mean {np.mean(errs):.4f} max {np.max(errs):.4f}  within {TOLERANCE[k]}: "
@@ -178,25 +217,40 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
     print(f"machine load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
           f"({os.cpu_count()} CPUs)")
     if args.device == "cpu":
-        gpu_line(pseudo_kaist_cubes()[0][1], draw_mismatch(np.random.default_rng(args.seed)), 1000 * args.seed,
-                 args.threads)
+        gpu_line(cubes[0][1], rows[0]["true"], noise_seed, solver, ckpt, args.threads)
     return rows
 
 
-def gpu_line(cube: torch.Tensor, truth: Mismatch, noise_seed: int, threads: int) -> None:
-    """Scene01 calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
+def gpu_line(cube: torch.Tensor, truth: dict, noise_seed: int, solver: str, ckpt: str | None, threads: int) -> None:
+    """The first scene calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
     if not torch.cuda.is_available():
         print("GPU: no CUDA device (torch.cuda.is_available() is False): not timed")
         return
     from cassi.noise import add_noise
     from cassi.simulator import simulate_measurement
 
+    truth = Mismatch(**truth)
     y = add_noise(simulate_measurement(cube[None], kaist_mask(), truth, 2, 4, 2), 1e4, 0.005, noise_seed)
-    calibrator = TimedCalibrator("cuda", True, threads)
+    calibrator = TimedCalibrator(solver, ckpt, "cuda", True, threads)
     est = calibrator(y, kaist_mask()).to_dict()
     err = " ".join(f"{k} {est[k] - v:+.4f}" for k, v in truth.to_dict().items())
-    print(f"GPU ({torch.cuda.get_device_name(0)}): scene01 in-process {calibrator.wall:.1f} s wall, CLI "
+    print(f"GPU ({torch.cuda.get_device_name(0)}): first scene in-process {calibrator.wall:.1f} s wall, CLI "
           f"{calibrator.cli_run['wall_to_json']:.1f} s to calibration.json; errors {err}")
+
+
+def summary_table(results: dict[str, dict[str, list[dict]]]) -> str:
+    """Markdown: per solver and set, scenes within every tolerance, mean |error| per parameter, seconds."""
+    lines = ["| solver | set | in tolerance | mean abs error dx / dy / theta / a1 / alpha | s per scene wall (max) "
+             "| CPU s (max) | CLI s (max) |", "|---|---|---|---|---|---|---|"]
+    for solver, sets in results.items():
+        for name, rows in sets.items():
+            errors = " / ".join(f"{np.mean([abs(r['error'][k]) for r in rows]):.3g}" for k in TOLERANCE)
+            wall, cpu = [r["seconds"] for r in rows], [r["cpu_seconds"] for r in rows]
+            cli = [r["cli"]["wall_to_exit"] for r in rows if r["cli"]]
+            cli_text = f"{np.mean(cli):.0f} ({max(cli):.0f})" if cli else "-"
+            lines.append(f"| {solver} | {name} | {sum(r['pass_all'] for r in rows)}/{len(rows)} | {errors} | "
+                         f"{np.mean(wall):.0f} ({max(wall):.0f}) | {np.mean(cpu):.0f} ({max(cpu):.0f}) | {cli_text} |")
+    return "\n".join(lines)
 
 
 def inverse_warp(mask: torch.Tensor, warp: Mismatch) -> torch.Tensor:
@@ -292,7 +346,7 @@ def draw_landscapes(path: Path) -> None:
     mask = kaist_mask()
     name, cube = pseudo_kaist_cubes()[2]
     truth = Mismatch(dx=0.7, dy=-1.3, theta=0.4, a1=2.03, alpha=0.5)
-    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, noise_seed)[0]
+    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
     score = HeldOutScore(y, mask, settings=ScoreSettings(stripes=2, rows=24, iterations=60))
     score.set_reference(params_tensor(truth))
     spans = {"dx": 1.0, "a1": 0.04, "alpha": 1.0, "dy": 0.5}
@@ -334,9 +388,62 @@ def draw_landscapes(path: Path) -> None:
     print(f"wrote {path}")
 
 
+SLICES = {"dx": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5), "dy": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5),
+          "alpha": (-0.6, -0.3, -0.15, 0.15, 0.3, 0.6)}
+
+
+def solver_landscapes(args: argparse.Namespace) -> None:
+    """Rise (%) of each criterion over its value at the truth on 1-D slices, two scenes (the README table).
+
+    Criteria: ``calib.solver_score.SolverScore`` with the official BiSRNet and 0 / 10 GAP-TV consistency
+    steps, with GAP-TV alone (20 steps), and the held-out CG score (refinement setting, warm starts at the
+    truth). Scenes: pseudo-KAIST scene04 with its benchmark draw; pseudo-real scene3 rows 100:356, cols
+    128:384 (max 1) with (1.3, -0.7, 0.3, 2.02, 0.4). N=4 K=2 instrument, Poisson 1e4 + 0.5 % read noise.
+    """
+    from calib.forward_model import PARAMETER_NAMES, params_tensor
+    from calib.pipeline import REFINE_SCORE
+    from calib.score import HeldOutScore
+    from calib.solver_score import SolverScore, SolverScoreSettings
+    from calib.solvers import load_network
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+    from data.io import load_cube
+
+    mask = kaist_mask()
+    rng = np.random.default_rng(args.seed)
+    draws = [draw_mismatch(rng) for _ in range(4)]
+    real = torch.from_numpy(load_cube(shared_file("pseudo_real", "scene3.npz")))[:, 100:356, 128:384]
+    scenes = [("pseudo-KAIST scene04", pseudo_kaist_cubes()[3][1], draws[3]),
+              ("pseudo-real scene3 crop", real / real.max(), Mismatch(dx=1.3, dy=-0.7, theta=0.3, a1=2.02, alpha=0.4))]
+    network = load_network("bisrnet", solver_ckpt("bisrnet", args.ckpt))
+    for name, cube, truth in scenes:
+        y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
+        t0 = params_tensor(truth)
+        heldout = HeldOutScore(y, mask, settings=REFINE_SCORE.with_(iterations=30))
+        heldout.set_reference(t0)
+        criteria = {"BiSRNet residual": SolverScore(y, mask, network, settings=SolverScoreSettings(
+                        consistency_iterations=0)),
+                    "BiSRNet + 10 GAP-TV": SolverScore(y, mask, network),
+                    "GAP-TV 20": SolverScore(y, mask, None),
+                    "held-out CG": heldout}
+        print(f"\n{name}, truth {truth.to_dict()}: rise over the value at the truth (%)")
+        print(f"{'slice':14}" + "".join(f"{c:>22}" for c in criteria))
+        for param, offsets in SLICES.items():
+            points = t0.repeat(len(offsets) + 1, 1)
+            points[1:, PARAMETER_NAMES.index(param)] += torch.tensor(offsets, dtype=torch.float64)
+            values = {c: score(points) for c, score in criteria.items()}
+            for k, offset in enumerate(offsets, start=1):
+                print(f"{param:6} {offset:+6.2f} " + "".join(f"{100 * float(v[k] / v[0] - 1):+22.2f}"
+                                                            for v in values.values()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=10)
+    parser.add_argument("--solvers", default=HELD_OUT, help="comma list of inner solvers (heldout, gap_tv, bisrnet, ...)")
+    parser.add_argument("--ckpt", default=None, help="checkpoint of the network solvers (default for bisrnet: "
+                        "../shared/weights/bisrnet_simulation.pth)")
+    parser.add_argument("--scenes", type=int, default=10, help="pseudo-KAIST scenes (0: none)")
+    parser.add_argument("--pseudo-real", type=int, default=10, help="pseudo-real 256 x 256 crops (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
     parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
@@ -344,15 +451,31 @@ def main() -> None:
     parser.add_argument("--kaist-meas", type=int, default=0, help="number of KAIST snapshots to check (0: none)")
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")
     parser.add_argument("--landscapes", action="store_true", help="only draw the criterion comparison figure")
+    parser.add_argument("--solver-landscapes", action="store_true", help="only print the solver criteria's slices")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_calibration.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.landscapes:
         draw_landscapes(Path(args.out).with_suffix(".png"))
         return
+    if args.solver_landscapes:
+        solver_landscapes(args)
+        return
     results = {"settings": vars(args)}
-    if args.scenes:
-        results["pseudo_kaist"] = pseudo_kaist(args)
+    tables: dict[str, dict[str, list[dict]]] = {}
+    for solver in filter(None, (s.strip() for s in args.solvers.split(","))):
+        ckpt = solver_ckpt(solver, args.ckpt)
+        sets = tables.setdefault(solver, {})
+        if args.scenes:
+            sets["pseudo-KAIST"] = drifted_scenes(pseudo_kaist_cubes()[:args.scenes], np.random.default_rng(args.seed),
+                                                  1000 * args.seed, solver, ckpt, args)
+        if args.pseudo_real:
+            sets["pseudo-real"] = drifted_scenes(pseudo_real_crops(args.pseudo_real),
+                                                 np.random.default_rng(args.seed + 2), 1000 * args.seed + 500,
+                                                 solver, ckpt, args)
+    if tables:
+        results["solvers"] = tables
+        print("\n" + summary_table(tables))
     if args.kaist_meas:
         results["kaist_meas"] = kaist_snapshots(args)
     if args.real:

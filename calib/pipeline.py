@@ -6,6 +6,11 @@ estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, whe
 landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
 are used.
+
+The inner solver (``solver``): ``heldout`` runs the above. ``gap_tv`` or a mask-aware network S
+(:mod:`calib.solver_score`): the cheap held-out score prunes Algorithm 1's grids, S's residual
+ranks the polishing candidates, Algorithm 2 takes its gradients through S, and the landscape
+slices use S's residual.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from calib.refine import RefineSettings, refine
 from calib.result import CalibrationResult, StageClock, StageRecord
 from calib.score import HeldOutScore, ScoreSettings
 from calib.search import Evaluations, SearchSettings, beam_search
-from calib.solvers import load_solver, residual
+from calib.solver_score import solver_criterion
+from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess
 from cassi.checks import check_mask, check_measurement
 from cassi.mismatch import Mismatch
@@ -48,14 +54,13 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
     return y.float(), mask.float()
 
 
-def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, step: int, estimate: Mismatch,
-                  oversample: tuple[int, int], clock: StageClock) -> dict:
+def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, bands: int, step: int,
+                  estimate: Mismatch, oversample: tuple[int, int], clock: StageClock) -> dict:
     """Reconstruct with the chosen solver through the calibration forward model (what operator.npz
     records) at the nominal point and at the estimate, on the device of ``y`` and ``mask``;
     measurement residuals before / after."""
     with clock.stage("4 solver check"):
         try:
-            solve = load_solver(solver_name, ckpt, y.device)
             out = {"solver": solver_name, "oversample": list(oversample)}
             for label, mismatch in (("nominal", None), ("calibrated", estimate)):
                 op = instrument_operator(mask, bands, step, mismatch, oversample)
@@ -65,7 +70,7 @@ def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, s
     return out
 
 
-def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands: int = 28, step: int = 2,
+def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands: int = 28, step: int = 2,
               ranges: Ranges | dict | None = None, progress: bool = True,
               search: SearchSettings = SearchSettings(), refinement: RefineSettings = RefineSettings(),
               search_score: ScoreSettings = SEARCH_SCORE, refine_score: ScoreSettings = REFINE_SCORE,
@@ -75,8 +80,10 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used).
 
-    ``solver``: "gap_tv" or "mst_s" / "mst_m" / "mst_l" with ``ckpt`` (toolbox .pth or release folder),
-    used to reconstruct with the nominal and the calibrated operator (``result.checks``).
+    ``solver``: the inner solver: "heldout" (the held-out CG criterion; GAP-TV makes the check),
+    "gap_tv", or a registered mask-aware network ("bisrnet", "mst_l", ...) with ``ckpt`` (.pth or
+    release folder); it decides the estimate (see the module docstring) and reconstructs with the
+    nominal and the calibrated operator (``result.checks``).
     ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). ``oversample``: (N, K) of the calibration
     forward model (:mod:`calib.forward_model`); (1, 1) is the native-grid operator, for data made with
     it. ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
@@ -89,31 +96,39 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     device = torch.device(device)
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
-    if solver != "gap_tv" or ckpt is not None:
-        load_solver(solver, ckpt)                       # fail early on a bad solver / checkpoint
     clock = StageClock()
     scales = pixel_scales(*mask.shape, bands, step)
     search_score = search_score.with_(spatial=oversample[0], spectral=oversample[1])
     refine_score = refine_score.with_(spatial=oversample[0], spectral=oversample[1])
     with clock.stage("0 setup"):
+        criterion = solver_criterion(solver, ckpt, y, mask, bands, step, oversample)    # fails early
         cheap = HeldOutScore(y, mask, bands, step, search_score)
-        full = HeldOutScore(y, mask, bands, step, refine_score)
+        heldout = HeldOutScore(y, mask, bands, step, refine_score)
+        full = heldout if criterion is None else criterion
         nominal = torch.tensor([0.0, 0.0, 0.0, float(step), 0.0], dtype=torch.float64)
-        nominal_parts = full.block_scores(nominal[None], status_settings.blocks)[0]     # for calib.status
-        nominal_score = float(nominal_parts.sum())
+        nominal_parts = heldout.block_scores(nominal[None], status_settings.blocks)[0]  # for calib.status
+        nominal_score = float(nominal_parts.sum()) if criterion is None else float(full(nominal[None])[0])
     evaluations = Evaluations(cheap, search.batch, progress)
-    point, history, diagnostics = beam_search(evaluations, ranges, search, clock, progress)
+    decisive = None if criterion is None else Evaluations(criterion, search.batch, progress)
+    point, history, diagnostics = beam_search(evaluations, ranges, search, clock, progress, decisive)
     point, point_score, refined = refine(full, point, ranges, scales, refinement, clock, progress)
     history += refined
     with clock.stage("3 status"):
-        assessment = assess(cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts)
+        if criterion is not None:                       # the held-out tests' warm starts move to the estimate
+            heldout.set_reference(point[None])
+        assessment = assess(cheap, heldout, y, mask, point, ranges, scales, status_settings, nominal_parts)
     wall, cpu = clock.last("3 status")
     history.append(StageRecord("3 status", params_to_mismatch(point).to_dict(), assessment.centre_score,
                                assessment.evaluations, wall, cpu))
     estimate = params_to_mismatch(point)
-    checks = (_solver_check(solver, ckpt, y, mask, bands, step, estimate, oversample, clock)
-              if solver_check else {})
-    settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),
+    checks = {}
+    if solver_check:
+        solve = gap_tv_solver() if criterion is None or criterion.network is None else network_solver(criterion.network)
+        checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
+                               oversample, clock)
+    settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),
+                "criterion": "held-out CG" if criterion is None else criterion.describe(),
+                "bands": bands, "step": step, "ranges": ranges.to_dict(),
                 "oversample": list(oversample), "device": str(device),
                 "search": asdict(search), "search_score": asdict(search_score),
                 "refine_score": asdict(refine_score),

@@ -139,8 +139,11 @@ def polish(evaluate: Evaluations, start: Tensor, ranges: Ranges, steps: Tensor, 
 
 
 def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings, clock: StageClock,
-                progress: bool = False) -> tuple[Tensor, list[StageRecord], dict]:
-    """Algorithm 1. Returns (best point (5,), stage records, diagnostics for the status check)."""
+                progress: bool = False, final: Evaluations | None = None) -> tuple[Tensor, list[StageRecord], dict]:
+    """Algorithm 1. Returns (best point (5,), stage records, diagnostics for the status check).
+
+    ``final``: the criterion that ranks the polishing candidates (default ``evaluate``): the grids
+    are pruned with ``evaluate``, a cheaper criterion, and ``final`` decides from there."""
     centre = ranges.centre()
     records: list[StageRecord] = []
     s = settings
@@ -197,12 +200,13 @@ def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings,
     records.append(_record(name, clock, pts, scores, len(pts)))
 
     name = "1e polish"
+    final = final or evaluate
     with clock.stage(name):
-        evaluate.rebase(start)
-        before = len(evaluate.cache)
-        point, value, trace = polish(evaluate, start, ranges, torch.tensor(s.polish_start, dtype=torch.float64),
+        final.rebase(start)
+        before = len(final.cache)
+        point, value, trace = polish(final, start, ranges, torch.tensor(s.polish_start, dtype=torch.float64),
                                      s.polish_rounds, name)
-    records.append(_record(name, clock, point[None], torch.tensor([value]), len(evaluate.cache) - before, trace))
+    records.append(_record(name, clock, point[None], torch.tensor([value]), len(final.cache) - before, trace))
     diagnostics = {"coarse_best_scores": coarse_scores[:5].tolist(), "beams": beams.tolist(),
                    "beam_scores": beam_scores.tolist()}
     return point, records, diagnostics
