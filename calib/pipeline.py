@@ -7,10 +7,13 @@ landscape as the search does), and the user's solver run through the calibration
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
 are used.
 
-The inner solver (``solver``): ``heldout`` runs the above. ``gap_tv`` or a mask-aware network S
-(:mod:`calib.solver_score`): the cheap held-out score prunes Algorithm 1's grids, S's residual
-ranks the polishing candidates, Algorithm 2 takes its gradients through S, and the landscape
-slices use S's residual.
+The inner solver (``solver``) decides the estimate. ``heldout`` (the default): the held-out score
+throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_score`): the cheap
+held-out score prunes Algorithm 1's grids (a network forward per grid point would cost hours on a
+CPU), S's criterion ranks the polishing candidates of Algorithm 1 and is the loss of Algorithm 2
+(gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
+whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
+measurement and whether the held-out landscape pins each parameter there.
 """
 from __future__ import annotations
 

@@ -126,3 +126,31 @@ def test_eval_scenario_iii_reads_the_calibration_of_each_scene(tmp_path, capsys)
     assert run_cli(*common, "--calibration", tmp_path / "cal", "--out", tmp_path / "refused") == 2
     assert "no calibration for scene(s) scene02" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+
+
+def test_bisrnet_calibration_then_bisrnet_reconstruction_end_to_end(inputs, tmp_path):
+    """Issue 11 section 4 at 32 px, through the command lines a user runs: ``calibrate.py simulate`` (the
+    drifted instrument), ``calibrate.py --solver bisrnet`` (one folder per scene), then ``eval.py kaist
+    --model bisrnet --scenarios I,II,III,IV --calibration DIR``: scenario III uses that scene's estimate."""
+    folder = inputs[0]
+    weights = folder / "bisrnet.pth"
+    write_mst_layout(tmp_path / "data", size=32, scenes=1)
+    mask, truth = tmp_path / "data" / "mask.mat", tmp_path / "data" / "Truth" / "scene01.mat"
+    drift = {"dx": "0.5", "dy": "0.3", "theta": "0.1"}
+    y = tmp_path / "y.npz"
+    calibrate.main(["simulate", "--cube", str(truth), "--mask", str(mask), *[a for k, v in drift.items()
+                    for a in (f"--{k}", v)], "--oversample", "4", "2", "--out", str(y)])
+    files = calibrate.main(["--meas", str(y), "--mask", str(mask), "--solver", "bisrnet", "--ckpt", str(weights),
+                            "--out", str(tmp_path / "cal" / "scene01"), "--no-progress"])
+    saved = json.loads(files["json"].read_text())
+    assert saved["settings"]["solver"] == "bisrnet" and saved["settings"]["ckpt"] == str(weights)
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--model", "bisrnet", "--ckpt", weights, "--data.root", tmp_path / "data",
+                   "--scenarios", "I,II,III,IV", "--mismatch", ",".join(f"{k}={v}" for k, v in drift.items()),
+                   "--calibration", tmp_path / "cal", "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    row = results["calibration"]["scenes"][0]
+    assert row["name"] == "scene01"
+    assert row["estimate"] == pytest.approx(saved["estimate"])
+    assert set(results["scenarios"]) >= {"I", "II", "III", "IV"}
+    assert all(math.isfinite(results["scenarios"][s]["mean"]["psnr"]) for s in ("I", "II", "III", "IV"))

@@ -498,7 +498,7 @@ USER_ERRORS = {
     "train unknown model": ("train", [*SMOKE, "--model.init_args.model_name", "mst_xl"], r"unknown model 'mst_xl'"),
     "eval unknown model": ("eval", [*KAIST, "--model", "mst_xl", "--ckpt", "{f}/mst_s.pth"], r"unknown model 'mst_xl'"),
     "calibrate unknown solver": ("cal", ["--meas", "{f}/y.npz", "--mask", "{f}/mask.mat", "--solver", "mst_xl"],
-                                 r"--solver: invalid choice: 'mst_xl'"),
+                                 r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
     # bad option
     "train bad option": ("train", [*SMOKE, "--data.crop", "abc"], r'"data.crop": Expected a <class .int.>'),
     "train unknown option": ("train", [*SMOKE, "--bogus", "1"], r"unrecognized arguments: --bogus 1"),
