@@ -21,7 +21,12 @@ dx on both scenes (the network, fed through the native operator, reconstructs th
 better with a mask shifted by about half a pixel: 29.4 dB at dx - 0.5 px vs 26.4 dB at the truth on
 scene04), and 0.1-0.3 deg off in alpha; ten consistency steps through the calibration model put the
 dx and dy minima at the truth (alpha stays 0.15-0.3 deg off). The held-out CG criterion
-(:mod:`calib.score`) locates all five parameters better; see the README, "Calibration".
+(:mod:`calib.score`) locates all five parameters better; see the README, "Inner solver (issue 11)".
+
+Algorithm 2 (:mod:`calib.refine`) takes its Levenberg-Marquardt steps on these residuals: J^T J from
+forward differences of S (0.05 pixel units, one batched call) and, by default, the gradient from the
+same differences; ``RefineSettings(gradient="autograd")`` differentiates through the unrolled,
+checkpointed GAP-TV and the network's operator-built inputs instead (:meth:`SolverScore.loss`).
 """
 from __future__ import annotations
 
