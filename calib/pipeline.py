@@ -13,7 +13,9 @@ held-out score prunes Algorithm 1's grids (a network forward per grid point woul
 CPU), S's criterion ranks the polishing candidates of Algorithm 1 and is the loss of Algorithm 2
 (gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
 whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
-measurement and whether the held-out landscape pins each parameter there.
+measurement and whether the held-out landscape pins each parameter there; one more test refines the
+held-out criterion from S's estimate, and a significantly better held-out point makes the status
+"ambiguous" (:func:`calib.status.solver_agreement`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from calib.score import HeldOutScore, ScoreSettings
 from calib.search import Evaluations, SearchSettings, beam_search
 from calib.solver_score import solver_criterion
 from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
-from calib.status import StatusSettings, assess
+from calib.status import StatusSettings, assess, solver_agreement
 from cassi.checks import check_mask, check_measurement
 from cassi.mismatch import Mismatch
 
@@ -120,6 +122,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         if criterion is not None:                       # the held-out tests' warm starts move to the estimate
             heldout.set_reference(point[None])
         assessment = assess(cheap, heldout, y, mask, point, ranges, scales, status_settings, nominal_parts)
+        if criterion is not None and assessment.status != "failed":
+            heldout_point, _, _ = refine(heldout, point, ranges, scales, refinement, StageClock())
+            solver_agreement(heldout, point, heldout_point, assessment, status_settings)
     wall, cpu = clock.last("3 status")
     history.append(StageRecord("3 status", params_to_mismatch(point).to_dict(), assessment.centre_score,
                                assessment.evaluations, wall, cpu))

@@ -102,6 +102,7 @@ def test_the_solver_decides_and_calibration_json_records_it(inputs):
         "bisrnet", folder / "bisrnet.pth"))(params_tensor(result.estimate))[0]), rel=1e-5)
     assert all(math.isfinite(v) for v in result.estimate.to_dict().values())
     assert set(result.landscape) == set(PARAMETER_NAMES)
+    assert "heldout_optimum" in result.tests                  # the held-out criterion checked the solver's point
 
 
 def test_eval_scenario_iii_reads_the_calibration_of_each_scene(tmp_path, capsys):
@@ -154,3 +155,25 @@ def test_bisrnet_calibration_then_bisrnet_reconstruction_end_to_end(inputs, tmp_
     assert row["estimate"] == pytest.approx(saved["estimate"])
     assert set(results["scenarios"]) >= {"I", "II", "III", "IV"}
     assert all(math.isfinite(results["scenarios"][s]["mean"]["psnr"]) for s in ("I", "II", "III", "IV"))
+
+
+def test_status_is_ambiguous_when_the_held_out_criterion_prefers_another_point():
+    """A solver's estimate 1 px off in dx, where the held-out criterion's own point is the truth: "ok"
+    becomes "ambiguous" with a reason; the same point twice changes nothing."""
+    from calib.pipeline import REFINE_SCORE
+    from calib.score import HeldOutScore
+    from calib.status import Assessment, solver_agreement
+
+    truth = Mismatch(dx=0.4, dy=-0.3, a1=2.01)
+    y, mask = measure(48, truth)
+    score = HeldOutScore(y, mask, settings=REFINE_SCORE)
+    right = params_tensor(truth).reshape(5)
+    wrong = right.clone()
+    wrong[0] += 1.0
+    off = Assessment("ok", [])
+    solver_agreement(score, wrong, right, off)
+    assert off.status == "ambiguous" and "held-out criterion prefers another point (dx -1 px" in off.reasons[0]
+    assert off.tests["heldout_optimum"]["relative_change"] < 0
+    same = Assessment("ok", [])
+    solver_agreement(score, right, right.clone(), same)
+    assert same.status == "ok" and same.reasons == [] and same.tests["heldout_optimum"]["relative_change"] == 0
