@@ -30,6 +30,8 @@ criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov ob
 held-out) on one scene.
 ``--solver-landscapes``: 1-D slices of the solver criteria (BiSRNet residual, BiSRNet + GAP-TV
 consistency steps, GAP-TV alone) and of the held-out criterion through the truth of two scenes.
+``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
+by autograd (README, "Inner solver (issue 11)").
 Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
        [--pseudo-real 10] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3] [--real 5]
 """
@@ -437,6 +439,42 @@ def solver_landscapes(args: argparse.Namespace) -> None:
                                                             for v in values.values()), flush=True)
 
 
+def gradient_probe(args: argparse.Namespace) -> None:
+    """Algorithm 2's gradient through each solver criterion, by forward differences (what the
+    Levenberg-Marquardt step uses, 0.05 pixel units) and by autograd, at the truth and 0.3 px off in dx:
+    pseudo-KAIST scene04, drift (0.5, 0.3, 0.1, 2.01, 0.2), N=4 K=2 instrument with noise."""
+    from calib.forward_model import params_tensor
+    from calib.ranges import pixel_scales
+    from calib.solver_score import SolverScore
+    from calib.solvers import load_network
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+
+    mask, cube = kaist_mask(), pseudo_kaist_cubes()[3][1]
+    truth = Mismatch(dx=0.5, dy=0.3, theta=0.1, a1=2.01, alpha=0.2)
+    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
+    scales = pixel_scales(*mask.shape, 28, 2)
+    network = load_network("bisrnet", solver_ckpt("bisrnet", args.ckpt))
+    for name, score in (("gap_tv", SolverScore(y, mask, None)), ("bisrnet", SolverScore(y, mask, network))):
+        for offset in (0.0, 0.3):
+            point = params_tensor(truth).reshape(5).clone()
+            point[0] += offset
+            probes = point.repeat(6, 1)
+            for i in range(5):
+                probes[i + 1, i] += 0.05 * scales[i]
+            start = time.process_time()
+            errors = score.residuals(probes)
+            differences = (2 * (errors[1:] - errors[:1]) / 0.05 @ errors[0]).double()
+            middle = time.process_time()
+            p = point.clone().requires_grad_(True)
+            autograd = (torch.autograd.grad(score.loss(p[None]), p)[0] * scales).double()
+            end = time.process_time()
+            cosine = float(differences @ autograd / (differences.norm() * autograd.norm()))
+            print(f"{name} dx {offset:+.1f} px from the truth: differences {differences.numpy().round(5)} "
+                  f"({middle - start:.1f} s CPU, J included), autograd {autograd.numpy().round(5)} "
+                  f"({end - middle:.1f} s CPU), cosine {cosine:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--solvers", default=HELD_OUT, help="comma list of inner solvers (heldout, gap_tv, bisrnet, ...)")
@@ -452,6 +490,8 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")
     parser.add_argument("--landscapes", action="store_true", help="only draw the criterion comparison figure")
     parser.add_argument("--solver-landscapes", action="store_true", help="only print the solver criteria's slices")
+    parser.add_argument("--gradient-probe", action="store_true", help="only compare Algorithm 2's gradients "
+                        "(differences vs autograd) through the solver criteria")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_calibration.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -460,6 +500,9 @@ def main() -> None:
         return
     if args.solver_landscapes:
         solver_landscapes(args)
+        return
+    if args.gradient_probe:
+        gradient_probe(args)
         return
     results = {"settings": vars(args)}
     tables: dict[str, dict[str, list[dict]]] = {}
