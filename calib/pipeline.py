@@ -124,7 +124,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         assessment = assess(cheap, heldout, y, mask, point, ranges, scales, status_settings, nominal_parts)
         if criterion is not None and assessment.status != "failed":
             heldout_point, _, _ = refine(heldout, point, ranges, scales, refinement, StageClock())
-            solver_agreement(heldout, point, heldout_point, assessment, status_settings)
+            solver_agreement(heldout, point, heldout_point, scales, assessment, status_settings)
     wall, cpu = clock.last("3 status")
     history.append(StageRecord("3 status", params_to_mismatch(point).to_dict(), assessment.centre_score,
                                assessment.evaluations, wall, cpu))

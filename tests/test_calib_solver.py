@@ -159,8 +159,10 @@ def test_bisrnet_calibration_then_bisrnet_reconstruction_end_to_end(inputs, tmp_
 
 def test_status_is_ambiguous_when_the_held_out_criterion_prefers_another_point():
     """A solver's estimate 1 px off in dx, where the held-out criterion's own point is the truth: "ok"
-    becomes "ambiguous" with a reason; the same point twice changes nothing."""
+    becomes "ambiguous" with a reason; the same point twice, or a held-out point closer than 0.1 pixel
+    units, changes nothing."""
     from calib.pipeline import REFINE_SCORE
+    from calib.ranges import pixel_scales
     from calib.score import HeldOutScore
     from calib.status import Assessment, solver_agreement
 
@@ -170,10 +172,16 @@ def test_status_is_ambiguous_when_the_held_out_criterion_prefers_another_point()
     right = params_tensor(truth).reshape(5)
     wrong = right.clone()
     wrong[0] += 1.0
+    scales = pixel_scales(48, 48, 28, 2)
     off = Assessment("ok", [])
-    solver_agreement(score, wrong, right, off)
+    solver_agreement(score, wrong, right, scales, off)
     assert off.status == "ambiguous" and "held-out criterion prefers another point (dx -1 px" in off.reasons[0]
     assert off.tests["heldout_optimum"]["relative_change"] < 0
     same = Assessment("ok", [])
-    solver_agreement(score, right, right.clone(), same)
+    solver_agreement(score, right, right.clone(), scales, same)
     assert same.status == "ok" and same.reasons == [] and same.tests["heldout_optimum"]["relative_change"] == 0
+    near = wrong.clone()
+    near[0] = right[0] + 0.05
+    close = Assessment("ok", [])
+    solver_agreement(score, near, right, scales, close)
+    assert close.status == "ok" and close.tests["heldout_optimum"]["distance_pixel_units"] == pytest.approx(0.05)
