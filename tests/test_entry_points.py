@@ -27,6 +27,14 @@ def test_file_readers_do_not_import_lightning():
     assert not {"pytorch_lightning", "lightning", "lightning_fabric"} & loaded
 
 
+def test_gap_tv_evaluation_does_not_load_the_networks():
+    """The architectures (and timm) load on the registry's first lookup, not with ``models.release``."""
+    loaded = _loaded_after("import evaluation.kaist, evaluation.real, evaluation.calibration, calib.solvers")
+    assert not {"timm", "models.mst", "models.bisrnet", "pytorch_lightning"} & loaded
+    loaded = _loaded_after("import models; models.list_models()")
+    assert {"models.mst", "models.bisrnet", "models.s2_transformer"} <= loaded
+
+
 def test_data_package_still_exports_the_datamodule():
     import data
     assert data.CassiDataModule.__name__ == "CassiDataModule"
