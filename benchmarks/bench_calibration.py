@@ -102,6 +102,16 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
+def model_choice(result) -> str:
+    """The forward model the calibration chose and the candidates' held-out scores, in one phrase."""
+    selection = result.settings["model_selection"]
+    if selection["mode"] != "auto":
+        return "model N={}, K={} (named)".format(*selection["chosen"])
+    scores = " ".join("{},{}: {:.5f}".format(*c["oversample"], c["score"]) for c in selection["candidates"])
+    return (f"model N={selection['chosen'][0]}, K={selection['chosen'][1]} ({scores}; margin "
+            f"{selection['margin_in_standard_errors']:.1f} SE)")
+
+
 def draw_mismatch(rng: np.random.Generator) -> Mismatch:
     return Mismatch(**{k: float(rng.uniform(*v)) for k, v in DRAW.items()})
 
@@ -134,7 +144,8 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                "comparison": {k: v["psnr"] for k, v in report["comparison"].items()},
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
                "cli": calibrator.cli_run,
-               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score}
+               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score,
+               "model_selection": calibrator.result.settings["model_selection"]}
         rows.append(row)
         cli = calibrator.cli_run
         cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
@@ -147,6 +158,7 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                         f"{row['status']:>9} | {row['seconds']:12.1f} {row['cpu_seconds']:6.1f} | {cli_text}")
             print(f"{name if j == 0 else '':8} {k:6} {tru[k]:8.4f} {est[k]:8.4f} {err[k]:+8.4f}"
                   f"{'' if ok[k] else ' X'}{tail}", flush=True)
+        print(f"{'':8} {model_choice(calibrator.result)}")
         for reason in row["reasons"]:
             print(f"{'':8} {row['status']}: {reason}")
     passed = sum(r["pass_all"] for r in rows)
@@ -219,14 +231,15 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
         y = torch.from_numpy(load_measurement(path))
         warp = Mismatch(dx=float(rng.uniform(-2, 2)), dy=float(rng.uniform(-2, 2)), theta=float(rng.uniform(-0.5, 0.5)))
         wall, cpu = time.perf_counter(), time.process_time()
-        result = calibrate(y, inverse_warp(mask, warp), progress=False, oversample=(1, 1))
+        result = calibrate(y, inverse_warp(mask, warp), progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         est, tru = result.estimate.to_dict(), warp.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
         rows.append({"file": path.name, "true": tru, "estimate": est, "error": err, "status": result.status,
-                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu})
+                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu,
+                     "model_selection": result.settings["model_selection"]})
         print(f"{path.stem:18} " + " ".join(f"{k} {tru[k]:+.3f}->{est[k]:+.3f}" for k in tru)
-              + f"  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
+              + f"  {model_choice(result)}  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
               + "".join(f"\n{'':18} {reason}" for reason in result.reasons), flush=True)
     return rows
 
@@ -245,9 +258,10 @@ def real_captures(args: argparse.Namespace) -> list[dict]:
         rows.append({"file": path.name, "estimate": result.estimate.to_dict(), "status": result.status,
                      "reasons": result.reasons, "held_out_nominal": result.nominal_score,
                      "held_out_calibrated": result.score, "checks": result.checks,
-                     "seconds": wall, "cpu_seconds": cpu})
+                     "seconds": wall, "cpu_seconds": cpu, "model_selection": result.settings["model_selection"]})
         print(f"{path.stem:8} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
-              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  status {result.status}"
+              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  {model_choice(result)}"
+              + f"  status {result.status}"
               + f"  {wall:.0f} s wall {cpu:.0f} s CPU", flush=True)
     return rows
 

@@ -3,7 +3,8 @@
 Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out score for every
 candidate forward model, the choice of model by the held-out score in the full setting at each
 model's search estimate (:mod:`calib.model_selection`; skipped when the caller names one), Algorithm 2
-(:mod:`calib.refine`) with the full setting, the status tests and 1-D landscape slices through the
+(:mod:`calib.refine`) with the full setting (for the chosen model, or for every candidate and a second
+comparison when the first is not decisive), the status tests and 1-D landscape slices through the
 estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it resolves the
 landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
@@ -18,9 +19,9 @@ from torch import Tensor
 
 from calib.forward_model import PARAMETER_NAMES, params_to_mismatch
 from calib.instrument import instrument_operator
-from calib.model_selection import CANDIDATE_MODELS, choose, search_model
+from calib.model_selection import CANDIDATE_MODELS, search_model, select_and_refine
 from calib.ranges import Ranges, pixel_scales
-from calib.refine import RefineSettings, refine
+from calib.refine import RefineSettings
 from calib.result import CalibrationResult, StageClock, StageRecord
 from calib.score import ScoreSettings
 from calib.search import SearchSettings
@@ -102,15 +103,14 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
     fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
-    chosen, selection, selection_reasons = choose(fits, scales, status_settings.z)
+    chosen, selection, selection_reasons = select_and_refine(fits, ranges, scales, refinement, status_settings.z,
+                                                             status_settings.blocks, progress)
     for fit in fits:
         clock.merge(fit.clock, "" if fit is chosen else f" (N={fit.oversample[0]}, K={fit.oversample[1]})")
     oversample, full, evaluations = chosen.oversample, chosen.full, chosen.evaluations
-    point, history, diagnostics = chosen.point, chosen.history, chosen.diagnostics
+    point, point_score, history, diagnostics = chosen.point, chosen.point_score, chosen.history, chosen.diagnostics
     nominal_parts = chosen.nominal_parts
     nominal_score = float(nominal_parts.sum())
-    point, point_score, refined = refine(full, point, ranges, scales, refinement, clock, progress)
-    history += refined
     with clock.stage("3 status"):
         assessment = assess(chosen.cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts)
     if assessment.status == "ok" and selection_reasons:

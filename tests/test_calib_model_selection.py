@@ -33,11 +33,24 @@ def test_auto_picks_the_native_grid_for_native_grid_data():
     result = calibrate(y, mask, ranges=NEAR, **QUICK)
     selection = result.settings["model_selection"]
     assert selection["mode"] == "auto" and selection["chosen"] == [1, 1] == result.settings["oversample"]
+    assert selection["compared_at"] == "search estimates"                  # decisive: only N=1 was refined
     scores = {tuple(c["oversample"]): c["score"] for c in selection["candidates"]}
     assert set(scores) == {(1, 1), (4, 2)} and scores[(1, 1)] < scores[(4, 2)]
     assert selection["resolved"] and selection["margin_in_standard_errors"] > 2
     assert abs(result.estimate.dx - WARP.dx) < 0.5 and abs(result.estimate.dy - WARP.dy) < 0.3, result.estimate
     assert any("(N=4, K=2)" in key for key in result.timings)      # the other model's cost is counted
+
+
+def test_without_a_decisive_lead_every_model_is_refined_and_compared_again(monkeypatch):
+    import calib.model_selection
+
+    monkeypatch.setattr(calib.model_selection, "DECISIVE", float("inf"))
+    y, mask = warped_kaist_rows()
+    result = calibrate(y, mask, ranges=NEAR, **QUICK)
+    selection = result.settings["model_selection"]
+    assert selection["compared_at"] == "refined estimates" and selection["search"]["chosen"] == [1, 1]
+    assert selection["chosen"] == [1, 1] and selection["resolved"]
+    assert any(key.startswith("2C joint (N=4, K=2)") for key in result.timings)     # both were refined
 
 
 def test_an_explicit_model_bypasses_the_selection():
