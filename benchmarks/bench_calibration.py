@@ -145,7 +145,7 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
                "cli": calibrator.cli_run,
                "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score,
-               "model_selection": calibrator.result.settings["model_selection"]}
+               "model_selection": calibrator.result.settings["model_selection"], "timings": calibrator.result.timings}
         rows.append(row)
         cli = calibrator.cli_run
         cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
