@@ -39,8 +39,9 @@ DECISIVE = 4.0           # a lead at the search estimates beyond this many stand
 
 @dataclass
 class ModelFit:
-    """One candidate model after the search: its scores (search and refinement setting), the search
-    estimate, and the refinement-setting block scores at the nominal point and at the estimate."""
+    """One candidate model: its criterion in the search and refinement settings, its estimate (the
+    search's, then refined), and the refinement-setting block scores at the nominal point and at the
+    estimate (``parts``, once compared)."""
 
     oversample: tuple[int, int]
     cheap: HeldOutScore
@@ -114,7 +115,7 @@ def select_and_refine(fits: list[ModelFit], ranges: Ranges, scales: Tensor, sett
 
 
 def choose(fits: list[ModelFit], scales: Tensor, z: float) -> tuple[ModelFit, dict, list[str]]:
-    """The model whose search estimate predicts the held-out pixels best; the record for
+    """The model whose estimate predicts the held-out pixels best; the record for
     calibration.json and the "ambiguous" reasons (none when one model fits, or the choice is beyond
     ``z`` standard errors, or the models' estimates agree within :data:`AGREEMENT` pixel units)."""
     if len(fits) == 1:
@@ -128,8 +129,8 @@ def choose(fits: list[ModelFit], scales: Tensor, z: float) -> tuple[ModelFit, di
         wall, cpu = sum(fit.clock.wall.values()), sum(fit.clock.cpu.values())
         candidates.append({"oversample": list(fit.oversample), "score": fit.score,
                            "nominal_score": float(fit.nominal_parts.sum()),
-                           "search_estimate": params_to_mismatch(fit.point).to_dict(),
-                           "search_seconds": round(wall, 3), "search_cpu_seconds": round(cpu, 3)})
+                           "estimate": params_to_mismatch(fit.point).to_dict(),
+                           "seconds": round(wall, 3), "cpu_seconds": round(cpu, 3)})
     resolved = margin > z * se
     spread = ((best.point - runner_up.point).abs() / scales).max().item()
     record = {"mode": "auto", "candidates": candidates, "chosen": list(best.oversample),
@@ -141,5 +142,5 @@ def choose(fits: list[ModelFit], scales: Tensor, z: float) -> tuple[ModelFit, di
         name = ", ".join(f"N={f.oversample[0]}, K={f.oversample[1]}" for f in (best, runner_up))
         reasons.append(f"the data do not decide the forward model: {name} predict the held-out pixels equally "
                        f"well ({100 * margin:.1f} % +- {100 * se:.1f} %, needs more than {z:g} standard errors) "
-                       f"and their search estimates differ by {spread:.2f} pixel units")
+                       f"and their estimates differ by {spread:.2f} pixel units")
     return best, record, reasons
