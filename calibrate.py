@@ -149,7 +149,8 @@ def summary(result) -> str:
                            for c in selection["candidates"])
         n, k = selection["chosen"]
         decided = "" if selection["resolved"] else " (within the noise)"
-        lines.append(f"forward model: N={n}, K={k} chosen by the held-out score ({scores}; margin "
+        lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
+                     f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
