@@ -18,7 +18,7 @@ device is present and says "no CUDA device" otherwise.
 
 Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nominal mask and the native
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
-find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 real captures
+find that warp with default options (the forward model chosen by the data, ``calib.model_selection``). ``--real N``: the first N of the 5 real captures
 (660 x 714) with the real 660 mask: estimate and held-out residual before / after. ``--landscapes``: the
 criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
 held-out) on one scene.
@@ -226,7 +226,7 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(args.seed + 1)
     rows = []
     print("\nreal KAIST snapshots, nominal mask handed over warped by the inverse of a known warp "
-          "(native-grid model):")
+          "(default options: the forward model chosen by the data):")
     for path in sorted(shared_file("kaist_meas").glob("*.npz"))[:args.kaist_meas]:
         y = torch.from_numpy(load_measurement(path))
         warp = Mismatch(dx=float(rng.uniform(-2, 2)), dy=float(rng.uniform(-2, 2)), theta=float(rng.uniform(-0.5, 0.5)))
