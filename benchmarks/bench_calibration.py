@@ -20,8 +20,8 @@ Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nom
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
 find that warp with default options (the forward model chosen by the data, ``calib.model_selection``).
 ``--real N``: the first N of the 5 real captures (660 x 714) with the real 660 mask: estimate and
-held-out residual before / after. ``--landscapes``: the criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
-held-out) on one scene.
+held-out residual before / after. ``--landscapes``: the criterion comparison figure (plain GAP-TV
+residual, GAP-TV held-out, Tikhonov objective, Tikhonov held-out) on one scene.
 Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
        [--kaist-meas 3] [--real 5]
 """
