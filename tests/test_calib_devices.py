@@ -4,9 +4,8 @@ On a CUDA device every placement sum of the calibration forward model runs as to
 (``calib.placement``, backend "torch"); on the CPU the numba kernels do. ``CASSI_PLACEMENT_BACKEND=torch``
 makes the CPU take the torch path too, so the whole of ``calib.calibrate`` -- search and model
 selection, refinement, status tests, the instrument operator of the solver check -- runs the code a
-GPU runs, here with the
-numba placement kernels made to fail if called. The meta device (shapes, no values) checks that the
-instrument operator keeps its tensors on the device it is moved to.
+GPU runs, here with the numba placement kernels made to fail if called. The meta device (shapes, no
+values) checks that the instrument operator keeps its tensors on the device it is moved to.
 """
 from __future__ import annotations
 
