@@ -9,6 +9,10 @@
 Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, the status
 "ok" / "ambiguous" / "failed" with reasons, per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
+The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
+grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
+score and the margin are in calibration.json, settings.model_selection) unless ``--model-oversample N K``
+names one.
 ``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
 default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
 11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
@@ -142,6 +146,15 @@ def summary(result) -> str:
         lines.append(f"{checks['solver']} check skipped: {checks['error']}")
     timings = result.timings
     startup = f"start-up {timings['startup_s']:.1f} s + " if "startup_s" in timings else ""
+    selection = result.settings.get("model_selection", {})
+    if selection.get("mode") == "auto":
+        scores = ", ".join(f"N={c['oversample'][0]}, K={c['oversample'][1]} {c['score']:.5f}"
+                           for c in selection["candidates"])
+        n, k = selection["chosen"]
+        decided = "" if selection["resolved"] else " (within the noise)"
+        lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
+                     f"({scores}; margin "
+                     f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 
@@ -174,7 +187,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     startup = time.perf_counter() - STARTED
     with folder as staging:
         result = calibrate(y, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
-                           step=args.step, progress=not args.no_progress, oversample=tuple(args.model_oversample),
+                           step=args.step, progress=not args.no_progress,
+                           oversample=tuple(args.model_oversample) if args.model_oversample else None,
                            solver_check=args.check_solver, device=device)
         result.timings["startup_s"] = round(startup, 3)
         print(summary(result), flush=True)
@@ -266,8 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
     cal.add_argument("--bands", type=positive_int, default=28)
     cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
-    cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
-                     help="oversampling of the calibration forward model (1 1: the native-grid operator)")
+    cal.add_argument("--forward-model", choices=("auto",), default="auto",
+                     help="auto (the default): the data choose the calibration forward model among the native "
+                          "grid (N=K=1) and the enlarged grid (N=4, K=2) by the held-out score "
+                          "(calibration.json: settings.model_selection); --model-oversample names one instead")
+    cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
+                     help="oversampling of the calibration forward model (1 1: the native-grid operator); "
+                          "no selection")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

@@ -24,10 +24,10 @@ device is present and says "no CUDA device" otherwise.
 
 Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nominal mask and the native
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
-find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 real captures
-(660 x 714) with the real 660 mask: estimate and held-out residual before / after. ``--landscapes``: the
-criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
-held-out) on one scene.
+find that warp with default options (the forward model chosen by the data, ``calib.model_selection``).
+``--real N``: the first N of the 5 real captures (660 x 714) with the real 660 mask: estimate and
+held-out residual before / after. ``--landscapes``: the criterion comparison figure (plain GAP-TV
+residual, GAP-TV held-out, Tikhonov objective, Tikhonov held-out) on one scene.
 ``--solver-landscapes``: 1-D slices of the solver criteria (BiSRNet residual, BiSRNet + GAP-TV
 consistency steps, GAP-TV alone) and of the held-out criterion through the truth of two scenes.
 ``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
@@ -119,6 +119,16 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
+def model_choice(result) -> str:
+    """The forward model the calibration chose and the candidates' held-out scores, in one phrase."""
+    selection = result.settings["model_selection"]
+    if selection["mode"] != "auto":
+        return "model N={}, K={} (named)".format(*selection["chosen"])
+    scores = " ".join("{},{}: {:.5f}".format(*c["oversample"], c["score"]) for c in selection["candidates"])
+    return (f"model N={selection['chosen'][0]}, K={selection['chosen'][1]} ({scores}; margin "
+            f"{selection['margin_in_standard_errors']:.1f} SE)")
+
+
 def draw_mismatch(rng: np.random.Generator) -> Mismatch:
     return Mismatch(**{k: float(rng.uniform(*v)) for k, v in DRAW.items()})
 
@@ -175,7 +185,8 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
                "comparison": {k: v["psnr"] for k, v in report["comparison"].items()},
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
                "cli": calibrator.cli_run,
-               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score}
+               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score,
+               "model_selection": calibrator.result.settings["model_selection"], "timings": calibrator.result.timings}
         rows.append(row)
         cli = calibrator.cli_run
         cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
@@ -188,6 +199,7 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
                         f"{row['status']:>9} | {row['seconds']:12.1f} {row['cpu_seconds']:6.1f} | {cli_text}")
             print(f"{name if j == 0 else '':8} {k:6} {tru[k]:8.4f} {est[k]:8.4f} {err[k]:+8.4f}"
                   f"{'' if ok[k] else ' X'}{tail}", flush=True)
+        print(f"{'':8} {model_choice(calibrator.result)}")
         for reason in row["reasons"]:
             print(f"{'':8} {row['status']}: {reason}")
     passed = sum(r["pass_all"] for r in rows)
@@ -270,19 +282,20 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(args.seed + 1)
     rows = []
     print("\nreal KAIST snapshots, nominal mask handed over warped by the inverse of a known warp "
-          "(native-grid model):")
+          "(default options: the forward model chosen by the data):")
     for path in sorted(shared_file("kaist_meas").glob("*.npz"))[:args.kaist_meas]:
         y = torch.from_numpy(load_measurement(path))
         warp = Mismatch(dx=float(rng.uniform(-2, 2)), dy=float(rng.uniform(-2, 2)), theta=float(rng.uniform(-0.5, 0.5)))
         wall, cpu = time.perf_counter(), time.process_time()
-        result = calibrate(y, inverse_warp(mask, warp), progress=False, oversample=(1, 1))
+        result = calibrate(y, inverse_warp(mask, warp), progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         est, tru = result.estimate.to_dict(), warp.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
         rows.append({"file": path.name, "true": tru, "estimate": est, "error": err, "status": result.status,
-                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu})
+                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu,
+                     "model_selection": result.settings["model_selection"]})
         print(f"{path.stem:18} " + " ".join(f"{k} {tru[k]:+.3f}->{est[k]:+.3f}" for k in tru)
-              + f"  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
+              + f"  {model_choice(result)}  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
               + "".join(f"\n{'':18} {reason}" for reason in result.reasons), flush=True)
     return rows
 
@@ -301,9 +314,10 @@ def real_captures(args: argparse.Namespace) -> list[dict]:
         rows.append({"file": path.name, "estimate": result.estimate.to_dict(), "status": result.status,
                      "reasons": result.reasons, "held_out_nominal": result.nominal_score,
                      "held_out_calibrated": result.score, "checks": result.checks,
-                     "seconds": wall, "cpu_seconds": cpu})
+                     "seconds": wall, "cpu_seconds": cpu, "model_selection": result.settings["model_selection"]})
         print(f"{path.stem:8} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
-              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  status {result.status}"
+              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  {model_choice(result)}"
+              + f"  status {result.status}"
               + f"  {wall:.0f} s wall {cpu:.0f} s CPU", flush=True)
     return rows
 

@@ -138,12 +138,21 @@ def polish(evaluate: Evaluations, start: Tensor, ranges: Ranges, steps: Tensor, 
     return point, best, trace
 
 
-def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings, clock: StageClock,
-                progress: bool = False, final: Evaluations | None = None) -> tuple[Tensor, list[StageRecord], dict]:
-    """Algorithm 1. Returns (best point (5,), stage records, diagnostics for the status check).
+def polish_stage(evaluate: Evaluations, start: Tensor, ranges: Ranges, settings: SearchSettings, clock: StageClock,
+                 name: str = "1e polish") -> tuple[Tensor, StageRecord]:
+    """Algorithm 1's last stage: coordinate descent from ``start`` (5,) with ``evaluate`` re-centred there.
+    Returns (point (5,), stage record)."""
+    with clock.stage(name):
+        evaluate.rebase(start)
+        before = len(evaluate.cache)
+        point, value, trace = polish(evaluate, start, ranges, torch.tensor(settings.polish_start, dtype=torch.float64),
+                                     settings.polish_rounds, name)
+    return point, _record(name, clock, point[None], torch.tensor([value]), len(evaluate.cache) - before, trace)
 
-    ``final``: the criterion that ranks the polishing candidates (default ``evaluate``): the grids
-    are pruned with ``evaluate``, a cheaper criterion, and ``final`` decides from there."""
+
+def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings, clock: StageClock,
+                progress: bool = False) -> tuple[Tensor, list[StageRecord], dict]:
+    """Algorithm 1. Returns (best point (5,), stage records, diagnostics for the status check)."""
     centre = ranges.centre()
     records: list[StageRecord] = []
     s = settings
@@ -199,14 +208,8 @@ def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings,
         start = pts[int(torch.argmin(scores))]
     records.append(_record(name, clock, pts, scores, len(pts)))
 
-    name = "1e polish"
-    final = final or evaluate
-    with clock.stage(name):
-        final.rebase(start)
-        before = len(final.cache)
-        point, value, trace = polish(final, start, ranges, torch.tensor(s.polish_start, dtype=torch.float64),
-                                     s.polish_rounds, name)
-    records.append(_record(name, clock, point[None], torch.tensor([value]), len(final.cache) - before, trace))
+    point, record = polish_stage(evaluate, start, ranges, settings, clock)
+    records.append(record)
     diagnostics = {"coarse_best_scores": coarse_scores[:5].tolist(), "beams": beams.tolist(),
                    "beam_scores": beam_scores.tolist()}
     return point, records, diagnostics
