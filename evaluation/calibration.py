@@ -133,7 +133,10 @@ def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates
 
 @dataclass
 class CalibratePerScene:
-    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only)."""
+    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only), with the
+    forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
+    chosen per scene: the scenario table reconstructs every "-model" row through one model. (For the
+    data's own choice, run ``calibrate.py`` per scene and pass ``--calibration``.)"""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -152,8 +155,9 @@ class CalibratePerScene:
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
+        options = {**self.options, "oversample": self.oversample}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
-                           **self.options)
+                           **options)
         estimate = result.estimate
         return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
 
