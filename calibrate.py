@@ -1,7 +1,7 @@
 """Instrument calibration: recover (dx, dy, theta, a1, alpha) from one snapshot and the nominal mask.
 
-    python calibrate.py --meas y.npz --mask mask.mat [--device cuda] [--out DIR] \\
-        [--check-solver | --solver gap_tv|mst_s|mst_m|mst_l --ckpt PATH]
+    python calibrate.py --meas y.npz --mask mask.mat [--solver heldout|gap_tv|bisrnet|mst_l|... --ckpt PATH] \\
+        [--check-solver] [--device cuda] [--out DIR]
     python calibrate.py --meas a.mat b.mat c.mat --mask mask.mat --out DIR [--separately]
     python calibrate.py simulate --cube scene.npz --mask mask.mat --dx 1.2 --theta 0.4 --a1 2.02 \\
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
@@ -10,9 +10,15 @@
 Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, the status
 "ok" / "ambiguous" / "failed" with reasons, per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
-``--solver NAME`` (or ``--check-solver`` for GAP-TV) also reconstructs with the nominal and the
-calibrated operator and reports that solver's residual before / after (off by default: it does not
-change the estimate). ``--device cuda`` runs the forward model, the score and the check on the GPU.
+The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
+grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
+score and the margin are in calibration.json, settings.model_selection) unless ``--model-oversample N K``
+names one.
+``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
+default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
+11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
+calibrated operator and reports its residual before / after (off by default). ``--device cuda`` runs
+the forward model, the score, the solver and the check on the GPU.
 Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``.
 Several ``--meas`` files are captures of one instrument (a scene each): one estimate is fitted to all
 of them jointly (the score is the mean of their held-out errors; ``calibration.json`` lists them under
@@ -141,7 +147,8 @@ def summary(result) -> str:
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
-             f"held-out residual (blind score): nominal {result.nominal_score:.5f} -> calibrated {result.score:.5f}"]
+             f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "
+             f"{result.score:.5f}"]
     checks = result.checks
     if "residual_nominal" in checks:
         n, k = checks["oversample"]
@@ -151,6 +158,15 @@ def summary(result) -> str:
         lines.append(f"{checks['solver']} check skipped: {checks['error']}")
     timings = result.timings
     startup = f"start-up {timings['startup_s']:.1f} s + " if "startup_s" in timings else ""
+    selection = result.settings.get("model_selection", {})
+    if selection.get("mode") == "auto":
+        scores = ", ".join(f"N={c['oversample'][0]}, K={c['oversample'][1]} {c['score']:.5f}"
+                           for c in selection["candidates"])
+        n, k = selection["chosen"]
+        decided = "" if selection["resolved"] else " (within the noise)"
+        lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
+                     f"({scores}; margin "
+                     f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 
@@ -215,10 +231,10 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         for stem, paths, captures in groups:
             if args.separately:
                 print(f"{stem}:", flush=True)
-            result = calibrate(captures, mask, solver=args.solver or "gap_tv", ckpt=args.ckpt, bands=args.bands,
+            result = calibrate(captures, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
                                step=args.step, progress=not args.no_progress,
-                               oversample=tuple(args.model_oversample),
-                               solver_check=args.check_solver or args.solver is not None, device=device)
+                               oversample=tuple(args.model_oversample) if args.model_oversample else None,
+                               solver_check=args.check_solver, device=device)
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
@@ -311,18 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
                           "process (DIR/calibrations.json lists them)")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
-    cal.add_argument("--solver", default=None, choices=("gap_tv", "mst_s", "mst_m", "mst_l"),
-                     help="reconstruct with this solver and the nominal / calibrated operator and report its "
-                          "residual before / after (default: no such check)")
-    cal.add_argument("--check-solver", action="store_true", help="the same check with GAP-TV (--solver gap_tv)")
+    cal.add_argument("--solver", default="heldout",
+                     help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
+                          "gap_tv, or a registered mask-aware network (bisrnet, mst_s, mst_m, mst_l, "
+                          "s2_transformer, ...) with --ckpt")
+    cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth state dict or release folder)")
+    cal.add_argument("--check-solver", action="store_true",
+                     help="reconstruct with the solver (GAP-TV for heldout) and the nominal / calibrated operator "
+                          "and report its residual before / after")
     cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
-                                                     "score and the solver check run")
-    cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth or release folder) for mst_*")
+                                                     "score, the solver and the check run")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
     cal.add_argument("--bands", type=positive_int, default=28)
     cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
-    cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
-                     help="oversampling of the calibration forward model (1 1: the native-grid operator)")
+    cal.add_argument("--forward-model", choices=("auto",), default="auto",
+                     help="auto (the default): the data choose the calibration forward model among the native "
+                          "grid (N=K=1) and the enlarged grid (N=4, K=2) by the held-out score "
+                          "(calibration.json: settings.model_selection); --model-oversample names one instead")
+    cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
+                     help="oversampling of the calibration forward model (1 1: the native-grid operator); "
+                          "no selection")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

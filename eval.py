@@ -88,7 +88,9 @@ def _add_kaist(sub) -> None:
     scen.add_argument("--oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
                       help="high-fidelity simulator oversampling, spatial N and spectral K (default 4 2)")
     scen.add_argument("--operator", help="scenario III: operator .npz from calibrate.py")
-    scen.add_argument("--calibration", help="scenario III: calibration.json from calibrate.py")
+    scen.add_argument("--calibration", help="scenario III: calibration.json from calibrate.py (one estimate for "
+                      "every scene), a JSON with a 'scenes' object, or a folder of DIR/<scene>/calibration.json "
+                      "(each scene its own calibration)")
     noise = parser.add_argument_group("noise")
     noise.add_argument("--noise.peak", dest="noise_peak", type=positive_float,
                        help="photons at the brightest pixel")
@@ -187,9 +189,10 @@ def run_kaist(args) -> None:
         scenes, mask, info = load_data(spec, method)
         calibrator = None
         if "III" in setup.scenarios:
-            calibrator = make_calibrator(args.operator, args.calibration, mask, solver=method.name,
-                                         ckpt=args.release or args.ckpt, bands=scenes[0].cube.shape[0],
+            calibrator = make_calibrator(args.operator, args.calibration, mask, bands=scenes[0].cube.shape[0],
                                          step=setup.step)
+            if hasattr(calibrator, "require"):              # one saved calibration per scene
+                calibrator.require([scene.name for scene in scenes])
         results = evaluate_kaist(method, scenes, mask, info, setup, staging, calibrator, args.previews)
     _wrote(folder, results)
 

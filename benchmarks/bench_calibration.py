@@ -1,5 +1,11 @@
-"""Blind calibration on the 10 pseudo-KAIST cubes (issue 6 table), plus the real-data checks.
+"""Blind calibration on the 10 pseudo-KAIST cubes and ten pseudo-real crops, per inner solver, plus the
+real-data checks.
 
+``--solvers heldout,gap_tv,bisrnet`` (default heldout): the inner solver of ``calib.calibrate`` (networks
+load ``--ckpt``, default the official BiSRNet simulation weights). Sets: (a) the 10 pseudo-KAIST cubes
+(``--scenes``), (b) ``--pseudo-real`` 256 x 256 crops of ``../shared/data/pseudo_real`` (two per capture:
+rows/cols 0:256 and 256:512, each divided by its maximum) with the KAIST mask and their own draws
+(seed + 2) -- (b) matters because the pseudo-KAIST cubes are BiSRNet's own outputs.
 Every cube is measured with its own random mismatch (dx, dy in [-3, 3] px, theta in [-1, 1] deg,
 a1 in [1.95, 2.05], alpha in [-1, 1] deg) through the N=4, K=2 simulator with Poisson (peak 1e4) +
 Gaussian (sigma = 0.005 x clean maximum) noise; ``calib.calibrate`` sees only that measurement and the
@@ -18,16 +24,21 @@ device is present and says "no CUDA device" otherwise.
 
 Options: ``--kaist-meas N``: the first N real KAIST snapshots (made with the nominal mask and the native
 operator), each handed a mask warped by the inverse of a known (dx, dy, theta): the calibrator must
-find that warp (native-grid model, N=K=1). ``--real N``: the first N of the 5 real captures
-(660 x 714) with the real 660 mask (issue 12 §3): (a) each calibrated alone (estimate, held-out residual
-before / after, GAP-TV check) and the spread (max - min) of the estimates against dx, dy 0.1 px,
-theta 0.05 deg, a1 0.005, alpha 0.15 deg; (b) leave one out: one instrument calibrated on the other N-1
-jointly, then the blind score of the capture left out (its held-out prediction error through the
-calibration model at the nominal point vs at that estimate); ``--real-parts alone|loo`` runs one of them. ``--landscapes``: the
-criterion comparison figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov
-held-out) on one scene.
-Usage: python -m benchmarks.bench_calibration [--scenes 10] [--threads 2] [--no-cli] [--device cpu]
-       [--kaist-meas 3] [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
+find that warp with default options (the forward model chosen by the data, ``calib.model_selection``).
+``--real N``: the first N of the 5 real captures (660 x 714) with the real 660 mask (issue 12 §3): (a) each
+calibrated alone (estimate, held-out residual before / after, the model chosen) and the spread
+(max - min) of the estimates against dx, dy 0.1 px, theta 0.05 deg, a1 0.005, alpha 0.15 deg; (b) leave
+one out: one instrument calibrated on the other N-1 jointly, then the blind score of the capture left
+out (its held-out prediction error through the calibration model at the nominal point vs at that
+estimate); ``--real-parts alone|loo`` runs one of them. ``--landscapes``: the criterion comparison
+figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov held-out) on one scene.
+``--solver-landscapes``: 1-D slices of the solver criteria (BiSRNet residual, BiSRNet + GAP-TV
+consistency steps, GAP-TV alone) and of the held-out criterion through the truth of two scenes.
+``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
+by autograd (README, "Inner solver (issue 11)").
+Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
+       [--pseudo-real 10] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
+       [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
 """
 from __future__ import annotations
 
@@ -51,7 +62,7 @@ import torch  # noqa: E402
 from benchmarks.common import REPO, kaist_mask, pseudo_kaist_cubes, shared_file  # noqa: E402
 from calib import calibrate  # noqa: E402
 from calib.pipeline import MODEL_OVERSAMPLE  # noqa: E402
-from calib.solvers import gap_tv_solver  # noqa: E402
+from calib.solvers import GAP_TV, HELD_OUT, gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
 from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
@@ -63,8 +74,11 @@ TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}
 
 
-def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int) -> dict:
-    """``python calibrate.py --meas y.npz --mask MASK --out DIR`` in a subprocess: wall seconds from its
+BISRNET_WEIGHTS = REPO.parent / "shared" / "weights" / "bisrnet_simulation.pth"
+
+
+def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int, solver: list[str]) -> dict:
+    """``python calibrate.py --meas y.npz --mask MASK [--solver S --ckpt W] --out DIR`` in a subprocess: wall seconds from its
     start to calibration.json written and to its exit, its CPU seconds, its start-up and estimate."""
     with tempfile.TemporaryDirectory() as folder:
         meas, out = Path(folder) / "y.npz", Path(folder) / "out"
@@ -73,7 +87,7 @@ def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int) -> dict
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.time()
         subprocess.run([sys.executable, str(REPO / "calibrate.py"), "--meas", str(meas), "--mask", str(mask_file),
-                        "--out", str(out), "--device", device, "--no-progress"], check=True, cwd=REPO, env=env,
+                        "--out", str(out), "--device", device, "--no-progress", *solver], check=True, cwd=REPO, env=env,
                        stdout=subprocess.DEVNULL)
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -88,17 +102,21 @@ class TimedCalibrator:
     """``calib.calibrate`` as a scenario-III calibrator that keeps the result and its wall / CPU seconds,
     then (``cli``) the same calibration through ``calibrate.py`` in a subprocess."""
 
-    description = {"source": "calib.calibrate", "solver": "gap_tv"}
     oversample = MODEL_OVERSAMPLE
 
-    def __init__(self, device: str = "cpu", cli: bool = True, threads: int = 2) -> None:
-        self.device, self.cli, self.threads = device, cli, threads
+    def __init__(self, solver: str = HELD_OUT, ckpt: str | None = None, device: str = "cpu", cli: bool = True,
+                 threads: int = 2) -> None:
+        self.solver, self.ckpt, self.device, self.cli, self.threads = solver, ckpt, device, cli, threads
+        self.description = {"source": "calib.calibrate", "solver": solver, "ckpt": ckpt}
 
-    def __call__(self, y: torch.Tensor, mask: torch.Tensor) -> Mismatch:
+    def __call__(self, y: torch.Tensor, mask: torch.Tensor, scene: str = "") -> Mismatch:
         wall, cpu = time.perf_counter(), time.process_time()
-        self.result = calibrate(y[0], mask, progress=False, solver_check=False, device=self.device)
+        self.result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, progress=False, solver_check=False,
+                                device=self.device)
         self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
-        self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads) if self.cli else None
+        self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads,
+                               ["--solver", self.solver] + (["--ckpt", self.ckpt] if self.ckpt else [])
+                               ) if self.cli else None
         return self.result.estimate
 
 
@@ -106,13 +124,46 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
+def model_choice(result) -> str:
+    """The forward model the calibration chose and the candidates' held-out scores, in one phrase."""
+    selection = result.settings["model_selection"]
+    if selection["mode"] != "auto":
+        return "model N={}, K={} (named)".format(*selection["chosen"])
+    scores = " ".join("{},{}: {:.5f}".format(*c["oversample"], c["score"]) for c in selection["candidates"])
+    return (f"model N={selection['chosen'][0]}, K={selection['chosen'][1]} ({scores}; margin "
+            f"{selection['margin_in_standard_errors']:.1f} SE)")
+
+
 def draw_mismatch(rng: np.random.Generator) -> Mismatch:
     return Mismatch(**{k: float(rng.uniform(*v)) for k, v in DRAW.items()})
 
 
-def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
+def pseudo_real_crops(count: int) -> list[tuple[str, torch.Tensor]]:
+    """``count`` 256 x 256 crops of the pseudo-real cubes (rows/cols 0:256 and 256:512 of each), max 1."""
+    from data.io import load_cube
+
+    crops = []
+    for path in sorted(shared_file("pseudo_real").glob("scene*.npz")):
+        cube = torch.from_numpy(load_cube(path))
+        for start in (0, 256):
+            crop = cube[:, start:start + 256, start:start + 256]
+            crops.append((f"{path.stem}_{start}", crop / crop.max()))
+    return crops[:count]
+
+
+def solver_ckpt(solver: str, ckpt: str | None) -> str | None:
+    """The checkpoint of a network solver: ``--ckpt``, or the official BiSRNet weights for bisrnet."""
+    if solver in (HELD_OUT, GAP_TV):
+        return None
+    if ckpt is None and solver == "bisrnet":
+        return str(BISRNET_WEIGHTS)
+    return ckpt
+
+
+def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generator, noise_seed: int,
+                   solver: str, ckpt: str | None, args: argparse.Namespace) -> list[dict]:
+    """Calibrate every cube, measured with its own random mismatch; GAP-TV scenarios; per-scene rows."""
     mask = kaist_mask()
-    rng = np.random.default_rng(args.seed)
     rows = []
     load = os.getloadavg()[0]
     columns = ("I", "Ih", "II", "III", "IV", "Ih-model", "III-model", "IV-model")
@@ -120,12 +171,13 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
               + " ".join(f"{c:>9}" for c in columns)
               + f" {'ratio':>6} {'pass':>5} {'status':>9} | {'in-process s':>12} {'cpu s':>6} | {'CLI s':>6}"
               f" {'(exit)':>6} {'cpu s':>6} {'same':>5}")
+    print(f"solver {solver}" + (f" ({ckpt})" if ckpt else ""))
     print(header)
-    for index, (name, cube) in enumerate(pseudo_kaist_cubes()[:args.scenes]):
+    for index, (name, cube) in enumerate(cubes):
         truth = draw_mismatch(rng)
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
-                              noise=Noise(peak=1e4, read=0.005, seed=1000 * args.seed + index))
-        calibrator = TimedCalibrator(args.device, not args.no_cli, args.threads)
+                              noise=Noise(peak=1e4, read=0.005, seed=noise_seed + index))
+        calibrator = TimedCalibrator(solver, ckpt, args.device, not args.no_cli, args.threads)
         report = run_scenarios([Scene(name, cube)], mask, gap_tv_solver(), setup, calibrator)
         est, tru = calibrator.result.estimate.to_dict(), truth.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
@@ -138,7 +190,8 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                "comparison": {k: v["psnr"] for k, v in report["comparison"].items()},
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
                "cli": calibrator.cli_run,
-               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score}
+               "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score,
+               "model_selection": calibrator.result.settings["model_selection"], "timings": calibrator.result.timings}
         rows.append(row)
         cli = calibrator.cli_run
         cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
@@ -151,11 +204,12 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
                         f"{row['status']:>9} | {row['seconds']:12.1f} {row['cpu_seconds']:6.1f} | {cli_text}")
             print(f"{name if j == 0 else '':8} {k:6} {tru[k]:8.4f} {est[k]:8.4f} {err[k]:+8.4f}"
                   f"{'' if ok[k] else ' X'}{tail}", flush=True)
+        print(f"{'':8} {model_choice(calibrator.result)}")
         for reason in row["reasons"]:
             print(f"{'':8} {row['status']}: {reason}")
     passed = sum(r["pass_all"] for r in rows)
     ratios = [r["recovery_ratio"] for r in rows if r["recovery_ratio"] is not None]
-    print(f"\nscenes passing all tolerances: {passed}/{len(rows)} (target >= 9/10)")
+    print(f"\n{solver}: scenes passing all tolerances: {passed}/{len(rows)} (target >= 9/10)")
     for k in TOLERANCE:
         errs = [abs(r["error"][k]) for r in rows]
         print(f"  {k:6} |err| mean {np.mean(errs):.4f} max {np.max(errs):.4f}  within {TOLERANCE[k]}: "
@@ -182,25 +236,40 @@ def pseudo_kaist(args: argparse.Namespace) -> list[dict]:
     print(f"machine load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
           f"({os.cpu_count()} CPUs)")
     if args.device == "cpu":
-        gpu_line(pseudo_kaist_cubes()[0][1], draw_mismatch(np.random.default_rng(args.seed)), 1000 * args.seed,
-                 args.threads)
+        gpu_line(cubes[0][1], rows[0]["true"], noise_seed, solver, ckpt, args.threads)
     return rows
 
 
-def gpu_line(cube: torch.Tensor, truth: Mismatch, noise_seed: int, threads: int) -> None:
-    """Scene01 calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
+def gpu_line(cube: torch.Tensor, truth: dict, noise_seed: int, solver: str, ckpt: str | None, threads: int) -> None:
+    """The first scene calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
     if not torch.cuda.is_available():
         print("GPU: no CUDA device (torch.cuda.is_available() is False): not timed")
         return
     from cassi.noise import add_noise
     from cassi.simulator import simulate_measurement
 
+    truth = Mismatch(**truth)
     y = add_noise(simulate_measurement(cube[None], kaist_mask(), truth, 2, 4, 2), 1e4, 0.005, noise_seed)
-    calibrator = TimedCalibrator("cuda", True, threads)
+    calibrator = TimedCalibrator(solver, ckpt, "cuda", True, threads)
     est = calibrator(y, kaist_mask()).to_dict()
     err = " ".join(f"{k} {est[k] - v:+.4f}" for k, v in truth.to_dict().items())
-    print(f"GPU ({torch.cuda.get_device_name(0)}): scene01 in-process {calibrator.wall:.1f} s wall, CLI "
+    print(f"GPU ({torch.cuda.get_device_name(0)}): first scene in-process {calibrator.wall:.1f} s wall, CLI "
           f"{calibrator.cli_run['wall_to_json']:.1f} s to calibration.json; errors {err}")
+
+
+def summary_table(results: dict[str, dict[str, list[dict]]]) -> str:
+    """Markdown: per solver and set, scenes within every tolerance, mean |error| per parameter, seconds."""
+    lines = ["| solver | set | in tolerance | mean abs error dx / dy / theta / a1 / alpha | s per scene wall (max) "
+             "| CPU s (max) | CLI s (max) |", "|---|---|---|---|---|---|---|"]
+    for solver, sets in results.items():
+        for name, rows in sets.items():
+            errors = " / ".join(f"{np.mean([abs(r['error'][k]) for r in rows]):.3g}" for k in TOLERANCE)
+            wall, cpu = [r["seconds"] for r in rows], [r["cpu_seconds"] for r in rows]
+            cli = [r["cli"]["wall_to_exit"] for r in rows if r["cli"]]
+            cli_text = f"{np.mean(cli):.0f} ({max(cli):.0f})" if cli else "-"
+            lines.append(f"| {solver} | {name} | {sum(r['pass_all'] for r in rows)}/{len(rows)} | {errors} | "
+                         f"{np.mean(wall):.0f} ({max(wall):.0f}) | {np.mean(cpu):.0f} ({max(cpu):.0f}) | {cli_text} |")
+    return "\n".join(lines)
 
 
 def inverse_warp(mask: torch.Tensor, warp: Mismatch) -> torch.Tensor:
@@ -218,19 +287,20 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(args.seed + 1)
     rows = []
     print("\nreal KAIST snapshots, nominal mask handed over warped by the inverse of a known warp "
-          "(native-grid model):")
+          "(default options: the forward model chosen by the data):")
     for path in sorted(shared_file("kaist_meas").glob("*.npz"))[:args.kaist_meas]:
         y = torch.from_numpy(load_measurement(path))
         warp = Mismatch(dx=float(rng.uniform(-2, 2)), dy=float(rng.uniform(-2, 2)), theta=float(rng.uniform(-0.5, 0.5)))
         wall, cpu = time.perf_counter(), time.process_time()
-        result = calibrate(y, inverse_warp(mask, warp), progress=False, oversample=(1, 1))
+        result = calibrate(y, inverse_warp(mask, warp), progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         est, tru = result.estimate.to_dict(), warp.to_dict()
         err = {k: est[k] - tru[k] for k in tru}
         rows.append({"file": path.name, "true": tru, "estimate": est, "error": err, "status": result.status,
-                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu})
+                     "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu,
+                     "model_selection": result.settings["model_selection"]})
         print(f"{path.stem:18} " + " ".join(f"{k} {tru[k]:+.3f}->{est[k]:+.3f}" for k in tru)
-              + f"  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
+              + f"  {model_choice(result)}  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
               + "".join(f"\n{'':18} {reason}" for reason in result.reasons), flush=True)
     return rows
 
@@ -268,9 +338,11 @@ def real_captures(args: argparse.Namespace) -> list[dict]:
         rows.append({"file": name, "estimate": result.estimate.to_dict(), "status": result.status,
                      "reasons": result.reasons, "held_out_nominal": result.nominal_score,
                      "held_out_calibrated": result.score, "checks": result.checks,
-                     "oversample": result.settings["oversample"], "seconds": wall, "cpu_seconds": cpu})
+                     "oversample": result.settings["oversample"], "seconds": wall, "cpu_seconds": cpu,
+                     "model_selection": result.settings["model_selection"]})
         print(f"{name:8} " + " ".join(f"{k} {v:+.4f}" for k, v in result.estimate.to_dict().items())
-              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  status {result.status}"
+              + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  {model_choice(result)}"
+              + f"  status {result.status}"
               + f"  {wall:.0f} s wall {cpu:.0f} s CPU", flush=True)
     if len(rows) > 1:
         spread(rows)
@@ -374,7 +446,7 @@ def draw_landscapes(path: Path) -> None:
     mask = kaist_mask()
     name, cube = pseudo_kaist_cubes()[2]
     truth = Mismatch(dx=0.7, dy=-1.3, theta=0.4, a1=2.03, alpha=0.5)
-    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, noise_seed)[0]
+    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
     score = HeldOutScore(y, mask, settings=ScoreSettings(stripes=2, rows=24, iterations=60))
     score.set_reference(params_tensor(truth))
     spans = {"dx": 1.0, "a1": 0.04, "alpha": 1.0, "dy": 0.5}
@@ -416,9 +488,98 @@ def draw_landscapes(path: Path) -> None:
     print(f"wrote {path}")
 
 
+SLICES = {"dx": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5), "dy": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5),
+          "alpha": (-0.6, -0.3, -0.15, 0.15, 0.3, 0.6)}
+
+
+def solver_landscapes(args: argparse.Namespace) -> None:
+    """Rise (%) of each criterion over its value at the truth on 1-D slices, two scenes (the README table).
+
+    Criteria: ``calib.solver_score.SolverScore`` with the official BiSRNet and 0 / 10 GAP-TV consistency
+    steps, with GAP-TV alone (20 steps), and the held-out CG score (refinement setting, warm starts at the
+    truth). Scenes: pseudo-KAIST scene04 with its benchmark draw; pseudo-real scene3 rows 100:356, cols
+    128:384 (max 1) with (1.3, -0.7, 0.3, 2.02, 0.4). N=4 K=2 instrument, Poisson 1e4 + 0.5 % read noise.
+    """
+    from calib.forward_model import PARAMETER_NAMES, params_tensor
+    from calib.pipeline import REFINE_SCORE
+    from calib.score import HeldOutScore
+    from calib.solver_score import SolverScore, SolverScoreSettings
+    from calib.solvers import load_network
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+    from data.io import load_cube
+
+    mask = kaist_mask()
+    rng = np.random.default_rng(args.seed)
+    draws = [draw_mismatch(rng) for _ in range(4)]
+    real = torch.from_numpy(load_cube(shared_file("pseudo_real", "scene3.npz")))[:, 100:356, 128:384]
+    scenes = [("pseudo-KAIST scene04", pseudo_kaist_cubes()[3][1], draws[3]),
+              ("pseudo-real scene3 crop", real / real.max(), Mismatch(dx=1.3, dy=-0.7, theta=0.3, a1=2.02, alpha=0.4))]
+    network = load_network("bisrnet", solver_ckpt("bisrnet", args.ckpt))
+    for name, cube, truth in scenes:
+        y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
+        t0 = params_tensor(truth)
+        heldout = HeldOutScore(y, mask, settings=REFINE_SCORE.with_(iterations=30))
+        heldout.set_reference(t0)
+        criteria = {"BiSRNet residual": SolverScore(y, mask, network, settings=SolverScoreSettings(
+                        consistency_iterations=0)),
+                    "BiSRNet + 10 GAP-TV": SolverScore(y, mask, network),
+                    "GAP-TV 20": SolverScore(y, mask, None),
+                    "held-out CG": heldout}
+        print(f"\n{name}, truth {truth.to_dict()}: rise over the value at the truth (%)")
+        print(f"{'slice':14}" + "".join(f"{c:>22}" for c in criteria))
+        for param, offsets in SLICES.items():
+            points = t0.repeat(len(offsets) + 1, 1)
+            points[1:, PARAMETER_NAMES.index(param)] += torch.tensor(offsets, dtype=torch.float64)
+            values = {c: score(points) for c, score in criteria.items()}
+            for k, offset in enumerate(offsets, start=1):
+                print(f"{param:6} {offset:+6.2f} " + "".join(f"{100 * float(v[k] / v[0] - 1):+22.2f}"
+                                                            for v in values.values()), flush=True)
+
+
+def gradient_probe(args: argparse.Namespace) -> None:
+    """Algorithm 2's gradient through each solver criterion, by forward differences (what the
+    Levenberg-Marquardt step uses, 0.05 pixel units) and by autograd, at the truth and 0.3 px off in dx:
+    pseudo-KAIST scene04, drift (0.5, 0.3, 0.1, 2.01, 0.2), N=4 K=2 instrument with noise."""
+    from calib.forward_model import params_tensor
+    from calib.ranges import pixel_scales
+    from calib.solver_score import SolverScore
+    from calib.solvers import load_network
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+
+    mask, cube = kaist_mask(), pseudo_kaist_cubes()[3][1]
+    truth = Mismatch(dx=0.5, dy=0.3, theta=0.1, a1=2.01, alpha=0.2)
+    y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
+    scales = pixel_scales(*mask.shape, 28, 2)
+    network = load_network("bisrnet", solver_ckpt("bisrnet", args.ckpt))
+    for name, score in (("gap_tv", SolverScore(y, mask, None)), ("bisrnet", SolverScore(y, mask, network))):
+        for offset in (0.0, 0.3):
+            point = params_tensor(truth).reshape(5).clone()
+            point[0] += offset
+            probes = point.repeat(6, 1)
+            for i in range(5):
+                probes[i + 1, i] += 0.05 * scales[i]
+            start = time.process_time()
+            errors = score.residuals(probes)
+            differences = (2 * (errors[1:] - errors[:1]) / 0.05 @ errors[0]).double()
+            middle = time.process_time()
+            p = point.clone().requires_grad_(True)
+            autograd = (torch.autograd.grad(score.loss(p[None]), p)[0] * scales).double()
+            end = time.process_time()
+            cosine = float(differences @ autograd / (differences.norm() * autograd.norm()))
+            print(f"{name} dx {offset:+.1f} px from the truth: differences {differences.numpy().round(5)} "
+                  f"({middle - start:.1f} s CPU, J included), autograd {autograd.numpy().round(5)} "
+                  f"({end - middle:.1f} s CPU), cosine {cosine:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=10)
+    parser.add_argument("--solvers", default=HELD_OUT, help="comma list of inner solvers (heldout, gap_tv, bisrnet, ...)")
+    parser.add_argument("--ckpt", default=None, help="checkpoint of the network solvers (default for bisrnet: "
+                        "../shared/weights/bisrnet_simulation.pth)")
+    parser.add_argument("--scenes", type=int, default=10, help="pseudo-KAIST scenes (0: none)")
+    parser.add_argument("--pseudo-real", type=int, default=10, help="pseudo-real 256 x 256 crops (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
     parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
@@ -431,15 +592,36 @@ def main() -> None:
     parser.add_argument("--real-left-out", default="",
                         help="with 'loo': only these captures left out, e.g. scene4,scene5 (default: each in turn)")
     parser.add_argument("--landscapes", action="store_true", help="only draw the criterion comparison figure")
+    parser.add_argument("--solver-landscapes", action="store_true", help="only print the solver criteria's slices")
+    parser.add_argument("--gradient-probe", action="store_true", help="only compare Algorithm 2's gradients "
+                        "(differences vs autograd) through the solver criteria")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_calibration.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.landscapes:
         draw_landscapes(Path(args.out).with_suffix(".png"))
         return
+    if args.solver_landscapes:
+        solver_landscapes(args)
+        return
+    if args.gradient_probe:
+        gradient_probe(args)
+        return
     results = {"settings": vars(args)}
-    if args.scenes:
-        results["pseudo_kaist"] = pseudo_kaist(args)
+    tables: dict[str, dict[str, list[dict]]] = {}
+    for solver in filter(None, (s.strip() for s in args.solvers.split(","))):
+        ckpt = solver_ckpt(solver, args.ckpt)
+        sets = tables.setdefault(solver, {})
+        if args.scenes:
+            sets["pseudo-KAIST"] = drifted_scenes(pseudo_kaist_cubes()[:args.scenes], np.random.default_rng(args.seed),
+                                                  1000 * args.seed, solver, ckpt, args)
+        if args.pseudo_real:
+            sets["pseudo-real"] = drifted_scenes(pseudo_real_crops(args.pseudo_real),
+                                                 np.random.default_rng(args.seed + 2), 1000 * args.seed + 500,
+                                                 solver, ckpt, args)
+    if tables:
+        results["solvers"] = tables
+        print("\n" + summary_table(tables))
     if args.kaist_meas:
         results["kaist_meas"] = kaist_snapshots(args)
     parts = args.real_parts.split(",")

@@ -11,7 +11,7 @@ less. The load average is printed. Rows:
   of calibrate.py to the start of the calibration: imports and reading the files) from
   calibration.json;
 * the calibration and GAP-TV kernels loaded from numba's cache in a fresh process (first call of
-  each on tiny inputs);
+  each on tiny inputs), with numba's count of cache hits and misses (a miss: a kernel was compiled);
 * eval.py kaist on one 32 x 32 synthetic scene with one GAP-TV iteration;
 * train.py fit of the MST-S smoke config stopped after one training step, no logger.
 
@@ -48,7 +48,13 @@ subspace_cg(x[:, :1], y, y, m, u, 1.0, 0.0, torch.zeros(1), 1, index, True)
 effective_masks(torch.ones(3, 4), torch.tensor([[0.1, 0.0, 0.0, 2.0, 0.0]], dtype=torch.float64),
                 torch.ones(1, 2, 4), [0], 3, 2)
 compile_tv_kernel()
-print(f"{imported - start:.3f} {time.perf_counter() - imported:.3f}")
+first_calls = time.perf_counter() - imported
+import numba
+from calib import kernels
+from cassi import gap_tv
+stats = [f.stats for m in (kernels, gap_tv) for f in vars(m).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
+hits, misses = (sum(sum(getattr(s, k).values()) for s in stats) for k in ("cache_hits", "cache_misses"))
+print(f"{imported - start:.3f} {first_calls:.3f} {hits} {misses}")
 """
 
 
@@ -105,9 +111,10 @@ def main() -> None:
                      f"start-up (imports, files) {timings['startup_s']:.2f} s, calibration "
                      f"{timings['total_s']:.2f} s (stage 0, incl. kernels from cache: {timings['0 setup_s']:.2f} s)"))
         wall, cpu, stdout = best_of([python, "-c", KERNELS], args.repeats)
-        imports, first_calls = (float(v) for v in stdout.split())
+        imports, first_calls, hits, misses = (float(v) for v in stdout.split())
         rows.append(("numba kernels from cache (fresh process)", wall, cpu,
-                     f"imports {imports:.2f} s, first call of the 7 kernels {first_calls:.2f} s"))
+                     f"imports {imports:.2f} s, first call of the 7 kernels {first_calls:.2f} s; numba cache "
+                     f"{hits:.0f} hits, {misses:.0f} misses" + ("" if misses == 0 else " (NOT CACHED: compiled)")))
         wall, cpu, _ = best_of([python, "eval.py", "kaist", "--synthetic.count", "1", "--synthetic.size", "32",
                                 "--gap.iterations", "1", "--previews", "0", "--out", str(folder / "eval"), "--force"],
                                args.repeats)

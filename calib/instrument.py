@@ -23,7 +23,9 @@ that with N = K = 1 every one of them equals the native operator's (tested):
   average over the ~2-3 px that band c's light spreads over. N = K = 1 gives the bilinear read-out of
   the native operator (``shift_back`` when nominal).
 
-The placement kernels run on CPU tensors (:mod:`calib.kernels`).
+Devices: the models live on the mask's device and follow it (``op.to(device)`` rebuilds them there on
+first use); the placement sums run as numba kernels on the CPU and as torch ops elsewhere
+(:mod:`calib.placement`).
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ class InstrumentOperator(CassiOperator):
         spatial, spectral: the model's oversampling N and K.
 
     ``forward`` (B, L, H, W) -> (B, H, W + step*(L-1)) and ``adjoint`` back are exact adjoints;
-    ``phi``, ``mask3d``, ``back_project`` as in the module docstring. CPU tensors.
+    ``phi``, ``mask3d``, ``back_project`` as in the module docstring. Tensors on the mask's device
+    (which ``.to(device)`` moves; the models follow on first use).
     """
 
     def __init__(self, mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
@@ -58,16 +61,30 @@ class InstrumentOperator(CassiOperator):
         if self.mismatch.requires_grad():
             raise ValueError("InstrumentOperator holds a fixed instrument: its mismatch cannot require grad")
         self.spatial, self.spectral = int(spatial), int(spectral)
-        params = params_tensor(self.mismatch)
-        self.models = [EnlargedGridOperator(m, params, bands, step, self.spatial, self.spectral) for m in self.mask]
-        self._readout: EnlargedGridOperator | None = None      # built on first use: A and A^T do not need it
-        self._throughput: Tensor | None = None
-        self._phi: Tensor | None = None
-        self._mask3d: Tensor | None = None
+        self._cache: dict[str, object] = {"models": self._build_models()}   # now: bad input fails here
+        self._cache_device = self.mask.device
 
     @property
     def oversample(self) -> tuple[int, int]:
         return self.spatial, self.spectral
+
+    def _cached(self, name: str, build):
+        """``build()``, once per device of the mask: after ``.to(device)`` has moved the mask, the models
+        and the planes derived from them are built again there."""
+        if self._cache_device != self.mask.device:
+            self._cache, self._cache_device = {}, self.mask.device
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
+
+    @property
+    def models(self) -> list[EnlargedGridOperator]:
+        """One enlarged-grid model per mask, on the mask's device."""
+        return self._cached("models", self._build_models)
+
+    def _build_models(self) -> list[EnlargedGridOperator]:
+        params = params_tensor(self.mismatch)
+        return [EnlargedGridOperator(m, params, self.bands, self.step, self.spatial, self.spectral) for m in self.mask]
 
     def _per_sample(self, fn, batch: Tensor) -> Tensor:
         if len(self.models) == 1:
@@ -86,20 +103,17 @@ class InstrumentOperator(CassiOperator):
 
     @property
     def readout(self) -> EnlargedGridOperator:
-        """The model of an open, unwarped aperture (the read-out of :meth:`back_project`)."""
-        if self._readout is None:
-            params = params_tensor(self.mismatch)
-            params[:, :3] = 0                                     # the read-out has no mask, hence no warp
-            self._readout = EnlargedGridOperator(torch.ones_like(self.mask[0]), params, self.bands, self.step,
-                                                 self.spatial, self.spectral)
-        return self._readout
+        """The model of an open, unwarped aperture (the read-out of :meth:`back_project`; built on first
+        use: A and A^T do not need it)."""
+        params = params_tensor(self.mismatch)
+        params[:, :3] = 0                                         # the read-out has no mask, hence no warp
+        return self._cached("readout", lambda: EnlargedGridOperator(
+            torch.ones_like(self.mask[0]), params, self.bands, self.step, self.spatial, self.spectral))
 
     @property
     def throughput(self) -> Tensor:
         """``s_c``: the model's weight of band c for an open aperture, (L,) (about 1; half at the end bands)."""
-        if self._throughput is None:
-            self._throughput = _band_sums(self.readout).mean((-2, -1)).clamp_min(1e-12)
-        return self._throughput
+        return self._cached("throughput", lambda: _band_sums(self.readout).mean((-2, -1)).clamp_min(1e-12))
 
     def back_project(self, y: Tensor) -> Tensor:
         """Per-band read-out of the detector without the mask (B, L, H, W) (module docstring)."""
@@ -109,28 +123,28 @@ class InstrumentOperator(CassiOperator):
     @property
     def mask3d(self) -> Tensor:
         """Per-band effective masks divided by the band throughput, (B or 1, L, H, W)."""
-        if self._mask3d is None:
-            self._mask3d = torch.stack([_band_sums(m) for m in self.models]) / self.throughput.view(1, -1, 1, 1)
-        return self._mask3d
+        return self._cached("mask3d", lambda: torch.stack([_band_sums(m) for m in self.models])
+                            / self.throughput.view(1, -1, 1, 1))
 
     @property
     def phi(self) -> Tensor:
         """``A`` of a uniform unit image in each band, (B or 1, L, H, W + step*(L-1))."""
-        if self._phi is None:
-            unit = self.mask.new_zeros(1, self.bands, self.height, self.width)
-            planes = []
-            for c in range(self.bands):                          # one band at a time: L cubes would not fit
-                unit[:, c] = 1
-                planes.append(torch.cat([m(unit) for m in self.models]))
-                unit[:, c] = 0
-            self._phi = torch.stack(planes, 1)
-        return self._phi
+        return self._cached("phi", self._unit_images)
+
+    def _unit_images(self) -> Tensor:
+        unit = self.mask.new_zeros(1, self.bands, self.height, self.width)
+        planes = []
+        for c in range(self.bands):                              # one band at a time: L cubes would not fit
+            unit[:, c] = 1
+            planes.append(torch.cat([m(unit) for m in self.models]))
+            unit[:, c] = 0
+        return torch.stack(planes, 1)
 
 
 def _band_sums(model: EnlargedGridOperator) -> Tensor:
     """``sum_T G_{c,T}`` over each band's placements: (L, H, W) of a single-instrument model."""
-    band = torch.as_tensor(model.index.band, dtype=torch.long)
     masks = model.masks[0]
+    band = torch.as_tensor(model.index.band, dtype=torch.long, device=masks.device)
     return masks.new_zeros(model.bands, *masks.shape[-2:]).index_add_(0, band, masks)
 
 

@@ -1,12 +1,25 @@
 """``calibrate``: blind estimate of (dx, dy, theta, a1, alpha) from one snapshot (or several captures of one
 instrument) and the nominal mask.
 
-Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out score, Algorithm 2
-(:mod:`calib.refine`) with the full setting, the status tests and 1-D landscape slices through the
+Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out score for every
+candidate forward model, the choice of model by the held-out score in the full setting at each
+model's search estimate (:mod:`calib.model_selection`; skipped when the caller names one), Algorithm 2
+(:mod:`calib.refine`) with the full setting (for the chosen model, or for every candidate and a second
+comparison when the first is not decisive), the status tests and 1-D landscape slices through the
 estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it resolves the
 landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
 are used.
+
+The inner solver (``solver``) decides the estimate. ``heldout`` (the default): the held-out score
+throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_score`): the held-out
+pipeline above chooses the forward model and gives the starting point (a network forward per grid
+point would cost hours on a CPU); from there S's criterion, through the chosen model, ranks a round
+of coordinate polishing and is the loss of Algorithm 2 (gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
+whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
+measurement and whether the held-out landscape pins each parameter there; one more test refines the
+held-out criterion's own refined estimate is compared with S's, and a significantly better held-out point makes the status
+"ambiguous" (:func:`calib.status.solver_agreement`).
 """
 from __future__ import annotations
 
@@ -17,21 +30,24 @@ from torch import Tensor
 
 from calib.forward_model import PARAMETER_NAMES, params_to_mismatch
 from calib.instrument import instrument_operator
+from calib.model_selection import CANDIDATE_MODELS, search_model, select_and_refine
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
 from calib.result import CalibrationResult, StageClock, StageRecord
-from calib.score import HeldOutScore, ScoreSettings
-from calib.search import Evaluations, SearchSettings, beam_search
-from calib.solvers import load_solver, residual
-from calib.status import StatusSettings, assess
+from calib.score import ScoreSettings
+from calib.search import Evaluations, SearchSettings, polish_stage
+from calib.solver_score import SolverScore, solver_criterion
+from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
+from calib.status import StatusSettings, assess, solver_agreement
 from cassi.checks import check_mask, check_measurement
+from cassi.errors import UserError
 from cassi.mismatch import Mismatch
 
 # the search's 5-iteration solves need mu > 0 to converge far from their warm start; refinement
 # (warm starts at the current point) keeps mu = 0, which is less biased
 SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5, smooth_spectrum=1.0)
 REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=12)
-MODEL_OVERSAMPLE = (4, 2)                  # (N, K) of the default calibration forward model
+MODEL_OVERSAMPLE = (4, 2)                  # (N, K) of the enlarged-grid calibration forward model
 
 
 def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tensor, Tensor]:
@@ -52,14 +68,13 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
     return y.float(), mask.float()
 
 
-def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, step: int, estimate: Mismatch,
-                  oversample: tuple[int, int], clock: StageClock) -> dict:
+def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, bands: int, step: int,
+                  estimate: Mismatch, oversample: tuple[int, int], clock: StageClock) -> dict:
     """Reconstruct the captures ``y`` (M, H, W') with the chosen solver through the calibration forward
     model (what operator.npz records) at the nominal point and at the estimate, on the device of ``y``
     and ``mask``; measurement residuals (all captures together) before / after."""
     with clock.stage("4 solver check"):
         try:
-            solve = load_solver(solver_name, ckpt, y.device)
             out = {"solver": solver_name, "oversample": list(oversample)}
             for label, mismatch in (("nominal", None), ("calibrated", estimate)):
                 op = instrument_operator(mask, bands, step, mismatch, oversample)
@@ -69,23 +84,28 @@ def _solver_check(solver_name: str, ckpt, y: Tensor, mask: Tensor, bands: int, s
     return out
 
 
-def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands: int = 28, step: int = 2,
+def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands: int = 28, step: int = 2,
               ranges: Ranges | dict | None = None, progress: bool = True,
               search: SearchSettings = SearchSettings(), refinement: RefineSettings = RefineSettings(),
               search_score: ScoreSettings = SEARCH_SCORE, refine_score: ScoreSettings = REFINE_SCORE,
-              oversample: tuple[int, int] = MODEL_OVERSAMPLE, solver_check: bool = True,
+              oversample: tuple[int, int] | None = None, solver_check: bool = True,
               status_settings: StatusSettings = StatusSettings(),
-              device: str | torch.device = "cpu") -> CalibrationResult:
+              device: str | torch.device = "cpu",
+              models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
     ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
     errors (:class:`calib.score.HeldOutScore`), the status tests each capture too (:mod:`calib.status`).
 
-    ``solver``: "gap_tv" or "mst_s" / "mst_m" / "mst_l" with ``ckpt`` (toolbox .pth or release folder),
-    used to reconstruct with the nominal and the calibrated operator (``result.checks``).
+    ``solver``: the inner solver: "heldout" (the held-out CG criterion; GAP-TV makes the check),
+    "gap_tv", or a registered mask-aware network ("bisrnet", "mst_l", ...) with ``ckpt`` (.pth or
+    release folder); it decides the estimate (see the module docstring) and reconstructs with the
+    nominal and the calibrated operator (``result.checks``).
     ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). ``oversample``: (N, K) of the calibration
-    forward model (:mod:`calib.forward_model`); (1, 1) is the native-grid operator, for data made with
-    it. ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
+    forward model (:mod:`calib.forward_model`; (1, 1) is the native-grid operator), or None (the
+    default): the data choose among ``models`` (:mod:`calib.model_selection`; the record is
+    ``result.settings["model_selection"]``, the chosen model ``result.settings["oversample"]``).
+    ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
     ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
     the forward model, the score's solves and the solver check run (torch ops; on the CPU the
     placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
@@ -95,34 +115,60 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = "gap_tv", ckpt=None, bands:
     device = torch.device(device)
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
-    if solver != "gap_tv" or ckpt is not None:
-        load_solver(solver, ckpt)                       # fail early on a bad solver / checkpoint
     clock = StageClock()
     scales = pixel_scales(*mask.shape, bands, step)
-    search_score = search_score.with_(spatial=oversample[0], spectral=oversample[1])
-    refine_score = refine_score.with_(spatial=oversample[0], spectral=oversample[1])
-    with clock.stage("0 setup"):
-        cheap = HeldOutScore(y, mask, bands, step, search_score)
-        full = HeldOutScore(y, mask, bands, step, refine_score)
-        nominal = torch.tensor([0.0, 0.0, 0.0, float(step), 0.0], dtype=torch.float64)
-        nominal_parts = full.block_scores(nominal[None], status_settings.blocks)[0]     # for calib.status
-        nominal_score = float(nominal_parts.sum())
-    evaluations = Evaluations(cheap, search.batch, progress)
-    point, history, diagnostics = beam_search(evaluations, ranges, search, clock, progress)
-    point, point_score, refined = refine(full, point, ranges, scales, refinement, clock, progress)
-    history += refined
+    with clock.stage("0 solver load"):
+        if solver != HELD_OUT and y.shape[0] > 1:
+            raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
+                            f"with the held-out criterion only (--solver {HELD_OUT})")
+        criterion = solver_criterion(solver, ckpt, y[0], mask, bands, step, (1, 1))  # a bad solver fails here
+    candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
+    fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
+                         status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
+    chosen, selection, selection_reasons = select_and_refine(fits, ranges, scales, refinement, status_settings.z,
+                                                             status_settings.blocks, progress)
+    for fit in fits:
+        clock.merge(fit.clock, "" if fit is chosen else f" (N={fit.oversample[0]}, K={fit.oversample[1]})")
+    oversample, full, evaluations = chosen.oversample, chosen.full, chosen.evaluations
+    point, point_score, history, diagnostics = chosen.point, chosen.point_score, chosen.history, chosen.diagnostics
+    nominal_parts = chosen.nominal_parts
+    nominal_score = float(nominal_parts.sum())
+    if criterion is not None:           # S decides from the held-out estimate, through the chosen model
+        criterion = SolverScore(y[0], mask, criterion.network, bands, step,
+                                criterion.settings.with_(spatial=oversample[0], spectral=oversample[1]))
+        with clock.stage("0 solver nominal"):
+            nominal_score = float(criterion(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]],
+                                                         dtype=torch.float64))[0])
+        point, record = polish_stage(Evaluations(criterion, search.batch, progress), point, ranges, search, clock,
+                                     "1e polish (solver)")
+        point, point_score, refined = refine(criterion, point, ranges, scales, refinement, clock, progress)
+        history += [record, *refined]
     with clock.stage("3 status"):
-        assessment = assess(cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts)
+        if criterion is not None:                       # the held-out tests' warm starts move to the estimate
+            full.set_reference(point[None])
+        assessment = assess(chosen.cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts)
+        if criterion is not None and assessment.status != "failed":
+            solver_agreement(full, point, chosen.point, scales, assessment, status_settings)
+    if assessment.status == "ok" and selection_reasons:
+        assessment.status = "ambiguous"
+    if assessment.status != "failed":
+        assessment.reasons += selection_reasons
     wall, cpu = clock.last("3 status")
     history.append(StageRecord("3 status", params_to_mismatch(point).to_dict(), assessment.centre_score,
                                assessment.evaluations, wall, cpu))
     estimate = params_to_mismatch(point)
-    checks = (_solver_check(solver, ckpt, y, mask, bands, step, estimate, oversample, clock)
-              if solver_check else {})
-    settings = {"solver": solver, "bands": bands, "step": step, "ranges": ranges.to_dict(),
-                "oversample": list(oversample), "device": str(device), "captures": int(y.shape[0]),
-                "search": asdict(search), "search_score": asdict(search_score),
-                "refine_score": asdict(refine_score),
+    checks = {}
+    if solver_check:
+        solve = gap_tv_solver() if criterion is None or criterion.network is None else network_solver(criterion.network)
+        checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
+                               oversample, clock)
+    settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),
+                "criterion": "held-out CG" if criterion is None else criterion.describe(),
+                "bands": bands, "step": step, "ranges": ranges.to_dict(),
+                "oversample": list(oversample), "model_selection": selection, "device": str(device),
+                "captures": int(y.shape[0]),
+                "search": asdict(search), "search_score": asdict(chosen.cheap.settings),
+                "refine_score": asdict(full.settings),
                 "refinement": asdict(refinement), "status": asdict(status_settings),
                 "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}

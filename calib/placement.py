@@ -11,19 +11,31 @@ candidate as neighbouring entries that share the candidate's masks).
 Backends: ``"numba"`` (:mod:`calib.kernels`, fused CPU loops, the default on CPU) and ``"torch"``
 (gathers and ``index_add_`` over precomputed destination indices: any device, the default off CPU).
 Both compute the same sums; ``tests/test_calib_forward_model.py`` holds them to each other.
+The environment variable ``CASSI_PLACEMENT_BACKEND=torch`` makes the torch ops the default on the CPU
+too: the whole calibration then runs the code a GPU runs (its tests and benchmarks on machines
+without one, ``tests/test_calib_devices.py``).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
 from torch import Tensor
 
 BACKENDS = ("numba", "torch")
+BACKEND_VARIABLE = "CASSI_PLACEMENT_BACKEND"   # "torch": the torch ops on the CPU too (module docstring)
 
 
 def default_backend(device: torch.device | str) -> str:
-    """``"numba"`` on CPU, ``"torch"`` on any other device."""
-    return "numba" if torch.device(device).type == "cpu" else "torch"
+    """``"numba"`` on CPU (``"torch"`` when the environment sets ``CASSI_PLACEMENT_BACKEND=torch``),
+    ``"torch"`` on any other device."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    chosen = os.environ.get(BACKEND_VARIABLE, "") or "numba"
+    if chosen not in BACKENDS:
+        raise ValueError(f"environment variable {BACKEND_VARIABLE}={chosen!r}: expected one of {BACKENDS}")
+    return chosen
 
 
 def check_backend(backend: str, device: torch.device | str) -> str:

@@ -90,6 +90,12 @@ class StageClock:
             self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
+    def merge(self, other: "StageClock", suffix: str = "") -> None:
+        """Add the stages of ``other``, their names extended by ``suffix``."""
+        for name in other.wall:
+            self.wall[name + suffix] = self.wall.get(name + suffix, 0.0) + other.wall[name]
+            self.cpu[name + suffix] = self.cpu.get(name + suffix, 0.0) + other.cpu[name]
+
     def last(self, name: str) -> tuple[float, float]:
         return self.wall.get(name, 0.0), self.cpu.get(name, 0.0)
 

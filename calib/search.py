@@ -138,6 +138,18 @@ def polish(evaluate: Evaluations, start: Tensor, ranges: Ranges, steps: Tensor, 
     return point, best, trace
 
 
+def polish_stage(evaluate: Evaluations, start: Tensor, ranges: Ranges, settings: SearchSettings, clock: StageClock,
+                 name: str = "1e polish") -> tuple[Tensor, StageRecord]:
+    """Algorithm 1's last stage: coordinate descent from ``start`` (5,) with ``evaluate`` re-centred there.
+    Returns (point (5,), stage record)."""
+    with clock.stage(name):
+        evaluate.rebase(start)
+        before = len(evaluate.cache)
+        point, value, trace = polish(evaluate, start, ranges, torch.tensor(settings.polish_start, dtype=torch.float64),
+                                     settings.polish_rounds, name)
+    return point, _record(name, clock, point[None], torch.tensor([value]), len(evaluate.cache) - before, trace)
+
+
 def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings, clock: StageClock,
                 progress: bool = False) -> tuple[Tensor, list[StageRecord], dict]:
     """Algorithm 1. Returns (best point (5,), stage records, diagnostics for the status check)."""
@@ -196,13 +208,8 @@ def beam_search(evaluate: Evaluations, ranges: Ranges, settings: SearchSettings,
         start = pts[int(torch.argmin(scores))]
     records.append(_record(name, clock, pts, scores, len(pts)))
 
-    name = "1e polish"
-    with clock.stage(name):
-        evaluate.rebase(start)
-        before = len(evaluate.cache)
-        point, value, trace = polish(evaluate, start, ranges, torch.tensor(s.polish_start, dtype=torch.float64),
-                                     s.polish_rounds, name)
-    records.append(_record(name, clock, point[None], torch.tensor([value]), len(evaluate.cache) - before, trace))
+    point, record = polish_stage(evaluate, start, ranges, settings, clock)
+    records.append(record)
     diagnostics = {"coarse_best_scores": coarse_scores[:5].tolist(), "beams": beams.tolist(),
                    "beam_scores": beam_scores.tolist()}
     return point, records, diagnostics

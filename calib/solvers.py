@@ -1,9 +1,11 @@
-"""Reconstruction solvers a user calibrates for: GAP-TV or a frozen MST network from a checkpoint.
+"""The inner solvers a calibration can run: GAP-TV or any registered mask-aware network, frozen.
 
 A solver maps a measurement batch (B, H, W + step*(L-1)) and a :class:`cassi.CassiOperator` to a
-cube (B, L, H, W). The calibration uses it to reconstruct with the nominal and the calibrated
-operator and to report the measurement residual before / after; the parameter estimate itself comes
-from the blind held-out criterion (:mod:`calib.score`), which a data-fitting solver cannot provide.
+cube (B, L, H, W). ``calibrate(..., solver=S)`` ranks candidates and takes gradients through S
+(:mod:`calib.solver_score`); ``solver="heldout"`` is the held-out CG criterion of
+:mod:`calib.score`, which reconstructs with its own regularised solve (the before / after check then
+uses GAP-TV). Every problem with a solver (unknown name, missing or foreign checkpoint, a network
+that takes no mask, a size it cannot take) is a one-line :class:`cassi.errors.UserError` raised before any calibration work.
 """
 from __future__ import annotations
 
@@ -11,14 +13,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
 from cassi.operator import CassiOperator
 
 Solver = Callable[[Tensor, CassiOperator], Tensor]
-NETWORKS = ("mst_s", "mst_m", "mst_l")
-SOLVERS = ("gap_tv", *NETWORKS)
+HELD_OUT = "heldout"
+GAP_TV = "gap_tv"
+
+
+def solver_names() -> list[str]:
+    """``heldout``, ``gap_tv`` and every registered network name (``*_real`` ones are refused when loaded)."""
+    from models import list_models
+
+    return [HELD_OUT, GAP_TV, *list_models()]
 
 
 def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
@@ -29,38 +39,57 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     return solve
 
 
-def network_solver(name: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> Solver:
-    """A frozen ``mst_*`` network (eval mode, no gradients, on ``device``) from a toolbox ``.pth`` or a
-    release folder."""
-    from models import load_release, load_toolbox_checkpoint
+def _one_line(err: Exception) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        model = load_release(checkpoint)
-    else:
-        model = load_toolbox_checkpoint(name, checkpoint)
+
+def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
+    """The registered network ``name``, frozen (eval mode, no parameter gradients, on ``device``), from a
+    toolbox ``.pth`` / official state dict or a release folder. It must take the coded mask as an input."""
+    from models import create_model, list_models, load_release, load_toolbox_checkpoint
+
+    if name not in list_models():
+        raise UserError(f"unknown solver {name!r}; expected one of {', '.join(solver_names())}")
+    if not getattr(create_model(name), "mask_aware", True):
+        raise UserError(f"solver {name} does not take the coded mask (a measurement-only network), so the "
+                        "operator cannot reach it; use a mask-aware network (e.g. "
+                        f"{name.removesuffix('_real')}) or gap_tv / heldout")
+    if checkpoint is None:
+        raise UserError(f"solver {name} needs a checkpoint (--ckpt PATH: a .pth state dict or a release folder)")
+    path = Path(checkpoint)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        model = load_release(path) if path.is_dir() else load_toolbox_checkpoint(name, path)
+    except ValueError as err:
+        raise UserError(f"{path} is not a {name} checkpoint: {_one_line(err)}") from err
+    if path.is_dir():
+        from models.release import open_release
+        recorded = open_release(path).config["model"]["name"]
+        if recorded != name:
+            raise UserError(f"{path} is a release of {recorded}, not of solver {name}")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return model
 
+
+def network_solver(model: nn.Module) -> Solver:
+    """A frozen network as a solver (no gradients): ``model.reconstruction(model(**model.prepare_inputs(y, op)))``."""
     def solve(y: Tensor, op: CassiOperator) -> Tensor:
         with torch.no_grad():
             return model.reconstruction(model(**model.prepare_inputs(y, op)))
     return solve
 
 
-def load_solver(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> Solver:
-    """``"gap_tv"`` or one of ``mst_s | mst_m | mst_l`` (which need ``checkpoint``); a network is put
-    on ``device`` (GAP-TV runs where its inputs are)."""
-    if name == "gap_tv":
-        if checkpoint is not None:
-            raise ValueError("--ckpt is only used with a network solver (mst_s, mst_m, mst_l), not gap_tv")
-        return gap_tv_solver()
-    if name in NETWORKS:
-        if checkpoint is None:
-            raise ValueError(f"solver {name} needs a checkpoint (--ckpt PATH)")
-        return network_solver(name, checkpoint, device)
-    raise ValueError(f"unknown solver {name!r}; expected one of {', '.join(SOLVERS)}")
+def check_solver_size(solve: Solver, name: str, y: Tensor, op: CassiOperator) -> None:
+    """Run the solver once on ``y`` (1, H, Wm) with ``op``: a network whose size rules do not fit the
+    measurement (multiples of 8, 256 rows, ...) fails here with a one-line error, before any search."""
+    try:
+        solve(y, op)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"solver {name} cannot reconstruct a {op.height}x{op.width} scene "
+                        f"(measurement {tuple(y.shape[-2:])}): {_one_line(err)}") from err
 
 
 def residual(y: Tensor, op: CassiOperator, x: Tensor) -> float:

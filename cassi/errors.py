@@ -73,8 +73,20 @@ def one_line(error: BaseException | str) -> str:
     return out
 
 
+_received: list[int] = []      # SIGINT / SIGTERM received inside a cli_errors block
+
+
 def _interrupt(signum: int, frame) -> NoReturn:
+    _received.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` when a signal arrived inside a :func:`cli_errors` block whose
+    ``KeyboardInterrupt`` was swallowed: raised inside a native callback (numba's compiler, for one),
+    Python prints "Exception ignored" and carries on. Called before outputs are committed."""
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[-1]}")
 
 
 @contextmanager
@@ -82,12 +94,16 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     """Report what goes wrong inside the block as a command-line tool should (see the module docstring).
 
     ``extra``: further exception types to treat as user errors (e.g. Lightning's configuration errors).
-    Raises ``SystemExit`` with the exit code; SIGTERM is handled like Ctrl-C inside the block.
+    Raises ``SystemExit`` with the exit code; SIGTERM is handled like Ctrl-C inside the block, and an
+    interrupt swallowed on its way up (see :func:`check_interrupted`) still ends the run with 130.
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in handled} if in_main_thread else {}
+    _received.clear()
     try:
         yield
+        check_interrupted()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
               file=sys.stderr)
@@ -101,8 +117,9 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _received.clear()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def exit_code(exit: SystemExit) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from cassi.errors import OutputConflict, UserError
+from cassi.errors import OutputConflict, UserError, check_interrupted
 
 PathLike = str | os.PathLike
 
@@ -190,6 +190,7 @@ class OutputFolder:
                 shutil.rmtree(self.staging)
 
     def _commit(self) -> None:
+        check_interrupted()                              # a swallowed Ctrl-C must not publish the outputs
         try:
             os.rename(self.staging, self.path)            # atomic; takes the place of a missing or empty folder
             return

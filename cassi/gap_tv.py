@@ -37,7 +37,11 @@ def _tv_differentiable(image: Tensor, weight: float, iterations: int) -> Tensor:
             break
         gx = F.pad(out[..., 1:, :] - out[..., :-1, :], (0, 0, 0, 1))
         gy = F.pad(out[..., :, 1:] - out[..., :, :-1], (0, 1))
-        norm = torch.sqrt(gx * gx + gy * gy) * (tau / weight) + 1.0
+        squared = gx * gx + gy * gy
+        # sqrt'(0) is infinite: where the gradient is zero (flat areas, padded edges) the value is 0 and
+        # its derivative is taken as 0 (the subgradient), so backward passes through flat images
+        safe = torch.sqrt(torch.where(squared > 0, squared, torch.ones_like(squared)))
+        norm = torch.where(squared > 0, safe, torch.zeros_like(squared)) * (tau / weight) + 1.0
         px, py = (px - tau * gx) / norm, (py - tau * gy) / norm
     return out
 

@@ -3,9 +3,13 @@
 * ``--operator FILE.npz``: an operator file (``cassi.operator_file``) written by ``calibrate.py``; its mask
   must be the evaluation mask (same shape and values) -- its mismatch and forward model (N, K) are used.
 * ``--calibration FILE.json``: ``calibrate.py``'s calibration.json; the five parameters are read from its
-  ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` if present.
-* neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` estimates the mismatch of every scene's
-  measurement on its own (slow: a search per scene).
+  ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` if present,
+  and used for every scene. A file with a ``scenes`` object (scene name -> calibration or estimate) gives
+  each scene its own estimate.
+* ``--calibration DIR``: one calibration per scene, ``DIR/<scene name>/calibration.json`` (e.g. written by
+  ``calibrate.py --out DIR/scene01`` for the measurement of scene01); a scene without one is an error.
+* neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
+  the mismatch of every scene's measurement on its own (slow: a search per scene).
 """
 from __future__ import annotations
 
@@ -42,41 +46,99 @@ def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: in
     return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path)}, record.oversample)
 
 
-def from_calibration_json(path: str | Path) -> FixedEstimate:
-    """The mismatch in a calibration.json (``estimate`` object or top-level parameter names)."""
-    path = Path(path)
+def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"calibration file not found: {path}")
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _estimate(content: Any, where: str) -> Mismatch:
+    """The mismatch of one calibration (``estimate`` object or top-level parameter names)."""
     values = content.get("estimate", content) if isinstance(content, dict) else None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected an object with the mismatch parameters {sorted(PARAMETER_UNITS)}")
+        raise ValueError(f"{where}: expected an object with the mismatch parameters {sorted(PARAMETER_UNITS)}")
     params = {k: values[k] for k in PARAMETER_UNITS if k in values}
     if not params:
-        raise ValueError(f"{path}: no mismatch parameter ({', '.join(PARAMETER_UNITS)}) found "
+        raise ValueError(f"{where}: no mismatch parameter ({', '.join(PARAMETER_UNITS)}) found "
                          f"(keys: {sorted(values)})")
     try:
-        mismatch = Mismatch.from_dict(params)
+        return Mismatch.from_dict(params)
     except ValueError as err:
-        raise UserError(f"{path}: {err}") from err
-    settings = content.get("settings")
+        raise UserError(f"{where}: {err}") from err
+
+
+def _oversample(content: Any, where: str) -> tuple[int, int] | None:
+    """The forward model (N, K) recorded in a calibration's ``settings.oversample``, if any."""
+    settings = content.get("settings") if isinstance(content, dict) else None
     oversample = settings.get("oversample") if isinstance(settings, dict) else None
-    if oversample is not None:
-        if not (isinstance(oversample, list) and len(oversample) == 2
-                and all(isinstance(v, int) and v >= 1 for v in oversample)):
-            raise UserError(f"{path}: settings.oversample must be [N, K] with integers >= 1, got {oversample!r}")
-        oversample = tuple(oversample)
-    return FixedEstimate(mismatch, {"source": "calibration file", "path": str(path)}, oversample)
+    if oversample is None:
+        return None
+    if not (isinstance(oversample, list) and len(oversample) == 2
+            and all(isinstance(v, int) and v >= 1 for v in oversample)):
+        raise UserError(f"{where}: settings.oversample must be [N, K] with integers >= 1, got {oversample!r}")
+    return tuple(oversample)
+
+
+@dataclass
+class PerSceneEstimates:
+    """A saved calibration per scene (by scene name): ``DIR/<scene>/calibration.json`` or a ``scenes`` object.
+    Their forward models (``settings.oversample``) must agree (scenario III's "-model" rows use one)."""
+
+    estimates: dict[str, Mismatch]
+    description: dict[str, Any] = field(default_factory=dict)
+    oversample: tuple[int, int] | None = None
+
+    def require(self, scenes: list[str]) -> None:
+        """Fail before any reconstruction when a scene to evaluate has no calibration."""
+        missing = [s for s in scenes if s not in self.estimates]
+        if missing:
+            raise UserError(f"scenario III: no calibration for scene(s) {', '.join(missing)} in "
+                            f"{self.description.get('path')} (calibrated scenes: "
+                            f"{', '.join(sorted(self.estimates)) or 'none'})")
+
+    def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
+        self.require([scene])
+        return self.estimates[scene]
+
+
+def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any]) -> PerSceneEstimates:
+    """Per-scene estimates from scene name -> (calibration content, where it was read)."""
+    models = {_oversample(content, where) for content, where in items.values()}
+    if len(models) > 1:
+        raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
+                        f"(settings.oversample {sorted(map(str, models))}); calibrate every scene with the same one")
+    return PerSceneEstimates({name: _estimate(content, where) for name, (content, where) in items.items()},
+                             source, models.pop())
+
+
+def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates:
+    """The mismatch(es) of a calibration.json, of a multi-scene file (``scenes`` object) or of a folder of
+    per-scene calibrations (``DIR/<scene>/calibration.json``)."""
+    path = Path(path)
+    source = {"source": "calibration file", "path": str(path)}
+    if path.is_dir():
+        files = sorted(path.glob("*/calibration.json"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)")
+        return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source)
+    content = _read_json(path)
+    if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
+        return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
+                          source)
+    return FixedEstimate(_estimate(content, str(path)), source, _oversample(content, str(path)))
 
 
 @dataclass
 class CalibratePerScene:
-    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only)."""
+    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only), with the
+    forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
+    chosen per scene: the scenario table reconstructs every "-model" row through one model. (For the
+    data's own choice, run ``calibrate.py`` per scene and pass ``--calibration``.)"""
 
-    solver: str = "gap_tv"
+    solver: str = "heldout"
     ckpt: str | None = None
     bands: int = 28
     step: int = 2
@@ -91,10 +153,11 @@ class CalibratePerScene:
         from calib.pipeline import MODEL_OVERSAMPLE
         return tuple(self.options.get("oversample", MODEL_OVERSAMPLE))
 
-    def __call__(self, y: Tensor, mask: Tensor) -> Mismatch:
+    def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
+        options = {**self.options, "oversample": self.oversample}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
-                           **self.options)
+                           **options)
         estimate = result.estimate
         return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
 
@@ -109,7 +172,7 @@ def calibrate_function():
     return calibrate
 
 
-def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor, solver: str = "gap_tv",
+def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor, solver: str = "heldout",
                     ckpt: str | None = None, bands: int = 28, step: int = 2, **options: Any):
     """The calibration source for scenario III, in the order: operator file, calibration file, calib."""
     if operator and calibration:

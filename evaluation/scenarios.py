@@ -49,7 +49,8 @@ DEFAULT_MISMATCH = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
 
 
 class Calibrator(Protocol):
-    """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W).
+    """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W);
+    ``scene`` names the scene the measurement shows (a saved per-scene calibration is looked up by it).
 
     ``oversample``: (N, K) of the forward model the estimate belongs to, or None when unknown.
     """
@@ -57,7 +58,7 @@ class Calibrator(Protocol):
     description: dict[str, Any]
     oversample: tuple[int, int] | None
 
-    def __call__(self, y: Tensor, mask: Tensor) -> Mismatch: ...
+    def __call__(self, y: Tensor, mask: Tensor, scene: str) -> Mismatch: ...
 
 
 @dataclass
@@ -68,7 +69,7 @@ class FixedEstimate:
     description: dict[str, Any] = field(default_factory=dict)
     oversample: tuple[int, int] | None = None
 
-    def __call__(self, y: Tensor, mask: Tensor) -> Mismatch:
+    def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         return self.estimate
 
 
@@ -157,7 +158,7 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
             y = measured.get(scenario, measured.get("II"))
             if scenario == "III":
                 start = time.perf_counter()
-                estimate = calibrator(y, mask)
+                estimate = calibrator(y, mask, scene.name)
                 calibration.append(_parameter_row(scene.name, estimate, setup.mismatch,
                                                   time.perf_counter() - start))
                 native, modelled = operators(estimate)

@@ -202,6 +202,9 @@ class MSTReal(MST):
     ``input_mask`` is accepted and ignored, as in the official forward. H, W divisible by 2**stage.
     """
 
+    mask_aware = False
+    """The coded mask is not an input (calibration cannot put a candidate operator into it)."""
+
     def __init__(self, dim: int = 28, stage: int = 3, num_blocks: Sequence[int] = (2, 2, 2)):
         super().__init__(dim, stage, num_blocks, mask_guided=False)
         self.fution = nn.Conv2d(BANDS, BANDS, 3, 1, 1, bias=False)

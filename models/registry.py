@@ -11,6 +11,7 @@ any of them without special cases:
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -29,6 +30,15 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# the modules that register the published architectures, imported on the registry's first lookup
+ARCHITECTURES = ("bisrnet", "crsdun", "mst", "hsra", "hsra_unfolding", "s2_transformer")
+
+
+def _registered() -> dict[str, ModelEntry]:
+    """The registry, after importing every architecture module (once)."""
+    for module in ARCHITECTURES:
+        importlib.import_module(f"models.{module}")
+    return _REGISTRY
 
 
 def register_model(name: str, *, official_args: Mapping[str, Any] | None = None,
@@ -48,13 +58,13 @@ def register_model(name: str, *, official_args: Mapping[str, Any] | None = None,
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_registered())
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; a clear error lists the known names."""
     try:
-        return _REGISTRY[name]
+        return _registered()[name]
     except KeyError:
         raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())}") from None
 

@@ -11,6 +11,7 @@ import torch
 import calibrate
 from calib import calibrate as calibrate_captures
 from cassi import Mismatch
+from cassi.errors import UserError
 from cli_checks import user_error
 from test_calib_pipeline import QUICK, measure
 
@@ -89,3 +90,10 @@ def test_bad_capture_lists_name_the_file(captures, tmp_path, capsys):
     np.savez(tmp_path / "other" / "a.npz", y=np.load(captures / "a.npz")["y"])
     fails([captures / "a.npz", tmp_path / "other" / "a.npz"], "share a stem", "--separately")
     assert not out.exists()
+
+
+def test_a_solver_other_than_heldout_refuses_several_captures(captures):
+    ys = torch.stack([torch.as_tensor(np.load(captures / f"{name}.npz")["y"]) for name in "ab"])
+    mask = torch.as_tensor(np.load(captures / "mask.npy"))
+    with pytest.raises(UserError, match="--solver gap_tv calibrates from one capture"):
+        calibrate_captures(ys, mask, solver="gap_tv", progress=False)

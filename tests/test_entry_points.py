@@ -27,6 +27,14 @@ def test_file_readers_do_not_import_lightning():
     assert not {"pytorch_lightning", "lightning", "lightning_fabric"} & loaded
 
 
+def test_gap_tv_evaluation_does_not_load_the_networks():
+    """The architectures (and timm) load on the registry's first lookup, not with ``models.release``."""
+    loaded = _loaded_after("import evaluation.kaist, evaluation.real, evaluation.calibration, calib.solvers")
+    assert not {"timm", "models.mst", "models.bisrnet", "pytorch_lightning"} & loaded
+    import models
+    assert {"mst_s", "bisrnet", "s2_transformer", "hsra_s", "crsdun_3stg", "hsra_dum_3stg"} <= set(models.list_models())
+
+
 def test_data_package_still_exports_the_datamodule():
     import data
     assert data.CassiDataModule.__name__ == "CassiDataModule"
@@ -69,3 +77,31 @@ def test_check_solver_reports_the_gap_tv_residual(tmp_path, capsys):
     assert "gap_tv fit residual" in capsys.readouterr().out
     checks = json.loads(files["json"].read_text())["checks"]
     assert checks["solver"] == "gap_tv" and 0 < checks["residual_nominal"] < 1
+
+
+NUMBA_MODULES = ("calib.kernels", "cassi.gap_tv")
+FIRST_CALL = """
+import numba, torch
+from calib import kernels
+from calib.placement import PlacementIndex
+kernels.place(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), PlacementIndex([0, 1], [0, 1], [0, 2]), 6)
+stats = [f.stats for f in vars(kernels).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
+print(sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats))
+"""
+
+
+def test_numba_kernels_are_cached_on_disk_between_runs():
+    """Every numba kernel called from Python is compiled with cache=True, and a fresh process loads the
+    placement kernel from numba's on-disk cache instead of compiling it (numba reports a cache hit)."""
+    import importlib
+
+    import numba
+
+    kernels = [f for name in NUMBA_MODULES for f in vars(importlib.import_module(name)).values()
+               if isinstance(f, numba.core.dispatcher.Dispatcher) and f.targetoptions.get("inline") != "always"]
+    assert len(kernels) >= 10 and all(f.stats.cache_path is not None for f in kernels), \
+        [f.__name__ for f in kernels if f.stats.cache_path is None]
+    for _ in range(2):                                     # the first run may compile and write the cache
+        out = subprocess.run([sys.executable, "-c", FIRST_CALL], cwd=REPO, capture_output=True, text=True, check=True)
+    hits, misses = (int(v) for v in out.stdout.split())
+    assert hits >= 1 and misses == 0, out.stdout

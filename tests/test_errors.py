@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 import calibrate
 from cassi import CassiOperator, Mismatch
 from cassi.checks import check_instrument, check_measurement, check_mismatch, light_fraction
-from cassi.errors import OutputConflict, UserError, one_line
+from cassi.errors import OutputConflict, UserError, cli_errors, one_line
 from cassi.files import OutputFolder, umask_mode
 from cassi.gap_tv import gap_tv
 from cassi.operator_file import save_operator
@@ -221,6 +222,23 @@ def test_interrupted_run_leaves_the_previous_outputs_intact(files, tmp_path, sig
     assert stderr.strip().splitlines()[-1].startswith("calibrate.py calibrate: interrupted")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_swallowed_interrupt_still_exits_130_and_publishes_nothing(tmp_path, capsys):
+    """Seen under load: Ctrl-C during numba's compilation raised inside a native callback, Python printed
+    "Exception ignored" and the run went on to write its outputs and exit 0."""
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors("prog"):
+            with OutputFolder(tmp_path / "out", "x.json") as staging:
+                (staging / "x.json").write_text("{}")
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)
+                except KeyboardInterrupt:
+                    pass                                   # swallowed, as in a native callback
+    assert stop.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_output_files_have_the_usual_modes(files, tmp_path):
@@ -498,7 +516,7 @@ USER_ERRORS = {
     "train unknown model": ("train", [*SMOKE, "--model.init_args.model_name", "mst_xl"], r"unknown model 'mst_xl'"),
     "eval unknown model": ("eval", [*KAIST, "--model", "mst_xl", "--ckpt", "{f}/mst_s.pth"], r"unknown model 'mst_xl'"),
     "calibrate unknown solver": ("cal", ["--meas", "{f}/y.npz", "--mask", "{f}/mask.mat", "--solver", "mst_xl"],
-                                 r"--solver: invalid choice: 'mst_xl'"),
+                                 r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
     # bad option
     "train bad option": ("train", [*SMOKE, "--data.crop", "abc"], r'"data.crop": Expected a <class .int.>'),
     "train unknown option": ("train", [*SMOKE, "--bogus", "1"], r"unrecognized arguments: --bogus 1"),

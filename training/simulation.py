@@ -37,8 +37,8 @@ class Instrument:
             1.2 x the nominal measurement).
         operator: an operator file (``calibrate.py``'s ``operator.npz``): its mismatch is the instrument's
             (instead of ``mismatch``) and measurements and network inputs go through the forward model it
-            records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid; CPU tensors when
-            N, K > 1); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
+            records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid, on the batch's
+            device); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
             business (``--data.mask FILE``).
     """
 

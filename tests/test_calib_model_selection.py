@@ -1,0 +1,81 @@
+"""Forward-model selection by the data (calib.model_selection): the native grid for native-grid data,
+the enlarged grid for enlarged-grid data (tests/test_calib_cli.py, the CLI's default run), the scores
+recorded, a choice inside the criterion's noise said, and an explicit model bypassing the selection."""
+from __future__ import annotations
+
+import torch
+
+from calib import calibrate
+from calib.model_selection import ModelFit, choose
+from calib.ranges import pixel_scales
+from calib.result import StageClock
+from cassi import Mismatch
+from cassi.warp import warp_mask
+from test_calib_status import NEAR, QUICK, kaist_rows
+
+WARP = Mismatch(dx=0.6, dy=-1.4)
+
+
+def warped_kaist_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """32 rows of KAIST snapshot 01 (native grid) and of the KAIST mask handed over warped by the inverse
+    of (dx, dy) = (0.6, -1.4) px (theta 0: the inverse is the opposite shift)."""
+    from data.io import load_mask
+    from conftest import shared_path
+
+    y, _ = kaist_rows()
+    mask = torch.from_numpy(load_mask(shared_path("data", "kaist", "mask.mat")))
+    handed = warp_mask(mask.double(), -WARP.dx, -WARP.dy, 0.0).float()[112:144].contiguous()
+    return y, handed
+
+
+def test_auto_picks_the_native_grid_for_native_grid_data():
+    y, mask = warped_kaist_rows()
+    result = calibrate(y, mask, ranges=NEAR, **QUICK)
+    selection = result.settings["model_selection"]
+    assert selection["mode"] == "auto" and selection["chosen"] == [1, 1] == result.settings["oversample"]
+    assert selection["compared_at"] == "search estimates"                  # decisive: only N=1 was refined
+    scores = {tuple(c["oversample"]): c["score"] for c in selection["candidates"]}
+    assert set(scores) == {(1, 1), (4, 2)} and scores[(1, 1)] < scores[(4, 2)]
+    assert selection["resolved"] and selection["margin_in_standard_errors"] > 2
+    assert abs(result.estimate.dx - WARP.dx) < 0.5 and abs(result.estimate.dy - WARP.dy) < 0.3, result.estimate
+    assert any("(N=4, K=2)" in key for key in result.timings)      # the other model's cost is counted
+
+
+def test_without_a_decisive_lead_every_model_is_refined_and_compared_again(monkeypatch):
+    import calib.model_selection
+
+    monkeypatch.setattr(calib.model_selection, "DECISIVE", float("inf"))
+    y, mask = warped_kaist_rows()
+    result = calibrate(y, mask, ranges=NEAR, **QUICK)
+    selection = result.settings["model_selection"]
+    assert selection["compared_at"] == "refined estimates" and selection["search"]["chosen"] == [1, 1]
+    assert selection["chosen"] == [1, 1] and selection["resolved"]
+    assert any(key.startswith("2C joint (N=4, K=2)") for key in result.timings)     # both were refined
+
+
+def test_an_explicit_model_bypasses_the_selection():
+    y, mask = warped_kaist_rows()
+    result = calibrate(y, mask, ranges=NEAR, oversample=(1, 1), **QUICK)
+    assert result.settings["model_selection"] == {"mode": "explicit", "chosen": [1, 1]}
+    assert not any("N=" in key for key in result.timings)                  # one search only
+
+
+def fit(oversample: tuple[int, int], parts: list[float], point: list[float]) -> ModelFit:
+    """A searched model with these refinement-setting block scores at its search estimate ``point``."""
+    return ModelFit(oversample, None, None, None, torch.tensor(point, dtype=torch.float64), [], {},
+                    torch.tensor(parts) * 2, StageClock(), torch.tensor(parts))
+
+
+def test_a_choice_inside_the_noise_is_said_when_the_estimates_differ():
+    scales = pixel_scales(64, 64, 28, 2)
+    native = fit((1, 1), [1.0, 1.2, 0.9, 1.1], [0.0, 0.0, 0.0, 2.0, 0.0])
+    close = fit((4, 2), [1.1, 1.1, 1.0, 1.05], [0.5, 0.0, 0.0, 2.0, 0.0])
+    chosen, record, reasons = choose([close, native], scales, z=2.0)
+    assert chosen is native and record["chosen"] == [1, 1] and not record["resolved"]
+    assert record["estimate_spread_pixel_units"] == 0.5
+    assert len(reasons) == 1 and "do not decide the forward model" in reasons[0]
+    same_place = fit((4, 2), [1.1, 1.1, 1.0, 1.05], [0.02, 0.0, 0.0, 2.0, 0.0])
+    assert choose([native, same_place], scales, z=2.0)[2] == []            # they agree: nothing to say
+    far_worse = fit((4, 2), [2.0, 2.2, 1.9, 2.1], [0.5, 0.0, 0.0, 2.0, 0.0])
+    _, record, reasons = choose([native, far_worse], scales, z=2.0)
+    assert record["resolved"] and record["margin_in_standard_errors"] > 2 and reasons == []

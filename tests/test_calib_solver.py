@@ -1,0 +1,187 @@
+"""The user's solver inside the calibration loop: ``--solver S`` decides the estimate, bad solvers fail early."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+import calibrate
+from calib import calibrate as run_calibration
+from calib.forward_model import PARAMETER_NAMES, params_tensor
+from calib.solver_score import SolverScore
+from calib.solvers import load_network
+from cassi import Mismatch
+from models import create_model
+from tests.test_calib_pipeline import QUICK, measure
+from tests.cli_checks import user_error
+from tests.test_eval import FAST_GAP, read_results, run_cli, write_mst_layout
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A 24 x 24 measurement and mask on disk, and random MST-S / BiSRNet weights (state dicts)."""
+    folder = tmp_path_factory.mktemp("solver")
+    y, mask = measure(24, Mismatch(dx=0.4, dy=-0.3, a1=2.01))
+    np.savez(folder / "y.npz", y=y.numpy())
+    scipy.io.savemat(folder / "mask.mat", {"mask": mask.numpy()})
+    torch.manual_seed(0)
+    torch.save(create_model("mst_s").state_dict(), folder / "mst_s.pth")
+    torch.save(create_model("bisrnet").state_dict(), folder / "bisrnet.pth")
+    y30, mask30 = measure(30, Mismatch())              # MST-S needs H, W divisible by 4 (two down-samplings)
+    np.savez(folder / "y30.npz", y=y30.numpy())
+    scipy.io.savemat(folder / "mask30.mat", {"mask": mask30.numpy()})
+    return folder, y, mask
+
+
+BAD_SOLVERS = {
+    "unknown": (["--solver", "mst_xl"], r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
+    "no checkpoint": (["--solver", "bisrnet"], r"solver bisrnet needs a checkpoint"),
+    "missing checkpoint": (["--solver", "mst_s", "--ckpt", "{f}/none.pth"], r"checkpoint not found: .*none.pth"),
+    "another model's checkpoint": (["--solver", "bisrnet", "--ckpt", "{f}/mst_s.pth"],
+                                   r"mst_s.pth is not a bisrnet checkpoint: .*missing keys"),
+    "bisrnet_real": (["--solver", "bisrnet_real", "--ckpt", "{f}/bisrnet.pth"], r"bisrnet_real does not take the coded mask"),
+    "mst_s_real": (["--solver", "mst_s_real", "--ckpt", "{f}/mst_s.pth"], r"mst_s_real does not take the coded mask"),
+    "gap_tv with a checkpoint": (["--solver", "gap_tv", "--ckpt", "{f}/mst_s.pth"], r"only used with a network solver"),
+    "heldout with a checkpoint": (["--ckpt", "{f}/mst_s.pth"], r"only used with a network solver, not heldout"),
+    "size rules": (["--meas", "{f}/y30.npz", "--mask", "{f}/mask30.mat", "--solver", "mst_s", "--ckpt", "{f}/mst_s.pth"],
+                   r"solver mst_s cannot reconstruct a 30x30 scene"),
+}
+
+
+@pytest.mark.parametrize("argv,pattern", BAD_SOLVERS.values(), ids=BAD_SOLVERS.keys())
+def test_bad_solvers_fail_with_one_line_before_any_work(inputs, tmp_path, capsys, argv, pattern):
+    """Exit code 2, one line naming the problem, no output and (almost) no CPU spent: no search ran."""
+    folder, _, _ = inputs
+    out = tmp_path / "out"
+    files = ["--meas", str(folder / "y.npz"), "--mask", str(folder / "mask.mat")]
+    start = time.process_time()
+    user_error(capsys, lambda: calibrate.main([*files, *[a.format(f=folder) for a in argv], "--out", str(out),
+                                                "--no-progress"]), pattern)
+    assert time.process_time() - start < 10
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path):
+    y, mask = measure(30, Mismatch())                # MST-S needs H, W divisible by 4 (two down-samplings)
+    torch.manual_seed(0)
+    torch.save(create_model("mst_s").state_dict(), tmp_path / "mst_s.pth")
+    with pytest.raises(ValueError, match=r"solver mst_s cannot reconstruct a 30x30 scene") as info:
+        run_calibration(y, mask, solver="mst_s", ckpt=str(tmp_path / "mst_s.pth"), progress=False, **QUICK)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("solver", ["gap_tv", "bisrnet"])
+def test_gradients_reach_all_five_parameters_through_the_solver(inputs, solver):
+    folder, y, mask = inputs
+    network = load_network("bisrnet", folder / "bisrnet.pth") if solver == "bisrnet" else None
+    score = SolverScore(y, mask, network)
+    params = params_tensor(Mismatch(dx=0.3, dy=-0.2, theta=0.2, a1=2.01, alpha=0.3)).requires_grad_(True)
+    loss = score.loss(params)
+    loss.backward()
+    assert torch.isfinite(params.grad).all() and (params.grad != 0).all(), params.grad
+    assert float(loss) == pytest.approx(float(score(params.detach())[0]), rel=1e-4)
+    if network is not None:                           # frozen: no parameter receives a gradient
+        assert all(p.grad is None and not p.requires_grad for p in network.parameters())
+        assert not network.training
+
+
+def test_the_solver_decides_and_calibration_json_records_it(inputs):
+    folder, y, mask = inputs
+    result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False, **QUICK)
+    assert result.settings["solver"] == "bisrnet" and result.settings["criterion"]["criterion"] == "solver residual"
+    assert result.checks["solver"] == "bisrnet" and math.isfinite(result.checks["residual_calibrated"])
+    content = json.loads(result.to_json())
+    assert content["settings"]["solver"] == "bisrnet"
+    # the estimate's recorded score is the solver's residual (which ranked the polish and the refinement)
+    assert result.score == pytest.approx(float(SolverScore(y, mask, load_network(
+        "bisrnet", folder / "bisrnet.pth"))(params_tensor(result.estimate))[0]), rel=1e-5)
+    assert all(math.isfinite(v) for v in result.estimate.to_dict().values())
+    assert set(result.landscape) == set(PARAMETER_NAMES)
+    assert "heldout_optimum" in result.tests                  # the held-out criterion checked the solver's point
+
+
+def test_eval_scenario_iii_reads_the_calibration_of_each_scene(tmp_path, capsys):
+    """``eval.py --calibration DIR``: DIR/<scene>/calibration.json per scene; a scene without one is refused
+    before any reconstruction; a file with a ``scenes`` object works the same way."""
+    write_mst_layout(tmp_path / "data", size=32, scenes=2)
+    estimates = {"scene01": {"dx": 0.9, "dy": 0.4, "theta": 0.2, "a1": 2.01, "alpha": 0.1},
+                 "scene02": {"dx": 1.1, "dy": 0.6, "theta": 0.3, "a1": 2.03, "alpha": 0.3}}
+    for name, estimate in estimates.items():
+        (tmp_path / "cal" / name).mkdir(parents=True)
+        (tmp_path / "cal" / name / "calibration.json").write_text(json.dumps({"estimate": estimate}))
+    (tmp_path / "all.json").write_text(json.dumps({"scenes": estimates}))
+    common = ["kaist", "--data.root", tmp_path / "data", *FAST_GAP, "--scenarios", "II,III", "--oversample", 1, 1,
+              "--mismatch", "dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2", "--previews", 0]
+    for source in (tmp_path / "cal", tmp_path / "all.json"):
+        out = tmp_path / f"run_{source.stem}"
+        assert run_cli(*common, "--calibration", source, "--out", out) == 0
+        rows = read_results(out)["calibration"]["scenes"]
+        assert {r["name"]: r["estimate"] for r in rows} == estimates
+    (tmp_path / "cal" / "scene02" / "calibration.json").unlink()
+    capsys.readouterr()
+    assert run_cli(*common, "--calibration", tmp_path / "cal", "--out", tmp_path / "refused") == 2
+    assert "no calibration for scene(s) scene02" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
+def test_bisrnet_calibration_then_bisrnet_reconstruction_end_to_end(inputs, tmp_path):
+    """Issue 11 section 4 at 32 px, through the command lines a user runs: ``calibrate.py simulate`` (the
+    drifted instrument), ``calibrate.py --solver bisrnet`` (one folder per scene), then ``eval.py kaist
+    --model bisrnet --scenarios I,II,III,IV --calibration DIR``: scenario III uses that scene's estimate."""
+    folder = inputs[0]
+    weights = folder / "bisrnet.pth"
+    write_mst_layout(tmp_path / "data", size=32, scenes=1)
+    mask, truth = tmp_path / "data" / "mask.mat", tmp_path / "data" / "Truth" / "scene01.mat"
+    drift = {"dx": "0.5", "dy": "0.3", "theta": "0.1"}
+    y = tmp_path / "y.npz"
+    calibrate.main(["simulate", "--cube", str(truth), "--mask", str(mask), *[a for k, v in drift.items()
+                    for a in (f"--{k}", v)], "--oversample", "4", "2", "--out", str(y)])
+    files = calibrate.main(["--meas", str(y), "--mask", str(mask), "--solver", "bisrnet", "--ckpt", str(weights),
+                            "--out", str(tmp_path / "cal" / "scene01"), "--no-progress"])
+    saved = json.loads(files["json"].read_text())
+    assert saved["settings"]["solver"] == "bisrnet" and saved["settings"]["ckpt"] == str(weights)
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--model", "bisrnet", "--ckpt", weights, "--data.root", tmp_path / "data",
+                   "--scenarios", "I,II,III,IV", "--mismatch", ",".join(f"{k}={v}" for k, v in drift.items()),
+                   "--calibration", tmp_path / "cal", "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    row = results["calibration"]["scenes"][0]
+    assert row["name"] == "scene01"
+    assert row["estimate"] == pytest.approx(saved["estimate"])
+    assert set(results["scenarios"]) >= {"I", "II", "III", "IV"}
+    assert all(math.isfinite(results["scenarios"][s]["mean"]["psnr"]) for s in ("I", "II", "III", "IV"))
+
+
+def test_status_is_ambiguous_when_the_held_out_criterion_prefers_another_point():
+    """A solver's estimate 1 px off in dx, where the held-out criterion's own point is the truth: "ok"
+    becomes "ambiguous" with a reason; the same point twice, or a held-out point closer than 0.1 pixel
+    units, changes nothing."""
+    from calib.pipeline import REFINE_SCORE
+    from calib.ranges import pixel_scales
+    from calib.score import HeldOutScore
+    from calib.status import Assessment, solver_agreement
+
+    truth = Mismatch(dx=0.4, dy=-0.3, a1=2.01)
+    y, mask = measure(48, truth)
+    score = HeldOutScore(y, mask, settings=REFINE_SCORE)
+    right = params_tensor(truth).reshape(5)
+    wrong = right.clone()
+    wrong[0] += 1.0
+    scales = pixel_scales(48, 48, 28, 2)
+    off = Assessment("ok", [])
+    solver_agreement(score, wrong, right, scales, off)
+    assert off.status == "ambiguous" and "held-out criterion prefers another point (dx -1 px" in off.reasons[0]
+    assert off.tests["heldout_optimum"]["relative_change"] < 0
+    same = Assessment("ok", [])
+    solver_agreement(score, right, right.clone(), scales, same)
+    assert same.status == "ok" and same.reasons == [] and same.tests["heldout_optimum"]["relative_change"] == 0
+    near = wrong.clone()
+    near[0] = right[0] + 0.05
+    close = Assessment("ok", [])
+    solver_agreement(score, near, right, scales, close)
+    assert close.status == "ok" and close.tests["heldout_optimum"]["distance_pixel_units"] == pytest.approx(0.05)
