@@ -5,8 +5,7 @@ handling, imported before their arguments are parsed) does not import torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cassi.lazy import lazy_exports
 
 _EXPORTS = {
     "cassi.mismatch": ("Mismatch", "PARAMETER_UNITS", "dispersion_offsets"),
@@ -14,11 +13,4 @@ _EXPORTS = {
     "cassi.shifts": ("band_offsets", "shift", "shift_back"),
     "cassi.warp": ("warp_mask",),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'cassi' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

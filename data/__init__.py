@@ -6,8 +6,7 @@ calibration and evaluation entry points) does not import Lightning.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from cassi.lazy import lazy_exports
 
 _EXPORTS = {
     "data.datamodule": ("CassiDataModule", "EpochSampler", "TrainCrops", "ValCrops"),
@@ -16,11 +15,4 @@ _EXPORTS = {
     "data.synthetic": ("KAIST_WAVELENGTHS", "MATERIAL_NAMES", "random_mask", "synthetic_dataset", "synthetic_scene",
                        "wavelengths"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
