@@ -242,14 +242,21 @@ def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- real captures
-def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys):
-    root = tmp_path / "real"
+def write_real_capture(root, make_operator):
+    """A real-capture folder at ``root``: a 32 px mask.mat and scene1.mat, a synthetic scene measured
+    through ``make_operator(mask)`` (scaled to max 1). Returns that operator."""
     root.mkdir()
     mask = synthetic_mask(32, 32, seed=2)
     scipy.io.savemat(root / "mask.mat", {"mask": mask.numpy()})
-    cube = synthetic_scenes(1, 32, 32, seed=4)[0].cube
-    y = CassiOperator(mask)(cube[None])[0]
+    op = make_operator(mask)
+    y = op(synthetic_scenes(1, 32, 32, seed=4)[0].cube[None])[0]
     scipy.io.savemat(root / "scene1.mat", {"meas_real": (y / y.max()).numpy()})
+    return op
+
+
+def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys):
+    root = tmp_path / "real"
+    write_real_capture(root, CassiOperator)
     out = tmp_path / "run"
     assert run_cli("real", "--data.root", root, *FAST_GAP, "--out", out) == 0
     results = json.loads((out / "results.json").read_text())
@@ -265,12 +272,7 @@ def test_real_captures_side_by_side_with_the_calibrated_instrument(tmp_path, cap
     from calib.instrument import InstrumentOperator
 
     root = tmp_path / "real"
-    root.mkdir()
-    mask = synthetic_mask(32, 32, seed=2)
-    scipy.io.savemat(root / "mask.mat", {"mask": mask.numpy()})
-    instrument = InstrumentOperator(mask, mismatch=XI, spatial=2, spectral=1)
-    y = instrument(synthetic_scenes(1, 32, 32, seed=4)[0].cube[None])[0]
-    scipy.io.savemat(root / "scene1.mat", {"meas_real": (y / y.max()).numpy()})
+    instrument = write_real_capture(root, lambda mask: InstrumentOperator(mask, mismatch=XI, spatial=2, spectral=1))
     save_operator(tmp_path / "operator.npz", instrument)
     out = tmp_path / "run"
     assert run_cli("real", "--data.root", root, *FAST_GAP, "--operator", tmp_path / "operator.npz", "--out", out) == 0
