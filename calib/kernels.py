@@ -226,10 +226,12 @@ def _expand_row(cube_rows: np.ndarray, z: np.ndarray, basis: np.ndarray, source:
 
 
 @numba.njit(inline="always")
-def _place_row(y: np.ndarray, cube_rows: np.ndarray, masks: np.ndarray, source: int, band: np.ndarray,
-               row: np.ndarray, col: np.ndarray) -> None:  # pragma: no cover (compiled)
-    """Add the light of source row ``source`` (cube_rows (F, L, W)) to the detectors y (F, h, Wm)."""
-    h, w, measurement_width = masks.shape[1], masks.shape[2], y.shape[-1]
+def _row_products(detector: np.ndarray, rows: np.ndarray, masks: np.ndarray, source: int, band: np.ndarray,
+                  row: np.ndarray, col: np.ndarray, to_detector: bool) -> None:  # pragma: no cover (compiled)
+    """The placements of source row ``source`` between cube rows (F, L, W) and detectors (F, h, Wm):
+    ``to_detector`` adds the light of ``rows`` to ``detector`` (A), otherwise ``detector`` read back
+    through the masks to ``rows`` (A^T)."""
+    h, w, measurement_width = masks.shape[1], masks.shape[2], detector.shape[-1]
     for p in range(band.shape[0]):
         target = source + row[p]
         if target < 0 or target >= h:
@@ -237,29 +239,29 @@ def _place_row(y: np.ndarray, cube_rows: np.ndarray, masks: np.ndarray, source: 
         tc = col[p]
         q0, q1 = max(0, -tc), min(w, measurement_width - tc)
         gain = masks[p, source, q0:q1]
-        for f in range(y.shape[0]):
-            dst, src = y[f, target, q0 + tc:q1 + tc], cube_rows[f, band[p], q0:q1]
-            for q in range(q1 - q0):
-                dst[q] += src[q] * gain[q]
+        for f in range(detector.shape[0]):
+            seen, cube = detector[f, target, q0 + tc:q1 + tc], rows[f, band[p], q0:q1]
+            if to_detector:
+                for q in range(q1 - q0):
+                    seen[q] += cube[q] * gain[q]
+            else:
+                for q in range(q1 - q0):
+                    cube[q] += seen[q] * gain[q]
+
+
+@numba.njit(inline="always")
+def _place_row(y: np.ndarray, cube_rows: np.ndarray, masks: np.ndarray, source: int, band: np.ndarray,
+               row: np.ndarray, col: np.ndarray) -> None:  # pragma: no cover (compiled)
+    """Add the light of source row ``source`` (cube_rows (F, L, W)) to the detectors y (F, h, Wm)."""
+    _row_products(y, cube_rows, masks, source, band, row, col, True)
 
 
 @numba.njit(inline="always")
 def _pick_row(back_rows: np.ndarray, y: np.ndarray, masks: np.ndarray, source: int, band: np.ndarray,
               row: np.ndarray, col: np.ndarray) -> None:  # pragma: no cover (compiled)
     """``back_rows[f] = (A^T y[f])`` on source row ``source``: (F, L, W) from detectors y (F, h, Wm)."""
-    h, w, measurement_width = masks.shape[1], masks.shape[2], y.shape[-1]
     back_rows[:] = 0
-    for p in range(band.shape[0]):
-        target = source + row[p]
-        if target < 0 or target >= h:
-            continue
-        tc = col[p]
-        q0, q1 = max(0, -tc), min(w, measurement_width - tc)
-        gain = masks[p, source, q0:q1]
-        for f in range(y.shape[0]):
-            dst, src = back_rows[f, band[p], q0:q1], y[f, target, q0 + tc:q1 + tc]
-            for q in range(q1 - q0):
-                dst[q] += src[q] * gain[q]
+    _row_products(y, back_rows, masks, source, band, row, col, False)
 
 
 @numba.njit(inline="always")
