@@ -1,6 +1,7 @@
 """Entry points start fast (no heavy imports for --help) and refuse a device they do not have."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,106 @@ def test_numba_kernels_are_cached_on_disk_between_runs():
         out = subprocess.run([sys.executable, "-c", FIRST_CALL], cwd=REPO, capture_output=True, text=True, check=True)
     hits, misses = (int(v) for v in out.stdout.split())
     assert hits >= 1 and misses == 0, out.stdout
+
+
+# ------------------------------------------------------------------------------------ train.py --help
+HELP_REQUESTS = (["--help"], ["fit", "--help"], ["validate", "-h"], ["test", "--help"], ["predict", "--help"])
+
+
+def _lightningcli_help(argv: list[str], capsys) -> str:
+    """What LightningCLI itself prints for ``train.py ARGV`` (no stored text involved)."""
+    from unittest import mock
+
+    from training.cli import main
+
+    with mock.patch.object(sys, "argv", ["train.py"]), pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_train_help_answers_from_the_store_without_lightning_and_equals_lightningcli(tmp_path, monkeypatch, capsys):
+    """A fresh ``train.py fit --help`` stores LightningCLI's text; the next one prints it without importing
+    Lightning or torch, byte for byte what LightningCLI prints."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
+    command = [sys.executable, "-X", "importtime", "train.py", "fit", "--help"]
+    first, second = (subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+                     for _ in range(2))
+    assert "pytorch_lightning" in first.stderr                      # built by LightningCLI
+    imported = {line.split("|")[-1].strip() for line in second.stderr.splitlines() if "|" in line}
+    assert not {"torch", "pytorch_lightning", "jsonargparse", "numpy", "training.cli"} & imported
+    monkeypatch.setenv("COLUMNS", "100")
+    assert first.stdout == second.stdout == _lightningcli_help(["fit", "--help"], capsys)
+    assert "--trainer.max_epochs" in second.stdout and "--data.crop" in second.stdout
+
+
+def test_stored_help_of_every_subcommand_is_lightningclis(tmp_path, monkeypatch, capsys):
+    from training.cli import main
+    from training.help_cache import print_help
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    for argv in HELP_REQUESTS:
+        expected = _lightningcli_help(argv, capsys)
+        with pytest.raises(SystemExit):
+            print_help(argv, lambda: main(argv))                       # built and stored
+        assert capsys.readouterr().out == expected
+        print_help(argv, lambda: pytest.fail("LightningCLI ran"))      # served from the store
+        assert capsys.readouterr().out == expected, argv
+
+
+def test_stored_help_is_rebuilt_when_what_made_it_changes(tmp_path, monkeypatch, capsys):
+    """A changed module file, terminal width, ``PL_*`` variable or installed distribution makes the stored
+    text stale; a help that failed is not stored."""
+    from training.help_cache import print_help
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "100")
+    source = tmp_path / "help_source_module.py"
+    source.write_text("TEXT = 'first'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import help_source_module
+    monkeypatch.setitem(sys.modules, "help_source_module", help_source_module)
+    builds = []
+
+    def build():
+        import importlib
+        builds.append(importlib.reload(help_source_module).TEXT)
+        print(builds[-1])
+        raise SystemExit(0)
+
+    def request(argv=("fit", "--help")) -> str:
+        try:
+            print_help(list(argv), build)
+        except SystemExit:
+            pass
+        return capsys.readouterr().out
+
+    assert request() == "first\n" and request() == "first\n" and builds == ["first"]
+    source.write_text("TEXT = 'second, longer'\n")
+    assert request() == "second, longer\n" and request() == "second, longer\n" and len(builds) == 2
+    monkeypatch.setenv("COLUMNS", "120")
+    request()
+    monkeypatch.setenv("PL_FIT__TRAINER__MAX_EPOCHS", "3")
+    request()
+    (tmp_path / "newpackage-1.0.dist-info").mkdir()
+    request()
+    assert request() == "second, longer\n" and len(builds) == 5
+
+    def failing():
+        print("usage: ...")
+        raise SystemExit(2)
+
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            print_help(["nosuchcommand", "--help"], failing)
+    assert capsys.readouterr().out == "usage: ...\nusage: ...\n"
+
+
+def test_only_bare_help_requests_are_served_from_the_store():
+    from training.help_cache import is_help_request
+
+    assert all(is_help_request(argv) for argv in HELP_REQUESTS)
+    for argv in ([], ["fit"], ["fit", "--config", "c.yaml", "--help"], ["--config", "--help"],
+                 ["fit", "--model.help", "ReconstructionModule"], ["-c", "c.yaml", "--help"]):
+        assert not is_help_request(argv), argv
