@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cassi.shifts import shift, shift_back
-from models.crsdun_blocks import ARB, CASTAB, SSRB, MaskEmbedding, SwinBlock, trunc_normal_
-from models.mst_blocks import encode
+from models.crsdun_blocks import ARB, CASTAB, SSRB, MaskEmbedding, SwinBlock
+from models.mst_blocks import encode, trunc_normal_
 from models.registry import register_model
 
 STEP = 2          # dispersion step (px per band) hard-coded in the official model

@@ -8,7 +8,7 @@ weights as the official one built after the same seed.
 Groups:
 
 * pre-norm and feed-forward on maps, shared by every branch (the MST-family blocks of
-  :mod:`models.mst_blocks`; windows and relative position indices are timm's);
+  :mod:`models.mst_blocks`; windows and relative position indices are Swin's);
 * reconstruction branch: spectral window attention (WSSA) + convolutional mixing (CMB, SAB), i.e.
   the SSRB encoder block and the ARB refinement block;
 * segmentation branch: a Swin block (window attention with relative position bias, no shift mask);
@@ -19,18 +19,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import trunc_normal_ as timm_trunc_normal_
 from torch import Tensor, nn
 
-from models.mst_blocks import (FeedForward, PreNorm, WindowAttention, apply_channel_norm, window_merge,
-                               window_partition)
-
-
-def trunc_normal_(tensor: Tensor, std: float, bound: float = 2.0) -> Tensor:
-    """Fill ``tensor`` in place with N(0, std^2) truncated to [-bound, bound] (absolute bounds, as the official
-    ``trunc_normal_(w, std=.02)`` calls): timm's inverse-CDF sampler, the random stream of the official code
-    (recent ``nn.init.trunc_normal_`` samples differently), so seeded builds reproduce official weights."""
-    return timm_trunc_normal_(tensor, std=std, a=-bound, b=bound)
+from models.mst_blocks import (FeedForward, PreNorm, WindowAttention, apply_channel_norm, trunc_normal_,
+                               window_merge, window_partition)
 
 
 def _trunc_normal_conv_weights(module: nn.Module, zero_bias: bool) -> None:

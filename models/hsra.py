@@ -21,7 +21,7 @@ to L bands plus the input (residual). The end-to-end networks (hsra_s/m/l) are m
 does not say how the mask enters, and concatenating the 3-D mask to the "H" input is our reading.
 
 Tensors inside blocks are channels-last (B, H, W, C); the network maps cubes (B, L, H, W) to cubes.
-The pre-norm residuals and MST's feed-forward come from :mod:`models.mst_blocks` (windows: timm's reshapes).
+The pre-norm residuals and MST's feed-forward come from :mod:`models.mst_blocks` (windows: Swin's reshapes).
 HSRA's spectral attention is its own (fused qkv, q k^T affinity, one depth-wise positional conv), not MS-MSA.
 FLOPs (fvcore, multiply-accumulates / 2**30 as the MST toolbox prints them) scale linearly in the
 pixel count because every attention is windowed or spectral.

@@ -7,26 +7,39 @@ differs the block takes a parameter instead of being copied: the feed-forward's 
 binarised), the pre-norm's layout, norm and residual (CRSDUN normalises channel-first maps with Layer-, Batch- or
 GroupNorm; HSRA adds the residual inside), the spectral attention's mask guidance (MST's, built by a factory).
 
-Window partitioning and relative position indices are timm's (``timm.models.swin_transformer``): the helpers
-here only flatten timm's (B*nW, wh, ww, C) windows into (B*nW, wh*ww, C) tokens.
+Window partitioning, relative position indices and the truncated-normal initialisation are Swin's / timm's
+(``timm.models.swin_transformer``, ``timm.layers.trunc_normal_``), written here with the same numbers and the
+same random stream (tests/test_mst_blocks.py): importing timm loads its whole model zoo (with
+huggingface_hub and wandb), about 1 s of every network run's start-up.
 
 Layouts: "tokens" are channels-last (B, H, W, C); "maps" are channels-first (B, C, H, W).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
-from timm.models.swin_transformer import get_relative_position_index
-from timm.models.swin_transformer import window_partition as timm_window_partition
-from timm.models.swin_transformer import window_reverse as timm_window_reverse
 from torch import Tensor, nn
 
 NormKind = Literal["ln", "bn", "gn"]
 MASK_EFFECTS = ("both_qk", "only_q", "only_k", "only_v", "omit")
 """Which of q / k / v the mask embedding multiplies in :class:`WindowAttention` ('omit': none)."""
+
+
+# ------------------------------------------------------------------------------- initialisation
+def trunc_normal_(tensor: Tensor, std: float, bound: float = 2.0) -> Tensor:
+    """Fill ``tensor`` in place with N(0, std^2) truncated to [-bound, bound] (absolute bounds, as the official
+    ``trunc_normal_(w, std=.02)`` calls) by the official codes' inverse-CDF sampler (timm's): u uniform on
+    [2 Phi(-bound/std) - 1, 2 Phi(bound/std) - 1], then sqrt(2) std erfinv(u), clamped. Same seed, same numbers
+    as those codes (recent ``nn.init.trunc_normal_`` samples differently), so seeded builds reproduce them."""
+    def phi(z: float) -> float:                                         # standard normal CDF
+        return (1.0 + math.erf(z / math.sqrt(2.0))) / 2.0
+
+    with torch.no_grad():
+        tensor.uniform_(2 * phi(-bound / std) - 1, 2 * phi(bound / std) - 1)
+        return tensor.erfinv_().mul_(std * math.sqrt(2.0)).clamp_(min=-bound, max=bound)
 
 
 # --------------------------------------------------------------------------------- normalisation
@@ -149,15 +162,26 @@ class SpectralMSA(nn.Module):
 
 # ------------------------------------------------------------------------------------- windows
 def window_partition(x: Tensor, window: int | tuple[int, int]) -> Tensor:
-    """Tokens (B, H, W, C) -> windows of tokens (B * nW, wh * ww, C), windows in row-major order (timm's)."""
+    """Tokens (B, H, W, C) -> windows of tokens (B * nW, wh * ww, C), windows in row-major order (Swin's)."""
     wh, ww = (window, window) if isinstance(window, int) else window
-    return timm_window_partition(x, (wh, ww)).flatten(1, 2)
+    b, h, w, c = x.shape
+    return x.view(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
 
 
 def window_merge(windows: Tensor, window: int | tuple[int, int], size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`: (B * nW, wh * ww, C) -> tokens (B, H, W, C) (timm's reverse)."""
+    """Inverse of :func:`window_partition`: (B * nW, wh * ww, C) -> tokens (B, H, W, C) (Swin's reverse)."""
     wh, ww = (window, window) if isinstance(window, int) else window
-    return timm_window_reverse(windows.view(-1, wh, ww, windows.shape[-1]), (wh, ww), *size)
+    (h, w), c = size, windows.shape[-1]
+    return windows.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+
+
+def relative_position_index(window: int) -> Tensor:
+    """(N, N) index, N = window^2, of the relative position (dy, dx) of token j from token i inside a window
+    (row-major tokens) into a (2 window - 1)^2 bias table: (dy + window - 1) (2 window - 1) + dx + window - 1."""
+    rows, cols = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    dy = rows.flatten()[:, None] - rows.flatten()[None, :]
+    dx = cols.flatten()[:, None] - cols.flatten()[None, :]
+    return (dy + window - 1) * (2 * window - 1) + dx + window - 1
 
 
 class WindowAttention(nn.Module):
@@ -166,7 +190,7 @@ class WindowAttention(nn.Module):
 
     Queries are scaled by ``qk_scale`` or ``head_dim ** -0.5``; then q and/or k or v (``mask_eff``) are multiplied
     element-wise by the windowed mask embedding. The bias table is initialised ~ N(0, 0.02) truncated to
-    [-2, 2] (timm), after the linear layers are created, as in both official codes.
+    [-2, 2] (:func:`trunc_normal_`), after the linear layers are created, as in both official codes.
     """
 
     def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True,
@@ -178,7 +202,7 @@ class WindowAttention(nn.Module):
         self.dim, self.window, self.num_heads, self.mask_eff = dim, window, num_heads, mask_eff
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        self.register_buffer("relative_position_index", get_relative_position_index(window, window))
+        self.register_buffer("relative_position_index", relative_position_index(window))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)

@@ -20,7 +20,7 @@ Structure (C = embed_dim, L = in_chans bands, H x W a multiple of the window):
 * ``norm``, ``conv_after_body`` + long skip, ``conv_last`` and a global residual on the input.
 
 Spa-MSA's window attention and Spe-MSA (MST's MS-MSA without mask guidance) come from
-:mod:`models.mst_blocks`; the MLP, drop-path, initialisation and window reshapes are timm's.
+:mod:`models.mst_blocks`; the MLP, drop-path, initialisation and window reshapes are timm's (same numbers).
 
 Forward ``model(x, physc_mask) -> (x_out (B, L, H, W), [K tensors (B, L, H, W)])``.
 
@@ -47,12 +47,43 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.mst_blocks import SpectralMSA, WindowAttention, window_merge, window_partition
+from models.mst_blocks import SpectralMSA, WindowAttention, trunc_normal_, window_merge, window_partition
 from models.registry import register_model
+
+
+# ------------------------------------------------------------------ timm's MLP and drop-path, same numbers
+class Mlp(nn.Module):
+    """Linear -> GELU -> dropout -> linear -> dropout, (..., dim) -> (..., dim) (timm's ``Mlp``: the official
+    code's, with its state-dict keys ``fc1`` / ``fc2`` and its construction order)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(F.gelu(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``DropPath``): in training, each sample's residual branch is zeroed with
+    probability ``p`` and the kept ones scaled by 1 / (1 - p), one Bernoulli draw per sample (same stream)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * (keep.div_(1 - self.p) if self.p < 1 else keep)
 
 
 # ------------------------------------------------------------------ token / window layout helpers

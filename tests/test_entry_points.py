@@ -36,6 +36,13 @@ def test_gap_tv_evaluation_does_not_load_the_networks():
     assert {"mst_s", "bisrnet", "s2_transformer", "hsra_s", "crsdun_3stg", "hsra_dum_3stg"} <= set(models.list_models())
 
 
+def test_networks_do_not_import_timm():
+    """timm's import loads its model zoo, huggingface_hub and wandb (~1 s): the networks use their own pieces."""
+    loaded = _loaded_after("import models.mst, models.s2_transformer, models.crsdun, models.hsra, models.bisrnet, "
+                           "models.hsra_unfolding; models.create_model('mst_s')")
+    assert not {"timm", "huggingface_hub", "wandb"} & loaded
+
+
 def test_data_package_still_exports_the_datamodule():
     import data
     assert data.CassiDataModule.__name__ == "CassiDataModule"

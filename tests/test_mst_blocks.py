@@ -1,4 +1,4 @@
-"""Shared MST-family blocks and the timm pieces the networks use: identical numbers, unchanged state-dict keys.
+"""Shared MST-family blocks and the Swin / timm pieces the networks use: identical numbers, unchanged state-dict keys.
 
 The official-fixture tests (test_mst, test_s2_transformer, test_crsdun) and the official-output tests of
 test_bisrnet prove the networks built from these blocks; here each library piece is checked against the
@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp, trunc_normal_
-from timm.models.swin_transformer import get_relative_position_index
 from torch import nn
 
 from models import create_model, list_models
-from models.mst_blocks import FeedForward, PreNorm, SpectralMSA, encode, window_merge, window_partition
+from models.mst_blocks import (FeedForward, PreNorm, SpectralMSA, encode, relative_position_index, trunc_normal_,
+                               window_merge, window_partition)
+from models.s2_transformer import DropPath, Mlp
 
 # sha256 of repr(sorted((key, shape) ...))[:16] of each model's state dict, recorded before the refactor
 # (s2_transformer with the light build below).
@@ -45,8 +45,8 @@ def test_every_registered_model_has_recorded_keys():
     assert set(list_models()) <= set(KEYS_BEFORE), "record the keys of a new model in KEYS_BEFORE"
 
 
-# ----------------------------------------------------------------------------- timm pieces = formulas
-def test_timm_trunc_normal_is_the_official_inverse_cdf_stream():
+# ------------------------------------------------------------------------ Swin / timm pieces = formulas
+def test_trunc_normal_is_the_official_inverse_cdf_stream():
     """The official codes' sampler (uniform on [2l-1, 2u-1], erfinv, scale, clamp): same seed, same numbers."""
     std, bound = 0.02, 2.0
     torch.manual_seed(3)
@@ -58,7 +58,7 @@ def test_timm_trunc_normal_is_the_official_inverse_cdf_stream():
     assert torch.equal(ours, reference)
 
 
-def test_timm_mlp_is_linear_gelu_linear():
+def test_mlp_is_linear_gelu_linear():
     torch.manual_seed(0)
     mlp = Mlp(12, 48)
     x = torch.randn(2, 7, 12)
@@ -80,7 +80,44 @@ def test_relative_position_index_is_the_swin_formula():
     window = 8
     coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
-    assert torch.equal(get_relative_position_index(window, window), rel[0] * (2 * window - 1) + rel[1])
+    assert torch.equal(relative_position_index(window), rel[0] * (2 * window - 1) + rel[1])
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, 3)
+    drop = DropPath(0.25)
+    assert torch.equal(drop.eval()(x), x)
+    out = drop.train()(x)
+    kept = out.flatten(1).ne(0).any(1)
+    torch.testing.assert_close(out[kept], x[kept] / 0.75)
+    assert not out[~kept].any()
+    assert 0 < int(kept.sum()) < 64
+
+
+def test_pieces_equal_timms_where_timm_is_installed():
+    """Same numbers, same random streams and state-dict keys as the timm functions they replace."""
+    timm_layers = pytest.importorskip("timm.layers")
+    swin = pytest.importorskip("timm.models.swin_transformer")
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = trunc_normal_(torch.empty(1000), std=0.02)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, timm_layers.trunc_normal_(torch.empty(1000), std=0.02))
+    assert torch.equal(relative_position_index(7), swin.get_relative_position_index(7, 7))
+    x = torch.randn(2, 8, 12, 5)
+    assert torch.equal(window_partition(x, (2, 4)), swin.window_partition(x, (2, 4)).flatten(1, 2))
+    torch.manual_seed(0)
+    ours_mlp = Mlp(12, 48, drop=0.1)
+    torch.manual_seed(0)
+    timm_mlp = timm_layers.Mlp(12, 48, drop=0.1)
+    assert list(ours_mlp.state_dict()) == list(timm_mlp.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours_mlp.state_dict().values(), timm_mlp.state_dict().values()))
+    for ours_layer, timm_layer in ((ours_mlp, timm_mlp), (DropPath(0.3), timm_layers.DropPath(0.3))):
+        torch.manual_seed(1)
+        ours_out = ours_layer.train()(torch.ones(16, 4, 12))
+        torch.manual_seed(1)
+        assert torch.equal(ours_out, timm_layer.train()(torch.ones(16, 4, 12)))
 
 
 # ---------------------------------------------------------------------------------- shared blocks
