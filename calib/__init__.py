@@ -4,10 +4,18 @@
 instrument on the detector grid), ``placement`` (its placement sums: torch ops on any device) and
 ``kernels`` (the fused numba CPU kernels), ``score`` (the blind held-out criterion), ``search``
 (Algorithm 1), ``refine`` (Algorithm 2), ``solvers`` (GAP-TV / frozen MST), ``result``, ``plots``.
-"""
-from calib.forward_model import EnlargedGridOperator
-from calib.pipeline import calibrate
-from calib.ranges import Ranges
-from calib.result import CalibrationResult
 
-__all__ = ["CalibrationResult", "EnlargedGridOperator", "Ranges", "calibrate"]
+The names below load on first use, so ``import calib.instrument`` (train.py's simulated instrument) does not
+import the pipeline, its solvers and numba.
+"""
+from __future__ import annotations
+
+from cassi.lazy import lazy_exports
+
+_EXPORTS = {
+    "calib.forward_model": ("EnlargedGridOperator",),
+    "calib.pipeline": ("calibrate",),
+    "calib.ranges": ("Ranges",),
+    "calib.result": ("CalibrationResult",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

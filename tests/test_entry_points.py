@@ -36,6 +36,11 @@ def test_gap_tv_evaluation_does_not_load_the_networks():
     assert {"mst_s", "bisrnet", "s2_transformer", "hsra_s", "crsdun_3stg", "hsra_dum_3stg"} <= set(models.list_models())
 
 
+def test_training_imports_neither_the_calibration_pipeline_nor_numba():
+    loaded = _loaded_after("import training.cli")
+    assert not {"numba", "calib.pipeline", "calib.kernels", "cassi.gap_tv", "timm"} & loaded
+
+
 def test_networks_do_not_import_timm():
     """timm's import loads its model zoo, huggingface_hub and wandb (~1 s): the networks use their own pieces."""
     loaded = _loaded_after("import models.mst, models.s2_transformer, models.crsdun, models.hsra, models.bisrnet, "
