@@ -20,7 +20,7 @@ run. Rows:
 * eval.py kaist on one 32 x 32 synthetic scene with one GAP-TV iteration;
 * train.py fit of the MST-S smoke config, no logger: with ``--trainer.max_steps 0`` (everything a run
   does except its steps: imports, options, data, model, trainer, the run folder), then stopped after one
-  training step.
+  training step; last with 0 steps and the default logger (W&B, offline: it imports wandb and starts a run).
 
 Last, what the 0-step fit imports (``python -X importtime``, this checkout, one run): the own time of each
 top-level package and the module that first imported it, i.e. what remains of the start-up.
@@ -128,11 +128,12 @@ def import_table(command: list[str], cwd: Path = REPO) -> tuple[list[tuple[str, 
     return table, sum(own_time.values()) / 1e6
 
 
-def train_fit(python: str, steps: int, folder: Path) -> list[str]:
-    """train.py fit of the MST-S smoke config stopped after ``steps`` training steps, no logger."""
+def train_fit(python: str, steps: int, folder: Path, logger: bool = False) -> list[str]:
+    """train.py fit of the MST-S smoke config stopped after ``steps`` training steps; ``logger``: the default
+    (W&B, offline here), else none."""
     return [python, "train.py", "fit", "--config", "configs/smoke/mst_s.yaml", "--trainer.max_steps", str(steps),
-            "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(folder / f"train{steps}")]
+            "--trainer.limit_val_batches", "0", *([] if logger else ["--trainer.logger", "false"]),
+            "--trainer.default_root_dir", str(folder / f"train{steps}{'-wandb' if logger else ''}")]
 
 
 def write_inputs(folder: Path) -> tuple[Path, Path]:
@@ -181,9 +182,10 @@ def main() -> None:
                            "--gap.iterations", "1", "--previews", "0", "--out", str(folder / "eval"), "--force"],
                           repos, args.repeats)
         rows.append(("eval.py kaist, one 32 x 32 scene, 1 GAP-TV iteration", timings, ""))
-        for steps in (0, 1):
-            timings = best_of(train_fit(python, steps, folder), repos, args.repeats)
-            rows.append((f"train.py fit, MST-S smoke config, {steps} step{'s' if steps != 1 else ''}", timings,
+        for steps, logger in ((0, False), (1, False), (0, True)):
+            timings = best_of(train_fit(python, steps, folder, logger), repos, args.repeats)
+            rows.append((f"train.py fit, MST-S smoke config, {steps} step{'s' if steps != 1 else ''}"
+                         + (", offline W&B" if logger else ""), timings,
                          "start-up: everything but the steps" if steps == 0 else ""))
         imports, import_total = import_table(train_fit(python, 0, folder))
     header = f"{'command':56} {'wall s':>7} {'CPU s':>7}"
