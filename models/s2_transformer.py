@@ -20,7 +20,8 @@ Structure (C = embed_dim, L = in_chans bands, H x W a multiple of the window):
 * ``norm``, ``conv_after_body`` + long skip, ``conv_last`` and a global residual on the input.
 
 Spa-MSA's window attention and Spe-MSA (MST's MS-MSA without mask guidance) come from
-:mod:`models.mst_blocks`; the MLP, drop-path, initialisation and window reshapes are timm's (same numbers).
+:mod:`models.mst_blocks`; the MLP and drop-path (below), the initialisation and the window reshapes compute what
+timm's do, without importing timm.
 
 Forward ``model(x, physc_mask) -> (x_out (B, L, H, W), [K tensors (B, L, H, W)])``.
 
