@@ -217,7 +217,8 @@ def test_cubic_mask_reading_is_keys_convolution_on_the_native_grid():
 
     def keys(t: np.ndarray) -> np.ndarray:
         t = np.abs(t)
-        return np.where(t <= 1, 1.5 * t ** 3 - 2.5 * t ** 2 + 1, np.where(t < 2, -0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2, 0))
+        near, far = 1.5 * t ** 3 - 2.5 * t ** 2 + 1, -0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2
+        return np.where(t <= 1, near, np.where(t < 2, far, 0))
 
     m = mask.numpy()
     rows, cols = np.arange(10)[:, None] - shift.dy, np.arange(12)[None, :] - shift.dx       # source coordinates
