@@ -61,6 +61,9 @@ def test_a_fractional_warp_of_the_handed_mask_is_ambiguous_not_ok(fractional):
     assert fractional.estimate.to_dict() == pytest.approx(cubic)
     assert fractional.status == "ambiguous"
     assert any("depends on how the mask is read" in reason for reason in fractional.reasons), fractional.reasons
+    from calibrate import summary
+
+    assert "mask reading (native grid): cubic kept (linear " in summary(fractional)       # what the CLI prints
 
 
 def test_an_integer_warp_of_the_handed_mask_is_exact_and_ok():
