@@ -41,8 +41,8 @@ setting by more than the noise (the criterion's two settings disagree on the min
 estimate sits at a range edge; or, along the softest direction of the landscape (the weakest
 eigenvector of the refinement's Gauss-Newton matrix, mostly dx against a1), the score does not rise by
 more than the noise at +-0.5 pixel units (:func:`valley_test`: pseudo-KAIST scene04, dy -0.20 px and
-alpha -0.49 deg off, read "ok" on the axis slices; there the score falls by 0.09 % one way, while the
-9 scenes in tolerance rise by 2.2-5.8 %, 3.3-10 standard errors, both ways). With several captures
+alpha -0.49 deg off, read "ok" on the axis slices; there the score rises by only 0.03 % +- 0.15 % one
+way, while the 9 scenes in tolerance rise by 2.0-5.7 %, 3.3-10 standard errors, both ways). With several captures
 of one instrument (a joint fit), the *capture test*: the nominal test repeated on each capture's own
 components; a capture that the joint estimate predicts worse than the uncalibrated instrument, beyond
 the noise, means the captures do not agree on one instrument (or the model lacks something one of
