@@ -167,6 +167,11 @@ def summary(result) -> str:
         lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
                      f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
+    reading = selection.get("interpolation")
+    if reading:
+        scores = ", ".join(f"{c['interpolation']} {c['score']:.5f}" for c in reading["candidates"])
+        lines.append(f"mask reading (native grid): {reading['chosen']} kept ({scores}; the two estimates "
+                     f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 

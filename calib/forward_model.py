@@ -42,6 +42,12 @@ from cassi.mismatch import Mismatch, dispersion_offsets
 from cassi.translate import _overlap
 
 PARAMETER_NAMES = ("dx", "dy", "theta", "a1", "alpha")
+# How the model reads the mask between its pixels. "linear": the enlarged grid's (pinned) and the native
+# grid's default -- a sharp pixelated mask shifted by a fraction of a pixel covers each detector pixel
+# with area weights, which are bilinear. "cubic" (Keys; native grid only): for a mask that is itself a
+# resampled image (a capture, or a mask handed over warped), whose bilinear re-reading is blurred by a
+# fraction-dependent amount and pulls a fit towards integer shifts (README "Forward-model selection").
+MASK_INTERPOLATIONS = ("linear", "cubic")
 
 
 def params_tensor(mismatches: Mismatch | list[Mismatch], dtype: torch.dtype = torch.float64) -> Tensor:
@@ -60,13 +66,25 @@ def params_to_mismatch(params: Tensor) -> Mismatch:
     return Mismatch(**{n: float(v) for n, v in zip(PARAMETER_NAMES, params.detach().reshape(5).tolist())})
 
 
-def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int]) -> Tensor:
+def keys_cubic(t: Tensor) -> Tensor:
+    """Keys' cubic convolution kernel (a = -0.5) at distances ``t``."""
+    t = t.abs()
+    inner = (1.5 * t - 2.5) * t * t + 1
+    outer = ((-0.5 * t + 2.5) * t - 4) * t + 2
+    return torch.where(t <= 1, inner, torch.where(t < 2, outer, torch.zeros_like(t)))
+
+
+def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int],
+              interpolation: str = "linear") -> Tensor:
     """The enlarged-grid warped mask on scene rows ``rows``: (B, N*(r1-r0), N*W).
 
     Equals ``warp_mask(mask.repeat_interleave(N, 0).repeat_interleave(N, 1), N dx, N dy, theta)``
     (the simulator's fine mask, :mod:`cassi.warp` convention) on fine rows ``N*r0 ... N*r1 - 1``,
     computed by sampling the coarse ``mask`` (H, W) directly, so the full fine grid is never built.
     ``params`` (B, 5): only dx, dy (px) and theta (deg) are used; differentiable in them.
+    ``interpolation`` "cubic" (native grid, N = 1 only): the same coordinates read with Keys' cubic
+    convolution instead of bilinearly (4 x 4 taps, taps outside the mask read 0), for a mask that is
+    itself a resampled image (see :data:`MASK_INTERPOLATIONS`).
     """
     n = spatial
     h, w = mask.shape
@@ -80,6 +98,8 @@ def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int])
     src_r = cos * out_r + sin * out_c + (fh - 1) / 2 - n * dy
     src_c = -sin * out_r + cos * out_c + (fw - 1) / 2 - n * dx
     valid = ((src_r >= 0) & (src_r <= fh - 1) & (src_c >= 0) & (src_c <= fw - 1)).to(mask.dtype)
+    if interpolation == "cubic":
+        return valid * _cubic_read(mask, src_r, src_c)
     r0 = src_r.detach().floor().clamp(0, fh - 1)
     c0 = src_c.detach().floor().clamp(0, fw - 1)
     fr, fc = (src_r - r0).to(mask.dtype), (src_c - c0).to(mask.dtype)
@@ -92,6 +112,25 @@ def fine_mask(mask: Tensor, spatial: int, params: Tensor, rows: tuple[int, int])
 
     return valid * ((1 - fr) * ((1 - fc) * take(r0, c0) + fc * take(r0, c1))
                     + fr * ((1 - fc) * take(r1, c0) + fc * take(r1, c1)))
+
+
+def _cubic_read(mask: Tensor, src_r: Tensor, src_c: Tensor) -> Tensor:
+    """``mask`` (H, W) read at (src_r, src_c) (broadcastable) with Keys' cubic convolution, taps
+    outside the mask 0; differentiable in the coordinates."""
+    h, w = mask.shape
+    r0, c0 = src_r.detach().floor(), src_c.detach().floor()
+    out = 0
+    for i in range(-1, 3):
+        r = r0 + i
+        inside_r = ((r >= 0) & (r <= h - 1)).to(mask.dtype)
+        across = 0
+        for j in range(-1, 3):
+            c = c0 + j
+            inside = inside_r * ((c >= 0) & (c <= w - 1)).to(mask.dtype)
+            index = r.clamp(0, h - 1).long() * w + c.clamp(0, w - 1).long()
+            across = across + keys_cubic(src_c - c).to(mask.dtype) * inside * mask.reshape(-1)[index]
+        out = out + keys_cubic(src_r - r).to(mask.dtype) * across
+    return out
 
 
 def _landing_table(offsets: Tensor, spatial: int) -> tuple[Tensor, int]:
@@ -253,6 +292,8 @@ class EnlargedGridOperator(nn.Module):
             always all W. Candidate b, window s is batch entry ``b * S + s``.
         backend: how the placement sums run (:mod:`calib.placement`): "numba" (CPU kernels, the
             default for a CPU mask) or "torch" (torch ops on the mask's device, the default elsewhere).
+        interpolation: how the mask is read between pixels (:data:`MASK_INTERPOLATIONS`; "cubic"
+            only with N = 1).
 
     The model lives on the mask's device; ``params`` may be on the CPU (the small per-candidate
     tables are computed there). ``forward``: cubes (E, L, h, W) -> (E, h, W + step*(L-1)) with E a
@@ -262,8 +303,12 @@ class EnlargedGridOperator(nn.Module):
 
     def __init__(self, mask: Tensor, params: Tensor | Mismatch, bands: int = 28, step: int = 2,
                  spatial: int = 4, spectral: int = 2,
-                 windows: list[tuple[int, int]] | None = None, backend: str | None = None) -> None:
+                 windows: list[tuple[int, int]] | None = None, backend: str | None = None,
+                 interpolation: str = "linear") -> None:
         super().__init__()
+        if interpolation not in MASK_INTERPOLATIONS or interpolation != "linear" and spatial != 1:
+            raise ValueError(f"mask interpolation must be one of {MASK_INTERPOLATIONS} ('cubic' on the native "
+                             f"grid, N = 1, only), got {interpolation!r} with N={spatial}")
         if mask.dim() != 2:
             raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
         if isinstance(params, Mismatch):
@@ -278,7 +323,7 @@ class EnlargedGridOperator(nn.Module):
             raise ValueError(f"row windows {windows} must lie inside the mask's {mask.shape[0]} rows "
                              "and have equal heights")
         self.bands, self.step, self.spatial, self.spectral = bands, step, spatial, spectral
-        self.windows, self.full_width = windows, mask.shape[1]
+        self.windows, self.full_width, self.interpolation = windows, mask.shape[1], interpolation
         self.backend = check_backend(backend or default_backend(mask.device), mask.device)
         mask = mask if mask.is_floating_point() else mask.float()
         weights, band, row, col = effective_mask_weights(params, bands, step, spatial, spectral)
@@ -288,14 +333,16 @@ class EnlargedGridOperator(nn.Module):
         weights = weights[:, kept]
         if self.backend == "numba" and not (torch.is_grad_enabled() and params.requires_grad):
             from calib.kernels import effective_masks
-            self.masks = effective_masks(mask, params, weights, [a for a, _ in windows], h, spatial)
+            self.masks = effective_masks(mask, params, weights, [a for a, _ in windows], h, spatial,
+                                         interpolation)
         else:
             self.masks = self._masks_differentiable(mask, params.to(mask.device), weights.to(mask.device), h)
 
     def _masks_differentiable(self, mask: Tensor, params: Tensor, weights: Tensor, height: int) -> Tensor:
         """The effective masks (B*S, P, h, W) as torch ops, differentiable in ``params`` (B, 5)."""
         b, s, n, w = params.shape[0], len(self.windows), self.spatial, mask.shape[1]
-        fine = torch.stack([fine_mask(mask, n, params, rows) for rows in self.windows], 1)   # (B, S, Nh, NW)
+        fine = torch.stack([fine_mask(mask, n, params, rows, self.interpolation)                  # (B, S, Nh, NW)
+                            for rows in self.windows], 1)
         blocks = fine.view(b * s, height, n, w, n).permute(0, 2, 4, 1, 3).reshape(b * s, n * n, height * w)
         weights = weights.to(blocks.dtype).repeat_interleave(s, 0)                            # (B*S, P, N*N)
         return torch.bmm(weights, blocks).view(b * s, -1, height, w)                          # (B*S, P, h, W)

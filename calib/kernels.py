@@ -174,18 +174,67 @@ def _fine_samples(fine: np.ndarray, mask: np.ndarray, cos: float, sin: float, dx
                 samples[q] = inside[q] * ((1.0 - fr) * upper + fr * lower)
 
 
+@numba.njit(inline="always")
+def _keys(t: float) -> float:  # pragma: no cover (compiled)
+    """Keys' cubic convolution kernel (a = -0.5) at distance t."""
+    t = abs(t)
+    if t <= 1.0:
+        return (1.5 * t - 2.5) * t * t + 1.0
+    if t < 2.0:
+        return ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
+    return 0.0
+
+
+@numba.njit(cache=True)
+def _cubic_samples(samples: np.ndarray, mask: np.ndarray, cos: float, sin: float, dx: float, dy: float,
+                   row: int) -> None:  # pragma: no cover (compiled)
+    """``samples[q]``: the ``mask`` warped by (dx, dy, theta) about its centre (:mod:`cassi.warp`
+    coordinates, zero where the source falls outside [0, H-1] x [0, W-1]) at (row, q), read with Keys'
+    cubic convolution (4 x 4 taps, taps outside the mask read 0): :func:`calib.forward_model.fine_mask`
+    with ``interpolation="cubic"`` (native grid only)."""
+    height, width = mask.shape
+    centre_r, centre_c = (height - 1) / 2, (width - 1) / 2
+    out_r = np.float64(row) - centre_r
+    for q in range(samples.shape[0]):
+        out_c = np.float64(q) - centre_c
+        sr = cos * out_r + sin * out_c + centre_r - dy
+        sc = -sin * out_r + cos * out_c + centre_c - dx
+        if not ((sr >= 0) & (sr <= height - 1.0) & (sc >= 0) & (sc <= width - 1.0)):
+            samples[q] = 0.0
+            continue
+        r0, c0 = np.floor(sr), np.floor(sc)
+        total = 0.0
+        for i in range(-1, 3):
+            r = np.int64(r0) + i
+            if r < 0 or r >= height:
+                continue
+            wr = _keys(sr - r0 - i)
+            across = 0.0
+            for j in range(-1, 3):
+                c = np.int64(c0) + j
+                if 0 <= c < width:
+                    across += _keys(sc - c0 - j) * mask[r, c]
+            total += wr * across
+        samples[q] = total
+
+
 @numba.njit(parallel=True, cache=True)
 def _effective_masks(out: np.ndarray, mask: np.ndarray, weights: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                     dx: np.ndarray, dy: np.ndarray, starts: np.ndarray, spatial: int) -> None:  # pragma: no cover
+                     dx: np.ndarray, dy: np.ndarray, starts: np.ndarray, spatial: int,
+                     cubic: bool) -> None:  # pragma: no cover
     """``out[b * S + s, p, i] = sum_v weights[b, p, v] * fine_v`` for every coarse row i of window s,
-    fine_v the fine-mask samples of :func:`_fine_samples` for candidate b."""
+    fine_v the fine-mask samples of :func:`_fine_samples` (``cubic``: :func:`_cubic_samples`, N = 1)
+    for candidate b."""
     entries, placements, h, w = out.shape
     windows, n = starts.shape[0], spatial
     for item in numba.prange(entries * h):
         e, i = np.int64(item // h), np.int64(item % h)
         b, s = e // windows, e % windows
         fine = np.empty((n * n, w), out.dtype)
-        _fine_samples(fine, mask, cos[b], sin[b], dx[b], dy[b], starts[s] + i, n)
+        if cubic:
+            _cubic_samples(fine[0], mask, cos[b], sin[b], dx[b], dy[b], starts[s] + i)
+        else:
+            _fine_samples(fine, mask, cos[b], sin[b], dx[b], dy[b], starts[s] + i, n)
         for p in range(placements):
             row = out[e, p, i]
             row[:] = 0
@@ -198,17 +247,19 @@ def _effective_masks(out: np.ndarray, mask: np.ndarray, weights: np.ndarray, cos
 
 
 def effective_masks(mask: Tensor, params: Tensor, weights: Tensor, starts: list[int], height: int,
-                    spatial: int) -> Tensor:
+                    spatial: int, interpolation: str = "linear") -> Tensor:
     """The effective masks (B*S, P, h, W) of candidates ``params`` (B, 5) on the row windows starting
     at ``starts`` (S,), from the coarse ``mask`` (H, W) and the weights (B, P, N*N) of
-    :func:`calib.forward_model.effective_mask_weights`; no autograd."""
+    :func:`calib.forward_model.effective_mask_weights`; the mask read with ``interpolation``
+    ("linear", or "cubic" with N = 1: :func:`calib.forward_model.fine_mask`); no autograd."""
     theta = params[:, 2].detach().to(torch.float64) * (np.pi / 180.0)
     out = mask.new_empty(params.shape[0] * len(starts), weights.shape[1], height, mask.shape[1])
     with parallel_kernel():
         _effective_masks(out.numpy(), mask.detach().contiguous().numpy(),
                          weights.detach().to(mask.dtype).contiguous().numpy(), torch.cos(theta).numpy(),
                          torch.sin(theta).numpy(), params[:, 0].detach().to(torch.float64).numpy(),
-                         params[:, 1].detach().to(torch.float64).numpy(), np.asarray(starts, dtype=np.int64), spatial)
+                         params[:, 1].detach().to(torch.float64).numpy(), np.asarray(starts, dtype=np.int64), spatial,
+                         interpolation == "cubic")
     return out
 
 

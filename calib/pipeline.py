@@ -28,9 +28,9 @@ from dataclasses import asdict
 import torch
 from torch import Tensor
 
-from calib.forward_model import PARAMETER_NAMES, params_to_mismatch
+from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_mismatch
 from calib.instrument import instrument_operator
-from calib.model_selection import CANDIDATE_MODELS, search_model, select_and_refine
+from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
 from calib.result import CalibrationResult, StageClock, StageRecord
@@ -91,7 +91,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
               oversample: tuple[int, int] | None = None, solver_check: bool = True,
               status_settings: StatusSettings = StatusSettings(),
               device: str | torch.device = "cpu",
-              models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS) -> CalibrationResult:
+              models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS,
+              mask_interpolations: tuple[str, ...] = MASK_INTERPOLATIONS) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
     ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
@@ -105,6 +106,10 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     forward model (:mod:`calib.forward_model`; (1, 1) is the native-grid operator), or None (the
     default): the data choose among ``models`` (:mod:`calib.model_selection`; the record is
     ``result.settings["model_selection"]``, the chosen model ``result.settings["oversample"]``).
+    ``mask_interpolations``: how the native grid may read the mask between pixels; when the native
+    grid is chosen it is refined under each (:func:`calib.model_selection.check_interpolation`: the
+    better held-out score is kept, ``result.settings["model_selection"]["interpolation"]`` records both,
+    estimates that differ by more than 0.1 pixel units make the status "ambiguous"); ("linear",): no check.
     ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
     ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
     the forward model, the score's solves and the solver check run (torch ops; on the CPU the
@@ -127,8 +132,20 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
     chosen, selection, selection_reasons = select_and_refine(fits, ranges, scales, refinement, status_settings.z,
                                                              status_settings.blocks, progress)
-    for fit in fits:
-        clock.merge(fit.clock, "" if fit is chosen else f" (N={fit.oversample[0]}, K={fit.oversample[1]})")
+    chosen, other, interpolation, reasons = check_interpolation(chosen, y, mask, bands, step, ranges, scales,
+                                                                refinement, status_settings.z, status_settings.blocks,
+                                                                progress, mask_interpolations)
+    selection_reasons += reasons
+    if interpolation is not None:
+        selection = {**selection, "interpolation": interpolation}
+    for fit in fits + ([other] if other is not None else []):
+        if fit is chosen:
+            suffix = ""
+        elif fit.oversample == chosen.oversample:           # the same model, the mask read another way
+            suffix = f" ({fit.interpolation} mask)"
+        else:
+            suffix = f" (N={fit.oversample[0]}, K={fit.oversample[1]})"
+        clock.merge(fit.clock, suffix)
     oversample, full, evaluations = chosen.oversample, chosen.full, chosen.evaluations
     point, point_score, history, diagnostics = chosen.point, chosen.point_score, chosen.history, chosen.diagnostics
     nominal_parts = chosen.nominal_parts
@@ -165,7 +182,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),
                 "criterion": "held-out CG" if criterion is None else criterion.describe(),
                 "bands": bands, "step": step, "ranges": ranges.to_dict(),
-                "oversample": list(oversample), "model_selection": selection, "device": str(device),
+                "oversample": list(oversample), "mask_interpolation": chosen.interpolation,
+                "model_selection": selection, "device": str(device),
                 "captures": int(y.shape[0]),
                 "search": asdict(search), "search_score": asdict(chosen.cheap.settings),
                 "refine_score": asdict(full.settings),

@@ -55,6 +55,7 @@ class ScoreSettings:
     seed: int = 0                  # held-out split
     spatial: int = 4               # model oversampling N
     spectral: int = 2              # model oversampling K
+    interpolation: str = "linear"  # how the model reads the mask between pixels ("cubic": N = 1 only)
 
     def with_(self, **changes) -> "ScoreSettings":
         return replace(self, **changes)
@@ -256,7 +257,8 @@ class HeldOutScore:
         or ``A_xi U`` (batch entry ``(b * M + m) * S + s``)."""
         s = self.settings
         op = EnlargedGridOperator(self.mask, params, self.bands, self.step, s.spatial, s.spectral,
-                                  windows=self.windows * self.captures, backend=self.backend)
+                                  windows=self.windows * self.captures, backend=self.backend,
+                                  interpolation=s.interpolation)
         return op if self.basis is None else SpectralSubspace(op, self.basis)
 
     def solve(self, op: EnlargedGridOperator | SpectralSubspace, y: Tensor, fit: Tensor, iterations: int,

@@ -201,3 +201,39 @@ def test_backend_names_are_checked():
         EnlargedGridOperator(_mask(8, 8), DRIFT, backend="cuda")
     with pytest.raises(ValueError, match="numba placement kernels run on CPU tensors only"):
         EnlargedGridOperator(_mask(8, 8).to("meta"), DRIFT, backend="numba")
+
+
+def test_cubic_mask_reading_is_keys_convolution_on_the_native_grid():
+    """``interpolation="cubic"`` reads the warped mask with Keys' cubic kernel (a = -0.5; taps outside the
+    mask 0, zero where the source leaves the mask), the same in the numba and torch paths (gradients in
+    the torch path); at integer shifts it is the bilinear model exactly; only the native grid has it."""
+    import numpy as np
+
+    mask = _mask(10, 12)
+    shift = Mismatch(dx=0.6, dy=-1.3, a1=2.0)
+    masks = {backend: EnlargedGridOperator(mask, shift, spatial=1, spectral=1, backend=backend,
+                                           interpolation="cubic").masks for backend in ("numba", "torch")}
+    torch.testing.assert_close(masks["numba"], masks["torch"], rtol=1e-6, atol=1e-9)
+
+    def keys(t: np.ndarray) -> np.ndarray:
+        t = np.abs(t)
+        near, far = 1.5 * t ** 3 - 2.5 * t ** 2 + 1, -0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2
+        return np.where(t <= 1, near, np.where(t < 2, far, 0))
+
+    m = mask.numpy()
+    rows, cols = np.arange(10)[:, None] - shift.dy, np.arange(12)[None, :] - shift.dx       # source coordinates
+    reference = np.einsum("ia,jb,ab->ij", keys(rows - np.arange(10)[None, :]).reshape(10, 10),
+                          keys(cols.T - np.arange(12)[None, :]).reshape(12, 12), m)
+    reference *= (rows >= 0) & (rows <= 9) & (cols >= 0) & (cols <= 11)
+    band0 = masks["numba"][0, 0].numpy()                  # band 0's one placement: a constant times the read
+    np.testing.assert_allclose(band0 / band0.max(), reference / reference.max(), atol=1e-6)
+    p = params_tensor(shift).requires_grad_(True)
+    grad = torch.autograd.grad(EnlargedGridOperator(mask, p, spatial=1, spectral=1, backend="torch",
+                                                    interpolation="cubic").masks.pow(2).sum(), p)[0]
+    assert grad[0, :2].abs().min() > 0
+    whole = Mismatch(dx=1.0, dy=-2.0, theta=0.0, a1=2.0)
+    linear, cubic = (EnlargedGridOperator(mask, whole, spatial=1, spectral=1, interpolation=i).masks
+                     for i in ("linear", "cubic"))
+    assert torch.equal(linear, cubic)
+    with pytest.raises(ValueError, match="native grid"):
+        EnlargedGridOperator(mask, shift, spatial=4, spectral=2, interpolation="cubic")

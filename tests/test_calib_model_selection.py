@@ -3,6 +3,7 @@ the enlarged grid for enlarged-grid data (tests/test_calib_cli.py, the CLI's def
 recorded, a choice inside the criterion's noise said, and an explicit model bypassing the selection."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from calib import calibrate
@@ -16,21 +17,26 @@ from test_calib_status import NEAR, QUICK, kaist_rows
 WARP = Mismatch(dx=0.6, dy=-1.4)
 
 
-def warped_kaist_rows() -> tuple[torch.Tensor, torch.Tensor]:
+def warped_kaist_rows(warp: Mismatch = WARP) -> tuple[torch.Tensor, torch.Tensor]:
     """32 rows of KAIST snapshot 01 (native grid) and of the KAIST mask handed over warped by the inverse
-    of (dx, dy) = (0.6, -1.4) px (theta 0: the inverse is the opposite shift)."""
+    of (dx, dy) (default (0.6, -1.4) px; theta 0: the inverse is the opposite shift, bilinear)."""
     from data.io import load_mask
     from conftest import shared_path
 
     y, _ = kaist_rows()
     mask = torch.from_numpy(load_mask(shared_path("data", "kaist", "mask.mat")))
-    handed = warp_mask(mask.double(), -WARP.dx, -WARP.dy, 0.0).float()[112:144].contiguous()
+    handed = warp_mask(mask.double(), -warp.dx, -warp.dy, 0.0).float()[112:144].contiguous()
     return y, handed
 
 
-def test_auto_picks_the_native_grid_for_native_grid_data():
-    y, mask = warped_kaist_rows()
-    result = calibrate(y, mask, ranges=NEAR, **QUICK)
+@pytest.fixture(scope="module")
+def fractional():
+    """The default calibration of the mask handed over warped by the fractional (0.6, -1.4) px."""
+    return calibrate(*warped_kaist_rows(), ranges=NEAR, **QUICK)
+
+
+def test_auto_picks_the_native_grid_for_native_grid_data(fractional):
+    result = fractional
     selection = result.settings["model_selection"]
     assert selection["mode"] == "auto" and selection["chosen"] == [1, 1] == result.settings["oversample"]
     assert selection["compared_at"] == "search estimates"                  # decisive: only N=1 was refined
@@ -39,6 +45,36 @@ def test_auto_picks_the_native_grid_for_native_grid_data():
     assert selection["resolved"] and selection["margin_in_standard_errors"] > 2
     assert abs(result.estimate.dx - WARP.dx) < 0.5 and abs(result.estimate.dy - WARP.dy) < 0.3, result.estimate
     assert any("(N=4, K=2)" in key for key in result.timings)      # the other model's cost is counted
+
+
+def test_a_fractional_warp_of_the_handed_mask_is_ambiguous_not_ok(fractional):
+    """The bilinearly warped mask is a resampled image: read again bilinearly it pulls the fit towards
+    integer shifts (dx +0.35 px here), read with Keys' cubic kernel less (+0.25), and no reading is exact.
+    The data prefer the cubic reading, the estimates of the two differ: "ambiguous", not a confident
+    wrong "ok" (the status was "ok" before the check)."""
+    selection = fractional.settings["model_selection"]["interpolation"]
+    assert [c["interpolation"] for c in selection["candidates"]] == ["linear", "cubic"]
+    assert selection["chosen"] == "cubic" == fractional.settings["mask_interpolation"]
+    assert selection["resolved"] and selection["estimate_spread_pixel_units"] > 0.05
+    linear, cubic = (c["estimate"] for c in selection["candidates"])
+    assert abs(cubic["dx"] - WARP.dx) < abs(linear["dx"] - WARP.dx)          # the sharper reading is less biased
+    assert fractional.estimate.to_dict() == pytest.approx(cubic)
+    assert fractional.status == "ambiguous"
+    assert any("depends on how the mask is read" in reason for reason in fractional.reasons), fractional.reasons
+    from calibrate import summary
+
+    assert "mask reading (native grid): cubic kept (linear " in summary(fractional)       # what the CLI prints
+
+
+def test_an_integer_warp_of_the_handed_mask_is_exact_and_ok():
+    """No resampling: the two readings agree (at whole-pixel shifts they are one model) and the estimate is exact."""
+    warp = Mismatch(dx=1.0, dy=-1.0)
+    result = calibrate(*warped_kaist_rows(warp), ranges=NEAR, **QUICK)
+    selection = result.settings["model_selection"]["interpolation"]
+    assert selection["chosen"] == "linear" and selection["estimate_spread_pixel_units"] < 0.025
+    assert result.status == "ok", result.reasons
+    errors = {k: v - warp.to_dict()[k] for k, v in result.estimate.to_dict().items()}
+    assert all(abs(e) < 0.01 for e in errors.values()), errors
 
 
 def test_without_a_decisive_lead_every_model_is_refined_and_compared_again(monkeypatch):
@@ -56,8 +92,11 @@ def test_without_a_decisive_lead_every_model_is_refined_and_compared_again(monke
 def test_an_explicit_model_bypasses_the_selection():
     y, mask = warped_kaist_rows()
     result = calibrate(y, mask, ranges=NEAR, oversample=(1, 1), **QUICK)
-    assert result.settings["model_selection"] == {"mode": "explicit", "chosen": [1, 1]}
+    selection = dict(result.settings["model_selection"])
+    assert selection.pop("interpolation")["chosen"] == "cubic"         # the native grid's reading is still checked
+    assert selection == {"mode": "explicit", "chosen": [1, 1]}
     assert not any("N=" in key for key in result.timings)                  # one search only
+    assert any("(linear mask)" in key for key in result.timings)
 
 
 def fit(oversample: tuple[int, int], parts: list[float], point: list[float]) -> ModelFit:

@@ -33,6 +33,26 @@ def test_a_correct_small_calibration_is_ok(correct):
     assert correct.tests["code"]["relative_gain"] > 2 * correct.tests["code"]["standard_error"] > 0
 
 
+def test_a_point_moved_along_the_softest_direction_is_not_pinned(correct):
+    """The valley test: at the correct estimate the score rises both ways along the weakest eigenvector of
+    J^T J; half a pixel unit along it (where the axis slices can still rise, as on pseudo-KAIST scene04)
+    one way falls, and the test says the estimate is not pinned."""
+    from calib.forward_model import params_tensor
+    from calib.ranges import Ranges, pixel_scales
+    from calib.score import HeldOutScore, ScoreSettings
+    from calib.status import StatusSettings, valley_test
+
+    valley = correct.tests["valley"]
+    assert all(r > 2 * e > 0 for r, e in zip(valley["rise"], valley["standard_error"])), valley
+    y, mask = measure(48, TRUTH)
+    full = HeldOutScore(y, mask, 28, 2, ScoreSettings(**correct.settings["refine_score"]))
+    along = torch.tensor([valley["direction_per_pixel_unit"][n] for n in PARAMETER_NAMES], dtype=torch.float64)
+    moved = params_tensor(correct.estimate)[0] + 0.5 * along
+    tests = {}
+    reasons = valley_test(full, moved, Ranges(), pixel_scales(48, 48, 28, 2), StatusSettings(), tests)
+    assert len(reasons) == 1 and "softest direction" in reasons[0], tests["valley"]
+
+
 def test_landscape_slices_rise_zero_at_the_estimate(correct):
     curves = slice_curves(correct)
     assert set(curves) == set(PARAMETER_NAMES)
