@@ -13,6 +13,7 @@ import torch
 import calibrate
 from calib import calibrate as run_calibration
 from calib.forward_model import PARAMETER_NAMES, params_tensor
+from calib.network_score import NetworkHeldOutScore
 from calib.solver_score import SolverScore
 from calib.solvers import load_network
 from cassi import Mismatch
@@ -79,7 +80,7 @@ def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path)
 def test_gradients_reach_all_five_parameters_through_the_solver(inputs, solver):
     folder, y, mask = inputs
     network = load_network("bisrnet", folder / "bisrnet.pth") if solver == "bisrnet" else None
-    score = SolverScore(y, mask, network)
+    score = SolverScore(y, mask) if network is None else NetworkHeldOutScore(y, mask, network)
     params = params_tensor(Mismatch(dx=0.3, dy=-0.2, theta=0.2, a1=2.01, alpha=0.3)).requires_grad_(True)
     loss = score.loss(params)
     loss.backward()
