@@ -126,6 +126,21 @@ def test_the_network_criterion_is_lowest_at_the_truth_where_the_network_residual
     assert any(residual_off_truth), residual_off_truth
 
 
+def test_filled_network_inputs_do_not_see_the_pixels_they_are_scored_on(inputs):
+    """``fill=True``: each fold's network cube is the same whatever that fold's held-out pixels hold (they
+    are replaced by the plain criterion's prediction from the fitted pixels); without ``fill`` it changes."""
+    folder, y, mask = inputs
+    network = load_network("bisrnet", folder / "bisrnet.pth")
+    point = params_tensor(Mismatch(dx=0.4, dy=-0.3, a1=2.01))
+    probe = NetworkHeldOutScore(y, mask, network, fill=True)
+    (a, b), = probe.windows
+    changed = y.clone()
+    changed[a:b] += 0.5 * (1 - probe.fits[0]) * y.max()            # fold 0's held-out pixels only
+    for fill, same in ((True, True), (False, False)):
+        cubes = [NetworkHeldOutScore(m, mask, network, fill=fill).network_cubes(point)[0] for m in (y, changed)]
+        assert torch.equal(*cubes) == same, fill
+
+
 def test_the_solver_decides_and_calibration_json_records_it(inputs):
     folder, y, mask = inputs
     result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False, **QUICK)
