@@ -14,7 +14,8 @@ are used.
 The inner solver (``solver``) decides the estimate. ``heldout`` (the default): the held-out score
 throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_score`): the held-out
 pipeline above chooses the forward model and gives the starting point (a network forward per grid
-point would cost hours on a CPU); from there S's criterion, through the chosen model, ranks a round
+point would cost hours on a CPU); from there S's criterion (for a network, the held-out criterion with
+its cube as prior mean, :mod:`calib.network_score`), through the chosen model, ranks a round
 of coordinate polishing and is the loss of Algorithm 2 (gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
 whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
 measurement and whether the held-out landscape pins each parameter there; one more test refines the
