@@ -38,7 +38,7 @@ held-out criterion through the truth of two scenes.
 ``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
 by autograd (README, "Inner solver (issue 11)").
 Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
-       [--pseudo-real 10] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
+       [--pseudo-real 10] [--skip 5] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
        [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
 """
 from __future__ import annotations
@@ -176,6 +176,8 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     print(header)
     for index, (name, cube) in enumerate(cubes):
         truth = draw_mismatch(rng)
+        if index < args.skip:                  # its draw is made all the same: the others keep theirs
+            continue
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
                               noise=Noise(peak=1e4, read=0.005, seed=noise_seed + index))
         calibrator = TimedCalibrator(solver, ckpt, args.device, not args.no_cli, args.threads)
@@ -237,7 +239,7 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     print(f"machine load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
           f"({os.cpu_count()} CPUs)")
     if args.device == "cpu":
-        gpu_line(cubes[0][1], rows[0]["true"], noise_seed, solver, ckpt, args.threads)
+        gpu_line(cubes[args.skip][1], rows[0]["true"], noise_seed + args.skip, solver, ckpt, args.threads)
     return rows
 
 
@@ -598,6 +600,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
     parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N scenes of each set (the others "
+                        "keep their draws and noise: a run cut short can be completed)")
     parser.add_argument("--kaist-meas", type=int, default=0, help="number of KAIST snapshots to check (0: none)")
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")
     parser.add_argument("--real-parts", default="alone,loo",
