@@ -13,8 +13,8 @@ pseudo-real crop, N=4 K=2 instrument with noise, README "Inner solver (issue 11)
 BiSRNet's cube, even after ten GAP-TV consistency steps through ``A_xi``, is dominated by the network's
 own reconstruction error, so its minimum was off the truth (a1 still falling 3 % at +0.02, alpha
 0.15 deg off on scene04; dx 0.1 px, a1 0.02 and alpha 0.3 deg off on the crop) and BiSRNet
-calibrations slid along the soft dx-a1-alpha valley (0/5 and 1/5 scenes in tolerance; 4/5 and 3/5
-with the held-out criterion through the network). Predicting held-out pixels is immune to how well
+calibrations slid along the soft dx-a1-alpha valley (0/5 and 1/5 scenes in tolerance; 9/10 and 7/10,
+the held-out criterion's figures, with the held-out criterion through the network). Predicting held-out pixels is immune to how well
 the cube fits y; the network supplies the prior mean the held-out solve corrects.
 
 Algorithm 2 (:mod:`calib.refine`) takes its Levenberg-Marquardt steps on these residuals: J^T J from
