@@ -32,12 +32,13 @@ one out: one instrument calibrated on the other N-1 jointly, then the blind scor
 out (its held-out prediction error through the calibration model at the nominal point vs at that
 estimate); ``--real-parts alone|loo`` runs one of them. ``--landscapes``: the criterion comparison
 figure (plain GAP-TV residual, GAP-TV held-out, Tikhonov objective, Tikhonov held-out) on one scene.
-``--solver-landscapes``: 1-D slices of the solver criteria (BiSRNet residual, BiSRNet + GAP-TV
-consistency steps, GAP-TV alone) and of the held-out criterion through the truth of two scenes.
+``--solver-landscapes``: 1-D slices of the solver criteria (held-out CG with BiSRNet's cube as prior
+mean, with and without the held-out pixels in the network's input; GAP-TV alone) and of the plain
+held-out criterion through the truth of two scenes.
 ``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
 by autograd (README, "Inner solver (issue 11)").
 Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
-       [--pseudo-real 10] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
+       [--pseudo-real 10] [--skip 5] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
        [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
 """
 from __future__ import annotations
@@ -175,6 +176,8 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     print(header)
     for index, (name, cube) in enumerate(cubes):
         truth = draw_mismatch(rng)
+        if index < args.skip:                  # its draw is made all the same: the others keep theirs
+            continue
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
                               noise=Noise(peak=1e4, read=0.005, seed=noise_seed + index))
         calibrator = TimedCalibrator(solver, ckpt, args.device, not args.no_cli, args.threads)
@@ -236,7 +239,7 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     print(f"machine load average (1 min): {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
           f"({os.cpu_count()} CPUs)")
     if args.device == "cpu":
-        gpu_line(cubes[0][1], rows[0]["true"], noise_seed, solver, ckpt, args.threads)
+        gpu_line(cubes[args.skip][1], rows[0]["true"], noise_seed + args.skip, solver, ckpt, args.threads)
     return rows
 
 
@@ -488,22 +491,26 @@ def draw_landscapes(path: Path) -> None:
     print(f"wrote {path}")
 
 
-SLICES = {"dx": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5), "dy": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5),
-          "alpha": (-0.6, -0.3, -0.15, 0.15, 0.3, 0.6)}
+SLICES = {"dx": (-0.5, -0.25, -0.1, 0.1, 0.25, 0.5), "dy": (-0.25, -0.1, 0.1, 0.25),
+          "a1": (-0.02, -0.01, -0.005, 0.005, 0.01, 0.02), "alpha": (-0.6, -0.3, -0.15, 0.15, 0.3, 0.6)}
 
 
 def solver_landscapes(args: argparse.Namespace) -> None:
     """Rise (%) of each criterion over its value at the truth on 1-D slices, two scenes (the README table).
 
-    Criteria: ``calib.solver_score.SolverScore`` with the official BiSRNet and 0 / 10 GAP-TV consistency
-    steps, with GAP-TV alone (20 steps), and the held-out CG score (refinement setting, warm starts at the
-    truth). Scenes: pseudo-KAIST scene04 with its benchmark draw; pseudo-real scene3 rows 100:356, cols
-    128:384 (max 1) with (1.3, -0.7, 0.3, 2.02, 0.4). N=4 K=2 instrument, Poisson 1e4 + 0.5 % read noise.
+    Criteria: the held-out CG score with the official BiSRNet's cube as prior mean
+    (``calib.network_score.NetworkHeldOutScore``, what ``--solver bisrnet`` uses), the same with each fold's
+    held-out pixels replaced in the network's input by the plain criterion's prediction (``fill``: no
+    leakage), GAP-TV alone (20 steps, ``calib.solver_score.SolverScore``) and the plain held-out CG score;
+    refinement setting, warm starts at the truth. Scenes: pseudo-KAIST scene04 with its benchmark draw;
+    pseudo-real scene3 rows 100:356, cols 128:384 (max 1) with (1.3, -0.7, 0.3, 2.02, 0.4). N=4 K=2
+    instrument, Poisson 1e4 + 0.5 % read noise. CPU seconds per slice are printed with the values at the truth.
     """
     from calib.forward_model import PARAMETER_NAMES, params_tensor
+    from calib.network_score import NetworkHeldOutScore
     from calib.pipeline import REFINE_SCORE
     from calib.score import HeldOutScore
-    from calib.solver_score import SolverScore, SolverScoreSettings
+    from calib.solver_score import SolverScore
     from calib.solvers import load_network
     from cassi.noise import add_noise
     from cassi.simulator import simulate_measurement
@@ -519,21 +526,25 @@ def solver_landscapes(args: argparse.Namespace) -> None:
     for name, cube, truth in scenes:
         y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
         t0 = params_tensor(truth)
-        heldout = HeldOutScore(y, mask, settings=REFINE_SCORE.with_(iterations=30))
-        heldout.set_reference(t0)
-        criteria = {"BiSRNet residual": SolverScore(y, mask, network, settings=SolverScoreSettings(
-                        consistency_iterations=0)),
-                    "BiSRNet + 10 GAP-TV": SolverScore(y, mask, network),
-                    "GAP-TV 20": SolverScore(y, mask, None),
-                    "held-out CG": heldout}
+        criteria = {"BiSRNet held-out": NetworkHeldOutScore(y, mask, network, settings=REFINE_SCORE, reference=t0),
+                    "BiSRNet filled": NetworkHeldOutScore(y, mask, network, settings=REFINE_SCORE, reference=t0,
+                                                          fill=True),
+                    "GAP-TV 20": SolverScore(y, mask),
+                    "held-out CG": HeldOutScore(y, mask, settings=REFINE_SCORE, reference=t0)}
         print(f"\n{name}, truth {truth.to_dict()}: rise over the value at the truth (%)")
-        print(f"{'slice':14}" + "".join(f"{c:>22}" for c in criteria))
+        print(f"{'slice':14}" + "".join(f"{c:>18}" for c in criteria))
         for param, offsets in SLICES.items():
             points = t0.repeat(len(offsets) + 1, 1)
             points[1:, PARAMETER_NAMES.index(param)] += torch.tensor(offsets, dtype=torch.float64)
-            values = {c: score(points) for c, score in criteria.items()}
+            values, seconds = {}, {}
+            for c, score in criteria.items():
+                start = time.process_time()
+                values[c] = score(points)
+                seconds[c] = time.process_time() - start
+            print(f"{param:6} at the truth: " + ", ".join(f"{c} {float(v[0]):.5f} ({seconds[c]:.0f} s CPU)"
+                                                         for c, v in values.items()))
             for k, offset in enumerate(offsets, start=1):
-                print(f"{param:6} {offset:+6.2f} " + "".join(f"{100 * float(v[k] / v[0] - 1):+22.2f}"
+                print(f"{param:6} {offset:+6.3f} " + "".join(f"{100 * float(v[k] / v[0] - 1):+18.2f}"
                                                             for v in values.values()), flush=True)
 
 
@@ -542,6 +553,8 @@ def gradient_probe(args: argparse.Namespace) -> None:
     Levenberg-Marquardt step uses, 0.05 pixel units) and by autograd, at the truth and 0.3 px off in dx:
     pseudo-KAIST scene04, drift (0.5, 0.3, 0.1, 2.01, 0.2), N=4 K=2 instrument with noise."""
     from calib.forward_model import params_tensor
+    from calib.network_score import NetworkHeldOutScore
+    from calib.pipeline import REFINE_SCORE
     from calib.ranges import pixel_scales
     from calib.solver_score import SolverScore
     from calib.solvers import load_network
@@ -553,10 +566,13 @@ def gradient_probe(args: argparse.Namespace) -> None:
     y = add_noise(simulate_measurement(cube[None], mask, truth, 2, 4, 2), 1e4, 0.005, 0)[0]
     scales = pixel_scales(*mask.shape, 28, 2)
     network = load_network("bisrnet", solver_ckpt("bisrnet", args.ckpt))
-    for name, score in (("gap_tv", SolverScore(y, mask, None)), ("bisrnet", SolverScore(y, mask, network))):
+    criteria = (("gap_tv", SolverScore(y, mask)),
+                ("bisrnet", NetworkHeldOutScore(y, mask, network, settings=REFINE_SCORE, reference=params_tensor(truth))))
+    for name, score in criteria:
         for offset in (0.0, 0.3):
             point = params_tensor(truth).reshape(5).clone()
             point[0] += offset
+            score.set_reference(point[None])            # as each refinement step does
             probes = point.repeat(6, 1)
             for i in range(5):
                 probes[i + 1, i] += 0.05 * scales[i]
@@ -584,6 +600,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
     parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N scenes of each set (the others "
+                        "keep their draws and noise: a run cut short can be completed)")
     parser.add_argument("--kaist-meas", type=int, default=0, help="number of KAIST snapshots to check (0: none)")
     parser.add_argument("--real", type=int, default=0, help="number of real captures to calibrate (0: none, 5: all)")
     parser.add_argument("--real-parts", default="alone,loo",

@@ -14,7 +14,8 @@ are used.
 The inner solver (``solver``) decides the estimate. ``heldout`` (the default): the held-out score
 throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_score`): the held-out
 pipeline above chooses the forward model and gives the starting point (a network forward per grid
-point would cost hours on a CPU); from there S's criterion, through the chosen model, ranks a round
+point would cost hours on a CPU); from there S's criterion (for a network, the held-out criterion with
+its cube as prior mean, :mod:`calib.network_score`), through the chosen model, ranks a round
 of coordinate polishing and is the loss of Algorithm 2 (gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
 whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
 measurement and whether the held-out landscape pins each parameter there; one more test refines the
@@ -36,7 +37,7 @@ from calib.refine import RefineSettings, refine
 from calib.result import CalibrationResult, StageClock, StageRecord
 from calib.score import ScoreSettings
 from calib.search import Evaluations, SearchSettings, polish_stage
-from calib.solver_score import SolverScore, solver_criterion
+from calib.solver_score import inner_solver
 from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess, solver_agreement
 from cassi.checks import check_mask, check_measurement
@@ -126,7 +127,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         if solver != HELD_OUT and y.shape[0] > 1:
             raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
                             f"with the held-out criterion only (--solver {HELD_OUT})")
-        criterion = solver_criterion(solver, ckpt, y[0], mask, bands, step, (1, 1))  # a bad solver fails here
+        inner = inner_solver(solver, ckpt, y[0], mask, bands, step)  # a bad solver fails here
     candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
     fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
@@ -150,9 +151,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     point, point_score, history, diagnostics = chosen.point, chosen.point_score, chosen.history, chosen.diagnostics
     nominal_parts = chosen.nominal_parts
     nominal_score = float(nominal_parts.sum())
-    if criterion is not None:           # S decides from the held-out estimate, through the chosen model
-        criterion = SolverScore(y[0], mask, criterion.network, bands, step,
-                                criterion.settings.with_(spatial=oversample[0], spectral=oversample[1]))
+    criterion = None
+    if inner is not None:               # S decides from the held-out estimate, through the chosen model
+        criterion = inner.criterion(y[0], mask, bands, step, full.settings, point[None])
         with clock.stage("0 solver nominal"):
             nominal_score = float(criterion(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]],
                                                          dtype=torch.float64))[0])
@@ -176,7 +177,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     estimate = params_to_mismatch(point)
     checks = {}
     if solver_check:
-        solve = gap_tv_solver() if criterion is None or criterion.network is None else network_solver(criterion.network)
+        solve = gap_tv_solver() if inner is None or inner.network is None else network_solver(inner.network)
         checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
                                oversample, clock)
     settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),

@@ -194,6 +194,7 @@ class HeldOutScore:
         mask: nominal coded mask (H, W).
         bands, step: band count and nominal dispersion.
         settings: :class:`ScoreSettings`.
+        reference: (1, 5) where the first warm starts are solved (default: the nominal point).
         backend: placement backend of the forward model (:mod:`calib.placement`; default: numba
             kernels on the CPU, torch ops elsewhere).
 
@@ -202,7 +203,8 @@ class HeldOutScore:
     """
 
     def __init__(self, y: Tensor, mask: Tensor, bands: int = 28, step: int = 2,
-                 settings: ScoreSettings = ScoreSettings(), backend: str | None = None) -> None:
+                 settings: ScoreSettings = ScoreSettings(), backend: str | None = None,
+                 reference: Tensor | None = None) -> None:
         height, width = mask.shape
         expected = (height, width + step * (bands - 1))
         if y.dim() not in (2, 3) or tuple(y.shape[-2:]) != expected or y.dim() == 3 and y.shape[0] == 0:
@@ -238,7 +240,8 @@ class HeldOutScore:
         self.basis = dct_basis(bands, k).to(y.device) if k else None
         self.band_curvature = dct_band_curvature(bands, k).to(y.device) if k else None
         self.reference: Tensor | None = None
-        self.set_reference(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]], dtype=torch.float64))
+        nominal = torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]], dtype=torch.float64)
+        self.set_reference(nominal if reference is None else reference)
 
     @torch.no_grad()
     def set_reference(self, params: Tensor) -> None:
@@ -247,10 +250,17 @@ class HeldOutScore:
         Candidates are solved with few iterations from these warm starts, so scores are accurate
         near the reference: move it to the current estimate before scoring its neighbourhood.
         """
-        op = self.operator(params.reshape(1, 5).detach().to(torch.float64))
+        params = params.reshape(1, 5).detach().to(torch.float64)
+        op = self.operator(params)
         s = self.settings
         iterations = s.rebase_iterations if self.reference is not None else s.reference_iterations
-        self.reference = self.solve(op, self.y_folds, self.fits, iterations, self.reference)
+        self.reference = self.solve(op, self.y_folds - self.known(params, op), self.fits, iterations, self.reference)
+
+    def known(self, params: Tensor, op: EnlargedGridOperator | SpectralSubspace) -> Tensor | float:
+        """The part of every fold's measurement (B*M*S*F, h, Wm) that candidates (B, 5) predict before
+        the solve (the solve fits the rest): nothing here; a prior cube's prediction in
+        :class:`calib.network_score.NetworkHeldOutScore`."""
+        return 0.0
 
     def operator(self, params: Tensor) -> EnlargedGridOperator | SpectralSubspace:
         """The criterion's operator for candidates (B, 5) on the stripes of every capture: ``A_xi``
@@ -273,7 +283,7 @@ class HeldOutScore:
         pixels hold 0."""
         op = self.operator(params)
         n = params.shape[0]
-        y = self.y_folds.repeat(n, 1, 1)
+        y = self.y_folds.repeat(n, 1, 1) - self.known(params, op)
         _, prediction = self.solve(op, y, self.fits.repeat(n, 1, 1), self.settings.iterations,
                                    self.reference.repeat(n, 1, 1, 1), checkpoint, predict=True)
         return ((y - prediction) * self.held_out.repeat(n, 1, 1)).reshape(n, -1).cpu()

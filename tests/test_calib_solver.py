@@ -13,12 +13,15 @@ import torch
 import calibrate
 from calib import calibrate as run_calibration
 from calib.forward_model import PARAMETER_NAMES, params_tensor
+from calib.score import ScoreSettings
+from calib.network_score import NetworkHeldOutScore
 from calib.solver_score import SolverScore
 from calib.solvers import load_network
 from cassi import Mismatch
 from models import create_model
 from tests.test_calib_pipeline import QUICK, measure
 from tests.cli_checks import user_error
+from tests.conftest import shared_path
 from tests.test_eval import FAST_GAP, read_results, run_cli, write_mst_layout
 
 
@@ -79,7 +82,7 @@ def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path)
 def test_gradients_reach_all_five_parameters_through_the_solver(inputs, solver):
     folder, y, mask = inputs
     network = load_network("bisrnet", folder / "bisrnet.pth") if solver == "bisrnet" else None
-    score = SolverScore(y, mask, network)
+    score = SolverScore(y, mask) if network is None else NetworkHeldOutScore(y, mask, network)
     params = params_tensor(Mismatch(dx=0.3, dy=-0.2, theta=0.2, a1=2.01, alpha=0.3)).requires_grad_(True)
     loss = score.loss(params)
     loss.backward()
@@ -90,16 +93,70 @@ def test_gradients_reach_all_five_parameters_through_the_solver(inputs, solver):
         assert not network.training
 
 
+SLICES = {"dx": (-0.5, -0.25, 0.25, 0.5), "dy": (-0.5, -0.25, 0.25, 0.5), "a1": (-0.02, -0.01, 0.01, 0.02),
+          "alpha": (-0.6, -0.3, 0.3, 0.6)}
+
+
+def test_the_network_criterion_is_lowest_at_the_truth_where_the_network_residual_is_not():
+    """Official BiSRNet on a 64 x 64 crop of pseudo-KAIST scene04 with the KAIST mask, native grid, no noise,
+    drift (0.5, 0.3, 0.1, 2.01, 0.2): on slices through the truth along dx, dy, a1 and alpha the held-out
+    criterion with the network's cube as prior mean is lowest at the truth; the measurement residual of that
+    cube, ||y - A_xi G(y; xi)|| (which the network solver's criterion was built on), is lower off the truth."""
+    from data.io import load_cube, load_mask
+    from cassi.simulator import simulate_measurement
+
+    network = load_network("bisrnet", shared_path("weights", "bisrnet_simulation.pth"))
+    cube = torch.from_numpy(load_cube(shared_path("data", "pseudo_kaist", "scene04.npz")))[:, 100:164, 100:164]
+    mask = torch.from_numpy(load_mask(shared_path("data", "kaist", "mask.mat")))[100:164, 100:164]
+    truth = params_tensor(Mismatch(dx=0.5, dy=0.3, theta=0.1, a1=2.01, alpha=0.2))
+    y = simulate_measurement(cube[None], mask, Mismatch(**dict(zip(PARAMETER_NAMES, truth[0].tolist()))), 2, 1, 1)[0]
+    score = NetworkHeldOutScore(y, mask, network, settings=ScoreSettings(stripes=2, rows=24, iterations=12,
+                                                                         spatial=1, spectral=1), reference=truth)
+    residual_off_truth = []
+    for name, offsets in SLICES.items():
+        points = truth.repeat(len(offsets) + 1, 1)
+        points[1:, PARAMETER_NAMES.index(name)] += torch.tensor(offsets, dtype=torch.float64)
+        values = score(points)
+        assert int(values.argmin()) == 0, (name, values)
+        with torch.no_grad():                       # the network cube's own residual, on the same stripes
+            miss = score.y_folds.repeat(len(points), 1, 1) - score.known(points, score.operator(points))
+        miss = miss.view(len(points), len(score.windows), len(score.folds), *miss.shape[1:])[:, :, 0]
+        residual = (miss ** 2 * score.interior).flatten(1).sum(1)
+        residual_off_truth.append(bool((residual[1:] < residual[0]).any()))
+    assert any(residual_off_truth), residual_off_truth
+
+
+def test_filled_network_inputs_do_not_see_the_pixels_they_are_scored_on(inputs):
+    """``fill=True``: each fold's network cube is the same whatever that fold's held-out pixels hold (they
+    are replaced by the plain criterion's prediction from the fitted pixels); without ``fill`` it changes."""
+    folder, y, mask = inputs
+    network = load_network("bisrnet", folder / "bisrnet.pth")
+    point = params_tensor(Mismatch(dx=0.4, dy=-0.3, a1=2.01))
+    probe = NetworkHeldOutScore(y, mask, network, fill=True)
+    (a, b), = probe.windows
+    changed = y.clone()
+    changed[a:b] += 0.5 * (1 - probe.fits[0]) * y.max()            # fold 0's held-out pixels only
+    for fill, same in ((True, True), (False, False)):
+        cubes = [NetworkHeldOutScore(m, mask, network, fill=fill).network_cubes(point)[0] for m in (y, changed)]
+        assert torch.equal(*cubes) == same, fill
+
+
 def test_the_solver_decides_and_calibration_json_records_it(inputs):
     folder, y, mask = inputs
     result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False, **QUICK)
-    assert result.settings["solver"] == "bisrnet" and result.settings["criterion"]["criterion"] == "solver residual"
+    criterion = result.settings["criterion"]
+    assert result.settings["solver"] == "bisrnet" and criterion["solver"] == "BiSRNet"
+    assert criterion["criterion"] == "held-out CG with the network's cube as prior mean"
     assert result.checks["solver"] == "bisrnet" and math.isfinite(result.checks["residual_calibrated"])
     content = json.loads(result.to_json())
     assert content["settings"]["solver"] == "bisrnet"
-    # the estimate's recorded score is the solver's residual (which ranked the polish and the refinement)
-    assert result.score == pytest.approx(float(SolverScore(y, mask, load_network(
-        "bisrnet", folder / "bisrnet.pth"))(params_tensor(result.estimate))[0]), rel=1e-5)
+    # the estimate's recorded score is the network criterion's (which ranked the polish and the refinement),
+    # up to the warm starts (the pipeline's came from its last re-centring, these from the estimate)
+    settings = ScoreSettings(**{k: v for k, v in criterion.items() if k not in ("criterion", "solver", "fill_held_out")})
+    estimate = params_tensor(result.estimate)
+    network = load_network("bisrnet", folder / "bisrnet.pth")
+    assert result.score == pytest.approx(float(NetworkHeldOutScore(y, mask, network, settings=settings,
+                                                                   reference=estimate)(estimate)[0]), rel=1e-2)
     assert all(math.isfinite(v) for v in result.estimate.to_dict().values())
     assert set(result.landscape) == set(PARAMETER_NAMES)
     assert "heldout_optimum" in result.tests                  # the held-out criterion checked the solver's point
