@@ -39,15 +39,10 @@ from torch.autograd import Function
 
 from calib.placement import PlacementIndex, check_backend, default_backend, mask_products, pick, place
 from cassi.mismatch import Mismatch, dispersion_offsets
+from cassi.operator import MASK_INTERPOLATIONS
 from cassi.translate import _overlap
 
 PARAMETER_NAMES = ("dx", "dy", "theta", "a1", "alpha")
-# How the model reads the mask between its pixels. "linear": the enlarged grid's (pinned) and the native
-# grid's default -- a sharp pixelated mask shifted by a fraction of a pixel covers each detector pixel
-# with area weights, which are bilinear. "cubic" (Keys; native grid only): for a mask that is itself a
-# resampled image (a capture, or a mask handed over warped), whose bilinear re-reading is blurred by a
-# fraction-dependent amount and pulls a fit towards integer shifts (README "Forward-model selection").
-MASK_INTERPOLATIONS = ("linear", "cubic")
 
 
 def params_tensor(mismatches: Mismatch | list[Mismatch], dtype: torch.dtype = torch.float64) -> Tensor:

@@ -49,6 +49,8 @@ class InstrumentOperator(CassiOperator):
         bands, step: band count L and nominal dispersion (px per band).
         mismatch: dx, dy (px), theta (deg), a1 (px/band), alpha (deg); None is nominal. Fixed (no gradient).
         spatial, spectral: the model's oversampling N and K.
+        interpolation: how the model reads the mask between pixels
+            (:data:`calib.forward_model.MASK_INTERPOLATIONS`; "cubic" on the native grid, N = 1, only).
 
     ``forward`` (B, L, H, W) -> (B, H, W + step*(L-1)) and ``adjoint`` back are exact adjoints;
     ``phi``, ``mask3d``, ``back_project`` as in the module docstring. Tensors on the mask's device
@@ -56,17 +58,21 @@ class InstrumentOperator(CassiOperator):
     """
 
     def __init__(self, mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
-                 spatial: int = 4, spectral: int = 2) -> None:
+                 spatial: int = 4, spectral: int = 2, interpolation: str = "linear") -> None:
         super().__init__(mask, bands, step, mismatch)
         if self.mismatch.requires_grad():
             raise ValueError("InstrumentOperator holds a fixed instrument: its mismatch cannot require grad")
-        self.spatial, self.spectral = int(spatial), int(spectral)
+        self.spatial, self.spectral, self.interpolation = int(spatial), int(spectral), interpolation
         self._cache: dict[str, object] = {"models": self._build_models()}   # now: bad input fails here
         self._cache_device = self.mask.device
 
     @property
     def oversample(self) -> tuple[int, int]:
         return self.spatial, self.spectral
+
+    @property
+    def mask_interpolation(self) -> str:
+        return self.interpolation
 
     def _cached(self, name: str, build):
         """``build()``, once per device of the mask: after ``.to(device)`` has moved the mask, the models
@@ -84,7 +90,8 @@ class InstrumentOperator(CassiOperator):
 
     def _build_models(self) -> list[EnlargedGridOperator]:
         params = params_tensor(self.mismatch)
-        return [EnlargedGridOperator(m, params, self.bands, self.step, self.spatial, self.spectral) for m in self.mask]
+        return [EnlargedGridOperator(m, params, self.bands, self.step, self.spatial, self.spectral,
+                                     interpolation=self.interpolation) for m in self.mask]
 
     def _per_sample(self, fn, batch: Tensor) -> Tensor:
         if len(self.models) == 1:
@@ -149,25 +156,28 @@ def _band_sums(model: EnlargedGridOperator) -> Tensor:
 
 
 def instrument_operator(mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
-                        oversample: tuple[int, int] = (1, 1)) -> CassiOperator:
+                        oversample: tuple[int, int] = (1, 1), interpolation: str = "linear") -> CassiOperator:
     """The operator of a calibrated instrument: the native :class:`cassi.CassiOperator` for
-    ``oversample == (1, 1)`` (the same model, faster), else an :class:`InstrumentOperator`."""
+    ``oversample == (1, 1)`` with the bilinear mask reading (the same model, faster), else an
+    :class:`InstrumentOperator` (the native operator only reads the mask bilinearly)."""
     spatial, spectral = (int(v) for v in oversample)
-    if (spatial, spectral) == (1, 1):
+    if (spatial, spectral) == (1, 1) and interpolation == "linear":
         return CassiOperator(mask, bands, step, mismatch)
-    return InstrumentOperator(mask, bands, step, mismatch, spatial, spectral)
+    return InstrumentOperator(mask, bands, step, mismatch, spatial, spectral, interpolation)
 
 
 def load_instrument(path: str | Path) -> CassiOperator:
     """The instrument of an operator file (``calibrate.py``'s operator.npz) through the forward model it
-    records (N, K; files without them are native-grid operators)."""
+    records (N, K and the mask reading; files without them are native-grid, bilinear operators)."""
     record = read_operator_file(path)
-    if record.dispersion != "linear" and record.oversample != (1, 1):
-        raise UserError(f"{path}: dispersion {record.dispersion!r} is only defined for the native grid (N = K = 1)")
+    if record.dispersion != "linear" and (record.oversample, record.mask_interpolation) != ((1, 1), "linear"):
+        raise UserError(f"{path}: dispersion {record.dispersion!r} is only defined for the native operator "
+                        "(N = K = 1, mask_interpolation 'linear')")
     try:
-        if record.oversample == (1, 1):
+        if record.oversample == (1, 1) and record.mask_interpolation == "linear":
             return CassiOperator(record.mask, record.bands, record.step, record.mismatch,
                                  dispersion=record.dispersion)
-        return InstrumentOperator(record.mask, record.bands, record.step, record.mismatch, *record.oversample)
+        return InstrumentOperator(record.mask, record.bands, record.step, record.mismatch, *record.oversample,
+                                  record.mask_interpolation)
     except ValueError as err:
         raise UserError(f"{path}: {err}") from err

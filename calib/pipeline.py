@@ -70,15 +70,16 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
 
 
 def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, bands: int, step: int,
-                  estimate: Mismatch, oversample: tuple[int, int], clock: StageClock) -> dict:
+                  estimate: Mismatch, oversample: tuple[int, int], interpolation: str, clock: StageClock) -> dict:
     """Reconstruct the captures ``y`` (M, H, W') with the chosen solver through the calibration forward
-    model (what operator.npz records) at the nominal point and at the estimate, on the device of ``y``
+    model (what operator.npz records: N, K and the mask reading ``interpolation``) at the nominal point
+    and at the estimate, on the device of ``y``
     and ``mask``; measurement residuals (all captures together) before / after."""
     with clock.stage("4 solver check"):
         try:
-            out = {"solver": solver_name, "oversample": list(oversample)}
+            out = {"solver": solver_name, "oversample": list(oversample), "mask_interpolation": interpolation}
             for label, mismatch in (("nominal", None), ("calibrated", estimate)):
-                op = instrument_operator(mask, bands, step, mismatch, oversample)
+                op = instrument_operator(mask, bands, step, mismatch, oversample, interpolation)
                 out[f"residual_{label}"] = residual(y, op, solve(y, op))
         except (ValueError, RuntimeError) as err:       # e.g. a network that does not accept this size
             out = {"solver": solver_name, "error": str(err)}
@@ -179,7 +180,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     if solver_check:
         solve = gap_tv_solver() if inner is None or inner.network is None else network_solver(inner.network)
         checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
-                               oversample, clock)
+                               oversample, chosen.interpolation, clock)
     settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),
                 "criterion": "held-out CG" if criterion is None else criterion.describe(),
                 "bands": bands, "step": step, "ranges": ranges.to_dict(),

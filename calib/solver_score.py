@@ -52,6 +52,7 @@ class SolverScoreSettings:
     tv_weight: float = 0.1
     spatial: int = 4                   # model oversampling N
     spectral: int = 2                  # model oversampling K
+    interpolation: str = "linear"      # how the model reads the mask ("cubic": N = 1 only)
 
     def with_(self, **changes) -> "SolverScoreSettings":
         return replace(self, **changes)
@@ -117,7 +118,7 @@ class SolverScore:
     def operator(self, params: Tensor) -> EnlargedGridOperator:
         s = self.settings
         return EnlargedGridOperator(self.mask, params, self.bands, self.step, s.spatial, s.spectral,
-                                    windows=self.windows, backend=self.backend)
+                                    windows=self.windows, backend=self.backend, interpolation=s.interpolation)
 
     def _residuals(self, params: Tensor, checkpoint: bool) -> Tensor:
         s = self.settings
@@ -160,11 +161,11 @@ class InnerSolver:
     def criterion(self, y: Tensor, mask: Tensor, bands: int, step: int, settings: ScoreSettings,
                   reference: Tensor) -> SolverScore | NetworkHeldOutScore:
         """This solver's criterion on ``y`` (H, W'), through the model of ``settings`` (the held-out
-        criterion's refinement setting: its oversampling, stripes, split and solve); a network's warm
-        starts are solved at ``reference`` (1, 5)."""
+        criterion's refinement setting: its oversampling, mask reading, stripes, split and solve); a
+        network's warm starts are solved at ``reference`` (1, 5)."""
         if self.network is None:
-            return SolverScore(y, mask, bands, step, SolverScoreSettings(spatial=settings.spatial,
-                                                                         spectral=settings.spectral))
+            return SolverScore(y, mask, bands, step, SolverScoreSettings(
+                spatial=settings.spatial, spectral=settings.spectral, interpolation=settings.interpolation))
         return NetworkHeldOutScore(y, mask, self.network, bands, step, settings, reference=reference)
 
 

@@ -20,6 +20,14 @@ from cassi.shifts import shift_back
 from cassi.translate import Term, bilinear_terms, pick, place
 from cassi.warp import warp_mask
 
+# How a model reads the mask between its pixels. "linear": the enlarged grid's (pinned) and the native
+# grid's default -- a sharp pixelated mask shifted by a fraction of a pixel covers each detector pixel
+# with area weights, which are bilinear. "cubic" (Keys; native grid only, calib.forward_model): for a mask
+# that is itself a resampled image (a capture, or a mask handed over warped), whose bilinear re-reading is
+# blurred by a fraction-dependent amount and pulls a fit towards integer shifts (README "Forward-model
+# selection"). This operator reads bilinearly.
+MASK_INTERPOLATIONS = ("linear", "cubic")
+
 InputKind = Literal["H", "HM", "Y"]
 MaskKind = Literal["Phi", "Phi_PhiPhiT", "Mask"]
 
@@ -92,6 +100,11 @@ class CassiOperator(nn.Module):
     def oversample(self) -> tuple[int, int]:
         """(N, K) of the enlarged-grid model this operator computes; (1, 1): the native grid."""
         return 1, 1
+
+    @property
+    def mask_interpolation(self) -> str:
+        """How the operator reads the mask between its pixels (:data:`MASK_INTERPOLATIONS`): bilinear here."""
+        return "linear"
 
     @property
     def is_nominal(self) -> bool:

@@ -3,9 +3,11 @@
 Keys: ``mask`` (H, W) float32, ``bands``, ``step``, ``dispersion`` ("linear"/"integer"), the five
 mismatch parameters ``dx, dy, theta, a1, alpha`` (px, px, deg, px/band, deg) and ``spatial``,
 ``spectral``: the oversampling N, K of the forward model the mismatch was calibrated with (1, 1: the
-native operator; files without these keys are native). ``calibrate.py`` writes one; ``train.py`` and
-``eval.py`` accept it wherever they take a mask, through ``calib.instrument.load_instrument`` (which
-builds the N x K model; :func:`load_operator` here gives native-grid files only).
+native grid; files without these keys are native), and ``mask_interpolation`` ("linear" or "cubic"):
+how that model reads the mask between pixels ("cubic" on the native grid, N = 1, only; files without
+the key read it bilinearly). ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
+wherever they take a mask, through ``calib.instrument.load_instrument`` (which builds the N x K model
+and its reading; :func:`load_operator` here gives the native operator's files only: N = K = 1, linear).
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import torch
 from cassi.errors import UserError
 from cassi.files import save_npz
 from cassi.mismatch import PARAMETER_UNITS, Mismatch
-from cassi.operator import CassiOperator
+from cassi.operator import MASK_INTERPOLATIONS, CassiOperator
 
 REQUIRED_KEYS = ("mask", "bands", "step", "dispersion", *PARAMETER_UNITS)
 OVERSAMPLE_KEYS = ("spatial", "spectral")
+INTERPOLATION_KEY = "mask_interpolation"
 
 
 @dataclass
@@ -34,15 +37,18 @@ class OperatorRecord:
     dispersion: str
     mismatch: Mismatch
     oversample: tuple[int, int] = (1, 1)
+    mask_interpolation: str = "linear"
 
 
 def save_operator(path: str | Path, op: CassiOperator) -> Path:
-    """Write ``op`` (its unwarped mask, its mismatch and ``op.oversample``) atomically to ``path`` (.npz)."""
+    """Write ``op`` (its unwarped mask, its mismatch, ``op.oversample`` and ``op.mask_interpolation``)
+    atomically to ``path`` (.npz)."""
     if op.mask.shape[0] != 1:
         raise ValueError("save_operator stores one instrument: the operator holds per-sample masks")
     arrays = {"mask": op.mask[0].detach().cpu().float().numpy(), "bands": np.int64(op.bands),
               "step": np.int64(op.step), "dispersion": np.str_(op.dispersion),
-              "spatial": np.int64(op.oversample[0]), "spectral": np.int64(op.oversample[1])}
+              "spatial": np.int64(op.oversample[0]), "spectral": np.int64(op.oversample[1]),
+              INTERPOLATION_KEY: np.str_(op.mask_interpolation)}
     arrays.update({k: np.float64(v) for k, v in op.mismatch.to_dict().items()})
     return save_npz(path, compress=False, **arrays)
 
@@ -68,7 +74,7 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
                 raise UserError(f"{path}: operator file lacks key(s) {missing}; it has {sorted(data.files)}")
-            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS) if k in data.files}
+            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY) if k in data.files}
     except UserError:
         raise
     except Exception as err:  # not a zip, truncated, pickled objects, ...
@@ -80,19 +86,27 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
     oversample = tuple(_scalar(values, k, "int", path) if k in values else 1 for k in OVERSAMPLE_KEYS)
     if min(oversample) < 1:
         raise UserError(f"{path}: oversampling (spatial, spectral) = {oversample} must be >= 1")
+    interpolation = _scalar(values, INTERPOLATION_KEY, "str", path) if INTERPOLATION_KEY in values else "linear"
+    if interpolation not in MASK_INTERPOLATIONS or interpolation != "linear" and oversample[0] != 1:
+        raise UserError(f"{path}: key '{INTERPOLATION_KEY}' must be one of {MASK_INTERPOLATIONS} ('cubic' with "
+                        f"spatial N = 1 only), got {interpolation!r} with N={oversample[0]}")
     return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
                           _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
                           Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
-                          oversample)
+                          oversample, interpolation)
 
 
 def load_operator(path: str | Path) -> CassiOperator:
-    """The native-grid operator of an operator file; a file that records an N x K forward model is
-    refused (load it with ``calib.instrument.load_instrument``)."""
+    """The native operator of an operator file; a file that records an N x K forward model or the cubic
+    mask reading is refused (load it with ``calib.instrument.load_instrument``)."""
     record = read_operator_file(path)
     if record.oversample != (1, 1):
         raise UserError(f"{path}: the instrument was calibrated with the N={record.oversample[0]}, "
                         f"K={record.oversample[1]} forward model; load it with calib.instrument.load_instrument")
+    if record.mask_interpolation != "linear":
+        raise UserError(f"{path}: the instrument was calibrated with the mask read by {record.mask_interpolation} "
+                        f"interpolation ({INTERPOLATION_KEY}), which the native operator does not do; load it with "
+                        "calib.instrument.load_instrument")
     try:
         return CassiOperator(record.mask, record.bands, record.step, record.mismatch, dispersion=record.dispersion)
     except ValueError as err:

@@ -1,11 +1,12 @@
 """Where scenario III's operator comes from: ``calib.calibrate`` per measurement, or a saved estimate.
 
 * ``--operator FILE.npz``: an operator file (``cassi.operator_file``) written by ``calibrate.py``; its mask
-  must be the evaluation mask (same shape and values) -- its mismatch and forward model (N, K) are used.
+  must be the evaluation mask (same shape and values) -- its mismatch and forward model (N, K and the
+  mask reading) are used.
 * ``--calibration FILE.json``: ``calibrate.py``'s calibration.json; the five parameters are read from its
-  ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` if present,
-  and used for every scene. A file with a ``scenes`` object (scene name -> calibration or estimate) gives
-  each scene its own estimate.
+  ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` and
+  ``settings.mask_interpolation`` (absent: bilinear) if present, and used for every scene. A file with a
+  ``scenes`` object (scene name -> calibration or estimate) gives each scene its own estimate.
 * ``--calibration DIR``: one calibration per scene, ``DIR/<scene name>/calibration.json`` (e.g. written by
   ``calibrate.py --out DIR/scene01`` for the measurement of scene01); a scene without one is an error.
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
@@ -23,14 +24,15 @@ from torch import Tensor
 
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
+from cassi.operator import MASK_INTERPOLATIONS
 from cassi.operator_file import read_operator_file
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
 
 def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: int = 2) -> FixedEstimate:
-    """The mismatch and forward model (N, K) of an operator file whose mask equals ``mask`` and whose
-    bands and step are these."""
+    """The mismatch and forward model (N, K, mask reading) of an operator file whose mask equals ``mask``
+    and whose bands and step are these."""
     record = read_operator_file(path)
     shape, wanted = tuple(record.mask.shape), tuple(mask.shape)
     if shape != wanted:
@@ -43,7 +45,8 @@ def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: in
     if (record.bands, record.step) != (bands, step):
         raise UserError(f"{path}: the operator has {record.bands} bands and step {record.step}, the evaluation "
                         f"{bands} bands and step {step}")
-    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path)}, record.oversample)
+    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path)}, record.oversample,
+                         record.mask_interpolation)
 
 
 def _read_json(path: Path) -> Any:
@@ -82,14 +85,29 @@ def _oversample(content: Any, where: str) -> tuple[int, int] | None:
     return tuple(oversample)
 
 
+def _forward_model(content: Any, where: str) -> tuple[tuple[int, int] | None, str]:
+    """The forward model of a calibration: its (N, K) (:func:`_oversample`) and ``settings.mask_interpolation``
+    (absent: "linear"; "cubic" only with N = 1)."""
+    oversample = _oversample(content, where)
+    settings = content.get("settings") if isinstance(content, dict) else None
+    reading = settings.get("mask_interpolation", "linear") if isinstance(settings, dict) else "linear"
+    if reading not in MASK_INTERPOLATIONS or reading != "linear" and (oversample or (1, 1))[0] != 1:
+        raise UserError(f"{where}: settings.mask_interpolation must be one of {list(MASK_INTERPOLATIONS)} ('cubic' "
+                        f"with settings.oversample N = 1 only), got {reading!r} with settings.oversample "
+                        f"{list(oversample) if oversample else None}")
+    return oversample, reading
+
+
 @dataclass
 class PerSceneEstimates:
     """A saved calibration per scene (by scene name): ``DIR/<scene>/calibration.json`` or a ``scenes`` object.
-    Their forward models (``settings.oversample``) must agree (scenario III's "-model" rows use one)."""
+    Their forward models (``settings.oversample``, ``settings.mask_interpolation``) must agree (scenario
+    III's "-model" rows use one)."""
 
     estimates: dict[str, Mismatch]
     description: dict[str, Any] = field(default_factory=dict)
     oversample: tuple[int, int] | None = None
+    mask_interpolation: str = "linear"
 
     def require(self, scenes: list[str]) -> None:
         """Fail before any reconstruction when a scene to evaluate has no calibration."""
@@ -106,12 +124,13 @@ class PerSceneEstimates:
 
 def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any]) -> PerSceneEstimates:
     """Per-scene estimates from scene name -> (calibration content, where it was read)."""
-    models = {_oversample(content, where) for content, where in items.values()}
+    models = {_forward_model(content, where) for content, where in items.values()}
     if len(models) > 1:
+        described = sorted(f"oversample {list(n) if n else None}, mask_interpolation {r!r}" for n, r in models)
         raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
-                        f"(settings.oversample {sorted(map(str, models))}); calibrate every scene with the same one")
+                        f"(settings {'; '.join(described)}); calibrate every scene with the same one")
     return PerSceneEstimates({name: _estimate(content, where) for name, (content, where) in items.items()},
-                             source, models.pop())
+                             source, *models.pop())
 
 
 def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates:
@@ -128,15 +147,16 @@ def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates
     if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
         return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
                           source)
-    return FixedEstimate(_estimate(content, str(path)), source, _oversample(content, str(path)))
+    return FixedEstimate(_estimate(content, str(path)), source, *_forward_model(content, str(path)))
 
 
 @dataclass
 class CalibratePerScene:
     """``calib.calibrate`` on every measurement (the measurement and the nominal mask only), with the
     forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
-    chosen per scene: the scenario table reconstructs every "-model" row through one model. (For the
-    data's own choice, run ``calibrate.py`` per scene and pass ``--calibration``.)"""
+    chosen per scene, and the mask read bilinearly (``mask_interpolation``; no cubic check): the scenario
+    table reconstructs every "-model" row through one model. (For the data's own choice, run
+    ``calibrate.py`` per scene and pass ``--calibration``.)"""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -153,9 +173,13 @@ class CalibratePerScene:
         from calib.pipeline import MODEL_OVERSAMPLE
         return tuple(self.options.get("oversample", MODEL_OVERSAMPLE))
 
+    @property
+    def mask_interpolation(self) -> str:
+        return "linear"
+
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
-        options = {**self.options, "oversample": self.oversample}
+        options = {**self.options, "oversample": self.oversample, "mask_interpolations": (self.mask_interpolation,)}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
                            **options)
         estimate = result.estimate

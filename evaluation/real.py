@@ -144,7 +144,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     if operator is not None:
         calibrated = operators["calibrated"]
         results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
-                               "oversample": list(calibrated.oversample)}
+                               "oversample": list(calibrated.oversample),
+                               "mask_interpolation": calibrated.mask_interpolation}
     if verbose:
         print(f"mean relative residual {mean['residual']:.4f}")
     write_json(out_dir / "results.json", results)

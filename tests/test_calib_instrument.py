@@ -101,3 +101,34 @@ def test_operator_file_records_the_forward_model(tmp_path):
     del old["spatial"], old["spectral"]
     np.savez(tmp_path / "old.npz", **old)
     assert load_operator(tmp_path / "old.npz").oversample == (1, 1)
+
+
+def test_operator_file_records_the_mask_reading(tmp_path):
+    """A cubic native-grid calibration: the file records the reading, load_instrument rebuilds that model
+    (not the bilinear native operator), load_operator refuses it; files without the key read bilinearly;
+    a bad reading, or cubic with N > 1, is a clear error naming the file and key."""
+    mask = _mask().float()
+    op = instrument_operator(mask, 28, 2, DRIFT, (1, 1), "cubic")
+    assert isinstance(op, InstrumentOperator) and op.mask_interpolation == "cubic"
+    assert instrument_operator(mask, 28, 2, DRIFT).mask_interpolation == "linear"
+    path = save_operator(tmp_path / "cubic.npz", op)
+    assert read_operator_file(path).mask_interpolation == "cubic"
+    back = load_instrument(path)
+    assert back.mask_interpolation == "cubic" and back.oversample == (1, 1)
+    x = torch.rand(1, 28, 20, 24, dtype=torch.float64)
+    cubic = EnlargedGridOperator(mask.double(), DRIFT, 28, 2, 1, 1, interpolation="cubic")
+    torch.testing.assert_close(back.double()(x), cubic(x), rtol=0, atol=1e-6)
+    assert (back.double()(x) - CassiOperator(mask.double(), 28, 2, DRIFT)(x)).abs().max() > 1e-3   # not bilinear
+    with pytest.raises(ValueError, match="cubic.*load_instrument"):
+        load_operator(path)
+    old = dict(np.load(path))                    # files written before the reading was recorded are bilinear
+    del old["mask_interpolation"]
+    np.savez(tmp_path / "old.npz", **old)
+    assert read_operator_file(tmp_path / "old.npz").mask_interpolation == "linear"
+    assert type(load_operator(tmp_path / "old.npz")) is CassiOperator
+    for name, changes in {"bad": {"mask_interpolation": np.str_("nearest")},
+                          "wide": {"spatial": np.int64(4), "spectral": np.int64(2)},
+                          "number": {"mask_interpolation": np.float64(1.0)}}.items():
+        np.savez(tmp_path / f"{name}.npz", **{**dict(np.load(path)), **changes})
+        with pytest.raises(ValueError, match=rf"{name}\.npz.*mask_interpolation"):
+            load_instrument(tmp_path / f"{name}.npz")

@@ -31,8 +31,9 @@ def warped_kaist_rows(warp: Mismatch = WARP) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.fixture(scope="module")
 def fractional():
-    """The default calibration of the mask handed over warped by the fractional (0.6, -1.4) px."""
-    return calibrate(*warped_kaist_rows(), ranges=NEAR, **QUICK)
+    """The default calibration of the mask handed over warped by the fractional (0.6, -1.4) px (with the
+    solver check)."""
+    return calibrate(*warped_kaist_rows(), ranges=NEAR, **{**QUICK, "solver_check": True})
 
 
 def test_auto_picks_the_native_grid_for_native_grid_data(fractional):
@@ -64,6 +65,28 @@ def test_a_fractional_warp_of_the_handed_mask_is_ambiguous_not_ok(fractional):
     from calibrate import summary
 
     assert "mask reading (native grid): cubic kept (linear " in summary(fractional)       # what the CLI prints
+
+
+def test_the_cubic_reading_is_handed_on(fractional, tmp_path):
+    """What the calibration hands on is the model it calibrated: the solver check and operator.npz use the
+    cubic reading, and load_instrument rebuilds it."""
+    from calib.instrument import load_instrument
+    from calibrate import summary, write_outputs
+
+    assert fractional.checks["mask_interpolation"] == "cubic" and fractional.checks["oversample"] == [1, 1]
+    assert "through the N=1, K=1 model (cubic mask reading)" in summary(fractional)
+    _, mask = warped_kaist_rows()
+    files = write_outputs(fractional, mask, 28, 2, tmp_path)
+    op = load_instrument(files["operator"])
+    assert op.mask_interpolation == "cubic" and op.oversample == (1, 1)
+    assert op.mismatch.to_dict() == pytest.approx(fractional.estimate.to_dict())
+    from calib.pipeline import REFINE_SCORE                   # --solver gap_tv polishes through that model too
+    from calib.solver_score import inner_solver
+
+    y, _ = warped_kaist_rows()
+    criterion = inner_solver("gap_tv", None, y, mask, 28, 2).criterion(
+        y, mask, 28, 2, REFINE_SCORE.with_(spatial=1, spectral=1, interpolation="cubic"), None)
+    assert criterion.operator(torch.zeros(1, 5, dtype=torch.float64)).interpolation == "cubic"
 
 
 def test_an_integer_warp_of_the_handed_mask_is_exact_and_ok():

@@ -171,7 +171,8 @@ def test_scenarios_reconstruct_through_the_calibration_model_too(tmp_path):
                    "--oversample", 2, 1, "--operator", tmp_path / "operator.npz", "--previews", 0, "--out", out) == 0
     results = read_results(out)
     assert list(results["scenarios"]) == ["I", "Ih", "Ih-model", "II", "II-model", "III", "III-model", "IV", "IV-model"]
-    assert results["model"] == {"spatial": 2, "spectral": 1}
+    assert results["model"] == {"spatial": 2, "spectral": 1,
+                                "mask_interpolation": {"III": "linear", "Ih, II, IV": "linear"}}
     scene = {k: b["scenes"][0]["psnr"] for k, b in results["scenarios"].items()}
     assert scene["III-model"] == pytest.approx(scene["IV-model"], abs=1e-9)     # the file holds the truth
     assert scene["Ih-model"] != pytest.approx(scene["Ih"], abs=1e-3)            # another operator was used
@@ -180,6 +181,38 @@ def test_scenarios_reconstruct_through_the_calibration_model_too(tmp_path):
     assert c["model_error"] == pytest.approx(scene["IV-model"] - scene["IV"])
     assert c["recovery_ratio_model"] == pytest.approx(1.0)
     assert "model error = IV-model - IV" in (out / "results.md").read_text()
+
+
+def test_scenario_iii_model_reads_the_mask_as_the_calibration_chose(tmp_path):
+    """calibration.json settings.mask_interpolation "cubic" (native grid): III-model is reconstructed through
+    the cubic model at the estimate, the oracle IV-model through the bilinear one (the instrument's own
+    reading); a bad reading, or per-scene calibrations with different readings, are clear errors."""
+    from calib.instrument import instrument_operator
+    from cassi.simulator import simulate_measurement
+    from evaluation.calibration import from_calibration_json
+
+    settings = {"oversample": [1, 1], "mask_interpolation": "cubic"}
+    (tmp_path / "cal.json").write_text(json.dumps({"estimate": XI.to_dict(), "settings": settings}))
+    calibrated = from_calibration_json(tmp_path / "cal.json")
+    assert (calibrated.oversample, calibrated.mask_interpolation) == ((1, 1), "cubic")
+    results, mask = scenario_run(("II", "III", "IV"), calibrated)
+    assert results["model"]["mask_interpolation"] == {"III": "cubic", "Ih, II, IV": "linear"}
+    scene = synthetic_scenes(1, 32, 32, seed=3)[0]                 # scenario_run's scene and N = K = 1 simulator
+    y = simulate_measurement(scene.cube[None], mask, XI, 2, 1, 1)
+    cubic = GapTV(iterations=10)(y, instrument_operator(mask, 28, 2, XI, (1, 1), "cubic"))
+    psnr = {k: b["scenes"][0]["psnr"] for k, b in results["scenarios"].items()}
+    assert psnr["III-model"] == pytest.approx(kaist_metrics(cubic[0], scene.cube)["psnr"], abs=1e-6)
+    assert psnr["IV-model"] == pytest.approx(psnr["IV"], abs=1e-9) and psnr["III-model"] != pytest.approx(psnr["IV"])
+    (tmp_path / "bad.json").write_text(json.dumps({"estimate": XI.to_dict(), "settings": {
+        "oversample": [4, 2], "mask_interpolation": "cubic"}}))
+    with pytest.raises(ValueError, match="bad.json: settings.mask_interpolation"):
+        from_calibration_json(tmp_path / "bad.json")
+    for name, reading in (("scene01", "cubic"), ("scene02", "linear")):
+        (tmp_path / "dir" / name).mkdir(parents=True)
+        (tmp_path / "dir" / name / "calibration.json").write_text(json.dumps(
+            {"estimate": XI.to_dict(), "settings": {"oversample": [1, 1], "mask_interpolation": reading}}))
+    with pytest.raises(ValueError, match="different forward models.*mask_interpolation"):
+        from_calibration_json(tmp_path / "dir")
 
 
 def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):

@@ -122,6 +122,11 @@ def test_instrument_from_a_calibrated_operator_file(tmp_path):
     y, op = Instrument(operator=str(tmp_path / "model.npz")).measure(batch, seed=0)
     assert isinstance(op, InstrumentOperator) and op.oversample == (2, 1)
     torch.testing.assert_close(y, model(batch["cube"]))
+    cubic = InstrumentOperator(batch["mask"], mismatch=xi, spatial=1, spectral=1, interpolation="cubic")
+    save_operator(tmp_path / "cubic.npz", cubic)               # the native grid with the cubic mask reading
+    y, op = Instrument(operator=str(tmp_path / "cubic.npz")).measure(batch, seed=0)
+    assert op.mask_interpolation == "cubic"
+    torch.testing.assert_close(y, cubic(batch["cube"]))
 
 
 # ---------------------------------------------------------------------------------------- modules

@@ -37,7 +37,7 @@ class Instrument:
             1.2 x the nominal measurement).
         operator: an operator file (``calibrate.py``'s ``operator.npz``): its mismatch is the instrument's
             (instead of ``mismatch``) and measurements and network inputs go through the forward model it
-            records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid, on the batch's
+            records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid and mask reading, on the batch's
             device); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
             business (``--data.mask FILE``).
     """
@@ -52,7 +52,7 @@ class Instrument:
             raise ValueError(f"measurement gain must be positive, got {gain}")
         self.bands, self.step, self.gain = bands, step, gain
         self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
-        self.oversample = (1, 1)
+        self.oversample, self.mask_interpolation = (1, 1), "linear"
         if operator is not None:
             if mismatch is not None:
                 raise ValueError("give the instrument's mismatch or an operator file, not both")
@@ -61,6 +61,7 @@ class Instrument:
                 raise ValueError(f"operator file {operator} has {calibrated.bands} bands and step {calibrated.step}; "
                                  f"training uses {bands} bands and step {step}")
             self.mismatch, self.oversample = calibrated.mismatch, calibrated.oversample
+            self.mask_interpolation = calibrated.mask_interpolation
         self.noise = None if noise is None else dict(noise)
         if self.noise is not None:
             check_noise(**self.noise)
@@ -69,7 +70,8 @@ class Instrument:
 
     def operator(self, mask: Tensor) -> CassiOperator:
         """The operator for a batch's mask, (h, w) shared or (B, h, w) per sample."""
-        return instrument_operator(mask, self.bands, self.step, self.mismatch, self.oversample)
+        return instrument_operator(mask, self.bands, self.step, self.mismatch, self.oversample,
+                                   self.mask_interpolation)
 
     def measure(self, batch: Mapping[str, Tensor], seed: int) -> tuple[Tensor, CassiOperator]:
         """(measurement y (B, h, w + step*(L-1)), operator) for ``batch["cube"]`` (B, L, h, w) and its mask.
