@@ -102,19 +102,25 @@ def _embed(move: Tensor, free: list[int]) -> Tensor:
     return full
 
 
+def difference_errors(score: HeldOutScore, point: Tensor, free: list[int], scales: Tensor, h: float) -> Tensor:
+    """Held-out errors (1 + len(free), N) at ``point`` (5,) and at the forward-difference probes ``point + h
+    * scales[i] e_i`` for ``i`` in ``free`` (``h`` in pixel units), one batched call, with the warm starts
+    moved to ``point`` first; ``(errors[1:] - errors[:1]) / h`` is the Jacobian in pixel units."""
+    score.set_reference(point[None])
+    probes = point.repeat(len(free) + 1, 1)
+    for k, i in enumerate(free):
+        probes[k + 1, i] += h * scales[i]
+    return score.residuals(probes)
+
+
 def gauss_newton_step(score: HeldOutScore, point: Tensor, free: list[int], ranges: Ranges, scales: Tensor,
                       settings: RefineSettings) -> tuple[Tensor, float, dict]:
     """One damped Gauss-Newton step on the parameters ``free``; returns (point, score, trace entry)."""
     if settings.gradient not in ("differences", "autograd"):
         raise ValueError(f"refinement gradient must be 'differences' or 'autograd', got {settings.gradient!r}")
-    score.set_reference(point[None])
     scale = scales[free]
-    # held-out errors here and at forward-difference probes, one batched call
     h = settings.difference
-    probes = point.repeat(len(free) + 1, 1)
-    for k, i in enumerate(free):
-        probes[k + 1, i] += h * scale[k]
-    errors = score.residuals(probes)
+    errors = difference_errors(score, point, free, scales, h)
     jac = (errors[1:] - errors[:1]) / h                                  # (k, N), pixel units
     differences = 2 * jac @ errors[0]
     grad = differences if settings.gradient == "differences" else _autograd_gradient(score, point, free, scale)

@@ -63,6 +63,7 @@ from torch import Tensor
 
 from calib.forward_model import PARAMETER_NAMES
 from calib.ranges import Ranges
+from calib.refine import difference_errors
 from calib.score import HeldOutScore
 from cassi.mismatch import PARAMETER_UNITS
 
@@ -177,12 +178,8 @@ def valley_test(full: HeldOutScore, point: Tensor, ranges: Ranges, scales: Tenso
     reason for "ambiguous" unless it rises by more than ``z`` standard errors at both ends. The axis
     slices miss such a valley (pseudo-KAIST scene04, dy -0.20 px, alpha -0.49 deg off: "ok"). The numbers
     go to ``tests["valley"]``."""
-    full.set_reference(point[None])
     h = settings.valley_difference
-    probes = point.repeat(6, 1)
-    for i in range(5):
-        probes[i + 1, i] += h * scales[i]
-    errors = full.residuals(probes).to(torch.float64)
+    errors = difference_errors(full, point, list(range(5)), scales, h).to(torch.float64)
     jac = (errors[1:] - errors[:1]) / h
     eigenvalues, vectors = torch.linalg.eigh(jac @ jac.T)
     direction = vectors[:, 0] * torch.sign(vectors[vectors[:, 0].abs().argmax(), 0])   # largest component > 0
