@@ -73,6 +73,7 @@ from evaluation.scenarios import ScenarioSetup, run_scenarios  # noqa: E402
 
 TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}
+NOISE_PEAK, NOISE_READ = 1e4, 0.005        # Poisson photons at the clean maximum, Gaussian sigma / clean maximum
 
 
 BISRNET_WEIGHTS = REPO.parent / "shared" / "weights" / "bisrnet_simulation.pth"
@@ -179,7 +180,7 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
         if index < args.skip:                  # its draw is made all the same: the others keep theirs
             continue
         setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=truth, oversample=(4, 2),
-                              noise=Noise(peak=1e4, read=0.005, seed=noise_seed + index))
+                              noise=Noise(peak=NOISE_PEAK, read=NOISE_READ, seed=noise_seed + index))
         calibrator = TimedCalibrator(solver, ckpt, args.device, not args.no_cli, args.threads)
         report = run_scenarios([Scene(name, cube)], mask, gap_tv_solver(), setup, calibrator)
         est, tru = calibrator.result.estimate.to_dict(), truth.to_dict()
@@ -243,16 +244,23 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     return rows
 
 
+def measure(cube: torch.Tensor, truth: Mismatch, noise_seed: int | None) -> torch.Tensor:
+    """The benchmark's measurement (H, W + 2 (L-1)) of ``cube`` (L, H, W) through the N=4, K=2 instrument
+    drifted by ``truth``, with its noise (``noise_seed``) or clean (None); as ``drifted_scenes`` makes it."""
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+
+    y = simulate_measurement(cube[None], kaist_mask(), truth, 2, 4, 2)
+    return (y if noise_seed is None else add_noise(y, NOISE_PEAK, NOISE_READ, noise_seed))[0]
+
+
 def gpu_line(cube: torch.Tensor, truth: dict, noise_seed: int, solver: str, ckpt: str | None, threads: int) -> None:
     """The first scene calibrated on ``cuda`` (in-process and CLI seconds), or a line saying there is no CUDA device."""
     if not torch.cuda.is_available():
         print("GPU: no CUDA device (torch.cuda.is_available() is False): not timed")
         return
-    from cassi.noise import add_noise
-    from cassi.simulator import simulate_measurement
-
     truth = Mismatch(**truth)
-    y = add_noise(simulate_measurement(cube[None], kaist_mask(), truth, 2, 4, 2), 1e4, 0.005, noise_seed)
+    y = measure(cube, truth, noise_seed)[None]
     calibrator = TimedCalibrator(solver, ckpt, "cuda", True, threads)
     est = calibrator(y, kaist_mask()).to_dict()
     err = " ".join(f"{k} {est[k] - v:+.4f}" for k, v in truth.to_dict().items())
