@@ -8,11 +8,14 @@ held-out score at the truth and at that estimate, each with its warm starts solv
 * sampling: ``(estimate - truth) / truth`` of the paired block scores with its standard error
   (:func:`calib.status.relative_difference`; > 0: the truth predicts better) in the refinement setting
   (4 stripes of 24 rows) and over the whole height (8 stripes of 32 rows), each with split seeds 0-5;
-* noise: the same difference in absolute units (squared held-out error / held-out energy of the
-  measurement) for the noisy measurement, the clean one, and the noise term: the score of pure-noise
-  inputs n ~ N(0, var) (``--probes`` draws, the benchmark's noise variance), whose expectation is
-  ``tr S_h + tr(P S_f P^T)``, P the held-out predictor of the candidate: its second part, the noise
-  carried through P, depends on the candidate. Last, noisy minus noise term.
+* priors (whole height, seed 0): the same for the clean measurement, and for the measurement with
+  a smoother (lambda 3) or narrower (4 cosines) prior, which carry less noise into the prediction;
+* noise (refinement setting), on the line truth -> estimate (0, 1/2, 1, 3/2 of the way): the score less
+  the truth's in absolute units (squared held-out error / held-out energy of the measurement) for the
+  measurement, the clean one, and the noise term: the score of pure-noise inputs n ~ N(0, var)
+  (``--probes`` draws, the benchmark's noise variance), whose expectation ``tr S_h + tr(P S_f P^T)``
+  depends on the candidate through P, its held-out predictor (the noise carried through P). Last, the
+  measurement's score less the noise term.
 
 Usage: python -m benchmarks.bench_criterion_noise [--scenes scene04,scene1_256,scene3_0,scene4_256]
        [--seeds 6] [--probes 4] [--threads 1]
@@ -36,6 +39,7 @@ from calib.status import relative_difference
 from cassi import Mismatch
 
 WHOLE_HEIGHT = REFINE_SCORE.with_(stripes=8, rows=32)
+LINE = (0.0, 0.5, 1.0, 1.5)          # points on the line truth -> estimate (0: truth, 1: estimate)
 
 
 def benchmark_cases(names: list[str], seed: int = 0) -> list[tuple[str, torch.Tensor, Mismatch, int]]:
@@ -54,9 +58,15 @@ def benchmark_cases(names: list[str], seed: int = 0) -> list[tuple[str, torch.Te
 
 
 def paired(y: Tensor, mask: Tensor, points: Tensor, settings: ScoreSettings, blocks: int = 16) -> list[Tensor]:
-    """Block scores of each point (2, 5), its warm starts solved at itself (150 CG steps from zero)."""
+    """Block scores of each point (P, 5), its warm starts solved at itself (150 CG steps from zero)."""
     return [HeldOutScore(y, mask, settings=settings, reference=p[None]).block_scores(p[None], blocks)[0]
             for p in points]
+
+
+def relative(y: Tensor, mask: Tensor, points: Tensor, settings: ScoreSettings) -> tuple[float, float]:
+    """(score of point 1 - score of point 0) / score of point 0 for points (2, 5), and its standard error."""
+    truth, other = paired(y, mask, points, settings)
+    return relative_difference(other, truth)
 
 
 def held_out_energy(y: Tensor, mask: Tensor, settings: ScoreSettings) -> float:
@@ -65,10 +75,10 @@ def held_out_energy(y: Tensor, mask: Tensor, settings: ScoreSettings) -> float:
     return float((score.y ** 2 * score.interior).sum())
 
 
-def absolute(y: Tensor, mask: Tensor, points: Tensor, settings: ScoreSettings, energy: float) -> float:
-    """Score difference point 1 - point 0 (2, 5) for the input ``y``, as squared error over ``energy``."""
-    parts = paired(y, mask, points, settings)
-    return float(parts[1].sum() - parts[0].sum()) * held_out_energy(y, mask, settings) / energy
+def absolute(y: Tensor, mask: Tensor, points: Tensor, settings: ScoreSettings, energy: float) -> np.ndarray:
+    """Scores of the points (P, 5) less the first one's for the input ``y``, as squared error over ``energy``."""
+    totals = np.array([float(part.sum()) for part in paired(y, mask, points, settings)])
+    return (totals - totals[0]) * held_out_energy(y, mask, settings) / energy
 
 
 def main() -> None:
@@ -91,23 +101,32 @@ def main() -> None:
               + f" ({'in' if inside else 'outside'} tolerance)", flush=True)
         points = torch.stack([params_tensor(truth)[0], params_tensor(estimate)[0]])
         for label, base in (("4 x 24 rows", REFINE_SCORE), ("8 x 32 rows", WHOLE_HEIGHT)):
-            rows = [relative_difference(*paired(y, mask, points, base.with_(seed=s))[::-1]) for s in range(args.seeds)]
+            rows = [relative(y, mask, points, base.with_(seed=s)) for s in range(args.seeds)]
             mean = np.mean([d for d, _ in rows])
             print(f"  sampling {label}: (estimate - truth) / truth per split seed "
                   + " ".join(f"{100 * d:+.2f}" for d, _ in rows) + f" %; mean {100 * mean:+.2f} %, "
                   f"standard error {100 * np.mean([e for _, e in rows]):.2f} %", flush=True)
+        variants = (("this measurement", y, WHOLE_HEIGHT), ("clean", clean, WHOLE_HEIGHT),
+                    ("lambda 3", y, WHOLE_HEIGHT.with_(smooth_space=3.0)), ("4 cosines", y, WHOLE_HEIGHT.with_(spectral_basis=4)))
+        print("  8 x 32 rows, seed 0, (estimate - truth) / truth: " + ", ".join(
+            "{} {:+.2f} % +- {:.2f} %".format(label, *(100 * v for v in relative(data, mask, points, settings)))
+            for label, data, settings in variants), flush=True)
+        line = points[0] + torch.tensor(LINE, dtype=torch.float64)[:, None] * (points[1] - points[0])
         energy = held_out_energy(y, mask, REFINE_SCORE)
         top = float(clean.max())
         std = (clean * (top / NOISE_PEAK) + (NOISE_READ * top) ** 2).sqrt()
         gen = torch.Generator().manual_seed(7)
-        noisy = absolute(y, mask, points, REFINE_SCORE, energy)
-        plain = absolute(clean, mask, points, REFINE_SCORE, energy)
-        terms = [absolute(torch.randn(y.shape, generator=gen) * std, mask, points, REFINE_SCORE, energy)
-                 for _ in range(args.probes)]
-        term, spread = float(np.mean(terms)), float(np.std(terms, ddof=1) / np.sqrt(len(terms)))
-        print(f"  noise (4 x 24 rows, estimate - truth, x 1e-6 of the held-out energy): noisy {1e6 * noisy:+.1f}, "
-              f"clean {1e6 * plain:+.1f}, noise term {1e6 * term:+.1f} +- {1e6 * spread:.1f}, noisy - noise term "
-              f"{1e6 * (noisy - term):+.1f}  ({time.process_time() - start:.0f} CPU s)", flush=True)
+        noisy = absolute(y, mask, line, REFINE_SCORE, energy)
+        terms = np.stack([absolute(torch.randn(y.shape, generator=gen) * std, mask, line, REFINE_SCORE, energy)
+                          for _ in range(args.probes)])
+        term, spread = terms.mean(0), terms.std(0, ddof=1) / np.sqrt(args.probes)
+        print(f"  4 x 24 rows, score - score at the truth (x 1e-6 of the held-out energy) at {LINE} of the way "
+              "truth -> estimate:", flush=True)
+        for label, values in (("this measurement", noisy), ("clean", absolute(clean, mask, line, REFINE_SCORE, energy)),
+                              ("noise term", term), ("measurement - noise term", noisy - term)):
+            print(f"    {label:25}" + " ".join(f"{1e6 * v:+8.1f}" for v in values)
+                  + (f"   (+- {1e6 * spread[2]:.1f} at the estimate)" if label == "noise term" else ""))
+        print(f"  ({time.process_time() - start:.0f} CPU s)", flush=True)
 
 
 if __name__ == "__main__":
