@@ -17,8 +17,13 @@ held-out score at the truth and at that estimate, each with its warm starts solv
   depends on the candidate through P, its held-out predictor (the noise carried through P). Last, the
   measurement's score less the noise term.
 
+``--refine`` (instead of the above): what a criterion corrected for the noise term would do -- from each
+estimate, Levenberg-Marquardt steps on the measurement's score less the mean score of ``--probes`` fixed
+pure-noise inputs (:class:`NoiseCorrectedScore`, :func:`corrected_refinement`). Not blind: it uses the
+benchmark's true noise variance; a calibrator would have to estimate it from the measurement.
+
 Usage: python -m benchmarks.bench_criterion_noise [--scenes scene04,scene1_256,scene3_0,scene4_256]
-       [--seeds 6] [--probes 4] [--threads 1]
+       [--seeds 6] [--probes 4] [--threads 1] [--refine]
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from torch import Tensor
 from benchmarks.bench_calibration import NOISE_PEAK, NOISE_READ, TOLERANCE, draw_mismatch, measure, pseudo_real_crops
 from benchmarks.common import kaist_mask, pseudo_kaist_cubes
 from calib import calibrate
-from calib.forward_model import params_tensor
+from calib.forward_model import params_tensor, params_to_mismatch
 from calib.pipeline import REFINE_SCORE
+from calib.ranges import Ranges, pixel_scales
 from calib.score import HeldOutScore, ScoreSettings
 from calib.status import relative_difference
 from cassi import Mismatch
@@ -81,12 +87,70 @@ def absolute(y: Tensor, mask: Tensor, points: Tensor, settings: ScoreSettings, e
     return (totals - totals[0]) * held_out_energy(y, mask, settings) / energy
 
 
+def noise_draws(clean: Tensor, count: int, seed: int) -> list[Tensor]:
+    """``count`` pure-noise inputs n ~ N(0, var) shaped as ``clean``, var the benchmark's noise variance
+    (Poisson with NOISE_PEAK photons at the clean maximum, Gaussian NOISE_READ x that maximum)."""
+    top = float(clean.max())
+    std = (clean * (top / NOISE_PEAK) + (NOISE_READ * top) ** 2).sqrt()
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(clean.shape, generator=gen) * std for _ in range(count)]
+
+
+class NoiseCorrectedScore:
+    """The held-out score of ``y`` less the mean score of fixed pure-noise inputs ``noises`` (the noise
+    term), both in units of ``y``'s held-out energy; the same stripes, split and prior for every input."""
+
+    def __init__(self, y: Tensor, noises: list[Tensor], mask: Tensor, settings: ScoreSettings, start: Tensor) -> None:
+        self.scores = [HeldOutScore(v, mask, settings=settings, reference=start[None]) for v in [y, *noises]]
+        energies = [held_out_energy(v, mask, settings) for v in [y, *noises]]
+        self.weights = [1.0] + [-energy / energies[0] / len(noises) for energy in energies[1:]]
+
+    def errors(self, points: Tensor, at: Tensor) -> list[Tensor]:
+        """Held-out errors (P, N) of every input at the points (P, 5), warm starts moved to ``at`` (5,)."""
+        for score in self.scores:
+            score.set_reference(at[None])
+        return [score.residuals(points).double() for score in self.scores]
+
+    def value(self, errors: list[Tensor]) -> Tensor:
+        return sum(w * (e ** 2).sum(1) for w, e in zip(self.weights, errors))
+
+
+def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, scales: Tensor, steps: int = 8, h: float = 0.05
+                         ) -> list[Tensor]:
+    """Levenberg-Marquardt on the noise-corrected score from ``start`` (5,), as Algorithm 2's joint stage
+    but with the gradient sum_k w_k 2 J_k^T e_k of every input (J by forward differences of ``h`` pixel
+    units) and the measurement's J^T J as metric; steps of at most 1 pixel unit, backtracked. Returns the
+    point after each step (``scales``: :func:`calib.ranges.pixel_scales`; stops once a step moves less than 0.01 pixel units)."""
+    ranges = Ranges()
+    point, path = start, []
+    for _ in range(steps):
+        probes = point + torch.cat([torch.zeros(1, 5), torch.diag(h * scales)]).to(point)
+        errors = score.errors(probes, point)
+        jacobians = [(e[1:] - e[:1]) / h for e in errors]
+        gradient = sum(w * 2 * j @ e[0] for w, j, e in zip(score.weights, jacobians, errors))
+        metric = 2 * jacobians[0] @ jacobians[0].T
+        metric = metric + 1e-3 * metric.diagonal().max() * torch.eye(5, dtype=metric.dtype)
+        move = -torch.linalg.solve(metric, gradient)
+        move = move / max(1.0, float(move.abs().max()))
+        trials = ranges.clamp(point + torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05], dtype=point.dtype)[:, None] * move * scales)
+        values = score.value(score.errors(torch.cat([point[None], trials]), point))
+        best = int(torch.argmin(values))
+        moved = 0.0 if best == 0 else float(((trials[best - 1] - point) / scales).abs().max())
+        point = point if best == 0 else trials[best - 1]
+        path.append(point)
+        if moved < 0.01:
+            break
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="scene04,scene1_256,scene3_0,scene4_256")
     parser.add_argument("--seeds", type=int, default=6, help="split seeds of the sampling rows")
     parser.add_argument("--probes", type=int, default=4, help="pure-noise draws of the noise term")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--refine", action="store_true", help="only: refine each estimate on the noise-corrected "
+                        "score (the benchmark's noise variance) and print the errors")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mask = kaist_mask()
@@ -100,6 +164,15 @@ def main() -> None:
         print(f"\n{name}: estimate - truth " + " ".join(f"{k} {v:+.3f}" for k, v in error.items())
               + f" ({'in' if inside else 'outside'} tolerance)", flush=True)
         points = torch.stack([params_tensor(truth)[0], params_tensor(estimate)[0]])
+        if args.refine:
+            score = NoiseCorrectedScore(y, noise_draws(clean, args.probes, 11), mask, REFINE_SCORE, points[1])
+            path = corrected_refinement(score, points[1], pixel_scales(*mask.shape, 28, 2))
+            for k, point in enumerate(path):
+                error = {n: v - truth.to_dict()[n] for n, v in params_to_mismatch(point).to_dict().items()}
+                print(f"  corrected step {k}: " + " ".join(f"{n} {v:+.3f}" for n, v in error.items())
+                      + (f" ({'in' if all(abs(error[n]) <= TOLERANCE[n] for n in error) else 'outside'} tolerance, "
+                         f"{time.process_time() - start:.0f} CPU s)" if k == len(path) - 1 else ""), flush=True)
+            continue
         for label, base in (("4 x 24 rows", REFINE_SCORE), ("8 x 32 rows", WHOLE_HEIGHT)):
             rows = [relative(y, mask, points, base.with_(seed=s)) for s in range(args.seeds)]
             mean = np.mean([d for d, _ in rows])
@@ -113,12 +186,8 @@ def main() -> None:
             for label, data, settings in variants), flush=True)
         line = points[0] + torch.tensor(LINE, dtype=torch.float64)[:, None] * (points[1] - points[0])
         energy = held_out_energy(y, mask, REFINE_SCORE)
-        top = float(clean.max())
-        std = (clean * (top / NOISE_PEAK) + (NOISE_READ * top) ** 2).sqrt()
-        gen = torch.Generator().manual_seed(7)
         noisy = absolute(y, mask, line, REFINE_SCORE, energy)
-        terms = np.stack([absolute(torch.randn(y.shape, generator=gen) * std, mask, line, REFINE_SCORE, energy)
-                          for _ in range(args.probes)])
+        terms = np.stack([absolute(n, mask, line, REFINE_SCORE, energy) for n in noise_draws(clean, args.probes, 7)])
         term, spread = terms.mean(0), terms.std(0, ddof=1) / np.sqrt(args.probes)
         print(f"  4 x 24 rows, score - score at the truth (x 1e-6 of the held-out energy) at {LINE} of the way "
               "truth -> estimate:", flush=True)
