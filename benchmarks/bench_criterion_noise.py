@@ -112,6 +112,7 @@ class NoiseCorrectedScore:
         return [score.residuals(points).double() for score in self.scores]
 
     def value(self, errors: list[Tensor]) -> Tensor:
+        """Corrected scores (P,) from :meth:`errors`."""
         return sum(w * (e ** 2).sum(1) for w, e in zip(self.weights, errors))
 
 
@@ -119,8 +120,9 @@ def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, scales: Tens
                          ) -> list[Tensor]:
     """Levenberg-Marquardt on the noise-corrected score from ``start`` (5,), as Algorithm 2's joint stage
     but with the gradient sum_k w_k 2 J_k^T e_k of every input (J by forward differences of ``h`` pixel
-    units) and the measurement's J^T J as metric; steps of at most 1 pixel unit, backtracked. Returns the
-    point after each step (``scales``: :func:`calib.ranges.pixel_scales`; stops once a step moves less than 0.01 pixel units)."""
+    units) and the measurement's J^T J as metric; steps of at most 1 pixel unit (``scales``:
+    :func:`calib.ranges.pixel_scales`), backtracked. Returns the point after each step (stops once a step
+    moves less than 0.01 pixel units)."""
     ranges = Ranges()
     point, path = start, []
     for _ in range(steps):
@@ -132,7 +134,8 @@ def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, scales: Tens
         metric = metric + 1e-3 * metric.diagonal().max() * torch.eye(5, dtype=metric.dtype)
         move = -torch.linalg.solve(metric, gradient)
         move = move / max(1.0, float(move.abs().max()))
-        trials = ranges.clamp(point + torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05], dtype=point.dtype)[:, None] * move * scales)
+        fractions = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05], dtype=point.dtype)[:, None]
+        trials = ranges.clamp(point + fractions * move * scales)
         values = score.value(score.errors(torch.cat([point[None], trials]), point))
         best = int(torch.argmin(values))
         moved = 0.0 if best == 0 else float(((trials[best - 1] - point) / scales).abs().max())
