@@ -122,6 +122,7 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
                   measurements: list[str] = ()) -> dict[str, Path]:
     """calibration.json (with the ``measurements`` fitted and their ``warnings``), operator.npz and the two
     figures of a calibration, in the folder ``out`` (created)."""
+    from calib.handed_mask import model_frame
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
     from cassi import CassiOperator
@@ -134,7 +135,8 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     write_text(files["json"], json_text({**result.to_dict(), "measurements": [str(p) for p in measurements],
                                          "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
-    save_operator(files["operator"], instrument_operator(mask, bands, step, result.estimate, oversample,
+    mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
+    save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
                                                          result.settings.get("mask_interpolation", "linear")))
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
@@ -174,6 +176,14 @@ def summary(result) -> str:
         scores = ", ".join(f"{c['interpolation']} {c['score']:.5f}" for c in reading["candidates"])
         lines.append(f"mask reading (native grid): {reading['chosen']} kept ({scores}; the two estimates "
                      f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
+    handed = result.settings.get("handed_mask")
+    if handed and handed["detected"]:
+        phase = handed["phase"]
+        lines.append(f"handed mask: a binary code resampled {handed['kernel']}ly at phase (fy, fx) = "
+                     f"({phase['fy']:.4f}, {phase['fx']:.4f}) px (residual {handed['residual']:.1e} of its maximum): "
+                     f"calibrated with the code, the estimate given for the handed mask")
+    elif handed:
+        lines.append(f"handed mask: read as it is ({handed['reason']})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_mismatch
+from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
 from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
 from calib.ranges import Ranges, pixel_scales
@@ -116,6 +117,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
     the forward model, the score's solves and the solver check run (torch ops; on the CPU the
     placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
+    The handed ``mask`` is first tested for a binary code resampled at one sub-pixel phase
+    (:mod:`calib.handed_mask`, ``result.settings["handed_mask"]``); if it is one, the code is calibrated and
+    the estimate is given for the handed mask.
     Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
@@ -123,6 +127,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
     clock = StageClock()
+    with clock.stage("0 handed mask"):           # a resampled binary code: calibrate with the code itself
+        handed = read_handed_mask(mask)
+        mask, ranges = (handed.code.to(device) if handed.detected else mask), handed.code_ranges(ranges)
     scales = pixel_scales(*mask.shape, bands, step)
     with clock.stage("0 solver load"):
         if solver != HELD_OUT and y.shape[0] > 1:
@@ -193,5 +200,6 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                 "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
-    return CalibrationResult(estimate, point_score, nominal_score, assessment.status, assessment.reasons, history,
-                             clock.summary(), settings, assessment.landscape, checks, log, assessment.tests)
+    return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,
+                                                    assessment.reasons, history, clock.summary(), settings,
+                                                    assessment.landscape, checks, log, assessment.tests))

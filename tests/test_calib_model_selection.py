@@ -62,6 +62,8 @@ def test_a_fractional_warp_of_the_handed_mask_is_ambiguous_not_ok(fractional):
     assert fractional.estimate.to_dict() == pytest.approx(cubic)
     assert fractional.status == "ambiguous"
     assert any("depends on how the mask is read" in reason for reason in fractional.reasons), fractional.reasons
+    handed = fractional.settings["handed_mask"]       # the KAIST mask is a grey capture, not a resampled binary code
+    assert not handed["detected"] and "continuum of grey levels" in handed["reason"] and fractional.code is None
     from calibrate import summary
 
     assert "mask reading (native grid): cubic kept (linear " in summary(fractional)       # what the CLI prints
