@@ -13,7 +13,9 @@ corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, D
 The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
 grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
 score and the margin are in calibration.json, settings.model_selection) unless ``--model-oversample N K``
-names one.
+names one. A --mask that is a binary code shifted by a fraction of a pixel with bilinear interpolation is
+detected and calibrated through the code itself, the estimate given for the mask as handed (settings.handed_mask;
+operator.npz then holds the code and the estimate in its frame).
 ``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
 default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
 11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
