@@ -7,14 +7,14 @@ reads it bilinearly a second time and its sub-pixel estimate is pulled towards w
 equals, to its float or 8-bit quantisation (:data:`TOLERANCE` of its maximum), with the rows and columns
 outside its support left out,
 
-    handed = warp_mask(B, dx=-fx, dy=-fy),  B in {0, max}^(H, W),  (fy, fx) in [-1/2, 1/2)^2 not (0, 0),
+    handed = warp_mask(B, dx=-fx, dy=-fy),  B in {lo, max}^(H, W),  (fy, fx) in [-1/2, 1/2)^2 not (0, 0),
 
 i.e. handed(o) = B(o + (fy, fx)) read bilinearly: a 2-tap filter per axis. The phase
 comes from the grey levels (at most 16 sums of the four weights; they fix (fy, fx) up to the mirror and
 swap symmetries, each tried); B from two Viterbi passes with the binary constraint (down each column for
 the x-filtered code, whose alphabet is {0, 1 - fx, fx, 1}, then along each row for B); the phase is then
 refitted by least squares on the decoded B, and the answer is "detected" only when ``warp_mask`` of B
-reproduces the handed mask. A rotated warp has no single phase and is not detected, nor is a grey mask (a
+reproduces the handed mask (lo: the minimum over the support, 0 or a transmission floor). A rotated warp has no single phase and is not detected, nor is a grey mask (a
 captured mask such as the KAIST or TSA masks: thousands of levels) nor a sharp binary one.
 
 When detected the calibration reads B (sharp: the bilinear reading is exact for it) and the estimate is
@@ -46,8 +46,8 @@ REFITS = 6               # decode / least-squares phase rounds at most
 
 @dataclass
 class HandedMask:
-    """What :func:`read_handed_mask` found. ``code``: B (H, W), float32, 0 or the handed mask's maximum
-    (None when not detected); ``phase`` (fy, fx) px in [-1/2, 1/2) with handed = warp_mask(code, -fx, -fy)
+    """What :func:`read_handed_mask` found. ``code``: B (H, W), float32, the handed mask's minimum or maximum
+    over its support, 0 outside it (None when not detected); ``phase`` (fy, fx) px in [-1/2, 1/2) with handed = warp_mask(code, -fx, -fy)
     (the code's frame is the one nearest the handed mask's); ``residual``: max |warp_mask(code, -fx, -fy) -
     handed| / max over the support less the array's outer rows and columns (None when nothing was decoded)."""
 
@@ -120,7 +120,10 @@ def read_handed_mask(mask: Tensor) -> HandedMask:
     if top <= 0 or len(rows) < 3 or len(cols) < 3:
         return HandedMask(False, "too small or empty to test")
     r0, r1, c0, c1 = rows[0], rows[-1], cols[0], cols[-1]
-    v = m[r0:r1 + 1, c0:c1 + 1] / top
+    low = float(m[r0:r1 + 1, c0:c1 + 1].min())           # the code's closed value (0, or a transmission floor)
+    if low >= top * (1 - TOLERANCE):
+        return HandedMask(False, "a uniform mask (one level)")
+    v = (m[r0:r1 + 1, c0:c1 + 1] - low) / (top - low)
     if np.all(np.minimum(v, np.abs(1 - v)) <= TOLERANCE):
         return HandedMask(False, "a sharp binary mask (two levels)")
     levels = _levels(v)
@@ -142,7 +145,7 @@ def read_handed_mask(mask: Tensor) -> HandedMask:
     code_box, (fy, fx), _ = best
     h, w = m.shape
     code = np.zeros((h + 1, w + 1))
-    code[r0:r0 + code_box.shape[0], c0:c0 + code_box.shape[1]] = code_box * top
+    code[r0:r0 + code_box.shape[0], c0:c0 + code_box.shape[1]] = low + code_box * (top - low)
     if fy >= 0.5:                                 # the frame nearest the handed mask's: phase in [-1/2, 1/2)
         code, fy = code[1:], fy - 1
     if fx >= 0.5:

@@ -55,6 +55,13 @@ def test_a_bilinearly_shifted_code_is_detected_and_recovered_exactly(dx, dy, eig
     assert (again - handed.double())[3:-3, 3:-3].abs().max() <= found.residual + 1e-9     # inside its support
 
 
+def test_a_code_with_a_transmission_floor_is_recovered():
+    code = 0.2 + 0.6 * binary_code(seed=2)                                     # closed 0.2, open 0.8
+    found = read_handed_mask(warp_mask(code, 0.3, -0.45, 0.0).float())
+    assert found.detected and found.phase == pytest.approx((0.45, -0.3), abs=1e-6), found.reason
+    assert torch.allclose(found.code.double()[3:-3, 3:-3], code[3:-3, 3:-3], atol=1e-6)
+
+
 def test_the_kaist_code_at_the_issue_phase_is_recovered():
     """The KAIST layout (thresholded) handed over as the issue's fractional shift: the code back exactly."""
     code = kaist_code()
@@ -65,7 +72,7 @@ def test_the_kaist_code_at_the_issue_phase_is_recovered():
 
 def test_masks_that_are_not_a_resampled_code_are_read_as_they_are():
     code = binary_code()
-    cases = {"sharp": (code, "sharp binary"), "code-less": (torch.ones(64, 64), "sharp binary"),
+    cases = {"sharp": (code, "sharp binary"), "code-less": (torch.ones(64, 64), "uniform"),
              "random grey": (torch.rand(64, 64, generator=torch.Generator().manual_seed(0)), "grey levels"),
              "rotated 0.3 deg": (warp_mask(code, -0.6, 1.4, 0.3), "grey levels"),
              "rotated 0.02 deg": (warp_mask(binary_code(256), -0.6, 1.4, 0.02), "grey levels"),
