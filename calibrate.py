@@ -179,13 +179,22 @@ def summary(result) -> str:
         lines.append(f"mask reading (native grid): {reading['chosen']} kept ({scores}; the two estimates "
                      f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
     handed = result.settings.get("handed_mask")
-    if handed and handed["detected"]:
+    unshift = (handed or {}).get("unshift")
+    if unshift and unshift["kept"]:
+        phase, margins = unshift["phase"], unshift["margins"]
+        scores = " / ".join(f"{name} {m['score']:.5f}" for name, m in margins.items())
+        lines.append(f"handed mask: un-shifted by the bilinear phase (fy, fx) = ({phase['fy']:.3f}, {phase['fx']:.3f}) px "
+                     f"chosen by the held-out score ({unshift['refined_score']:.5f} vs {scores}, "
+                     f"{min(m['margin_in_standard_errors'] for m in margins.values()):.1f} standard errors or more): "
+                     f"calibrated with the un-shifted mask, the estimate given for the handed mask")
+    elif handed and handed["detected"]:
         phase = handed["phase"]
         lines.append(f"handed mask: a binary code resampled {handed['kernel']}ly at phase (fy, fx) = "
                      f"({phase['fy']:.4f}, {phase['fx']:.4f}) px (residual {handed['residual']:.1e} of its maximum): "
                      f"calibrated with the code, the estimate given for the handed mask")
     elif handed:
-        lines.append(f"handed mask: read as it is ({handed['reason']})")
+        tried = f"; un-shifting it by a bilinear phase was tried and refused: {unshift['reason']}" if unshift else ""
+        lines.append(f"handed mask: read as it is ({handed['reason']}{tried})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 

@@ -57,12 +57,24 @@ class HandedMask:
     phase: tuple[float, float] = (0.0, 0.0)
     residual: float | None = None
     kernel: str = "bilinear"
+    unshift: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
-        """For ``calibration.json`` → ``settings.handed_mask``."""
-        return {"detected": self.detected, "kernel": self.kernel if self.detected else None,
-                "phase": {"fy": self.phase[0], "fx": self.phase[1]} if self.detected else None,
-                "residual": self.residual, "tolerance": TOLERANCE, "reason": self.reason}
+        """For ``calibration.json`` → ``settings.handed_mask`` (``unshift``: the record of
+        :func:`calib.unshift.try_unshift` when it ran)."""
+        out = {"detected": self.detected, "kernel": self.kernel if self.detected else None,
+               "phase": {"fy": self.phase[0], "fx": self.phase[1]} if self.detected else None,
+               "residual": self.residual, "tolerance": TOLERANCE, "reason": self.reason}
+        return out if self.unshift is None else {**out, "unshift": self.unshift}
+
+    def with_unshift(self, other: "HandedMask") -> "HandedMask":
+        """This reading with the un-shifting record of ``other`` (and its code and phase when it was kept)."""
+        return other if other.detected else replace(self, unshift=other.unshift)
+
+    def into_code_frame(self, value: Any) -> Any:
+        """Points (dicts of the five parameters, in stage records, dicts and lists) given for the handed mask
+        moved into the code's frame (dx - fx, dy - fy)."""
+        return _moved(value, {"dx": -self.phase[1], "dy": -self.phase[0]})
 
     def code_ranges(self, ranges: Ranges) -> Ranges:
         """The search ``ranges`` (given for the handed mask) in the code's frame."""
@@ -82,8 +94,7 @@ class HandedMask:
         settings["ranges"] = {k: [v + shift.get(k, 0.0) for v in lo_hi] for k, lo_hi in settings["ranges"].items()}
         landscape = {name: {**s, "values": [v + shift[name] for v in s["values"]]} if name in shift else s
                      for name, s in result.landscape.items()}
-        history = [StageRecord(h.name, _moved(h.best, shift), h.score, h.evaluations, h.seconds, h.cpu_seconds,
-                               _moved(h.trace, shift)) for h in result.history]
+        history = _moved(result.history, shift)
         estimate = Mismatch.from_dict(_moved(result.estimate.to_dict(), shift))
         return replace(result, estimate=estimate, history=history, landscape=landscape,
                        evaluations=_moved(result.evaluations, shift), settings=_moved(settings, shift),
@@ -92,6 +103,8 @@ class HandedMask:
 
 def _moved(value: Any, shift: dict[str, float]) -> Any:
     """``value`` with every point (a dict holding the five parameters as numbers) shifted by ``shift``."""
+    if isinstance(value, StageRecord):
+        return replace(value, best=_moved(value.best, shift), trace=_moved(value.trace, shift))
     if isinstance(value, dict):
         if set(PARAMETER_NAMES) <= set(value) and all(isinstance(value[n], (int, float)) for n in PARAMETER_NAMES):
             return {k: v + shift.get(k, 0.0) for k, v in value.items()}

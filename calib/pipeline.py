@@ -41,6 +41,7 @@ from calib.search import Evaluations, SearchSettings, polish_stage
 from calib.solver_score import inner_solver
 from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess, solver_agreement
+from calib.unshift import try_unshift
 from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.mismatch import Mismatch
@@ -144,12 +145,22 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     chosen, other, interpolation, reasons = check_interpolation(chosen, y, mask, bands, step, ranges, scales,
                                                                 refinement, status_settings.z, status_settings.blocks,
                                                                 progress, mask_interpolations)
-    selection_reasons += reasons
     if interpolation is not None:
         selection = {**selection, "interpolation": interpolation}
-    for fit in fits + ([other] if other is not None else []):
-        if fit is chosen:
+    plain = chosen
+    if reasons:             # the readings disagree: the handed mask is a resampled image; try it un-shifted
+        unshifted, reading = try_unshift(chosen, other, y, mask, bands, step, ranges, scales, refinement,
+                                         status_settings.blocks)
+        handed = handed.with_unshift(reading)
+        if unshifted is not None:               # from here on in the un-shifted mask's frame
+            chosen, reasons, selection = unshifted, [], handed.into_code_frame(selection)
+            mask, ranges = handed.code, handed.code_ranges(ranges)
+    selection_reasons += reasons
+    for fit in {id(f): f for f in fits + [other, plain, chosen] if f is not None}.values():
+        if fit is plain:
             suffix = ""
+        elif fit is chosen:                                 # the handed mask un-shifted
+            suffix = " (un-shifted mask)"
         elif fit.oversample == chosen.oversample:           # the same model, the mask read another way
             suffix = f" ({fit.interpolation} mask)"
         else:
