@@ -9,9 +9,12 @@ resampled image), :func:`try_unshift` tries the handed mask deconvolved by the f
 (:func:`unshift_mask`: a recursion per axis in its stable direction) as a further reading:
 
 1. the phase is chosen blindly by the held-out score: a compass search over the estimate's sub-pixel
-   (dx, dy), seeded at the better plain reading's estimate, each candidate scored once (refinement
-   setting, the plain reading's prior weights, warm starts re-solved there from the plain ones) at the
-   whole-pixel point of the un-shifted mask ξ_B = ξ - (fx, fy) -- at the true phase ξ_B is a whole shift;
+   (dx, dy) (steps :data:`STEPS`), seeded at the better plain reading's estimate, each candidate scored
+   once (the criterion's refinement setting with the plain reading's prior weights, its warm starts
+   re-solved there from the plain ones in :data:`WARM_ITERATIONS` steps) at the whole-pixel point of the
+   un-shifted mask ξ_B = ξ - (fx, fy) -- at the true phase ξ_B is a whole shift (KAIST snapshot 01: scores
+   of phases 0.05 apart differ by 5-16 %, the same minimum after 15 or 40 steps; the search setting put
+   the phase 0.02-0.04 px low on snapshots 01-05);
 2. refused near phase 1/2 per axis (:data:`PHASE_REFUSE`: the filter has a zero there), and when the
    un-shifted mask leaves the handed mask's value range by more than :data:`OVERSHOOT` of its maximum
    (inside its support less the rows where the recursion's start value still rings): deconvolution at a
@@ -39,15 +42,15 @@ from calib.model_selection import ModelFit, refine_fit, score_estimate
 from calib.ranges import Ranges
 from calib.refine import RefineSettings
 from calib.result import StageClock
-from calib.score import HeldOutScore
 from calib.search import Evaluations
 from calib.status import relative_difference, same_prior, score_like
 
 STEPS = (0.1, 0.05, 0.025)     # compass-search steps (px) of the phase, coarse to fine
 PHASE_REFUSE = 0.05            # a phase within this of 1/2 on either axis is refused (the filter's zero)
-OVERSHOOT = 0.05               # of the handed mask's maximum: the un-shifted mask's excess beyond its range
+OVERSHOOT = 0.1                # of the handed mask's maximum: the un-shifted mask's excess beyond its range
+RINGING = 0.01                 # rows left out of the overshoot test until the start value's error decays below this
 MARGIN = 4.0                   # standard errors by which the un-shifted reading must beat both plain readings
-WARM_ITERATIONS = 40           # CG steps re-solving the warm starts for a candidate phase
+WARM_ITERATIONS = 15           # CG steps re-solving the warm starts for a candidate phase
 MOVES = 8                      # compass moves per step size at most
 
 
@@ -82,14 +85,15 @@ def _unshift_axis(h: np.ndarray, f: float) -> np.ndarray:
 def overshoot(handed: Tensor, unshifted: Tensor, fy: float, fx: float) -> float:
     """max excess of ``unshifted`` beyond [min, max] of ``handed``, over its maximum, inside the handed
     mask's support less, per axis, the rows where an error of the recursion's start value still exceeds
-    :data:`OVERSHOOT` (it decays by min(f, 1 - f) / max(f, 1 - f) per row); inf when nothing is left."""
+    :data:`RINGING` (it decays by min(f, 1 - f) / max(f, 1 - f) per row) and two more at the far end; inf
+    when nothing is left."""
     h = torch.as_tensor(handed).double()
     b = torch.as_tensor(unshifted).double()
     top, low = float(h.max()), float(h.min())
     box = []
     for axis, f in ((0, fy), (1, fx)):
         ratio = min(f % 1, 1 - f % 1) / max(f % 1, 1 - f % 1)
-        margin = 2 + (math.ceil(math.log(OVERSHOOT) / math.log(ratio)) if 0 < ratio < 1 else 0)
+        margin = 2 + (math.ceil(math.log(RINGING) / math.log(ratio)) if 0 < ratio < 1 else 0)
         used = torch.nonzero(h.abs().sum(1 - axis) > 0).flatten()
         if len(used) == 0 or int(used[-1]) - int(used[0]) < 2 * margin + 2:
             return math.inf
@@ -149,9 +153,9 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
     handed = HandedMask(True, "", code.to(mask.device), phase)
     point = _unshifted_point(mask, start, best[0], best[1])[1]
     with clock.stage("0 setup"):
-        full, cheap = (HeldOutScore(y, handed.code, bands, step, criterion.settings.with_(
-            interpolation="linear", **same_prior(criterion, code)), reference=point[None])
-            for criterion in (plain.full, plain.cheap))
+        full, cheap = (score_like(criterion, y, handed.code, point, criterion.settings.rebase_iterations,
+                                  interpolation="linear", **same_prior(criterion, code))
+                       for criterion in (plain.full, plain.cheap))
     evaluations = Evaluations(cheap, plain.evaluations.batch, plain.evaluations.progress)
     shift = [-phase[1], -phase[0], 0.0, 0.0, 0.0]
     evaluations.log = [(stage, [v + s for v, s in zip(p, shift)], value) for stage, p, value in plain.evaluations.log]
