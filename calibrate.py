@@ -174,12 +174,13 @@ def summary(result) -> str:
                      f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
     reading = selection.get("interpolation")
-    if reading:
-        scores = ", ".join(f"{c['interpolation']} {c['score']:.5f}" for c in reading["candidates"])
-        lines.append(f"mask reading (native grid): {reading['chosen']} kept ({scores}; the two estimates "
-                     f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")
+    if reading:
+        scores = ", ".join(f"{c['interpolation']} {c['score']:.5f}" for c in reading["candidates"])
+        kept = "the better, superseded by the un-shifted mask" if unshift and unshift["kept"] else "kept"
+        lines.append(f"mask reading (native grid): {reading['chosen']} {kept} ({scores}; the two estimates "
+                     f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
     if unshift and unshift["kept"]:
         phase, margins = unshift["phase"], unshift["margins"]
         scores = " / ".join(f"{name} {m['score']:.5f}" for name, m in margins.items())
