@@ -106,8 +106,8 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
                 scales: Tensor, settings: RefineSettings, blocks: int) -> tuple[ModelFit | None, HandedMask]:
     """For the native-grid readings ``plain`` (kept) and ``other`` of the handed ``mask`` (both refined and
     scored by :func:`calib.model_selection.check_interpolation`): search, gate and refine the un-shifted
-    reading (module docstring). Returns (its fit in B's frame -- history and search log moved there -- or
-    None when it was refused, the :class:`HandedMask` holding B and the phase when kept, and the record)."""
+    reading (module docstring). Returns its fit in B's frame (history and search log moved there; None when
+    refused) and a :class:`HandedMask` holding the record (``unshift``), and B and the phase when kept."""
     clock = StageClock()
     start = plain.point
     tried: dict[tuple[float, float], float] = {}          # handed-frame sub-pixel (dx, dy) -> score
