@@ -14,7 +14,7 @@ resampled image), :func:`try_unshift` tries the handed mask deconvolved by the f
    re-solved there from the plain ones in :data:`WARM_ITERATIONS` steps) at the whole-pixel point of the
    un-shifted mask ξ_B = ξ - (fx, fy) -- at the true phase ξ_B is a whole shift (KAIST snapshot 01: scores
    of phases 0.05 apart differ by 5-16 %, the same minimum after 15 or 40 steps; the search setting put
-   the phase 0.02-0.04 px low on snapshots 01-05);
+   one axis 0.02-0.04 px low on snapshots 02-05);
 2. refused near phase 1/2 per axis (:data:`PHASE_REFUSE`: the filter has a zero there), and when the
    un-shifted mask leaves the handed mask's value range by more than :data:`OVERSHOOT` of its maximum
    (inside its support less the rows where the recursion's start value still rings): deconvolution at a
