@@ -15,7 +15,9 @@ grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels bet
 score and the margin are in calibration.json, settings.model_selection) unless ``--model-oversample N K``
 names one. A --mask that is a binary code shifted by a fraction of a pixel with bilinear interpolation is
 detected and calibrated through the code itself, the estimate given for the mask as handed (settings.handed_mask;
-operator.npz then holds the code and the estimate in its frame).
+operator.npz then holds the code and the estimate in its frame). A grey --mask that the native grid's two
+readings disagree on is also tried un-shifted by a bilinear phase chosen by the held-out score, and kept only
+when it predicts the held-out pixels far better (settings.handed_mask.unshift; calib/unshift.py).
 ``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
 default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
 11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the

@@ -120,7 +120,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
     The handed ``mask`` is first tested for a binary code resampled at one sub-pixel phase
     (:mod:`calib.handed_mask`, ``result.settings["handed_mask"]``); if it is one, the code is calibrated and
-    the estimate is given for the handed mask.
+    the estimate is given for the handed mask. When the native grid's two mask readings disagree, the handed
+    mask un-shifted by a bilinear phase is tried as a further, gated reading (:mod:`calib.unshift`), composed
+    back the same way when kept.
     Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
