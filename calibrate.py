@@ -13,7 +13,11 @@ corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, D
 The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
 grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
 score and the margin are in calibration.json, settings.model_selection) unless ``--model-oversample N K``
-names one.
+names one. A --mask that is a binary code shifted by a fraction of a pixel with bilinear interpolation is
+detected and calibrated through the code itself, the estimate given for the mask as handed (settings.handed_mask;
+operator.npz then holds the code and the estimate in its frame). A grey --mask that the native grid's two
+readings disagree on is also tried un-shifted by a bilinear phase chosen by the held-out score, and kept only
+when it predicts the held-out pixels far better (settings.handed_mask.unshift; calib/unshift.py).
 ``--solver`` is the inner solver that decides the estimate: ``heldout`` (the held-out CG criterion, the
 default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README, "Inner solver (issue
 11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
@@ -122,6 +126,7 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
                   measurements: list[str] = ()) -> dict[str, Path]:
     """calibration.json (with the ``measurements`` fitted and their ``warnings``), operator.npz and the two
     figures of a calibration, in the folder ``out`` (created)."""
+    from calib.handed_mask import model_frame
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
     from cassi import CassiOperator
@@ -134,7 +139,8 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     write_text(files["json"], json_text({**result.to_dict(), "measurements": [str(p) for p in measurements],
                                          "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
-    save_operator(files["operator"], instrument_operator(mask, bands, step, result.estimate, oversample,
+    mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
+    save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
                                                          result.settings.get("mask_interpolation", "linear")))
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
@@ -170,10 +176,28 @@ def summary(result) -> str:
                      f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
     reading = selection.get("interpolation")
+    handed = result.settings.get("handed_mask")
+    unshift = (handed or {}).get("unshift")
     if reading:
         scores = ", ".join(f"{c['interpolation']} {c['score']:.5f}" for c in reading["candidates"])
-        lines.append(f"mask reading (native grid): {reading['chosen']} kept ({scores}; the two estimates "
+        kept = "the better, superseded by the un-shifted mask" if unshift and unshift["kept"] else "kept"
+        lines.append(f"mask reading (native grid): {reading['chosen']} {kept} ({scores}; the two estimates "
                      f"{reading['estimate_spread_pixel_units']:.3f} pixel units apart)")
+    if unshift and unshift["kept"]:
+        phase, margins = unshift["phase"], unshift["margins"]
+        scores = " / ".join(f"{name} {m['score']:.5f}" for name, m in margins.items())
+        lines.append(f"handed mask: un-shifted by the bilinear phase (fy, fx) = ({phase['fy']:.3f}, {phase['fx']:.3f}) px "
+                     f"chosen by the held-out score ({unshift['refined_score']:.5f} vs {scores}, "
+                     f"{min(m['margin_in_standard_errors'] for m in margins.values()):.1f} standard errors or more): "
+                     f"calibrated with the un-shifted mask, the estimate given for the handed mask")
+    elif handed and handed["detected"]:
+        phase = handed["phase"]
+        lines.append(f"handed mask: a binary code resampled {handed['kernel']}ly at phase (fy, fx) = "
+                     f"({phase['fy']:.4f}, {phase['fx']:.4f}) px (residual {handed['residual']:.1e} of its maximum): "
+                     f"calibrated with the code, the estimate given for the handed mask")
+    elif handed:
+        tried = f"; un-shifting it by a bilinear phase was tried and refused: {unshift['reason']}" if unshift else ""
+        lines.append(f"handed mask: read as it is ({handed['reason']}{tried})")
     lines.append(f"time: {startup}{timings['total_s']:.1f} s wall, {timings['total_cpu_s']:.1f} s CPU")
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_mismatch
+from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
 from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
 from calib.ranges import Ranges, pixel_scales
@@ -40,6 +41,7 @@ from calib.search import Evaluations, SearchSettings, polish_stage
 from calib.solver_score import inner_solver
 from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess, solver_agreement
+from calib.unshift import try_unshift
 from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.mismatch import Mismatch
@@ -116,6 +118,11 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
     the forward model, the score's solves and the solver check run (torch ops; on the CPU the
     placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
+    The handed ``mask`` is first tested for a binary code resampled at one sub-pixel phase
+    (:mod:`calib.handed_mask`, ``result.settings["handed_mask"]``); if it is one, the code is calibrated and
+    the estimate is given for the handed mask. When the native grid's two mask readings disagree, the handed
+    mask un-shifted by a bilinear phase is tried as a further, gated reading (:mod:`calib.unshift`), composed
+    back the same way when kept.
     Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
@@ -123,6 +130,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())
     clock = StageClock()
+    with clock.stage("0 handed mask"):           # a resampled binary code: calibrate with the code itself
+        handed = read_handed_mask(mask)
+        mask, ranges = (handed.code.to(device) if handed.detected else mask), handed.code_ranges(ranges)
     scales = pixel_scales(*mask.shape, bands, step)
     with clock.stage("0 solver load"):
         if solver != HELD_OUT and y.shape[0] > 1:
@@ -137,12 +147,22 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     chosen, other, interpolation, reasons = check_interpolation(chosen, y, mask, bands, step, ranges, scales,
                                                                 refinement, status_settings.z, status_settings.blocks,
                                                                 progress, mask_interpolations)
-    selection_reasons += reasons
     if interpolation is not None:
         selection = {**selection, "interpolation": interpolation}
-    for fit in fits + ([other] if other is not None else []):
-        if fit is chosen:
+    plain = chosen
+    if reasons:             # the readings disagree: the handed mask is a resampled image; try it un-shifted
+        unshifted, reading = try_unshift(chosen, other, y, mask, bands, step, ranges, scales, refinement,
+                                         status_settings.blocks)
+        handed = handed.with_unshift(reading)
+        if unshifted is not None:               # from here on in the un-shifted mask's frame
+            chosen, reasons, selection = unshifted, [], handed.into_code_frame(selection)
+            mask, ranges = handed.code, handed.code_ranges(ranges)
+    selection_reasons += reasons
+    for fit in {id(f): f for f in fits + [other, plain, chosen] if f is not None}.values():
+        if fit is plain:
             suffix = ""
+        elif fit is chosen:                                 # the handed mask un-shifted
+            suffix = " (un-shifted mask)"
         elif fit.oversample == chosen.oversample:           # the same model, the mask read another way
             suffix = f" ({fit.interpolation} mask)"
         else:
@@ -193,5 +213,6 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                 "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
-    return CalibrationResult(estimate, point_score, nominal_score, assessment.status, assessment.reasons, history,
-                             clock.summary(), settings, assessment.landscape, checks, log, assessment.tests)
+    return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,
+                                                    assessment.reasons, history, clock.summary(), settings,
+                                                    assessment.landscape, checks, log, assessment.tests))

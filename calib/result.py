@@ -38,7 +38,9 @@ class CalibrationResult:
     why, e.g. a flat landscape or an estimate at a range edge) or "failed" (no usable estimate).
     ``landscape`` holds 1-D score slices through the estimate; ``evaluations`` every score the beam
     search computed (stage, point, score), for the plots; ``checks`` the residuals of the chosen
-    solver before / after calibration; ``tests`` the numbers behind the status (:mod:`calib.status`).
+    solver before / after calibration; ``tests`` the numbers behind the status (:mod:`calib.status`);
+    ``code``: the binary code (H, W) the forward model read when the handed mask was a resampled copy of it
+    (:mod:`calib.handed_mask`; the estimate is given for the handed mask), None when it read the handed mask.
     """
 
     estimate: Mismatch
@@ -53,6 +55,7 @@ class CalibrationResult:
     checks: dict[str, Any] = field(default_factory=dict)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     tests: dict[str, dict[str, float]] = field(default_factory=dict)
+    code: Any = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

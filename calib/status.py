@@ -76,7 +76,7 @@ class StatusSettings:
     slice_max_fraction: float = 0.4                   # ... at most this fraction of the parameter's range
     blocks: int = 16                                  # column blocks per fold and stripe (noise estimate)
     z: float = 2.0                                    # a difference counts beyond z standard errors
-    warm_iterations: int = 40                         # re-solves of the code and nominal tests (see _score_at)
+    warm_iterations: int = 40                         # re-solves of the code and nominal tests (see score_like)
     min_code_gain: float = 0.5                        # ... and the code's gain must reach this (see docstring)
     edge_fraction: float = 0.02                       # an estimate within 2 % of the range width of an edge
     agreement_distance: float = 0.1                   # another solver's estimate: a held-out point this far (pixel units) ...
@@ -130,7 +130,7 @@ def same_prior(score: HeldOutScore, mask: Tensor) -> dict[str, float]:
     return {"smooth_space": s.smooth_space * ratio, "smooth_spectrum": s.smooth_spectrum * ratio}
 
 
-def _score_at(score: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, iterations: int, **changes
+def score_like(score: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, iterations: int, **changes
               ) -> HeldOutScore:
     """A score like ``score`` (same stripes and split) for another mask or model, its warm starts solved at
     ``point`` (5,) with ``iterations`` CG steps from ``score``'s: the scene is the same, and from there 40
@@ -228,7 +228,7 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
         failed.append("the calibrated model predicts the held-out pixels no better than zero (error "
                       f"{centre_score:.3g} of their energy): a dark or noise-only measurement?")
     def solved(at: Tensor, code: Tensor, **changes) -> Tensor:   # the same warm start and steps for each
-        other = _score_at(full, y, code, at, settings.warm_iterations, **changes)
+        other = score_like(full, y, code, at, settings.warm_iterations, **changes)
         return other.block_scores(at[None], settings.blocks)[0]
 
     calibrated = solved(point, mask)

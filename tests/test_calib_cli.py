@@ -47,6 +47,7 @@ def test_writes_json_operator_and_plots(run):
     selection = content["settings"]["model_selection"]          # --forward-model auto, the default
     scores = {tuple(c["oversample"]): c["score"] for c in selection["candidates"]}
     assert selection["chosen"] == [4, 2] and set(scores) == {(1, 1), (4, 2)} and scores[(4, 2)] < scores[(1, 1)]
+    assert "unshift" not in content["settings"]["handed_mask"]        # the enlarged grid: never un-shifted
     assert tuple(op.mask.shape[-2:]) == (64, 64)
     for key in ("landscape", "stages"):
         assert files[key].stat().st_size > 10_000

@@ -32,8 +32,13 @@ def warped_kaist_rows(warp: Mismatch = WARP) -> tuple[torch.Tensor, torch.Tensor
 @pytest.fixture(scope="module")
 def fractional():
     """The default calibration of the mask handed over warped by the fractional (0.6, -1.4) px (with the
-    solver check)."""
-    return calibrate(*warped_kaist_rows(), ranges=NEAR, **{**QUICK, "solver_check": True})
+    solver check), the un-shifted reading (calib.unshift, tests/test_calib_unshift.py) refused: the plain
+    readings, as when its gate says no."""
+    import calib.unshift
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calib.unshift, "MARGIN", float("inf"))
+        return calibrate(*warped_kaist_rows(), ranges=NEAR, **{**QUICK, "solver_check": True})
 
 
 def test_auto_picks_the_native_grid_for_native_grid_data(fractional):
@@ -62,6 +67,10 @@ def test_a_fractional_warp_of_the_handed_mask_is_ambiguous_not_ok(fractional):
     assert fractional.estimate.to_dict() == pytest.approx(cubic)
     assert fractional.status == "ambiguous"
     assert any("depends on how the mask is read" in reason for reason in fractional.reasons), fractional.reasons
+    handed = fractional.settings["handed_mask"]       # the KAIST mask is a grey capture, not a resampled binary code
+    assert not handed["detected"] and "continuum of grey levels" in handed["reason"] and fractional.code is None
+    unshift = handed["unshift"]                       # un-shifting was tried (the readings disagree) and refused
+    assert unshift["tried"] and not unshift["kept"] and "standard errors" in unshift["reason"]
     from calibrate import summary
 
     assert "mask reading (native grid): cubic kept (linear " in summary(fractional)       # what the CLI prints
@@ -98,6 +107,7 @@ def test_an_integer_warp_of_the_handed_mask_is_exact_and_ok():
     assert result.status == "ok", result.reasons
     errors = {k: v - warp.to_dict()[k] for k, v in result.estimate.to_dict().items()}
     assert all(abs(e) < 0.01 for e in errors.values()), errors
+    assert "unshift" not in result.settings["handed_mask"]            # the readings agree: never un-shifted
 
 
 def test_without_a_decisive_lead_every_model_is_refined_and_compared_again(monkeypatch):
