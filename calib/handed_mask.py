@@ -74,14 +74,18 @@ class HandedMask:
     def into_code_frame(self, value: Any) -> Any:
         """Points (dicts of the five parameters, in stage records, dicts and lists) given for the handed mask
         moved into the code's frame (dx - fx, dy - fy)."""
-        return _moved(value, {"dx": -self.phase[1], "dy": -self.phase[0]})
+        return _moved(value, self._shift(-1.0))
 
     def code_ranges(self, ranges: Ranges) -> Ranges:
         """The search ``ranges`` (given for the handed mask) in the code's frame."""
         if not self.detected:
             return ranges
-        shift = {"dx": -self.phase[1], "dy": -self.phase[0]}
+        shift = self._shift(-1.0)
         return Ranges.from_dict({k: [v + shift.get(k, 0.0) for v in lo_hi] for k, lo_hi in ranges.to_dict().items()})
+
+    def _shift(self, sign: float) -> dict[str, float]:
+        """(dx, dy) from the code's frame into the handed mask's (``sign`` 1) or back (-1): sign (fx, fy)."""
+        return {"dx": sign * self.phase[1], "dy": sign * self.phase[0]}
 
     def to_handed_frame(self, result: CalibrationResult) -> CalibrationResult:
         """``result`` of a calibration with the code, its points (estimate, stage bests, search evaluations,
@@ -90,7 +94,7 @@ class HandedMask:
         settings = {**result.settings, "handed_mask": self.record()}
         if not self.detected:
             return replace(result, settings=settings)
-        shift = {"dx": self.phase[1], "dy": self.phase[0]}
+        shift = self._shift(1.0)
         settings["ranges"] = {k: [v + shift.get(k, 0.0) for v in lo_hi] for k, lo_hi in settings["ranges"].items()}
         landscape = {name: {**s, "values": [v + shift[name] for v in s["values"]]} if name in shift else s
                      for name, s in result.landscape.items()}
@@ -155,21 +159,26 @@ def read_handed_mask(mask: Tensor) -> HandedMask:
         return HandedMask(False, "no sub-pixel phase reproduces it from a binary code"
                           + ("" if residual is None else f" (best residual {residual:.2g} of its maximum)"),
                           residual=residual)
-    code_box, (fy, fx), _ = best
+    code_box, phase, _ = best
     h, w = m.shape
     code = np.zeros((h + 1, w + 1))
     code[r0:r0 + code_box.shape[0], c0:c0 + code_box.shape[1]] = low + code_box * (top - low)
-    if fy >= 0.5:                                 # the frame nearest the handed mask's: phase in [-1/2, 1/2)
-        code, fy = code[1:], fy - 1
-    if fx >= 0.5:
-        code, fx = code[:, 1:], fx - 1
-    code = code[:h, :w]                           # what falls past the array's edge drops
-    residual = _verify(m, code, (fy, fx), (r0, r1, c0, c1)) / top
+    code, phase = nearest_frame(code, *phase)
+    residual = _verify(m, code, phase, (r0, r1, c0, c1)) / top
     if residual > TOLERANCE:
         return HandedMask(False, f"warp_mask of the decoded code does not reproduce it (residual {residual:.2g})",
                           residual=residual)
     return HandedMask(True, "a binary code resampled bilinearly at one sub-pixel phase",
-                      torch.from_numpy(code).float(), (fy, fx), residual)
+                      torch.from_numpy(code).float(), phase, residual)
+
+
+def nearest_frame(code: np.ndarray, fy: float, fx: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The (H, W) window of ``code`` (H + 1, W + 1), whose bilinear resampling at (fy, fx) in [0, 1)^2 is the
+    (H, W) handed mask, in the frame nearest the handed mask's, and the phase there, in [-1/2, 1/2)^2: per
+    axis the first row dropped and the phase less one for f >= 1/2, else the last row (past the array's edge)."""
+    rows = slice(1, None) if fy >= 0.5 else slice(None, -1)
+    cols = slice(1, None) if fx >= 0.5 else slice(None, -1)
+    return np.ascontiguousarray(code[rows, cols]), (fy - 1 if fy >= 0.5 else fy, fx - 1 if fx >= 0.5 else fx)
 
 
 def _levels(v: np.ndarray) -> np.ndarray | None:

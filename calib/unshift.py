@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from calib.handed_mask import HandedMask
+from calib.handed_mask import HandedMask, nearest_frame
 from calib.model_selection import ModelFit, refine_fit, score_estimate
 from calib.ranges import Ranges
 from calib.refine import RefineSettings
@@ -60,11 +60,8 @@ def unshift_mask(handed: Tensor, fy: float, fx: float) -> tuple[Tensor, tuple[fl
     Per axis (1 - f) B[i] + f B[i + 1] = handed[i] is solved by recursion in its stable direction: from the
     first row forwards for f >= 1/2, from the last backwards otherwise, started at the edge value."""
     m = torch.as_tensor(handed).detach().to("cpu", torch.float64).numpy()
-    m = _unshift_axis(_unshift_axis(m, fy).T, fx).T                 # (H + 1, W + 1)
-    rows = slice(1, None) if fy >= 0.5 else slice(None, -1)
-    cols = slice(1, None) if fx >= 0.5 else slice(None, -1)
-    phase = (fy - 1 if fy >= 0.5 else fy, fx - 1 if fx >= 0.5 else fx)
-    return torch.from_numpy(np.ascontiguousarray(m[rows, cols])).float(), phase
+    code, phase = nearest_frame(_unshift_axis(_unshift_axis(m, fy).T, fx).T, fy, fx)     # from (H + 1, W + 1)
+    return torch.from_numpy(code).float(), phase
 
 
 def _unshift_axis(h: np.ndarray, f: float) -> np.ndarray:
@@ -115,7 +112,7 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
     def score(dx: float, dy: float) -> tuple[float, float, float]:
         key = (round(dx, 6), round(dy, 6))
         if key not in tried:
-            code, point = _unshifted_point(mask, start, *key)
+            code, _, point = _unshifted_point(mask, start, *key)
             candidate = score_like(plain.full, y, code, point, WARM_ITERATIONS, interpolation="linear",
                                    **same_prior(plain.full, code))
             tried[key] = float(candidate(point[None])[0])
@@ -144,14 +141,13 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
     if min(abs(fy - 0.5), abs(fx - 0.5)) < PHASE_REFUSE:
         return refuse(f"the phase (fy, fx) = ({fy:.3f}, {fx:.3f}) px is within {PHASE_REFUSE} of 1/2, where the "
                       "bilinear filter has a zero")
-    code, phase = unshift_mask(mask, fy, fx)
+    code, phase, point = _unshifted_point(mask, start, best[0], best[1])
     excess = overshoot(mask, code, fy, fx)
     record["overshoot"] = excess
     if not excess <= OVERSHOOT:
         return refuse(f"the un-shifted mask leaves the handed mask's value range by {excess:.3g} of its maximum "
                       f"(more than {OVERSHOOT}): not a mask resampled at this phase")
-    handed = HandedMask(True, "", code.to(mask.device), phase)
-    point = _unshifted_point(mask, start, best[0], best[1])[1]
+    handed = HandedMask(True, "", code, phase)
     with clock.stage("0 setup"):
         full, cheap = (score_like(criterion, y, handed.code, point, criterion.settings.rebase_iterations,
                                   interpolation="linear", **same_prior(criterion, code))
@@ -181,10 +177,11 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
                         unshift=record)
 
 
-def _unshifted_point(mask: Tensor, start: Tensor, dx: float, dy: float) -> tuple[Tensor, Tensor]:
-    """The mask un-shifted at the phase of the handed-frame (dx, dy) and the point (5,) in its frame: the
-    whole shifts (dx, dy) - phase, theta, a1, alpha of ``start``."""
+def _unshifted_point(mask: Tensor, start: Tensor, dx: float, dy: float
+                     ) -> tuple[Tensor, tuple[float, float], Tensor]:
+    """The mask un-shifted at the phase of the handed-frame (dx, dy), that phase in [-1/2, 1/2)^2 and the
+    point (5,) in its frame: the whole shifts (dx, dy) - phase, theta, a1, alpha of ``start``."""
     code, (py, px) = unshift_mask(mask, dy % 1.0, dx % 1.0)
     point = start.clone()
     point[0], point[1] = round(dx - px), round(dy - py)
-    return code.to(mask.device), point
+    return code.to(mask.device), (py, px), point
