@@ -15,10 +15,12 @@ values that make no sense (``--limit 0``, ``--scale 0``, ``--noise.read -1``) wh
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
 import threading
+import traceback
 from contextlib import contextmanager
 from typing import Iterator, NoReturn
 
@@ -89,6 +91,17 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt(f"signal {_received[-1]}")
 
 
+def _release_interrupted_frames(err: BaseException) -> None:
+    """Free what the frames an interrupt unwound still hold, so that objects it left half-built (llvmlite's
+    pass managers when Ctrl-C lands in numba's compiler) complain now, not after the run's last line."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)        # frames still running (the caller's) are skipped
+        err = err.__cause__ or err.__context__
+    gc.collect()
+
+
 @contextmanager
 def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Report what goes wrong inside the block as a command-line tool should (see the module docstring).
@@ -104,7 +117,8 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     try:
         yield
         check_interrupted()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        _release_interrupted_frames(err)
         print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
               file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -241,6 +241,37 @@ def test_a_swallowed_interrupt_still_exits_130_and_publishes_nothing(tmp_path, c
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+HALF_BUILT = """
+import sys
+sys.path.insert(0, {repo!r})
+from cassi.errors import cli_errors
+
+class PassManager:
+    def __init__(self):
+        raise KeyboardInterrupt("signal 2")         # Ctrl-C before the native handle is set
+    def __del__(self):
+        self._as_parameter_                          # llvmlite's dispose() then fails
+
+def compile_kernel():
+    manager = object.__new__(PassManager)
+    manager.__init__()
+
+with cli_errors("prog"):
+    compile_kernel()
+"""
+
+
+def test_the_interrupted_line_is_the_last_even_when_the_interrupt_left_an_object_half_built(tmp_path):
+    """CI, stop 19: Ctrl-C inside numba's compiler left an llvmlite pass manager half-built; its __del__
+    error was printed after "interrupted", as the run's last line."""
+    script = tmp_path / "half_built.py"
+    script.write_text(HALF_BUILT.format(repo=str(REPO)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert "PassManager.__del__" in proc.stderr                # the object was freed inside the run
+    assert proc.stderr.strip().splitlines()[-1].startswith("prog: interrupted"), proc.stderr
+
+
 def test_output_files_have_the_usual_modes(files, tmp_path):
     """Issue: operator.npz and simulate outputs were written with mode 0600."""
     expected = umask_mode(0o666)
