@@ -175,6 +175,12 @@ def summary(result) -> str:
         lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
                      f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
+    noise = result.settings.get("noise_correction")
+    if noise:
+        var = noise["variance"]
+        lines.append(f"noise: variance {var['gain']:.3g} x y + {var['read_variance']:.3g} fitted blind (read sigma "
+                     f"{var['read_variance'] ** 0.5:.3g}); the held-out score less the noise it carries moved the "
+                     f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} steps")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")
@@ -265,7 +271,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             result = calibrate(captures, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
                                step=args.step, progress=not args.no_progress,
                                oversample=tuple(args.model_oversample) if args.model_oversample else None,
-                               solver_check=args.check_solver, device=device)
+                               solver_check=args.check_solver, device=device,
+                               **({"noise_correction": None} if args.no_noise_correction else {}))
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
@@ -379,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
                      help="oversampling of the calibration forward model (1 1: the native-grid operator); "
                           "no selection")
+    cal.add_argument("--no-noise-correction", action="store_true",
+                     help="skip the last refinement on the held-out score less the noise it carries (heldout "
+                          "solver; calibration.json: settings.noise_correction)")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

@@ -17,10 +17,13 @@ held-out score at the truth and at that estimate, each with its warm starts solv
   depends on the candidate through P, its held-out predictor (the noise carried through P). Last, the
   measurement's score less the noise term.
 
-``--refine`` (instead of the above): what a criterion corrected for the noise term would do -- from each
-estimate, Levenberg-Marquardt steps on the measurement's score less the mean score of ``--probes`` fixed
-pure-noise inputs (:class:`NoiseCorrectedScore`, :func:`corrected_refinement`). Not blind: it uses the
-benchmark's true noise variance; a calibrator would have to estimate it from the measurement.
+The estimate analysed is that of ``calib.calibrate`` without its last, noise-corrected refinement
+(``noise_correction=None``): the plain held-out criterion's.
+
+``--refine`` (instead of the above): from each such estimate, the noise-corrected refinement of
+:mod:`calib.noise_term` (``--probes`` random-sign draws), with the variance fitted blind (what
+``calibrate`` does by default) and with the benchmark's true variance (``gain`` = clean maximum / 1e4
+photons, ``read`` = 0.005 x the clean maximum), side by side.
 
 Usage: python -m benchmarks.bench_criterion_noise [--scenes scene04,scene1_256,scene3_0,scene4_256]
        [--seeds 6] [--probes 4] [--threads 1] [--refine]
@@ -38,6 +41,7 @@ from benchmarks.bench_calibration import NOISE_PEAK, NOISE_READ, TOLERANCE, draw
 from benchmarks.common import kaist_mask, pseudo_kaist_cubes
 from calib import calibrate
 from calib.forward_model import params_tensor, params_to_mismatch
+from calib.noise_term import NoiseCorrectedScore, NoiseCorrection, corrected_refinement, fit_noise_variance
 from calib.pipeline import REFINE_SCORE
 from calib.ranges import Ranges, pixel_scales
 from calib.score import HeldOutScore, ScoreSettings
@@ -96,64 +100,15 @@ def noise_draws(clean: Tensor, count: int, seed: int) -> list[Tensor]:
     return [torch.randn(clean.shape, generator=gen) * std for _ in range(count)]
 
 
-class NoiseCorrectedScore:
-    """The held-out score of ``y`` less the mean score of fixed pure-noise inputs ``noises`` (the noise
-    term), both in units of ``y``'s held-out energy; the same stripes, split and prior for every input."""
-
-    def __init__(self, y: Tensor, noises: list[Tensor], mask: Tensor, settings: ScoreSettings, start: Tensor) -> None:
-        self.scores = [HeldOutScore(v, mask, settings=settings, reference=start[None]) for v in [y, *noises]]
-        energies = [held_out_energy(v, mask, settings) for v in [y, *noises]]
-        self.weights = [1.0] + [-energy / energies[0] / len(noises) for energy in energies[1:]]
-
-    def errors(self, points: Tensor, at: Tensor) -> list[Tensor]:
-        """Held-out errors (P, N) of every input at the points (P, 5), warm starts moved to ``at`` (5,)."""
-        for score in self.scores:
-            score.set_reference(at[None])
-        return [score.residuals(points).double() for score in self.scores]
-
-    def value(self, errors: list[Tensor]) -> Tensor:
-        """Corrected scores (P,) from :meth:`errors`."""
-        return sum(w * (e ** 2).sum(1) for w, e in zip(self.weights, errors))
-
-
-def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, scales: Tensor, steps: int = 8, h: float = 0.05
-                         ) -> list[Tensor]:
-    """Levenberg-Marquardt on the noise-corrected score from ``start`` (5,), as Algorithm 2's joint stage
-    but with the gradient sum_k w_k 2 J_k^T e_k of every input (J by forward differences of ``h`` pixel
-    units) and the measurement's J^T J as metric; steps of at most 1 pixel unit (``scales``:
-    :func:`calib.ranges.pixel_scales`), backtracked. Returns the point after each step (stops once a step
-    moves less than 0.01 pixel units)."""
-    ranges = Ranges()
-    point, path = start, []
-    for _ in range(steps):
-        probes = point + torch.cat([torch.zeros(1, 5), torch.diag(h * scales)]).to(point)
-        errors = score.errors(probes, point)
-        jacobians = [(e[1:] - e[:1]) / h for e in errors]
-        gradient = sum(w * 2 * j @ e[0] for w, j, e in zip(score.weights, jacobians, errors))
-        metric = 2 * jacobians[0] @ jacobians[0].T
-        metric = metric + 1e-3 * metric.diagonal().max() * torch.eye(5, dtype=metric.dtype)
-        move = -torch.linalg.solve(metric, gradient)
-        move = move / max(1.0, float(move.abs().max()))
-        fractions = torch.tensor([1.0, 0.5, 0.25, 0.1, 0.05], dtype=point.dtype)[:, None]
-        trials = ranges.clamp(point + fractions * move * scales)
-        values = score.value(score.errors(torch.cat([point[None], trials]), point))
-        best = int(torch.argmin(values))
-        moved = 0.0 if best == 0 else float(((trials[best - 1] - point) / scales).abs().max())
-        point = point if best == 0 else trials[best - 1]
-        path.append(point)
-        if moved < 0.01:
-            break
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="scene04,scene1_256,scene3_0,scene4_256")
     parser.add_argument("--seeds", type=int, default=6, help="split seeds of the sampling rows")
-    parser.add_argument("--probes", type=int, default=4, help="pure-noise draws of the noise term")
+    parser.add_argument("--probes", type=int, default=4, help="pure-noise draws of the noise term (with --refine: "
+                        "of the corrected score)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--refine", action="store_true", help="only: refine each estimate on the noise-corrected "
-                        "score (the benchmark's noise variance) and print the errors")
+                        "score (blind variance, then the benchmark's) and print the errors")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     mask = kaist_mask()
@@ -161,20 +116,28 @@ def main() -> None:
         start = time.process_time()
         clean = measure(cube, truth, None)
         y = measure(cube, truth, noise_seed)
-        estimate = calibrate(y, mask, progress=False, solver_check=False).estimate
+        estimate = calibrate(y, mask, progress=False, solver_check=False, noise_correction=None).estimate
         error = {k: estimate.to_dict()[k] - v for k, v in truth.to_dict().items()}
         inside = all(abs(error[k]) <= TOLERANCE[k] for k in error)
         print(f"\n{name}: estimate - truth " + " ".join(f"{k} {v:+.3f}" for k, v in error.items())
               + f" ({'in' if inside else 'outside'} tolerance)", flush=True)
         points = torch.stack([params_tensor(truth)[0], params_tensor(estimate)[0]])
         if args.refine:
-            score = NoiseCorrectedScore(y, noise_draws(clean, args.probes, 11), mask, REFINE_SCORE, points[1])
-            path = corrected_refinement(score, points[1], pixel_scales(*mask.shape, 28, 2))
-            for k, point in enumerate(path):
-                error = {n: v - truth.to_dict()[n] for n, v in params_to_mismatch(point).to_dict().items()}
-                print(f"  corrected step {k}: " + " ".join(f"{n} {v:+.3f}" for n, v in error.items())
-                      + (f" ({'in' if all(abs(error[n]) <= TOLERANCE[n] for n in error) else 'outside'} tolerance, "
-                         f"{time.process_time() - start:.0f} CPU s)" if k == len(path) - 1 else ""), flush=True)
+            correction = NoiseCorrection(draws=args.probes)
+            top = float(clean.max())
+            variances = {"blind": fit_noise_variance(y[None], mask, 28, 2, REFINE_SCORE, points[1], correction),
+                         "true": {"gain": top / NOISE_PEAK, "read_variance": (NOISE_READ * top) ** 2}}
+            for label, variance in variances.items():
+                score = NoiseCorrectedScore(y[None], mask, 28, 2, REFINE_SCORE, points[1], variance, correction)
+                end, trace = corrected_refinement(score, points[1], Ranges(), pixel_scales(*mask.shape, 28, 2),
+                                                  correction)
+                error = {n: v - truth.to_dict()[n] for n, v in params_to_mismatch(end).to_dict().items()}
+                inside = all(abs(error[n]) <= TOLERANCE[n] for n in error)
+                print(f"  corrected, {label} variance (gain {variance['gain']:.3g}, read^2 "
+                      f"{variance['read_variance']:.3g}), {len(trace)} steps: "
+                      + " ".join(f"{n} {v:+.3f}" for n, v in error.items())
+                      + f" ({'in' if inside else 'outside'} tolerance, {time.process_time() - start:.0f} CPU s)",
+                      flush=True)
             continue
         for label, base in (("4 x 24 rows", REFINE_SCORE), ("8 x 32 rows", WHOLE_HEIGHT)):
             rows = [relative(y, mask, points, base.with_(seed=s)) for s in range(args.seeds)]

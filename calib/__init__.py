@@ -3,7 +3,8 @@
 ``calibrate(y, mask)`` -> :class:`CalibrationResult`. Modules: ``forward_model`` (the enlarged-grid
 instrument on the detector grid), ``placement`` (its placement sums: torch ops on any device) and
 ``kernels`` (the fused numba CPU kernels), ``score`` (the blind held-out criterion), ``search``
-(Algorithm 1), ``refine`` (Algorithm 2), ``solvers`` (GAP-TV / frozen MST), ``result``, ``plots``.
+(Algorithm 1), ``refine`` (Algorithm 2), ``noise_term`` (the last refinement, on the criterion less the
+noise it carries), ``solvers`` (GAP-TV / frozen MST), ``result``, ``plots``.
 
 The names below load on first use, so ``import calib.instrument`` (train.py's simulated instrument) does not
 import the pipeline, its solvers and numba.

@@ -5,9 +5,10 @@ Pipeline: Algorithm 1 (:mod:`calib.search`) with a cheap setting of the held-out
 candidate forward model, the choice of model by the held-out score in the full setting at each
 model's search estimate (:mod:`calib.model_selection`; skipped when the caller names one), Algorithm 2
 (:mod:`calib.refine`) with the full setting (for the chosen model, or for every candidate and a second
-comparison when the first is not decisive), the status tests and 1-D landscape slices through the
-estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it resolves the
-landscape as the search does), and the user's solver run through the calibration forward model at
+comparison when the first is not decisive), a last refinement on the held-out score less the noise it
+carries (:mod:`calib.noise_term`; the held-out solver only), the status tests and 1-D landscape slices
+through the estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it
+resolves the landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
 are used.
 
@@ -33,6 +34,7 @@ from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_
 from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
 from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
+from calib.noise_term import NoiseCorrection, correct_for_noise
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
 from calib.result import CalibrationResult, StageClock, StageRecord
@@ -96,7 +98,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
               status_settings: StatusSettings = StatusSettings(),
               device: str | torch.device = "cpu",
               models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS,
-              mask_interpolations: tuple[str, ...] = MASK_INTERPOLATIONS) -> CalibrationResult:
+              mask_interpolations: tuple[str, ...] = MASK_INTERPOLATIONS,
+              noise_correction: NoiseCorrection | None = NoiseCorrection()) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
     ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
@@ -115,6 +118,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     better held-out score is kept, ``result.settings["model_selection"]["interpolation"]`` records both,
     estimates that differ by more than 0.1 pixel units make the status "ambiguous"); ("linear",): no check.
     ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
+    ``noise_correction``: the last refinement on the noise-corrected score (:class:`NoiseCorrection`; None:
+    none; the record is ``result.settings["noise_correction"]``).
     ``status_settings``: how ``result.status`` is decided (:mod:`calib.status`). ``device``: where
     the forward model, the score's solves and the solver check run (torch ops; on the CPU the
     placement sums are numba kernels); the search and refinement bookkeeping stays on the CPU.
@@ -172,6 +177,16 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     point, point_score, history, diagnostics = chosen.point, chosen.point_score, chosen.history, chosen.diagnostics
     nominal_parts = chosen.nominal_parts
     nominal_score = float(nominal_parts.sum())
+    noise_record = None
+    if noise_correction is not None and inner is None:  # the held-out criterion less its noise term
+        with clock.stage("2F noise-corrected"):
+            point, point_score, noise_record = correct_for_noise(y, mask, bands, step, full.settings, point, ranges,
+                                                                 scales, noise_correction)
+        wall, cpu = clock.last("2F noise-corrected")
+        history.append(StageRecord("2F noise-corrected", params_to_mismatch(point).to_dict(), point_score,
+                                   sum(e["evaluations"] for e in noise_record["steps"]), wall, cpu,
+                                   noise_record["steps"]))
+        full.set_reference(point[None])
     criterion = None
     if inner is not None:               # S decides from the held-out estimate, through the chosen model
         criterion = inner.criterion(y[0], mask, bands, step, full.settings, point[None])
@@ -210,7 +225,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                 "search": asdict(search), "search_score": asdict(chosen.cheap.settings),
                 "refine_score": asdict(full.settings),
                 "refinement": asdict(refinement), "status": asdict(status_settings),
-                "diagnostics": diagnostics}
+                "noise_correction": noise_record, "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
     return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,

@@ -61,6 +61,17 @@ def test_recovers_the_injected_mismatch_blind(run):
     assert content["score"] < content["nominal_score"]
 
 
+def test_the_noise_corrected_stage_is_recorded_and_can_be_skipped(run, tmp_path, capsys):
+    folder, files = run
+    record = json.loads(files["json"].read_text())["settings"]["noise_correction"]
+    assert record["variance"]["gain"] >= 0 and record["variance"]["read_variance"] >= 0 and record["steps"]
+    skipped = calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"),
+                              "--model-oversample", "4", "2", "--no-noise-correction", "--no-progress",
+                              "--out", str(tmp_path / "out")])
+    assert json.loads(skipped["json"].read_text())["settings"]["noise_correction"] is None
+    assert "noise:" not in capsys.readouterr().out
+
+
 def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):
     folder, _ = run
     out = ["--out", str(tmp_path / "out")]
