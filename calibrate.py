@@ -387,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="oversampling of the calibration forward model (1 1: the native-grid operator); "
                           "no selection")
     cal.add_argument("--no-noise-correction", action="store_true",
-                     help="skip the last refinement on the held-out score less the noise it carries (heldout "
-                          "solver; calibration.json: settings.noise_correction)")
+                     help="skip the refinement on the held-out score less the noise it carries (the last stage "
+                          "of heldout, the start of a network solver's; calibration.json: settings.noise_correction)")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

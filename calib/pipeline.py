@@ -6,7 +6,7 @@ candidate forward model, the choice of model by the held-out score in the full s
 model's search estimate (:mod:`calib.model_selection`; skipped when the caller names one), Algorithm 2
 (:mod:`calib.refine`) with the full setting (for the chosen model, or for every candidate and a second
 comparison when the first is not decisive), a last refinement on the held-out score less the noise it
-carries (:mod:`calib.noise_term`; the held-out solver only), the status tests and 1-D landscape slices
+carries (:mod:`calib.noise_term`; for a network solver, before its own stage), the status tests and 1-D landscape slices
 through the estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it
 resolves the landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
@@ -178,7 +178,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     nominal_parts = chosen.nominal_parts
     nominal_score = float(nominal_parts.sum())
     noise_record = None
-    if noise_correction is not None and inner is None:  # the held-out criterion less its noise term
+    if noise_correction is not None:    # the held-out criterion less its noise term (S's start, if any)
         with clock.stage("2F noise-corrected"):
             point, point_score, noise_record = correct_for_noise(y, mask, bands, step, full.settings, point, ranges,
                                                                  scales, noise_correction)

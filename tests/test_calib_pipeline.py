@@ -35,6 +35,9 @@ def test_frozen_mst_solver_runs_in_the_pipeline(tmp_path):
     y, mask = measure(32, Mismatch(dx=0.4, a1=2.01))
     result = calibrate(y, mask, solver="mst_s", ckpt=str(path), progress=False, **QUICK)
     assert result.checks["solver"] == "mst_s"
+    assert result.settings["noise_correction"]["steps"]          # the network starts from the corrected point
+    names = [r.name for r in result.history]
+    assert names.index("2F noise-corrected") < names.index("1e polish (solver)")
     assert math.isfinite(result.checks["residual_nominal"]) and math.isfinite(result.checks["residual_calibrated"])
     with pytest.raises(ValueError, match="checkpoint"):
         calibrate(y, mask, solver="mst_s", progress=False)
