@@ -76,9 +76,9 @@ class CaptureBatch:
                  point: Tensor, predicted_only: bool = False) -> None:
         self.count, self.captures = len(inputs), inputs[0].shape[0]
         self.score = HeldOutScore(torch.cat(inputs), mask, bands, step, settings, reference=point.reshape(1, 5))
+        self.rows = self.captures * len(self.score.windows) * len(self.score.folds)    # solves per input
         if predicted_only:
-            first = self.captures * len(self.score.windows) * len(self.score.folds)
-            self.score.y_folds[first:] *= self.score.fits[first:]
+            self.score.y_folds[self.rows:] *= self.score.fits[self.rows:]
         # the score scales capture c's errors by 1 / sqrt(C * energy_c); undo it per capture
         energy = (self.score.y ** 2 * self.score.interior).sum((1, 2)).view(-1, len(self.score.windows)).sum(1)
         self.unscale = (len(energy) * energy).sqrt().cpu().double()                     # (C,)
@@ -96,8 +96,7 @@ class CaptureBatch:
 
     def intensities(self) -> Tensor:
         """The measurement's value at every held-out error entry of one input (N,)."""
-        folds = len(self.score.folds)
-        return self.score.y_folds[: self.captures * len(self.score.windows) * folds].flatten().cpu().double()
+        return self.score.y_folds[:self.rows].flatten().cpu().double()
 
 
 def fit_noise_variance(y: Tensor, mask: Tensor, bands: int, step: int, settings: ScoreSettings, point: Tensor,
@@ -136,11 +135,11 @@ class NoiseCorrectedScore:
         weights = torch.full((len(draws) + 1,), -1.0 / len(draws), dtype=torch.float64)
         weights[0] = 1.0
         self.weights = weights / self.batch.energy[0]
-        self.at: Tensor | None = point.reshape(5).to(torch.float64).clone()       # where the warm starts are
+        self.at = point.reshape(5).to(torch.float64).clone()                       # where the warm starts are
 
     def errors(self, points: Tensor, at: Tensor) -> Tensor:
         """Held-out errors (P, inputs, N) at the points (P, 5), warm starts moved to ``at`` (5,) first."""
-        if self.at is None or not torch.equal(self.at, at):
+        if not torch.equal(self.at, at):
             self.batch.set_reference(at)
             self.at = at.clone()
         return self.batch.errors(points)
@@ -198,15 +197,13 @@ def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, ranges: Rang
 
 def correct_for_noise(y: Tensor, mask: Tensor, bands: int, step: int, settings: ScoreSettings, start: Tensor,
                       ranges: Ranges, scales: Tensor, correction: NoiseCorrection = NoiseCorrection()
-                      ) -> tuple[Tensor, float, dict]:
+                      ) -> tuple[Tensor, dict]:
     """The blind variance fit at ``start`` (5,), then :func:`corrected_refinement`. Returns (point, the
-    measurement's plain held-out score there (relative to its held-out energy), the record for
-    ``calibration.json``: fitted variance, settings, steps)."""
+    record for ``calibration.json``: fitted variance, settings, steps)."""
     variance = fit_noise_variance(y, mask, bands, step, settings, start, correction)
     score = NoiseCorrectedScore(y, mask, bands, step, settings, start, variance, correction)
     point, trace = corrected_refinement(score, start, ranges, scales, correction)
-    plain = float((score.errors(point[None], point)[0, 0] ** 2).sum() / score.batch.energy[0])
     record = {"variance": {**variance, "model": "gain * max(y, 0) + read_variance (measurement units)"},
               "settings": asdict(correction), "steps": trace,
               "moved_pixel_units": float(((point - start.to(point)) / scales).abs().max())}
-    return point, plain, record
+    return point, record

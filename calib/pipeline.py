@@ -180,13 +180,14 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     noise_record = None
     if noise_correction is not None:    # the held-out criterion less its noise term (S's start, if any)
         with clock.stage("2F noise-corrected"):
-            point, point_score, noise_record = correct_for_noise(y, mask, bands, step, full.settings, point, ranges,
-                                                                 scales, noise_correction)
+            point, noise_record = correct_for_noise(y, mask, bands, step, full.settings, point, ranges, scales,
+                                                    noise_correction)
+            full.set_reference(point[None])       # the plain score there, by the criterion of the nominal score
+            point_score = float(full(point[None])[0])
         wall, cpu = clock.last("2F noise-corrected")
         history.append(StageRecord("2F noise-corrected", params_to_mismatch(point).to_dict(), point_score,
-                                   sum(e["evaluations"] for e in noise_record["steps"]), wall, cpu,
+                                   sum(e["evaluations"] for e in noise_record["steps"]) + 1, wall, cpu,
                                    noise_record["steps"]))
-        full.set_reference(point[None])
     criterion = None
     if inner is not None:               # S decides from the held-out estimate, through the chosen model
         criterion = inner.criterion(y[0], mask, bands, step, full.settings, point[None])
