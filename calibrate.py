@@ -7,8 +7,9 @@
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
 
-Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, the status
-"ok" / "ambiguous" / "failed" with reasons, per-stage history and timings), DIR/operator.npz (the
+Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, their ``standard_errors``
+under the criterion's own noise, the status "ok" / "ambiguous" / "failed" with reasons -- "ok" vouches for
+``--tolerance`` -- per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
 The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
 grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
@@ -58,6 +59,7 @@ from pathlib import Path  # noqa: E402
 
 from cassi.errors import (CliParser, UserError, cli_errors, non_negative_float, positive_float,  # noqa: E402
                           positive_int)
+from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help and
 # argument errors answer at once (README, "Start-up")
@@ -153,6 +155,8 @@ def summary(result) -> str:
     captures = result.settings.get("captures", 1)
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
+             *([f"standard errors from the criterion's noise alone (a lower bound): "
+                + ", ".join(f"{k} {v:.2g}" for k, v in result.standard_errors.items())] if result.standard_errors else []),
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
              f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "
              f"{result.score:.5f}"]
@@ -245,6 +249,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
     from calib import calibrate
+    from calib.status import StatusSettings
     from cassi.checks import check_mask
     from cassi.files import OutputFolder, json_text, write_text
     from data.io import load_mask
@@ -272,6 +277,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                step=args.step, progress=not args.no_progress,
                                oversample=tuple(args.model_oversample) if args.model_oversample else None,
                                solver_check=args.check_solver, device=device,
+                               status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
                                **({"noise_correction": None} if args.no_noise_correction else {}))
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
@@ -389,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-noise-correction", action="store_true",
                      help="skip the refinement on the held-out score less the noise it carries (the last stage "
                           "of heldout, the start of a network solver's; calibration.json: settings.noise_correction)")
+    cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
+                     metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
+                     help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
+                          "%(default)s): a parameter whose criterion-noise uncertainty (2 standard errors) is wider "
+                          "makes the status 'ambiguous'")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

@@ -65,8 +65,16 @@ class CalibrationResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def standard_errors(self) -> dict[str, float]:
+        """Standard errors of the estimate under the criterion's own noise, in the parameters' units
+        (:mod:`calib.uncertainty`; a lower bound: a bias the whole measurement shares is not in them);
+        empty when the status tests did not run."""
+        return dict(self.tests.get("uncertainty", {}).get("standard_error", {}))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate.to_dict(), "units": dict(PARAMETER_UNITS), "status": self.status,
+        return {"estimate": self.estimate.to_dict(), "standard_errors": self.standard_errors,
+                "units": dict(PARAMETER_UNITS), "status": self.status,
                 "reasons": list(self.reasons), "status_tests": self.tests, "score": self.score,
                 "nominal_score": self.nominal_score,
                 "history": [h.to_dict() for h in self.history], "timings": self.timings,

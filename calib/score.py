@@ -316,15 +316,24 @@ class HeldOutScore:
         """Held-out prediction errors (B, N) of candidates (B, 5); ``score = (residuals ** 2).sum(1)``."""
         return self._in_chunks(params, lambda part: self._residuals(part, False))
 
+    def block_ids(self, blocks: int) -> Tensor:
+        """Component of every held-out error (N,), as :meth:`residuals` orders them: (capture, stripe,
+        fold, column block), ``min(blocks, width)`` column blocks of near-equal width."""
+        entries, height, width = self.y_folds.shape
+        columns = torch.cat([torch.full((len(c),), k) for k, c in
+                             enumerate(torch.tensor_split(torch.arange(width), min(blocks, width)))])
+        per_entry = int(columns.max()) + 1
+        return (torch.arange(entries).view(-1, 1, 1) * per_entry + columns.view(1, 1, -1)).expand(
+            entries, height, width).flatten()
+
     @torch.no_grad()
     def block_scores(self, params: Tensor, blocks: int) -> Tensor:
         """Scores of candidates (B, 5) split over (capture, stripe, fold, column block):
         (B, captures * stripes * folds * blocks), summing to ``self(params)``. Paired differences of these
         components between two candidates estimate the noise of their score difference (:mod:`calib.status`)."""
         errors = self.residuals(params) ** 2
-        errors = errors.view(errors.shape[0], -1, self.y.shape[1], self.y.shape[2])
-        columns = torch.tensor_split(torch.arange(self.y.shape[2]), min(blocks, self.y.shape[2]))
-        return torch.stack([errors[..., c].sum((-1, -2)) for c in columns], -1).flatten(1)
+        ids = self.block_ids(blocks)
+        return errors.new_zeros(errors.shape[0], int(ids.max()) + 1).index_add_(1, ids, errors)
 
     def differentiable_residuals(self, params: Tensor) -> Tensor:
         """Held-out prediction errors (1, N) of one candidate (1, 5), differentiable in it

@@ -65,7 +65,9 @@ from calib.forward_model import PARAMETER_NAMES
 from calib.ranges import Ranges
 from calib.refine import difference_errors
 from calib.score import HeldOutScore
+from calib.uncertainty import sandwich_standard_errors
 from cassi.mismatch import PARAMETER_UNITS
+from cassi.tolerance import CALIBRATION_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class StatusSettings:
     agreement_distance: float = 0.1                   # another solver's estimate: a held-out point this far (pixel units) ...
     valley_step: float = 0.5                          # the valley test's probes: this far along the softest direction (pixel units)
     valley_difference: float = 0.05                   # ... found from forward differences this long (pixel units)
+    tolerance: tuple[float, ...] = tuple(CALIBRATION_TOLERANCE[n] for n in PARAMETER_NAMES)   # what "ok" vouches for
 
 
 @dataclass
@@ -170,17 +173,23 @@ def _capture_agreement(calibrated: Tensor, uncalibrated: Tensor, model: str, par
     return reasons
 
 
-def valley_test(full: HeldOutScore, point: Tensor, ranges: Ranges, scales: Tensor, settings: StatusSettings,
-                tests: dict) -> list[str]:
+def local_jacobian(full: HeldOutScore, point: Tensor, scales: Tensor, settings: StatusSettings
+                   ) -> tuple[Tensor, Tensor]:
+    """Held-out errors (N,) of ``full`` at ``point`` (5,) and their Jacobian (5, N) in pixel units, by
+    forward differences ``valley_difference`` long (the warm starts move to ``point``)."""
+    h = settings.valley_difference
+    errors = difference_errors(full, point, list(range(5)), scales, h).to(torch.float64)
+    return errors[0], (errors[1:] - errors[:1]) / h
+
+
+def valley_test(full: HeldOutScore, point: Tensor, jac: Tensor, ranges: Ranges, scales: Tensor,
+                settings: StatusSettings, tests: dict) -> list[str]:
     """Does the criterion pin ``point`` (5,) along its softest direction? The weakest eigenvector v of the
-    Gauss-Newton matrix J^T J of the held-out errors (refinement setting ``full``, warm starts moved to
-    ``point``; J by forward differences, pixel units), then the score at ``point +- valley_step * v``: a
+    Gauss-Newton matrix J^T J of the held-out errors (refinement setting ``full``; ``jac`` (5, N) from
+    :func:`local_jacobian` at ``point``), then the score at ``point +- valley_step * v``: a
     reason for "ambiguous" unless it rises by more than ``z`` standard errors at both ends. The axis
     slices miss such a valley (pseudo-KAIST scene04, dy -0.20 px, alpha -0.49 deg off: "ok"). The numbers
     go to ``tests["valley"]``."""
-    h = settings.valley_difference
-    errors = difference_errors(full, point, list(range(5)), scales, h).to(torch.float64)
-    jac = (errors[1:] - errors[:1]) / h
     eigenvalues, vectors = torch.linalg.eigh(jac @ jac.T)
     direction = vectors[:, 0] * torch.sign(vectors[vectors[:, 0].abs().argmax(), 0])   # largest component > 0
     ends = ranges.clamp(point + settings.valley_step * torch.stack([-direction, direction]) * scales)
@@ -198,6 +207,23 @@ def valley_test(full: HeldOutScore, point: Tensor, ranges: Ranges, scales: Tenso
     return [f"the landscape does not pin the estimate along its softest direction: the score changes by "
             f"{100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) at ({moves}) from the estimate, one way or "
             f"the other; needs a rise of more than {settings.z:g} standard errors"]
+
+
+def uncertainty_test(errors: Tensor, jac: Tensor, components: Tensor, scales: Tensor, settings: StatusSettings,
+                     tests: dict) -> list[str]:
+    """Standard errors of the estimate under the criterion's own noise (:mod:`calib.uncertainty`; ``errors``
+    (N,) and ``jac`` (5, N) from :func:`local_jacobian`, ``components`` (N,) the status's noise components),
+    into ``tests["uncertainty"]``; a reason for "ambiguous" for each parameter whose ``z`` standard errors
+    exceed ``tolerance``, the accuracy an "ok" vouches for."""
+    standard_errors = sandwich_standard_errors(errors, jac, components, scales)
+    z = settings.z
+    tests["uncertainty"] = {"standard_error": dict(zip(PARAMETER_NAMES, standard_errors.tolist())),
+                            "tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), "z": z,
+                            "components": int(components.max()) + 1}
+    return [f"the criterion's noise leaves {name} uncertain by +-{z * se:.3g} {PARAMETER_UNITS[name]} ({z:g} "
+            f"standard errors), more than the {tolerance:g} {PARAMETER_UNITS[name]} an \"ok\" vouches for"
+            for name, se, tolerance in zip(PARAMETER_NAMES, standard_errors.tolist(), settings.tolerance)
+            if not z * se <= tolerance]
 
 
 def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, ranges: Ranges,
@@ -283,7 +309,9 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
             ambiguous.append(f"the landscape does not pin {name}: the score changes by {100 * rise:+.2f} % "
                              f"+- {100 * se:.2f} % (criterion noise) at {where}; needs a rise of more than "
                              f"{z:g} standard errors")
-    ambiguous += valley_test(full, point, ranges, scales, settings, tests)
+    errors, jac = local_jacobian(full, point, scales, settings)
+    ambiguous += valley_test(full, point, jac, ranges, scales, settings, tests)
+    ambiguous += uncertainty_test(errors, jac, full.block_ids(settings.blocks), scales, settings, tests)
     if full.captures > 1:
         slices = [(2 + i * len(offsets) + j, f"{name} {float(offsets[j] * steps[i]):+.3g} {PARAMETER_UNITS[name]} "
                    "from the joint estimate") for i, name in enumerate(PARAMETER_NAMES) for j in range(len(offsets))]

@@ -61,15 +61,26 @@ def test_recovers_the_injected_mismatch_blind(run):
     assert content["score"] < content["nominal_score"]
 
 
-def test_the_noise_corrected_stage_is_recorded_and_can_be_skipped(run, tmp_path, capsys):
+def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vouches_for(run, tmp_path, capsys):
+    """The default run records the stage and the standard errors, and is "ok" at the default tolerance; a
+    second run skips the stage and asks for dx to 1e-6 px, which the criterion's noise cannot pin."""
     folder, files = run
-    record = json.loads(files["json"].read_text())["settings"]["noise_correction"]
+    content = json.loads(files["json"].read_text())
+    record = content["settings"]["noise_correction"]
     assert record["variance"]["gain"] >= 0 and record["variance"]["read_variance"] >= 0 and record["steps"]
+    assert set(content["standard_errors"]) == set(TRUTH) and all(v > 0 for v in content["standard_errors"].values())
+    capsys.readouterr()
     skipped = calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"),
                               "--model-oversample", "4", "2", "--no-noise-correction", "--no-progress",
-                              "--out", str(tmp_path / "out")])
-    assert json.loads(skipped["json"].read_text())["settings"]["noise_correction"] is None
-    assert "noise:" not in capsys.readouterr().out
+                              "--tolerance", "1e-6", "10", "10", "10", "10", "--out", str(tmp_path / "out")])
+    strict = json.loads(skipped["json"].read_text())
+    assert strict["settings"]["noise_correction"] is None
+    assert strict["settings"]["status"]["tolerance"] == [1e-6, 10, 10, 10, 10]
+    assert strict["status"] == "ambiguous"
+    assert [r for r in strict["reasons"] if "vouches for" in r] == [
+        r for r in strict["reasons"] if r.startswith("the criterion's noise leaves dx uncertain")] != []
+    printed = capsys.readouterr().out
+    assert "noise:" not in printed and "standard errors from the criterion's noise alone" in printed
 
 
 def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):

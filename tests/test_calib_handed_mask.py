@@ -11,6 +11,7 @@ from calib import calibrate
 from calib.handed_mask import read_handed_mask
 from cassi import CassiOperator, Mismatch
 from cassi.warp import warp_mask
+from cassi.tolerance import CALIBRATION_TOLERANCE
 from test_calib_status import NEAR, QUICK
 
 ROWS = slice(112, 144)
@@ -117,8 +118,7 @@ def test_a_resampled_code_is_calibrated_through_the_code_and_reported_for_the_ha
     assert (record["phase"]["fy"], record["phase"]["fx"]) == pytest.approx((-0.4, -0.4), abs=1e-6)
     truth = Mismatch(dx=0.6, dy=-1.4).to_dict()
     errors = {k: v - truth[k] for k, v in result.estimate.to_dict().items()}
-    tolerance = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
-    assert all(abs(errors[k]) <= tolerance[k] for k in truth), errors
+    assert all(abs(errors[k]) <= CALIBRATION_TOLERANCE[k] for k in truth), errors
     assert result.status == "ok", result.reasons
     reading = result.settings["model_selection"]["interpolation"]
     assert reading["estimate_spread_pixel_units"] < 0.025         # the code is sharp: the two readings agree

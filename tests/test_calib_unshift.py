@@ -11,10 +11,10 @@ import torch
 from calib import calibrate
 from calib.unshift import OVERSHOOT, overshoot, unshift_mask
 from cassi import Mismatch
+from cassi.tolerance import CALIBRATION_TOLERANCE
 from cassi.warp import warp_mask
 from test_calib_status import NEAR, QUICK
 
-TOLERANCE = {"dx": 0.1, "dy": 0.1, "theta": 0.05, "a1": 0.01, "alpha": 0.15}
 
 
 def grey_mask(size: int = 96, seed: int = 0) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_the_fractional_warp_is_un_shifted_and_recovered(unshifted):
                for m in margins.values())
     assert record["unshift"]["overshoot"] <= OVERSHOOT
     errors = {k: v - WARP.to_dict()[k] for k, v in result.estimate.to_dict().items()}
-    assert all(abs(errors[k]) <= TOLERANCE[k] for k in TOLERANCE), errors
+    assert all(abs(errors[k]) <= CALIBRATION_TOLERANCE[k] for k in CALIBRATION_TOLERANCE), errors
     assert not any("depends on how the mask is read" in r for r in result.reasons), result.reasons
     # everything is given for the handed mask: ranges, the last stage's best point, the slices
     assert result.settings["ranges"]["dx"] == list(NEAR["dx"])

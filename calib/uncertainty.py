@@ -1,0 +1,37 @@
+"""How far the blind criterion's own noise leaves an estimate uncertain: a sandwich (robust) standard
+error per parameter, from the held-out errors split into the components the status already uses.
+
+At the estimate the score ``S = sum_i e_i^2`` (held-out errors ``e``, :class:`calib.score.HeldOutScore`)
+is minimal. Another draw of the measurement noise and of the scene content the prior misses would move
+each component's gradient ``g_b = sum_{i in b} J_i^T e_i`` (component ``b``: capture x stripe x fold x
+column block, :meth:`calib.score.HeldOutScore.block_ids`; ``J`` the errors' Jacobian in pixel units),
+and the minimum by ``-H^-1 sum_b g_b`` with ``H = J J^T`` (Gauss-Newton). With the components taken as
+independent, ``Cov = H^-1 (n Cov_b(g_b)) H^-1`` (``n`` components, ``Cov_b`` their sample covariance):
+the estimate's scatter under the criterion's own noise, what the status's paired block differences
+measure for score differences. It does not see a bias that every component shares (a forward model
+that lacks something): that shows as estimates of several captures that disagree by more than it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sandwich_standard_errors(errors: Tensor, jacobian: Tensor, components: Tensor, scales: Tensor) -> Tensor:
+    """Standard errors (P,) of the parameters, in their units. ``errors`` (N,): held-out errors at the
+    estimate; ``jacobian`` (P, N): their derivatives in pixel units (one row per parameter); ``components``
+    (N,): component index of each error; ``scales`` (P,): parameter units per pixel unit. A parameter the
+    errors do not constrain (a singular Gauss-Newton matrix) gets ``inf``."""
+    errors, jacobian = errors.to(torch.float64), jacobian.to(torch.float64)
+    count = int(components.max()) + 1
+    gradients = torch.zeros(count, jacobian.shape[0], dtype=torch.float64).index_add_(
+        0, components, (jacobian * errors).T)                                  # (n, P): g_b
+    centred = gradients - gradients.mean(0)
+    spread = count / (count - 1) * centred.T @ centred                          # n Cov_b(g_b)
+    hessian = jacobian @ jacobian.T
+    try:
+        inverse = torch.linalg.inv(hessian)
+    except torch.linalg.LinAlgError:
+        return torch.full((jacobian.shape[0],), float("inf"), dtype=torch.float64)
+    variance = (inverse @ spread @ inverse).diagonal().clamp_min(0)
+    return variance.sqrt() * scales.to(torch.float64)
