@@ -7,8 +7,8 @@
         --oversample 4 2 --noise-peak 1e4 --read-noise 0.005 --seed 0 --out y.npz
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
 
-Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, their ``standard_errors``
-under the criterion's own noise, the status "ok" / "ambiguous" / "failed" with reasons -- "ok" vouches for
+Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, their one-sigma
+``uncertainty`` (the criterion's noise and its prior sensitivity), the status "ok" / "ambiguous" / "failed" with reasons -- "ok" vouches for
 ``--tolerance`` -- per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
 The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
@@ -155,8 +155,8 @@ def summary(result) -> str:
     captures = result.settings.get("captures", 1)
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
-             *([f"standard errors from the criterion's noise alone (a lower bound): "
-                + ", ".join(f"{k} {v:.2g}" for k, v in result.standard_errors.items())] if result.standard_errors else []),
+             *([f"uncertainty (one sigma: the criterion's noise and its prior sensitivity): "
+                + ", ".join(f"{k} {v:.2g}" for k, v in result.uncertainty.items())] if result.uncertainty else []),
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
              f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "
              f"{result.score:.5f}"]
@@ -278,6 +278,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                oversample=tuple(args.model_oversample) if args.model_oversample else None,
                                solver_check=args.check_solver, device=device,
                                status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
+                               **({"mask_interpolations": ("linear",)} if args.mask_reading == "linear" else {}),
                                **({"noise_correction": None} if args.no_noise_correction else {}))
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
@@ -392,14 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
                      help="oversampling of the calibration forward model (1 1: the native-grid operator); "
                           "no selection")
+    cal.add_argument("--mask-reading", choices=("auto", "linear"), default="auto",
+                     help="how the native-grid model reads the mask between pixels: auto (bilinear, and cubic kept "
+                          "where it predicts the held-out pixels better; settings.model_selection.interpolation) or "
+                          "linear (bilinear only, no check: one forward model for every scene of an eval.py "
+                          "--calibration DIR)")
     cal.add_argument("--no-noise-correction", action="store_true",
                      help="skip the refinement on the held-out score less the noise it carries (the last stage "
                           "of heldout, the start of a network solver's; calibration.json: settings.noise_correction)")
     cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
                      metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
-                          "%(default)s): a parameter whose criterion-noise uncertainty (2 standard errors) is wider "
-                          "makes the status 'ambiguous'")
+                          "%(default)s): a parameter whose uncertainty (2 sigma) is wider makes the status "
+                          "'ambiguous'")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

@@ -13,7 +13,7 @@ For every pseudo-KAIST cube i (the scene the network should reconstruct):
 Prints the per-scene PSNR table, the mean recovery (III - II) / (IV - II) and the parameter errors.
 The calibration model has the instrument's oversampling (``--model-oversample``).
 Usage: python -m benchmarks.bench_calibrated_eval [--solver bisrnet] [--model bisrnet]
-       [--mismatch dx=0.5,dy=0.3,theta=0.1] [--oversample 4 2] [--noise-peak 1e4] [--scenes 10]
+       [--mismatch dx=0.5,dy=0.3,theta=0.1] [--oversample 4 2] [--mask-reading auto] [--noise-peak 1e4] [--scenes 10]
        [--out outputs/calibrated_eval]
 """
 from __future__ import annotations
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--mismatch", default="dx=0.5,dy=0.3,theta=0.1", help="the drift, eval.py syntax")
     parser.add_argument("--oversample", default=["4", "2"], nargs=2, metavar=("N", "K"),
                         help="instrument (simulator) oversampling; the calibration model uses the same")
+    parser.add_argument("--mask-reading", default="auto", choices=("auto", "linear"),
+                        help="calibrate.py --mask-reading (linear: the same forward model for every scene, which "
+                             "eval.py --calibration DIR needs; auto may keep cubic on some native-grid scenes)")
     parser.add_argument("--noise-peak", default="1e4", help="photons at the brightest pixel (0: no noise)")
     parser.add_argument("--read-noise", default="0.005", help="Gaussian sigma / clean maximum")
     parser.add_argument("--scenes", type=int, default=10)
@@ -88,7 +91,7 @@ def main() -> None:
              *sim_noise, "--seed", str(index), "--out", str(y)])
         solver = ["--solver", args.solver] + (["--ckpt", args.ckpt] if args.solver not in ("heldout", "gap_tv") else [])
         seconds[cube.stem] = run(["calibrate.py", "--meas", str(y), "--mask", str(out / "data" / "mask.mat"),
-                                  *solver, "--model-oversample", *args.oversample, "--out", str(out / "calibrations" / cube.stem), "--no-progress"])
+                                  *solver, "--model-oversample", *args.oversample, "--mask-reading", args.mask_reading, "--out", str(out / "calibrations" / cube.stem), "--no-progress"])
         print(f"{cube.stem}: calibrate.py {seconds[cube.stem]:.0f} s wall", flush=True)
     run(["eval.py", *env_threads, "kaist", "--model", args.model, "--ckpt", args.ckpt,
          "--data.root", str(out / "data"), "--scenarios", "I,II,III,IV", "--mismatch", args.mismatch,

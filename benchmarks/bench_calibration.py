@@ -28,8 +28,8 @@ find that warp with default options (the forward model chosen by the data, ``cal
 ``--real N``: the first N of the 5 real captures (660 x 714) with the real 660 mask (issue 12 §3): (a) each
 calibrated alone (estimate, held-out residual before / after, the model chosen) and the spread
 (max - min) of the estimates against dx, dy 0.1 px, theta 0.05 deg, a1 0.005, alpha 0.15 deg, and chi^2 per
-degree of freedom of the estimates about their weighted mean, with the status's criterion-noise standard errors
-(about 1 when the captures differ by that noise alone); (b) leave
+degree of freedom of the estimates about their weighted mean, with the status's uncertainties (about 1 when
+the captures differ by what those measure); (b) leave
 one out: one instrument calibrated on the other N-1 jointly, then the blind score of the capture left
 out (its held-out prediction error through the calibration model at the nominal point vs at that
 estimate); ``--real-parts alone|loo`` runs one of them. ``--landscapes``: the criterion comparison
@@ -225,7 +225,7 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     print("status: " + ", ".join(f"{s} {len(v)}" for s, v in statuses.items())
           + f"; scenes in tolerance not ok: {[r['scene'] for r in rows if r['pass_all'] and r['status'] != 'ok']}"
           + f"; ok but out of tolerance (overclaims): {[r['scene'] for r in rows if r['status'] == 'ok' and not r['pass_all']]}")
-    print(standard_error_coverage(rows))
+    print(uncertainty_coverage(rows))
     print(f"mean recovery ratio: {np.mean(ratios):.3f} (target >= 0.9); mean PSNR "
           + " / ".join(f"{c} {np.mean([r['psnr'][c] for r in rows]):.2f}" for c in (*columns, "II-model")))
     parts = ("gap_i_iv", "instrument", "drift", "model_error")
@@ -249,16 +249,23 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
     return rows
 
 
-def standard_error_coverage(rows: list[dict]) -> str:
-    """How often the true error lies within 1, 2, 3 of the status's criterion-noise standard errors
-    (``status_tests.uncertainty``; Gaussian noise alone: 68 / 95 / 99.7 %)."""
-    ratios = [abs(r["error"][k]) / r["status_tests"]["uncertainty"]["standard_error"][k] for r in rows
-              if "uncertainty" in r["status_tests"] for k in TOLERANCE]
-    if not ratios:
-        return "standard errors: none (no status tests)"
-    within = " / ".join(f"{sum(z <= m for z in ratios)}" for m in (1, 2, 3))
-    return (f"errors within 1 / 2 / 3 criterion-noise standard errors: {within} of {len(ratios)} "
-            f"(noise alone: 68 / 95 / 99.7 %); median |error| / SE {float(np.median(ratios)):.2f}")
+def uncertainty_coverage(rows: list[dict]) -> str:
+    """How often the true error lies within 1, 2, 3 of the status's uncertainties (``status_tests.uncertainty``:
+    the criterion's noise and prior sensitivity in quadrature), and within 1, 2, 3 of the noise-only standard
+    errors (Gaussian: 68 / 95 / 99.7 %)."""
+    rows = [r for r in rows if "uncertainty" in r["status_tests"]]
+    if not rows:
+        return "uncertainty: none (no status tests)"
+    lines = []
+    for key, label in (("uncertainty", "uncertainties"), ("standard_error", "criterion-noise standard errors")):
+        ratios = {k: [abs(r["error"][k]) / r["status_tests"]["uncertainty"][key][k] for r in rows] for k in TOLERANCE}
+        every = [z for values in ratios.values() for z in values]
+        within = " / ".join(f"{sum(z <= m for z in every)}" for m in (1, 2, 3))
+        lines.append(f"errors within 1 / 2 / 3 {label}: {within} of {len(every)} (Gaussian: 68 / 95 / 99.7 %); "
+                     f"median |error| / sigma {float(np.median(every)):.2f}; mean (error / sigma)^2 per parameter "
+                     "(the real captures' chi^2 per degree of freedom compares with it): "
+                     + ", ".join(f"{k} {np.mean(np.square(v)):.1f}" for k, v in ratios.items()))
+    return "\n".join(lines)
 
 
 def measure(cube: torch.Tensor, truth: Mismatch, noise_seed: int | None) -> torch.Tensor:
@@ -351,10 +358,10 @@ def spread(rows: list[dict]) -> dict[str, float]:
     out = {k: max(r["estimate"][k] for r in rows) - min(r["estimate"][k] for r in rows) for k in AGREEMENT}
     print("spread (max - min) of the estimates across the captures vs the agreement target: "
           + ", ".join(f"{k} {out[k]:.3f} ({'<=' if out[k] <= AGREEMENT[k] else '>'} {AGREEMENT[k]})" for k in out))
-    if all(r.get("standard_errors") for r in rows):
-        print("do they agree within the criterion's noise? chi^2 / (captures - 1) about the weighted mean "
-              "(about 1 if they differ by noise alone): "
-              + ", ".join(f"{k} {agreement_chi2([r['estimate'][k] for r in rows], [r['standard_errors'][k] for r in rows]):.1f}"
+    if all(r.get("uncertainty") for r in rows):
+        print("do they agree within their uncertainties? chi^2 / (captures - 1) about the weighted mean "
+              "(about 1 if they differ by what the uncertainties measure): "
+              + ", ".join(f"{k} {agreement_chi2([r['estimate'][k] for r in rows], [r['uncertainty'][k] for r in rows]):.1f}"
                           for k in AGREEMENT))
     return out
 
@@ -380,8 +387,8 @@ def real_captures(args: argparse.Namespace) -> list[dict]:
                      "held_out_calibrated": result.score, "checks": result.checks,
                      "oversample": result.settings["oversample"], "seconds": wall, "cpu_seconds": cpu,
                      "model_selection": result.settings["model_selection"],
-                     "standard_errors": result.standard_errors})
-        print(f"{name:8} " + " ".join(f"{k} {v:+.4f} ({result.standard_errors.get(k, math.nan):.2g})"
+                     "uncertainty": result.uncertainty})
+        print(f"{name:8} " + " ".join(f"{k} {v:+.4f} ({result.uncertainty.get(k, math.nan):.2g})"
                                       for k, v in result.estimate.to_dict().items())
               + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  {model_choice(result)}"
               + f"  status {result.status}"

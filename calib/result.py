@@ -66,14 +66,14 @@ class CalibrationResult:
         return self.status == "ok"
 
     @property
-    def standard_errors(self) -> dict[str, float]:
-        """Standard errors of the estimate under the criterion's own noise, in the parameters' units
-        (:mod:`calib.uncertainty`; a lower bound: a bias the whole measurement shares is not in them);
-        empty when the status tests did not run."""
-        return dict(self.tests.get("uncertainty", {}).get("standard_error", {}))
+    def uncertainty(self) -> dict[str, float]:
+        """One-sigma uncertainty of each parameter of the estimate, in its units: the criterion's noise and
+        its prior sensitivity in quadrature (:mod:`calib.uncertainty`; not a bias the forward model's
+        shortcomings leave); empty when the status tests did not run."""
+        return dict(self.tests.get("uncertainty", {}).get("uncertainty", {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate.to_dict(), "standard_errors": self.standard_errors,
+        return {"estimate": self.estimate.to_dict(), "uncertainty": self.uncertainty,
                 "units": dict(PARAMETER_UNITS), "status": self.status,
                 "reasons": list(self.reasons), "status_tests": self.tests, "score": self.score,
                 "nominal_score": self.nominal_score,

@@ -8,8 +8,17 @@ column block, :meth:`calib.score.HeldOutScore.block_ids`; ``J`` the errors' Jaco
 and the minimum by ``-H^-1 sum_b g_b`` with ``H = J J^T`` (Gauss-Newton). With the components taken as
 independent, ``Cov = H^-1 (n Cov_b(g_b)) H^-1`` (``n`` components, ``Cov_b`` their sample covariance):
 the estimate's scatter under the criterion's own noise, what the status's paired block differences
-measure for score differences. It does not see a bias that every component shares (a forward model
-that lacks something): that shows as estimates of several captures that disagree by more than it.
+measure for score differences. It does not see a bias that every component shares.
+
+One such bias is the criterion's prior: the spatial smoothness weight decides how much of the scene
+the held-out pixels' prediction can explain, and where the soft dx-a1-alpha valley bottoms out. The
+*prior sensitivity* is how far the minimum moves when that weight is halved or doubled: the
+Gauss-Newton offset ``-H^-1 J e`` of each variant at the estimate, less the plain criterion's own, root
+mean square over the variants (:func:`gauss_newton_offset`). The uncertainty reported is the two in
+quadrature. (Measured on the benchmark's 20 scenes, README "Uncertainty": the true error lay within 2
+standard errors for 73 of 100 parameters with the noise alone, within 2 combined uncertainties for 85.)
+A forward model that lacks something is a bias neither sees: it shows as estimates of several captures
+that disagree by more than their uncertainties.
 """
 from __future__ import annotations
 
@@ -35,3 +44,20 @@ def sandwich_standard_errors(errors: Tensor, jacobian: Tensor, components: Tenso
         return torch.full((jacobian.shape[0],), float("inf"), dtype=torch.float64)
     variance = (inverse @ spread @ inverse).diagonal().clamp_min(0)
     return variance.sqrt() * scales.to(torch.float64)
+
+
+def gauss_newton_offset(errors: Tensor, jacobian: Tensor, scales: Tensor) -> Tensor:
+    """Where the Gauss-Newton model of ``sum errors^2`` puts its minimum, relative to the point the errors
+    (N,) and their Jacobian (P, N, pixel units) were taken at: (P,) in the parameters' units."""
+    errors, jacobian = errors.to(torch.float64), jacobian.to(torch.float64)
+    try:
+        move = -torch.linalg.solve(jacobian @ jacobian.T, jacobian @ errors)
+    except torch.linalg.LinAlgError:
+        return torch.full((jacobian.shape[0],), float("inf"), dtype=torch.float64)
+    return move * scales.to(torch.float64)
+
+
+def prior_sensitivity(variant_offsets: list[Tensor], offset: Tensor) -> Tensor:
+    """Root mean square over the criterion's prior variants of their Gauss-Newton offsets (P,) less the
+    plain criterion's ``offset`` (P,)."""
+    return torch.stack([o - offset for o in variant_offsets]).pow(2).mean(0).sqrt()

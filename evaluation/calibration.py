@@ -128,7 +128,8 @@ def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any]) -> Per
     if len(models) > 1:
         described = sorted(f"oversample {list(n) if n else None}, mask_interpolation {r!r}" for n, r in models)
         raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
-                        f"(settings {'; '.join(described)}); calibrate every scene with the same one")
+                        f"(settings {'; '.join(described)}); calibrate every scene with the same one (calibrate.py "
+                        "--model-oversample N K, and --mask-reading linear on the native grid)")
     return PerSceneEstimates({name: _estimate(content, where) for name, (content, where) in items.items()},
                              source, *models.pop())
 

@@ -62,13 +62,13 @@ def test_recovers_the_injected_mismatch_blind(run):
 
 
 def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vouches_for(run, tmp_path, capsys):
-    """The default run records the stage and the standard errors, and is "ok" at the default tolerance; a
-    second run skips the stage and asks for dx to 1e-6 px, which the criterion's noise cannot pin."""
+    """The default run records the stage and the uncertainty, and is "ok" at the default tolerance; a
+    second run skips the stage and asks for dx to 1e-6 px, which the calibration cannot pin."""
     folder, files = run
     content = json.loads(files["json"].read_text())
     record = content["settings"]["noise_correction"]
     assert record["variance"]["gain"] >= 0 and record["variance"]["read_variance"] >= 0 and record["steps"]
-    assert set(content["standard_errors"]) == set(TRUTH) and all(v > 0 for v in content["standard_errors"].values())
+    assert set(content["uncertainty"]) == set(TRUTH) and all(v > 0 for v in content["uncertainty"].values())
     capsys.readouterr()
     skipped = calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"),
                               "--model-oversample", "4", "2", "--no-noise-correction", "--no-progress",
@@ -78,9 +78,26 @@ def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vou
     assert strict["settings"]["status"]["tolerance"] == [1e-6, 10, 10, 10, 10]
     assert strict["status"] == "ambiguous"
     assert [r for r in strict["reasons"] if "vouches for" in r] == [
-        r for r in strict["reasons"] if r.startswith("the criterion's noise leaves dx uncertain")] != []
+        r for r in strict["reasons"] if r.startswith("dx is uncertain by")] != []
     printed = capsys.readouterr().out
-    assert "noise:" not in printed and "standard errors from the criterion's noise alone" in printed
+    assert "noise:" not in printed and "uncertainty (one sigma" in printed
+
+
+def test_mask_reading_linear_skips_the_cubic_check_on_the_native_grid(run, tmp_path):
+    """--model-oversample 1 1: auto compares the bilinear and the cubic reading (settings.model_selection.
+    interpolation); --mask-reading linear reads bilinearly without the check, so every scene of an eval.py
+    --calibration DIR gets one forward model."""
+    folder, _ = run
+    readings = {}
+    for reading in ("auto", "linear"):
+        files = calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"),
+                                "--model-oversample", "1", "1", "--mask-reading", reading, "--no-progress",
+                                "--out", str(tmp_path / reading)])
+        readings[reading] = json.loads(files["json"].read_text())["settings"]
+    assert {c["interpolation"] for c in readings["auto"]["model_selection"]["interpolation"]["candidates"]} == {
+        "linear", "cubic"}
+    assert "interpolation" not in readings["linear"]["model_selection"]
+    assert readings["linear"]["mask_interpolation"] == "linear"
 
 
 def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):

@@ -36,13 +36,17 @@ def correct():
 
 def test_a_correct_small_calibration_is_ok(correct):
     """Status "ok" for the accuracy it vouches for, which the estimate meets; at the default tolerance (0.05 deg) the
-    criterion's noise alone leaves theta too uncertain at 48 px, and the status would say so."""
+    calibration leaves theta too uncertain at 48 px, and the status would say so."""
     assert correct.status == "ok", correct.reasons
     errors = {k: v - TRUTH.to_dict()[k] for k, v in correct.estimate.to_dict().items()}
     assert all(abs(errors[k]) <= SMALL_TOLERANCE[k] for k in errors), errors
-    standard_errors = correct.standard_errors
-    assert set(standard_errors) == set(PARAMETER_NAMES) and all(0 < v < math.inf for v in standard_errors.values())
-    assert 2 * standard_errors["theta"] > CALIBRATION_TOLERANCE["theta"]
+    uncertainty = correct.uncertainty
+    assert set(uncertainty) == set(PARAMETER_NAMES) and all(0 < v < math.inf for v in uncertainty.values())
+    assert 2 * uncertainty["theta"] > CALIBRATION_TOLERANCE["theta"]
+    record = correct.tests["uncertainty"]
+    for name in PARAMETER_NAMES:           # the criterion's noise and its prior sensitivity in quadrature
+        assert uncertainty[name] ** 2 == pytest.approx(record["standard_error"][name] ** 2
+                                                       + record["prior_sensitivity"][name] ** 2)
     assert correct.tests["code"]["relative_gain"] > 2 * correct.tests["code"]["standard_error"] > 0
 
 

@@ -1,5 +1,5 @@
-"""The estimate's standard errors under the criterion's own noise (calib.uncertainty) and the status test
-that reads them (calib.status.uncertainty_test)."""
+"""The estimate's uncertainty (calib.uncertainty: standard errors under the criterion's own noise, the prior
+sensitivity) and the status test that reads it (calib.status.uncertainty_test)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from calib.status import StatusSettings, uncertainty_test
-from calib.uncertainty import sandwich_standard_errors
+from calib.uncertainty import gauss_newton_offset, prior_sensitivity, sandwich_standard_errors
 
 COMPONENTS, PER_COMPONENT, PARAMETERS = 60, 40, 5
 
@@ -56,16 +56,39 @@ def test_the_errors_come_in_the_parameters_units_and_a_free_parameter_is_infinit
     assert torch.isinf(sandwich_standard_errors(errors, free, components, torch.ones(PARAMETERS))).all()
 
 
-@pytest.mark.parametrize("tolerance, flagged", [((10.0,) * 5, []), ((10.0, 10.0, 1e-6, 10.0, 10.0), ["theta"])])
-def test_the_status_vouches_only_for_what_the_noise_allows(tolerance, flagged):
-    """A parameter whose 2 standard errors exceed the tolerance is a reason for "ambiguous", naming it."""
+def prior_variants(errors: torch.Tensor, jacobian: torch.Tensor, moves: list[list[float]]) -> list[tuple]:
+    """Criterion variants whose Gauss-Newton minimum sits ``moves`` (each (P,)) from the plain one's."""
+    return [(errors - jacobian.T @ torch.tensor(m, dtype=torch.float64), jacobian) for m in moves]
+
+
+def test_the_prior_sensitivity_is_the_rms_move_of_the_minimum_over_the_variants():
+    errors, jacobian, _ = linear_problem(4)
+    scales = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    offset = gauss_newton_offset(errors, jacobian, scales)
+    assert offset.abs().max() < 1e-9                       # the least-squares fit is the plain minimum
+    moves = [[0.0, 0.0, 0.3, 0.0, 0.1], [0.0, 0.0, -0.1, 0.0, 0.1]]
+    variants = [gauss_newton_offset(e, j, scales) for e, j in prior_variants(errors, jacobian, moves)]
+    expected = torch.tensor([0.0, 0.0, 2 * (0.05 ** 0.5), 0.0, 0.1], dtype=torch.float64)
+    assert torch.allclose(prior_sensitivity(variants, offset), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("prior_move, flagged", [(0.0, []), (0.5, ["theta"])])
+def test_the_status_vouches_only_for_what_the_uncertainty_allows(prior_move, flagged):
+    """A parameter whose 2 uncertainties (noise and prior sensitivity in quadrature) exceed the tolerance is a
+    reason for "ambiguous", naming it: here theta's tolerance admits its noise but not a prior that moves its
+    minimum by 0.5."""
     errors, jacobian, _ = linear_problem(5)
     components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    scales = torch.ones(5, dtype=torch.float64)
+    noise = sandwich_standard_errors(errors, jacobian, components, scales)
+    tolerance = (10.0, 10.0, 2 * float(noise[2]) + 0.1, 10.0, 10.0)
+    variants = prior_variants(errors, jacobian, [[0.0, 0.0, prior_move, 0.0, 0.0]] * 2)
     tests = {}
-    reasons = uncertainty_test(errors, jacobian, components, torch.ones(5, dtype=torch.float64),
-                               StatusSettings(tolerance=tolerance), tests)
+    reasons = uncertainty_test(errors, jacobian, variants, components, scales, StatusSettings(tolerance=tolerance),
+                               tests)
     record = tests["uncertainty"]
     assert record["components"] == COMPONENTS and record["z"] == 2
-    assert all(math.isfinite(v) and v > 0 for v in record["standard_error"].values())
-    assert [r.split()[4] for r in reasons] == flagged, reasons
-    assert all("uncertain by" in r and "vouches for" in r for r in reasons)
+    assert record["prior_sensitivity"]["theta"] == pytest.approx(prior_move)
+    assert record["uncertainty"]["theta"] == pytest.approx((float(noise[2]) ** 2 + prior_move ** 2) ** 0.5)
+    assert [r.split()[0] for r in reasons] == flagged, reasons
+    assert all("uncertain by" in r and "vouches for" in r and "prior sensitivity 0.5" in r for r in reasons)
