@@ -215,40 +215,49 @@ def valley_test(full: HeldOutScore, point: Tensor, jac: Tensor, ranges: Ranges, 
 
 
 def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, Tensor]], components: Tensor,
-                     scales: Tensor, settings: StatusSettings, tests: dict) -> list[str]:
+                     scales: Tensor, settings: StatusSettings, tests: dict, other_offset: Tensor | None = None
+                     ) -> list[str]:
     """The estimate's uncertainty (:mod:`calib.uncertainty`): standard errors under the criterion's own noise
     (``errors`` (N,) and ``jac`` (5, N) from :func:`local_jacobian`, ``components`` (N,) the status's noise
-    components) and the prior sensitivity (``variants``: (errors, jac) of the criterion with its spatial
-    smoothness weight scaled by each of ``prior_factors``, at the same point), in quadrature, into
-    ``tests["uncertainty"]``; a reason for "ambiguous" for each parameter whose ``z`` uncertainties exceed
-    ``tolerance``, the accuracy an "ok" vouches for."""
+    components), the prior sensitivity (``variants``: (errors, jac) of the criterion with its spatial
+    smoothness weight scaled by each of ``prior_factors``, at the same point) and, for an estimate another
+    inner solver decided, ``other_offset`` (5,): the held-out criterion's own estimate less it (two blind
+    criteria that disagree by that much); in quadrature, into ``tests["uncertainty"]``. A reason for
+    "ambiguous" for each parameter whose ``z`` uncertainties exceed ``tolerance``, the accuracy an "ok"
+    vouches for."""
     noise = sandwich_standard_errors(errors, jac, components, scales)
     offset = gauss_newton_offset(errors, jac, scales)
-    prior = (prior_sensitivity([gauss_newton_offset(e, j, scales) for e, j in variants], offset) if variants
-             else torch.zeros_like(noise))
-    total = (noise ** 2 + prior ** 2).sqrt()
+    terms = {"criterion noise": noise,
+             "prior sensitivity": (prior_sensitivity([gauss_newton_offset(e, j, scales) for e, j in variants], offset)
+                                   if variants else torch.zeros_like(noise))}
+    if other_offset is not None:
+        terms["held-out vs solver"] = other_offset.to(torch.float64).abs()
+    total = torch.stack(list(terms.values())).pow(2).sum(0).sqrt()
     z = settings.z
+    keys = {"criterion noise": "standard_error", "prior sensitivity": "prior_sensitivity",
+            "held-out vs solver": "solver_disagreement"}
     tests["uncertainty"] = {"uncertainty": dict(zip(PARAMETER_NAMES, total.tolist())),
-                            "standard_error": dict(zip(PARAMETER_NAMES, noise.tolist())),
-                            "prior_sensitivity": dict(zip(PARAMETER_NAMES, prior.tolist())),
+                            **{keys[k]: dict(zip(PARAMETER_NAMES, v.tolist())) for k, v in terms.items()},
                             "prior_factors": list(settings.prior_factors),
                             "tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), "z": z,
                             "components": int(components.max()) + 1}
     unit = PARAMETER_UNITS
-    return [f"{name} is uncertain by +-{z * u:.3g} {unit[name]} ({z:g} x its uncertainty: criterion noise {se:.2g}, "
-            f"prior sensitivity {pr:.2g} {unit[name]}), more than the {tolerance:g} {unit[name]} an \"ok\" vouches for"
-            for name, u, se, pr, tolerance in zip(PARAMETER_NAMES, total.tolist(), noise.tolist(), prior.tolist(),
-                                                  settings.tolerance)
-            if not z * u <= tolerance]
+    return [f"{name} is uncertain by +-{z * float(total[i]):.3g} {unit[name]} ({z:g} x its uncertainty: "
+            + ", ".join(f"{k} {float(v[i]):.2g}" for k, v in terms.items())
+            + f" {unit[name]}), more than the {tolerance:g} {unit[name]} an \"ok\" vouches for"
+            for i, (name, tolerance) in enumerate(zip(PARAMETER_NAMES, settings.tolerance))
+            if not z * float(total[i]) <= tolerance]
 
 
 def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, ranges: Ranges,
-           scales: Tensor, settings: StatusSettings = StatusSettings(), nominal_parts: Tensor | None = None
-           ) -> Assessment:
+           scales: Tensor, settings: StatusSettings = StatusSettings(), nominal_parts: Tensor | None = None,
+           heldout_point: Tensor | None = None) -> Assessment:
     """Landscape slices through ``point`` (5,) and the status tests. ``score``: the criterion in its
     search setting (slices); ``full``: in the setting the estimate was refined with (code and nominal
     tests); the warm starts of both move to ``point``. ``y`` (H, Wm) and ``mask`` (H, W) as given to both.
-    ``nominal_parts``: ``full.block_scores`` at the nominal point (solved there), if already computed."""
+    ``nominal_parts``: ``full.block_scores`` at the nominal point (solved there), if already computed.
+    ``heldout_point`` (5,): the held-out criterion's own estimate, when another inner solver decided ``point``
+    (its distance enters the uncertainty)."""
     if not torch.isfinite(point).all():
         return Assessment("failed", ["the estimate is not finite"])
     z = settings.z
@@ -330,7 +339,8 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
     variants = [local_jacobian(score_like(full, y, mask, point, settings.warm_iterations,
                                           smooth_space=full.settings.smooth_space * factor), point, scales, settings)
                 for factor in settings.prior_factors]
-    ambiguous += uncertainty_test(errors, jac, variants, full.block_ids(settings.blocks), scales, settings, tests)
+    ambiguous += uncertainty_test(errors, jac, variants, full.block_ids(settings.blocks), scales, settings, tests,
+                                  None if heldout_point is None else heldout_point - point)
     if full.captures > 1:
         slices = [(2 + i * len(offsets) + j, f"{name} {float(offsets[j] * steps[i]):+.3g} {PARAMETER_UNITS[name]} "
                    "from the joint estimate") for i, name in enumerate(PARAMETER_NAMES) for j in range(len(offsets))]

@@ -92,3 +92,23 @@ def test_the_status_vouches_only_for_what_the_uncertainty_allows(prior_move, fla
     assert record["uncertainty"]["theta"] == pytest.approx((float(noise[2]) ** 2 + prior_move ** 2) ** 0.5)
     assert [r.split()[0] for r in reasons] == flagged, reasons
     assert all("uncertain by" in r and "vouches for" in r and "prior sensitivity 0.5" in r for r in reasons)
+
+
+def test_an_estimate_another_solver_decided_is_as_uncertain_as_the_two_criteria_disagree():
+    """With the held-out criterion's own estimate 0.3 away in a1, a1's uncertainty holds that 0.3 (in
+    quadrature with the other terms) and an a1 tolerance that admits the noise alone is not met."""
+    errors, jacobian, _ = linear_problem(6)
+    components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    scales = torch.ones(5, dtype=torch.float64)
+    noise = sandwich_standard_errors(errors, jacobian, components, scales)
+    tolerance = (10.0, 10.0, 10.0, 2 * float(noise[3]) + 0.1, 10.0)
+    settings = StatusSettings(tolerance=tolerance)
+    tests = {}
+    assert uncertainty_test(errors, jacobian, [], components, scales, settings, tests) == []
+    assert "solver_disagreement" not in tests["uncertainty"]
+    offset = torch.tensor([0.0, 0.0, 0.0, -0.3, 0.0], dtype=torch.float64)
+    reasons = uncertainty_test(errors, jacobian, [], components, scales, settings, tests, offset)
+    record = tests["uncertainty"]
+    assert record["solver_disagreement"]["a1"] == pytest.approx(0.3)
+    assert record["uncertainty"]["a1"] == pytest.approx((float(noise[3]) ** 2 + 0.09) ** 0.5)
+    assert len(reasons) == 1 and reasons[0].startswith("a1 is uncertain by") and "held-out vs solver 0.3" in reasons[0]
