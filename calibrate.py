@@ -8,8 +8,8 @@
     python calibrate.py            (demo: synthetic scene, random drift, calibrate, scenario PSNRs)
 
 Calibration writes DIR/calibration.json (``estimate`` with dx, dy, theta, a1, alpha, their one-sigma
-``uncertainty`` (the criterion's noise and its prior sensitivity), the status "ok" / "ambiguous" / "failed" with reasons -- "ok" vouches for
-``--tolerance`` -- per-stage history and timings), DIR/operator.npz (the
+``uncertainty`` (its terms in ``status_tests.uncertainty``), the status "ok" / "ambiguous" / "failed" with
+reasons -- "ok" vouches for ``--tolerance`` -- per-stage history and timings), DIR/operator.npz (the
 corrected instrument, accepted by eval.py and train.py) and DIR/landscape.png, DIR/stages.png.
 The calibration forward model is chosen by the data (``--forward-model auto``, the default: the native
 grid N=K=1 or the enlarged grid N=4, K=2, whichever predicts held-out pixels better; each candidate's
@@ -155,7 +155,7 @@ def summary(result) -> str:
     captures = result.settings.get("captures", 1)
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
-             *([f"uncertainty (one sigma: the criterion's noise and its prior sensitivity): "
+             *([f"uncertainty (one sigma; its terms in calibration.json status_tests.uncertainty): "
                 + ", ".join(f"{k} {v:.2g}" for k, v in result.uncertainty.items())] if result.uncertainty else []),
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
              f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "

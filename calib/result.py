@@ -67,8 +67,9 @@ class CalibrationResult:
 
     @property
     def uncertainty(self) -> dict[str, float]:
-        """One-sigma uncertainty of each parameter of the estimate, in its units: the criterion's noise and
-        its prior sensitivity in quadrature (:mod:`calib.uncertainty`; not a bias the forward model's
+        """One-sigma uncertainty of each parameter of the estimate, in its units: the criterion's noise, its
+        prior sensitivity and, when another inner solver decided the estimate, its distance to the held-out
+        criterion's own, in quadrature (:func:`calib.status.uncertainty_test`; not a bias the forward model's
         shortcomings leave); empty when the status tests did not run."""
         return dict(self.tests.get("uncertainty", {}).get("uncertainty", {}))
 

@@ -226,24 +226,23 @@ def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, T
     "ambiguous" for each parameter whose ``z`` uncertainties exceed ``tolerance``, the accuracy an "ok"
     vouches for."""
     noise = sandwich_standard_errors(errors, jac, components, scales)
-    offset = gauss_newton_offset(errors, jac, scales)
-    terms = {"criterion noise": noise,
-             "prior sensitivity": (prior_sensitivity([gauss_newton_offset(e, j, scales) for e, j in variants], offset)
-                                   if variants else torch.zeros_like(noise))}
+    prior = torch.zeros_like(noise)
+    if variants:
+        offset = gauss_newton_offset(errors, jac, scales)
+        prior = prior_sensitivity([gauss_newton_offset(e, j, scales) for e, j in variants], offset)
+    terms = [("standard_error", "criterion noise", noise), ("prior_sensitivity", "prior sensitivity", prior)]
     if other_offset is not None:
-        terms["held-out vs solver"] = other_offset.to(torch.float64).abs()
-    total = torch.stack(list(terms.values())).pow(2).sum(0).sqrt()
+        terms.append(("solver_disagreement", "held-out vs solver", other_offset.to(torch.float64).abs()))
+    total = torch.stack([value for _, _, value in terms]).pow(2).sum(0).sqrt()
     z = settings.z
-    keys = {"criterion noise": "standard_error", "prior sensitivity": "prior_sensitivity",
-            "held-out vs solver": "solver_disagreement"}
     tests["uncertainty"] = {"uncertainty": dict(zip(PARAMETER_NAMES, total.tolist())),
-                            **{keys[k]: dict(zip(PARAMETER_NAMES, v.tolist())) for k, v in terms.items()},
+                            **{key: dict(zip(PARAMETER_NAMES, value.tolist())) for key, _, value in terms},
                             "prior_factors": list(settings.prior_factors),
                             "tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), "z": z,
                             "components": int(components.max()) + 1}
     unit = PARAMETER_UNITS
     return [f"{name} is uncertain by +-{z * float(total[i]):.3g} {unit[name]} ({z:g} x its uncertainty: "
-            + ", ".join(f"{k} {float(v[i]):.2g}" for k, v in terms.items())
+            + ", ".join(f"{label} {float(value[i]):.2g}" for _, label, value in terms)
             + f" {unit[name]}), more than the {tolerance:g} {unit[name]} an \"ok\" vouches for"
             for i, (name, tolerance) in enumerate(zip(PARAMETER_NAMES, settings.tolerance))
             if not z * float(total[i]) <= tolerance]

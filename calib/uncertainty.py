@@ -1,5 +1,6 @@
-"""How far the blind criterion's own noise leaves an estimate uncertain: a sandwich (robust) standard
-error per parameter, from the held-out errors split into the components the status already uses.
+"""How uncertain a calibration estimate is: a sandwich (robust) standard error per parameter under the blind
+criterion's own noise, from the held-out errors split into the components the status already uses, and
+the criterion's prior sensitivity.
 
 At the estimate the score ``S = sum_i e_i^2`` (held-out errors ``e``, :class:`calib.score.HeldOutScore`)
 is minimal. Another draw of the measurement noise and of the scene content the prior misses would move
@@ -16,8 +17,9 @@ the held-out pixels' prediction can explain, and where the soft dx-a1-alpha vall
 Gauss-Newton offset ``-H^-1 J e`` of each variant at the estimate, less the plain criterion's own, root
 mean square over the variants (:func:`gauss_newton_offset`). The uncertainty reported is the two in
 quadrature (:func:`calib.status.uncertainty_test`; for an estimate another inner solver decided, with a
-third: its distance to the held-out criterion's own estimate). (Measured on the benchmark's 20 scenes, README "Uncertainty": the true error lay within 2
-standard errors for 73 of 100 parameters with the noise alone, within 2 combined uncertainties for 85.)
+third: its distance to the held-out criterion's own estimate). Measured on the benchmark's 20 scenes
+(README "Uncertainty"): the true error lay within 2 standard errors for 73 of 100 parameters with the
+noise alone, within 2 combined uncertainties for 85.
 A forward model that lacks something is a bias neither sees: it shows as estimates of several captures
 that disagree by more than their uncertainties.
 """
