@@ -69,7 +69,8 @@ from calib.forward_model import PARAMETER_NAMES
 from calib.ranges import Ranges
 from calib.refine import difference_errors
 from calib.score import HeldOutScore
-from calib.uncertainty import gauss_newton_offset, prior_sensitivity, sandwich_standard_errors
+from calib.uncertainty import (capture_standard_errors, gauss_newton_offset, prior_sensitivity,
+                               sandwich_standard_errors)
 from cassi.mismatch import PARAMETER_UNITS
 from cassi.tolerance import CALIBRATION_TOLERANCE
 
@@ -215,17 +216,24 @@ def valley_test(full: HeldOutScore, point: Tensor, jac: Tensor, ranges: Ranges, 
 
 
 def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, Tensor]], components: Tensor,
-                     scales: Tensor, settings: StatusSettings, tests: dict, other_offset: Tensor | None = None
-                     ) -> list[str]:
+                     scales: Tensor, settings: StatusSettings, tests: dict, other_offset: Tensor | None = None,
+                     captures: int = 1) -> list[str]:
     """The estimate's uncertainty (:mod:`calib.uncertainty`): standard errors under the criterion's own noise
     (``errors`` (N,) and ``jac`` (5, N) from :func:`local_jacobian`, ``components`` (N,) the status's noise
-    components), the prior sensitivity (``variants``: (errors, jac) of the criterion with its spatial
+    components; for a joint fit of ``captures`` > 1, the larger of that and the sandwich over whole captures,
+    both recorded), the prior sensitivity (``variants``: (errors, jac) of the criterion with its spatial
     smoothness weight scaled by each of ``prior_factors``, at the same point) and, for an estimate another
     inner solver decided, ``other_offset`` (5,): the held-out criterion's own estimate less it (two blind
     criteria that disagree by that much); in quadrature, into ``tests["uncertainty"]``. A reason for
     "ambiguous" for each parameter whose ``z`` uncertainties exceed ``tolerance``, the accuracy an "ok"
     vouches for."""
     noise = sandwich_standard_errors(errors, jac, components, scales)
+    joint = {}
+    if captures > 1:                    # captures that disagree beyond their noise widen the joint estimate
+        by_capture = capture_standard_errors(errors, jac, components, captures, scales)
+        joint = {"standard_error_by_component": dict(zip(PARAMETER_NAMES, noise.tolist())),
+                 "standard_error_by_capture": dict(zip(PARAMETER_NAMES, by_capture.tolist()))}
+        noise = torch.maximum(noise, by_capture)
     prior = torch.zeros_like(noise)
     if variants:
         offset = gauss_newton_offset(errors, jac, scales)
@@ -237,6 +245,7 @@ def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, T
     z = settings.z
     tests["uncertainty"] = {"uncertainty": dict(zip(PARAMETER_NAMES, total.tolist())),
                             **{key: dict(zip(PARAMETER_NAMES, value.tolist())) for key, _, value in terms},
+                            **joint,
                             "prior_factors": list(settings.prior_factors),
                             "tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), "z": z,
                             "components": int(components.max()) + 1}
@@ -339,7 +348,7 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
                                           smooth_space=full.settings.smooth_space * factor), point, scales, settings)
                 for factor in settings.prior_factors]
     ambiguous += uncertainty_test(errors, jac, variants, full.block_ids(settings.blocks), scales, settings, tests,
-                                  None if heldout_point is None else heldout_point - point)
+                                  None if heldout_point is None else heldout_point - point, full.captures)
     if full.captures > 1:
         slices = [(2 + i * len(offsets) + j, f"{name} {float(offsets[j] * steps[i]):+.3g} {PARAMETER_UNITS[name]} "
                    "from the joint estimate") for i, name in enumerate(PARAMETER_NAMES) for j in range(len(offsets))]
@@ -357,7 +366,11 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
 def solver_agreement(full: HeldOutScore, point: Tensor, heldout_point: Tensor, scales: Tensor,
                      assessment: Assessment, settings: StatusSettings = StatusSettings()) -> None:
     """For an estimate ``point`` (5,) decided by another inner solver: does the held-out criterion
-    (``full``, refinement setting) agree? ``heldout_point`` (5,) is its own refinement from ``point``.
+    (``full``, refinement setting) agree? ``heldout_point`` (5,) is the plain criterion's own minimum (its
+    refinement, before the noise-corrected stage): the test compares ``full``'s plain scores, so it asks
+    whether that criterion's minimum is significantly lower than its score at ``point``. (The uncertainty's
+    "held-out vs solver" term measures a distance instead, so it uses the best held-out estimate, the
+    noise-corrected one: :func:`assess`'s ``heldout_point``.)
     If it lies more than ``agreement_distance`` pixel units away (``scales``, :func:`calib.ranges.pixel_scales`)
     and scores lower than ``point`` by more than ``z`` standard errors, the two criteria disagree on
     the minimum and an "ok" becomes "ambiguous" (measured: the BiSRNet criterion put pseudo-KAIST

@@ -21,7 +21,9 @@ third: its distance to the held-out criterion's own estimate). Measured on the b
 (README "Uncertainty"): the true error lay within 2 standard errors for 73 of 100 parameters with the
 noise alone, within 2 combined uncertainties for 85.
 A forward model that lacks something is a bias neither sees: it shows as estimates of several captures
-that disagree by more than their uncertainties.
+that disagree by more than their uncertainties. For a joint fit of M captures the components of one capture
+share that bias, and the per-component sandwich, taking components as independent, misses it: the noise
+term is then the larger of it and the same sandwich with whole captures as the units (:func:`capture_standard_errors`).
 """
 from __future__ import annotations
 
@@ -47,6 +49,19 @@ def sandwich_standard_errors(errors: Tensor, jacobian: Tensor, components: Tenso
         return torch.full((jacobian.shape[0],), float("inf"), dtype=torch.float64)
     variance = (inverse @ spread @ inverse).diagonal().clamp_min(0)
     return variance.sqrt() * scales.to(torch.float64)
+
+
+def capture_standard_errors(errors: Tensor, jacobian: Tensor, components: Tensor, captures: int, scales: Tensor
+                            ) -> Tensor:
+    """:func:`sandwich_standard_errors` with whole captures as the independent units (the cluster-robust
+    sandwich): ``components`` (N,) numbered capture first, an equal count per capture
+    (:meth:`calib.score.HeldOutScore.block_ids`), ``captures`` >= 2. Captures that pull a joint estimate
+    different ways (a bias shared within each, which the per-component sandwich misses) widen it. With few
+    captures it is noisy (M - 1 degrees of freedom, and at most M - 1 directions)."""
+    if captures < 2:
+        raise ValueError(f"a sandwich over captures needs at least 2 captures, got {captures}")
+    per_capture = (int(components.max()) + 1) // captures
+    return sandwich_standard_errors(errors, jacobian, components // per_capture, scales)
 
 
 def gauss_newton_offset(errors: Tensor, jacobian: Tensor, scales: Tensor) -> Tensor:

@@ -45,6 +45,9 @@ def test_joint_fit_writes_one_instrument_for_all_captures(captures, tmp_path, ca
     assert content["score"] < content["nominal_score"]
     assert set(content["status_tests"]["captures"]) == {"0", "1"}
     assert not any(reason.startswith("capture") for reason in content["reasons"]), content["reasons"]
+    record = content["status_tests"]["uncertainty"]     # the noise term: per component or per capture, the larger
+    assert all(record["standard_error"][k] == max(record["standard_error_by_component"][k],
+                                                  record["standard_error_by_capture"][k]) for k in TOLERANCE)
     for key in ("operator", "landscape", "stages"):
         assert files[key].is_file()
 

@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from calib.status import StatusSettings, uncertainty_test
-from calib.uncertainty import gauss_newton_offset, prior_sensitivity, sandwich_standard_errors
+from calib.uncertainty import (capture_standard_errors, gauss_newton_offset, prior_sensitivity,
+                               sandwich_standard_errors)
 
 COMPONENTS, PER_COMPONENT, PARAMETERS = 60, 40, 5
+CAPTURES = 6                                              # of COMPONENTS, an equal count each (joint fits)
 
 
-def linear_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_problem(seed: int, capture_spread: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A least-squares fit whose errors are correlated within a component (a shared offset per component, on
     top of independent noise whose level varies with the sample): (errors at the fit (N,), their Jacobian
-    in the parameters (P, N), the fitted parameters (P,)). The design is fixed; ``seed`` draws the noise."""
+    in the parameters (P, N), the fitted parameters (P,)). The design is fixed; ``seed`` draws the noise.
+    ``capture_spread``: the data are CAPTURES captures of one instrument (consecutive equal runs of
+    components) that disagree: each follows the parameters moved by its own offset of that sd (what a model
+    that lacks something does, differently per scene)."""
     design = torch.randn(COMPONENTS * PER_COMPONENT, PARAMETERS, generator=torch.Generator().manual_seed(0),
                          dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
@@ -24,6 +29,9 @@ def linear_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     shared = torch.randn(COMPONENTS, 1, generator=gen, dtype=torch.float64).repeat(1, PER_COMPONENT).flatten()
     data = design @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0], dtype=torch.float64) + level * torch.randn(
         len(design), generator=gen, dtype=torch.float64) + 0.7 * shared * design[:, 1]
+    if capture_spread:
+        offsets = capture_spread * torch.randn(CAPTURES, PARAMETERS, generator=gen, dtype=torch.float64)
+        data = data + (design * offsets.repeat_interleave(len(design) // CAPTURES, 0)).sum(1)
     fit = torch.linalg.lstsq(design, data[:, None]).solution[:, 0]
     return data - design @ fit, -design.T, fit
 
@@ -112,3 +120,40 @@ def test_an_estimate_another_solver_decided_is_as_uncertain_as_the_two_criteria_
     assert record["solver_disagreement"]["a1"] == pytest.approx(0.3)
     assert record["uncertainty"]["a1"] == pytest.approx((float(noise[3]) ** 2 + 0.09) ** 0.5)
     assert len(reasons) == 1 and reasons[0].startswith("a1 is uncertain by") and "held-out vs solver 0.3" in reasons[0]
+
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_a_joint_fit_of_captures_that_disagree_is_as_uncertain_as_their_scatter_says(spread):
+    """Against the scatter of a joint fit over 400 draws (of the captures' offsets and the noise): the
+    per-component sandwich sees the offsets as independent noise and comes out far too small when the captures
+    disagree (0.4-0.6x); uncertainty_test, told the captures, takes the sandwich over whole captures there (RMS
+    over 100 draws within 25 % of the scatter) and stays near the per-component figure when they agree."""
+    components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    scatter = torch.stack([linear_problem(seed, spread)[2] for seed in range(1, 401)]).std(0)
+    ones, settings = torch.ones(PARAMETERS, dtype=torch.float64), StatusSettings(tolerance=(1.0,) * PARAMETERS)
+    plain, joint = [], []
+    for seed in range(1000, 1100):
+        errors, jacobian, _ = linear_problem(seed, spread)
+        tests: dict = {}
+        uncertainty_test(errors, jacobian, [], components, ones, settings, tests, captures=CAPTURES)
+        record = tests["uncertainty"]
+        plain.append(list(record["standard_error_by_component"].values()))
+        joint.append(list(record["standard_error"].values()))
+        assert all(value == max(record["standard_error_by_component"][k], record["standard_error_by_capture"][k])
+                   for k, value in record["standard_error"].items())
+    plain_rms = torch.tensor(plain).pow(2).mean(0).sqrt() / scatter
+    joint_rms = torch.tensor(joint).pow(2).mean(0).sqrt() / scatter
+    assert ((joint_rms > 0.85) & (joint_rms < 1.25)).all(), joint_rms
+    if spread:
+        assert (plain_rms < 0.7).all(), plain_rms
+
+
+def test_one_capture_has_no_sandwich_over_captures():
+    errors, jacobian, _ = linear_problem(6)
+    components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    tests: dict = {}
+    uncertainty_test(errors, jacobian, [], components, torch.ones(PARAMETERS), StatusSettings(), tests)
+    assert "standard_error_by_capture" not in tests["uncertainty"]
+    with pytest.raises(ValueError, match="at least 2 captures"):
+        capture_standard_errors(errors, jacobian, components, 1, torch.ones(PARAMETERS))
