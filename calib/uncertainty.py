@@ -58,9 +58,11 @@ def capture_standard_errors(errors: Tensor, jacobian: Tensor, components: Tensor
     (:meth:`calib.score.HeldOutScore.block_ids`), ``captures`` >= 2. Captures that pull a joint estimate
     different ways (a bias shared within each, which the per-component sandwich misses) widen it. With few
     captures it is noisy (M - 1 degrees of freedom, and at most M - 1 directions)."""
-    if captures < 2:
-        raise ValueError(f"a sandwich over captures needs at least 2 captures, got {captures}")
-    per_capture = (int(components.max()) + 1) // captures
+    count = int(components.max()) + 1
+    if captures < 2 or count % captures:
+        raise ValueError(f"a sandwich over captures needs at least 2 captures with an equal number of the {count} "
+                         f"components each, got {captures} captures")
+    per_capture = count // captures
     return sandwich_standard_errors(errors, jacobian, components // per_capture, scales)
 
 

@@ -155,5 +155,6 @@ def test_one_capture_has_no_sandwich_over_captures():
     tests: dict = {}
     uncertainty_test(errors, jacobian, [], components, torch.ones(PARAMETERS), StatusSettings(), tests)
     assert "standard_error_by_capture" not in tests["uncertainty"]
-    with pytest.raises(ValueError, match="at least 2 captures"):
-        capture_standard_errors(errors, jacobian, components, 1, torch.ones(PARAMETERS))
+    for captures in (1, 7):                                # 60 components: 7 captures cannot share them equally
+        with pytest.raises(ValueError, match="at least 2 captures with an equal number"):
+            capture_standard_errors(errors, jacobian, components, captures, torch.ones(PARAMETERS))
