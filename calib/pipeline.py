@@ -188,8 +188,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         history.append(StageRecord("2F noise-corrected", params_to_mismatch(point).to_dict(), point_score,
                                    sum(e["evaluations"] for e in noise_record["steps"]) + 1, wall, cpu,
                                    noise_record["steps"]))
-    criterion, heldout_point = None, point.clone()
+    criterion, heldout_point = None, None
     if inner is not None:               # S decides from the held-out estimate, through the chosen model
+        heldout_point = point.clone()
         criterion = inner.criterion(y[0], mask, bands, step, full.settings, point[None])
         with clock.stage("0 solver nominal"):
             nominal_score = float(criterion(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]],
@@ -202,7 +203,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         if criterion is not None:                       # the held-out tests' warm starts move to the estimate
             full.set_reference(point[None])
         assessment = assess(chosen.cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts,
-                            heldout_point if criterion is not None else None)
+                            heldout_point)
         if criterion is not None and assessment.status != "failed":
             solver_agreement(full, point, chosen.point, scales, assessment, status_settings)
     if assessment.status == "ok" and selection_reasons:
