@@ -21,8 +21,8 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from cassi.errors import (CliParser, cli_errors, exit_code, non_negative_float, non_negative_int,  # noqa: E402
-                          positive_float, positive_int)
+from cassi.errors import (CliParser, UserError, cli_errors, exit_code, non_negative_float,  # noqa: E402
+                          non_negative_int, positive_float, positive_int)
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help answers
 # at once (README, "Start-up")
@@ -41,6 +41,8 @@ def parse_mismatch(text: str):
         name, sep, value = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"mismatch item {item!r} is not NAME=VALUE")
+        if name.strip() in values:
+            raise argparse.ArgumentTypeError(f"mismatch names {name.strip()!r} twice in {text!r}")
         try:
             values[name.strip()] = float(value)
         except ValueError:
@@ -75,13 +77,14 @@ def _add_kaist(sub) -> None:
     data.add_argument("--mask", help="mask file (.mat key 'mask', .npy, .npz) overriding the default mask")
     data.add_argument("--synthetic.count", dest="synthetic_count", type=positive_int, default=10,
                       help="number of synthetic scenes (default 10)")
-    data.add_argument("--synthetic.size", dest="synthetic_size", type=positive_int, default=128,
-                      help="synthetic scene size in px (default 128; a release's mask sets it)")
+    data.add_argument("--synthetic.size", dest="synthetic_size", type=positive_int, default=None,
+                      help="synthetic scene size in px (default 128, or the size of the mask that --mask, the "
+                           "checkpoint or the release provides)")
     data.add_argument("--synthetic.seed", dest="synthetic_seed", type=int, default=0)
     data.add_argument("--limit", type=positive_int, help="evaluate only the first N scenes")
     scen = parser.add_argument_group("scenarios")
-    scen.add_argument("--scenarios", default="I", help="comma list of I (ideal), II (mismatched), "
-                      "III (calibrated), IV (oracle); default I")
+    scen.add_argument("--scenarios", default="I", help="comma list of I (ideal), Ih (ideal instrument: the "
+                      "simulator at nominal parameters), II (mismatched), III (calibrated), IV (oracle); default I")
     scen.add_argument("--mismatch", type=parse_mismatch, default=None,
                       help="injected mismatch for II-IV, e.g. dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2 "
                            "(px, px, deg, px/band, deg; default dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2)")
@@ -174,14 +177,21 @@ def run_kaist(args) -> None:
     from evaluation.protocol import Noise
     from evaluation.scenarios import ScenarioSetup
 
-    folder = OutputFolder(args.out, "results.json", args.force, inputs=(
-        args.data_root, args.mask, args.ckpt, args.release, args.operator, args.calibration))
     setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
                     "oversample": tuple(args.oversample),
                     "noise": Noise(args.noise_peak, args.noise_read, args.noise_seed)}
     if args.mismatch is not None:
         setup_kwargs["mismatch"] = args.mismatch
     setup = ScenarioSetup(**setup_kwargs)
+    if args.mismatch is not None and not setup.needs_mismatch:
+        raise UserError(f"--mismatch applies to scenarios II, III and IV, and --scenarios "
+                        f"{','.join(setup.scenarios)} has none of them: add them (e.g. --scenarios I,II,IV) or drop "
+                        "--mismatch")
+    if (args.operator or args.calibration) and "III" not in setup.scenarios:
+        raise UserError(f"--{'operator' if args.operator else 'calibration'} is scenario III's estimate, and "
+                        f"--scenarios {','.join(setup.scenarios)} does not include III")
+    folder = OutputFolder(args.out, "results.json", args.force, inputs=(
+        args.data_root, args.mask, args.ckpt, args.release, args.operator, args.calibration))
     with folder as staging:
         method = _method(args)
         spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,

@@ -157,16 +157,20 @@ def _capture_agreement(calibrated: Tensor, uncalibrated: Tensor, model: str, par
     ``block_scores`` are ordered capture first): reasons for "ambiguous" where the joint estimate predicts
     a capture worse than the uncalibrated ``model`` (``calibrated`` vs ``uncalibrated`` components), or
     where a capture's own score falls at a slice probe (``parts`` row k of ``slices`` (k, label); row 0
-    the estimate), by more than ``z`` standard errors. The numbers go to ``tests["captures"]``."""
+    the estimate), by more than ``z`` standard errors. The numbers go to ``tests["captures"]``: each capture's own
+    held-out error at the joint estimate and uncalibrated (relative to its own held-out energy, as a single
+    capture's score), their relative difference, and the slice probe where its own error is lowest relative to
+    the estimate (``relative_change`` < 0: lower there)."""
     reasons, rows = [], {}
     own = parts.chunk(captures, dim=1)
     for m, (mine, theirs) in enumerate(zip(calibrated.chunk(captures), uncalibrated.chunk(captures))):
         excess, se = relative_difference(mine, theirs)
         falls = [(relative_difference(own[m][k], own[m][0]), label) for k, label in slices]
         (drop, drop_se), where = min(falls, key=lambda item: item[0][0] + z * item[0][1])
-        rows[str(m)] = {"score": float(mine.sum()), "score_uncalibrated": float(theirs.sum()),
+        # the joint score weighs each capture's held-out energy 1 / M: times M, the capture's own relative error
+        rows[str(m)] = {"score": captures * float(mine.sum()), "score_uncalibrated": captures * float(theirs.sum()),
                         "relative_excess": excess, "standard_error": se,
-                        "largest_slice_fall": {"at": where, "rise": drop, "standard_error": drop_se}}
+                        "lowest_slice_probe": {"at": where, "relative_change": drop, "standard_error": drop_se}}
         if excess > z * se:
             reasons.append(f"capture {m}: the joint estimate predicts its held-out pixels worse than the uncalibrated "
                            f"{model.replace('_', ' ')} ({100 * excess:+.1f} % +- {100 * se:.1f} %): the captures do "
@@ -250,11 +254,16 @@ def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, T
                             "tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), "z": z,
                             "components": int(components.max()) + 1}
     unit = PARAMETER_UNITS
-    return [f"{name} is uncertain by +-{z * float(total[i]):.3g} {unit[name]} ({z:g} x its uncertainty: "
-            + ", ".join(f"{label} {float(value[i]):.2g}" for _, label, value in terms)
-            + f" {unit[name]}), more than the {tolerance:g} {unit[name]} an \"ok\" vouches for"
-            for i, (name, tolerance) in enumerate(zip(PARAMETER_NAMES, settings.tolerance))
-            if not z * float(total[i]) <= tolerance]
+    reasons = [f"{name} is uncertain by +-{z * float(total[i]):.3g} {unit[name]} ({z:g} x its uncertainty: "
+               + ", ".join(f"{label} {float(value[i]):.2g}" for _, label, value in terms)
+               + f" {unit[name]}), more than the {tolerance:g} {unit[name]} an \"ok\" vouches for"
+               for i, (name, tolerance) in enumerate(zip(PARAMETER_NAMES, settings.tolerance))
+               if math.isfinite(float(total[i])) and z * float(total[i]) > tolerance]
+    unknown = [name for i, name in enumerate(PARAMETER_NAMES) if not math.isfinite(float(total[i]))]
+    if unknown:
+        reasons.append(f"the uncertainty of {', '.join(unknown)} cannot be computed (the criterion does not curve "
+                       "upwards in every direction at the estimate): nothing vouches for these")
+    return reasons
 
 
 def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, point: Tensor, ranges: Ranges,

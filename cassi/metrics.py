@@ -124,6 +124,7 @@ def ergas(pred: Tensor, target: Tensor, ratio: float = 1.0) -> Tensor:
 
 
 KAIST_METRICS = ("psnr", "ssim", "sam", "ergas")
+LOWER_IS_BETTER = frozenset({"sam", "ergas"})   # of KAIST_METRICS: errors; PSNR and SSIM are higher-better
 
 
 def kaist_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:

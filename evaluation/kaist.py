@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from cassi import CassiOperator
 from cassi.checks import check_instrument
+from cassi.errors import UserError
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask, synthetic_scenes
 from data.previews import save_comparison, save_spectra
@@ -22,19 +23,23 @@ from evaluation.reports import text_table, write_reports
 from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
 from models.release import mask_sha256
 
+DEFAULT_SYNTHETIC_SIZE = 128   # px of the synthetic scenes when nothing else sets it
+
 
 @dataclass
 class DataSpec:
     """Where the scenes come from: ``root`` (MST layout) or ``count`` synthetic scenes of ``size`` px.
 
     ``mask``: a mask file overriding ``ROOT/mask.mat``, the release's mask and the synthetic mask;
+    ``size``: of the synthetic scenes and their random mask (None: 128, or the size of the mask that a file
+    or the weights provide; a size that differs from that mask is an error);
     ``limit``: evaluate only the first ``limit`` scenes.
     """
 
     root: str | None = None
     mask: str | None = None
     count: int = 10
-    size: int = 128
+    size: int | None = None
     seed: int = 0
     limit: int | None = None
 
@@ -54,10 +59,16 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
     elif spec.root is not None:
         mask, mask_source = mst_mask(spec.root), str(Path(spec.root) / "mask.mat")
     elif release_mask is not None:
-        mask, mask_source = release_mask, f"release {method.loaded.source['path']}"
+        mask, mask_source = release_mask, f"stored with the weights {method.loaded.source['path']}"
     else:
-        mask, mask_source = synthetic_mask(spec.size, spec.size, spec.seed), f"random binary (seed {spec.seed})"
+        size = spec.size or DEFAULT_SYNTHETIC_SIZE
+        mask, mask_source = synthetic_mask(size, size, spec.seed), f"random binary (seed {spec.seed})"
     height, width = mask.shape
+    if spec.size is not None and (spec.root is not None or (height, width) != (spec.size, spec.size)):
+        raise UserError(f"--synthetic.size {spec.size}: " + (
+            "the scenes come from --data.root, not the synthetic generator" if spec.root is not None else
+            f"the synthetic scenes take the size of the mask ({mask_source}: {height}x{width}); drop the option "
+            "or pass --mask with a mask of that size"))
     scenes = mst_scenes(spec.root) if spec.root is not None else synthetic_scenes(spec.count, height, width, spec.seed)
     available = len(scenes)
     if spec.limit is not None:

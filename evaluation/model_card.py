@@ -44,13 +44,28 @@ def _number(value: Any, digits: int = 2) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
+def evaluated_scenario(metrics: dict[str, Any]) -> str:
+    """'scenario X (its description[; instrument drifted by ...])' from the results' structured fields: the
+    drift is named wherever the scenario measures through a drifted instrument (II-IV)."""
+    primary = metrics.get("primary_scenario", "I")
+    description = metrics.get("scenarios", {}).get(primary, {}).get("description")
+    setup = metrics.get("setup", {})
+    drift = setup.get("mismatch") if primary in ("II", "III", "IV") else None
+    units = setup.get("units", {})
+    details = [description] if description else []
+    if drift:
+        details.append("instrument drifted by " + ", ".join(f"{k} {v:g}{' ' + units[k] if k in units else ''}"
+                                                            for k, v in drift.items()))
+    return f"scenario {primary}" + (f" ({'; '.join(details)})" if details else "")
+
+
 def _front_matter(config: dict[str, Any], metrics: dict[str, Any] | None) -> list[str]:
     lines = ["---", "library_name: pytorch", "pipeline_tag: image-to-image", "tags:",
              *[f"- {tag}" for tag in (*TAGS, config["model"]["name"])]]
     if metrics is not None:
         mean = metrics["mean"]
         lines += ["model-index:", f"- name: {config['model']['name']}", "  results:",
-                  "  - task:", "      type: image-to-image", "      name: CASSI reconstruction (KAIST protocol)",
+                  "  - task:", "      type: image-to-image", "      name: " + json.dumps(f"CASSI reconstruction (KAIST protocol, {evaluated_scenario(metrics)})"),
                   "    dataset:", f"      name: {json.dumps(evaluated_data(metrics))}", "      type: kaist-protocol",
                   "    metrics:"]
         for metric, name in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):
@@ -117,8 +132,8 @@ def _metrics_lines(config: dict[str, Any], metrics: dict[str, Any] | None) -> li
     noise = setup.get("noise") or {}
     noisy = noise.get("peak") is not None or (noise.get("read") or 0) > 0
     lines = ["## KAIST metrics", "",
-             f"Evaluated with `eval.py kaist` on {evaluated_data(metrics)}, scenario "
-             f"{metrics.get('primary_scenario', 'I')}, {'detector noise ' + str(noise) if noisy else 'no detector noise'};"
+             f"Evaluated with `eval.py kaist` on {evaluated_data(metrics)}, {evaluated_scenario(metrics)}, "
+             f"{'detector noise ' + str(noise) if noisy else 'no detector noise'};"
              f" {metrics.get('protocol', '')}",
              f"Evaluation mask sha256 `{mask.get('sha256')}`: "
              + ("the release's mask." if same else f"**not** the release's mask (`{config['mask']['sha256']}`)."),

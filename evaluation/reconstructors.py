@@ -14,6 +14,7 @@ from torch import Tensor
 from cassi import CassiOperator
 from cassi.gap_tv import gap_tv
 from evaluation.checkpoints import LoadedModel, load_weights
+from models.registry import get_entry
 
 
 class Reconstructor(Protocol):
@@ -72,6 +73,7 @@ def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: 
     source = release or ckpt
     if source is None:
         if model != "gap_tv":
+            get_entry(model)                    # an unknown name is said so first (KeyError naming the known ones)
             raise ValueError(f"model '{model}' needs weights: pass --ckpt PATH or --release DIR")
         return GapTV(**(gap or {}))
     return Network(load_weights(source, None if model == "gap_tv" else model), device)

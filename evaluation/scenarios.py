@@ -46,6 +46,7 @@ from torch import Tensor
 from calib.instrument import instrument_operator
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.gap_tv import compile_tv_kernel
+from cassi.metrics import LOWER_IS_BETTER
 from cassi.simulator import simulate_measurement
 from data.kaist import Scene
 from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
@@ -201,8 +202,12 @@ def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: floa
     return {"name": name, "estimate": est, "error": {k: est[k] - true[k] for k in est}, "seconds": seconds}
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if abs(den) > 1e-12 else None
+def _recovery(metric: str, gained: float, possible: float) -> float | None:
+    """``gained / possible`` (III - II over IV - II), or None where the true operator (IV) does not improve on
+    the drifted one (II) in ``metric``: there is no gap to recover, and a ratio of two losses (IV and III
+    both below II) would read as a recovery."""
+    improvement = -possible if metric in LOWER_IS_BETTER else possible
+    return gained / possible if improvement > 1e-12 else None
 
 
 def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear") -> str:
@@ -245,7 +250,7 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
         gained, possible = _differences(means, "III" + suffix, "II" + suffix), _differences(means, "IV" + suffix,
                                                                                              "II" + suffix)
         if gained is not None and possible is not None:
-            comparison[name] = {m: _ratio(gained[m], possible[m]) for m in METRICS}
+            comparison[name] = {m: _recovery(m, gained[m], possible[m]) for m in METRICS}
     if comparison:
         out["comparison"] = comparison
     if calibration:

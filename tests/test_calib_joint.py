@@ -44,6 +44,8 @@ def test_joint_fit_writes_one_instrument_for_all_captures(captures, tmp_path, ca
     assert all(abs(errors[k]) <= TOLERANCE[k] for k in TOLERANCE), errors
     assert content["score"] < content["nominal_score"]
     assert set(content["status_tests"]["captures"]) == {"0", "1"}
+    own = [row["score"] for row in content["status_tests"]["captures"].values()]   # each capture's own error:
+    assert sum(own) / 2 == pytest.approx(content["status_tests"]["code"]["score"], rel=1e-6)  # the joint one, their mean
     assert not any(reason.startswith("capture") for reason in content["reasons"]), content["reasons"]
     record = content["status_tests"]["uncertainty"]     # the noise term: per component or per capture, the larger
     assert all(record["standard_error"][k] == max(record["standard_error_by_component"][k],

@@ -158,3 +158,16 @@ def test_one_capture_has_no_sandwich_over_captures():
     for captures in (1, 7):                                # 60 components: 7 captures cannot share them equally
         with pytest.raises(ValueError, match="at least 2 captures with an equal number"):
             capture_standard_errors(errors, jacobian, components, captures, torch.ones(PARAMETERS))
+
+
+def test_an_uncertainty_that_cannot_be_computed_is_said_so_without_nan_in_the_reasons():
+    """A criterion that does not change with the parameters (a mask without code: zero Jacobian) has no finite
+    uncertainty: one reason naming the parameters, no "+-nan" or "inf" figures."""
+    errors, jacobian, _ = linear_problem(7)
+    components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    scales = torch.ones(5, dtype=torch.float64)
+    flat = torch.zeros_like(jacobian)
+    tests = {}
+    reasons = uncertainty_test(errors, flat, [(errors, flat)] * 2, components, scales, StatusSettings(), tests)
+    assert len(reasons) == 1 and reasons[0].startswith("the uncertainty of dx, dy, theta, a1, alpha cannot be"), reasons
+    assert "nan" not in reasons[0] and "inf" not in reasons[0]

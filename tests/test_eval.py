@@ -20,7 +20,7 @@ from cassi.operator_file import save_operator
 from data.kaist import synthetic_mask, synthetic_scenes
 from evaluation.protocol import METRICS, mean_row
 from evaluation.reconstructors import GapTV
-from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios
+from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios, summarize
 
 eval_cli = importlib.import_module("eval")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -83,6 +83,20 @@ def scenario_run(scenarios, calibrator=None, oversample=(1, 1)):
     mask = synthetic_mask(32, 32)
     setup = ScenarioSetup(scenarios, XI, oversample)
     return run_scenarios(scenes, mask, GapTV(iterations=10), setup, calibrator), mask
+
+
+def test_recovery_ratio_is_undefined_where_the_true_operator_does_not_beat_the_drifted_one():
+    """A ratio of two losses (III and IV both below II) would read as a recovery: PSNR II 18.89, III 17.78,
+    IV 18.51 gave 2.9 in the calibration demo. Per metric: PSNR / SSIM higher-better, SAM / ERGAS lower-better."""
+    def rows(psnr: float, sam: float) -> list[dict]:
+        return [{"name": "s", "psnr": psnr, "ssim": 0.5, "sam": sam, "ergas": 10.0, "seconds": 0.0}]
+    ratio = summarize({"II": rows(18.89, 10.0), "III": rows(17.78, 9.0), "IV": rows(18.51, 8.0)},
+                      [], None)["comparison"]["recovery_ratio"]
+    assert ratio["psnr"] is None and ratio["ssim"] is None and ratio["ergas"] is None   # no gain, or none possible
+    assert ratio["sam"] == pytest.approx(0.5)                                             # lower SAM is the gain
+    ratio = summarize({"II": rows(18.0, 10.0), "III": rows(19.5, 10.5), "IV": rows(20.0, 11.0)},
+                      [], None)["comparison"]["recovery_ratio"]
+    assert ratio["psnr"] == pytest.approx(0.75) and ratio["sam"] is None
 
 
 def test_scenarios_degrade_with_mismatch_and_recover_with_the_true_operator():
@@ -272,6 +286,20 @@ def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
     assert "unknown mismatch parameter" in capsys.readouterr().err
     assert run_cli("kaist", "--model", "mst_s", "--out", tmp_path / "x") == 2
     assert "needs weights" in capsys.readouterr().err
+    assert run_cli("kaist", "--model", "nosuch", "--out", tmp_path / "x") == 2      # unknown before "needs weights"
+    assert "unknown model 'nosuch'; known models:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("kaist", "--scenarios", "I,II", "--mismatch", "dx=1,dx=2")
+    assert "mismatch names 'dx' twice" in capsys.readouterr().err
+    # options that would have no effect are refused, before anything is written
+    assert run_cli("kaist", "--mismatch", "dx=1", "--out", tmp_path / "y") == 2
+    assert "--mismatch applies to scenarios II, III and IV" in capsys.readouterr().err
+    assert run_cli("kaist", "--scenarios", "I,II", "--operator", tmp_path / "op.npz", "--out", tmp_path / "y") == 2
+    assert "does not include III" in capsys.readouterr().err
+    np.save(tmp_path / "mask32.npy", synthetic_mask(32, 32, seed=1).numpy())
+    assert run_cli("kaist", "--mask", tmp_path / "mask32.npy", "--synthetic.size", 64, "--out", tmp_path / "y") == 2
+    assert "--synthetic.size 64: the synthetic scenes take the size of the mask" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 # ---------------------------------------------------------------------------------------- real captures

@@ -287,3 +287,18 @@ def test_results_that_do_not_add_up_are_not_embedded(release, tmp_path, capsys):
         assert run_cli("export", "--ckpt", folder, "--results", tmp_path / "edited.json", "--out", tmp_path / "r") == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "r").exists()
+
+
+def test_card_of_a_mismatch_scenario_names_the_drift_in_text_and_model_index(release, tmp_path):
+    """Scores measured through a drifted instrument must not read as the ideal case: the card's text and its
+    model-index name give the scenario, its description and the drift."""
+    folder, _ = release
+    out = tmp_path / "eval"
+    assert run_cli("kaist", "--release", folder, "--synthetic.count", 1, "--previews", 0, "--scenarios", "II",
+                   "--mismatch", "dx=1,theta=0.3", "--out", out) == 0
+    assert run_cli("export", "--ckpt", folder, "--results", out / "results.json", "--out", tmp_path / "r") == 0
+    card = (tmp_path / "r" / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    drift = "instrument drifted by dx 1 px, dy 0 px, theta 0.3 deg, a1 2 px/band, alpha 0 deg"
+    assert "scenario II (mismatched" in body and drift in body
+    assert "name: \"CASSI reconstruction (KAIST protocol, scenario II (mismatched" in front and drift in front
