@@ -360,7 +360,8 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
-    parser.add_argument("--out", default=default, required=default is None, help=what)
+    where = "" if default is None else f"; default {default}, relative to the current folder"
+    parser.add_argument("--out", default=default, required=default is None, help=what + where)
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out (as a whole; never one that holds an input)")
 

@@ -25,10 +25,11 @@ GAP_TV = "gap_tv"
 
 
 def solver_names() -> list[str]:
-    """``heldout``, ``gap_tv`` and every registered network name (``*_real`` ones are refused when loaded)."""
+    """``heldout``, ``gap_tv`` and the registered network names that can be inner solvers: all but the
+    measurement-only ``*_real`` models, which take no mask (refused when loaded)."""
     from models import list_models
 
-    return [HELD_OUT, GAP_TV, *list_models()]
+    return [HELD_OUT, GAP_TV, *(name for name in list_models() if not name.endswith("_real"))]
 
 
 def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:

@@ -89,9 +89,10 @@ def _pick(arrays: Mapping[str, np.ndarray], key: str | None, candidates: Sequenc
     found = [k for k in candidates if k in arrays]
     if not found:
         raise ValueError(f"{path}: none of the keys {list(candidates)} found; keys present: {present} "
-                         f"(pass key=...)")
+                         f"(choose one: key=... in Python, the command's key option, e.g. --meas-key, on the command line)")
     if len(found) > 1:
-        raise ValueError(f"{path}: several candidate keys {found} present; pass key=... to choose one")
+        raise ValueError(f"{path}: several candidate keys {found} present; choose one (key=... in Python, the "
+                         "command's key option, e.g. --meas-key, on the command line)")
     return found[0]
 
 

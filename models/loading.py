@@ -22,7 +22,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     if missing or unexpected or misshaped:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-        lines = [f"{source} does not match {type(model).__name__}:"]
+        lines = [f"{source} does not match {type(model).__name__} (weights of another model or another size?):"]
         if missing:
             lines.append(f"  missing keys: {show(missing)}")
         if unexpected:
