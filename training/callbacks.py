@@ -2,7 +2,9 @@
 a checkpoint, prediction files and the end-of-run summary."""
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ from data.previews import save_comparison, save_segmentation, save_spectra
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = "runs/default"           # train.py's --trainer.default_root_dir unless a config or option sets one
 PREDICTION_FORMATS = (".mat", ".npz")
 
 
@@ -208,11 +211,30 @@ def summary_text(trainer: pl.Trainer) -> str:
             lines.append(f"  best {checkpoint.monitor}: {float(score):.3f}  ->  {checkpoint.best_model_path}")
         if checkpoint.last_model_path:
             lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
-        lines.append("  resume with: python train.py fit --config <same config> --ckpt_path last")
+        lines.append(f"  resume with: {resume_command(trainer)}")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
     for logger in trainer.loggers:
         lines.append(f"  {logger_location(logger)}")
     return "\n".join(lines)
+
+
+def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def resume_command(trainer: pl.Trainer) -> str:
+    """The command that resumes this run: ``--ckpt_path last`` looks in the run's checkpoint folder, so the
+    command names the run folder unless it is the default one (and the checkpoint folder unless it is the run
+    folder's ``checkpoints/``)."""
+    words = ["python train.py fit --config <same config>"]
+    root = str(trainer.default_root_dir)
+    if not _same_folder(root, DEFAULT_ROOT):
+        words.append(f"--trainer.default_root_dir {shlex.quote(root)}")
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if dirpath and "://" not in str(dirpath) and not _same_folder(dirpath, os.path.join(root, "checkpoints")):
+        words.append(f"--checkpoint.dirpath {shlex.quote(str(dirpath))}")
+    words.append("--ckpt_path last")
+    return " ".join(words)
 
 
 def logger_location(logger: Any) -> str:

@@ -9,7 +9,13 @@
   data themselves are loaded) and the model's mask handling are checked; a mistake ends in one line
   ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`); errors of the run itself keep their traceback.
 * checkpoints (``--checkpoint.*``): best by ``val/psnr`` and ``last.ckpt`` in ``<default_root_dir>/checkpoints``,
-  so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run).
+  so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run); without a
+  ``last*.ckpt`` there it is an error, not a new run.
+* ``--ckpt_path``: the model options are never replaced by the checkpoint's hyper-parameters (LightningCLI does
+  that); they are compared with them before any work (:func:`check_checkpoint_model`): the model class and its
+  architecture (``model_name``, ``model_kwargs``, ``bands``, ``step``) must match for every subcommand, and for
+  ``fit`` (a resumed run) every model setting but the speed switches; other settings of ``validate`` / ``test``
+  / ``predict`` (the loss, say) are the ones the command asks for.
 * logger: :class:`training.loggers.CassiWandbLogger` (offline without ``WANDB_API_KEY``) writing under
   ``default_root_dir``; ``--trainer.logger CSVLogger`` / ``TensorBoardLogger`` (their ``save_dir`` defaults to
   ``default_root_dir`` too: it is linked) or ``--trainer.logger false``.
@@ -19,6 +25,8 @@
 """
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -37,12 +45,15 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path
 from data.datamodule import CassiDataModule
 from training.acceleration import check_accelerator
-from training.callbacks import (PredictionWriter, RunConfig, RunSummary, ValidationPreviews, WandbRunId,
-                                checkpoint_run_id)
+from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunConfig, RunSummary, ValidationPreviews,
+                                WandbRunId, checkpoint_run_id)
 from training.modules import CassiModule
 
-DEFAULT_ROOT = "runs/default"
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+# Model hyper-parameters a checkpoint's weights are only valid with (every subcommand), and those that may change
+# when a run is resumed (they change speed and memory, not the run's results).
+ARCHITECTURE_HPARAMS = ("model_name", "model_kwargs", "bands", "step")
+SPEED_HPARAMS = ("activation_checkpointing", "channels_last", "compile", "compile_kwargs")
 
 
 JSONARGPARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
@@ -86,18 +97,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> None:
-    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc")."""
+def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> Mapping | None:
+    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc").
+    Returns the checkpoint (loaded memory-mapped, weights only), or None for the special values and for a file
+    that holds other objects than tensors and plain values (Lightning loads those itself, or says why)."""
     if ckpt_path is None or str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) \
             or str(ckpt_path).startswith("registry"):
-        return
+        return None
     path = Path(ckpt_path)
     if not path.is_file():
         raise UserError(f"--ckpt_path {path}: no such checkpoint file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
-        return                                       # holds other objects: Lightning loads it (or says why)
+        return None                                  # holds other objects: Lightning loads it (or says why)
     except Exception as err:
         raise UserError(f"--ckpt_path {path}: not a readable torch checkpoint ({type(err).__name__}: "
                         f"{one_line(str(err))})") from err
@@ -106,6 +119,110 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> None:
                         f"{'the weights only, like an MST toolbox .pth' if isinstance(raw, Mapping) else type(raw).__name__}); "
                         f"--ckpt_path resumes a train.py run; evaluate these weights with "
                         f"'eval.py kaist --model NAME --ckpt {path}'")
+    return raw
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter value in a form that compares as the user means it: Namespaces and mappings as dicts,
+    tuples as lists, an empty dict or list as None (``model_kwargs: {}`` is ``model_kwargs: null``)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        value = {str(k): _plain(v) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        value = [_plain(v) for v in value]
+    return None if value in ({}, []) else value
+
+
+def _shown(value: Any) -> str:
+    """A hyper-parameter value as it is written on the command line (YAML flow style)."""
+    value = _plain(value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name the same class (``training.ReconstructionModule`` is
+    ``training.modules.ReconstructionModule``)."""
+    if a == b:
+        return True
+    try:
+        return _import(a) is _import(b)
+    except (ImportError, AttributeError, ValueError):
+        return a.rpartition(".")[2] == b.rpartition(".")[2]
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def checkpoint_differences(hparams: Mapping[str, Any], model: Namespace | Mapping,
+                           subcommand: str | None) -> list[tuple[str, Any, Any]]:
+    """(option, value asked for, value in the checkpoint) of every model setting that must match the checkpoint's
+    ``hyper_parameters`` and does not: the class and :data:`ARCHITECTURE_HPARAMS` always; for ``fit`` (a resumed
+    run) every setting but :data:`SPEED_HPARAMS`. Settings the checkpoint does not record are not compared."""
+    model = model.as_dict() if isinstance(model, Namespace) else dict(model or {})
+    found = []
+    asked_class, ckpt_class = model.get("class_path"), hparams.get("_class_path")
+    if isinstance(asked_class, str) and isinstance(ckpt_class, str) and not _same_class(asked_class, ckpt_class):
+        found.append(("--model.class_path", asked_class, ckpt_class))
+    init = dict(model.get("init_args") or {})
+    keys = list(ARCHITECTURE_HPARAMS)
+    if subcommand == "fit":
+        keys += [k for k in init if k not in keys and k not in SPEED_HPARAMS]
+    for key in keys:
+        if key in init and key in hparams and _plain(init[key]) != _plain(hparams[key]):
+            found.append((f"--model.init_args.{key}", init[key], hparams[key]))
+    return found
+
+
+def check_checkpoint_model(path: Path, checkpoint: Mapping | None, model: Namespace | Mapping,
+                           subcommand: str | None) -> None:
+    """Before any work: the model the command asks for (``--config`` and ``--model.*``) is the one ``--ckpt_path``
+    holds (:func:`checkpoint_differences`); otherwise one error naming the file, each option, the value asked for
+    and the checkpoint's. ``checkpoint``: the loaded file, or None to load it here."""
+    if checkpoint is None:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return                                   # Lightning loads it itself, or says why
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(hparams, Mapping):
+        return
+    found = checkpoint_differences(hparams, model, subcommand)
+    if not found:
+        return
+    details = "; ".join(f"{option}: asked {_shown(asked)}, the checkpoint has {_shown(held)}"
+                        for option, asked, held in found)
+    configs = path.parent.parent / "configs"
+    origin = f" (its run saved it in {configs})" if path.parent.name == "checkpoints" and configs.is_dir() else ""
+    if subcommand == "fit":
+        advice = (f"fit --ckpt_path resumes that run with its own model settings (only {', '.join(SPEED_HPARAMS)} "
+                  f"may change): pass the configuration it was trained with{origin}, or drop --ckpt_path to start "
+                  "a new run")
+    else:
+        advice = (f"{subcommand} --ckpt_path needs the model the checkpoint was trained with: pass its configuration"
+                  f"{origin} or set these options to the checkpoint's values")
+    raise UserError(f"--ckpt_path {path} holds another model than this command asks for: {details}; {advice}")
+
+
+def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
+    """The file ``--ckpt_path last`` stands for: the newest ``last*.ckpt`` in the checkpoint folder. None for a
+    remote folder (Lightning looks there itself); a local folder without one is an error (Lightning would start
+    from scratch, or test untrained weights)."""
+    if dirpath is None or "://" in str(dirpath):
+        return None
+    path = resolve_checkpoint("last", dirpath)
+    if path is not None:
+        return path
+    missing = "" if Path(dirpath).is_dir() else " (no such folder)"
+    where = f"no last checkpoint (last.ckpt) in {dirpath}{missing}"
+    if subcommand == "fit":
+        raise UserError(f"--ckpt_path last: {where}, so there is no run to resume; drop --ckpt_path last to "
+                        "start a new run, or pass the folder of the run to resume with --trainer.default_root_dir "
+                        "RUN_FOLDER (its checkpoints are in RUN_FOLDER/checkpoints)")
+    raise UserError(f"--ckpt_path last: {where}; pass the folder of the run with --trainer.default_root_dir "
+                    "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
 
 
 def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> None:
@@ -171,13 +288,35 @@ class CassiCLI(LightningCLI):
         except ValueError as err:                    # a constructor refused its arguments
             raise UserError(parser_message(str(err))) from err
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI replaces the model options with the ``--ckpt_path`` checkpoint's hyper-parameters here, so
+        that a command silently runs another model than it asks for. Not here: the model options stay as given,
+        and :meth:`before_instantiate_classes` compares them with the checkpoint's (:func:`check_checkpoint_model`)."""
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = os.path.join(config.trainer.default_root_dir, "checkpoints")
         check_accelerator(config.trainer.accelerator, config.trainer.devices)
+        self._check_checkpoint(config)
         if self.subcommand == "fit" and config.get("ckpt_path"):
             self._continue_wandb_run(config)
+
+    def _check_checkpoint(self, config: Namespace) -> None:
+        """Before anything is built: ``--ckpt_path`` names a Lightning checkpoint (``last``: one exists in the
+        checkpoint folder) of the model this command asks for."""
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        checkpoint = check_resume_checkpoint(ckpt_path)
+        if str(ckpt_path) == "last":
+            path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
+        elif str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
+            path = None
+        else:
+            path = Path(ckpt_path)
+        if path is not None:
+            check_checkpoint_model(path, checkpoint, config.model, self.subcommand)
 
     @staticmethod
     def _continue_wandb_run(config: Namespace) -> None:
@@ -193,12 +332,11 @@ class CassiCLI(LightningCLI):
             logger.init_args = init_args
 
     def check_before_run(self, stage: str) -> None:
-        """User errors surface here, before any file is written: a ``--ckpt_path`` that is not a Lightning
-        checkpoint, every data problem (first from folder listings and the mask, ``datamodule.check``, then
-        ``datamodule.setup(stage)`` loads the data now; Lightning's own call is then a no-op), per-sample masks
-        for a network that reads only the first, a test run on several devices. Errors raised later, by the run
-        itself, keep their traceback (:class:`MarkRunErrors`)."""
-        check_resume_checkpoint(self.config[self.subcommand].get("ckpt_path"))
+        """User errors surface here, before any file is written: every data problem (first from folder listings
+        and the mask, ``datamodule.check``, then ``datamodule.setup(stage)`` loads the data now; Lightning's own
+        call is then a no-op), per-sample masks for a network that reads only the first, a test run on several
+        devices. Errors raised later, by the run itself, keep their traceback (:class:`MarkRunErrors`).
+        ``--ckpt_path`` was checked before the classes were built (:meth:`_check_checkpoint`)."""
         if self.datamodule is not None:
             self.datamodule.check(stage)
             if stage == "fit":

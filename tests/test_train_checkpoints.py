@@ -1,0 +1,120 @@
+"""``train.py --ckpt_path``: the checkpoint must hold the model the command asks for (the options are compared
+with its hyper-parameters, never replaced by them), ``--ckpt_path last`` without a last checkpoint is an error,
+and the end-of-run hint names the run folder."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from cli_checks import user_error
+from test_train import CONFIGS, QUIET, cli, one_step
+from training.callbacks import DEFAULT_ROOT, summary_text
+
+MST = CONFIGS / "smoke" / "mst_s.yaml"
+HSRA = CONFIGS / "smoke" / "hsra_s.yaml"
+TEST = ["--data.crop", "32", "--data.test_scenes", "2", "--trainer.logger", "false", *QUIET]
+FIT_WANDB = ["--trainer.max_epochs", "2", "--data.samples_per_epoch", "2", "--data.batch_size", "2", "--data.crop",
+             "32", "--previews.every_n_epochs", "0", *QUIET]          # with the default logger (offline W&B)
+FIT = [*FIT_WANDB, "--trainer.logger", "false"]
+
+
+@pytest.fixture(scope="module")
+def mst_run(tmp_path_factory):
+    """One training step of the MST-S smoke config (32 px crops): (run folder, what it printed at the end)."""
+    root = tmp_path_factory.mktemp("mst_run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        one_step(MST, root, "--data.crop", "32")
+    assert (root / "checkpoints" / "last.ckpt").is_file()
+    return root, printed.getvalue()
+
+
+def run(subcommand: str, config, root, *args: str):
+    return cli([subcommand, "--config", str(config), "--trainer.default_root_dir", str(root), *args])
+
+
+def refused(capsys, call, pattern: str) -> str:
+    """``call`` ends as a user error (exit 2) whose line matches ``pattern``; returns the line."""
+    return user_error(capsys, call, pattern, only_line=False)
+
+
+# ------------------------------------------------------------------------- a checkpoint of another model
+def test_test_refuses_the_checkpoint_of_another_model(mst_run, tmp_path, capsys):
+    """Was: HSRA-S's config tested MST-S's checkpoint as MST-S, exit 0."""
+    last = mst_run[0] / "checkpoints" / "last.ckpt"
+    line = refused(capsys, lambda: run("test", HSRA, tmp_path / "run", *TEST, "--ckpt_path", str(last)),
+                   rf"--ckpt_path {re.escape(str(last))} holds another model than this command asks for: "
+                   r"--model.init_args.model_name: asked hsra_s, the checkpoint has mst_s; test --ckpt_path needs")
+    assert str(mst_run[0] / "configs") in line                  # where the checkpoint's own configuration is
+    assert not (tmp_path / "run").exists()
+
+
+def test_command_line_model_options_are_compared_not_replaced(mst_run, tmp_path, capsys):
+    """Was: --model.init_args.model_name hsra_s and --loss l1 became the checkpoint's mst_s and rmse, exit 0."""
+    last = mst_run[0] / "checkpoints" / "last.ckpt"
+    line = refused(capsys, lambda: run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(last),
+                                       "--model.init_args.model_name", "hsra_s", "--model.init_args.loss", "l1"),
+                   r"--model.init_args.model_name: asked hsra_s, the checkpoint has mst_s")
+    assert "loss" not in line                                   # test may use another loss than training did
+    assert not (tmp_path / "run").exists()
+    # the same checkpoint with its own model and another loss: tested, with the loss asked for
+    tested = run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(last), "--model.init_args.loss", "l1")
+    assert tested.model.hparams.model_name == "mst_s" and tested.model.hparams.loss == "l1"
+    assert len(tested.model.test_results["scenes"]) == 2
+    (saved,) = (tmp_path / "run" / "configs").glob("test-*.yaml")
+    init = yaml.safe_load(saved.read_text())["model"]["init_args"]
+    assert init["model_name"] == "mst_s" and init["loss"] == "l1"
+
+
+def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_path, capsys, monkeypatch):
+    """Was: fit with HSRA-S's config became MST-S and continued the other run's W&B run, exit 0."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    last = mst_run[0] / "checkpoints" / "last.ckpt"
+    refused(capsys, lambda: run("fit", HSRA, tmp_path / "run", *FIT_WANDB, "--ckpt_path", str(last)),
+            r"--model.init_args.model_name: asked hsra_s, the checkpoint has mst_s; fit --ckpt_path resumes that run "
+            r"with its own model settings .*drop --ckpt_path to start a new run")
+    assert not (tmp_path / "run").exists()
+    # a resumed run keeps its settings: another learning rate is refused, the speed switches may change
+    shutil.copytree(mst_run[0] / "checkpoints", tmp_path / "copy" / "checkpoints")
+    refused(capsys, lambda: run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last",
+                                "--model.init_args.lr", "1e-3"),
+            r"copy/checkpoints/last.ckpt holds another model .*--model.init_args.lr: asked 0.001, the checkpoint has "
+            r"0.0004")
+    resumed = run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last",
+                  "--model.init_args.activation_checkpointing", "true")
+    assert resumed.trainer.global_step == 2 and resumed.model.hparams.model_name == "mst_s"
+
+
+# ------------------------------------------------------------------------- --ckpt_path last with nothing there
+def test_ckpt_path_last_without_a_last_checkpoint_is_an_error(tmp_path, capsys):
+    """Was: fit --ckpt_path last in a fresh folder trained from scratch (a Lightning warning with a wrong hint)."""
+    folder = tmp_path / "fresh" / "checkpoints"
+    refused(capsys, lambda: run("fit", MST, tmp_path / "fresh", *FIT, "--ckpt_path", "last"),
+            rf"--ckpt_path last: no last checkpoint \(last.ckpt\) in {re.escape(str(folder))} \(no such folder\), so "
+            r"there is no run to resume; drop --ckpt_path last to start a new run, or pass the folder of the run to "
+            r"resume with --trainer.default_root_dir")
+    refused(capsys, lambda: run("test", MST, tmp_path / "fresh", *TEST, "--ckpt_path", "last"),
+            rf"no last checkpoint \(last.ckpt\) in {re.escape(str(folder))}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_hint_names_the_run_folder(mst_run):
+    root, printed = mst_run
+    assert f"resume with: python train.py fit --config <same config> --trainer.default_root_dir {root} " \
+           "--ckpt_path last" in printed
+    checkpoint = SimpleNamespace(best_model_score=None, last_model_path="", monitor="val/psnr",
+                                 dirpath=os.path.realpath(os.path.join(DEFAULT_ROOT, "checkpoints")))
+    trainer = SimpleNamespace(current_epoch=1, global_step=2, checkpoint_callback=checkpoint,
+                              default_root_dir=DEFAULT_ROOT, loggers=[])
+    assert "resume with: python train.py fit --config <same config> --ckpt_path last" in summary_text(trainer)
+    checkpoint.dirpath = "/elsewhere/ckpts"
+    assert "--checkpoint.dirpath /elsewhere/ckpts --ckpt_path last" in summary_text(trainer)
