@@ -311,10 +311,8 @@ class CassiCLI(LightningCLI):
         checkpoint = check_resume_checkpoint(ckpt_path)
         if str(ckpt_path) == "last":
             path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
-        elif str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) or str(ckpt_path).startswith("registry"):
-            path = None
-        else:
-            path = Path(ckpt_path)
+        else:                                        # best / hpc / registry: None; a remote file: Lightning's
+            path = None if "://" in str(ckpt_path) else resolve_checkpoint(str(ckpt_path), None)
         if path is not None:
             check_checkpoint_model(path, checkpoint, config.model, self.subcommand)
 
