@@ -16,7 +16,7 @@ import json
 import math
 from typing import Any
 
-from evaluation.protocol import METRICS
+from evaluation.protocol import DRIFTED_SCENARIOS, METRICS
 from models.release import CHECKSUM_FILE, MASK_FILE, METRICS_FILE, WEIGHTS_FILE
 
 TAGS = ("hyperspectral-imaging", "snapshot-compressive-imaging", "cassi", "coded-aperture")
@@ -50,7 +50,7 @@ def evaluated_scenario(metrics: dict[str, Any]) -> str:
     primary = metrics.get("primary_scenario", "I")
     description = metrics.get("scenarios", {}).get(primary, {}).get("description")
     setup = metrics.get("setup", {})
-    drift = setup.get("mismatch") if primary in ("II", "III", "IV") else None
+    drift = setup.get("mismatch") if primary in DRIFTED_SCENARIOS else None
     units = setup.get("units", {})
     details = [description] if description else []
     if drift:
@@ -65,7 +65,8 @@ def _front_matter(config: dict[str, Any], metrics: dict[str, Any] | None) -> lis
     if metrics is not None:
         mean = metrics["mean"]
         lines += ["model-index:", f"- name: {config['model']['name']}", "  results:",
-                  "  - task:", "      type: image-to-image", "      name: " + json.dumps(f"CASSI reconstruction (KAIST protocol, {evaluated_scenario(metrics)})"),
+                  "  - task:", "      type: image-to-image",
+                  "      name: " + json.dumps(f"CASSI reconstruction (KAIST protocol, {evaluated_scenario(metrics)})"),
                   "    dataset:", f"      name: {json.dumps(evaluated_data(metrics))}", "      type: kaist-protocol",
                   "    metrics:"]
         for metric, name in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):

@@ -21,6 +21,7 @@ from cassi.noise import add_noise, check_noise
 
 METRICS = KAIST_METRICS
 COLUMNS = ("name", *METRICS, "seconds")
+DRIFTED_SCENARIOS = ("II", "III", "IV")   # scenarios measured through the drifted instrument (they need a mismatch)
 PROTOCOL = ("KAIST protocol: prediction clipped to [0, 1], both cubes quantised to 8 bits; PSNR (dB) and "
             "SSIM (Gaussian 11x11, sigma 1.5, valid) per band and averaged; SAM (degrees) and ERGAS on the "
             "same 8-bit cubes; seconds = wall-clock reconstruction time of one scene (numba kernels compiled "

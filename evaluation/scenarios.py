@@ -49,7 +49,7 @@ from cassi.gap_tv import compile_tv_kernel
 from cassi.metrics import LOWER_IS_BETTER
 from cassi.simulator import simulate_measurement
 from data.kaist import Scene
-from evaluation.protocol import METRICS, Noise, mean_row, result_row, timed
+from evaluation.protocol import DRIFTED_SCENARIOS, METRICS, Noise, mean_row, result_row, timed
 
 SCENARIOS = {"I": "ideal: native-grid measurement, nominal operator",
              "Ih": "ideal instrument: high-fidelity simulator at the nominal parameters, nominal operator",
@@ -108,7 +108,7 @@ class ScenarioSetup:
 
     @property
     def needs_mismatch(self) -> bool:
-        return any(s in ("II", "III", "IV") for s in self.scenarios)
+        return any(s in DRIFTED_SCENARIOS for s in self.scenarios)
 
     def model_oversample(self, calibrator: Calibrator | None) -> tuple[int, int] | None:
         """(N, K) of the calibration model to reconstruct Ih-IV through, None for the native operator only."""
