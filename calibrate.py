@@ -36,7 +36,9 @@ Outputs: DIR is written as one unit (a staging folder renamed into place at the 
 is printed); an existing non-empty DIR (or ``simulate``'s existing --out file) needs --force. Bad input
 ends with one line ``calibrate.py COMMAND: error: ...`` and exit code 2 before any work; impossible
 physics (a1 = 0, |theta| or |alpha| > 45 deg, a mask moved off the detector, a measurement without light)
-is an error, doubtful physics a warning recorded in the output (README, "Errors and exit codes").
+is an error, doubtful physics a warning recorded in the output (README, "Errors and exit codes"). A
+calibration whose status is "failed" writes its outputs for inspection and exits with code 3; its
+operator.npz records the status, and eval.py / train.py refuse it.
 
 Units: dx, dy in pixels (right, down), theta and alpha in degrees (counter-clockwise), a1 in pixels
 per band (nominal 2). The measurement (H, W + 2*(L-1)) is stored under key ``y``; light that falls
@@ -57,8 +59,8 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from cassi.errors import (CliParser, UserError, cli_errors, non_negative_float, positive_float,  # noqa: E402
-                          positive_int)
+from cassi.errors import (EXIT_CALIBRATION_FAILED, CliParser, UserError, cli_errors,  # noqa: E402
+                          non_negative_float, positive_float, positive_int)
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help and
@@ -119,7 +121,9 @@ def simulate(args: argparse.Namespace) -> Path:
     print(f"simulated y {tuple(y.shape[1:])}, mismatch {mismatch.to_dict()}, N={spatial} K={spectral}")
     save_npz(out, y=y[0].numpy().astype(np.float32), mismatch=np.array(
         [mismatch.dx, mismatch.dy, mismatch.theta, mismatch.a1, mismatch.alpha]), step=np.int64(args.step),
-        oversample=np.array(args.oversample, dtype=np.int64), warnings=np.array(warnings, dtype=np.str_))
+        oversample=np.array(args.oversample, dtype=np.int64), warnings=np.array(warnings, dtype=np.str_),
+        noise_peak=np.float64(np.nan if args.noise_peak is None else args.noise_peak),
+        read_noise=np.float64(args.read_noise), noise_seed=np.int64(args.seed))
     print(f"wrote {out}")
     return out
 
@@ -143,7 +147,8 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
     save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
-                                                         result.settings.get("mask_interpolation", "linear")))
+                                                         result.settings.get("mask_interpolation", "linear")),
+                  result.status)
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
     return files
@@ -184,8 +189,9 @@ def summary(result) -> str:
     noise = result.settings.get("noise_correction")
     if noise:
         var = noise["variance"]
-        lines.append(f"noise: variance {var['gain']:.3g} x y + {var['read_variance']:.3g} fitted blind (read sigma "
-                     f"{var['read_variance'] ** 0.5:.3g}); the held-out score less the noise it carries moved the "
+        lines.append(f"noise: the criterion's noise term, variance {var['gain']:.3g} x y + {var['read_variance']:.3g} "
+                     "fitted blind (a nuisance term of the held-out score, not a sensor calibration); the held-out "
+                     "score less the noise it carries moved the "
                      f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} steps")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
@@ -218,10 +224,12 @@ def wrote(folder: Path) -> str:
     return f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
 
 
-def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands: int, step: int):
+def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands: int, step: int,
+                  joint: bool = True):
     """The captures of ``--meas`` as (M, H, W + step*(L-1)) and their warnings, every file read and checked
-    before any work: one size for all, the width the mask and band count imply, light in each; a
-    :class:`UserError` naming the file otherwise."""
+    before any work: one size for all, the width the mask and band count imply, light in each, and for a
+    ``joint`` fit no capture twice (same values under another name); a :class:`UserError` naming the file
+    otherwise."""
     import torch
 
     from cassi.checks import check_measurement
@@ -242,6 +250,11 @@ def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands
             raise UserError(f"measurement {path} is {tuple(y.shape)} but mask {mask_path} is {tuple(mask.shape)}: "
                             f"expected a measurement of {expected} (H, W + {step}*({bands}-1))")
         warnings += check_measurement(y, path)
+    for i, y in enumerate(captures if joint else ()):
+        twins = [paths[j] for j in range(i) if torch.equal(captures[j], y)]
+        if twins:
+            raise UserError(f"--meas: {paths[i]} holds the same capture as {twins[0]}: a joint fit needs distinct "
+                            "captures (a copy would count one capture twice and understate the uncertainty)")
     return torch.stack(captures), warnings
 
 
@@ -257,6 +270,9 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     from data.io import load_mask
 
     device = check_device(args.device)
+    if args.forward_model is not None and args.model_oversample:
+        raise UserError("--forward-model auto lets the data choose the forward model and --model-oversample "
+                        f"{' '.join(map(str, args.model_oversample))} names one: give one of them")
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
@@ -264,13 +280,14 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                           inputs=(*args.meas, args.mask, args.ckpt))
     mask = torch.from_numpy(load_mask(args.mask))
     check_mask(mask, args.mask)
-    y, warnings = read_captures(args.meas, args.meas_key, mask, args.mask, args.bands, args.step)
+    y, warnings = read_captures(args.meas, args.meas_key, mask, args.mask, args.bands, args.step,
+                                joint=not args.separately)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     startup = time.perf_counter() - STARTED
     groups = ([(stem, [path], y[i:i + 1]) for i, (stem, path) in enumerate(zip(stems, args.meas))]
               if args.separately else [("", list(args.meas), y)])
-    files, rows = {}, []
+    files, rows, failed = {}, [], []
     with folder as staging:
         for stem, paths, captures in groups:
             if args.separately:
@@ -284,6 +301,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                **({"noise_correction": None} if args.no_noise_correction else {}))
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
+            if result.status == "failed":
+                failed.append(stem or "the calibration")
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
             written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths)
             if args.separately:
@@ -296,6 +315,11 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             write_text(staging / SUMMARY, json_text({"calibrations": rows}))
             files["summary"] = folder.path / SUMMARY
     print(wrote(folder.path))
+    if failed:
+        print(f"calibrate.py: status \"failed\" ({', '.join(failed)}): the outputs are written for inspection, "
+              "operator.npz is marked failed and eval.py / train.py refuse it; exit code "
+              f"{EXIT_CALIBRATION_FAILED}", file=sys.stderr)
+        raise SystemExit(EXIT_CALIBRATION_FAILED)
     return files
 
 
@@ -390,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
                                                      "score, the solver and the check run")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
-    cal.add_argument("--bands", type=positive_int, default=28)
+    cal.add_argument("--bands", type=positive_int, default=28, help="spectral bands of the cube (28: KAIST)")
     cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
-    cal.add_argument("--forward-model", choices=("auto",), default="auto",
+    cal.add_argument("--forward-model", choices=("auto",), default=None,
                      help="auto (the default): the data choose the calibration forward model among the native "
                           "grid (N=K=1) and the enlarged grid (N=4, K=2) by the held-out score "
                           "(calibration.json: settings.model_selection); --model-oversample names one instead")

@@ -190,6 +190,14 @@ def run_kaist(args) -> None:
     if (args.operator or args.calibration) and "III" not in setup.scenarios:
         raise UserError(f"--{'operator' if args.operator else 'calibration'} is scenario III's estimate, and "
                         f"--scenarios {','.join(setup.scenarios)} does not include III")
+    if setup.needs_mismatch:
+        drift = ", ".join(f"{k}={v:g}" for k, v in setup.mismatch.to_dict().items())
+        given = args.mismatch is not None
+        saved = "" if given or not (args.operator or args.calibration) else (
+            "; scenario III applies the saved calibration to this simulated drift, so pass the drift that "
+            "calibration was made for with --mismatch")
+        print(f"scenarios II-IV simulate the instrument drifted by {drift}"
+              + ("" if given else f" (the default drift; set it with --mismatch{saved})"))
     folder = OutputFolder(args.out, "results.json", args.force, inputs=(
         args.data_root, args.mask, args.ckpt, args.release, args.operator, args.calibration))
     with folder as staging:

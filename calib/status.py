@@ -348,9 +348,11 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
         tests[f"slice_{name}"] = {"offset": float(offsets[worst] * steps[i]), "rise": rise, "standard_error": se}
         if rise <= z * se:
             where = f"{name} {float(offsets[worst] * steps[i]):+.3g} {PARAMETER_UNITS[name]} from the estimate"
-            ambiguous.append(f"the landscape does not pin {name}: the score changes by {100 * rise:+.2f} % "
-                             f"+- {100 * se:.2f} % (criterion noise) at {where}; needs a rise of more than "
-                             f"{z:g} standard errors")
+            change = f"{100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) at {where}"
+            ambiguous.append(f"the estimate is not at the criterion's minimum along {name}: the score changes by "
+                             f"{change}" if rise < -z * se else
+                             f"the landscape does not pin {name}: the score changes by {change}; needs a rise of "
+                             f"more than {z:g} standard errors")
     errors, jac = local_jacobian(full, point, scales, settings)
     ambiguous += valley_test(full, point, jac, ranges, scales, settings, tests)
     variants = [local_jacobian(score_like(full, y, mask, point, settings.warm_iterations,

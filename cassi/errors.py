@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Iterator, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CALIBRATION_FAILED = 3   # calibrate.py: outputs written, but the calibration's status is "failed"
 DEBUG_ENV = "CASSI_DEBUG"
 
 

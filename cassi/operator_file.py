@@ -5,7 +5,9 @@ mismatch parameters ``dx, dy, theta, a1, alpha`` (px, px, deg, px/band, deg) and
 ``spectral``: the oversampling N, K of the forward model the mismatch was calibrated with (1, 1: the
 native grid; files without these keys are native), and ``mask_interpolation`` ("linear" or "cubic"):
 how that model reads the mask between pixels ("cubic" on the native grid, N = 1, only; files without
-the key read it bilinearly). ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
+the key read it bilinearly), and ``calibration_status`` ("ok", "ambiguous" or "failed"; absent in files
+not written by a calibration): a file whose calibration "failed" is refused by every reader, since its
+mismatch is no estimate of the instrument. ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
 wherever they take a mask, through ``calib.instrument.load_instrument`` (which builds the N x K model
 and its reading; :func:`load_operator` here gives the native operator's files only: N = K = 1, linear).
 """
@@ -25,6 +27,7 @@ from cassi.operator import MASK_INTERPOLATIONS, CassiOperator
 REQUIRED_KEYS = ("mask", "bands", "step", "dispersion", *PARAMETER_UNITS)
 OVERSAMPLE_KEYS = ("spatial", "spectral")
 INTERPOLATION_KEY = "mask_interpolation"
+STATUS_KEY = "calibration_status"
 
 
 @dataclass
@@ -38,11 +41,12 @@ class OperatorRecord:
     mismatch: Mismatch
     oversample: tuple[int, int] = (1, 1)
     mask_interpolation: str = "linear"
+    status: str | None = None
 
 
-def save_operator(path: str | Path, op: CassiOperator) -> Path:
+def save_operator(path: str | Path, op: CassiOperator, status: str | None = None) -> Path:
     """Write ``op`` (its unwarped mask, its mismatch, ``op.oversample`` and ``op.mask_interpolation``)
-    atomically to ``path`` (.npz)."""
+    atomically to ``path`` (.npz); ``status``: the status of the calibration that estimated the mismatch."""
     if op.mask.shape[0] != 1:
         raise ValueError("save_operator stores one instrument: the operator holds per-sample masks")
     arrays = {"mask": op.mask[0].detach().cpu().float().numpy(), "bands": np.int64(op.bands),
@@ -50,6 +54,8 @@ def save_operator(path: str | Path, op: CassiOperator) -> Path:
               "spatial": np.int64(op.oversample[0]), "spectral": np.int64(op.oversample[1]),
               INTERPOLATION_KEY: np.str_(op.mask_interpolation)}
     arrays.update({k: np.float64(v) for k, v in op.mismatch.to_dict().items()})
+    if status is not None:
+        arrays[STATUS_KEY] = np.str_(status)
     return save_npz(path, compress=False, **arrays)
 
 
@@ -74,7 +80,8 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
                 raise UserError(f"{path}: operator file lacks key(s) {missing}; it has {sorted(data.files)}")
-            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY) if k in data.files}
+            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY, STATUS_KEY)
+                      if k in data.files}
     except UserError:
         raise
     except Exception as err:  # not a zip, truncated, pickled objects, ...
@@ -90,10 +97,15 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
     if interpolation not in MASK_INTERPOLATIONS or interpolation != "linear" and oversample[0] != 1:
         raise UserError(f"{path}: key '{INTERPOLATION_KEY}' must be one of {MASK_INTERPOLATIONS} ('cubic' with "
                         f"spatial N = 1 only), got {interpolation!r} with N={oversample[0]}")
+    status = _scalar(values, STATUS_KEY, "str", path) if STATUS_KEY in values else None
+    if status == "failed":
+        raise UserError(f"{path}: this operator comes from a calibration whose status is \"failed\" (its reasons are "
+                        "in the calibration.json written with it): its mismatch is no estimate of the instrument; "
+                        "recalibrate")
     return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
                           _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
                           Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
-                          oversample, interpolation)
+                          oversample, interpolation, status)
 
 
 def load_operator(path: str | Path) -> CassiOperator:

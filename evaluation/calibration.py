@@ -60,6 +60,10 @@ def _read_json(path: Path) -> Any:
 
 def _estimate(content: Any, where: str) -> Mismatch:
     """The mismatch of one calibration (``estimate`` object or top-level parameter names)."""
+    if isinstance(content, dict) and content.get("status") == "failed":
+        reasons = content.get("reasons") or ["no reason recorded"]
+        raise UserError(f"{where}: this calibration's status is \"failed\" ({reasons[0]}): its estimate is no "
+                        "estimate of the instrument; recalibrate")
     values = content.get("estimate", content) if isinstance(content, dict) else None
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected an object with the mismatch parameters {sorted(PARAMETER_UNITS)}")
@@ -142,7 +146,10 @@ def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates
     if path.is_dir():
         files = sorted(path.glob("*/calibration.json"))
         if not files:
-            raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)")
+            single = path / "calibration.json"
+            hint = (f"; {single} is one calibration for every scene: pass that file" if single.is_file() else "")
+            raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)"
+                                    + hint)
         return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source)
     content = _read_json(path)
     if isinstance(content, dict) and isinstance(content.get("scenes"), dict):

@@ -36,6 +36,8 @@ def run(tmp_path_factory):
 
 def test_writes_json_operator_and_plots(run):
     folder, files = run
+    simulated = np.load(folder / "y.npz")                  # simulate records how the measurement was made
+    assert (float(simulated["noise_peak"]), float(simulated["read_noise"]), int(simulated["noise_seed"])) == (1e4, 0.005, 0)
     content = json.loads(files["json"].read_text())
     assert set(content["estimate"]) == set(TRUTH)
     assert content["status"] in ("ok", "ambiguous", "failed")
@@ -147,3 +149,41 @@ def test_eval_scenario_iii_reads_the_calibration_json(run, tmp_path):
         assert value["III"] > value["II"] + gain, (metric, value)
     value = {s: results["scenarios"][s]["mean"]["ssim"] for s in ("II", "III", "IV")}
     assert value["III"] - value["II"] >= 0.8 * (value["IV"] - value["II"]), value
+
+
+def test_a_copy_of_a_capture_is_not_a_second_capture(run, tmp_path, capsys):
+    """A joint fit of a capture and its copy (another file name, another format) would count one capture
+    twice and understate the uncertainty: refused before any work."""
+    folder, _ = run
+    np.savez(tmp_path / "copy.npz", y=scipy.io.loadmat(folder / "meas.mat")["meas_real"])
+    user_error(capsys, lambda: calibrate.main(["--meas", str(folder / "meas.mat"), str(tmp_path / "copy.npz"),
+                                               "--mask", str(folder / "mask.mat"), "--out", str(tmp_path / "out")]),
+               r"copy.npz holds the same capture as .*meas.mat")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_calibration_exits_3_and_its_outputs_are_refused_downstream(run, tmp_path, capsys):
+    """A mask without code cannot be calibrated: the outputs are written for inspection, the exit code is
+    3 (not 0), operator.npz records the status, and eval.py refuses the operator and the calibration."""
+    folder, _ = run
+    np.save(tmp_path / "uniform.npy", np.ones((64, 64), np.float32))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit:
+        calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(tmp_path / "uniform.npy"),
+                        "--out", str(out), "--no-progress"])
+    assert exit.value.code == 3
+    assert 'status "failed"' in capsys.readouterr().err
+    content = json.loads((out / "calibration.json").read_text())
+    assert content["status"] == "failed" and content["reasons"]
+    assert str(np.load(out / "operator.npz")["calibration_status"]) == "failed"
+    eval_main = importlib.import_module("eval").main
+    common = ["kaist", "--synthetic.count", "1", "--mask", str(tmp_path / "uniform.npy"), "--scenarios", "II,III",
+              "--previews", "0", "--out", str(tmp_path / "eval")]
+    user_error(capsys, lambda: eval_main([*common, "--operator", str(out / "operator.npz")]),
+               r"operator.npz: this operator comes from a calibration whose status is \"failed\"", only_line=False)
+    user_error(capsys, lambda: eval_main([*common, "--calibration", str(out / "calibration.json")]),
+               r"calibration.json: this calibration's status is \"failed\"", only_line=False)
+    user_error(capsys, lambda: eval_main([*common, "--calibration", str(out)]),
+               r"no per-scene calibration .*calibration.json is one calibration for every scene: pass that file",
+               only_line=False)
+    assert not (tmp_path / "eval").exists()

@@ -151,10 +151,15 @@ def test_scenario_iii_without_a_calibration_is_refused():
         ScenarioSetup(("I", "V"))
 
 
-def test_scenarios_cli_with_operator_file_and_oversampled_simulator(tmp_path):
+def test_scenarios_cli_with_operator_file_and_oversampled_simulator(tmp_path, capsys):
     mask = synthetic_mask(32, 32)
-    save_operator(tmp_path / "operator.npz", CassiOperator(mask, mismatch=XI))
+    save_operator(tmp_path / "operator.npz", CassiOperator(mask, mismatch=XI), status="ok")
     out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--operator", tmp_path / "operator.npz", "--previews", 0, "--out", tmp_path / "default") == 0
+    printed = capsys.readouterr().out       # the drift II-IV simulate is said, and that it is the default
+    assert ("scenarios II-IV simulate the instrument drifted by dx=1, dy=0.5, theta=0.3, a1=2.02, alpha=0.2 (the "
+            "default drift; set it with --mismatch; scenario III applies the saved calibration") in printed
     assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP,
                    "--scenarios", "I,II,III,IV", "--mismatch", "dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2",
                    "--oversample", 2, 1, "--operator", tmp_path / "operator.npz", "--previews", 1,

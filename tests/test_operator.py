@@ -192,3 +192,16 @@ def test_operator_file_round_trip(tmp_path):
     np.savez(tmp_path / "bad.npz", mask=np.ones((8, 10)))
     with pytest.raises(ValueError, match="lacks key"):
         load_operator(tmp_path / "bad.npz")
+
+
+def test_operator_file_records_the_calibration_status_and_every_reader_refuses_a_failed_one(tmp_path):
+    from calib.instrument import load_instrument
+    from cassi.operator_file import load_operator, read_operator_file, save_operator
+
+    op = CassiOperator(torch.rand(8, 10), mismatch=MISMATCH)
+    assert read_operator_file(save_operator(tmp_path / "plain.npz", op)).status is None
+    assert read_operator_file(save_operator(tmp_path / "amb.npz", op, status="ambiguous")).status == "ambiguous"
+    failed = save_operator(tmp_path / "failed.npz", op, status="failed")
+    for reader in (read_operator_file, load_operator, load_instrument):
+        with pytest.raises(ValueError, match='failed.npz: this operator comes from a calibration whose status is "failed"'):
+            reader(failed)
