@@ -59,6 +59,7 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from cassi.devices import check_device  # noqa: E402
 from cassi.errors import (EXIT_CALIBRATION_FAILED, CliParser, UserError, cli_errors,  # noqa: E402
                           non_negative_float, positive_float, positive_int)
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
@@ -69,26 +70,6 @@ from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 COMMANDS = ("simulate", "calibrate", "demo")
 MARKER = "calibration.json"                  # the file every calibration output folder holds
 SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
-
-
-def check_device(name: str):
-    """The torch device ``name`` ("cpu", "cuda", "cuda:N"); :class:`UserError` naming it when this machine
-    does not have it."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device name; use cpu or cuda[:N]") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda[:N] are supported")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device is available on this machine "
-                            "(torch.cuda.is_available() is False); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def simulate(args: argparse.Namespace) -> Path:

@@ -159,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _method(args):
+    from cassi.devices import check_device
     from evaluation.reconstructors import make_reconstructor
     gap = {name: getattr(args, f"gap_{name}") for name in GAP_DEFAULTS}
-    return make_reconstructor(args.model, args.ckpt, args.release, args.device, gap)
+    return make_reconstructor(args.model, args.ckpt, args.release, check_device(args.device), gap)
 
 
 def _wrote(folder, results: dict) -> None:

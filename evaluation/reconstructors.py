@@ -62,7 +62,7 @@ class Network:
 
 
 def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: str | None = None,
-                       device: str = "cpu", gap: dict[str, Any] | None = None) -> Reconstructor:
+                       device: str | torch.device = "cpu", gap: dict[str, Any] | None = None) -> Reconstructor:
     """GAP-TV when ``model == "gap_tv"`` and no weights are given; else the network from ``ckpt`` / ``release``.
 
     A network needs weights: evaluating a randomly initialised model is refused (export one as a release

@@ -307,6 +307,22 @@ def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+
+
+@pytest.mark.parametrize("command", ["kaist", "real"])
+@pytest.mark.parametrize("device", ["foo", "tpu", pytest.param("cuda", marks=NO_CUDA),
+                                    pytest.param("cuda:1", marks=NO_CUDA)])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, command, device):
+    """--device is checked (cassi.devices.check_device, shared with calibrate.py) before the weights are read."""
+    data = ["--data.root", tmp_path] if command == "real" else []
+    assert run_cli(command, *data, "--model", "mst_s", "--ckpt", tmp_path / "missing.pth", "--device", device,
+                   "--out", tmp_path / "x") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"eval.py {command}: error: --device"), lines
+    assert device in lines[0] and not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------------------- real captures
 def write_real_capture(root, make_operator):
     """A real-capture folder at ``root``: a 32 px mask.mat and scene1.mat, a synthetic scene measured
