@@ -110,21 +110,24 @@ def simulate(args: argparse.Namespace) -> Path:
 
 
 def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = (),
-                  measurements: list[str] = ()) -> dict[str, Path]:
-    """calibration.json (with the ``measurements`` fitted and their ``warnings``), operator.npz and the two
-    figures of a calibration, in the folder ``out`` (created)."""
+                  measurements: list[str] = (), mask_path: str | None = None) -> dict[str, Path]:
+    """calibration.json (with the ``measurements`` fitted and their ``warnings``, and the handed mask's file,
+    shape and sha256, which eval.py --calibration checks), operator.npz and the two figures of a calibration,
+    in the folder ``out`` (created)."""
     from calib.handed_mask import model_frame
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
     from cassi import CassiOperator
     from cassi.files import json_text, write_text
     from cassi.operator_file import save_operator
+    from models.release import mask_sha256
 
     files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
     out.mkdir(parents=True, exist_ok=True)
+    handed = {"path": mask_path, "shape": list(mask.shape), "sha256": mask_sha256(mask)}
     write_text(files["json"], json_text({**result.to_dict(), "measurements": [str(p) for p in measurements],
-                                         "warnings": list(warnings)}))
+                                         "mask": handed, "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
     save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
@@ -285,7 +288,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             if result.status == "failed":
                 failed.append(stem or "the calibration")
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
-            written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths)
+            written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
             if args.separately:
                 files[stem] = {key: folder.path / stem / path.name for key, path in written.items()}
                 rows.append({"measurement": str(paths[0]), "folder": stem, "estimate": result.estimate.to_dict(),

@@ -138,9 +138,23 @@ def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any]) -> Per
                              source, *models.pop())
 
 
-def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates:
+def check_calibration_mask(content: Any, where: str, mask: Tensor) -> None:
+    """A calibration that records its mask (``mask``: ``shape``, ``sha256``, as ``calibrate.py`` writes) must
+    have been made with ``mask`` (H, W); records without it are not checked."""
+    record = content.get("mask") if isinstance(content, dict) else None
+    if not isinstance(record, dict) or "sha256" not in record:
+        return
+    shape, wanted = tuple(record.get("shape", ())), tuple(mask.shape)
+    if shape != wanted or record["sha256"] != mask_sha256(mask):
+        made = f"{record.get('path', 'a mask')} {shape}, sha256 {str(record['sha256'])[:12]}..."
+        raise UserError(f"{where}: this calibration was made with {made}, not with the evaluation mask {wanted}, "
+                        f"sha256 {mask_sha256(mask)[:12]}...; calibrate with the same mask")
+
+
+def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
     """The mismatch(es) of a calibration.json, of a multi-scene file (``scenes`` object) or of a folder of
-    per-scene calibrations (``DIR/<scene>/calibration.json``)."""
+    per-scene calibrations (``DIR/<scene>/calibration.json``); with ``mask`` (H, W), each calibration that
+    records its mask must have been made with it (:func:`check_calibration_mask`)."""
     path = Path(path)
     source = {"source": "calibration file", "path": str(path)}
     if path.is_dir():
@@ -150,11 +164,16 @@ def from_calibration_json(path: str | Path) -> FixedEstimate | PerSceneEstimates
             hint = (f"; {single} is one calibration for every scene: pass that file" if single.is_file() else "")
             raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)"
                                     + hint)
-        return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source)
-    content = _read_json(path)
-    if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
-        return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
-                          source)
+        items = {f.parent.name: (_read_json(f), str(f)) for f in files}
+    else:
+        content = _read_json(path)
+        items = ({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()}
+                 if isinstance(content, dict) and isinstance(content.get("scenes"), dict) else None)
+    if mask is not None:
+        for item, where in (items.values() if items is not None else [(content, str(path))]):
+            check_calibration_mask(item, where, mask)
+    if items is not None:
+        return _per_scene(items, source)
     return FixedEstimate(_estimate(content, str(path)), source, *_forward_model(content, str(path)))
 
 
@@ -212,6 +231,6 @@ def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor,
     if operator:
         return from_operator_file(operator, mask, bands, step)
     if calibration:
-        return from_calibration_json(calibration)
+        return from_calibration_json(calibration, mask)
     calibrate_function()
     return CalibratePerScene(solver, ckpt, options=options)

@@ -117,6 +117,8 @@ def test_errors_name_the_file_key_and_shape(run, tmp_path, capsys):
           r"narrow.npy is \(64, 100\).*mask.mat is \(64, 64\)")
     fails(capsys, ["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--solver", "mst_s",
                    *out], "checkpoint")
+    fails(capsys, ["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--forward-model", "auto",
+                   "--model-oversample", "1", "1", *out], "--forward-model auto .* --model-oversample 1 1 names one")
     assert not (tmp_path / "out").exists()
 
 
@@ -128,15 +130,21 @@ def test_demo_prints_truth_estimate_and_scenarios(tmp_path, capsys):
     assert (tmp_path / "calibration.json").is_file()
 
 
-def test_eval_scenario_iii_reads_the_calibration_json(run, tmp_path):
+def test_eval_scenario_iii_reads_the_calibration_json(run, tmp_path, capsys):
     """calibrate.py's output is eval.py's scenario III operator (issue 5): III beats II, recovers IV."""
-    _, files = run
+    folder, files = run
     estimate = json.loads(files["json"].read_text())["estimate"]
     out = tmp_path / "eval"
-    argv = ["kaist", "--synthetic.count", 1, "--synthetic.size", 64, "--gap.iterations", 20,
+    argv = ["kaist", "--synthetic.count", 1, "--mask", folder / "mask.mat", "--gap.iterations", 20,
             "--scenarios", "II,III,IV", "--mismatch", ",".join(f"{k}={v}" for k, v in TRUTH.items()),
             "--oversample", 4, 2, "--calibration", files["json"], "--previews", 0, "--out", out]
-    assert importlib.import_module("eval").main([str(a) for a in argv]) == 0
+    eval_main = importlib.import_module("eval").main
+    np.save(tmp_path / "other.npy", random_mask(64, 64, seed=5))       # calibrated with mask.mat, not this one
+    other = [str(a) for a in argv]
+    other[other.index("--mask") + 1] = str(tmp_path / "other.npy")
+    user_error(capsys, lambda: eval_main(other), r"calibration.json: this calibration was made with .*mask.mat "
+               r"\(64, 64\), sha256 .* not with the evaluation mask", only_line=False)
+    assert eval_main([str(a) for a in argv]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["calibration"]["method"]["source"] == "calibration file"
     assert results["calibration"]["scenes"][0]["estimate"] == pytest.approx(estimate)
