@@ -28,6 +28,7 @@ REQUIRED_KEYS = ("mask", "bands", "step", "dispersion", *PARAMETER_UNITS)
 OVERSAMPLE_KEYS = ("spatial", "spectral")
 INTERPOLATION_KEY = "mask_interpolation"
 STATUS_KEY = "calibration_status"
+ZIP_MAGIC = b"PK\x03\x04"      # the first bytes of every .npz (a zip archive) that holds arrays
 
 
 @dataclass
@@ -69,12 +70,22 @@ def _scalar(data, key: str, kind: str, path: Path):
     return {"int": int, "float": float, "str": str}[kind](value)
 
 
+def _check_npz(path: Path) -> None:
+    """:class:`UserError` unless ``path`` starts as a zip archive, as every .npz does: a .mat, .npy or .json
+    file given as an operator is said to be no operator file, not parsed as one."""
+    with path.open("rb") as file:
+        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            raise UserError(f"{path}: not an .npz operator file written by calibrate.py (an .npz is a zip archive "
+                            f"and this {path.suffix or 'suffix-less'} file is not one)")
+
+
 def read_operator_file(path: str | Path) -> OperatorRecord:
-    """The contents of an operator file written by :func:`save_operator`; a clear error names a missing
-    or bad key."""
+    """The contents of an operator file written by :func:`save_operator`; a clear error names a file that
+    is no .npz, or a missing or bad key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"operator file not found: {path}")
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
@@ -84,8 +95,10 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
                       if k in data.files}
     except UserError:
         raise
-    except Exception as err:  # not a zip, truncated, pickled objects, ...
-        raise UserError(f"{path}: not a readable .npz operator file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # truncated, pickled objects, ...
+        reason = ("it holds pickled Python objects, which are never loaded" if "pickle" in str(err)
+                  else f"{type(err).__name__}: {err}")
+        raise UserError(f"{path}: not a readable .npz operator file written by calibrate.py ({reason})") from err
     mask = np.asarray(values["mask"])
     if mask.ndim != 2 or mask.dtype.kind not in "iuf":
         raise UserError(f"{path}: key 'mask' must be a 2-D numeric array, got dtype {mask.dtype} and shape "

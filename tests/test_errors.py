@@ -343,6 +343,11 @@ EVAL_CASES = {
                                    r"but other values"),
     "operator with array-valued dx": ([*KAIST, "--scenarios", "II,III", "--operator", "{f}/oparray.npz"],
                                       r"oparray.npz: key 'dx' must be a single float value, got .* shape \(2,\)"),
+    "operator given a .mat": ([*KAIST, "--scenarios", "II,III", "--operator", "{f}/mask.mat"],
+                              r"mask.mat: not an \.npz operator file written by calibrate.py \(an \.npz is a zip "
+                              r"archive and this \.mat file is not one\)$"),
+    "operator given a .json": ([*KAIST, "--scenarios", "II,III", "--operator", "{f}/dxnull.json"],
+                               r"dxnull.json: not an \.npz operator file written by calibrate.py .*\.json file"),
     "calibration.json with dx null": ([*KAIST, "--scenarios", "II,III", "--calibration", "{f}/dxnull.json"],
                                       r"dxnull.json: mismatch parameter dx must be a number \(px\), got None"),
     "calibration.json with theta 90": ([*KAIST, "--scenarios", "II,III", "--calibration", "{f}/theta90.json"],

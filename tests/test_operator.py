@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.io import savemat
 from scipy.ndimage import affine_transform
 
 from cassi import CassiOperator, Mismatch, shift, shift_back, warp_mask
@@ -192,6 +193,15 @@ def test_operator_file_round_trip(tmp_path):
     np.savez(tmp_path / "bad.npz", mask=np.ones((8, 10)))
     with pytest.raises(ValueError, match="lacks key"):
         load_operator(tmp_path / "bad.npz")
+    np.savez(tmp_path / "pickled.npz", **{**np.load(path), "mask": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match=r"pickled.npz: not a readable \.npz operator file written by calibrate.py "
+                       r"\(it holds pickled Python objects, which are never loaded\)$"):
+        load_operator(tmp_path / "pickled.npz")
+    np.save(tmp_path / "op.npy", np.ones((8, 10)))
+    savemat(tmp_path / "op.mat", {"mask": np.ones((8, 10))})
+    for other in ("op.npy", "op.mat"):
+        with pytest.raises(ValueError, match=rf"{other}: not an \.npz operator file written by calibrate.py"):
+            load_operator(tmp_path / other)
 
 
 def test_operator_file_records_the_calibration_status_and_every_reader_refuses_a_failed_one(tmp_path):
