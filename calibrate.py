@@ -170,6 +170,11 @@ def summary(result) -> str:
         lines.append(f"forward model: N={n}, K={k} chosen by the held-out score at the {selection['compared_at']} "
                      f"({scores}; margin "
                      f"{selection['margin_in_standard_errors']:.1f} standard errors{decided})")
+    elif selection.get("mode") == "explicit":
+        n, k = selection["chosen"]
+        lines.append(f"forward model: N={n}, K={k} as named (--model-oversample): not compared with the other "
+                     "models, and the uncertainty does not include the error of a wrong model (--forward-model auto "
+                     "lets the data choose)")
     noise = result.settings.get("noise_correction")
     if noise:
         var = noise["variance"]
@@ -242,6 +247,25 @@ def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands
     return torch.stack(captures), warnings
 
 
+def parse_ranges(items: list[list[str]]):
+    """The ``--range NAME LO HI`` options as :class:`calib.ranges.Ranges` (defaults for the others); a
+    :class:`UserError` names a bad item."""
+    from calib.ranges import Ranges
+
+    values = {}
+    for name, lo, hi in items:
+        if name in values:
+            raise UserError(f"--range names {name} twice")
+        try:
+            values[name] = (float(lo), float(hi))
+        except ValueError:
+            raise UserError(f"--range {name} {lo} {hi}: LO and HI must be numbers") from None
+    try:
+        return Ranges.from_dict(values)
+    except ValueError as err:
+        raise UserError(f"--range: {err}") from None
+
+
 def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     """Run the ``calibrate`` command; returns the written files (``--separately``: per capture stem,
     its files, and ``summary``)."""
@@ -257,6 +281,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     if args.forward_model is not None and args.model_oversample:
         raise UserError("--forward-model auto lets the data choose the forward model and --model-oversample "
                         f"{' '.join(map(str, args.model_oversample))} names one: give one of them")
+    ranges = parse_ranges(args.ranges)
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
@@ -277,7 +302,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             if args.separately:
                 print(f"{stem}:", flush=True)
             result = calibrate(captures, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
-                               step=args.step, progress=not args.no_progress,
+                               step=args.step, progress=not args.no_progress, ranges=ranges,
                                oversample=tuple(args.model_oversample) if args.model_oversample else None,
                                solver_check=args.check_solver, device=device,
                                status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
@@ -420,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
                           "%(default)s): a parameter whose uncertainty (2 sigma) is wider makes the status "
                           "'ambiguous'")
+    cal.add_argument("--range", nargs=3, action="append", default=[], metavar=("NAME", "LO", "HI"),
+                     dest="ranges", help="search range of one parameter (dx, dy px; theta, alpha deg; a1 px/band), "
+                                         "repeatable, e.g. --range a1 1.9 2.1; the others keep their defaults "
+                                         "(dx, dy [-3.5, 3.5], theta [-1.25, 1.25], a1 [1.93, 2.07], alpha "
+                                         "[-1.5, 1.5]; calibration.json: settings.ranges)")
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")

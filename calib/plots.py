@@ -94,18 +94,40 @@ def plot_landscape(result: CalibrationResult, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def stage_criteria(result: CalibrationResult) -> list[str]:
+    """The criterion each point of :func:`plot_stages` is scored by: the nominal point, then every stage
+    of ``result.history``. Scores of different criteria are not comparable."""
+    solver = "solver criterion"
+    nominal = solver if result.settings.get("solver", "heldout") != "heldout" else "held-out, refinement setting"
+    labels, after_solver = [nominal], False
+    for stage in result.history:
+        after_solver = after_solver or "(solver)" in stage.name
+        if after_solver and not stage.name.startswith("3"):
+            labels.append(solver)
+        elif stage.name.startswith("2"):
+            labels.append("held-out, refinement setting")
+        else:
+            labels.append("held-out, search setting")
+    return labels
+
+
 def plot_stages(result: CalibrationResult, path: str | Path | None = None, ax=None):
-    """Held-out score (the blind residual) at the end of every stage; writes a PNG if ``path``."""
+    """Blind score at the end of every stage, one series per criterion (search setting, refinement
+    setting, the inner solver's), never joined across criteria; writes a PNG if ``path``."""
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(7, 4))
     names = ["nominal"] + [h.name for h in result.history]
     values = [result.nominal_score] + [h.score for h in result.history]
-    ax.plot(range(len(values)), values, marker="o")
+    criteria = stage_criteria(result)
+    for criterion, marker in zip(dict.fromkeys(criteria), "os^"):
+        points = [i for i, c in enumerate(criteria) if c == criterion]
+        ax.plot(points, [values[i] for i in points], marker=marker, label=criterion)
     ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("held-out score")
+    ax.set_ylabel("blind score (its criterion)")
     ax.set_yscale("log")
-    ax.set_title("score per stage (1x, 3: search setting; 2x: refinement setting)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.set_title("score per stage (compare within one series only)", fontsize=9)
     if own:
         fig.tight_layout()
         return _save(fig, path)

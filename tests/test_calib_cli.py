@@ -83,6 +83,7 @@ def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vou
         r for r in strict["reasons"] if r.startswith("dx is uncertain by")] != []
     printed = capsys.readouterr().out
     assert "noise:" not in printed and "uncertainty (one sigma" in printed
+    assert "forward model: N=4, K=2 as named (--model-oversample): not compared" in printed
 
 
 def test_mask_reading_linear_skips_the_cubic_check_on_the_native_grid(run, tmp_path):
@@ -195,3 +196,22 @@ def test_a_failed_calibration_exits_3_and_its_outputs_are_refused_downstream(run
                r"no per-scene calibration .*calibration.json is one calibration for every scene: pass that file",
                only_line=False)
     assert not (tmp_path / "eval").exists()
+
+
+def test_range_sets_the_search_range_of_one_parameter(run, tmp_path, capsys):
+    from calib.ranges import Ranges
+
+    assert calibrate.parse_ranges([["a1", "1.9", "2.1"]]) == Ranges(a1=(1.9, 2.1))
+    help_text = " ".join(calibrate.build_parser()._subparsers._group_actions[0].choices["calibrate"].format_help().split())
+    defaults = Ranges()                                     # the help states the defaults calib uses
+    for name in ("dx", "theta", "a1", "alpha"):
+        lo, hi = getattr(defaults, name)
+        assert f"[{lo:g}, {hi:g}]" in help_text, (name, help_text)
+    folder, _ = run
+    common = ["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--out", str(tmp_path / "o")]
+    for items, pattern in ((["a1", "2.1", "1.9"], "range of a1 must be a finite interval lo < hi"),
+                           (["beta", "0", "1"], r"unknown range name\(s\) \['beta'\]"),
+                           (["a1", "x", "2"], "LO and HI must be numbers")):
+        user_error(capsys, lambda: calibrate.main([*common, "--range", *items]), pattern)
+    user_error(capsys, lambda: calibrate.main([*common, "--range", "a1", "1.9", "2.1", "--range", "a1", "1.8", "2.2"]),
+               "--range names a1 twice")

@@ -10,7 +10,7 @@ import torch
 
 from calib import calibrate
 from calib.forward_model import PARAMETER_NAMES
-from calib.plots import slice_curves
+from calib.plots import slice_curves, stage_criteria
 from calib.status import StatusSettings, code_removed, relative_difference
 from cassi import Mismatch
 from cassi.tolerance import CALIBRATION_TOLERANCE
@@ -82,6 +82,17 @@ def test_landscape_slices_rise_zero_at_the_estimate(correct):
         assert np.all(curve["rise"][curve["offset"] != 0] > 0), (name, curve)   # a resolved minimum
         stored = np.array(correct.landscape[name]["rise"]) * 100
         np.testing.assert_allclose(curve["rise"], stored, rtol=1e-6, atol=1e-9)
+
+
+def test_the_stage_plot_names_each_point_s_criterion(correct):
+    """stages.png mixes criteria: each point is labelled with its own, the nominal point with the
+    refinement setting's (the held-out solver), the search stages and "3 status" with the search setting's."""
+    labels = stage_criteria(correct)
+    stages = ["nominal"] + [h.name for h in correct.history]
+    assert len(labels) == len(stages) and labels[0] == "held-out, refinement setting"
+    for name, label in zip(stages[1:], labels[1:]):
+        assert label == ("held-out, refinement setting" if name.startswith("2") else "held-out, search setting"), name
+    assert "solver criterion" not in labels
 
 
 def test_an_unrelated_mask_is_not_ok_and_says_why():
