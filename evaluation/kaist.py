@@ -24,6 +24,7 @@ from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_s
 from models.release import mask_sha256
 
 DEFAULT_SYNTHETIC_SIZE = 128   # px of the synthetic scenes when nothing else sets it
+RANDOM_MASK = "random binary"  # the built-in mask's source description
 
 
 @dataclass
@@ -62,7 +63,7 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
         mask, mask_source = release_mask, f"stored with the weights {method.loaded.source['path']}"
     else:
         size = spec.size or DEFAULT_SYNTHETIC_SIZE
-        mask, mask_source = synthetic_mask(size, size, spec.seed), f"random binary (seed {spec.seed})"
+        mask, mask_source = synthetic_mask(size, size, spec.seed), f"{RANDOM_MASK} (seed {spec.seed})"
     height, width = mask.shape
     if spec.size is not None and (spec.root is not None or (height, width) != (spec.size, spec.size)):
         raise UserError(f"--synthetic.size {spec.size}: " + (
@@ -86,8 +87,13 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
     return scenes, mask, info
 
 
-def mask_warnings(method: Reconstructor, mask: Tensor) -> list[str]:
-    """A network evaluated with another mask than the one it was released with gets a warning."""
+def mask_warnings(method: Reconstructor, mask: Tensor, mask_source: str) -> list[str]:
+    """A network evaluated with another mask than the one it was released with gets a warning, and one
+    whose weights record no mask, evaluated on the built-in random mask (``mask_source``), too."""
+    if isinstance(method, Network) and method.loaded.mask is None and mask_source.startswith(RANDOM_MASK):
+        return [f"the weights {method.loaded.source['path']} record no training mask and the evaluation uses the "
+                f"built-in {mask_source} mask: weights trained with another mask (e.g. the KAIST mask) score low "
+                "here; pass the mask they were trained with (--mask, or --data.root with its mask.mat)"]
     if isinstance(method, Network) and method.loaded.mask is not None:
         released = method.loaded.mask
         if tuple(released.shape) != tuple(mask.shape) or mask_sha256(released) != mask_sha256(mask):
@@ -120,7 +126,8 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
     ``previews``: number of scenes per scenario that get PNG previews (None: all, 0: none).
     """
     out_dir = Path(out_dir)
-    warnings = mask_warnings(method, mask) + instrument_warnings(setup, calibrator, mask, scenes[0].cube.shape[0])
+    warnings = (mask_warnings(method, mask, data_info["mask"]["source"])
+                + instrument_warnings(setup, calibrator, mask, scenes[0].cube.shape[0]))
     for warning in warnings:
         print(f"warning: {warning}")
     preview_files: list[str] = []
