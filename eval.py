@@ -110,12 +110,14 @@ def _add_real(sub) -> None:
     parser = sub.add_parser("real", help="reconstruct real captures (meas_real) and save previews")
     _add_method_options(parser)
     parser.add_argument("--data.root", dest="data_root", required=True,
-                        help="folder with mask.mat and scene*.mat (key meas_real)")
+                        help="folder with mask.mat and the captures scene*.mat (key meas_real), beside it or in "
+                        "its Testing_real_data/ (the MST toolbox's TSA_real_data); other .mat files are not read")
     parser.add_argument("--scale", type=positive_float, help="rescale each measurement to this maximum first "
                         "(MST real-data networks use 0.8); default: as stored")
     parser.add_argument("--limit", type=positive_int, help="reconstruct only the first N captures")
     parser.add_argument("--operator", help="calibrate.py's operator.npz: also reconstruct through the calibrated "
-                        "instrument, previews side by side")
+                        "instrument, previews side by side (GAP-TV or a mask-aware network: *_real networks take "
+                        "no mask)")
     _add_output(parser, "outputs/real", "output folder (default outputs/real), written as one unit at the end")
     parser.add_argument("--no-previews", action="store_true")
 

@@ -1,21 +1,29 @@
 """``eval.py real``: reconstruct real CASSI captures (no ground truth) and save previews.
 
-Folder layout (TSA-Net / MST ``TSA_real_data``)::
+Folder layouts (TSA-Net / MST ``TSA_real_data``), the flat one or the MST toolbox's::
 
-    ROOT/mask.mat       key 'mask', (H, W)                       (660 x 660 for the TSA captures)
-    ROOT/scene*.mat     key 'meas_real', (H, W + step * (L - 1))   (660 x 714)
+    ROOT/mask.mat                        key 'mask', (H, W)                       (660 x 660 for the TSA captures)
+    ROOT/scene*.mat                      key 'meas_real', (H, W + step * (L - 1))   (660 x 714)
+    ROOT/Testing_real_data/scene*.mat    the same, in the toolbox (then ROOT holds no scene*.mat)
 
-There is no ground truth, so the only number reported is the measurement residual of the
-reconstruction, ||A x - y|| / ||y|| (relative, through the same operator the method assumed).
-``scale`` optionally rescales each measurement to the given maximum first (the MST real-data test code
-uses 0.8 before its networks); the residual is computed on the measurement as reconstructed.
+Only ``scene*.mat`` files are captures (a notes.mat beside them is not read).
+
+There is no ground truth, so the only number reported is the measurement residual of the reconstruction,
+relative and through the same operator the method assumed. A method that fits x through the operator
+(GAP-TV) reports ||A x - y|| / ||y||. A network's cube is not fitted through the operator and has the scale
+it was trained on (BiSCI's real network: about 7x the operator's), which the plain residual would count as
+misfit; a network therefore reports ``scaled_residual`` ||c A x - y|| / ||y|| with the least-squares scale
+c = <A x, y> / <A x, A x>, and c itself (``scale``). ``scale`` (the option) optionally rescales each
+measurement to the given maximum first (the MST real-data test code uses 0.8 before its networks); the
+residual is computed on the measurement as reconstructed.
 
 ``operator``: an operator file from ``calibrate.py`` (its mask must be ROOT/mask.mat): every capture is
 also reconstructed through the calibrated instrument -- the forward model the file records
 (``calib.instrument.load_instrument``, e.g. the N=4, K=2 enlarged grid) -- and the previews show the
-nominal and the calibrated reconstruction side by side. The two residuals are each through their own
-operator: GAP-TV fits a sharp integer-shift operator faster than a sub-pixel one, so they rank the
-fits, not the operators (README "Calibration").
+nominal and the calibrated reconstruction side by side. A method that does not use the mask (a
+measurement-only network such as ``bisrnet_real``) is refused: its calibrated column would repeat the
+nominal one. The two residuals are each through their own operator: GAP-TV fits a sharp integer-shift
+operator faster than a sub-pixel one, so they rank the fits, not the operators (README "Calibration").
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from calib.instrument import load_instrument
@@ -40,17 +49,35 @@ from evaluation.reports import markdown_table
 from models.release import mask_sha256
 
 
+TOOLBOX_CAPTURES = "Testing_real_data"     # where the MST toolbox's TSA_real_data keeps its captures
+METRICS = {"residual": "relative measurement residual ||A x - y|| / ||y||",
+           "scaled_residual": "relative measurement residual after the best single scale, ||c A x - y|| / ||y|| "
+                              "with c = <A x, y> / <A x, A x> (the network's cube is not fitted through the "
+                              "operator and has its own scale; c is the 'scale' column)"}
+LABELS = {"residual": "relative residual ||Ax - y||/||y||",            # the same, short (stdout)
+          "scaled_residual": "relative residual after the best scale c, ||cAx - y||/||y||"}
+OPERATOR_CAVEAT = ("the residuals rank how closely the method fits y through each operator, not which operator is "
+                   "right (GAP-TV fits a sharp integer-shift operator faster than a sub-pixel one)")
+
+
 def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
-    """``ROOT/mask.mat`` and the other .mat files of ``ROOT`` (sorted), with clear errors."""
+    """``ROOT/mask.mat`` and the captures ``scene*.mat`` (sorted) of ``ROOT/Testing_real_data/`` (the MST
+    toolbox's layout) or, without that folder, of ``ROOT`` itself; clear errors otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"real-capture folder not found: {root}")
     mask = root / "mask.mat"
     if not mask.is_file():
         raise FileNotFoundError(f"{root}: expected the coded aperture in {mask}")
-    captures = sorted(p for p in root.glob("*.mat") if p.name != "mask.mat")
+    toolbox = root / TOOLBOX_CAPTURES
+    captures = sorted(root.glob("scene*.mat"))
+    if toolbox.is_dir():
+        if captures:
+            raise UserError(f"{root}: captures scene*.mat both here and in {toolbox}; keep them in one folder")
+        captures = sorted(toolbox.glob("scene*.mat"))
     if not captures:
-        raise FileNotFoundError(f"{root}: no capture .mat files (key 'meas_real') next to mask.mat")
+        raise FileNotFoundError(f"{root}: no captures scene*.mat (key 'meas_real') next to mask.mat or in "
+                                f"{TOOLBOX_CAPTURES}/")
     return mask, captures
 
 
@@ -80,6 +107,37 @@ def _column(kind: str, label: str) -> str:
     return kind if label == "nominal" else f"{kind}_{label}"
 
 
+def fitted_scale(ax: Tensor, y: Tensor) -> float:
+    """The least-squares scale c = <A x, y> / <A x, A x> that best maps a reconstruction's measurement ``ax``
+    onto ``y`` (both (B, H, W + step*(L-1)), one c for all); 0 when A x is zero."""
+    energy = float((ax * ax).sum())
+    return float((ax * y).sum()) / energy if energy > 0 else 0.0
+
+
+def measurement_fit(method: Reconstructor, ax: Tensor, y: Tensor) -> tuple[dict[str, float], Tensor]:
+    """The residual columns of one reconstruction and its residual image (B, H, W'): ``{"residual"}`` and
+    A x - y for a method that fits x through the operator, else ``{"scaled_residual", "scale"}`` and
+    c A x - y (:func:`fitted_scale`)."""
+    if method.fits_measurement:
+        residual = ax - y
+        return {"residual": float(residual.norm() / y.norm())}, residual
+    c = fitted_scale(ax, y)
+    residual = c * ax - y
+    return {"scaled_residual": float(residual.norm() / y.norm()), "scale": c}, residual
+
+
+def _listing(row: dict[str, Any], kind: str, labels: list[str]) -> str:
+    """'0.1234 (nominal), 0.1100 (calibrated)' -- with ', c = 0.14' per label for a scaled residual."""
+    return ", ".join(f"{row[_column(kind, label)]:.4f} ({label}"
+                     + (f", c = {row[_column('scale', label)]:.4g})" if kind == "scaled_residual" else ")")
+                     for label in labels)
+
+
+def _cell(key: str) -> str:
+    """The format of a results.md cell: residuals to 4 decimals, the scale to 4 digits, seconds to 2 decimals."""
+    return "{:.4f}" if "residual" in key else "{:.4g}" if key.startswith("scale") else "{:.2f}"
+
+
 def calibrated_operator(path: str | Path, mask: torch.Tensor, bands: int, step: int) -> CassiOperator:
     """The instrument of an operator file, which must hold ``mask`` and the given bands and step."""
     op = load_instrument(path)
@@ -92,14 +150,26 @@ def calibrated_operator(path: str | Path, mask: torch.Tensor, bands: int, step: 
     return op
 
 
+def check_operator_use(method: Reconstructor) -> None:
+    """:class:`UserError` when ``method`` ignores the operator's mask and mismatch: an ``--operator`` would
+    give a calibrated column equal to the nominal one."""
+    if not method.uses_mask:
+        raise UserError(f"--operator: {method.name} does not take the coded mask (a measurement-only network; the "
+                        "operator fixes only the band count and step), so its calibrated reconstruction would be "
+                        "the nominal one; use gap_tv or a mask-aware network (e.g. "
+                        f"{method.name.removesuffix('_real')})")
+
+
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
                   scale: float | None = None, previews: bool = True, limit: int | None = None,
                   verbose: bool = True, operator: str | Path | None = None) -> dict[str, Any]:
     """Reconstruct every capture of ``root`` (the first ``limit`` ones if given) with the nominal operator
     and, given an ``operator`` file, the calibrated one; write results.{json,md}, previews and spectra to
-    ``out_dir`` (the mean is printed first)."""
+    ``out_dir`` (the means are printed first)."""
     if scale is not None and not 0 < scale < float("inf"):
         raise UserError(f"scale must be a finite number > 0, got {scale}")
+    if operator is not None:
+        check_operator_use(method)
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
     operators = {"nominal": CassiOperator(mask, bands, step)}
@@ -107,6 +177,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         operators["calibrated"] = calibrated_operator(operator, mask, bands, step)
     for warning in warnings:
         print(f"warning: {warning}")
+    kind = "residual" if method.fits_measurement else "scaled_residual"
     rows, preview_files = [], []
     compile_tv_kernel()
     for path, y in tqdm(captures, desc="real", unit="capture", disable=not verbose):
@@ -117,18 +188,16 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         reconstructions = []
         for label, instrument in operators.items():
             pred, seconds = timed(method, y, instrument)
-            residual = instrument(pred) - y
-            row[_column("residual", label)] = float(residual.norm() / y.norm())
+            fit, residual = measurement_fit(method, instrument(pred), y)
+            row.update({_column(k, label): v for k, v in fit.items()})
             row[_column("seconds", label)] = seconds
             reconstructions.append((label, pred[0], residual[0]))
         rows.append(row)
         if verbose:
-            tqdm.write(f"{path.stem}: relative residual ||Ax - y||/||y|| = "
-                       + ", ".join(f"{row[_column('residual', k)]:.4f} ({k})" for k in operators)
-                       + f", {row['seconds']:.2f} s")
+            tqdm.write(f"{path.stem}: {LABELS[kind]} = {_listing(row, kind, list(operators))}, {row['seconds']:.2f} s")
         if previews:
-            title = f"{path.stem} - {method.name}: " + ", ".join(
-                f"{label} operator residual {row[_column('residual', label)]:.4f}" for label in operators)
+            title = f"{path.stem} - {method.name}: {kind.replace('_', ' ')} " + ", ".join(
+                f"{row[_column(kind, label)]:.4f} ({label} operator)" for label in operators)
             for file in (save_real(out_dir / "previews" / f"{path.stem}.png", y[0], reconstructions, title),
                          save_spectra(out_dir / "previews" / f"{path.stem}_spectra.png", reconstructions[-1][1],
                                       None, f"{path.stem}: reconstructed spectra at the probes "
@@ -139,20 +208,35 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     results = {"command": "real", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "method": method.describe(), "root": str(root), "scale": scale,
                "mask": {"source": str(mask_path), "shape": list(mask.shape), "sha256": mask_sha256(mask)},
-               "metric": "relative measurement residual ||A x - y|| / ||y|| (no ground truth: no PSNR/SSIM)",
+               "metric": f"{METRICS[kind]} (no ground truth: no PSNR/SSIM)", "residual_key": kind,
                "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}
     if operator is not None:
         calibrated = operators["calibrated"]
         results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
                                "oversample": list(calibrated.oversample),
-                               "mask_interpolation": calibrated.mask_interpolation}
+                               "mask_interpolation": calibrated.mask_interpolation, "caveat": OPERATOR_CAVEAT}
     if verbose:
-        print(f"mean relative residual {mean['residual']:.4f}")
+        print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")
     write_json(out_dir / "results.json", results)
-    cells = ["{:.4f}" if k.startswith("residual") else "{:.2f}" for k in keys]
-    lines = [[r["name"], *[c.format(r[k]) for c, k in zip(cells, keys)]] for r in rows]
-    lines.append(["mean", *[c.format(mean[k]) for c, k in zip(cells, keys)]])
-    write_text(out_dir / "results.md", f"# Real captures: {method.name}\n\n{results['metric']}; data {root}\n\n"
-               + "".join(f"- **warning**: {w}\n" for w in warnings) + ("\n" if warnings else "")
-               + markdown_table(["capture", *[k.replace("_", " ") for k in keys]], lines) + "\n")
+    write_text(out_dir / "results.md", results_markdown(results, method.name, keys))
     return results
+
+
+def _operator_lines(info: dict[str, Any]) -> str:
+    """results.md lines naming the calibrated operator (path, mismatch, forward model) and the caveat."""
+    mismatch = ", ".join(f"{k}={v:.4g}" for k, v in info["mismatch"].items())
+    n, k = info["oversample"]
+    return (f"- calibrated operator: {info['path']} (mismatch {mismatch}; forward model N={n}, K={k}, mask read "
+            f"{info['mask_interpolation']})\n- **caveat**: {info['caveat']}\n")
+
+
+def results_markdown(results: dict[str, Any], name: str, keys: list[str]) -> str:
+    """results.md of :func:`evaluate_real`: the metric, warnings, the calibrated operator and the table of ``keys``."""
+    rows, mean = results["captures"], results["mean"]
+    lines = [[r["name"], *[_cell(k).format(r[k]) for k in keys]] for r in rows]
+    lines.append(["mean", *[_cell(k).format(mean[k]) for k in keys]])
+    operator = results.get("operator")
+    notes = "".join(f"- **warning**: {w}\n" for w in results["warnings"])
+    notes += _operator_lines(operator) if operator else ""
+    return (f"# Real captures: {name}\n\n{results['metric']}; data {results['root']}\n\n" + notes
+            + ("\n" if notes else "") + markdown_table(["capture", *[k.replace("_", " ") for k in keys]], lines) + "\n")

@@ -2,11 +2,15 @@
 
 ``y`` is a measurement (B, H, W + step*(L-1)) and ``op`` the :class:`cassi.CassiOperator` the method should
 assume (nominal, calibrated or true); the result is the cube (B, L, H, W) as float32 on the CPU.
+
+``uses_mask``: the result depends on the operator's mask and mismatch (False for a measurement-only network,
+whose operator fixes the geometry only). ``fits_measurement``: the cube is fitted to ``y`` through the operator
+(GAP-TV), so ``op(x)`` is on the scale of ``y``; a network's cube is not (it has the scale it was trained on).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -19,6 +23,8 @@ from models.registry import get_entry
 
 class Reconstructor(Protocol):
     name: str
+    uses_mask: bool
+    fits_measurement: bool
 
     def __call__(self, y: Tensor, op: CassiOperator) -> Tensor: ...
 
@@ -33,6 +39,8 @@ class GapTV:
     tv_weight: float = 0.1
     tv_iterations: int = 5
     name: str = "gap_tv"
+    uses_mask: ClassVar[bool] = True
+    fits_measurement: ClassVar[bool] = True
 
     def __call__(self, y: Tensor, op: CassiOperator) -> Tensor:
         with torch.no_grad():
@@ -46,6 +54,8 @@ class GapTV:
 class Network:
     """A registered network: ``model.reconstruction(model(**model.prepare_inputs(y, op)))``."""
 
+    fits_measurement = False
+
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu") -> None:
         self.loaded = loaded
         self.name = loaded.name
@@ -56,6 +66,11 @@ class Network:
         with torch.no_grad():
             inputs = self.model.prepare_inputs(y.to(self.device), op.to(self.device))
             return self.model.reconstruction(self.model(**inputs)).float().cpu()
+
+    @property
+    def uses_mask(self) -> bool:
+        """False for a measurement-only network (``mask_aware = False``, e.g. ``*_real``)."""
+        return getattr(self.model, "mask_aware", True)
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()

@@ -8,6 +8,8 @@ import csv
 import importlib
 import json
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -129,7 +131,10 @@ def test_scenarios_run_with_a_network_on_each_scenarios_operator(tmp_path):
     assert run_cli("kaist", "--model", "mst_s", "--ckpt", tmp_path / "mst_s.pth", "--synthetic.count", 1,
                    "--synthetic.size", 64, "--scenarios", "I,II,III,IV", "--mismatch", truth,
                    "--operator", tmp_path / "op.npz", "--previews", 0, "--out", out) == 0
-    scenes = {s: b["scenes"][0] for s, b in read_results(out)["scenarios"].items()}
+    results = read_results(out)
+    scenes = {s: b["scenes"][0] for s, b in results["scenarios"].items()}
+    # toolbox weights record no training mask: on the built-in random mask that is said
+    assert [w for w in results["warnings"] if "record no training mask" in w and "random binary" in w]
     assert all(math.isfinite(scenes[s]["psnr"]) for s in ("I", "II", "III", "IV"))
     assert scenes["III"]["psnr"] == pytest.approx(scenes["IV"]["psnr"], abs=1e-9)
     assert scenes["IV"]["psnr"] != pytest.approx(scenes["II"]["psnr"], abs=1e-6)   # the operator reaches the net
@@ -363,11 +368,91 @@ def test_real_captures_side_by_side_with_the_calibrated_instrument(tmp_path, cap
     assert set(capture) == {"name", "residual", "seconds", "residual_calibrated", "seconds_calibrated"}
     assert results["operator"]["oversample"] == [2, 1]
     assert results["operator"]["mismatch"] == pytest.approx(XI.to_dict())
-    assert "residual calibrated" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "residual calibrated" in report and f"- calibrated operator: {tmp_path / 'operator.npz'} (mismatch dx=1, " \
+        "dy=0.5, theta=0.3, a1=2.02, alpha=0.2; forward model N=2, K=1" in report
+    assert "- **caveat**: the residuals rank how closely the method fits y through each operator, not which " \
+        "operator is right" in report
+    mean = results["mean"]
+    assert f"mean relative residual ||Ax - y||/||y|| = {mean['residual']:.4f} (nominal), " \
+        f"{mean['residual_calibrated']:.4f} (calibrated)" in capsys.readouterr().out
     assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
     save_operator(tmp_path / "other.npz", InstrumentOperator(torch.ones(32, 32), spatial=2, spectral=1))
     assert run_cli("real", "--data.root", root, "--operator", tmp_path / "other.npz", "--out", tmp_path / "x") == 2
     assert "is not the captures' mask.mat" in capsys.readouterr().err
+
+
+@dataclass
+class ScaledGapTV(GapTV):
+    """GAP-TV's cube times ``factor``, presented as a network's (not fitted through the operator)."""
+
+    factor: float = 7.0
+    fits_measurement: ClassVar[bool] = False
+
+    def __call__(self, y, op):
+        return self.factor * super().__call__(y, op)
+
+
+def test_a_network_reports_the_residual_after_the_best_scale(tmp_path, capsys):
+    """A cube on another scale than the operator's (BiSCI's real network) is not counted as misfit: the
+    residual after c = <Ax, y>/<Ax, Ax> does not change when the cube is scaled by 7, c does (by 1/7), and
+    it is at most the plain residual."""
+    from evaluation.real import evaluate_real
+
+    root = tmp_path / "real"
+    write_real_capture(root, CassiOperator)
+    plain, one = (evaluate_real(method, root, tmp_path / name, previews=False, verbose=False)["captures"][0]
+                  for method, name in ((GapTV(iterations=8), "plain"), (ScaledGapTV(8, factor=1.0), "one")))
+    results = evaluate_real(ScaledGapTV(iterations=8), root, tmp_path / "seven", previews=False)
+    seven = results["captures"][0]
+    assert set(seven) == {"name", "scaled_residual", "scale", "seconds"}
+    assert results["residual_key"] == "scaled_residual" and "residual" not in results["mean"]
+    assert 7 * seven["scale"] == pytest.approx(one["scale"], rel=1e-5) and one["scale"] == pytest.approx(1, abs=0.1)
+    assert seven["scaled_residual"] == pytest.approx(one["scaled_residual"], rel=1e-5)
+    assert one["scaled_residual"] <= plain["residual"] * (1 + 1e-6)
+    assert "||c A x - y|| / ||y|| with c = <A x, y> / <A x, A x>" in results["metric"]
+    assert f"after the best scale c, ||cAx - y||/||y|| = {seven['scaled_residual']:.4f} (nominal, " \
+        f"c = {seven['scale']:.4g})" in capsys.readouterr().out
+    assert "| capture | scaled residual | scale | seconds |" in (tmp_path / "seven" / "results.md").read_text()
+
+
+def test_real_refuses_an_operator_for_a_network_that_takes_no_mask(tmp_path, capsys):
+    """A *_real network ignores the operator: its "calibrated" column would repeat the nominal one."""
+    from models import create_model
+
+    root = tmp_path / "real"
+    save_operator(tmp_path / "operator.npz", write_real_capture(root, CassiOperator))
+    torch.save(create_model("mst_s_real").state_dict(), tmp_path / "mst_s_real.pth")
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", root, "--model", "mst_s_real", "--ckpt", tmp_path / "mst_s_real.pth",
+                   "--operator", tmp_path / "operator.npz", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--operator: mst_s_real does not take the coded mask" in err and "use gap_tv or a mask-aware" in err
+    assert not out.exists()
+
+
+def test_real_reads_the_toolbox_and_the_flat_layout_and_only_scene_files(tmp_path):
+    """--data.root TSA_real_data: mask.mat there, the captures in Testing_real_data/; or all in one folder.
+    A notes.mat beside the captures is not read."""
+    from evaluation.real import find_captures, load_captures
+
+    flat, toolbox = tmp_path / "flat", tmp_path / "TSA_real_data"
+    write_real_capture(flat, CassiOperator)
+    write_real_capture(toolbox, CassiOperator)
+    (toolbox / "Testing_real_data").mkdir()
+    (toolbox / "scene1.mat").rename(toolbox / "Testing_real_data" / "scene1.mat")
+    for folder in (flat, toolbox / "Testing_real_data"):
+        scipy.io.savemat(folder / "notes.mat", {"notes": np.ones(3)})
+    assert find_captures(flat) == (flat / "mask.mat", [flat / "scene1.mat"])
+    assert find_captures(toolbox) == (toolbox / "mask.mat", [toolbox / "Testing_real_data" / "scene1.mat"])
+    _, _, captures, _ = load_captures(toolbox)
+    assert [path.name for path, _ in captures] == ["scene1.mat"] and captures[0][1].shape == (32, 86)
+    scipy.io.savemat(toolbox / "scene2.mat", {"meas_real": np.ones((32, 86), np.float32)})
+    with pytest.raises(ValueError, match="captures scene.*mat both here and in .*Testing_real_data"):
+        find_captures(toolbox)
+    (flat / "scene1.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no captures scene\*\.mat .* or in Testing_real_data/"):
+        find_captures(flat)
 
 
 def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
