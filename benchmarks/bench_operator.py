@@ -15,9 +15,9 @@ from cassi import CassiOperator, Mismatch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch", type=int, default=8, help="cubes per pass (the target is for 8)")
+    parser.add_argument("--size", type=int, default=256, help="H = W in px (the target is for 256)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -34,7 +34,10 @@ def main() -> None:
             y = op(x)
             fwd, adj = best_time(lambda: op(x)), best_time(lambda: op.adjoint(y))
             print(f"{name:<28} {fwd * 1e3:>10.1f} {adj * 1e3:>10.1f} {(fwd + adj) / elementwise:>7.2f}")
-    print("target: nominal ratio <= 3")
+    at_target = (args.batch, args.size) == (8, 256)
+    print("target: nominal ratio <= 3 at batch 8, 256 x 256" + ("" if at_target else
+          f" (this run: batch {args.batch}, {args.size} x {args.size}; small passes are dominated by fixed costs, "
+          "so the ratio is not comparable with the target)"))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,8 @@ def best_of(command: list[str], repos: list[Path], repeats: int, fresh_store: bo
         with tempfile.TemporaryDirectory() as store:
             return timed(command, repo, {"XDG_CACHE_HOME": store})
 
+    shown = " ".join(Path(part).name if part.startswith("/") else part for part in command[1:4])
+    print(f"timing {shown} ... ({1 + repeats} runs per checkout)", file=sys.stderr, flush=True)
     for repo in repos:
         once(repo)
     runs = [[once(repo) for repo in repos[::-1]][::-1] for _ in range(repeats)]     # this checkout's run last
@@ -149,7 +151,7 @@ def write_inputs(folder: Path) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per command after one warm-up; the best is kept")
     parser.add_argument("--baseline", type=Path, help="another checkout to run every command in too (ratios)")
     args = parser.parse_args()
     repos = [REPO] + ([args.baseline.resolve()] if args.baseline else [])

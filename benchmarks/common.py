@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: locating ../shared, loading its cubes, timing."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_ENV = "CASSI_SHARED"          # where ../shared is, for a checkout that is not beside it
+SHARED_DATA = Path(os.environ.get(SHARED_ENV, REPO.parent / "shared")) / "data"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -19,7 +21,8 @@ def shared_file(*parts: str) -> Path:
     """A file under ../shared/data; exits with a clear message when it is missing."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        raise SystemExit(f"benchmark data not found: {path} (this benchmark reads ../shared/data)")
+        raise SystemExit(f"benchmark data not found: {path} (this benchmark reads ../shared/data; set {SHARED_ENV} "
+                         "to the shared folder of a checkout that is not beside it)")
     return path
 
 
