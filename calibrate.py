@@ -285,7 +285,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
-    folder = OutputFolder(args.out, SUMMARY if args.separately else MARKER, args.force,
+    folder = OutputFolder(args.out, (MARKER, SUMMARY), args.force,     # a joint or a --separately output
                           inputs=(*args.meas, args.mask, args.ckpt))
     mask = torch.from_numpy(load_mask(args.mask))
     check_mask(mask, args.mask)

@@ -141,17 +141,19 @@ def check_output_file(path: PathLike, force: bool = False, inputs: Iterable[Path
 class OutputFolder:
     """One run's output folder, written as one unit (see the module docstring).
 
-    ``marker``: the file every output of this command holds (``results.json``, ``calibration.json``...):
-    ``force`` replaces a non-empty folder only when it holds one. ``inputs``: the run's input paths; a
+    ``marker``: the file every output of this command holds (``results.json``, ``calibration.json``...),
+    or a tuple of such files when the command writes several kinds of output: ``force`` replaces a
+    non-empty folder only when it holds one. ``inputs``: the run's input paths; a
     folder containing one of them is never replaced.
 
     Usage: construct before any work (it checks ``path``), then ``with folder as staging:`` write into
     ``staging``; leaving the block without an error renames it to ``path``.
     """
 
-    def __init__(self, path: PathLike, marker: str, force: bool = False,
+    def __init__(self, path: PathLike, marker: str | tuple[str, ...], force: bool = False,
                  inputs: Iterable[PathLike | None] = ()) -> None:
-        self.path, self.marker, self.force = Path(path), marker, force
+        self.path, self.force = Path(path), force
+        self.markers = (marker,) if isinstance(marker, str) else tuple(marker)
         self.inputs = [Path(p) for p in inputs if p is not None]
         self.staging: Path | None = None
         _check_parents(self.path)
@@ -167,8 +169,9 @@ class OutputFolder:
         return self.path.is_dir() and any(self.path.iterdir())
 
     def _check_replaceable(self) -> None:
-        if not (self.path / self.marker).is_file():
-            raise UserError(f"--out {self.path} is not empty and holds no {self.marker} of an earlier run; "
+        if not any((self.path / marker).is_file() for marker in self.markers):
+            raise UserError(f"--out {self.path} is not empty and holds no {' or '.join(self.markers)} of an earlier "
+                            "run; "
                             "--force only replaces earlier outputs of this command: choose another folder")
         for source in self.inputs:
             if source.exists() and _inside(source, self.path):

@@ -284,6 +284,21 @@ def test_output_files_have_the_usual_modes(files, tmp_path):
     assert (tmp_path / "run").stat().st_mode & 0o777 == umask_mode(0o777)
 
 
+def test_force_replaces_any_kind_of_output_of_the_same_command(tmp_path):
+    """calibrate.py writes calibration.json (joint) or calibrations.json (--separately): --force replaces
+    either with the other; a folder holding neither is refused, naming both."""
+    markers = ("calibration.json", "calibrations.json")
+    (tmp_path / "separately").mkdir()
+    (tmp_path / "separately" / "calibrations.json").write_text("{}")
+    with OutputFolder(tmp_path / "separately", markers, force=True) as staging:
+        (staging / "calibration.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "separately").iterdir()) == ["calibration.json"]
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds no calibration.json or calibrations.json of an earlier run"):
+        OutputFolder(tmp_path / "foreign", markers, force=True)
+
+
 def test_simulate_refuses_to_overwrite_without_force_or_to_replace_its_input(files, tmp_path, capsys):
     out = tmp_path / "y.npz"
     args = ["simulate", "--cube", files / "cube.npz", "--mask", files / "mask.mat"]
