@@ -66,9 +66,11 @@ def _existing(path: PathLike) -> Path:
 
 
 def _check_finite(arr: np.ndarray, where: str) -> None:
-    if not np.isfinite(arr).all():
-        bad = int(arr.size - np.isfinite(arr).sum())
-        raise ValueError(f"{where}: {bad} of {arr.size} values are NaN or Inf")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise ValueError(f"{where}: {int(arr.size - finite.sum())} of {arr.size} values are NaN or Inf (the first at "
+                         f"index {first}: dead pixels or a failed export?)")
 
 
 def _as_float32(arr: np.ndarray, where: str) -> np.ndarray:

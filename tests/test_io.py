@@ -101,7 +101,7 @@ def test_cube_errors_name_file_key_and_shape(tmp_path):
     bad[1, 2, 3] = np.nan
     bad[0, 0, 0] = np.inf
     scipy.io.savemat(tmp_path / "nan.mat", {"img": bad})
-    with pytest.raises(ValueError, match=r"nan.mat\['img'\]: 2 of 840 values are NaN or Inf"):
+    with pytest.raises(ValueError, match=r"nan.mat\[.img.\]: 2 of 840 values are NaN or Inf \(the first at index \(0, 0, 0\)"):
         load_cube(tmp_path / "nan.mat")
     (tmp_path / "c.tif").write_bytes(b"x")
     with pytest.raises(ValueError, match="unsupported file type '.tif'"):
