@@ -125,8 +125,10 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
     out.mkdir(parents=True, exist_ok=True)
-    handed = {"path": mask_path, "shape": list(mask.shape), "sha256": mask_sha256(mask)}
-    write_text(files["json"], json_text({**result.to_dict(), "measurements": [str(p) for p in measurements],
+    handed = {"path": None if mask_path is None else str(Path(mask_path).resolve()), "shape": list(mask.shape),
+              "sha256": mask_sha256(mask)}
+    write_text(files["json"], json_text({**result.to_dict(),
+                                         "measurements": [str(Path(p).resolve()) for p in measurements],
                                          "mask": handed, "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
@@ -316,7 +318,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
             if args.separately:
                 files[stem] = {key: folder.path / stem / path.name for key, path in written.items()}
-                rows.append({"measurement": str(paths[0]), "folder": stem, "estimate": result.estimate.to_dict(),
+                rows.append({"measurement": str(Path(paths[0]).resolve()), "folder": stem, "estimate": result.estimate.to_dict(),
                              "status": result.status, "reasons": result.reasons})
             else:
                 files = {key: folder.path / path.name for key, path in written.items()}

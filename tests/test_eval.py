@@ -429,6 +429,11 @@ def test_real_refuses_an_operator_for_a_network_that_takes_no_mask(tmp_path, cap
     err = capsys.readouterr().err
     assert "--operator: mst_s_real does not take the coded mask" in err and "use gap_tv or a mask-aware" in err
     assert not out.exists()
+    # eval.py kaist: scenarios III and IV reconstruct with another operator, which it cannot take either
+    assert run_cli("kaist", "--model", "mst_s_real", "--ckpt", tmp_path / "mst_s_real.pth", "--synthetic.count", 1,
+                   "--synthetic.size", 32, "--scenarios", "I,II,IV", "--out", out) == 2
+    assert "--scenarios IV: mst_s_real does not take the coded mask" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_real_reads_the_toolbox_and_the_flat_layout_and_only_scene_files(tmp_path):
