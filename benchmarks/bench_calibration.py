@@ -5,7 +5,9 @@ real-data checks.
 load ``--ckpt``, default the official BiSRNet simulation weights). Sets: (a) the 10 pseudo-KAIST cubes
 (``--scenes``), (b) ``--pseudo-real`` 256 x 256 crops of ``../shared/data/pseudo_real`` (two per capture:
 rows/cols 0:256 and 256:512, each divided by its maximum) with the KAIST mask and their own draws
-(seed + 2) -- (b) matters because the pseudo-KAIST cubes are BiSRNet's own outputs.
+(seed + 2) -- (b) matters because the pseudo-KAIST cubes are BiSRNet's own outputs -- and (c)
+``--fresh-crops`` the off-diagonal crops (rows 0:256 x cols 256:512, rows 256:512 x cols 0:256) with
+their own draws (seed + 11): a held-out set, since (a) and (b) have been used to choose settings.
 Every cube is measured with its own random mismatch (dx, dy in [-3, 3] px, theta in [-1, 1] deg,
 a1 in [1.95, 2.05], alpha in [-1, 1] deg) through the N=4, K=2 simulator with Poisson (peak 1e4) +
 Gaussian (sigma = 0.005 x clean maximum) noise; ``calib.calibrate`` sees only that measurement and the
@@ -40,7 +42,7 @@ held-out criterion through the truth of two scenes.
 ``--gradient-probe``: Algorithm 2's gradient through the gap_tv and bisrnet criteria, by differences and
 by autograd (README, "Inner solver (issue 11)").
 Usage: python -m benchmarks.bench_calibration [--solvers heldout,gap_tv,bisrnet] [--scenes 10]
-       [--pseudo-real 10] [--skip 5] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
+       [--pseudo-real 10] [--fresh-crops 10] [--skip 5] [--threads 2] [--no-cli] [--device cpu] [--kaist-meas 3]
        [--real 5 [--real-parts alone,loo] [--real-left-out scene4,scene5]]
 """
 from __future__ import annotations
@@ -143,16 +145,23 @@ def draw_mismatch(rng: np.random.Generator) -> Mismatch:
     return Mismatch(**{k: float(rng.uniform(*v)) for k, v in DRAW.items()})
 
 
-def pseudo_real_crops(count: int) -> list[tuple[str, torch.Tensor]]:
-    """``count`` 256 x 256 crops of the pseudo-real cubes (rows/cols 0:256 and 256:512 of each), max 1."""
+BENCHMARK_CORNERS = ((0, 0), (256, 256))     # the pseudo-real set: the diagonal crops
+FRESH_CORNERS = ((0, 256), (256, 0))         # the fresh set: the off-diagonal ones, never used to tune anything
+
+
+def pseudo_real_crops(count: int, corners: tuple[tuple[int, int], ...] = BENCHMARK_CORNERS
+                      ) -> list[tuple[str, torch.Tensor]]:
+    """``count`` 256 x 256 crops of the pseudo-real cubes, at the (row, col) ``corners`` of each, max 1;
+    named ``sceneN_R`` on the diagonal, ``sceneN_R_C`` elsewhere."""
     from data.io import load_cube
 
     crops = []
     for path in sorted(shared_file("pseudo_real").glob("scene*.npz")):
         cube = torch.from_numpy(load_cube(path))
-        for start in (0, 256):
-            crop = cube[:, start:start + 256, start:start + 256]
-            crops.append((f"{path.stem}_{start}", crop / crop.max()))
+        for row, col in corners:
+            crop = cube[:, row:row + 256, col:col + 256]
+            name = f"{path.stem}_{row}" if row == col else f"{path.stem}_{row}_{col}"
+            crops.append((name, crop / crop.max()))
     return crops[:count]
 
 
@@ -642,6 +651,9 @@ def main() -> None:
                         "../shared/weights/bisrnet_simulation.pth)")
     parser.add_argument("--scenes", type=int, default=10, help="pseudo-KAIST scenes (0: none)")
     parser.add_argument("--pseudo-real", type=int, default=10, help="pseudo-real 256 x 256 crops (0: none)")
+    parser.add_argument("--fresh-crops", type=int, default=0,
+                        help="the held-out set: off-diagonal 256 x 256 crops of the pseudo-real cubes with their own "
+                             "draws (seed + 11), never used to choose a setting (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the calibrations run")
     parser.add_argument("--no-cli", action="store_true", help="skip the calibrate.py subprocess runs")
@@ -682,6 +694,10 @@ def main() -> None:
         if args.pseudo_real:
             sets["pseudo-real"] = drifted_scenes(pseudo_real_crops(args.pseudo_real),
                                                  np.random.default_rng(args.seed + 2), 1000 * args.seed + 500,
+                                                 solver, ckpt, args)
+        if args.fresh_crops:
+            sets["fresh crops"] = drifted_scenes(pseudo_real_crops(args.fresh_crops, FRESH_CORNERS),
+                                                 np.random.default_rng(args.seed + 11), 1000 * args.seed + 900,
                                                  solver, ckpt, args)
     if tables:
         results["solvers"] = tables
