@@ -60,10 +60,11 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="gap_tv", help="gap_tv (default) or a registered network name")
     group.add_argument("--ckpt", help="weights: Lightning .ckpt, toolbox .pth (needs --model) or a release folder")
     group.add_argument("--release", help="a release folder written by 'eval.py export'")
-    group.add_argument("--device", default="cpu", help="torch device for networks (default cpu)")
+    group.add_argument("--device", default=None, help="torch device for networks (default cpu; GAP-TV runs on the "
+                                                      "CPU)")
     for name, (default, kind) in GAP_DEFAULTS.items():
         group.add_argument(f"--gap.{name.replace('_', '-')}", dest=f"gap_{name}", type=kind,
-                           default=default, help=f"GAP-TV {name.replace('_', ' ')} (default {default})")
+                           default=None, help=f"GAP-TV {name.replace('_', ' ')} (default {default})")
 
 
 def _add_kaist(sub) -> None:
@@ -161,10 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _method(args):
+    """The reconstructor the options name; options that would have no effect on it are refused."""
     from cassi.devices import check_device
     from evaluation.reconstructors import make_reconstructor
-    gap = {name: getattr(args, f"gap_{name}") for name in GAP_DEFAULTS}
-    return make_reconstructor(args.model, args.ckpt, args.release, check_device(args.device), gap)
+
+    given = {name: getattr(args, f"gap_{name}") for name in GAP_DEFAULTS if getattr(args, f"gap_{name}") is not None}
+    gap = {name: given.get(name, default) for name, (default, _) in GAP_DEFAULTS.items()}
+    method = make_reconstructor(args.model, args.ckpt, args.release, check_device(args.device or "cpu"), gap)
+    network = args.ckpt is not None or args.release is not None
+    if network and given:
+        raise UserError(f"--gap.{next(iter(given)).replace('_', '-')} sets GAP-TV, and the method is the network of "
+                        f"--{'ckpt' if args.ckpt else 'release'}: drop it")
+    if not network and args.device is not None:
+        raise UserError(f"--device {args.device} places a network, and the method is GAP-TV, which runs on the CPU: "
+                        "drop it")
+    return method
 
 
 def _wrote(folder, results: dict) -> None:

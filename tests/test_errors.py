@@ -44,7 +44,8 @@ from training.simulation import Instrument
 eval_cli = importlib.import_module("eval")
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
-KAIST = ["kaist", "--synthetic.count", "1", "--synthetic.size", str(SIZE), "--gap.iterations", "2", "--previews", "0"]
+KAIST_NET = ["kaist", "--synthetic.count", "1", "--synthetic.size", str(SIZE), "--previews", "0"]   # no GAP-TV option
+KAIST = [*KAIST_NET[:-2], "--gap.iterations", "2", *KAIST_NET[-2:]]
 
 
 def ev(*argv) -> int:
@@ -526,7 +527,7 @@ def test_checkpoint_whose_training_mask_moved(files, tmp_path, capsys):
     (tmp_path / "train_mask.npy").rename(tmp_path / "moved.npy")
     user_error(capsys, lambda: ev("export", "--ckpt", tmp_path / "last.ckpt", "--out", tmp_path / "a"),
                r"last.ckpt: cannot rebuild the training mask .*train_mask.npy.*: pass --mask FILE")
-    user_error(capsys, lambda: ev(*KAIST, "--ckpt", tmp_path / "last.ckpt", "--model", "mst_s", "--out",
+    user_error(capsys, lambda: ev(*KAIST_NET, "--ckpt", tmp_path / "last.ckpt", "--model", "mst_s", "--out",
                                   tmp_path / "b"), r"cannot rebuild the training mask.*pass --mask FILE")
     assert ev("export", "--ckpt", tmp_path / "last.ckpt", "--mask", tmp_path / "moved.npy", "--out",
               tmp_path / "release") == 0
@@ -565,7 +566,11 @@ USER_ERRORS = {
                                   r"y.npz is \(32, 86\) but mask .*mask40.npy is \(40, 40\)"),
     # unknown model
     "train unknown model": ("train", [*SMOKE, "--model.init_args.model_name", "mst_xl"], r"unknown model 'mst_xl'"),
-    "eval unknown model": ("eval", [*KAIST, "--model", "mst_xl", "--ckpt", "{f}/mst_s.pth"], r"unknown model 'mst_xl'"),
+    "eval unknown model": ("eval", [*KAIST_NET, "--model", "mst_xl", "--ckpt", "{f}/mst_s.pth"], r"unknown model 'mst_xl'"),
+    "eval GAP-TV option with a network": ("eval", [*KAIST, "--model", "mst_s", "--ckpt", "{f}/mst_s.pth"],
+                                          r"--gap.iterations sets GAP-TV, and the method is the network of --ckpt"),
+    "eval --device with GAP-TV": ("eval", [*KAIST, "--device", "cpu"],
+                                  r"--device cpu places a network, and the method is GAP-TV"),
     "calibrate unknown solver": ("cal", ["--meas", "{f}/y.npz", "--mask", "{f}/mask.mat", "--solver", "mst_xl"],
                                  r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
     # bad option
