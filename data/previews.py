@@ -55,6 +55,12 @@ def probe_spectra(pred: np.ndarray, target: np.ndarray | None) -> list[tuple[int
             for row, col in points]
 
 
+def shared_probe_spectra(cubes: list[np.ndarray]) -> list[tuple[int, int, list[np.ndarray]]]:
+    """(row, col, [3 x 3 mean spectrum of each cube]) at the probes of the first cube, so that
+    reconstructions of one capture (cubes (L, H, W)) are compared at the same pixels."""
+    return [(row, col, [_spectrum(cube, row, col) for cube in cubes]) for row, col in probe_points(cubes[0])]
+
+
 def _mark_probes(axis, points: list[tuple[int, int]]) -> None:
     for k, (row, col) in enumerate(points):
         axis.plot(col, row, "o", markersize=7, markerfacecolor="none", markeredgecolor=CURVE_COLOURS[k])
@@ -110,13 +116,31 @@ def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: s
     return save_figure(figure, path, dpi=100)
 
 
+def save_real_spectra(path: str | Path, reconstructions: list[tuple[str, Tensor, Tensor]], title: str) -> Path:
+    """Real capture: the spectra of every (label, reconstruction (L, H, W), residual) at the same four
+    probes (those of the first reconstruction), one line style per reconstruction."""
+    preds = [pred.detach().cpu().numpy() for _, pred, _ in reconstructions]
+    wl = wavelengths(preds[0].shape[0])
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axis = figure.subplots()
+    for k, (_, _, spectra) in enumerate(shared_probe_spectra(preds)):
+        for (label, _, _), spectrum, style in zip(reconstructions, spectra, ("-", "--", ":", "-.")):
+            axis.plot(wl, spectrum, style, color=CURVE_COLOURS[k], label=f"{k + 1} {label}")
+    axis.set_xlabel("wavelength (nm)")
+    axis.set_ylabel("intensity")
+    axis.set_title(title)
+    axis.legend(fontsize=7, ncol=2)
+    return save_figure(figure, path, dpi=100)
+
+
 def save_real(path: str | Path, measurement: Tensor, reconstructions: list[tuple[str, Tensor, Tensor]],
               title: str) -> Path:
     """Real capture: one row per (label, reconstruction (L, H, W), residual A x - y) -- the RGB render (one
-    automatic exposure for all rows) and |A x - y| (one colour scale for all rows) -- and the snapshot."""
+    automatic exposure for all rows, the same probes marked on each, those of the first row) and |A x - y|
+    (one colour scale for all rows) -- and the snapshot."""
     preds = [pred.detach().cpu().numpy() for _, pred, _ in reconstructions]
     residuals = [res.detach().cpu().abs().numpy() for _, _, res in reconstructions]
-    exposure = auto_exposure(preds[0])
+    exposure, points = auto_exposure(preds[0]), probe_points(preds[0])
     top = max(float(r.max()) for r in residuals)
     figure = Figure(figsize=(13, 4 * len(reconstructions)), layout="constrained")
     axes = figure.subplots(len(reconstructions), 3, squeeze=False,
@@ -124,7 +148,7 @@ def save_real(path: str | Path, measurement: Tensor, reconstructions: list[tuple
     for row, ((label, _, _), pred, residual) in enumerate(zip(reconstructions, preds, residuals)):
         axes[row, 0].imshow(cube_to_rgb(pred, exposure=exposure))
         axes[row, 0].set_title(f"{label}: reconstruction")
-        _mark_probes(axes[row, 0], probe_points(pred))
+        _mark_probes(axes[row, 0], points)
         _heat_map(figure, axes[row, 2], residual, f"{label}: |A x - y|", top)
     axes[0, 1].imshow(measurement.detach().cpu().numpy(), cmap="gray")
     axes[0, 1].set_title("measurement")

@@ -42,7 +42,7 @@ from cassi.errors import UserError
 from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
-from data.previews import save_real, save_spectra
+from data.previews import save_real, save_real_spectra
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor
 from evaluation.reports import markdown_table
@@ -199,9 +199,9 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
             title = f"{path.stem} - {method.name}: {kind.replace('_', ' ')} " + ", ".join(
                 f"{row[_column(kind, label)]:.4f} ({label} operator)" for label in operators)
             for file in (save_real(out_dir / "previews" / f"{path.stem}.png", y[0], reconstructions, title),
-                         save_spectra(out_dir / "previews" / f"{path.stem}_spectra.png", reconstructions[-1][1],
-                                      None, f"{path.stem}: reconstructed spectra at the probes "
-                                      f"({reconstructions[-1][0]})")):
+                         save_real_spectra(out_dir / "previews" / f"{path.stem}_spectra.png", reconstructions,
+                                           f"{path.stem}: reconstructed spectra at the probes "
+                                           f"({', '.join(label for label, _, _ in reconstructions)})")):
                 preview_files.append(str(file.relative_to(out_dir)))
     keys = [k for k in rows[0] if k != "name"]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}

@@ -377,6 +377,7 @@ def test_real_captures_side_by_side_with_the_calibrated_instrument(tmp_path, cap
     assert f"mean relative residual ||Ax - y||/||y|| = {mean['residual']:.4f} (nominal), " \
         f"{mean['residual_calibrated']:.4f} (calibrated)" in capsys.readouterr().out
     assert (out / "previews" / "scene1.png").read_bytes()[:8] == PNG
+    assert (out / "previews" / "scene1_spectra.png").read_bytes()[:8] == PNG
     save_operator(tmp_path / "other.npz", InstrumentOperator(torch.ones(32, 32), spatial=2, spectral=1))
     assert run_cli("real", "--data.root", root, "--operator", tmp_path / "other.npz", "--out", tmp_path / "x") == 2
     assert "is not the captures' mask.mat" in capsys.readouterr().err
@@ -495,3 +496,17 @@ def test_models_table_rows(tmp_path, capsys):
     assert rows["hsra_s"]["flops"] is None and "multiple of 64" in rows["hsra_s"]["error"]
     assert rows["hsra_s"]["params"] == count_parameters(create_model("hsra_s"))
     assert "| mst_s |" in out.with_suffix(".md").read_text()
+
+
+def test_the_nominal_and_calibrated_previews_share_their_probes():
+    """The real-capture previews compare reconstructions of one capture at the same pixels (those of the
+    first), however differently the second is lit."""
+    from data.previews import probe_points, shared_probe_spectra
+
+    first, second = np.zeros((28, 60, 60)), np.zeros((28, 60, 60))
+    first[:, 10:15, 10:15], second[:, 40:45, 40:45] = 1.0, 2.0       # their brightest spots differ
+    shared = shared_probe_spectra([first, second])
+    assert [(r, c) for r, c, _ in shared] == probe_points(first) != probe_points(second)
+    row, col, (a, b) = shared[0]
+    np.testing.assert_allclose(a, first[:, row - 1:row + 2, col - 1:col + 2].mean(axis=(1, 2)))
+    np.testing.assert_allclose(b, second[:, row - 1:row + 2, col - 1:col + 2].mean(axis=(1, 2)))
