@@ -69,6 +69,7 @@ from calib import calibrate  # noqa: E402
 from calib.pipeline import MODEL_OVERSAMPLE  # noqa: E402
 from calib.solvers import GAP_TV, HELD_OUT, gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
+from cassi.errors import EXIT_CALIBRATION_FAILED  # noqa: E402
 from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
@@ -93,9 +94,11 @@ def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int, solver:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.time()
-        subprocess.run([sys.executable, str(REPO / "calibrate.py"), "--meas", str(meas), "--mask", str(mask_file),
-                        "--out", str(out), "--device", device, "--no-progress", *solver], check=True, cwd=REPO, env=env,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, str(REPO / "calibrate.py"), "--meas", str(meas), "--mask",
+                               str(mask_file), "--out", str(out), "--device", device, "--no-progress", *solver],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+        if done.returncode not in (0, EXIT_CALIBRATION_FAILED):    # a "failed" status is a result, not a crash
+            raise subprocess.CalledProcessError(done.returncode, done.args)
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         written = out / "calibration.json"
