@@ -190,6 +190,7 @@ def run_kaist(args) -> None:
     from evaluation.calibration import make_calibrator
     from evaluation.kaist import DataSpec, evaluate_kaist, load_data
     from evaluation.protocol import Noise
+    from evaluation.reconstructors import check_uses_mask
     from evaluation.scenarios import ScenarioSetup
 
     setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
@@ -217,11 +218,9 @@ def run_kaist(args) -> None:
         args.data_root, args.mask, args.ckpt, args.release, args.operator, args.calibration))
     with folder as staging:
         method = _method(args)
-        operator_scenarios = [s for s in setup.scenarios if s in ("III", "IV")]
-        if operator_scenarios and not method.uses_mask:
-            raise UserError(f"--scenarios {','.join(operator_scenarios)}: {method.name} does not take the coded mask "
-                            "(a measurement-only network), so reconstructing with the estimated or the true operator "
-                            "would repeat scenario II; drop them, or use gap_tv or a mask-aware network")
+        operator_scenarios = [s for s in setup.scenarios if s in ("III", "IV")]   # the estimated / true operator
+        if operator_scenarios:
+            check_uses_mask(method, f"--scenarios {','.join(operator_scenarios)}")
         spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,
                         args.limit)
         scenes, mask, info = load_data(spec, method)

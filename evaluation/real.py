@@ -44,7 +44,7 @@ from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
 from evaluation.protocol import timed
-from evaluation.reconstructors import Reconstructor
+from evaluation.reconstructors import Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
 from models.release import mask_sha256
 
@@ -150,16 +150,6 @@ def calibrated_operator(path: str | Path, mask: torch.Tensor, bands: int, step: 
     return op
 
 
-def check_operator_use(method: Reconstructor) -> None:
-    """:class:`UserError` when ``method`` ignores the operator's mask and mismatch: an ``--operator`` would
-    give a calibrated column equal to the nominal one."""
-    if not method.uses_mask:
-        raise UserError(f"--operator: {method.name} does not take the coded mask (a measurement-only network; the "
-                        "operator fixes only the band count and step), so its calibrated reconstruction would be "
-                        "the nominal one; use gap_tv or a mask-aware network (e.g. "
-                        f"{method.name.removesuffix('_real')})")
-
-
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
                   scale: float | None = None, previews: bool = True, limit: int | None = None,
                   verbose: bool = True, operator: str | Path | None = None) -> dict[str, Any]:
@@ -169,7 +159,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     if scale is not None and not 0 < scale < float("inf"):
         raise UserError(f"scale must be a finite number > 0, got {scale}")
     if operator is not None:
-        check_operator_use(method)
+        check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
     operators = {"nominal": CassiOperator(mask, bands, step)}

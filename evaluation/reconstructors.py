@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from cassi import CassiOperator
+from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
 from evaluation.checkpoints import LoadedModel, load_weights
 from models.registry import get_entry
@@ -74,6 +75,16 @@ class Network:
 
     def describe(self) -> dict[str, Any]:
         return self.loaded.describe()
+
+
+def check_uses_mask(method: Reconstructor, what: str) -> None:
+    """:class:`UserError` naming ``what`` (the option that asks for it) when ``method`` ignores the operator's
+    mask and mismatch: reconstructing through another operator would repeat its nominal reconstruction."""
+    if not method.uses_mask:
+        raise UserError(f"{what}: {method.name} does not take the coded mask (a measurement-only network; the "
+                        "operator fixes only the band count and step), so a reconstruction through another operator "
+                        "would repeat the nominal one; use gap_tv or a mask-aware network (e.g. "
+                        f"{method.name.removesuffix('_real')})")
 
 
 def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: str | None = None,
