@@ -58,8 +58,12 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def _estimate(content: Any, where: str) -> Mismatch:
-    """The mismatch of one calibration (``estimate`` object or top-level parameter names)."""
+def _estimate(content: Any, where: str, mask: Tensor | None) -> Mismatch:
+    """The mismatch of one calibration (``estimate`` object or top-level parameter names); refused when its
+    status is "failed" or, given the evaluation ``mask``, when it was made with another mask
+    (:func:`check_calibration_mask`)."""
+    if mask is not None:
+        check_calibration_mask(content, where, mask)
     if isinstance(content, dict) and content.get("status") == "failed":
         reasons = content.get("reasons") or ["no reason recorded"]
         raise UserError(f"{where}: this calibration's status is \"failed\" ({reasons[0]}): its estimate is no "
@@ -126,15 +130,17 @@ class PerSceneEstimates:
         return self.estimates[scene]
 
 
-def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any]) -> PerSceneEstimates:
-    """Per-scene estimates from scene name -> (calibration content, where it was read)."""
+def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any], mask: Tensor | None
+               ) -> PerSceneEstimates:
+    """Per-scene estimates from scene name -> (calibration content, where it was read); ``mask`` as
+    :func:`_estimate`."""
     models = {_forward_model(content, where) for content, where in items.values()}
     if len(models) > 1:
         described = sorted(f"oversample {list(n) if n else None}, mask_interpolation {r!r}" for n, r in models)
         raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
                         f"(settings {'; '.join(described)}); calibrate every scene with the same one (calibrate.py "
                         "--model-oversample N K, and --mask-reading linear on the native grid)")
-    return PerSceneEstimates({name: _estimate(content, where) for name, (content, where) in items.items()},
+    return PerSceneEstimates({name: _estimate(content, where, mask) for name, (content, where) in items.items()},
                              source, *models.pop())
 
 
@@ -164,17 +170,12 @@ def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> Fixed
             hint = (f"; {single} is one calibration for every scene: pass that file" if single.is_file() else "")
             raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)"
                                     + hint)
-        items = {f.parent.name: (_read_json(f), str(f)) for f in files}
-    else:
-        content = _read_json(path)
-        items = ({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()}
-                 if isinstance(content, dict) and isinstance(content.get("scenes"), dict) else None)
-    if mask is not None:
-        for item, where in (items.values() if items is not None else [(content, str(path))]):
-            check_calibration_mask(item, where, mask)
-    if items is not None:
-        return _per_scene(items, source)
-    return FixedEstimate(_estimate(content, str(path)), source, *_forward_model(content, str(path)))
+        return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source, mask)
+    content = _read_json(path)
+    if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
+        return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
+                          source, mask)
+    return FixedEstimate(_estimate(content, str(path), mask), source, *_forward_model(content, str(path)))
 
 
 @dataclass
