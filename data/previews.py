@@ -102,30 +102,30 @@ def save_spectra(path: str | Path, pred: Tensor, target: Tensor | None, title: s
     """Spectra at the four probes: reconstruction (dashed) against ground truth (solid) when there is one."""
     pred_np = pred.detach().cpu().numpy()
     target_np = None if target is None else target.detach().cpu().numpy()
-    wl = wavelengths(pred_np.shape[0])
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axis = figure.subplots()
+    curves = []
     for k, (_, _, truth, recon) in enumerate(probe_spectra(pred_np, target_np)):
         if truth is not None:
-            axis.plot(wl, truth, "-", color=CURVE_COLOURS[k], label=f"{k + 1} truth")
-        axis.plot(wl, recon, "--", color=CURVE_COLOURS[k], label=f"{k + 1} recon.")
-    axis.set_xlabel("wavelength (nm)")
-    axis.set_ylabel("intensity")
-    axis.set_title(title)
-    axis.legend(fontsize=7, ncol=2)
-    return save_figure(figure, path, dpi=100)
+            curves.append((k, truth, "-", "truth"))
+        curves.append((k, recon, "--", "recon."))
+    return _save_spectra_figure(path, curves, title)
 
 
 def save_real_spectra(path: str | Path, reconstructions: list[tuple[str, Tensor, Tensor]], title: str) -> Path:
     """Real capture: the spectra of every (label, reconstruction (L, H, W), residual) at the same four
     probes (those of the first reconstruction), one line style per reconstruction."""
     preds = [pred.detach().cpu().numpy() for _, pred, _ in reconstructions]
-    wl = wavelengths(preds[0].shape[0])
+    curves = [(k, spectrum, style, label) for k, (_, _, spectra) in enumerate(shared_probe_spectra(preds))
+              for (label, _, _), spectrum, style in zip(reconstructions, spectra, ("-", "--", ":", "-."))]
+    return _save_spectra_figure(path, curves, title)
+
+
+def _save_spectra_figure(path: str | Path, curves: list[tuple[int, np.ndarray, str, str]], title: str) -> Path:
+    """Spectra against wavelength: each curve (probe index k, spectrum (L,), line style, label) in probe k's
+    colour, labelled "k+1 label"."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axis = figure.subplots()
-    for k, (_, _, spectra) in enumerate(shared_probe_spectra(preds)):
-        for (label, _, _), spectrum, style in zip(reconstructions, spectra, ("-", "--", ":", "-.")):
-            axis.plot(wl, spectrum, style, color=CURVE_COLOURS[k], label=f"{k + 1} {label}")
+    for k, spectrum, style, label in curves:
+        axis.plot(wavelengths(len(spectrum)), spectrum, style, color=CURVE_COLOURS[k], label=f"{k + 1} {label}")
     axis.set_xlabel("wavelength (nm)")
     axis.set_ylabel("intensity")
     axis.set_title(title)
