@@ -167,16 +167,15 @@ def _method(args):
     from evaluation.reconstructors import make_reconstructor
 
     given = {name: getattr(args, f"gap_{name}") for name in GAP_DEFAULTS if getattr(args, f"gap_{name}") is not None}
-    gap = {name: given.get(name, default) for name, (default, _) in GAP_DEFAULTS.items()}
-    method = make_reconstructor(args.model, args.ckpt, args.release, check_device(args.device or "cpu"), gap)
     network = args.ckpt is not None or args.release is not None
-    if network and given:
+    if network and given:                       # refused before any weights are read
         raise UserError(f"--gap.{next(iter(given)).replace('_', '-')} sets GAP-TV, and the method is the network of "
                         f"--{'ckpt' if args.ckpt else 'release'}: drop it")
-    if not network and args.device is not None:
+    if not network and args.model == "gap_tv" and args.device is not None:
         raise UserError(f"--device {args.device} places a network, and the method is GAP-TV, which runs on the CPU: "
                         "drop it")
-    return method
+    gap = {name: given.get(name, default) for name, (default, _) in GAP_DEFAULTS.items()}
+    return make_reconstructor(args.model, args.ckpt, args.release, check_device(args.device or "cpu"), gap)
 
 
 def _wrote(folder, results: dict) -> None:
