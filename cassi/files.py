@@ -170,8 +170,8 @@ class OutputFolder:
 
     def _check_replaceable(self) -> None:
         if not any((self.path / marker).is_file() for marker in self.markers):
-            raise UserError(f"--out {self.path} is not empty and holds no {' or '.join(self.markers)} of an earlier "
-                            "run; "
+            markers = " or ".join(self.markers)
+            raise UserError(f"--out {self.path} is not empty and holds no {markers} of an earlier run; "
                             "--force only replaces earlier outputs of this command: choose another folder")
         for source in self.inputs:
             if source.exists() and _inside(source, self.path):
