@@ -147,6 +147,24 @@ def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstru
                                    str(tmp_path / "pred.txt")), "must end in .mat or .npz", only_line=False)
 
 
+def test_predict_never_writes_over_its_inputs_or_a_folder(tmp_path, capsys):
+    """``--predictions.path`` naming the run's mask file (or a folder) is refused before any work; the mask is
+    left as it was."""
+    from scipy.io import savemat
+    mask = tmp_path / "mask.mat"
+    savemat(mask, {"mask": (np.random.default_rng(0).random((32, 32)) > 0.5).astype(np.float32)})
+    before = mask.read_bytes()
+    common = ["--data.crop", "32", "--data.test_scenes", "1", "--data.mask", str(mask), "--trainer.logger", "false",
+              *QUIET]
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    user_error(capsys, lambda: run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(mask)),
+               r"output .*mask.mat is the input .*mask.mat", only_line=False)
+    assert mask.read_bytes() == before
+    (tmp_path / "folder.npz").mkdir()
+    user_error(capsys, lambda: run("predict", smoke, tmp_path / "run", *common, "--predictions.path",
+                                   str(tmp_path / "folder.npz")), r"folder.npz is a folder", only_line=False)
+
+
 # ------------------------------------------------------------------------------------- input checks
 def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(tmp_path, capsys):
     smoke = CONFIGS / "smoke" / "mst_s.yaml"

@@ -42,7 +42,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from cassi import CassiOperator
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
-from cassi.files import atomic_path
+from cassi.files import atomic_path, check_output_file
 from data.datamodule import CassiDataModule
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunConfig, RunSummary, ValidationPreviews,
@@ -244,6 +244,24 @@ def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> Non
                          "batch (one window per batch) or --data.batch_size 1") from None
 
 
+def prediction_inputs(datamodule: CassiDataModule) -> list[Path]:
+    """The files ``train.py predict`` reads: the mask and, with a ``TSA_simu_data`` test folder, its mask and
+    ``Truth/*.mat`` scenes."""
+    test_root = datamodule.hparams.test_root or datamodule.data().test_root
+    inputs = [datamodule.data().mask]
+    if test_root is not None:
+        inputs += [Path(test_root) / "mask.mat", *sorted((Path(test_root) / "Truth").glob("*.mat"))]
+    return [path for path in inputs if path is not None]
+
+
+def check_predictions_path(writer: PredictionWriter, default_root_dir: str, datamodule: CassiDataModule) -> None:
+    """Before ``predict`` runs: its file (``--predictions.path``, else ``<default_root_dir>/predictions.mat``)
+    can be written and is none of the run's inputs (``--predictions.path mask.mat`` would replace the mask).
+    An earlier predictions file is replaced, as before."""
+    path = writer.path or os.path.join(default_root_dir, "predictions.mat")
+    check_output_file(path, force=True, inputs=prediction_inputs(datamodule))
+
+
 def resolve_checkpoint(ckpt_path: str, dirpath: str | None) -> Path | None:
     """The file ``--ckpt_path`` names: ``last`` / ``best`` are looked up in the checkpoint folder."""
     if ckpt_path in SPECIAL_CKPT_PATHS or ckpt_path.startswith("registry"):
@@ -362,6 +380,9 @@ class CassiCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self.check_before_run("predict")
+        for writer in self.trainer.callbacks:
+            if isinstance(writer, PredictionWriter) and self.datamodule is not None:
+                check_predictions_path(writer, self.trainer.default_root_dir, self.datamodule)
 
 
 def main(args: list[str] | None = None) -> CassiCLI:
