@@ -72,6 +72,14 @@ MARKER = "calibration.json"                  # the file every calibration output
 SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
 
 
+def check_npz_name(out: str) -> None:
+    """``simulate`` writes an .npz archive: under another suffix the readers (``--meas``) take it for what the
+    suffix says and cannot read it."""
+    if Path(out).suffix.lower() != ".npz":
+        raise UserError(f"--out {out}: simulate writes an .npz archive (the measurement under key y); "
+                        "name the file *.npz")
+
+
 def simulate(args: argparse.Namespace) -> Path:
     """Run the ``simulate`` command; returns the written file."""
     import numpy as np
@@ -84,6 +92,7 @@ def simulate(args: argparse.Namespace) -> Path:
     from cassi.simulator import simulate_measurement
     from data.io import load_cube, load_mask
 
+    check_npz_name(args.out)
     out = check_output_file(args.out, args.force, inputs=(args.cube, args.mask))
     cube = torch.from_numpy(load_cube(args.cube, bands=None))
     mask = torch.from_numpy(load_mask(args.mask))

@@ -54,3 +54,12 @@ def test_simulate_errors_name_the_problem(tmp_path, capsys):
     fails(capsys, ["simulate", "--cube", str(tmp_path / "missing.npz"), "--mask", str(tmp_path / "mask.mat"),
                    "--out", str(tmp_path / "y.npz")], "missing.npz")
     assert not (tmp_path / "y.npz").exists()
+
+
+@pytest.mark.parametrize("name", ["y.mat", "y"])
+def test_simulate_refuses_an_out_that_is_not_npz(tmp_path, capsys, name):
+    """A .npz archive written under another suffix is a file --meas cannot read ('not a readable .mat')."""
+    write_inputs(tmp_path)
+    fails(capsys, ["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                   "--out", str(tmp_path / name)], rf"--out .*{name}: .*\.npz")
+    assert not (tmp_path / name).exists()
