@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from cassi.errors import UserError
+from cassi.errors import UserError, one_line
 from cassi.gap_tv import gap_tv
 from cassi.operator import CassiOperator
 
@@ -40,10 +40,6 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     return solve
 
 
-def _one_line(err: Exception) -> str:
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-
-
 def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
     """The registered network ``name``, frozen (eval mode, no parameter gradients, on ``device``), from a
     toolbox ``.pth`` / official state dict or a release folder. It must take the coded mask as an input."""
@@ -63,7 +59,7 @@ def load_network(name: str, checkpoint: str | Path | None, device: str | torch.d
     try:
         model = load_release(path) if path.is_dir() else load_toolbox_checkpoint(name, path)
     except ValueError as err:
-        raise UserError(f"{path} is not a {name} checkpoint: {_one_line(err)}") from err
+        raise UserError(f"{path} is not a {name} checkpoint: {one_line(err)}") from err
     if path.is_dir():
         from models.release import open_release
         recorded = open_release(path).config["model"]["name"]
@@ -90,7 +86,7 @@ def check_solver_size(solve: Solver, name: str, y: Tensor, op: CassiOperator) ->
         solve(y, op)
     except (ValueError, RuntimeError) as err:
         raise UserError(f"solver {name} cannot reconstruct a {op.height}x{op.width} scene "
-                        f"(measurement {tuple(y.shape[-2:])}): {_one_line(err)}") from err
+                        f"(measurement {tuple(y.shape[-2:])}): {one_line(err)}") from err
 
 
 def residual(y: Tensor, op: CassiOperator, x: Tensor) -> float:

@@ -46,7 +46,7 @@ BAD_SOLVERS = {
     "no checkpoint": (["--solver", "bisrnet"], r"solver bisrnet needs a checkpoint"),
     "missing checkpoint": (["--solver", "mst_s", "--ckpt", "{f}/none.pth"], r"checkpoint not found: .*none.pth"),
     "another model's checkpoint": (["--solver", "bisrnet", "--ckpt", "{f}/mst_s.pth"],
-                                   r"mst_s.pth is not a bisrnet checkpoint: .*missing keys"),
+                                   r"mst_s.pth is not a bisrnet checkpoint: .*another size\?\): missing keys"),
     "bisrnet_real": (["--solver", "bisrnet_real", "--ckpt", "{f}/bisrnet.pth"], r"bisrnet_real does not take the coded mask"),
     "mst_s_real": (["--solver", "mst_s_real", "--ckpt", "{f}/mst_s.pth"], r"mst_s_real does not take the coded mask"),
     "gap_tv with a checkpoint": (["--solver", "gap_tv", "--ckpt", "{f}/mst_s.pth"], r"only used with a network solver"),
