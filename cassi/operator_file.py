@@ -83,6 +83,10 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
     """The contents of an operator file written by :func:`save_operator`; a clear error names a file that
     is no .npz, or a missing or bad key."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "operator.npz"
+        raise UserError(f"{path} is a folder, not an operator file; pass "
+                        + (str(inside) if inside.is_file() else "the operator.npz calibrate.py wrote"))
     if not path.is_file():
         raise FileNotFoundError(f"operator file not found: {path}")
     _check_npz(path)

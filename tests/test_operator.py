@@ -215,3 +215,14 @@ def test_operator_file_records_the_calibration_status_and_every_reader_refuses_a
     for reader in (read_operator_file, load_operator, load_instrument):
         with pytest.raises(ValueError, match='failed.npz: this operator comes from a calibration whose status is "failed"'):
             reader(failed)
+
+
+def test_an_operator_folder_is_named_as_a_folder_with_the_file_inside(tmp_path):
+    """``--operator DIR`` (the calibration folder) used to say 'operator file not found: DIR'."""
+    from cassi.operator_file import read_operator_file, save_operator
+
+    with pytest.raises(ValueError, match=r"empty is a folder, not an operator file; pass the operator\.npz"):
+        read_operator_file((tmp_path / "empty").mkdir() or tmp_path / "empty")
+    save_operator(tmp_path / "cal" / "operator.npz", CassiOperator(torch.rand(8, 10), mismatch=MISMATCH))
+    with pytest.raises(ValueError, match=r"cal is a folder, not an operator file; pass .*cal/operator\.npz$"):
+        read_operator_file(tmp_path / "cal")
