@@ -29,6 +29,8 @@ from cassi.errors import (CliParser, UserError, cli_errors, exit_code, non_negat
 
 GAP_DEFAULTS = {"iterations": (50, positive_int), "tv_weight": (0.1, positive_float),
                 "tv_iterations": (5, positive_int)}
+# eval.py kaist options whose default is filled in after checking that a given value would have an effect
+KAIST_DEFAULTS = {"synthetic_count": 10, "synthetic_seed": 0, "noise_seed": 0, "oversample": (4, 2)}
 
 
 def parse_mismatch(text: str):
@@ -76,12 +78,13 @@ def _add_kaist(sub) -> None:
     data.add_argument("--data.root", dest="data_root",
                       help="folder in the MST layout (Truth/sceneNN.mat + mask.mat); default: synthetic scenes")
     data.add_argument("--mask", help="mask file (.mat key 'mask', .npy, .npz) overriding the default mask")
-    data.add_argument("--synthetic.count", dest="synthetic_count", type=positive_int, default=10,
+    data.add_argument("--synthetic.count", dest="synthetic_count", type=positive_int, default=None,
                       help="number of synthetic scenes (default 10)")
     data.add_argument("--synthetic.size", dest="synthetic_size", type=positive_int, default=None,
                       help="synthetic scene size in px (default 128, or the size of the mask that --mask, the "
                            "checkpoint or the release provides)")
-    data.add_argument("--synthetic.seed", dest="synthetic_seed", type=int, default=0)
+    data.add_argument("--synthetic.seed", dest="synthetic_seed", type=int, default=None,
+                      help="seed of the synthetic scenes and their random mask (default 0)")
     data.add_argument("--limit", type=positive_int, help="evaluate only the first N scenes")
     scen = parser.add_argument_group("scenarios")
     scen.add_argument("--scenarios", default="I", help="comma list of I (ideal), Ih (ideal instrument: the "
@@ -89,8 +92,8 @@ def _add_kaist(sub) -> None:
     scen.add_argument("--mismatch", type=parse_mismatch, default=None,
                       help="injected mismatch for II-IV, e.g. dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2 "
                            "(px, px, deg, px/band, deg; default dx=1,dy=0.5,theta=0.3,a1=2.02,alpha=0.2)")
-    scen.add_argument("--oversample", type=positive_int, nargs=2, default=(4, 2), metavar=("N", "K"),
-                      help="high-fidelity simulator oversampling, spatial N and spectral K (default 4 2)")
+    scen.add_argument("--oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
+                      help="high-fidelity simulator oversampling, spatial N and spectral K, for Ih-IV (default 4 2)")
     scen.add_argument("--operator", help="scenario III: operator .npz from calibrate.py")
     scen.add_argument("--calibration", help="scenario III: calibration.json from calibrate.py (one estimate for "
                       "every scene), a JSON with a 'scenes' object, or a folder of DIR/<scene>/calibration.json "
@@ -100,7 +103,8 @@ def _add_kaist(sub) -> None:
                        help="photons at the brightest pixel")
     noise.add_argument("--noise.read", dest="noise_read", type=non_negative_float, default=0.0,
                        help="Gaussian read noise sigma relative to the clean maximum")
-    noise.add_argument("--noise.seed", dest="noise_seed", type=int, default=0)
+    noise.add_argument("--noise.seed", dest="noise_seed", type=int, default=None,
+                       help="seed of the noise (scene i uses seed + i; default 0)")
     out = parser.add_argument_group("output")
     _add_output(out, "outputs/kaist", "output folder (default outputs/kaist), written as one unit at the end")
     out.add_argument("--previews", type=non_negative_int, default=None,
@@ -184,6 +188,34 @@ def _wrote(folder, results: dict) -> None:
     print(f"\nwrote {folder.path}: {', '.join(names)}" + (f" and {previews} previews in previews/" if previews else ""))
 
 
+def _given_without_effect(args) -> str | None:
+    """The first ``eval.py kaist`` option given that the other options leave without effect, and why."""
+    if args.data_root is not None:
+        for name in ("count", "seed"):
+            if getattr(args, f"synthetic_{name}") is not None:
+                return (f"--synthetic.{name} sets the built-in synthetic scenes, and the scenes come from "
+                        f"--data.root {args.data_root}")
+    if args.noise_seed is not None and args.noise_peak is None and not args.noise_read:
+        return "--noise.seed seeds the detector noise, and neither --noise.peak nor --noise.read adds any"
+    from evaluation.scenarios import ScenarioSetup
+
+    scenarios = ScenarioSetup(tuple(s.strip() for s in args.scenarios.split(",") if s.strip())).scenarios
+    if args.oversample is not None and scenarios == ("I",):
+        return (f"--oversample sets the simulator of scenarios Ih-IV, and --scenarios {args.scenarios} measures "
+                "on the native grid only")
+    return None
+
+
+def _kaist_defaults(args) -> None:
+    """Refuse options that would have no effect, then fill in the defaults of :data:`KAIST_DEFAULTS`."""
+    unused = _given_without_effect(args)
+    if unused:
+        raise UserError(f"{unused}: drop it")
+    for name, default in KAIST_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def run_kaist(args) -> None:
     from cassi.files import OutputFolder
     from evaluation.calibration import make_calibrator
@@ -192,6 +224,7 @@ def run_kaist(args) -> None:
     from evaluation.reconstructors import check_uses_mask
     from evaluation.scenarios import ScenarioSetup
 
+    _kaist_defaults(args)
     setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
                     "oversample": tuple(args.oversample),
                     "noise": Noise(args.noise_peak, args.noise_read, args.noise_seed)}

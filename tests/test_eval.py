@@ -309,6 +309,15 @@ def test_bad_cli_values_are_clear_errors(tmp_path, capsys):
     np.save(tmp_path / "mask32.npy", synthetic_mask(32, 32, seed=1).numpy())
     assert run_cli("kaist", "--mask", tmp_path / "mask32.npy", "--synthetic.size", 64, "--out", tmp_path / "y") == 2
     assert "--synthetic.size 64: the synthetic scenes take the size of the mask" in capsys.readouterr().err
+    (tmp_path / "tsa" / "Truth").mkdir(parents=True)
+    for option in ("--synthetic.count", "--synthetic.seed"):
+        assert run_cli("kaist", "--data.root", tmp_path / "tsa", option, 3, "--out", tmp_path / "y") == 2
+        assert f"{option} sets the built-in synthetic scenes, and the scenes come from --data.root" in \
+            capsys.readouterr().err
+    assert run_cli("kaist", "--noise.seed", 3, "--out", tmp_path / "y") == 2
+    assert "--noise.seed seeds the detector noise, and neither" in capsys.readouterr().err
+    assert run_cli("kaist", "--oversample", 2, 1, "--out", tmp_path / "y") == 2
+    assert "--oversample sets the simulator of scenarios Ih-IV, and --scenarios I measures" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
