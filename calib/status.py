@@ -121,6 +121,15 @@ def code_removed(mask: Tensor) -> Tensor:
     return out
 
 
+def code_failure(score: float, score_without_code: float, gain: float, se: float, z: float) -> str:
+    """The "failed" reason of the code test; a negative ``gain`` (the code-less mask predicts better) is said
+    as the code raising the error, not lowering it by a negative amount."""
+    effect = f"lowers it by {100 * gain:.1f} %" if gain >= 0 else f"raises it by {-100 * gain:.1f} %"
+    return (f"the mask's code does not explain the measurement: held-out error {score:.4g} with the mask, "
+            f"{score_without_code:.4g} with its code removed (the code {effect} +- {100 * se:.1f} % of the error; "
+            f"a right mask lowers it by more than {z:g} standard errors). Is it the right mask, the right way round?")
+
+
 def relative_difference(a: Tensor, b: Tensor) -> tuple[float, float]:
     """``(sum a - sum b) / sum b`` of paired score components (n,) and its standard error."""
     d = a - b
@@ -306,10 +315,7 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
     tests["code"] = {"score": float(calibrated.sum()), "score_without_code": float(without_code.sum()),
                      "relative_gain": gain, "standard_error": se}
     if gain <= z * se:
-        failed.append(f"the mask's code does not explain the measurement: held-out error {float(calibrated.sum()):.4g} "
-                      f"with the mask, {float(without_code.sum()):.4g} with its code removed (the code lowers it by "
-                      f"{100 * gain:.1f} % +- {100 * se:.1f} % of the error; needs more than {z:g} standard errors). "
-                      "Is it the right mask, the right way round?")
+        failed.append(code_failure(float(calibrated.sum()), float(without_code.sum()), gain, se, z))
     elif gain < settings.min_code_gain:
         ambiguous.append("the mask's code explains little of the measurement: held-out error "
                          f"{float(calibrated.sum()):.4g} with the mask, {float(without_code.sum()):.4g} with its code "

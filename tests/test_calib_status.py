@@ -165,3 +165,12 @@ def test_code_removed_and_paired_differences():
     a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 1.0, 1.0, 1.0])
     rise, se = relative_difference(a, b)
     assert rise == pytest.approx(1.5) and se == pytest.approx(float((a - b).std()) * 2 / 4)
+
+
+def test_the_code_reason_says_raises_when_the_code_makes_the_error_worse():
+    """Was "the code lowers it by -35.8 %" for a transposed mask: a negative gain is said as a rise."""
+    from calib.status import code_failure
+
+    worse = code_failure(0.002915, 0.001873, -0.358, 0.164, 2)
+    assert "the code raises it by 35.8 % +- 16.4 %" in worse and "-35.8" not in worse, worse
+    assert "the code lowers it by 1.0 % +- 3.0 %" in code_failure(0.0099, 0.01, 0.01, 0.03, 2)
