@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from calib.forward_model import PARAMETER_NAMES
+from cassi.checks import MAX_ANGLE_DEG
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Ranges:
             lo, hi = getattr(self, name)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ValueError(f"range of {name} must be a finite interval lo < hi, got {(lo, hi)}")
+        lo, hi = self.a1
+        if lo <= 0 <= hi:
+            raise ValueError(f"range of a1 {(lo, hi)} contains a1 = 0 (no dispersion): keep it on one side of 0 "
+                             "(nominal 2 px/band; negative for a mirrored disperser)")
+        for name in ("theta", "alpha"):
+            if max(abs(v) for v in getattr(self, name)) > MAX_ANGLE_DEG:
+                raise ValueError(f"range of {name} {getattr(self, name)} reaches beyond {MAX_ANGLE_DEG:g} deg, "
+                                 "which this instrument model does not describe")
 
     @classmethod
     def from_dict(cls, values: dict) -> "Ranges":

@@ -211,7 +211,9 @@ def test_range_sets_the_search_range_of_one_parameter(run, tmp_path, capsys):
     common = ["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"), "--out", str(tmp_path / "o")]
     for items, pattern in ((["a1", "2.1", "1.9"], "range of a1 must be a finite interval lo < hi"),
                            (["beta", "0", "1"], r"unknown range name\(s\) \['beta'\]"),
-                           (["a1", "x", "2"], "LO and HI must be numbers")):
+                           (["a1", "x", "2"], "LO and HI must be numbers"),
+                           (["a1", "-0.5", "0.5"], "contains a1 = 0"), (["a1", "0", "1"], "contains a1 = 0"),
+                           (["theta", "-50", "50"], "range of theta .* beyond 45 deg")):
         user_error(capsys, lambda: calibrate.main([*common, "--range", *items]), pattern)
     user_error(capsys, lambda: calibrate.main([*common, "--range", "a1", "1.9", "2.1", "--range", "a1", "1.8", "2.2"]),
                "--range names a1 twice")
