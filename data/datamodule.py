@@ -345,12 +345,21 @@ class CassiDataModule(pl.LightningDataModule):
                 per_epoch = "samples per epoch" if hp.samples_per_epoch else "training scenes (one pass per epoch)"
                 raise ValueError(f"{items} {per_epoch}, fewer than --data.batch_size {hp.batch_size}: no training "
                                  "step would run (the last incomplete batch of an epoch is dropped)")
+            if stage == "fit":
+                self._check_mask_size()
             largest = max(hp.crop + (hp.crop_top or 0), self.val_crop)
             if not self.data().folders and hp.scene_size is not None and hp.scene_size < largest:
                 raise ValueError(f"synthetic scenes of {hp.scene_size} px are smaller than the crops (crop {hp.crop}, "
                                  f"crop_top {hp.crop_top}, val_crop {self.val_crop})")
         elif self._test_root() is None:
             self.training_mask()                      # the synthetic test scenes take the training mask
+
+    def _check_mask_size(self) -> None:
+        """``mask_size`` sizes the random mask that ``mask_crop`` windows (recipes set it for the case without a mask
+        file): with ``mask_crop: none`` it could never have an effect, and is refused."""
+        if self.hparams.mask_size is not None and self.mask_crop == "none":
+            raise ValueError(f"--data.mask_size {self.hparams.mask_size} sizes the random mask that --data.mask_crop "
+                             "batch / sample windows, and mask_crop is none (the mask is crop x crop): drop it")
 
     def training_mask(self) -> np.ndarray:
         """The coded aperture (H, W) of training: the mask file, or the seeded random one; checked against the

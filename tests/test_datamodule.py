@@ -192,6 +192,13 @@ def test_random_mask_is_seeded_and_sized():
     assert not np.array_equal(_module().mask, _module(seed=5).mask)
 
 
+def test_mask_size_without_mask_windows_is_refused():
+    """``mask_size`` sizes only the random mask that ``mask_crop`` windows: with ``mask_crop: none`` it is an error."""
+    with pytest.raises(ValueError, match=r"--data.mask_size 40 .*mask_crop is none"):
+        CassiDataModule(crop=CROP, mask_size=40).check("fit")
+    CassiDataModule(crop=CROP, mask_size=40, mask_crop="batch").check("fit")
+
+
 def test_crop_larger_than_scene_is_an_error():
     with pytest.raises(ValueError, match="synthetic scene 0: size .* smaller than the crop 32"):
         _module(crop=32, scene_size=24)
