@@ -141,7 +141,7 @@ def _add_models(sub) -> None:
     parser = sub.add_parser("models", help="parameters, FLOPs, paper figures and CPU time of every network")
     parser.add_argument("--size", type=positive_int, default=256, help="spatial size (default 256)")
     parser.add_argument("--models", help="comma list of names (default: all registered)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed forward passes (median)")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed forward passes (median; default 3)")
     parser.add_argument("--no-time", action="store_true", help="skip the timing")
     parser.add_argument("--out", help="also write the table as Markdown (FILE.md) and JSON (FILE.json)")
     parser.add_argument("--force", action="store_true", help="replace existing FILE.md / FILE.json")
@@ -295,12 +295,15 @@ def run_models(args) -> None:
     from cassi.files import check_output_file, write_json, write_text
     from evaluation.model_table import markdown, model_table
 
+    if args.no_time and args.repeats is not None:
+        raise UserError(f"--repeats {args.repeats} sets the timed forward passes, and --no-time skips the timing: "
+                        "drop one of them")
     out = Path(args.out) if args.out else None
     if out is not None:
         for path in (out.with_suffix(".md"), out.with_suffix(".json")):
             check_output_file(path, args.force)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
-    rows = model_table(names, args.size, args.repeats, not args.no_time)
+    rows = model_table(names, args.size, args.repeats or 3, not args.no_time)
     if out is not None:
         write_text(out.with_suffix(".md"), markdown(rows, args.size))
         write_json(out.with_suffix(".json"), {"size": args.size, "threads": torch.get_num_threads(), "rows": rows})

@@ -505,6 +505,8 @@ def test_models_table_rows(tmp_path, capsys):
     assert rows["hsra_s"]["flops"] is None and "multiple of 64" in rows["hsra_s"]["error"]
     assert rows["hsra_s"]["params"] == count_parameters(create_model("hsra_s"))
     assert "| mst_s |" in out.with_suffix(".md").read_text()
+    assert run_cli("models", "--size", 32, "--models", "mst_s", "--no-time", "--repeats", 5) == 2   # no effect
+    assert "--repeats 5 sets the timed forward passes, and --no-time skips the timing" in capsys.readouterr().err
 
 
 def test_the_nominal_and_calibrated_previews_share_their_probes():
