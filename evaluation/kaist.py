@@ -132,7 +132,8 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
         print(f"warning: {warning}")
     preview_files: list[str] = []
     single = len(setup.scenarios) == 1
-    progress = tqdm(total=len(scenes) * len(setup.scenarios), desc="kaist", unit="scene", disable=not verbose)
+    progress = tqdm(total=len(scenes) * setup.reconstructions(calibrator), desc="kaist", unit="reconstruction",
+                    disable=not verbose)
 
     def on_result(scenario: str, scene: Scene, pred: Tensor, row: dict[str, Any]) -> None:
         progress.update()

@@ -121,6 +121,12 @@ class ScenarioSetup:
         """How scenario III's "-model" operator reads the mask: the calibration's reading (module docstring)."""
         return getattr(calibrator, "mask_interpolation", "linear") if "III" in self.scenarios else "linear"
 
+    def reconstructions(self, calibrator: Calibrator | None) -> int:
+        """Reconstructions per scene: one per scenario, and one more through the calibration model for each
+        scenario but I where there is one (:meth:`model_oversample`)."""
+        extra = sum(s != "I" for s in self.scenarios) if self.model_oversample(calibrator) else 0
+        return len(self.scenarios) + extra
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scenarios": list(self.scenarios), "noise": self.noise.describe(), "step": self.step}
         if self.needs_mismatch:

@@ -205,6 +205,10 @@ def test_scenarios_reconstruct_through_the_calibration_model_too(tmp_path):
     assert c["model_error"] == pytest.approx(scene["IV-model"] - scene["IV"])
     assert c["recovery_ratio_model"] == pytest.approx(1.0)
     assert "model error = IV-model - IV" in (out / "results.md").read_text()
+    # the progress bar's total counts the "-model" reconstructions too (it counted scenarios only)
+    setup = ScenarioSetup(scenarios=("I", "Ih", "II", "III", "IV"), mismatch=XI, oversample=(2, 1))
+    assert setup.reconstructions(FixedEstimate(XI)) == sum(len(b["scenes"]) for b in results["scenarios"].values()) == 9
+    assert ScenarioSetup(scenarios=("I", "II"), oversample=(1, 1)).reconstructions(None) == 2
 
 
 def test_scenario_iii_model_reads_the_mask_as_the_calibration_chose(tmp_path):
