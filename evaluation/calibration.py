@@ -55,7 +55,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        hint = "; an operator file (operator.npz) is passed with --operator" if path.suffix == ".npz" else ""
+        raise ValueError(f"{path}: not valid JSON ({err}){hint}") from err
 
 
 def _estimate(content: Any, where: str, mask: Tensor | None) -> Mismatch:
@@ -172,6 +173,9 @@ def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> Fixed
                                     + hint)
         return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source, mask)
     content = _read_json(path)
+    if isinstance(content, dict) and isinstance(content.get("calibrations"), list) and "estimate" not in content:
+        raise ValueError(f"{path} is the summary of calibrate.py --separately; pass its folder {path.parent} "
+                         "(one calibration per scene, DIR/<scene>/calibration.json)")
     if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
         return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
                           source, mask)

@@ -184,6 +184,13 @@ def test_eval_scenario_iii_reads_the_calibration_of_each_scene(tmp_path, capsys)
     assert run_cli(*common, "--calibration", tmp_path / "cal", "--out", tmp_path / "refused") == 2
     assert "no calibration for scene(s) scene02" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
+    # calibrate.py --separately's summary names its folder; a binary operator file names --operator
+    (tmp_path / "cal" / "calibrations.json").write_text(json.dumps({"calibrations": [{"capture": "scene01"}]}))
+    np.savez(tmp_path / "operator.npz", mask=np.ones((2, 2)))
+    for source, message in ((tmp_path / "cal" / "calibrations.json", "summary of calibrate.py --separately; pass "
+                             f"its folder {tmp_path / 'cal'}"), (tmp_path / "operator.npz", "passed with --operator")):
+        assert run_cli(*common, "--calibration", source, "--out", tmp_path / "refused") == 2
+        assert message in capsys.readouterr().err
 
 
 def test_bisrnet_calibration_then_bisrnet_reconstruction_end_to_end(inputs, tmp_path):
