@@ -114,6 +114,13 @@ def fitted_scale(ax: Tensor, y: Tensor) -> float:
     return float((ax * y).sum()) / energy if energy > 0 else 0.0
 
 
+def negative_scale_warning(capture: str, label: str, scale: float) -> str:
+    """What a best scale c <= 0 says: the reconstruction's measurement does not resemble the capture."""
+    return (f"{capture}: the best scale c = {scale:.3g} is not positive ({label} operator): the reconstruction's "
+            "measurement is not like the capture, so its scaled residual measures nothing; weights for another "
+            "input (e.g. real-data weights given to the simulation model, or the reverse)?")
+
+
 def measurement_fit(method: Reconstructor, ax: Tensor, y: Tensor) -> tuple[dict[str, float], Tensor]:
     """The residual columns of one reconstruction and its residual image (B, H, W'): ``{"residual"}`` and
     A x - y for a method that fits x through the operator, else ``{"scaled_residual", "scale"}`` and
@@ -179,6 +186,9 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         for label, instrument in operators.items():
             pred, seconds = timed(method, y, instrument)
             fit, residual = measurement_fit(method, instrument(pred), y)
+            if fit.get("scale", 1.0) <= 0:
+                warnings.append(negative_scale_warning(path.stem, label, fit["scale"]))
+                tqdm.write(f"warning: {warnings[-1]}")
             row.update({_column(k, label): v for k, v in fit.items()})
             row[_column("seconds", label)] = seconds
             reconstructions.append((label, pred[0], residual[0]))

@@ -428,6 +428,9 @@ def test_a_network_reports_the_residual_after_the_best_scale(tmp_path, capsys):
     assert f"after the best scale c, ||cAx - y||/||y|| = {seven['scaled_residual']:.4f} (nominal, " \
         f"c = {seven['scale']:.4g})" in capsys.readouterr().out
     assert "| capture | scaled residual | scale | seconds |" in (tmp_path / "seven" / "results.md").read_text()
+    flipped = evaluate_real(ScaledGapTV(8, factor=-1.0), root, tmp_path / "flipped", previews=False, verbose=False)
+    assert flipped["captures"][0]["scale"] < 0 and "is not positive (nominal operator)" in flipped["warnings"][0]
+    assert "is not positive" in (tmp_path / "flipped" / "results.md").read_text()
 
 
 def test_real_refuses_an_operator_for_a_network_that_takes_no_mask(tmp_path, capsys):
