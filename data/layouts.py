@@ -224,6 +224,10 @@ def _simulation_folders(root: str | None) -> tuple[Path, Path]:
     path = _require_root(root, SIMULATION, SIMULATION_NEEDS)
     if (path / "cave_1024_28").is_dir():
         return path / "cave_1024_28", path
+    if (path / "Truth").is_dir():
+        raise FileNotFoundError(f"{path}: is the KAIST test folder (Truth/, mask.mat: TSA_simu_data), not training "
+                                f"cubes; the {SIMULATION} needs {SIMULATION_NEEDS}: pass --data.root "
+                                "/path/to/MST/datasets (it finds TSA_simu_data/ beside cave_1024_28/)")
     if path.name == "cave_1024_28" or any(p.suffix.lower() == ".mat" for p in path.iterdir()):
         return path, path.parent
     raise FileNotFoundError(f"{path}: holds neither cave_1024_28/ nor .mat cubes; the {SIMULATION} needs "

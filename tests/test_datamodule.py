@@ -232,6 +232,8 @@ def test_recipe_data_errors_name_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds neither cave_1024_28/ nor .mat cubes"):
         find_training_data("mst_simulation", str(tmp_path / "empty"), None)
     root = mst_toolbox(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"is the KAIST test folder .*pass --data.root /path/to/MST/datasets"):
+        find_training_data("mst_simulation", str(root / "TSA_simu_data"), None)   # its mask.mat is no cube
     (root / "TSA_simu_data" / "mask.mat").unlink()
     with pytest.raises(FileNotFoundError, match=r"TSA_simu_data/mask.mat.*pass --data.mask"):
         find_training_data("mst_simulation", str(root / "cave_1024_28"), None)
