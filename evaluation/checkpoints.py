@@ -190,7 +190,7 @@ def load_weights(path: str | Path, name: str | None = None) -> LoadedModel:
     if path.is_dir():
         return load_release_model(path, name)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"no release folder or checkpoint file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".ckpt":
         return load_lightning_checkpoint(path, name)

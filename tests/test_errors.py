@@ -555,6 +555,7 @@ USER_ERRORS = {
     # missing folder
     "train missing data folder": ("train", [*SMOKE, "--data.root", "{f}/nowhere"], r"no such data folder: .*nowhere"),
     "eval missing data folder": ("eval", ["kaist", "--data.root", "{f}/nowhere"], r"nowhere.*Truth"),
+    "eval missing release": ("eval", ["kaist", "--release", "{f}/nowhere"], r"no release folder or checkpoint file at .*nowhere"),
     "calibrate missing measurement": ("cal", ["--meas", "{f}/nowhere.npz", "--mask", "{f}/mask.mat"],
                                       r"no such file: .*nowhere.npz"),
     # wrong mask size
