@@ -31,6 +31,7 @@ GAP_DEFAULTS = {"iterations": (50, positive_int), "tv_weight": (0.1, positive_fl
                 "tv_iterations": (5, positive_int)}
 # eval.py kaist options whose default is filled in after checking that a given value would have an effect
 KAIST_DEFAULTS = {"synthetic_count": 10, "synthetic_seed": 0, "noise_seed": 0, "oversample": (4, 2)}
+MODELS_REPEATS = 3      # eval.py models: timed forward passes when --repeats is not given
 
 
 def parse_mismatch(text: str):
@@ -141,7 +142,8 @@ def _add_models(sub) -> None:
     parser = sub.add_parser("models", help="parameters, FLOPs, paper figures and CPU time of every network")
     parser.add_argument("--size", type=positive_int, default=256, help="spatial size (default 256)")
     parser.add_argument("--models", help="comma list of names (default: all registered)")
-    parser.add_argument("--repeats", type=positive_int, default=None, help="timed forward passes (median; default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help=f"timed forward passes (median; default {MODELS_REPEATS})")
     parser.add_argument("--no-time", action="store_true", help="skip the timing")
     parser.add_argument("--out", help="also write the table as Markdown (FILE.md) and JSON (FILE.json)")
     parser.add_argument("--force", action="store_true", help="replace existing FILE.md / FILE.json")
@@ -188,6 +190,11 @@ def _wrote(folder, results: dict) -> None:
     print(f"\nwrote {folder.path}: {', '.join(names)}" + (f" and {previews} previews in previews/" if previews else ""))
 
 
+def _scenario_names(args) -> tuple[str, ...]:
+    """The names of ``--scenarios`` (a comma list), as given."""
+    return tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+
+
 def _given_without_effect(args) -> str | None:
     """The first ``eval.py kaist`` option given that the other options leave without effect, and why."""
     if args.data_root is not None:
@@ -199,7 +206,7 @@ def _given_without_effect(args) -> str | None:
         return "--noise.seed seeds the detector noise, and neither --noise.peak nor --noise.read adds any"
     from evaluation.scenarios import ScenarioSetup
 
-    scenarios = ScenarioSetup(tuple(s.strip() for s in args.scenarios.split(",") if s.strip())).scenarios
+    scenarios = ScenarioSetup(_scenario_names(args)).scenarios
     if args.oversample is not None and scenarios == ("I",):
         return (f"--oversample sets the simulator of scenarios Ih-IV, and --scenarios {args.scenarios} measures "
                 "on the native grid only")
@@ -225,7 +232,7 @@ def run_kaist(args) -> None:
     from evaluation.scenarios import ScenarioSetup
 
     _kaist_defaults(args)
-    setup_kwargs = {"scenarios": tuple(s.strip() for s in args.scenarios.split(",") if s.strip()),
+    setup_kwargs = {"scenarios": _scenario_names(args),
                     "oversample": tuple(args.oversample),
                     "noise": Noise(args.noise_peak, args.noise_read, args.noise_seed)}
     if args.mismatch is not None:
@@ -303,7 +310,7 @@ def run_models(args) -> None:
         for path in (out.with_suffix(".md"), out.with_suffix(".json")):
             check_output_file(path, args.force)
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
-    rows = model_table(names, args.size, args.repeats or 3, not args.no_time)
+    rows = model_table(names, args.size, args.repeats or MODELS_REPEATS, not args.no_time)
     if out is not None:
         write_text(out.with_suffix(".md"), markdown(rows, args.size))
         write_json(out.with_suffix(".json"), {"size": args.size, "threads": torch.get_num_threads(), "rows": rows})
