@@ -288,6 +288,9 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     from cassi.files import OutputFolder, json_text, write_text
     from data.io import load_mask
 
+    if args.separately and len(args.meas) < 2:
+        raise UserError(f"--separately needs two or more --meas (got one, {args.meas[0]}); a single capture is "
+                        "calibrated on its own without it")
     device = check_device(args.device)
     if args.forward_model is not None and args.model_oversample:
         raise UserError("--forward-model auto lets the data choose the forward model and --model-oversample "
@@ -419,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=".npz (key y), .mat (key meas, y or meas_real) or .npy; several captures of one instrument "
                           "(a scene each) are fitted jointly: one estimate for all")
     cal.add_argument("--separately", action="store_true",
-                     help="with several --meas: calibrate each capture on its own, DIR/<file stem>/ each, in one "
+                     help="with two or more --meas: calibrate each capture on its own, DIR/<file stem>/ each, in one "
                           "process (DIR/calibrations.json lists them)")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")

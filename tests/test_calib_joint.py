@@ -102,3 +102,11 @@ def test_a_solver_other_than_heldout_refuses_several_captures(captures):
     mask = torch.as_tensor(np.load(captures / "mask.npy"))
     with pytest.raises(UserError, match="--solver gap_tv calibrates from one capture"):
         calibrate_captures(ys, mask, solver="gap_tv", progress=False)
+
+
+def test_separately_with_one_capture_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    user_error(capsys, lambda: calibrate.main(["--meas", str(tmp_path / "a.npz"), "--mask", str(tmp_path / "m.npy"),
+                                               "--out", str(out), "--separately"]),
+               r"--separately needs two or more --meas \(got one, .*a\.npz\)")
+    assert not out.exists()
