@@ -1,13 +1,53 @@
 """Loading weights: official fixture state dicts and toolbox ``.pth`` checkpoints."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
 from models.registry import create_model, get_entry
+
+
+class KnownCheckpoint(NamedTuple):
+    """A published weights file: what it is, and the registered model it belongs to."""
+
+    name: str
+    model: str
+
+
+# sha256 of published weights files. Both BiSRNets have the same keys and shapes, so only the file tells
+# a simulation checkpoint from a real-data one: a known file loads into its own model only.
+KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
+    "a06452f8d4f68f575809afb374ff15ca56956bd12dcbe9472081116a5782fad0": KnownCheckpoint(
+        "the official BiSRNet simulation weights (BiSCI simulation/test_code/model_zoo/bisrnet.pth)", "bisrnet"),
+    "1cc171b6c541be216adc91450216046358281fdead159498365583fc1080e2ca": KnownCheckpoint(
+        "the official BiSRNet real-data weights (BiSCI real/test_code/model_zoo/bisrnet.pth)", "bisrnet_real"),
+    "fa36a9c9f0d3ad744d7c3034f57ae3c0858846fea98823122d810f93414a80f0": KnownCheckpoint(
+        "the official BiSRNet real-data weights (bisrnet_real_state_dict.pth, the state dict of BiSCI "
+        "real/test_code/model_zoo/bisrnet.pth)", "bisrnet_real"),
+}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_known_checkpoint(name: str, path: Path) -> None:
+    """Refuse a published weights file (:data:`KNOWN_CHECKPOINTS`) given to another model than its own; the
+    file is hashed only when ``name`` is one of the table's models."""
+    if name not in {known.model for known in KNOWN_CHECKPOINTS.values()}:
+        return
+    known = KNOWN_CHECKPOINTS.get(file_sha256(path))
+    if known is not None and known.model != name:
+        raise ValueError(f"{path} is {known.name}, which belong to model {known.model}, not to {name}")
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
@@ -62,10 +102,12 @@ def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, to
 
 
 def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn.Module:
-    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes)."""
+    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes); a
+    published file of another model is refused (:func:`check_known_checkpoint`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_known_checkpoint(name, path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or pickled-module files

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.loading import load_state_dict_checked
+from models.loading import file_sha256, load_state_dict_checked
 from models.registry import create_model, get_entry
 
 FORMAT = "cassi-release"
@@ -59,14 +59,6 @@ class Release:
 
 
 # ----------------------------------------------------------------------------------------- hashes
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mask_sha256(mask: np.ndarray | torch.Tensor) -> str:
     """SHA-256 of the mask's values as little-endian float32 in C order (independent of the file format)."""
     if isinstance(mask, torch.Tensor):

@@ -73,6 +73,43 @@ def test_real_model_reproduces_the_official_outputs(scene):
     assert psnr(out, stored) >= MIN_PSNR
 
 
+# ------------------------------------------------------------------------------ published files
+def test_official_weights_load_only_into_their_own_model():
+    """Both files have the same keys and shapes: only their digests tell them apart (models.loading)."""
+    simulation, real = (shared_path("weights", WEIGHTS[name]) for name in ("bisrnet", "bisrnet_real"))
+    assert isinstance(load_toolbox_checkpoint("bisrnet_real", real), BiSRNetReal)
+    with pytest.raises(ValueError, match=r"bisrnet_real_state_dict\.pth is the official BiSRNet real-data weights .*"
+                                         r"which belong to model bisrnet_real, not to bisrnet$"):
+        load_toolbox_checkpoint("bisrnet", real)
+    with pytest.raises(ValueError, match=r"bisrnet_simulation\.pth is the official BiSRNet simulation weights .*"
+                                         r"which belong to model bisrnet, not to bisrnet_real$"):
+        load_toolbox_checkpoint("bisrnet_real", simulation)
+
+
+def test_a_known_file_given_to_another_model_is_refused_by_the_clis(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    import calibrate
+    from cli_checks import user_error
+    from models import loading
+
+    fake = tmp_path / "fake.pth"
+    fake.write_bytes(b"published weights")
+    monkeypatch.setattr(loading, "KNOWN_CHECKPOINTS", {**loading.KNOWN_CHECKPOINTS, loading.file_sha256(fake):
+                                                       loading.KnownCheckpoint("a published file", "bisrnet_real")})
+    np.save(tmp_path / "mask.npy", np.ones((16, 16), np.float32))
+    np.save(tmp_path / "y.npy", np.ones((16, 70), np.float32))
+    refused = r"fake\.pth is a published file, which belong to model bisrnet_real, not to bisrnet$"
+    user_error(capsys, lambda: importlib.import_module("eval").main(
+        ["kaist", "--model", "bisrnet", "--ckpt", str(fake), "--out", str(tmp_path / "kaist")]), refused)
+    user_error(capsys, lambda: calibrate.main(
+        ["--meas", str(tmp_path / "y.npy"), "--mask", str(tmp_path / "mask.npy"), "--solver", "bisrnet", "--ckpt",
+         str(fake), "--out", str(tmp_path / "calibration"), "--no-progress"]), refused)
+    monkeypatch.setattr(loading, "file_sha256", None)          # a model the table does not name: never hashed
+    with pytest.raises(ValueError, match="cannot read as a weights-only torch checkpoint"):
+        load_toolbox_checkpoint("mst_s", fake)
+
+
 # ----------------------------------------------------------------------------------- model protocol
 def test_prepare_inputs_are_the_official_h_and_mask_settings():
     torch.manual_seed(0)
