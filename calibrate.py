@@ -143,7 +143,7 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
     save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
                                                          result.settings.get("mask_interpolation", "linear")),
-                  result.status)
+                  result.status, result.reasons)
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
     return files

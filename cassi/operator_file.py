@@ -5,9 +5,10 @@ mismatch parameters ``dx, dy, theta, a1, alpha`` (px, px, deg, px/band, deg) and
 ``spectral``: the oversampling N, K of the forward model the mismatch was calibrated with (1, 1: the
 native grid; files without these keys are native), and ``mask_interpolation`` ("linear" or "cubic"):
 how that model reads the mask between pixels ("cubic" on the native grid, N = 1, only; files without
-the key read it bilinearly), and ``calibration_status`` ("ok", "ambiguous" or "failed"; absent in files
-not written by a calibration): a file whose calibration "failed" is refused by every reader, since its
-mismatch is no estimate of the instrument. ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
+the key read it bilinearly), ``calibration_status`` ("ok", "ambiguous" or "failed"; absent in files
+not written by a calibration) and ``calibration_reasons`` (the status's reasons, a 1-D string array; absent
+in files written before it was recorded): a file whose calibration "failed" is refused by every reader, since
+its mismatch is no estimate of the instrument. ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
 wherever they take a mask, through ``calib.instrument.load_instrument`` (which builds the N x K model
 and its reading; :func:`load_operator` here gives the native operator's files only: N = K = 1, linear).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ REQUIRED_KEYS = ("mask", "bands", "step", "dispersion", *PARAMETER_UNITS)
 OVERSAMPLE_KEYS = ("spatial", "spectral")
 INTERPOLATION_KEY = "mask_interpolation"
 STATUS_KEY = "calibration_status"
+REASONS_KEY = "calibration_reasons"
 ZIP_MAGIC = b"PK\x03\x04"      # the first bytes of every .npz (a zip archive) that holds arrays
 
 
@@ -43,11 +46,14 @@ class OperatorRecord:
     oversample: tuple[int, int] = (1, 1)
     mask_interpolation: str = "linear"
     status: str | None = None
+    reasons: tuple[str, ...] | None = None      # None: not recorded
 
 
-def save_operator(path: str | Path, op: CassiOperator, status: str | None = None) -> Path:
+def save_operator(path: str | Path, op: CassiOperator, status: str | None = None,
+                  reasons: Sequence[str] = ()) -> Path:
     """Write ``op`` (its unwarped mask, its mismatch, ``op.oversample`` and ``op.mask_interpolation``)
-    atomically to ``path`` (.npz); ``status``: the status of the calibration that estimated the mismatch."""
+    atomically to ``path`` (.npz); ``status`` and ``reasons``: those of the calibration that estimated the
+    mismatch."""
     if op.mask.shape[0] != 1:
         raise ValueError("save_operator stores one instrument: the operator holds per-sample masks")
     arrays = {"mask": op.mask[0].detach().cpu().float().numpy(), "bands": np.int64(op.bands),
@@ -57,6 +63,7 @@ def save_operator(path: str | Path, op: CassiOperator, status: str | None = None
     arrays.update({k: np.float64(v) for k, v in op.mismatch.to_dict().items()})
     if status is not None:
         arrays[STATUS_KEY] = np.str_(status)
+        arrays[REASONS_KEY] = np.array(list(reasons), dtype=np.str_)
     return save_npz(path, compress=False, **arrays)
 
 
@@ -68,6 +75,17 @@ def _scalar(data, key: str, kind: str, path: Path):
         raise UserError(f"{path}: key '{key}' must be a single {kind} value, got dtype {value.dtype} and shape "
                         f"{value.shape}")
     return {"int": int, "float": float, "str": str}[kind](value)
+
+
+def _reasons(data, path: Path) -> tuple[str, ...] | None:
+    """The recorded reasons of the calibration status (None when the file does not record them)."""
+    if REASONS_KEY not in data:
+        return None
+    value = np.asarray(data[REASONS_KEY])
+    if value.ndim != 1 or value.dtype.kind != "U":
+        raise UserError(f"{path}: key '{REASONS_KEY}' must be a 1-D array of strings, got dtype {value.dtype} and "
+                        f"shape {value.shape}")
+    return tuple(str(reason) for reason in value)
 
 
 def _check_npz(path: Path) -> None:
@@ -95,8 +113,8 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
             missing = [k for k in REQUIRED_KEYS if k not in data.files]
             if missing:
                 raise UserError(f"{path}: operator file lacks key(s) {missing}; it has {sorted(data.files)}")
-            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY, STATUS_KEY)
-                      if k in data.files}
+            values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY, STATUS_KEY,
+                                           REASONS_KEY) if k in data.files}
     except UserError:
         raise
     except Exception as err:  # truncated, pickled objects, ...
@@ -122,7 +140,7 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
     return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
                           _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
                           Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
-                          oversample, interpolation, status)
+                          oversample, interpolation, status, _reasons(values, path))
 
 
 def load_operator(path: str | Path) -> CassiOperator:

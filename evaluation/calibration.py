@@ -11,13 +11,17 @@
   ``calibrate.py --out DIR/scene01`` for the measurement of scene01); a scene without one is an error.
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
   the mismatch of every scene's measurement on its own (slow: a search per scene).
+
+A saved calibration's status and reasons (an operator file's ``calibration_status`` and
+``calibration_reasons``, a calibration.json's ``status`` and ``reasons``) go into the calibrator's
+``description["calibration_status"]``, by file or scene (:func:`calibration_status`), for the reports.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +32,25 @@ from cassi.operator import MASK_INTERPOLATIONS
 from cassi.operator_file import read_operator_file
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
+
+
+def calibration_status(status: str | None, reasons: Sequence[str] | None) -> dict[str, Any]:
+    """The status of a saved calibration as results.json records it: ``status`` (None: not recorded) and its
+    ``reasons`` (None: not recorded)."""
+    return {"status": status, "reasons": None if status is None or reasons is None else list(reasons)}
+
+
+def operator_file_status(path: str | Path) -> dict[str, Any]:
+    """The calibration status an operator file records (:func:`calibration_status`)."""
+    record = read_operator_file(path)
+    return calibration_status(record.status, record.reasons)
+
+
+def _json_status(content: Any) -> dict[str, Any]:
+    """The calibration status a calibration.json (or a scene's entry) records (:func:`calibration_status`)."""
+    if not isinstance(content, dict):
+        return calibration_status(None, None)
+    return calibration_status(content.get("status"), content.get("reasons"))
 
 
 def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: int = 2) -> FixedEstimate:
@@ -45,8 +68,9 @@ def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: in
     if (record.bands, record.step) != (bands, step):
         raise UserError(f"{path}: the operator has {record.bands} bands and step {record.step}, the evaluation "
                         f"{bands} bands and step {step}")
-    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path)}, record.oversample,
-                         record.mask_interpolation)
+    status = {str(path): calibration_status(record.status, record.reasons)}
+    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path), "calibration_status": status},
+                         record.oversample, record.mask_interpolation)
 
 
 def _read_json(path: Path) -> Any:
@@ -141,8 +165,9 @@ def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any], mask: 
         raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
                         f"(settings {'; '.join(described)}); calibrate every scene with the same one (calibrate.py "
                         "--model-oversample N K, and --mask-reading linear on the native grid)")
+    status = {name: _json_status(content) for name, (content, _) in items.items()}
     return PerSceneEstimates({name: _estimate(content, where, mask) for name, (content, where) in items.items()},
-                             source, *models.pop())
+                             {**source, "calibration_status": status}, *models.pop())
 
 
 def check_calibration_mask(content: Any, where: str, mask: Tensor) -> None:
@@ -179,6 +204,7 @@ def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> Fixed
     if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
         return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
                           source, mask)
+    source["calibration_status"] = {str(path): _json_status(content)}
     return FixedEstimate(_estimate(content, str(path), mask), source, *_forward_model(content, str(path)))
 
 

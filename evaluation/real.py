@@ -20,9 +20,10 @@ residual is computed on the measurement as reconstructed.
 ``operator``: an operator file from ``calibrate.py`` (its mask must be ROOT/mask.mat): every capture is
 also reconstructed through the calibrated instrument -- the forward model the file records
 (``calib.instrument.load_instrument``, e.g. the N=4, K=2 enlarged grid) -- and the previews show the
-nominal and the calibrated reconstruction side by side. A method that does not use the mask (a
-measurement-only network such as ``bisrnet_real``) is refused: its calibrated column would repeat the
-nominal one. The two residuals are each through their own operator: GAP-TV fits a sharp integer-shift
+nominal and the calibrated reconstruction side by side; the status and reasons of the calibration the file
+records ("status not recorded" for files written before calibrate.py recorded them) are printed and in
+results.json / results.md. A method that does not use the mask (a measurement-only network such as
+``bisrnet_real``) is refused: its calibrated column would repeat the nominal one. The two residuals are each through their own operator: GAP-TV fits a sharp integer-shift
 operator faster than a sub-pixel one, so they rank the fits, not the operators (README "Calibration").
 """
 from __future__ import annotations
@@ -43,9 +44,10 @@ from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
+from evaluation.calibration import operator_file_status
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor, check_uses_mask
-from evaluation.reports import markdown_table
+from evaluation.reports import markdown_table, status_text
 from models.release import mask_sha256
 
 
@@ -214,20 +216,25 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         calibrated = operators["calibrated"]
         results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
                                "oversample": list(calibrated.oversample),
-                               "mask_interpolation": calibrated.mask_interpolation, "caveat": OPERATOR_CAVEAT}
+                               "mask_interpolation": calibrated.mask_interpolation,
+                               "calibration_status": operator_file_status(operator), "caveat": OPERATOR_CAVEAT}
     if verbose:
         print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")
+        if operator is not None:
+            print(f"calibration status of {operator}: {status_text(results['operator']['calibration_status'])}")
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "results.md", results_markdown(results, method.name, keys))
     return results
 
 
 def _operator_lines(info: dict[str, Any]) -> str:
-    """results.md lines naming the calibrated operator (path, mismatch, forward model) and the caveat."""
+    """results.md lines naming the calibrated operator (path, mismatch, forward model), its calibration's status
+    and the caveat."""
     mismatch = ", ".join(f"{k}={v:.4g}" for k, v in info["mismatch"].items())
     n, k = info["oversample"]
     return (f"- calibrated operator: {info['path']} (mismatch {mismatch}; forward model N={n}, K={k}, mask read "
-            f"{info['mask_interpolation']})\n- **caveat**: {info['caveat']}\n")
+            f"{info['mask_interpolation']})\n- **calibration status**: {status_text(info['calibration_status'])}\n"
+            f"- **caveat**: {info['caveat']}\n")
 
 
 def results_markdown(results: dict[str, Any], name: str, keys: list[str]) -> str:

@@ -4,7 +4,8 @@
 primary scenario (I when it was run, else the first one), plus, for every scenario run, its own
 ``scenes`` / ``mean`` under ``scenarios``, the ``comparison`` (delta_deg, delta_cal, recovery_ratio, their
 "-model" versions and the I - IV gap split, see ``evaluation.scenarios``) and
-the ``calibration`` parameter errors when there are any.
+the ``calibration`` parameter errors when there are any (with a saved calibration's status and reasons,
+shown at the top of results.md: :func:`calibration_status_lines`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ def text_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in cells)
+
+
+def status_text(info: dict[str, Any]) -> str:
+    """A saved calibration's status for people: "ambiguous (reason; reason)", "ok", "ok (reasons not recorded)"
+    or "status not recorded" (``info`` from :func:`evaluation.calibration.calibration_status`)."""
+    if info["status"] is None:
+        return "status not recorded"
+    if info["reasons"] is None:
+        return f"{info['status']} (reasons not recorded)"
+    return info["status"] + (f" ({'; '.join(info['reasons'])})" if info["reasons"] else "")
+
+
+def calibration_status_lines(results: dict[str, Any]) -> list[str]:
+    """'scenario III calibration status (FILE or scene): ...' per saved calibration of scenario III."""
+    statuses = results.get("calibration", {}).get("method", {}).get("calibration_status", {})
+    return [f"scenario III calibration status ({where}): {status_text(info)}" for where, info in statuses.items()]
 
 
 def markdown_table(header: list[str], lines: list[list[str]]) -> str:
@@ -89,6 +106,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         parts.append(f"- detector noise: {setup['noise']}")
     for warning in results.get("warnings", []):
         parts.append(f"- **warning**: {warning}")
+    parts += [f"- {line}" for line in calibration_status_lines(results)]
     header = [HEADERS[k] for k in COLUMNS]
     for scenario, block in results["scenarios"].items():
         parts += ["", f"## Scenario {scenario}: {block['description']}", "",
@@ -99,7 +117,8 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
     if "calibration" in results:
         header, lines = calibration_lines(results)
-        parts += ["", f"## Calibration parameter errors (estimate - truth), method {results['calibration']['method']}",
+        method = {k: v for k, v in results["calibration"]["method"].items() if k != "calibration_status"}  # above
+        parts += ["", f"## Calibration parameter errors (estimate - truth), method {method}",
                   "", markdown_table(header, lines)]
     return "\n".join(parts) + "\n"
 

@@ -10,6 +10,7 @@ import scipy.io
 
 import calibrate
 from calib.instrument import InstrumentOperator, load_instrument
+from cassi.operator_file import read_operator_file
 from cli_checks import user_error
 from data.synthetic import random_mask, synthetic_scene
 
@@ -46,6 +47,8 @@ def test_writes_json_operator_and_plots(run):
     op = load_instrument(files["operator"])                    # the calibration forward model itself
     assert isinstance(op, InstrumentOperator) and op.oversample == (4, 2) == tuple(content["settings"]["oversample"])
     assert op.mismatch.to_dict() == pytest.approx(content["estimate"])
+    record = read_operator_file(files["operator"])              # the status and its reasons travel with it
+    assert (record.status, list(record.reasons)) == (content["status"], content["reasons"])
     selection = content["settings"]["model_selection"]          # --forward-model auto, the default
     scores = {tuple(c["oversample"]): c["score"] for c in selection["candidates"]}
     assert selection["chosen"] == [4, 2] and set(scores) == {(1, 1), (4, 2)} and scores[(4, 2)] < scores[(1, 1)]

@@ -396,6 +396,36 @@ def test_real_captures_side_by_side_with_the_calibrated_instrument(tmp_path, cap
     assert "is not the captures' mask.mat" in capsys.readouterr().err
 
 
+def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
+    """eval.py real --operator and kaist scenario III (--operator, --calibration) print the calibration's status and
+    reasons and write them to results.json / results.md; an operator file from before they were recorded says so."""
+    root = tmp_path / "real"
+    instrument = write_real_capture(root, lambda mask: CassiOperator(mask, mismatch=XI))
+    reasons = ["dx not pinned", "capture 1 prefers another instrument"]
+    shown = "ambiguous (dx not pinned; capture 1 prefers another instrument)"
+    save_operator(tmp_path / "ambiguous.npz", instrument, "ambiguous", reasons)
+    save_operator(tmp_path / "old.npz", instrument)                          # no status recorded
+    for name, text, recorded in (("ambiguous", shown, {"status": "ambiguous", "reasons": reasons}),
+                                 ("old", "status not recorded", {"status": None, "reasons": None})):
+        out = tmp_path / f"real_{name}"
+        assert run_cli("real", "--data.root", root, *FAST_GAP, "--operator", tmp_path / f"{name}.npz",
+                       "--no-previews", "--out", out) == 0
+        assert f"calibration status of {tmp_path / f'{name}.npz'}: {text}\n" in capsys.readouterr().out
+        assert f"- **calibration status**: {text}\n" in (out / "results.md").read_text()
+        assert read_results(out)["operator"]["calibration_status"] == recorded
+    save_operator(tmp_path / "kaist.npz", CassiOperator(synthetic_mask(32, 32), mismatch=XI), "ambiguous", reasons)
+    (tmp_path / "calibration.json").write_text(json.dumps({"estimate": XI.to_dict(), "status": "ambiguous",
+                                                           "reasons": reasons}))
+    for option, path in (("--operator", tmp_path / "kaist.npz"), ("--calibration", tmp_path / "calibration.json")):
+        out = tmp_path / f"kaist{option}"
+        assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                       option, path, "--previews", 0, "--out", out) == 0
+        line = f"scenario III calibration status ({path}): {shown}"
+        assert f"{line}\n" in capsys.readouterr().out and f"- {line}\n" in (out / "results.md").read_text()
+        assert read_results(out)["calibration"]["method"]["calibration_status"] == {
+            str(path): {"status": "ambiguous", "reasons": reasons}}
+
+
 @dataclass
 class ScaledGapTV(GapTV):
     """GAP-TV's cube times ``factor``, presented as a network's (not fitted through the operator)."""
