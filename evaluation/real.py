@@ -23,8 +23,9 @@ also reconstructed through the calibrated instrument -- the forward model the fi
 nominal and the calibrated reconstruction side by side; the status and reasons of the calibration the file
 records ("status not recorded" for files written before calibrate.py recorded them) are printed and in
 results.json / results.md. A method that does not use the mask (a measurement-only network such as
-``bisrnet_real``) is refused: its calibrated column would repeat the nominal one. The two residuals are each through their own operator: GAP-TV fits a sharp integer-shift
-operator faster than a sub-pixel one, so they rank the fits, not the operators (README "Calibration").
+``bisrnet_real``) is refused: its calibrated column would repeat the nominal one. The two residuals are each
+through their own operator: GAP-TV fits a sharp integer-shift operator faster than a sub-pixel one, so they
+rank the fits, not the operators (README "Calibration").
 """
 from __future__ import annotations
 

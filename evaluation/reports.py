@@ -117,7 +117,7 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
     if "calibration" in results:
         header, lines = calibration_lines(results)
-        method = {k: v for k, v in results["calibration"]["method"].items() if k != "calibration_status"}  # above
+        method = {k: v for k, v in results["calibration"]["method"].items() if k != "calibration_status"}  # at the top
         parts += ["", f"## Calibration parameter errors (estimate - truth), method {method}",
                   "", markdown_table(header, lines)]
     return "\n".join(parts) + "\n"
