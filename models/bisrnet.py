@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from cassi.shifts import shift_back
 from models.mst_blocks import FeedForward, PreNorm, encode
 from models.registry import register_model
+from models.sizes import SizeRule
 
 BANDS = 28
 """Spectral bands of the published builds (the real model's split and the 56 -> 28 ``fution`` assume it)."""
@@ -75,8 +76,6 @@ STEP = 2
 PAD_MULTIPLE = 8
 """The official forward reflect-pads the cube to multiples of this."""
 
-MIN_SIZE = 5
-"""Smallest H, W: reflect padding to a multiple of 8 needs pad < size."""
 
 
 # ------------------------------------------------------------------------------- binarised units
@@ -278,6 +277,7 @@ class BiSRNet(nn.Module):
 
     mask_aware = True
     """Takes the coded mask as an input (``bisrnet_real`` does not)."""
+    size_rule = SizeRule(minimum=5, reason=f"reflect padding to multiples of {PAD_MULTIPLE} needs pad < size")
 
     def __init__(self, in_channels: int = BANDS, out_channels: int = BANDS, n_feat: int = BANDS,
                  stage: int = 1, num_blocks: Sequence[int] = (1, 1, 1)):
@@ -294,15 +294,10 @@ class BiSRNet(nn.Module):
         self.body = nn.Sequential(*bodies)
         self.conv_out = nn.Conv2d(n_feat, out_channels, kernel_size=3, padding=1, bias=False)
 
-    def _check_size(self, x: Tensor) -> None:
-        if min(x.shape[-2:]) < MIN_SIZE:
-            raise ValueError(f"{type(self).__name__}: spatial size {tuple(x.shape[-2:])} is too small; H and W "
-                             f"must be >= {MIN_SIZE} (reflect padding to multiples of {PAD_MULTIPLE})")
-
     def reconstruct(self, x: Tensor) -> Tensor:
         """The network after the input mixing: (B, in_channels, H, W) -> (B, out_channels, H, W)."""
-        self._check_size(x)
         height, width = x.shape[-2:]
+        self.size_rule.check(height, width, f"{type(self).__name__} input")
         pad_h, pad_w = (-height) % PAD_MULTIPLE, (-width) % PAD_MULTIPLE
         x = self.conv_in(F.pad(x, [0, pad_w, 0, pad_h], mode="reflect"))
         out = self.conv_out(self.body(x)) + x

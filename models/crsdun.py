@@ -31,9 +31,9 @@ from cassi.shifts import shift, shift_back
 from models.crsdun_blocks import ARB, CASTAB, SSRB, MaskEmbedding, SwinBlock
 from models.mst_blocks import encode, trunc_normal_
 from models.registry import register_model
+from models.sizes import SizeRule
 
 STEP = 2          # dispersion step (px per band) hard-coded in the official model
-SIZE_MULTIPLE = 32
 
 
 class ParaEstimator(nn.Module):
@@ -160,13 +160,15 @@ class CATSeg(nn.Module):
 
 
 class CRSDUN(nn.Module):
-    """Cooperative reconstruction + segmentation unfolding network.
+    """Cooperative reconstruction + segmentation unfolding network (H, W multiples of 32: :attr:`size_rule`).
 
     ``model(y, input_mask)``: ``y`` (B, H, W + 2(bands-1)) raw measurement (not normalised),
     ``input_mask = (mask3d (B, bands, H, W), Phi (B, bands, H, Wm) shifted 3-D mask,
     Phi_s (B, 1, H, Wm) = sum_c Phi_c^2 with zeros set to 1)``. Returns
     ``[x_list, theta_list]``: per-stage cubes (B, bands, H, W) and segmentation logits (B, n_class, H, W).
     """
+
+    size_rule = SizeRule((32, 32), reason="8x8 windows of the segmentation branch at 1/4 resolution")
 
     def __init__(self, stage: int, bands: int, n_class: int):
         super().__init__()
@@ -198,8 +200,7 @@ class CRSDUN(nn.Module):
             if tuple(t.shape) != expected[name]:
                 raise ValueError(f"input_mask {name} must have shape {expected[name]} for y of shape "
                                  f"{tuple(y.shape)}, got {tuple(t.shape)}")
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"CRSDUN needs H and W divisible by {SIZE_MULTIPLE}, got H={h}, W={w}")
+        self.size_rule.check(h, w, "CRSDUN input")
         return mask3d, phi_shift, phi_s
 
     def _forward_model(self, phi_shift: Tensor, x: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from models.mst_blocks import FeedForward, PreNorm, window_merge, window_partition
 from models.registry import register_model
+from models.sizes import SizeRule
 
 if TYPE_CHECKING:  # the operator is only passed through, never built here
     from cassi.operator import CassiOperator
@@ -203,7 +204,7 @@ class HSRA(nn.Module):
         window: HM-SSA window w (the expanded window is 2w); kernels, ratio: MK-PTM settings;
         pool, latent_window: LWIM settings; ffn_mult: feed-forward expansion.
 
-    Spatial sizes must be multiples of :attr:`size_multiple` (rows, cols); nothing is padded.
+    Spatial sizes must be multiples of ``size_rule.multiple`` (rows, cols); nothing is padded.
     """
 
     def __init__(self, bands: int = 28, dim: int = 28, local_blocks: int = 1, mid_blocks: int = 1,
@@ -214,8 +215,8 @@ class HSRA(nn.Module):
         self.bands, self.mask_aware = bands, mask_aware
         head_dim = dim  # one attention head per ``dim`` channels at every level, as in MST
         down = 4  # two stride-2 downsamplings
-        self.size_multiple = tuple(
-            math.lcm(down * 2 * window, pool * lw) for lw in latent_window)
+        rows, cols = (math.lcm(down * 2 * window, pool * lw) for lw in latent_window)
+        self.size_rule = SizeRule((rows, cols), reason="windows and downsampling; this network does not pad")
 
         self.embedding = nn.Conv2d(2 * bands if mask_aware else bands, dim, 3, padding=1, bias=False)
         self.encoder1 = nn.Sequential(
@@ -240,10 +241,8 @@ class HSRA(nn.Module):
     def _check_inputs(self, x: Tensor, mask: Tensor | None) -> None:
         if x.dim() != 4 or x.shape[1] != self.bands:
             raise ValueError(f"HSRA input x must be (B, {self.bands}, H, W), got shape {tuple(x.shape)}")
-        (mh, mw), (h, w) = self.size_multiple, x.shape[-2:]
-        if h % mh or w % mw:
-            raise ValueError(f"HSRA input x is {h}x{w}; height must be a multiple of {mh} and width of "
-                             f"{mw} (windows and downsampling; this network does not pad)")
+        h, w = x.shape[-2:]
+        self.size_rule.check(h, w, "HSRA input x")
         if self.mask_aware and mask is None:
             raise ValueError("this HSRA is mask-aware: forward needs mask (B, L, H, W)")
         if not self.mask_aware and mask is not None:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from models.hsra import HSRA, HSRA_SIZES
 from models.registry import register_model
+from models.sizes import SizeRule
 
 if TYPE_CHECKING:  # the operator is only passed through, never built here
     from cassi.operator import CassiOperator
@@ -55,8 +56,9 @@ class HSRAUnfolding(nn.Module):
         self.step_sizes = nn.Parameter(torch.full((stages,), 1.0 / bands))
 
     @property
-    def size_multiple(self) -> tuple[int, int]:
-        return self.priors[0].size_multiple
+    def size_rule(self) -> SizeRule:
+        """The priors' rule (the gradient steps take any size)."""
+        return self.priors[0].size_rule
 
     def data_step(self, z: Tensor, y: Tensor, op: CassiOperator, stage: int) -> Tensor:
         """``X = Z - mu_stage A^T(A Z - Y)``: (B, L, H, W) from the estimate ``z`` and measurement ``y``."""

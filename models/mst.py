@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from cassi.shifts import shift_back
 from models.mst_blocks import FeedForward, PreNorm, SpectralMSA
 from models.registry import register_model
+from models.sizes import SizeRule
 
 BANDS = 28
 """Spectral bands the official networks are built for (input and output channels)."""
@@ -107,7 +108,8 @@ class MST(nn.Module):
     """MST U-Net: ``model(x, mask) -> (B, 28, H, W)``.
 
     ``x`` (B, 28, H, W): input setting ``H`` (shift-back of y / 28 * 2); ``mask`` (B or 1, 28, H, W + 54):
-    the shifted 3-D mask ``Phi`` (only ``mask[0]`` is used). H, W divisible by 2**stage, H <= 256.
+    the shifted 3-D mask ``Phi`` (only ``mask[0]`` is used). H, W divisible by 2**stage, H <= 256
+    (:attr:`size_rule`).
     ``mask_guided=False`` drops the mask branch (used by :class:`MSTReal`).
     """
 
@@ -119,6 +121,10 @@ class MST(nn.Module):
         self.dim = dim
         self.stage = stage
         self.mask_guided = mask_guided
+        reason = f"{stage} stride-2 down-samplings" + (
+            "; the official mask guidance divides by (256 // rows)**2" if mask_guided else "")
+        self.size_rule = SizeRule((2 ** stage, 2 ** stage), max_height=OFFICIAL_SHIFT_ROWS if mask_guided else None,
+                                  reason=reason)
         self.embedding = nn.Conv2d(BANDS, dim, 3, 1, 1, bias=False)
 
         self.encoder_layers = nn.ModuleList()
@@ -147,9 +153,7 @@ class MST(nn.Module):
     def _check_cube(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != BANDS:
             raise ValueError(f"{type(self).__name__}: x must be (B, {BANDS}, H, W), got {tuple(x.shape)}")
-        factor = 2 ** self.stage
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"{type(self).__name__}: H and W must be divisible by {factor}, got {tuple(x.shape)}")
+        self.size_rule.check(x.shape[2], x.shape[3], f"{type(self).__name__} input x")
 
     def _unet(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Embedding, encoder, bottleneck, decoder, mapping + global residual."""
@@ -173,9 +177,6 @@ class MST(nn.Module):
         if mask.dim() != 4 or mask.shape[1] != self.dim or mask.shape[2] != x.shape[2]:
             raise ValueError(f"MST: mask must be the shifted 3-D mask (B, {self.dim}, {x.shape[2]}, W + 54), "
                              f"got {tuple(mask.shape)}")
-        if x.shape[2] > OFFICIAL_SHIFT_ROWS:
-            raise ValueError(f"MST: input height {x.shape[2]} > {OFFICIAL_SHIFT_ROWS} is not supported by the "
-                             "official mask guidance (its shift-back divides by (256 // rows)**2)")
         return self._unet(x, mask[:1].to(x.dtype))
 
     def prepare_inputs(self, y: Tensor, op) -> dict[str, Tensor]:
@@ -199,7 +200,7 @@ class MSTReal(MST):
 
     ``x`` (B, H, W + 54) measurement; band c is columns 2c .. 2c + W - 1, mixed by the 3x3 conv
     ``fution`` before the mask-free U-Net (which adds the mixed cube as global residual).
-    ``input_mask`` is accepted and ignored, as in the official forward. H, W divisible by 2**stage.
+    ``input_mask`` is accepted and ignored, as in the official forward. H, W divisible by 2**stage (:attr:`size_rule`).
     """
 
     mask_aware = False

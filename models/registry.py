@@ -7,7 +7,9 @@ any of them without special cases:
   ``y`` (B, H, W + step*(L-1)) and a :class:`cassi.CassiOperator` (the paper's input and mask
   settings, made by the operator, never re-implemented here);
 * ``model(**inputs)``: the published forward, argument names as in the official code;
-* ``model.reconstruction(output) -> Tensor``: the final cube (B, L, H, W) from the forward's output.
+* ``model.reconstruction(output) -> Tensor``: the final cube (B, L, H, W) from the forward's output;
+* ``model.size_rule``: the cube sizes H x W it takes (:class:`models.sizes.SizeRule`; ``size_rule.check(H, W, what)``
+  raises a ValueError stating the rule), checked by its forward and by ``train.py`` before a run.
 """
 from __future__ import annotations
 

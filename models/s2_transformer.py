@@ -54,6 +54,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.mst_blocks import SpectralMSA, WindowAttention, trunc_normal_, window_merge, window_partition
 from models.registry import register_model
+from models.sizes import SizeRule
 
 
 # ------------------------------------------------------------------ timm's MLP and drop-path, same numbers
@@ -292,6 +293,7 @@ class S2Transformer(nn.Module):
         else:
             shift = window_size // 2
         self.window_size, self.shift_size = window_size, shift
+        self.size_rule = SizeRule((window_size, window_size), reason=f"attention windows of window_size={window_size}")
         stored_mask = shifted_window_mask(self.img_size, window_size, shift) if shift else None
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
@@ -328,8 +330,7 @@ class S2Transformer(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must be (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape
-        if h % self.window_size or w % self.window_size:
-            raise ValueError(f"x spatial size {h}x{w} must be a multiple of window_size={self.window_size}")
+        self.size_rule.check(h, w, "S2Transformer input x")
         if tuple(physc_mask.shape) != (b, self.mask_chl, h, w):
             raise ValueError(f"physc_mask must be (B, mask_chl, H, W) = {(b, self.mask_chl, h, w)} "
                              f"to match x {tuple(x.shape)}, got {tuple(physc_mask.shape)}")

@@ -114,7 +114,7 @@ def test_bad_inputs_are_named():
         model(y, (*good[:2], torch.rand(1, 64, 118)))
     with pytest.raises(ValueError, match="mask3d"):
         model(y, (torch.rand(1, 28, 64, 60), *good[1:]))
-    with pytest.raises(ValueError, match="divisible by 32"):
+    with pytest.raises(ValueError, match="multiple of 32"):
         model(torch.rand(1, 48, 102), (torch.rand(1, 28, 48, 48), torch.rand(1, 28, 48, 102),
                                        torch.rand(1, 1, 48, 102)))
     with pytest.raises(ValueError, match="tuple"):

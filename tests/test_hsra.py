@@ -69,7 +69,7 @@ def test_prior_maps_cube_to_cube(size):
 
 def test_prior_rejects_sizes_its_windows_do_not_tile_and_missing_mask():
     model = create_model("hsra_s")
-    assert model.size_multiple == (64, 64)
+    assert model.size_rule.multiple == (64, 64)
     with pytest.raises(ValueError, match="multiple of 64"):
         model(torch.rand(1, BANDS, 48, 48), torch.rand(1, BANDS, 48, 48))
     with pytest.raises(ValueError, match="mask-aware"):

@@ -1,6 +1,8 @@
 """Every registered network runs on a mismatched operator through the common model protocol."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -32,6 +34,12 @@ def test_model_runs_on_a_mismatched_operator(name):
         out_nominal = model.reconstruction(model(**model.prepare_inputs(y, nominal)))
     assert out.shape == (1, 28, size, size)
     assert torch.isfinite(out).all()
+    rule = model.size_rule                       # its stated sizes: this one runs, the next smaller one is refused
+    rejected = next(s for s in range(size - 1, 0, -1) if not rule.accepts(s, s))
+    small = CassiOperator(mask[:rejected, :rejected])
+    assert rule.accepts(size, size)
+    with pytest.raises(ValueError, match=re.escape(f"is {rejected}x{rejected}; it must have {rule}")):
+        model(**model.prepare_inputs(small(torch.rand(1, 28, rejected, rejected)), small))
     if not name.endswith("_real"):  # the real-data MST and BiSRNet take the measurement only, no mask
         assert not torch.allclose(out, out_nominal), "the operator's mismatch does not reach the model"
 

@@ -77,7 +77,7 @@ def test_only_the_first_mask_is_used_and_bad_inputs_are_rejected():
     torch.testing.assert_close(both[1:], second_alone, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="mask"):
         model(x, phi[:, :, :16])
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="input x is 30x30; it must have H and W each a multiple of 4"):
         model(x[:, :, :30, :30], phi[:, :, :30, :84])
     with pytest.raises(TypeError):
         model(x)  # the mask is required (the official default is a CUDA zero mask)

@@ -173,7 +173,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("x_shape,mask_shape,match", [
-    ((1, 28, 20, 16), (1, 1, 20, 16), "multiple of window_size=8"),
+    ((1, 28, 20, 16), (1, 1, 20, 16), "multiple of 8 \\(attention windows of window_size=8\\)"),
     ((1, 27, 16, 16), (1, 1, 16, 16), "x must be"),
     ((2, 28, 16, 16), (1, 1, 16, 16), "physc_mask must be"),
 ])

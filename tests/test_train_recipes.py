@@ -176,6 +176,22 @@ def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(
     assert trained.trainer.global_step == 1
 
 
+def test_sizes_the_network_cannot_take_stop_before_any_work(tmp_path, capsys, monkeypatch):
+    """Was: --data.crop 30 with MST-S (H, W multiples of 4) ended in a traceback after the run folder was made."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    rule = r"it must have H and W each a multiple of 4, H <= 256 \(2 stride-2 down-samplings"
+    user_error(capsys, lambda: run("fit", smoke, tmp_path / "run", "--data.crop", "30", *QUIET),   # offline W&B
+               rf"error: --data.crop 30: the input of mst_s is 30x30; {rule}", only_line=False)
+    user_error(capsys, lambda: run("fit", smoke, tmp_path / "run", "--data.crop", "32", "--data.mask_crop", "batch",
+                                   "--data.val_crop", "34", "--data.val_scenes", "1", *QUIET),
+               rf"--data.val_crop 34: the input of mst_s is 34x34; {rule}", only_line=False)
+    user_error(capsys, lambda: run("test", smoke, tmp_path / "run", "--data.crop", "30", "--data.test_scenes", "1",
+                                   *QUIET),
+               rf"the built-in synthetic test scenes .*: the input of mst_s is 30x30; {rule}", only_line=False)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_missing_accelerator_is_one_clear_error(tmp_path, capsys):
     user_error(capsys, lambda: one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path, "--trainer.accelerator", "gpu"),

@@ -6,8 +6,9 @@
   data: :class:`data.CassiDataModule` (``--data.source`` / ``--data.root``: the recipe's MST toolbox layout,
   a folder of cubes, or built-in synthetic scenes).
 * before any work: options, the accelerator, ``--ckpt_path``, the data (folders, mask, held-out split; then the
-  data themselves are loaded) and the model's mask handling are checked; a mistake ends in one line
-  ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`); errors of the run itself keep their traceback.
+  data themselves are loaded), the crop and test sizes against the network's ``size_rule`` and the model's mask
+  handling are checked; a mistake ends in one line ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`);
+  errors of the run itself keep their traceback.
 * checkpoints (``--checkpoint.*``): best by ``val/psnr`` and ``last.ckpt`` in ``<default_root_dir>/checkpoints``,
   so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run); without a
   ``last*.ckpt`` there it is an error, not a new run.
@@ -244,10 +245,43 @@ def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> Non
                          "batch (one window per batch) or --data.batch_size 1") from None
 
 
+def crop_sizes(datamodule: CassiDataModule, stage: str) -> list[tuple[str, int, int]]:
+    """(option and value, H, W) of the square crops a ``fit`` / ``validate`` run gives the network: the training
+    crop (``fit``) and the validation crop (``--data.val_crop``, else the training crop)."""
+    hp = datamodule.hparams
+    sizes = [("--data.crop", hp.crop)] if stage == "fit" or hp.val_crop is None else []
+    sizes += [("--data.val_crop", hp.val_crop)] if hp.val_crop is not None else []
+    return [(f"{option} {size}", size, size) for option, size in sizes]
+
+
+def protocol_folder(datamodule: CassiDataModule) -> str | None:
+    """The ``TSA_simu_data`` folder of ``test`` / ``predict`` (``--data.test_root``, else the recipe's), or None
+    (the built-in synthetic test scenes)."""
+    return datamodule.hparams.test_root or datamodule.data().test_root
+
+
+def protocol_sizes(datamodule: CassiDataModule) -> list[tuple[str, int, int]]:
+    """(where the scenes come from, H, W) of the test scenes, whole; after ``datamodule.setup("test")``."""
+    height, width = datamodule.test_mask.shape
+    folder = protocol_folder(datamodule)
+    if folder is None:
+        where = "the built-in synthetic test scenes (the training mask's size: --data.mask / --data.crop)"
+    else:
+        where = f"--data.test_root {folder}" if datamodule.hparams.test_root else f"the test scenes of {folder}"
+    return [(where, height, width)]
+
+
+def check_input_sizes(module: CassiModule, sizes: list[tuple[str, int, int]]) -> None:
+    """Before any work: the network takes every input size of the run (``sizes``: (option or source, H, W));
+    otherwise one error naming the option, the model and the sizes it takes (its ``size_rule``)."""
+    for option, height, width in sizes:
+        module.model.size_rule.check(height, width, f"{option}: the input of {module.hparams.model_name}")
+
+
 def prediction_inputs(datamodule: CassiDataModule) -> list[Path]:
     """The files ``train.py predict`` reads: the mask and, with a ``TSA_simu_data`` test folder, its mask and
     ``Truth/*.mat`` scenes."""
-    test_root = datamodule.hparams.test_root or datamodule.data().test_root
+    test_root = protocol_folder(datamodule)
     inputs = [datamodule.data().mask]
     if test_root is not None:
         inputs += [Path(test_root) / "mask.mat", *sorted((Path(test_root) / "Truth").glob("*.mat"))]
@@ -350,14 +384,19 @@ class CassiCLI(LightningCLI):
     def check_before_run(self, stage: str) -> None:
         """User errors surface here, before any file is written: every data problem (first from folder listings
         and the mask, ``datamodule.check``, then ``datamodule.setup(stage)`` loads the data now; Lightning's own
-        call is then a no-op), per-sample masks for a network that reads only the first, a test run on several
-        devices. Errors raised later, by the run itself, keep their traceback (:class:`MarkRunErrors`).
-        ``--ckpt_path`` was checked before the classes were built (:meth:`_check_checkpoint`)."""
+        call is then a no-op), crops or test scenes of a size the network does not take, per-sample masks for a
+        network that reads only the first, a test run on several devices. Errors raised later, by the run itself,
+        keep their traceback (:class:`MarkRunErrors`). ``--ckpt_path`` was checked before the classes were built
+        (:meth:`_check_checkpoint`)."""
         if self.datamodule is not None:
             self.datamodule.check(stage)
+            if stage in ("fit", "validate"):
+                check_input_sizes(self.model, crop_sizes(self.datamodule, stage))
             if stage == "fit":
                 check_mask_handling(self.model, self.datamodule)
             self.datamodule.setup(stage)
+            if stage in ("test", "predict"):
+                check_input_sizes(self.model, protocol_sizes(self.datamodule))
         if stage in ("test", "predict") and self.trainer.world_size > 1:
             raise UserError(f"train.py {stage} runs the KAIST protocol scene by scene on one device: pass "
                             "--trainer.devices 1")
