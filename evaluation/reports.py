@@ -44,13 +44,14 @@ def text_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
 
 
 def status_text(info: dict[str, Any]) -> str:
-    """A saved calibration's status for people: "ambiguous (reason; reason)", "ok", "ok (reasons not recorded)"
-    or "status not recorded" (``info`` from :func:`evaluation.calibration.calibration_status`)."""
+    """A saved calibration's status for people: "ambiguous" and a line "  - REASON" per reason (a Markdown
+    sub-list under a list item), "ambiguous (reasons not recorded)" or "status not recorded" (``info`` from
+    :func:`evaluation.calibration.calibration_status`)."""
     if info["status"] is None:
         return "status not recorded"
     if info["reasons"] is None:
         return f"{info['status']} (reasons not recorded)"
-    return info["status"] + (f" ({'; '.join(info['reasons'])})" if info["reasons"] else "")
+    return info["status"] + "".join(f"\n  - {reason}" for reason in info["reasons"])
 
 
 def calibration_status_lines(results: dict[str, Any]) -> list[str]:

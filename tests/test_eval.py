@@ -402,7 +402,7 @@ def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
     root = tmp_path / "real"
     instrument = write_real_capture(root, lambda mask: CassiOperator(mask, mismatch=XI))
     reasons = ["dx not pinned", "capture 1 prefers another instrument"]
-    shown = "ambiguous (dx not pinned; capture 1 prefers another instrument)"
+    shown = "ambiguous\n  - dx not pinned\n  - capture 1 prefers another instrument"
     save_operator(tmp_path / "ambiguous.npz", instrument, "ambiguous", reasons)
     save_operator(tmp_path / "old.npz", instrument)                          # no status recorded
     for name, text, recorded in (("ambiguous", shown, {"status": "ambiguous", "reasons": reasons}),
