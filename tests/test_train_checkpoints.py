@@ -107,6 +107,21 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_an_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_new_fit_into_a_folder_with_checkpoints_is_refused(mst_run, tmp_path, capsys):
+    """Was: a second fit without --ckpt_path wrote last-v1.ckpt beside the earlier run's last.ckpt."""
+    folder = tmp_path / "old" / "checkpoints"
+    shutil.copytree(mst_run[0] / "checkpoints", folder)
+    held = sorted(os.listdir(folder))
+    refused(capsys, lambda: run("fit", MST, tmp_path / "old", *FIT),
+            rf"error: {re.escape(str(folder))} already holds the checkpoints of an earlier run \(.*last.ckpt\); a new "
+            r"fit would write beside them: resume that run with --ckpt_path last, or start a new run with another "
+            r"--trainer.default_root_dir$")
+    refused(capsys, lambda: run("fit", MST, tmp_path / "new", *FIT, "--checkpoint.dirpath", str(folder)),
+            r"earlier run .*start a new run with another --checkpoint.dirpath$")
+    assert sorted(os.listdir(folder)) == held and os.listdir(tmp_path / "old") == ["checkpoints"]
+    assert not (tmp_path / "new").exists()
+
+
 def test_resume_hint_names_the_run_folder(mst_run):
     root, printed = mst_run
     assert f"resume with: python train.py fit --config <same config> --trainer.default_root_dir {root} " \

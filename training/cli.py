@@ -11,7 +11,8 @@
   errors of the run itself keep their traceback.
 * checkpoints (``--checkpoint.*``): best by ``val/psnr`` and ``last.ckpt`` in ``<default_root_dir>/checkpoints``,
   so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run); without a
-  ``last*.ckpt`` there it is an error, not a new run.
+  ``last*.ckpt`` there it is an error, not a new run; a new ``fit`` into a checkpoint folder that holds checkpoints
+  is an error too (:func:`check_new_run`).
 * ``--ckpt_path``: the model options are never replaced by the checkpoint's hyper-parameters (LightningCLI does
   that); they are compared with them before any work (:func:`check_checkpoint_model`): the model class and its
   architecture (``model_name``, ``model_kwargs``, ``bands``, ``step``) must match for every subcommand, and for
@@ -39,6 +40,7 @@ from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelChec
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from cassi import CassiOperator
@@ -226,6 +228,22 @@ def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
                     "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
 
 
+def check_new_run(dirpath: str, default_root_dir: str) -> None:
+    """Before ``fit`` without ``--ckpt_path``: the checkpoint folder holds no checkpoint of an earlier run (Lightning
+    would write ``last-v1.ckpt`` beside its ``last.ckpt``), unless Lightning resumes that run itself (a SLURM
+    requeue, with an ``hpc_ckpt_*.ckpt`` in the run folder). Otherwise one error naming the folder and both ways on."""
+    if "://" in str(dirpath) or not Path(dirpath).is_dir():
+        return
+    found = sorted(path.name for path in Path(dirpath).glob("*.ckpt"))
+    if not found or (SLURMEnvironment.detect() and any(Path(default_root_dir).glob("hpc_ckpt_*.ckpt"))):
+        return
+    in_run_folder = os.path.normpath(dirpath) == os.path.normpath(os.path.join(default_root_dir, "checkpoints"))
+    option = "--trainer.default_root_dir" if in_run_folder else "--checkpoint.dirpath"
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise UserError(f"{dirpath} already holds the checkpoints of an earlier run ({shown}); a new fit would write "
+                    f"beside them: resume that run with --ckpt_path last, or start a new run with another {option}")
+
+
 def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> None:
     """Per-sample mask windows (``mask_crop: sample``) with a network that reads only the first sample's mask
     (MST's mask attention) would fail at the first step: ask for ``mask_crop: batch`` before any work.
@@ -353,6 +371,8 @@ class CassiCLI(LightningCLI):
         self._check_checkpoint(config)
         if self.subcommand == "fit" and config.get("ckpt_path"):
             self._continue_wandb_run(config)
+        elif self.subcommand == "fit":
+            check_new_run(config.checkpoint.dirpath, config.trainer.default_root_dir)
 
     def _check_checkpoint(self, config: Namespace) -> None:
         """Before anything is built: ``--ckpt_path`` names a Lightning checkpoint (``last``: one exists in the
