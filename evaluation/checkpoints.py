@@ -99,11 +99,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def training_progress(raw: Mapping[str, Any]) -> dict[str, int | None]:
+    """How far training had run when a Lightning checkpoint was saved: ``epochs_completed`` (epochs whose every
+    training batch ran), ``batches_into_epoch`` (training batches of the unfinished epoch after them; 0 when the
+    checkpoint was saved at an epoch's end) and ``global_step`` (optimizer steps); None where it is not recorded.
+
+    Lightning's own ``epoch`` cannot tell: it is the index of the epoch in progress both after an epoch's last batch
+    and in mid-epoch, and one more once ``fit`` has ended (the ``last.ckpt`` of a ``--trainer.max_steps`` stop in
+    mid-epoch). The fit loop's counters (``loops.fit_loop``) can: an epoch is in progress while it has started and
+    not completed, and ``is_last_batch`` says whether the last batch that ran ended its epoch."""
+    loop = (raw.get("loops") or {}).get("fit_loop") or {}
+    epochs = (loop.get("epoch_progress") or {}).get("current") or {}
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    step = raw.get("global_step")
+    if not {"started", "completed"} <= set(epochs) or "completed" not in (batches.get("current") or {}):
+        return {"epochs_completed": None, "batches_into_epoch": None, "global_step": step}
+    last_epoch = epochs["completed"] - (epochs["started"] == epochs["completed"])   # the last batch's epoch
+    if batches.get("is_last_batch"):
+        return {"epochs_completed": last_epoch + 1, "batches_into_epoch": 0, "global_step": step}
+    return {"epochs_completed": last_epoch, "batches_into_epoch": batches["current"]["completed"],
+            "global_step": step}
+
+
 def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
     """What a ``train.py`` checkpoint records about its training: the module class and hyper-parameters (loss,
-    optimiser, schedule, instrument), the datamodule's (data source, crop, batch, held-out scenes), epoch and
-    step, the validation score of these very weights and the run's best (``ModelCheckpoint`` state), the
-    held-out scene names and the W&B run id."""
+    optimiser, schedule, instrument), the datamodule's (data source, crop, batch, held-out scenes), the completed
+    epochs and steps (:func:`training_progress`), the validation score of these very weights and the run's best
+    (``ModelCheckpoint`` state), the held-out scene names and the W&B run id."""
     hparams = dict(raw.get("hyper_parameters") or {})
     data = dict(raw.get("datamodule_hyper_parameters") or {})
     validation: dict[str, Any] = {"scenes": _plain(raw.get("validation_scenes"))}
@@ -115,7 +137,7 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {"module": hparams.get("_class_path"),
             "hyper_parameters": _plain({k: v for k, v in hparams.items() if not k.startswith("_")}),
             "data": _plain({k: v for k, v in data.items() if not k.startswith("_")}),
-            "epoch": raw.get("epoch"), "global_step": raw.get("global_step"), "validation": validation,
+            **training_progress(raw), "validation": validation,
             "wandb_run_id": (raw.get("wandb") or {}).get("run_id")}
 
 

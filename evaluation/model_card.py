@@ -3,7 +3,7 @@
 * front matter: tags, and a ``model-index`` with PSNR / SSIM only when an evaluation is attached;
 * model: architecture, parameters, bands, the mask's shape and SHA-256, the weights' hash;
 * training (``train.py`` checkpoints): module, loss, optimiser and schedule, instrument, data source, crop,
-  batch, held-out scenes, epoch / step, and the validation score recorded for these very weights;
+  batch, held-out scenes, completed epochs and steps, and the validation score recorded for these very weights;
 * KAIST metrics: counted from the attached results' rows (never from a free-text description), with the
   scenario, noise, the evaluation mask's hash and whether it is the release's mask, and every scene's row.
 
@@ -88,6 +88,16 @@ def evaluated_data(metrics: dict[str, Any]) -> str:
     return f"{count} built-in synthetic scene{plural} {shape[0]}x{shape[1]}" + (f" ({details})" if details else "")
 
 
+def _progress(training: dict[str, Any]) -> str:
+    """'saved after N complete epoch(s) [and k training batch(es) of the next], global step S (optimizer steps)'."""
+    epochs, batches = training.get("epochs_completed"), training.get("batches_into_epoch")
+    step = f"global step {training.get('global_step')} (optimizer steps)"
+    if epochs is None:
+        return f"saved at {step}; the completed epochs are not recorded"
+    into = f" and {batches} training batch(es) of the next" if batches else ""
+    return f"saved after {epochs} complete epoch(s){into}, {step}"
+
+
 def _training_lines(training: dict[str, Any] | None) -> list[str]:
     if not training:
         return ["## Training", "", "Not recorded (the weights did not come from a train.py checkpoint).", ""]
@@ -112,7 +122,7 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
              f"- data: source `{source}`, {where}, mask: {mask} (mask_crop {data.get('mask_crop')}), "
              f"{data.get('crop')} px crops, batch {data.get('batch_size')}, "
              f"{epoch}, spliced mosaics p = {data.get('splice_prob')}",
-             f"- stopped at epoch index {training.get('epoch')} (0-based), global step {training.get('global_step')}"
+             f"- {_progress(training)}"
              + (f"; W&B run `{training['wandb_run_id']}`" if training.get("wandb_run_id") else "")]
     scenes = val.get("scenes") or []
     lines.append(f"- validation: {len(scenes)} held-out training scene(s) ({', '.join(scenes) or 'names not recorded'}),"

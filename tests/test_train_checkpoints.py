@@ -1,9 +1,11 @@
 """``train.py --ckpt_path``: the checkpoint must hold the model the command asks for (the options are compared
-with its hyper-parameters, never replaced by them), ``--ckpt_path last`` without a last checkpoint is an error,
-and the end-of-run hint names the run folder."""
+with its hyper-parameters, never replaced by them), ``--ckpt_path last`` without a last checkpoint is an error, a new
+fit into a folder that holds checkpoints is refused, the end-of-run hint names the run folder, and a model card
+counts the epochs and steps its checkpoint completed."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import re
@@ -120,6 +122,18 @@ def test_new_fit_into_a_folder_with_checkpoints_is_refused(mst_run, tmp_path, ca
             r"earlier run .*start a new run with another --checkpoint.dirpath$")
     assert sorted(os.listdir(folder)) == held and os.listdir(tmp_path / "old") == ["checkpoints"]
     assert not (tmp_path / "new").exists()
+
+
+def test_model_card_counts_the_epochs_and_steps_a_checkpoint_completed(tmp_path):
+    """Was: the card copied Lightning's ckpt['epoch']: 'epoch index 1' after half of epoch 0 (a max_steps stop)."""
+    eval_cli = importlib.import_module("eval")
+    for steps, progress in ((1, "0 complete epoch(s) and 1 training batch(es) of the next, global step 1"),
+                            (2, "1 complete epoch(s), global step 2")):            # two batches per epoch
+        root = tmp_path / f"steps{steps}"
+        run("fit", MST, root, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", str(steps))
+        release = root / "release"
+        assert eval_cli.main(["export", "--ckpt", str(root / "checkpoints" / "last.ckpt"), "--out", str(release)]) == 0
+        assert f"- saved after {progress} (optimizer steps)\n" in (release / "README.md").read_text()
 
 
 def test_resume_hint_names_the_run_folder(mst_run):
