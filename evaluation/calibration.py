@@ -12,9 +12,10 @@
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
   the mismatch of every scene's measurement on its own (slow: a search per scene).
 
-A saved calibration's status and reasons (an operator file's ``calibration_status`` and
-``calibration_reasons``, a calibration.json's ``status`` and ``reasons``) go into the calibrator's
-``description["calibration_status"]``, by file or scene (:func:`calibration_status`), for the reports.
+A calibration's status and reasons (an operator file's ``calibration_status`` and
+``calibration_reasons``, a calibration.json's ``status`` and ``reasons``, or ``calib.calibrate``'s result per
+scene) go into the calibrator's ``description["calibration_status"]``, by file or scene
+(:func:`calibration_status`), for the reports.
 """
 from __future__ import annotations
 
@@ -214,17 +215,20 @@ class CalibratePerScene:
     forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
     chosen per scene, and the mask read bilinearly (``mask_interpolation``; no cubic check): the scenario
     table reconstructs every "-model" row through one model. (For the data's own choice, run
-    ``calibrate.py`` per scene and pass ``--calibration``.)"""
+    ``calibrate.py`` per scene and pass ``--calibration``.) Each scene's status and reasons: ``statuses``, by
+    scene."""
 
     solver: str = "heldout"
     ckpt: str | None = None
     bands: int = 28
     step: int = 2
     options: dict[str, Any] = field(default_factory=dict)
+    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def description(self) -> dict[str, Any]:
-        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt, **self.options}
+        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt, **self.options,
+                "calibration_status": self.statuses}
 
     @property
     def oversample(self) -> tuple[int, int]:
@@ -240,6 +244,7 @@ class CalibratePerScene:
         options = {**self.options, "oversample": self.oversample, "mask_interpolations": (self.mask_interpolation,)}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
                            **options)
+        self.statuses[scene] = calibration_status(result.status, result.reasons)
         estimate = result.estimate
         return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
 

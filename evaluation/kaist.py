@@ -19,7 +19,7 @@ from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic
 from data.previews import save_comparison, save_spectra
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
-from evaluation.reports import calibration_status_lines, text_table, write_reports
+from evaluation.reports import calibration_status_lines, calibration_summary, text_table, write_reports
 from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
 from models.release import mask_sha256
 
@@ -178,6 +178,7 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
         if "calibration" in outcome:
             print("calibration mean |error|: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in outcome["calibration"]["mean_abs_error"].items()))
+            print(calibration_summary(results))
         for line in calibration_status_lines(results):
             print(line)
     write_reports(results, out_dir)

@@ -4,8 +4,9 @@
 primary scenario (I when it was run, else the first one), plus, for every scenario run, its own
 ``scenes`` / ``mean`` under ``scenarios``, the ``comparison`` (delta_deg, delta_cal, recovery_ratio, their
 "-model" versions and the I - IV gap split, see ``evaluation.scenarios``) and
-the ``calibration`` parameter errors when there are any (with a saved calibration's status and reasons,
-shown at the top of results.md: :func:`calibration_status_lines`).
+the ``calibration`` of scenario III when there is one: each scene's estimate, its error against the simulated
+drift and the parameters outside the tolerance, a calibration's status and reasons (shown at the top of
+results.md: :func:`calibration_status_lines`) and a summary (:func:`calibration_summary`).
 """
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ def calibration_status_lines(results: dict[str, Any]) -> list[str]:
     return [f"scenario III calibration status ({where}): {status_text(info)}" for where, info in statuses.items()]
 
 
+def calibration_summary(results: dict[str, Any]) -> str:
+    """'scenario III: 10 scenes calibrated: ok 7, ambiguous 3, failed 0; within tolerance of the simulated drift
+    9/10' (one calibration for every scene: no status counts)."""
+    summary = results["calibration"]["summary"]
+    scenes = f"{summary['scenes']} scene{'s' if summary['scenes'] != 1 else ''}"
+    counts = summary.get("status")
+    calibrated = (f"{scenes} calibrated: " + ", ".join(f"{s} {n}" for s, n in counts.items()) if counts
+                  else f"{scenes}, one calibration for all")
+    return (f"scenario III: {calibrated}; within tolerance of the simulated drift "
+            f"{summary['within_tolerance']}/{summary['scenes']}")
+
+
 def markdown_table(header: list[str], lines: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
@@ -81,13 +94,24 @@ def comparison_lines(results: dict[str, Any]) -> list[list[str]]:
     return lines
 
 
+def _within(outside: list[str]) -> str:
+    return "no: " + ", ".join(outside) if outside else "yes"
+
+
 def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Scenario III per scene: status (first line of :func:`status_text`; "-" for one calibration of every
+    scene), each parameter's "estimate (error)", within tolerance, seconds; the truth first, the mean last."""
     calibration = results["calibration"]
-    params = list(calibration["mean_abs_error"])
-    lines = [[c["name"], *[f"{c['error'][p]:+.4f}" for p in params], f"{c['seconds']:.2f}"]
-             for c in calibration["scenes"]]
-    lines.append(["mean abs", *[f"{calibration['mean_abs_error'][p]:.4f}" for p in params], ""])
-    return ["scene", *[f"{p} error" for p in params], "seconds"], lines
+    params, truth = list(calibration["mean_abs_error"]), calibration["truth"]
+    lines = [["truth (simulated)", "", *[f"{truth[p]:.4f}" for p in params], "", ""]]
+    lines += [[c["name"], status_text(c).splitlines()[0] if "status" in c else "-",
+               *[f"{c['estimate'][p]:.4f} ({c['error'][p]:+.4f})" for p in params],
+               _within(c["outside_tolerance"]), f"{c['seconds']:.2f}"] for c in calibration["scenes"]]
+    summary = calibration["summary"]
+    lines.append(["mean abs error", "", *[f"({calibration['mean_abs_error'][p]:.4f})" for p in params],
+                  f"{summary['within_tolerance']}/{summary['scenes']}", ""])
+    units = results["setup"]["units"]
+    return ["scene", "status", *[f"{p} ({units[p]})" for p in params], "within tolerance", "seconds"], lines
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -107,6 +131,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         parts.append(f"- detector noise: {setup['noise']}")
     for warning in results.get("warnings", []):
         parts.append(f"- **warning**: {warning}")
+    if "calibration" in results:
+        parts.append(f"- {calibration_summary(results)}")
     parts += [f"- {line}" for line in calibration_status_lines(results)]
     header = [HEADERS[k] for k in COLUMNS]
     for scenario, block in results["scenarios"].items():
@@ -118,8 +144,13 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
     if "calibration" in results:
         header, lines = calibration_lines(results)
-        method = {k: v for k, v in results["calibration"]["method"].items() if k != "calibration_status"}  # at the top
-        parts += ["", f"## Calibration parameter errors (estimate - truth), method {method}",
+        calibration = results["calibration"]
+        method = {k: v for k, v in calibration["method"].items() if k != "calibration_status"}  # at the top
+        units = results["setup"]["units"]
+        tolerance = ", ".join(f"{p} {v:g} {units[p]}" for p, v in calibration["tolerance"].items())
+        parts += ["", f"## Scenario III calibration per scene, method {method}", "",
+                  f"Truth: {calibration['truth_source']}. Cells: estimate (error = estimate - truth); within "
+                  f"tolerance: every |error| at most {tolerance}; the reasons of each status are listed at the top.",
                   "", markdown_table(header, lines)]
     return "\n".join(parts) + "\n"
 

@@ -27,7 +27,9 @@ reading fitted to the data, so the recovery ratio and the I - IV split below kee
 therefore also gets "-model" rows; its Ih-, II- and IV-model rows repeat the native ones.
 
 Reported: Delta_deg = I - II, Delta_cal = III - II, recovery ratio (III - II) / (IV - II) for every metric
-(and their "-model" versions), the parameter errors xi_hat - xi, and the I - IV gap split into
+(and their "-model" versions), scenario III's estimates and their errors xi_hat - xi against the drift
+scenario II simulated (the evaluation made the measurement, so it knows the truth), whether each is within
+``cassi.tolerance.CALIBRATION_TOLERANCE``, the status of a calibration made per scene, and the I - IV gap split into
 instrument = I - Ih-model (a native-grid vs an enlarged-grid measurement, each through its own model),
 drift = Ih-model - IV-model (the drift when its parameters are known) and model error = IV-model - IV
 (what reconstructing through the native operator instead of the model costs): I - IV = instrument + drift
@@ -44,10 +46,12 @@ from typing import Any, Callable, Protocol
 from torch import Tensor
 
 from calib.instrument import instrument_operator
+from calib.result import STATUSES
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.gap_tv import compile_tv_kernel
 from cassi.metrics import LOWER_IS_BETTER
 from cassi.simulator import simulate_measurement
+from cassi.tolerance import CALIBRATION_TOLERANCE
 from data.kaist import Scene
 from evaluation.protocol import DRIFTED_SCENARIOS, METRICS, Noise, mean_row, result_row, timed
 
@@ -58,11 +62,16 @@ SCENARIOS = {"I": "ideal: native-grid measurement, nominal operator",
              "IV": "oracle: mismatched measurement, operator with the true mismatch"}
 MODEL = "-model"          # suffix of the results reconstructed through the calibration forward model
 DEFAULT_MISMATCH = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
+TRUTH_SOURCE = ("the drift scenario II simulated: the evaluation made the measurement, so it knows the true "
+                "parameters (simulation protocol)")
+NOT_RECORDED = "not recorded"   # the count of per-scene calibrations whose status was not recorded
 
 
 class Calibrator(Protocol):
     """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W);
     ``scene`` names the scene the measurement shows (a saved per-scene calibration is looked up by it).
+    ``description["calibration_status"]``, where present, holds the calibration's status by file (one
+    calibration for every scene) or by scene (:func:`evaluation.calibration.calibration_status`).
 
     ``oversample``: (N, K) of the forward model the estimate belongs to, or None when unknown;
     ``mask_interpolation``: how that model reads the mask ("linear" or "cubic").
@@ -187,8 +196,8 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
             if scenario == "III":
                 start = time.perf_counter()
                 estimate = calibrator(y, mask, scene.name)
-                calibration.append(_parameter_row(scene.name, estimate, setup.mismatch,
-                                                  time.perf_counter() - start))
+                calibration.append(_parameter_row(scene.name, estimate, setup.mismatch, time.perf_counter() - start,
+                                                  _scene_status(calibrator, scene.name)))
                 native, modelled = operators(estimate, reading)
             else:
                 native, modelled = fixed(scenario)
@@ -200,12 +209,35 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
                 rows.setdefault(key, []).append(row)
                 if on_result is not None:
                     on_result(key, scene, pred[0], row)
-    return summarize(rows, calibration, calibrator, model, reading)
+    return summarize(rows, calibration, calibrator, model, reading, setup.mismatch)
 
 
-def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float) -> dict[str, Any]:
+def _scene_status(calibrator: Calibrator, scene: str) -> dict[str, Any] | None:
+    """The status of the calibration made for ``scene``; None when one calibration serves every scene."""
+    return calibrator.description.get("calibration_status", {}).get(scene)
+
+
+def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float,
+                   status: dict[str, Any] | None) -> dict[str, Any]:
+    """A scene's estimate, its error against ``truth``, the parameters outside the tolerance, the seconds it
+    took and (a per-scene calibration) its ``status`` and ``reasons``."""
     est, true = estimate.to_dict(), truth.to_dict()
-    return {"name": name, "estimate": est, "error": {k: est[k] - true[k] for k in est}, "seconds": seconds}
+    error = {k: est[k] - true[k] for k in est}
+    outside = [k for k, v in error.items() if abs(v) > CALIBRATION_TOLERANCE[k]]
+    row = {"name": name, "estimate": est, "error": error, "outside_tolerance": outside, "seconds": seconds}
+    return row if status is None else {**row, **status}
+
+
+def _calibration_summary(calibration: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scenes calibrated, the count of each status (per-scene calibrations) and the scenes within tolerance."""
+    summary: dict[str, Any] = {"scenes": len(calibration),
+                               "within_tolerance": sum(not c["outside_tolerance"] for c in calibration)}
+    statuses = [c["status"] for c in calibration if "status" in c]
+    if statuses:
+        summary["status"] = {s: statuses.count(s) for s in STATUSES}
+        if None in statuses:
+            summary["status"][NOT_RECORDED] = statuses.count(None)
+    return summary
 
 
 def _recovery(metric: str, gained: float, possible: float) -> float | None:
@@ -233,10 +265,10 @@ def _differences(means: dict[str, dict[str, float]], plus: str, minus: str) -> d
 
 def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str, Any]],
               calibrator: Calibrator | None, model: tuple[int, int] | None = None,
-              reading: str = "linear") -> dict[str, Any]:
+              reading: str = "linear", truth: Mismatch | None = None) -> dict[str, Any]:
     """Per-scenario tables and means, Delta_deg, Delta_cal, recovery ratios, the I - IV gap split and
-    parameter errors. ``rows`` keys: scenarios, and scenarios + "-model" (III-model's mask read by
-    ``reading``, the others' bilinearly)."""
+    scenario III's estimates against ``truth`` (needed with ``calibration`` rows). ``rows`` keys: scenarios,
+    and scenarios + "-model" (III-model's mask read by ``reading``, the others' bilinearly)."""
     order = [k for s in SCENARIOS for k in (s, s + MODEL) if k in rows]
     means = {k: mean_row(rows[k]) for k in order}
     out: dict[str, Any] = {"scenarios": {k: {"description": _describe(k, model, reading), "scenes": rows[k],
@@ -263,7 +295,9 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
         names = calibration[0]["error"].keys()
         out["calibration"] = {
             "method": calibrator.description if calibrator is not None else {},
+            "truth": truth.to_dict(), "truth_source": TRUTH_SOURCE, "tolerance": dict(CALIBRATION_TOLERANCE),
             "scenes": calibration,
             "mean_abs_error": {k: sum(abs(c["error"][k]) for c in calibration) / len(calibration) for k in names},
+            "summary": _calibration_summary(calibration),
         }
     return out
