@@ -215,8 +215,8 @@ class CalibratePerScene:
     forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
     chosen per scene, and the mask read bilinearly (``mask_interpolation``; no cubic check): the scenario
     table reconstructs every "-model" row through one model. (For the data's own choice, run
-    ``calibrate.py`` per scene and pass ``--calibration``.) Each scene's status and reasons: ``statuses``, by
-    scene."""
+    ``calibrate.py`` per scene and pass ``--calibration``.) No solver check (as calibrate.py without
+    --check-solver: the scenarios reconstruct). Each scene's status and reasons: ``statuses``, by scene."""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -241,7 +241,8 @@ class CalibratePerScene:
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
-        options = {**self.options, "oversample": self.oversample, "mask_interpolations": (self.mask_interpolation,)}
+        options = {"solver_check": False, **self.options, "oversample": self.oversample,
+                   "mask_interpolations": (self.mask_interpolation,)}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
                            **options)
         self.statuses[scene] = calibration_status(result.status, result.reasons)
@@ -269,4 +270,4 @@ def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor,
     if calibration:
         return from_calibration_json(calibration, mask)
     calibrate_function()
-    return CalibratePerScene(solver, ckpt, options=options)
+    return CalibratePerScene(solver, ckpt, bands, step, options)

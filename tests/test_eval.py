@@ -273,6 +273,7 @@ def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp
     II simulated, its status and reasons reach stdout (a one-line summary), results.json and results.md."""
     from calib.result import CalibrationResult
     from cassi.tolerance import CALIBRATION_TOLERANCE
+    from evaluation.calibration import make_calibrator
 
     made = [(XI, "ok", []), (Mismatch(**{**XI.to_dict(), "theta": 0.5}), "ambiguous", ["theta not pinned"])]
 
@@ -309,6 +310,11 @@ def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp
     row = next(line for line in markdown.splitlines() if line.startswith("| synthetic02 | ambiguous |"))
     assert row.startswith("| synthetic02 | ambiguous | 1.0000 (+0.0000) | 0.5000 (+0.0000) | 0.5000 (+0.2000) |")
     assert "| no: theta |" in row        # (calib.calibrate's estimate passes through float32: a1's error is +-0.0000)
+    # calibrate.py's default: no solver check (its reconstructions were discarded); the scenes' bands and step
+    assert [(c["solver_check"], c["bands"], c["step"]) for c in calls] == [(False, 28, 2)] * 2
+    calls.clear()
+    make_calibrator(None, None, synthetic_mask(8, 8), bands=3, step=1)(torch.rand(1, 8, 10), synthetic_mask(8, 8), "a")
+    assert (calls[0]["bands"], calls[0]["step"]) == (3, 1)          # were dropped: 28 bands, step 2 always
 
 
 # ------------------------------------------------------------------------------------------ MST layout
