@@ -107,17 +107,18 @@ def training_progress(raw: Mapping[str, Any]) -> dict[str, int | None]:
     Lightning's own ``epoch`` cannot tell: it is the index of the epoch in progress both after an epoch's last batch
     and in mid-epoch, and one more once ``fit`` has ended (the ``last.ckpt`` of a ``--trainer.max_steps`` stop in
     mid-epoch). The fit loop's counters (``loops.fit_loop``) can: an epoch is in progress while it has started and
-    not completed, and ``is_last_batch`` says whether the last batch that ran ended its epoch."""
+    not completed, ``is_last_batch`` says whether the last batch that ran ended its epoch, and the batches that ran
+    are those processed (a checkpoint written at a batch's end, before Lightning counts it completed, holds it)."""
     loop = (raw.get("loops") or {}).get("fit_loop") or {}
     epochs = (loop.get("epoch_progress") or {}).get("current") or {}
     batches = loop.get("epoch_loop.batch_progress") or {}
     step = raw.get("global_step")
-    if not {"started", "completed"} <= set(epochs) or "completed" not in (batches.get("current") or {}):
+    if not {"started", "completed"} <= set(epochs) or "processed" not in (batches.get("current") or {}):
         return {"epochs_completed": None, "batches_into_epoch": None, "global_step": step}
     last_epoch = epochs["completed"] - (epochs["started"] == epochs["completed"])   # the last batch's epoch
     if batches.get("is_last_batch"):
         return {"epochs_completed": last_epoch + 1, "batches_into_epoch": 0, "global_step": step}
-    return {"epochs_completed": last_epoch, "batches_into_epoch": batches["current"]["completed"],
+    return {"epochs_completed": last_epoch, "batches_into_epoch": batches["current"]["processed"],
             "global_step": step}
 
 

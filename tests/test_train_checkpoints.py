@@ -1,7 +1,7 @@
 """``train.py --ckpt_path``: the checkpoint must hold the model the command asks for (the options are compared
 with its hyper-parameters, never replaced by them), ``--ckpt_path last`` without a last checkpoint is an error, a new
-fit into a folder that holds checkpoints is refused, the end-of-run hint names the run folder, and a model card
-counts the epochs and steps its checkpoint completed."""
+fit into a folder that holds checkpoints is refused, the end-of-run hint names the run folder, a model card
+counts the epochs and steps its checkpoint completed, and last.ckpt holds the final state of a max_steps stop."""
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +13,11 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from cli_checks import user_error
+from evaluation.checkpoints import training_progress
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
 
@@ -36,6 +38,15 @@ def mst_run(tmp_path_factory):
         one_step(MST, root, "--data.crop", "32")
     assert (root / "checkpoints" / "last.ckpt").is_file()
     return root, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def max_steps_run(tmp_path_factory):
+    """The run folder of MST-S stopped by --trainer.max_steps 3 in mid-epoch (two batches per epoch, validation
+    after each epoch)."""
+    root = tmp_path_factory.mktemp("max_steps_run")
+    run("fit", MST, root, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", "3")
+    return root
 
 
 def run(subcommand: str, config, root, *args: str):
@@ -134,6 +145,12 @@ def test_model_card_counts_the_epochs_and_steps_a_checkpoint_completed(tmp_path)
         release = root / "release"
         assert eval_cli.main(["export", "--ckpt", str(root / "checkpoints" / "last.ckpt"), "--out", str(release)]) == 0
         assert f"- saved after {progress} (optimizer steps)\n" in (release / "README.md").read_text()
+
+
+def test_last_checkpoint_holds_the_final_state_of_a_max_steps_stop_in_mid_epoch(max_steps_run):
+    """Was: last.ckpt stayed at the end of epoch 0 (global step 2): Lightning writes it only with a top-k checkpoint."""
+    last = torch.load(max_steps_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert training_progress(last) == {"epochs_completed": 1, "batches_into_epoch": 1, "global_step": 3}
 
 
 def test_resume_hint_names_the_run_folder(mst_run):

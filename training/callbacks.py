@@ -1,5 +1,5 @@
-"""Callbacks: validation previews (images in the run folder, W&B tables), the run's configuration, the W&B run of
-a checkpoint, prediction files and the end-of-run summary."""
+"""Callbacks: checkpoints whose last one holds the newest state, validation previews (images in the run folder, W&B
+tables), the run's configuration, the W&B run of a checkpoint, prediction files and the end-of-run summary."""
 from __future__ import annotations
 
 import os
@@ -10,14 +10,16 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from scipy.io import savemat
 
@@ -28,6 +30,62 @@ from training.loggers import log_image_file, log_run_config, log_validation_scen
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = "runs/default"           # train.py's --trainer.default_root_dir unless a config or option sets one
 PREDICTION_FORMATS = (".mat", ".npz")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose last checkpoint (``save_last``) holds the newest state: it is written
+    after every training epoch and validation, after the batch that reaches ``--trainer.max_steps`` in mid-epoch
+    (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless a checkpoint of that global step was.
+
+    Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so an epoch whose score did not
+    improve, or a ``--trainer.max_steps`` stop in mid-epoch, left it at an older step."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.saved_step: int | None = None           # global step of the newest checkpoint written; None: not fitting
+
+    @property
+    def state_key(self) -> str:
+        """The key of its state in a checkpoint, as a plain ``ModelCheckpoint``'s: checkpoints written before this
+        class resume with their best score, and readers find it (``evaluation.checkpoints``)."""
+        return ModelCheckpoint.__name__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.saved_step = trainer.global_step        # nothing trained yet, or the resumed checkpoint's state
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stops = 0 <= trainer.max_steps <= trainer.global_step
+        if stops and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.save_newest(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.save_newest(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.save_newest(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.save_newest(trainer)
+
+    def save_newest(self, trainer: pl.Trainer) -> None:
+        """Write the last checkpoint when training ran past the newest checkpoint written."""
+        if (not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+                or trainer.fast_dev_run or self.saved_step in (None, trainer.global_step)):
+            return
+        self.last_model_path = self.last_model_path or self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
 
 class ValidationPreviews(pl.Callback):

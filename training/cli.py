@@ -9,8 +9,9 @@
   data themselves are loaded), the crop and test sizes against the network's ``size_rule`` and the model's mask
   handling are checked; a mistake ends in one line ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`);
   errors of the run itself keep their traceback.
-* checkpoints (``--checkpoint.*``): best by ``val/psnr`` and ``last.ckpt`` in ``<default_root_dir>/checkpoints``,
-  so ``fit --ckpt_path last`` resumes the run of the same ``default_root_dir`` (and its W&B run); without a
+* checkpoints (``--checkpoint.*``, :class:`training.callbacks.RunCheckpoint`): best by ``val/psnr`` and ``last.ckpt``
+  (the newest state) in ``<default_root_dir>/checkpoints``, so ``fit --ckpt_path last`` resumes the run of the same
+  ``default_root_dir`` (and its W&B run); without a
   ``last*.ckpt`` there it is an error, not a new run; a new ``fit`` into a checkpoint folder that holds checkpoints
   is an error too (:func:`check_new_run`).
 * ``--ckpt_path``: the model options are never replaced by the checkpoint's hyper-parameters (LightningCLI does
@@ -36,7 +37,7 @@ from typing import Any, Mapping
 
 import torch
 from jsonargparse import Namespace
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -48,8 +49,8 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from data.datamodule import CassiDataModule
 from training.acceleration import check_accelerator
-from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunConfig, RunSummary, ValidationPreviews,
-                                WandbRunId, checkpoint_run_id)
+from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
+                                ValidationPreviews, WandbRunId, checkpoint_run_id)
 from training.modules import CassiModule
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -342,7 +343,7 @@ class CassiCLI(LightningCLI):
     callbacks."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/psnr", "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "best-epoch{epoch:03d}-psnr{val/psnr:.2f}",
