@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cassi.errors import UserError, one_line
+from cassi.progress import fit_progress
 from models.loading import load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
 from models.release import open_release, state_dict_sha256
@@ -100,26 +101,9 @@ def _plain(value: Any) -> Any:
 
 
 def training_progress(raw: Mapping[str, Any]) -> dict[str, int | None]:
-    """How far training had run when a Lightning checkpoint was saved: ``epochs_completed`` (epochs whose every
-    training batch ran), ``batches_into_epoch`` (training batches of the unfinished epoch after them; 0 when the
-    checkpoint was saved at an epoch's end) and ``global_step`` (optimizer steps); None where it is not recorded.
-
-    Lightning's own ``epoch`` cannot tell: it is the index of the epoch in progress both after an epoch's last batch
-    and in mid-epoch, and one more once ``fit`` has ended (the ``last.ckpt`` of a ``--trainer.max_steps`` stop in
-    mid-epoch). The fit loop's counters (``loops.fit_loop``) can: an epoch is in progress while it has started and
-    not completed, ``is_last_batch`` says whether the last batch that ran ended its epoch, and the batches that ran
-    are those processed (a checkpoint written at a batch's end, before Lightning counts it completed, holds it)."""
-    loop = (raw.get("loops") or {}).get("fit_loop") or {}
-    epochs = (loop.get("epoch_progress") or {}).get("current") or {}
-    batches = loop.get("epoch_loop.batch_progress") or {}
-    step = raw.get("global_step")
-    if not {"started", "completed"} <= set(epochs) or "processed" not in (batches.get("current") or {}):
-        return {"epochs_completed": None, "batches_into_epoch": None, "global_step": step}
-    last_epoch = epochs["completed"] - (epochs["started"] == epochs["completed"])   # the last batch's epoch
-    if batches.get("is_last_batch"):
-        return {"epochs_completed": last_epoch + 1, "batches_into_epoch": 0, "global_step": step}
-    return {"epochs_completed": last_epoch, "batches_into_epoch": batches["current"]["processed"],
-            "global_step": step}
+    """How far training had run when a Lightning checkpoint was saved (:func:`cassi.progress.fit_progress` of its
+    ``loops.fit_loop`` and ``global_step``)."""
+    return fit_progress((raw.get("loops") or {}).get("fit_loop"), raw.get("global_step"))
 
 
 def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from cassi.progress import progress_text
 from evaluation.protocol import DRIFTED_SCENARIOS, METRICS
 from models.release import CHECKSUM_FILE, MASK_FILE, METRICS_FILE, WEIGHTS_FILE
 
@@ -90,12 +91,10 @@ def evaluated_data(metrics: dict[str, Any]) -> str:
 
 def _progress(training: dict[str, Any]) -> str:
     """'saved after N complete epoch(s) [and k training batch(es) of the next], global step S (optimizer steps)'."""
-    epochs, batches = training.get("epochs_completed"), training.get("batches_into_epoch")
-    step = f"global step {training.get('global_step')} (optimizer steps)"
-    if epochs is None:
-        return f"saved at {step}; the completed epochs are not recorded"
-    into = f" and {batches} training batch(es) of the next" if batches else ""
-    return f"saved after {epochs} complete epoch(s){into}, {step}"
+    if training.get("epochs_completed") is None:
+        return (f"saved at global step {training.get('global_step')} (optimizer steps); the completed epochs are not "
+                "recorded")
+    return f"saved after {progress_text(training)}"
 
 
 def _training_lines(training: dict[str, Any] | None) -> list[str]:

@@ -42,11 +42,13 @@ def mst_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def max_steps_run(tmp_path_factory):
-    """The run folder of MST-S stopped by --trainer.max_steps 3 in mid-epoch (two batches per epoch, validation
-    after each epoch)."""
+    """MST-S stopped by --trainer.max_steps 3 in mid-epoch (two batches per epoch, validation after each epoch):
+    (run folder, what it printed at the end)."""
     root = tmp_path_factory.mktemp("max_steps_run")
-    run("fit", MST, root, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", "3")
-    return root
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run("fit", MST, root, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", "3")
+    return root, printed.getvalue()
 
 
 def run(subcommand: str, config, root, *args: str):
@@ -149,8 +151,14 @@ def test_model_card_counts_the_epochs_and_steps_a_checkpoint_completed(tmp_path)
 
 def test_last_checkpoint_holds_the_final_state_of_a_max_steps_stop_in_mid_epoch(max_steps_run):
     """Was: last.ckpt stayed at the end of epoch 0 (global step 2): Lightning writes it only with a top-k checkpoint."""
-    last = torch.load(max_steps_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(max_steps_run[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert training_progress(last) == {"epochs_completed": 1, "batches_into_epoch": 1, "global_step": 3}
+
+
+def test_end_of_run_summary_counts_complete_epochs_as_the_model_card(max_steps_run):
+    """Was: 'Training finished after 2 epoch(s)' (Lightning's epoch index) after 1 1/2 epochs."""
+    assert "Training finished after 1 complete epoch(s) and 1 training batch(es) of the next, global step 3 " \
+           "(optimizer steps).\n" in max_steps_run[1]
 
 
 def test_resume_hint_names_the_run_folder(mst_run):
@@ -159,7 +167,7 @@ def test_resume_hint_names_the_run_folder(mst_run):
            "--ckpt_path last" in printed
     checkpoint = SimpleNamespace(best_model_score=None, last_model_path="", monitor="val/psnr",
                                  dirpath=os.path.realpath(os.path.join(DEFAULT_ROOT, "checkpoints")))
-    trainer = SimpleNamespace(current_epoch=1, global_step=2, checkpoint_callback=checkpoint,
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(state_dict=dict), global_step=2, checkpoint_callback=checkpoint,
                               default_root_dir=DEFAULT_ROOT, loggers=[])
     assert "resume with: python train.py fit --config <same config> --ckpt_path last" in summary_text(trainer)
     checkpoint.dirpath = "/elsewhere/ckpts"

@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from scipy.io import savemat
 
 from cassi.files import atomic_path, write_text
+from cassi.progress import fit_progress, progress_text
 from data.previews import save_comparison, save_segmentation, save_spectra
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
@@ -261,7 +262,9 @@ class RunSummary(pl.Callback):
 
 
 def summary_text(trainer: pl.Trainer) -> str:
-    lines = [f"Training finished after {trainer.current_epoch} epoch(s), {trainer.global_step} step(s)."]
+    """Where the results of a finished ``fit`` are, after how far it trained (:func:`cassi.progress.fit_progress`)."""
+    progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
+    lines = [f"Training finished after {progress_text(progress)}."]
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
         score = checkpoint.best_model_score
