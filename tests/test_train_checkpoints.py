@@ -155,6 +155,14 @@ def test_last_checkpoint_holds_the_final_state_of_a_max_steps_stop_in_mid_epoch(
     assert training_progress(last) == {"epochs_completed": 1, "batches_into_epoch": 1, "global_step": 3}
 
 
+def test_checkpoint_names_count_complete_epochs_and_name_only_a_monitored_metric(max_steps_run, tmp_path):
+    """Was: best-epoch000-... after the first epoch, and psnr0.00 in every name with --checkpoint.monitor null."""
+    best, last = sorted(os.listdir(max_steps_run[0] / "checkpoints"))
+    assert re.fullmatch(r"best-epoch001-psnr\d+\.\d\d\.ckpt", best) and last == "last.ckpt"
+    run("fit", MST, tmp_path, *FIT, "--checkpoint.monitor", "null")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch002-step2.ckpt", "last.ckpt"]
+
+
 def test_end_of_run_summary_counts_complete_epochs_as_the_model_card(max_steps_run):
     """Was: 'Training finished after 2 epoch(s)' (Lightning's epoch index) after 1 1/2 epochs."""
     assert "Training finished after 1 complete epoch(s) and 1 training batch(es) of the next, global step 3 " \

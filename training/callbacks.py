@@ -39,17 +39,33 @@ class RunCheckpoint(ModelCheckpoint):
     (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless a checkpoint of that global step was.
 
     Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so an epoch whose score did not
-    improve, or a ``--trainer.max_steps`` stop in mid-epoch, left it at an older step."""
+    improve, or a ``--trainer.max_steps`` stop in mid-epoch, left it at an older step.
+
+    File names may hold ``{epochs}``, the complete epochs (:func:`cassi.progress.fit_progress`; Lightning's
+    ``{epoch}`` is the index of the epoch in progress). Without ``filename``: :func:`default_filename`."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.filename = self.filename or default_filename(self.monitor)
         self.saved_step: int | None = None           # global step of the newest checkpoint written; None: not fitting
+        self._trainer: pl.Trainer | None = None      # a weak proxy, for the complete epochs of file names
 
     @property
     def state_key(self) -> str:
         """The key of its state in a checkpoint, as a plain ``ModelCheckpoint``'s: checkpoints written before this
         class resume with their best score, and readers find it (``evaluation.checkpoints``)."""
         return ModelCheckpoint.__name__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = proxy(trainer)
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None,
+                               prefix: str | None = None) -> str:
+        if self._trainer is not None:
+            progress = fit_progress(self._trainer.fit_loop.state_dict(), self._trainer.global_step)
+            metrics = {**metrics, "epochs": progress["epochs_completed"]}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -87,6 +103,14 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def default_filename(monitor: str | None) -> str:
+    """``best-epoch{epochs:03d}-<metric><value>`` with a monitored metric (``val/psnr``: ``best-epoch001-psnr31.20``
+    after the first epoch), else ``epoch{epochs:03d}-step{step}``: no name shows a metric that is not monitored."""
+    if monitor is None:
+        return "epoch{epochs:03d}-step{step}"
+    return f"best-epoch{{epochs:03d}}-{monitor.rpartition('/')[2]}{{{monitor}:.2f}}"
 
 
 class ValidationPreviews(pl.Callback):

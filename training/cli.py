@@ -346,7 +346,6 @@ class CassiCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/psnr", "checkpoint.mode": "max", "checkpoint.save_last": True,
-            "checkpoint.filename": "best-epoch{epoch:03d}-psnr{val/psnr:.2f}",
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(ValidationPreviews, "previews")
