@@ -188,7 +188,7 @@ def load_release_model(path: str | Path, name: str | None = None) -> LoadedModel
         raise ValueError(f"{path}: release holds model '{found}', but '{name}' was requested")
     return LoadedModel(release.model, found, dict(release.config["model"].get("kwargs", {})),
                        {"kind": "release", "path": str(path)}, release.mask, release.metrics,
-                       release.config.get("training"))
+                       training=release.config.get("training"))
 
 
 def load_weights(path: str | Path, name: str | None = None) -> LoadedModel:

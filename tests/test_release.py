@@ -154,6 +154,8 @@ def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
     expected_mask = CassiDataModule(**datamodule_hparams).training_mask()
     assert np.array_equal(opened.mask.numpy(), expected_mask)
     assert opened.config["source"]["kind"] == "lightning" and opened.config["source"]["epoch"] == "4"
+    assert run_cli("export", "--ckpt", out, "--out", tmp_path / "again") == 0     # was: its training record dropped
+    assert open_release(tmp_path / "again").config["training"] == opened.config["training"]
 
 
 def test_official_toolbox_fixture_exports_and_reproduces_its_output(tmp_path):
