@@ -26,12 +26,13 @@ class LoadedModel:
     ``mask``: the coded aperture (H, W) the weights come with (a release's ``mask.npy``, a Lightning
     checkpoint's training mask), else None and ``mask_error`` says why.
     ``training``: how a ``train.py`` checkpoint was trained (see :func:`lightning_training`), else None.
+    ``source``: ``kind``, ``path`` and, from a Lightning checkpoint, how far it had trained (:func:`training_progress`).
     """
 
     model: nn.Module
     name: str
     kwargs: dict[str, Any]
-    source: dict[str, str]
+    source: dict[str, Any]
     mask: torch.Tensor | None = None
     metrics: dict[str, Any] | None = field(default=None, repr=False)
     mask_error: str | None = None
@@ -166,8 +167,7 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     model = create_model(found, **kwargs)
     state = _strip_prefix(raw["state_dict"], set(model.state_dict()), path)
     load_state_dict_checked(model, state, source=str(path))
-    source = {"kind": "lightning", "path": str(path), "epoch": str(raw.get("epoch")),
-              "global_step": str(raw.get("global_step"))}
+    source = {"kind": "lightning", "path": str(path), **training_progress(raw)}
     mask, mask_error = _lightning_mask(raw, path)
     return LoadedModel(model.eval(), found, kwargs, source, mask, mask_error=mask_error,
                        training=lightning_training(raw))

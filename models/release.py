@@ -8,7 +8,9 @@ written by ``python eval.py export`` (see :mod:`evaluation.release`)::
                            "mask": {"file", "sha256", "shape"},
                            "weights": {"file", "state_sha256", "tensors", "parameters", "aliases"},
                            "training": {...} | null (recipe, data, validation of a train.py checkpoint),
-                           "metrics": "metrics.json" | null, "source": {...}}
+                           "metrics": "metrics.json" | null,
+                           "source": {"kind", "path"} (a train.py checkpoint also "epochs_completed",
+                                      "batches_into_epoch", "global_step"; releases before: "epoch", "global_step")}
     model.safetensors     the model's state dict (tensors that share storage are stored once: ``aliases``)
     mask.npy              the coded aperture (H, W) float32 the network was trained and evaluated with
     metrics.json          the evaluation table (``eval.py kaist`` results.json), optional

@@ -143,8 +143,11 @@ def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
     module = training.ReconstructionModule(model_name="mst_s")
     datamodule_hparams = {"root": None, "crop": SIZE, "mask": None, "mask_key": "mask", "mask_crop": False,
                           "mask_size": None, "seed": 3}
+    loops = {"fit_loop": {"epoch_progress": {"current": {"started": 5, "completed": 4}},    # saved after 5 epochs
+                          "epoch_loop.batch_progress": {"current": {"processed": 8}, "is_last_batch": True}}}
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 4,
-                "global_step": 40, "datamodule_hyper_parameters": datamodule_hparams}, tmp_path / "last.ckpt")
+                "global_step": 40, "loops": loops, "datamodule_hyper_parameters": datamodule_hparams},
+               tmp_path / "last.ckpt")
     out = tmp_path / "release"
     assert run_cli("export", "--ckpt", tmp_path / "last.ckpt", "--out", out) == 0
     opened = open_release(out)
@@ -153,9 +156,22 @@ def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
     from data.datamodule import CassiDataModule
     expected_mask = CassiDataModule(**datamodule_hparams).training_mask()
     assert np.array_equal(opened.mask.numpy(), expected_mask)
-    assert opened.config["source"]["kind"] == "lightning" and opened.config["source"]["epoch"] == "4"
+    assert opened.config["source"] == {"kind": "lightning", "path": str(tmp_path / "last.ckpt"), "epochs_completed": 5,
+                                       "batches_into_epoch": 0, "global_step": 40}         # was Lightning's epoch "4"
     assert run_cli("export", "--ckpt", out, "--out", tmp_path / "again") == 0     # was: its training record dropped
     assert open_release(tmp_path / "again").config["training"] == opened.config["training"]
+
+    def older_release(config):
+        """What a release exported before the progress fields records: Lightning's epoch index."""
+        for record, epoch in ((config["source"], "4"), (config["training"], 4)):
+            del record["epochs_completed"], record["batches_into_epoch"]
+            record["epoch"] = epoch
+        config["source"]["global_step"] = "40"
+
+    edit_config(out, older_release)
+    assert run_cli("export", "--ckpt", out, "--out", tmp_path / "older") == 0
+    card = (tmp_path / "older" / "README.md").read_text()
+    assert "saved at global step 40 (optimizer steps); the completed epochs are not recorded" in card
 
 
 def test_official_toolbox_fixture_exports_and_reproduces_its_output(tmp_path):
