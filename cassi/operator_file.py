@@ -11,12 +11,14 @@ in files written before it was recorded): a file whose calibration "failed" is r
 its mismatch is no estimate of the instrument. ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
 wherever they take a mask, through ``calib.instrument.load_instrument`` (which builds the N x K model
 and its reading; :func:`load_operator` here gives the native operator's files only: N = K = 1, linear).
+A calibration's status as the reports record it (:func:`calibration_status`) and show it (:func:`status_text`)
+is defined here, for every reader of a calibration (evaluation, training).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +36,22 @@ REASONS_KEY = "calibration_reasons"
 ZIP_MAGIC = b"PK\x03\x04"      # the first bytes of every .npz (a zip archive) that holds arrays
 
 
+def calibration_status(status: str | None, reasons: Sequence[str] | None) -> dict[str, Any]:
+    """A calibration's status as reports record it: ``status`` (None: not recorded) and its ``reasons`` (None: not
+    recorded)."""
+    return {"status": status, "reasons": None if status is None or reasons is None else list(reasons)}
+
+
+def status_text(info: Mapping[str, Any]) -> str:
+    """A calibration's status for people: "ambiguous" and a line "  - REASON" per reason (a Markdown sub-list under
+    a list item), "ambiguous (reasons not recorded)" or "status not recorded" (``info``: :func:`calibration_status`)."""
+    if info["status"] is None:
+        return "status not recorded"
+    if info["reasons"] is None:
+        return f"{info['status']} (reasons not recorded)"
+    return info["status"] + "".join(f"\n  - {reason}" for reason in info["reasons"])
+
+
 @dataclass
 class OperatorRecord:
     """The contents of an operator file."""
@@ -47,6 +65,11 @@ class OperatorRecord:
     mask_interpolation: str = "linear"
     status: str | None = None
     reasons: tuple[str, ...] | None = None      # None: not recorded
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """The status and reasons of the calibration that wrote the file (:func:`calibration_status`)."""
+        return calibration_status(self.status, self.reasons)
 
 
 def save_operator(path: str | Path, op: CassiOperator, status: str | None = None,

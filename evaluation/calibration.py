@@ -15,14 +15,14 @@
 A calibration's status and reasons (an operator file's ``calibration_status`` and
 ``calibration_reasons``, a calibration.json's ``status`` and ``reasons``, or ``calib.calibrate``'s result per
 scene) go into the calibrator's ``description["calibration_status"]``, by file or scene
-(:func:`calibration_status`), for the reports.
+(:func:`cassi.operator_file.calibration_status`), for the reports.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,21 +30,14 @@ from torch import Tensor
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
-from cassi.operator_file import read_operator_file
+from cassi.operator_file import calibration_status, read_operator_file
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
 
-def calibration_status(status: str | None, reasons: Sequence[str] | None) -> dict[str, Any]:
-    """The status of a saved calibration as results.json records it: ``status`` (None: not recorded) and its
-    ``reasons`` (None: not recorded)."""
-    return {"status": status, "reasons": None if status is None or reasons is None else list(reasons)}
-
-
 def operator_file_status(path: str | Path) -> dict[str, Any]:
     """The calibration status an operator file records (:func:`calibration_status`)."""
-    record = read_operator_file(path)
-    return calibration_status(record.status, record.reasons)
+    return read_operator_file(path).calibration
 
 
 def _json_status(content: Any) -> dict[str, Any]:
@@ -69,7 +62,7 @@ def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: in
     if (record.bands, record.step) != (bands, step):
         raise UserError(f"{path}: the operator has {record.bands} bands and step {record.step}, the evaluation "
                         f"{bands} bands and step {step}")
-    status = {str(path): calibration_status(record.status, record.reasons)}
+    status = {str(path): record.calibration}
     return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path), "calibration_status": status},
                          record.oversample, record.mask_interpolation)
 

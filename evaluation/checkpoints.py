@@ -111,7 +111,8 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
     """What a ``train.py`` checkpoint records about its training: the module class and hyper-parameters (loss,
     optimiser, schedule, instrument), the datamodule's (data source, crop, batch, held-out scenes), the completed
     epochs and steps (:func:`training_progress`), the validation score of these very weights and the run's best
-    (``ModelCheckpoint`` state), the held-out scene names and the W&B run id."""
+    (``ModelCheckpoint`` state), the held-out scene names, the status of the instrument's calibration (an operator
+    file's; None without one or in checkpoints written before) and the W&B run id."""
     hparams = dict(raw.get("hyper_parameters") or {})
     data = dict(raw.get("datamodule_hyper_parameters") or {})
     validation: dict[str, Any] = {"scenes": _plain(raw.get("validation_scenes"))}
@@ -124,6 +125,7 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
             "hyper_parameters": _plain({k: v for k, v in hparams.items() if not k.startswith("_")}),
             "data": _plain({k: v for k, v in data.items() if not k.startswith("_")}),
             **training_progress(raw), "validation": validation,
+            "operator_calibration": _plain(raw.get("operator_calibration")),
             "wandb_run_id": (raw.get("wandb") or {}).get("run_id")}
 
 

@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from cassi.operator_file import status_text
 from cassi.progress import progress_text
 from evaluation.protocol import DRIFTED_SCENARIOS, METRICS
 from models.release import CHECKSUM_FILE, MASK_FILE, METRICS_FILE, WEIGHTS_FILE
@@ -118,6 +119,8 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
              f"- module: `{training.get('module')}`, loss `{hp.get('loss', 'joint')}`, Adam lr {hp.get('lr')} "
              f"betas {hp.get('betas')}, schedule {schedule}",
              f"- instrument: {instrument}; measurement gain {hp.get('measurement_gain', 1.0)}",
+             *([f"- calibration status of the operator: {status_text(training['operator_calibration'])}"]
+               if training.get("operator_calibration") else []),
              f"- data: source `{source}`, {where}, mask: {mask} (mask_crop {data.get('mask_crop')}), "
              f"{data.get('crop')} px crops, batch {data.get('batch_size')}, "
              f"{epoch}, spliced mosaics p = {data.get('splice_prob')}",

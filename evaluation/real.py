@@ -43,12 +43,13 @@ from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
+from cassi.operator_file import status_text
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
 from evaluation.calibration import operator_file_status
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor, check_uses_mask
-from evaluation.reports import markdown_table, status_text
+from evaluation.reports import markdown_table
 from models.release import mask_sha256
 
 

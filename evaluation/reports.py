@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cassi.files import write_json, write_text
+from cassi.operator_file import status_text
 from evaluation.protocol import COLUMNS, METRICS, PROTOCOL
 
 FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "sam": "{:.2f}", "ergas": "{:.2f}", "seconds": "{:.2f}"}
@@ -42,17 +43,6 @@ def text_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in cells)
-
-
-def status_text(info: dict[str, Any]) -> str:
-    """A saved calibration's status for people: "ambiguous" and a line "  - REASON" per reason (a Markdown
-    sub-list under a list item), "ambiguous (reasons not recorded)" or "status not recorded" (``info`` from
-    :func:`evaluation.calibration.calibration_status`)."""
-    if info["status"] is None:
-        return "status not recorded"
-    if info["reasons"] is None:
-        return f"{info['status']} (reasons not recorded)"
-    return info["status"] + "".join(f"\n  - {reason}" for reason in info["reasons"])
 
 
 def calibration_status_lines(results: dict[str, Any]) -> list[str]:

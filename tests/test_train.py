@@ -1,6 +1,7 @@
 """Training: objectives, instrument, modules, configs, smoke fits of every model family, exact resume."""
 from __future__ import annotations
 
+import importlib
 import math
 import subprocess
 import sys
@@ -127,6 +128,23 @@ def test_instrument_from_a_calibrated_operator_file(tmp_path):
     y, op = Instrument(operator=str(tmp_path / "cubic.npz")).measure(batch, seed=0)
     assert op.mask_interpolation == "cubic"
     torch.testing.assert_close(y, cubic(batch["cube"]))
+
+
+def test_training_through_an_ambiguous_calibration_says_so_once_and_the_model_card_records_it(tmp_path, capsys):
+    """Was: train.py --model.operator read the operator file and said nothing of its calibration's status."""
+    from cassi.operator_file import save_operator
+
+    operator, reasons = tmp_path / "operator.npz", ["theta not pinned; its interval is 0.1..0.9 deg", "dx noisy"]
+    save_operator(operator, CassiOperator(torch.ones(32, 32), mismatch=Mismatch(dx=0.5)), "ambiguous", reasons)
+    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator))
+    status = "ambiguous\n  - theta not pinned; its interval is 0.1..0.9 deg\n  - dx noisy\n"
+    printed = capsys.readouterr().out
+    assert printed.count("calibration status") == 1 and f"calibration status of {operator}: {status}" in printed
+    release = tmp_path / "release"
+    eval_cli = importlib.import_module("eval")
+    assert eval_cli.main(["export", "--ckpt", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--out",
+                          str(release)]) == 0
+    assert f"- calibration status of the operator: {status}" in (release / "README.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------- modules

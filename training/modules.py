@@ -40,6 +40,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from cassi import CassiOperator
 from cassi.metrics import KAIST_METRICS, ReconstructionMetrics, kaist_metrics
+from cassi.operator_file import status_text
 from models import create_model
 from models.joint_loss import CRSDUNLoss
 from training.acceleration import enable_activation_checkpointing, to_channels_last
@@ -138,9 +139,16 @@ class CassiModule(pl.LightningModule):
         names = [Path(source.name(k)).stem.replace(" ", "_") for k in range(len(source))]
         return names if len(set(names)) == len(names) else [f"scene{k}" for k in range(len(names))]
 
+    def on_fit_start(self) -> None:
+        """Prints once (rank 0) the status and reasons of the calibration whose operator file is the instrument."""
+        if self.instrument.calibration is not None and self.trainer.is_global_zero:
+            print(f"calibration status of {self.hparams.operator}: {status_text(self.instrument.calibration)}")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints name their held-out validation scenes (for release model cards)."""
+        """Checkpoints name their held-out validation scenes and the status of the instrument's calibration (for
+        release model cards)."""
         checkpoint["validation_scenes"] = list(self.scene_names)
+        checkpoint["operator_calibration"] = self.instrument.calibration
 
     # ------------------------------------------------------------------------------------- steps
     def forward(self, y: Tensor, op: CassiOperator) -> Any:

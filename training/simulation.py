@@ -39,7 +39,8 @@ class Instrument:
             (instead of ``mismatch``) and measurements and network inputs go through the forward model it
             records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid and mask reading, on the batch's
             device); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
-            business (``--data.mask FILE``).
+            business (``--data.mask FILE``). ``calibration``: the status and reasons of the calibration that
+            wrote it (:func:`cassi.operator_file.calibration_status`), else None.
     """
 
     def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
@@ -53,6 +54,7 @@ class Instrument:
         self.bands, self.step, self.gain = bands, step, gain
         self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
         self.oversample, self.mask_interpolation = (1, 1), "linear"
+        self.calibration: dict[str, Any] | None = None
         if operator is not None:
             if mismatch is not None:
                 raise ValueError("give the instrument's mismatch or an operator file, not both")
@@ -61,7 +63,7 @@ class Instrument:
                 raise ValueError(f"operator file {operator} has {calibrated.bands} bands and step {calibrated.step}; "
                                  f"training uses {bands} bands and step {step}")
             self.mismatch, self.oversample = calibrated.mismatch, calibrated.oversample
-            self.mask_interpolation = calibrated.mask_interpolation
+            self.mask_interpolation, self.calibration = calibrated.mask_interpolation, calibrated.calibration
         self.noise = None if noise is None else dict(noise)
         if self.noise is not None:
             check_noise(**self.noise)
