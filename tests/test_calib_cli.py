@@ -62,13 +62,17 @@ def test_recovers_the_injected_mismatch_blind(run):
     content = json.loads(run[1]["json"].read_text())
     errors = {k: content["estimate"][k] - v for k, v in TRUTH.items()}
     assert all(abs(errors[k]) <= TOLERANCE[k] for k in TRUTH), errors
-    assert content["status"] == "ok", content["reasons"]
+    # 64 px does not resolve the 256 px tolerance everywhere: here dx is 0.079 px off, and the score at
+    # dx + 0.1 px (where the truth lies) is no higher than at the estimate, so "ok" would claim too much
+    assert content["status"] == "ambiguous", content["reasons"]
+    assert content["reasons"] and all("vouches for" in r for r in content["reasons"]), content["reasons"]
+    assert any(r.startswith("the criterion does not tell the estimate from dx +0.1 px") for r in content["reasons"])
     assert content["score"] < content["nominal_score"]
 
 
 def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vouches_for(run, tmp_path, capsys):
-    """The default run records the stage and the uncertainty, and is "ok" at the default tolerance; a
-    second run skips the stage and asks for dx to 1e-6 px, which the calibration cannot pin."""
+    """The default run records the stage and the uncertainty; a second run skips the stage and asks for dx
+    to 1e-6 px, which the calibration cannot pin: the uncertainty test and the tolerance test say so for dx alone."""
     folder, files = run
     content = json.loads(files["json"].read_text())
     record = content["settings"]["noise_correction"]
@@ -82,8 +86,9 @@ def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vou
     assert strict["settings"]["noise_correction"] is None
     assert strict["settings"]["status"]["tolerance"] == [1e-6, 10, 10, 10, 10]
     assert strict["status"] == "ambiguous"
-    assert [r for r in strict["reasons"] if "vouches for" in r] == [
-        r for r in strict["reasons"] if r.startswith("dx is uncertain by")] != []
+    vouching = [r for r in strict["reasons"] if "vouches for" in r]
+    assert len(vouching) == 2 and vouching[0].startswith("the criterion does not tell the estimate from dx ")
+    assert vouching[1].startswith("dx is uncertain by")
     printed = capsys.readouterr().out
     assert "noise:" not in printed and "uncertainty (one sigma" in printed
     assert "forward model: N=4, K=2 as named (--model-oversample): not compared" in printed

@@ -174,3 +174,27 @@ def test_the_code_reason_says_raises_when_the_code_makes_the_error_worse():
     worse = code_failure(0.002915, 0.001873, -0.358, 0.164, 2)
     assert "the code raises it by 35.8 % +- 16.4 %" in worse and "-35.8" not in worse, worse
     assert "the code lowers it by 1.0 % +- 3.0 %" in code_failure(0.0099, 0.01, 0.01, 0.03, 2)
+
+
+def test_the_tolerance_test_asks_whether_the_criterion_resolves_the_tolerance(correct):
+    """The score at the estimate +- the tolerance, paired with the estimate's: at the tolerance a 48 px scene
+    pins, every parameter rises beyond the noise both ways (no reason); at a tolerance of 1e-4 of each unit
+    nothing does, and each parameter gets a reason naming the tolerance's edge."""
+    from calib.forward_model import params_tensor
+    from calib.ranges import Ranges
+    from calib.pipeline import REFINE_SCORE
+    from calib.score import HeldOutScore
+    from calib.status import tolerance_test
+    y, mask = measure(48, TRUTH)
+    full = HeldOutScore(y, mask, settings=REFINE_SCORE)       # the refinement setting, N=4, K=2
+    point = params_tensor(correct.estimate).reshape(5)
+    full.set_reference(point[None])
+    wide, tiny = {}, {}
+    small = tuple(SMALL_TOLERANCE[n] for n in PARAMETER_NAMES)
+    assert tolerance_test(full, point, Ranges(), StatusSettings(tolerance=small), wide) == []
+    reasons = tolerance_test(full, point, Ranges(), StatusSettings(tolerance=(1e-4,) * 5), tiny)
+    assert len(reasons) == 5 and all("the edge of the tolerance" in r for r in reasons)
+    for name in PARAMETER_NAMES:
+        record = wide["tolerance_edges"][name]
+        assert record["offsets"] == [-SMALL_TOLERANCE[name], SMALL_TOLERANCE[name]]
+        assert all(rise > 2 * se for rise, se in zip(record["rise"], record["standard_error"]))
