@@ -242,15 +242,16 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
     criterion itself rather than of its quadratic model, which a rough or flat-bottomed landscape defeats
     (pseudo-KAIST scene06 of the benchmark's seed-1 draws: alpha's uncertainty 0.062 deg, the estimate 0.20 deg
     off and "ok"; the score at alpha + 0.15 deg only 0.7 standard errors above it). The numbers go to
-    ``tests["tolerance_edges"]``."""
+    ``tests["tolerance_edges"]``: the tolerance, and per parameter the rise and its standard error at each end."""
     tolerance = torch.tensor(settings.tolerance, dtype=torch.float64)
     moves = torch.cat([-torch.diag(tolerance), torch.diag(tolerance)])           # (10, 5): minus, then plus
     parts = full.block_scores(torch.cat([point[None], ranges.clamp(point + moves)]), settings.blocks)
-    reasons, record, needed = [], {}, settings.z / 2
+    reasons, needed = [], settings.z / 2
+    record = {key: {} for key in ("rise_minus", "rise_plus", "standard_error_minus", "standard_error_plus")}
     for i, name in enumerate(PARAMETER_NAMES):
         rises = [relative_difference(parts[1 + side * 5 + i], parts[0]) for side in (0, 1)]
-        record[name] = {"offsets": [-float(tolerance[i]), float(tolerance[i])],
-                        "rise": [r for r, _ in rises], "standard_error": [e for _, e in rises]}
+        for side, (rise, se) in zip(("minus", "plus"), rises):
+            record[f"rise_{side}"][name], record[f"standard_error_{side}"][name] = rise, se
         rise, se = min(rises, key=lambda item: item[0] - needed * item[1])
         if rise <= needed * se:
             side = "-" if rise == rises[0][0] else "+"
@@ -259,7 +260,7 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
                            f"changes by {100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) there; needs a rise "
                            f"of more than {needed:g} standard error(s), what {settings.z:g} uncertainties within the "
                            "tolerance mean for a quadratic criterion")
-    tests["tolerance_edges"] = record
+    tests["tolerance_edges"] = {"tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), **record}
     return reasons
 
 
