@@ -252,11 +252,12 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
         rises = [relative_difference(parts[1 + side * 5 + i], parts[0]) for side in (0, 1)]
         for side, (rise, se) in zip(("minus", "plus"), rises):
             record[f"rise_{side}"][name], record[f"standard_error_{side}"][name] = rise, se
-        rise, se = min(rises, key=lambda item: item[0] - needed * item[1])
+        worst = min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
+        rise, se = rises[worst]
         if rise <= needed * se:
-            side = "-" if rise == rises[0][0] else "+"
-            reasons.append(f"the criterion does not tell the estimate from {name} {side}{float(tolerance[i]):g} "
-                           f"{PARAMETER_UNITS[name]}, the edge of the tolerance an \"ok\" vouches for: the score "
+            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {PARAMETER_UNITS[name]}"
+            reasons.append(f"the criterion does not tell the estimate from {edge}, the edge of the tolerance an "
+                           f"\"ok\" vouches for: the score "
                            f"changes by {100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) there; needs a rise "
                            f"of more than {needed:g} standard error(s), what {settings.z:g} uncertainties within the "
                            "tolerance mean for a quadratic criterion")

@@ -35,11 +35,6 @@ from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
 
-def operator_file_status(path: str | Path) -> dict[str, Any]:
-    """The calibration status an operator file records (:func:`calibration_status`)."""
-    return read_operator_file(path).calibration
-
-
 def _json_status(content: Any) -> dict[str, Any]:
     """The calibration status a calibration.json (or a scene's entry) records (:func:`calibration_status`)."""
     if not isinstance(content, dict):

@@ -43,10 +43,9 @@ from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
-from cassi.operator_file import status_text
+from cassi.operator_file import read_operator_file, status_text
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
-from evaluation.calibration import operator_file_status
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
@@ -219,7 +218,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
                                "oversample": list(calibrated.oversample),
                                "mask_interpolation": calibrated.mask_interpolation,
-                               "calibration_status": operator_file_status(operator), "caveat": OPERATOR_CAVEAT}
+                               "calibration_status": read_operator_file(operator).calibration,
+                               "caveat": OPERATOR_CAVEAT}
     if verbose:
         print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")
         if operator is not None:

@@ -71,7 +71,7 @@ class Calibrator(Protocol):
     """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W);
     ``scene`` names the scene the measurement shows (a saved per-scene calibration is looked up by it).
     ``description["calibration_status"]``, where present, holds the calibration's status by file (one
-    calibration for every scene) or by scene (:func:`evaluation.calibration.calibration_status`).
+    calibration for every scene) or by scene (:func:`cassi.operator_file.calibration_status`).
 
     ``oversample``: (N, K) of the forward model the estimate belongs to, or None when unknown;
     ``mask_interpolation``: how that model reads the mask ("linear" or "cubic").
