@@ -38,7 +38,7 @@ from calib.forward_model import EnlargedGridOperator, params_tensor
 from cassi.errors import UserError
 from cassi.mismatch import Mismatch
 from cassi.operator import CassiOperator
-from cassi.operator_file import read_operator_file
+from cassi.operator_file import OperatorRecord, read_operator_file
 
 
 class InstrumentOperator(CassiOperator):
@@ -169,7 +169,11 @@ def instrument_operator(mask: Tensor, bands: int = 28, step: int = 2, mismatch: 
 def load_instrument(path: str | Path) -> CassiOperator:
     """The instrument of an operator file (``calibrate.py``'s operator.npz) through the forward model it
     records (N, K and the mask reading; files without them are native-grid, bilinear operators)."""
-    record = read_operator_file(path)
+    return record_instrument(read_operator_file(path), path)
+
+
+def record_instrument(record: OperatorRecord, path: str | Path) -> CassiOperator:
+    """:func:`load_instrument` of an operator file already read (``record``; ``path`` names it in errors)."""
     if record.dispersion != "linear" and (record.oversample, record.mask_interpolation) != ((1, 1), "linear"):
         raise UserError(f"{path}: dispersion {record.dispersion!r} is only defined for the native operator "
                         "(N = K = 1, mask_interpolation 'linear')")

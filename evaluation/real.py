@@ -37,13 +37,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from calib.instrument import load_instrument
+from calib.instrument import record_instrument
 from cassi import CassiOperator
 from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
-from cassi.operator_file import read_operator_file, status_text
+from cassi.operator_file import OperatorRecord, read_operator_file, status_text
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
 from evaluation.protocol import timed
@@ -148,9 +148,11 @@ def _cell(key: str) -> str:
     return "{:.4f}" if "residual" in key else "{:.4g}" if key.startswith("scale") else "{:.2f}"
 
 
-def calibrated_operator(path: str | Path, mask: torch.Tensor, bands: int, step: int) -> CassiOperator:
-    """The instrument of an operator file, which must hold ``mask`` and the given bands and step."""
-    op = load_instrument(path)
+def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Tensor, bands: int, step: int
+                        ) -> CassiOperator:
+    """The instrument of the operator file ``path`` (read: ``record``), which must hold ``mask`` and the given bands
+    and step."""
+    op = record_instrument(record, path)
     if tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the captures' "
                         f"mask.mat (shape {tuple(mask.shape)}); calibrate with the same mask")
@@ -165,16 +167,18 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
                   verbose: bool = True, operator: str | Path | None = None) -> dict[str, Any]:
     """Reconstruct every capture of ``root`` (the first ``limit`` ones if given) with the nominal operator
     and, given an ``operator`` file, the calibrated one; write results.{json,md}, previews and spectra to
-    ``out_dir`` (the means are printed first)."""
+    ``out_dir`` (the means are printed first). The operator file is read once, first (a "failed" calibration is
+    refused there)."""
     if scale is not None and not 0 < scale < float("inf"):
         raise UserError(f"scale must be a finite number > 0, got {scale}")
+    record = None if operator is None else read_operator_file(operator)
     if operator is not None:
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
     operators = {"nominal": CassiOperator(mask, bands, step)}
     if operator is not None:
-        operators["calibrated"] = calibrated_operator(operator, mask, bands, step)
+        operators["calibrated"] = calibrated_operator(record, operator, mask, bands, step)
     for warning in warnings:
         print(f"warning: {warning}")
     kind = "residual" if method.fits_measurement else "scaled_residual"
@@ -218,7 +222,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
                                "oversample": list(calibrated.oversample),
                                "mask_interpolation": calibrated.mask_interpolation,
-                               "calibration_status": read_operator_file(operator).calibration,
+                               "calibration_status": record.calibration,
                                "caveat": OPERATOR_CAVEAT}
     if verbose:
         print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")

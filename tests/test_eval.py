@@ -483,6 +483,20 @@ def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
             str(path): {"status": "ambiguous", "reasons": reasons}}
 
 
+def test_real_reads_the_operator_file_once(tmp_path, monkeypatch):
+    """eval.py real --operator read the file twice (the instrument, then its status): one read now gives both."""
+    import cassi.operator_file
+
+    root = tmp_path / "real"
+    save_operator(tmp_path / "op.npz", write_real_capture(root, lambda mask: CassiOperator(mask, mismatch=XI)), "ok")
+    opened, load = [], np.load
+    monkeypatch.setattr(cassi.operator_file.np, "load", lambda path, **kw: opened.append(path) or load(path, **kw))
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--operator", tmp_path / "op.npz", "--no-previews",
+                   "--out", tmp_path / "run") == 0
+    assert opened == [tmp_path / "op.npz"]
+    assert read_results(tmp_path / "run")["operator"]["calibration_status"] == {"status": "ok", "reasons": []}
+
+
 @dataclass
 class ScaledGapTV(GapTV):
     """GAP-TV's cube times ``factor``, presented as a network's (not fitted through the operator)."""
