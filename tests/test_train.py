@@ -1,6 +1,7 @@
 """Training: objectives, instrument, modules, configs, smoke fits of every model family, exact resume."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import subprocess
@@ -300,3 +301,34 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(name, tmp_path):
     assert full["lr_schedulers"][0]["last_epoch"] == split["lr_schedulers"][0]["last_epoch"] == 2
     for a, b in zip(full["optimizer_states"][0]["state"].values(), split["optimizer_states"][0]["state"].values()):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"], rtol=1e-5, atol=1e-8)
+
+
+class BatchDigests(pl.Callback):
+    """Records (epoch, batch index, sha256 of the batch's cubes and mask) of every training batch."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, int, str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        digest = hashlib.sha256(batch["cube"].numpy().tobytes() + batch["mask"].numpy().tobytes()).hexdigest()
+        self.seen.append((trainer.current_epoch, batch_idx, digest))
+
+
+def test_resume_in_mid_epoch_continues_where_the_run_stopped(tmp_path):
+    """2 epochs x 3 steps in one go, and the same run stopped by --trainer.max_steps in mid-epoch 0 (step 1) and in
+    mid-epoch 1 (step 4), each time resumed with ``fit --ckpt_path last``: the same batches of the same epochs.
+    Was: resumed from step 1, the run went on at epoch 1, batch 1 (last.ckpt was rewritten when fit ended, with
+    the stopped epoch counted complete)."""
+    config = CONFIGS / "smoke" / "mst_s.yaml"
+    common = ["--trainer.max_epochs", "2", "--data.samples_per_epoch", "6", "--data.batch_size", "2",
+              "--data.crop", "32", "--previews.every_n_epochs", "0", "--trainer.callbacks+=test_train.BatchDigests"]
+
+    def seen(run) -> list[tuple[int, int, str]]:
+        return next(c for c in run.trainer.callbacks if isinstance(c, BatchDigests)).seen
+
+    full = seen(fit(config, tmp_path / "full", *common))
+    split = seen(fit(config, tmp_path / "split", *common, "--trainer.max_steps", "1"))
+    split += seen(fit(config, tmp_path / "split", *common, "--trainer.max_steps", "4", "--ckpt_path", "last"))
+    split += seen(fit(config, tmp_path / "split", *common, "--ckpt_path", "last"))
+    assert [(epoch, index) for epoch, index, _ in full] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [(epoch, index) for epoch, index, _ in split] == [(epoch, index) for epoch, index, _ in full]

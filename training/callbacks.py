@@ -90,7 +90,9 @@ class RunCheckpoint(ModelCheckpoint):
         self.save_newest(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+        # Not ModelCheckpoint's, which rewrites the last checkpoint here unless it wrote one itself: after a
+        # --trainer.max_steps stop in mid-epoch the loop then counts that epoch complete, and a resumed run skipped
+        # the rest of it.
         self.save_newest(trainer)
 
     def save_newest(self, trainer: pl.Trainer) -> None:
