@@ -225,7 +225,7 @@ def _kaist_defaults(args) -> None:
 
 def run_kaist(args) -> None:
     from cassi.files import OutputFolder
-    from evaluation.calibration import make_calibrator
+    from evaluation.calibration import make_calibrator, read_saved
     from evaluation.kaist import DataSpec, evaluate_kaist, load_data
     from evaluation.protocol import Noise
     from evaluation.reconstructors import check_uses_mask
@@ -245,6 +245,7 @@ def run_kaist(args) -> None:
     if (args.operator or args.calibration) and "III" not in setup.scenarios:
         raise UserError(f"--{'operator' if args.operator else 'calibration'} is scenario III's estimate, and "
                         f"--scenarios {','.join(setup.scenarios)} does not include III")
+    calibration = read_saved(args.operator, args.calibration)    # a "failed" one is refused before any work
     if setup.needs_mismatch:
         drift = ", ".join(f"{k}={v:g}" for k, v in setup.mismatch.to_dict().items())
         given = args.mismatch is not None
@@ -265,8 +266,7 @@ def run_kaist(args) -> None:
         scenes, mask, info = load_data(spec, method)
         calibrator = None
         if "III" in setup.scenarios:
-            calibrator = make_calibrator(args.operator, args.calibration, mask, bands=scenes[0].cube.shape[0],
-                                         step=setup.step)
+            calibrator = make_calibrator(calibration, mask, bands=scenes[0].cube.shape[0], step=setup.step)
             if hasattr(calibrator, "require"):              # one saved calibration per scene
                 calibrator.require([scene.name for scene in scenes])
         results = evaluate_kaist(method, scenes, mask, info, setup, staging, calibrator, args.previews)

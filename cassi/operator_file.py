@@ -52,6 +52,17 @@ def status_text(info: Mapping[str, Any]) -> str:
     return info["status"] + "".join(f"\n  - {reason}" for reason in info["reasons"])
 
 
+def refuse_failed(where: str, subject: str, info: Mapping[str, Any]) -> None:
+    """:class:`UserError` "WHERE: SUBJECT "failed" (reasons: ...)" when the calibration ``info``
+    (:func:`calibration_status`) failed: what it made is no estimate of the instrument. The reasons are quoted on
+    one line (a reason may hold ';')."""
+    if info["status"] != "failed":
+        return
+    reasons = ("reasons not recorded" if info["reasons"] is None
+               else "reasons: " + (", ".join(f'"{r}"' for r in info["reasons"]) or "none recorded"))
+    raise UserError(f'{where}: {subject} "failed" ({reasons}): it is no estimate of the instrument; recalibrate')
+
+
 @dataclass
 class OperatorRecord:
     """The contents of an operator file."""
@@ -156,14 +167,13 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
         raise UserError(f"{path}: key '{INTERPOLATION_KEY}' must be one of {MASK_INTERPOLATIONS} ('cubic' with "
                         f"spatial N = 1 only), got {interpolation!r} with N={oversample[0]}")
     status = _scalar(values, STATUS_KEY, "str", path) if STATUS_KEY in values else None
-    if status == "failed":
-        raise UserError(f"{path}: this operator comes from a calibration whose status is \"failed\" (its reasons are "
-                        "in the calibration.json written with it): its mismatch is no estimate of the instrument; "
-                        "recalibrate")
+    reasons = _reasons(values, path)
+    refuse_failed(str(path), "this operator comes from a calibration whose status is",
+                  calibration_status(status, reasons))
     return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
                           _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
                           Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
-                          oversample, interpolation, status, _reasons(values, path))
+                          oversample, interpolation, status, reasons)
 
 
 def load_operator(path: str | Path) -> CassiOperator:

@@ -15,7 +15,9 @@
 A calibration's status and reasons (an operator file's ``calibration_status`` and
 ``calibration_reasons``, a calibration.json's ``status`` and ``reasons``, or ``calib.calibrate``'s result per
 scene) go into the calibrator's ``description["calibration_status"]``, by file or scene
-(:func:`cassi.operator_file.calibration_status`), for the reports.
+(:func:`cassi.operator_file.calibration_status`), for the reports. A saved calibration whose status is
+"failed" is refused when it is read (:func:`read_saved`, before any work), naming the file, the status and its
+reasons.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from torch import Tensor
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
-from cassi.operator_file import calibration_status, read_operator_file
+from cassi.operator_file import OperatorRecord, calibration_status, read_operator_file, refuse_failed
 from evaluation.scenarios import FixedEstimate
 from models.release import mask_sha256
 
@@ -42,10 +44,10 @@ def _json_status(content: Any) -> dict[str, Any]:
     return calibration_status(content.get("status"), content.get("reasons"))
 
 
-def from_operator_file(path: str | Path, mask: Tensor, bands: int = 28, step: int = 2) -> FixedEstimate:
-    """The mismatch and forward model (N, K, mask reading) of an operator file whose mask equals ``mask``
-    and whose bands and step are these."""
-    record = read_operator_file(path)
+def from_operator_record(record: OperatorRecord, path: str | Path, mask: Tensor, bands: int = 28, step: int = 2
+                         ) -> FixedEstimate:
+    """The mismatch and forward model (N, K, mask reading) of the operator file ``path`` (read: ``record``), whose
+    mask must equal ``mask`` and whose bands and step must be these."""
     shape, wanted = tuple(record.mask.shape), tuple(mask.shape)
     if shape != wanted:
         raise UserError(f"{path}: the operator's mask is {shape} but the evaluation mask is {wanted}; "
@@ -73,15 +75,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _estimate(content: Any, where: str, mask: Tensor | None) -> Mismatch:
-    """The mismatch of one calibration (``estimate`` object or top-level parameter names); refused when its
-    status is "failed" or, given the evaluation ``mask``, when it was made with another mask
-    (:func:`check_calibration_mask`)."""
+    """The mismatch of one calibration (``estimate`` object or top-level parameter names); refused, given the
+    evaluation ``mask``, when it was made with another mask (:func:`check_calibration_mask`)."""
     if mask is not None:
         check_calibration_mask(content, where, mask)
-    if isinstance(content, dict) and content.get("status") == "failed":
-        reasons = content.get("reasons") or ["no reason recorded"]
-        raise UserError(f"{where}: this calibration's status is \"failed\" ({reasons[0]}): its estimate is no "
-                        "estimate of the instrument; recalibrate")
     values = content.get("estimate", content) if isinstance(content, dict) else None
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected an object with the mismatch parameters {sorted(PARAMETER_UNITS)}")
@@ -172,12 +169,11 @@ def check_calibration_mask(content: Any, where: str, mask: Tensor) -> None:
                         f"sha256 {mask_sha256(mask)[:12]}...; calibrate with the same mask")
 
 
-def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
-    """The mismatch(es) of a calibration.json, of a multi-scene file (``scenes`` object) or of a folder of
-    per-scene calibrations (``DIR/<scene>/calibration.json``); with ``mask`` (H, W), each calibration that
-    records its mask must have been made with it (:func:`check_calibration_mask`)."""
+def read_calibration_json(path: str | Path) -> dict[str | None, tuple[Any, str]]:
+    """The calibrations of a calibration.json (key None: one for every scene), of a multi-scene file (``scenes``
+    object) or of a folder of per-scene calibrations (``DIR/<scene>/calibration.json``), by scene: (content,
+    where it was read). One whose status is "failed" is refused (:func:`cassi.operator_file.refuse_failed`)."""
     path = Path(path)
-    source = {"source": "calibration file", "path": str(path)}
     if path.is_dir():
         files = sorted(path.glob("*/calibration.json"))
         if not files:
@@ -185,16 +181,58 @@ def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> Fixed
             hint = (f"; {single} is one calibration for every scene: pass that file" if single.is_file() else "")
             raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)"
                                     + hint)
-        return _per_scene({f.parent.name: (_read_json(f), str(f)) for f in files}, source, mask)
-    content = _read_json(path)
-    if isinstance(content, dict) and isinstance(content.get("calibrations"), list) and "estimate" not in content:
-        raise ValueError(f"{path} is the summary of calibrate.py --separately; pass its folder {path.parent} "
-                         "(one calibration per scene, DIR/<scene>/calibration.json)")
-    if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
-        return _per_scene({name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()},
-                          source, mask)
-    source["calibration_status"] = {str(path): _json_status(content)}
-    return FixedEstimate(_estimate(content, str(path), mask), source, *_forward_model(content, str(path)))
+        contents = {f.parent.name: (_read_json(f), str(f)) for f in files}
+    else:
+        content = _read_json(path)
+        if isinstance(content, dict) and isinstance(content.get("calibrations"), list) and "estimate" not in content:
+            raise ValueError(f"{path} is the summary of calibrate.py --separately; pass its folder {path.parent} "
+                             "(one calibration per scene, DIR/<scene>/calibration.json)")
+        if isinstance(content, dict) and isinstance(content.get("scenes"), dict):
+            contents = {name: (value, f"{path}: scenes.{name}") for name, value in content["scenes"].items()}
+        else:
+            contents = {None: (content, str(path))}
+    for content, where in contents.values():
+        refuse_failed(where, "this calibration's status is", _json_status(content))
+    return contents
+
+
+def from_calibration_contents(contents: dict[str | None, tuple[Any, str]], path: str | Path,
+                              mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
+    """The mismatch(es) of :func:`read_calibration_json`'s ``contents`` of ``path``; with ``mask`` (H, W), each
+    calibration that records its mask must have been made with it (:func:`check_calibration_mask`)."""
+    source = {"source": "calibration file", "path": str(path)}
+    if None not in contents:
+        return _per_scene(contents, source, mask)
+    content, where = contents[None]
+    source["calibration_status"] = {where: _json_status(content)}
+    return FixedEstimate(_estimate(content, where, mask), source, *_forward_model(content, where))
+
+
+def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
+    """:func:`from_calibration_contents` of :func:`read_calibration_json`."""
+    return from_calibration_contents(read_calibration_json(path), path, mask)
+
+
+@dataclass
+class SavedCalibration:
+    """Scenario III's saved calibration, read once (:func:`read_saved`): an operator file's ``record`` or a
+    calibration file's ``contents`` (:func:`read_calibration_json`)."""
+
+    path: str
+    record: OperatorRecord | None = None
+    contents: dict[str | None, tuple[Any, str]] = field(default_factory=dict)
+
+
+def read_saved(operator: str | None, calibration: str | None) -> SavedCalibration | None:
+    """``--operator`` or ``--calibration``, read and its status checked before any work ("failed" is refused, naming
+    the file, the status and its reasons); None when neither is given."""
+    if operator and calibration:
+        raise ValueError("give either --operator or --calibration, not both")
+    if operator:
+        return SavedCalibration(str(operator), record=read_operator_file(operator))
+    if calibration:
+        return SavedCalibration(str(calibration), contents=read_calibration_json(calibration))
+    return None
 
 
 @dataclass
@@ -248,14 +286,13 @@ def calibrate_function():
     return calibrate
 
 
-def make_calibrator(operator: str | None, calibration: str | None, mask: Tensor, solver: str = "heldout",
-                    ckpt: str | None = None, bands: int = 28, step: int = 2, **options: Any):
-    """The calibration source for scenario III, in the order: operator file, calibration file, calib."""
-    if operator and calibration:
-        raise ValueError("give either --operator or --calibration, not both")
-    if operator:
-        return from_operator_file(operator, mask, bands, step)
-    if calibration:
-        return from_calibration_json(calibration, mask)
-    calibrate_function()
-    return CalibratePerScene(solver, ckpt, bands, step, options)
+def make_calibrator(saved: SavedCalibration | None, mask: Tensor, solver: str = "heldout", ckpt: str | None = None,
+                    bands: int = 28, step: int = 2, **options: Any):
+    """The calibration source for scenario III: the ``saved`` calibration (:func:`read_saved`), checked against the
+    evaluation's mask, bands and step, else ``calib.calibrate`` per scene."""
+    if saved is None:
+        calibrate_function()
+        return CalibratePerScene(solver, ckpt, bands, step, options)
+    if saved.record is not None:
+        return from_operator_record(saved.record, saved.path, mask, bands, step)
+    return from_calibration_contents(saved.contents, saved.path, mask)
