@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from calib.forward_model import EnlargedGridOperator
 from calib.network_score import NetworkHeldOutScore
 from calib.score import ScoreSettings, stripe_windows
-from calib.solvers import GAP_TV, HELD_OUT, check_solver_size, load_network, network_solver
+from calib.solvers import GAP_TV, HELD_OUT, check_network_inputs, load_network
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
 from cassi.operator import CassiOperator
@@ -172,12 +172,12 @@ class InnerSolver:
 def inner_solver(solver: str, checkpoint, y: Tensor, mask: Tensor, bands: int, step: int) -> InnerSolver | None:
     """The solver that decides the estimate: None for ``heldout`` (the held-out CG score of
     :mod:`calib.score` decides), else GAP-TV or a network on the device of ``y``. A network is loaded,
-    frozen and run once on ``y`` here, so a wrong name, checkpoint or size fails
-    (:class:`cassi.errors.UserError`, one line) before the search."""
+    frozen and its size rule and inputs checked here (:func:`calib.solvers.check_network_inputs`), so a wrong
+    name, checkpoint, size or band count fails (:class:`cassi.errors.UserError`, one line) before the search."""
     if solver in (HELD_OUT, GAP_TV):
         if checkpoint is not None:
             raise UserError(f"--ckpt is only used with a network solver, not {solver}")
         return None if solver == HELD_OUT else InnerSolver(solver, None)
     network = load_network(solver, checkpoint, y.device)
-    check_solver_size(network_solver(network), solver, y[None], CassiOperator(mask, bands, step))
+    check_network_inputs(network, solver, y[None], CassiOperator(mask, bands, step))
     return InnerSolver(solver, network)

@@ -5,7 +5,8 @@ cube (B, L, H, W). ``calibrate(..., solver=S)`` ranks candidates and takes gradi
 (:mod:`calib.solver_score`); ``solver="heldout"`` is the held-out CG criterion of
 :mod:`calib.score`, which reconstructs with its own regularised solve (the before / after check then
 uses GAP-TV). Every problem with a solver (unknown name, missing or foreign checkpoint, a network
-that takes no mask, a size it cannot take) is a one-line :class:`cassi.errors.UserError` raised before any calibration work.
+that takes no mask, a size outside its ``size_rule``) is a one-line :class:`cassi.errors.UserError` raised
+before any calibration work.
 """
 from __future__ import annotations
 
@@ -79,12 +80,15 @@ def network_solver(model: nn.Module) -> Solver:
     return solve
 
 
-def check_solver_size(solve: Solver, name: str, y: Tensor, op: CassiOperator) -> None:
-    """Run the solver once on ``y`` (1, H, Wm) with ``op``: a network whose size rules do not fit the
-    measurement (multiples of 8, 256 rows, ...) fails here with a one-line error, before any search."""
+def check_network_inputs(network: nn.Module, name: str, y: Tensor, op: CassiOperator) -> None:
+    """Refuse, before any search, a network that cannot reconstruct ``y`` (1, H, Wm) through ``op``: a scene
+    size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4, at most 256 rows, ...) or an operator
+    its inputs do not fit (band count, step: ``prepare_inputs``). No forward pass runs: at a real capture's
+    size one costs seconds to minutes on a CPU. GAP-TV takes any size and needs no check."""
     try:
-        solve(y, op)
-    except (ValueError, RuntimeError) as err:
+        network.size_rule.check(op.height, op.width, "its input")
+        network.prepare_inputs(y, op)
+    except ValueError as err:
         raise UserError(f"solver {name} cannot reconstruct a {op.height}x{op.width} scene "
                         f"(measurement {tuple(y.shape[-2:])}): {one_line(err)}") from err
 

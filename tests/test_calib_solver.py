@@ -18,6 +18,7 @@ from calib.network_score import NetworkHeldOutScore
 from calib.solver_score import SolverScore
 from calib.solvers import load_network
 from cassi import Mismatch
+from cassi.errors import UserError
 from models import create_model
 from tests.test_calib_pipeline import QUICK, measure
 from tests.cli_checks import user_error
@@ -76,6 +77,29 @@ def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path)
     with pytest.raises(ValueError, match=r"solver mst_s cannot reconstruct a 30x30 scene") as info:
         run_calibration(y, mask, solver="mst_s", ckpt=str(tmp_path / "mst_s.pth"), progress=False, **QUICK)
     assert "\n" not in str(info.value)
+
+
+def test_the_solver_check_reads_the_size_rule_and_runs_no_forward_pass(inputs, monkeypatch):
+    """A network is checked by its ``size_rule`` and ``prepare_inputs`` alone, not by a trial reconstruction (which
+    costs seconds to minutes at a real capture's size on a CPU); GAP-TV takes sizes the networks refuse."""
+    import calib.solver_score as solver_score
+
+    folder, y, mask = inputs
+    forwards = []
+
+    def load(name, checkpoint, device):
+        network = load_network(name, checkpoint, device)
+        network.register_forward_pre_hook(lambda module, args: forwards.append(name))
+        return network
+
+    monkeypatch.setattr(solver_score, "load_network", load)
+    assert solver_score.inner_solver("mst_s", folder / "mst_s.pth", y, mask, 28, 2).network is not None
+    y30, mask30 = measure(30, Mismatch())
+    with pytest.raises(UserError, match=r"solver mst_s cannot reconstruct a 30x30 scene .*: its input is 30x30; "
+                                        r"it must have H and W each a multiple of 4"):
+        solver_score.inner_solver("mst_s", folder / "mst_s.pth", y30, mask30, 28, 2)
+    assert forwards == []
+    assert solver_score.inner_solver("gap_tv", None, y30, mask30, 28, 2).network is None
 
 
 @pytest.mark.parametrize("solver", ["gap_tv", "bisrnet"])
