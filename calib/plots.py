@@ -19,8 +19,19 @@ def _stage_points(result: CalibrationResult, prefix: str) -> list[dict]:
     return [e for e in result.evaluations if e["stage"].startswith(prefix)]
 
 
+def cell_edges(values: list[float]) -> np.ndarray:
+    """Edges of the cells centred on sorted grid ``values`` (half-way between neighbours; a lone value gets a
+    cell of width 1), so that each cell of a heat map sits on the grid point it shows."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return np.array([v[0] - 0.5, v[0] + 0.5])
+    mid = (v[1:] + v[:-1]) / 2
+    return np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
+
+
 def _heatmap(ax, entries: list[dict], x: str, y: str, title: str) -> None:
-    """Best score over the other parameters on the (x, y) grid of a search stage (log10, relative)."""
+    """Best score over the other parameters on the (x, y) grid of a search stage (log10, relative), each cell
+    centred on its grid point."""
     if not entries:
         ax.set_axis_off()
         return
@@ -31,12 +42,11 @@ def _heatmap(ax, entries: list[dict], x: str, y: str, title: str) -> None:
         i, j = ys.index(round(e["point"][y], 6)), xs.index(round(e["point"][x], 6))
         grid[i, j] = np.nanmin([grid[i, j], e["score"]])
     grid = np.log10(grid / np.nanmin(grid))
-    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis",
-                   extent=(xs[0], xs[-1], ys[0], ys[-1]) if len(xs) > 1 and len(ys) > 1 else None)
+    mesh = ax.pcolormesh(cell_edges(xs), cell_edges(ys), grid, cmap="viridis")
     ax.set_xlabel(f"{x} ({PARAMETER_UNITS[x]})")
     ax.set_ylabel(f"{y} ({PARAMETER_UNITS[y]})")
     ax.set_title(title, fontsize=9)
-    plt.colorbar(im, ax=ax, label="log10(score / min)")
+    plt.colorbar(mesh, ax=ax, label="log10(score / min)")
 
 
 def slice_curves(result: CalibrationResult) -> dict[str, dict]:
