@@ -204,7 +204,8 @@ def summary(result) -> str:
     if unshift and unshift["kept"]:
         phase, margins = unshift["phase"], unshift["margins"]
         scores = " / ".join(f"{name} {m['score']:.5f}" for name, m in margins.items())
-        lines.append(f"handed mask: un-shifted by the bilinear phase (fy, fx) = ({phase['fy']:.3f}, {phase['fx']:.3f}) px "
+        lines.append(f"handed mask: un-shifted by the bilinear phase (fy, fx) = ({phase['fy']:.3f}, "
+                     f"{phase['fx']:.3f}) px "
                      f"chosen by the held-out score ({unshift['refined_score']:.5f} vs {scores}, "
                      f"{min(m['margin_in_standard_errors'] for m in margins.values()):.1f} standard errors or more): "
                      f"calibrated with the un-shifted mask, the estimate given for the handed mask")
@@ -330,8 +331,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
             if args.separately:
                 files[stem] = {key: folder.path / stem / path.name for key, path in written.items()}
-                rows.append({"measurement": str(Path(paths[0]).resolve()), "folder": stem, "estimate": result.estimate.to_dict(),
-                             "status": result.status, "reasons": result.reasons})
+                rows.append({"measurement": str(Path(paths[0]).resolve()), "folder": stem,
+                             "estimate": result.estimate.to_dict(), "status": result.status, "reasons": result.reasons})
             else:
                 files = {key: folder.path / path.name for key, path in written.items()}
         if args.separately:
@@ -414,7 +415,9 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CliParser(prog="calibrate.py", description=__doc__.splitlines()[0],
+    parser = CliParser(prog="calibrate.py", description=__doc__.splitlines()[0] + "\n\nEach command's options and "
+                       "their defaults: python calibrate.py COMMAND --help\n(calibrate, the default command: python "
+                       "calibrate.py calibrate --help).",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cal = commands.add_parser("calibrate", help="estimate the mismatch from a measurement (the default command)")
@@ -424,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--separately", action="store_true",
                      help="with two or more --meas: calibrate each capture on its own, DIR/<file stem>/ each, in one "
                           "process (DIR/calibrations.json lists them)")
-    cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file")
+    cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file (default: y in "
+                                                       "an .npz; meas, y or meas_real in a .mat)")
     cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
     cal.add_argument("--solver", default="heldout",
                      help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
@@ -437,8 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
                                                      "score, the solver and the check run")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
-    cal.add_argument("--bands", type=positive_int, default=28, help="spectral bands of the cube (28: KAIST)")
-    cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
+    cal.add_argument("--bands", type=positive_int, default=28,
+                     help="spectral bands of the cube (default %(default)s, KAIST)")
+    cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band (default "
+                                                                  "%(default)s)")
     cal.add_argument("--forward-model", choices=("auto",), default=None,
                      help="auto (the default): the data choose the calibration forward model among the native "
                           "grid (N=K=1) and the enlarged grid (N=4, K=2) by the held-out score "
@@ -447,8 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="oversampling of the calibration forward model (1 1: the native-grid operator); "
                           "no selection")
     cal.add_argument("--mask-reading", choices=("auto", "linear"), default="auto",
-                     help="how the native-grid model reads the mask between pixels: auto (bilinear, and cubic kept "
-                          "where it predicts the held-out pixels better; settings.model_selection.interpolation) or "
+                     help="how the native-grid model reads the mask between pixels: auto (the default: bilinear, "
+                          "and cubic kept where it predicts the held-out pixels better; "
+                          "settings.model_selection.interpolation) or "
                           "linear (bilinear only, no check: one forward model for every scene of an eval.py "
                           "--calibration DIR)")
     cal.add_argument("--no-noise-correction", action="store_true",
@@ -467,25 +474,30 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")
-    demo.add_argument("--size", type=positive_int, default=256, help="scene height and width")
-    demo.add_argument("--seed", type=int, default=0, help="scene, mask, mismatch and noise seed")
+    demo.add_argument("--size", type=positive_int, default=256, help="scene height and width, px (default "
+                                                                 "%(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="scene, mask, mismatch and noise seed (default %(default)s)")
     _add_output(demo, "outputs/calibration_demo", "output folder (written as one unit at the end)")
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for the calibration")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")
     sim.add_argument("--mask", required=True, help=".mat (key mask) or .npy")
-    sim.add_argument("--dx", type=float, default=0.0, help="mask shift right, px")
-    sim.add_argument("--dy", type=float, default=0.0, help="mask shift down, px")
-    sim.add_argument("--theta", type=float, default=0.0, help="mask rotation, degrees counter-clockwise")
-    sim.add_argument("--a1", type=float, default=2.0, help="dispersion, px per band (nominal 2)")
-    sim.add_argument("--alpha", type=float, default=0.0, help="dispersion axis angle, degrees")
-    sim.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band")
+    sim.add_argument("--dx", type=float, default=0.0, help="mask shift right, px (default %(default)s)")
+    sim.add_argument("--dy", type=float, default=0.0, help="mask shift down, px (default %(default)s)")
+    sim.add_argument("--theta", type=float, default=0.0,
+                     help="mask rotation, degrees counter-clockwise (default %(default)s)")
+    sim.add_argument("--a1", type=float, default=2.0, help="dispersion, px per band (default %(default)s, nominal)")
+    sim.add_argument("--alpha", type=float, default=0.0, help="dispersion axis angle, degrees (default %(default)s)")
+    sim.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band (default "
+                                                                  "%(default)s)")
     sim.add_argument("--oversample", type=positive_int, nargs=2, default=(1, 1), metavar=("N", "K"),
-                     help="spatial and spectral oversampling of the enlarged grid")
-    sim.add_argument("--noise-peak", type=positive_float, default=None, help="photons at the brightest pixel")
-    sim.add_argument("--read-noise", type=non_negative_float, default=0.0, help="Gaussian sigma / clean maximum")
-    sim.add_argument("--seed", type=int, default=0)
+                     help="spatial and spectral oversampling of the enlarged grid (default 1 1: the native grid)")
+    sim.add_argument("--noise-peak", type=positive_float, default=None,
+                     help="photons at the brightest pixel (Poisson noise; default: none)")
+    sim.add_argument("--read-noise", type=non_negative_float, default=0.0,
+                     help="Gaussian read-noise sigma / clean maximum (default %(default)s: none)")
+    sim.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
     _add_output(sim, None, "output .npz (measurement under key y)")
     return parser
 

@@ -63,3 +63,28 @@ def test_simulate_refuses_an_out_that_is_not_npz(tmp_path, capsys, name):
     fails(capsys, ["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
                    "--out", str(tmp_path / name)], rf"--out .*{name}: .*\.npz")
     assert not (tmp_path / name).exists()
+
+
+def test_help_explains_every_option_and_states_its_default(capsys):
+    """``calibrate.py COMMAND --help``: every option has a help text, and one with a default says which (options
+    without one, e.g. --meas-key, say what happens when they are left out); the top-level help says where the
+    commands' options are."""
+    import argparse
+
+    parser = calibrate.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command, sub in commands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            assert text, (command, action.option_strings)
+            default = action.default
+            if default in (None, False, []):
+                continue
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            assert "default" in text and (shown in text or str(default) in text), (command, action.option_strings, text)
+    with pytest.raises(SystemExit):
+        calibrate.main(["--help"])
+    assert "python calibrate.py COMMAND --help" in capsys.readouterr().out
