@@ -24,12 +24,15 @@ scene, each scene once per epoch in the order ``default_rng((seed, 4, e)).permut
 is drawn from ``numpy.random.default_rng((seed, 0, e, i))`` only, so any sampler (``DistributedSampler``
 included) gives each rank its own items and a resumed run sees the same data. The epoch reaches the items
 through ``EpochSampler.set_epoch`` (Lightning calls it every epoch, also through its distributed wrapper),
-which yields ``(epoch, i)`` pairs; plain integer indices use ``TrainCrops.set_epoch``.
+which yields ``(epoch, i)`` pairs; plain integer indices use ``TrainCrops.set_epoch``. The training loader
+(:class:`ResumableLoader`) is resumable in mid-epoch: a checkpoint records how many batches of the epoch it had
+taken, and the resumed run goes on with the next batch, without loading the ones before it.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -229,6 +232,53 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.length
+
+
+class ResumableLoader(DataLoader):
+    """The training ``DataLoader``, resumable in mid-epoch. ``state_dict()`` is the epoch of the pass in progress (its
+    sampler's ``epoch``: :class:`EpochSampler`, or Lightning's distributed wrapper of it) and the batches taken from
+    it; Lightning saves it in every checkpoint and hands it to ``load_state_dict`` when a run resumes. The next pass,
+    if it is over that same epoch, skips those batches: their indices are drawn (``islice`` of the batch sampler,
+    each rank its own), their items never loaded. A pass over another epoch starts at its first batch."""
+
+    _position: dict[str, int] | None = None        # the pass in progress: {"epoch": e, "batches": taken}
+    _resume: dict[str, int] | None = None          # loaded from a checkpoint, for the next pass
+    _skip = 0                                      # batches the pass in progress skips
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._position or {"epoch": 0, "batches": 0})
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._resume = dict(state_dict)
+
+    @property
+    def _index_sampler(self) -> Iterable[Any]:
+        # torch's DataLoader iterators draw the batches' indices from this (its batch sampler) at every pass
+        return _SkippedBatches(super()._index_sampler, self)
+
+    def __iter__(self) -> Iterator[Any]:
+        # a generator: its pass begins at the first batch asked for, after Lightning's set_epoch
+        epoch = self.sampler.epoch
+        resume, self._resume = self._resume, None
+        self._skip = resume["batches"] if resume and resume["epoch"] == epoch else 0
+        self._position = position = {"epoch": epoch, "batches": self._skip}
+        for batch in super().__iter__():
+            position["batches"] += 1
+            yield batch
+
+
+class _SkippedBatches:
+    """A batch sampler's batches from ``loader._skip`` on, read at every pass (persistent workers keep this
+    object); its length is the whole epoch's, as Lightning counts the batches of a resumed epoch itself."""
+
+    def __init__(self, batches: Iterable[Any], loader: ResumableLoader):
+        self.batches, self.loader = batches, loader
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(self.batches, self.loader._skip, None)
 
 
 class CollateWithMask:
@@ -464,9 +514,9 @@ class CassiDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=EpochSampler(len(self.train_set)),
-                          num_workers=hp.num_workers, collate_fn=self._collate(), drop_last=True,
-                          persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+        return ResumableLoader(self.train_set, batch_size=hp.batch_size, sampler=EpochSampler(len(self.train_set)),
+                               num_workers=hp.num_workers, collate_fn=self._collate(), drop_last=True,
+                               persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

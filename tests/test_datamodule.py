@@ -162,6 +162,31 @@ def test_epoch_reaches_items_through_lightnings_distributed_wrapper():
     assert torch.equal(first[0], dm.train_set[(2, 0)]["cube"])
 
 
+def test_training_loader_resumes_in_mid_epoch_without_loading_the_skipped_items(monkeypatch):
+    """Was: a plain DataLoader, which Lightning cannot resume: the resumed epoch began again at its first batch."""
+    dm = _module()                                              # 3 batches of 4 per epoch
+    loader = dm.train_dataloader()
+    _set_sampler_epoch(loader, 1)
+    batches = iter(loader)
+    expected = [b["cube"] for b in (next(batches), next(batches), next(batches))]
+    state = dict(loader.state_dict())
+    assert state == {"epoch": 1, "batches": 3}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict({"epoch": 1, "batches": 2})
+    loaded, getitem = [], type(dm.train_set).__getitem__
+    monkeypatch.setattr(type(dm.train_set), "__getitem__", lambda self, i: loaded.append(i) or getitem(self, i))
+    _set_sampler_epoch(resumed, 1)
+    (rest,) = list(resumed)                                     # batch 3 of epoch 1 only
+    assert torch.equal(rest["cube"], expected[2]) and loaded == [(1, i) for i in range(8, 12)]
+    assert resumed.state_dict() == state and len(resumed) == 3
+    _set_sampler_epoch(resumed, 2)
+    assert len(list(resumed)) == 3                              # the next epoch from its first batch
+    other = dm.train_dataloader()
+    other.load_state_dict({"epoch": 1, "batches": 3})          # written at the end of epoch 1
+    _set_sampler_epoch(other, 2)
+    assert len(list(other)) == 3
+
+
 def test_mask_file_and_per_sample_mask_crops(tmp_path):
     big = np.random.default_rng(1).random((40, 36)).astype(np.float32)
     np.save(tmp_path / "mask.npy", big)

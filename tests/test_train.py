@@ -316,9 +316,10 @@ class BatchDigests(pl.Callback):
 
 def test_resume_in_mid_epoch_continues_where_the_run_stopped(tmp_path):
     """2 epochs x 3 steps in one go, and the same run stopped by --trainer.max_steps in mid-epoch 0 (step 1) and in
-    mid-epoch 1 (step 4), each time resumed with ``fit --ckpt_path last``: the same batches of the same epochs.
-    Was: resumed from step 1, the run went on at epoch 1, batch 1 (last.ckpt was rewritten when fit ended, with
-    the stopped epoch counted complete)."""
+    mid-epoch 1 (step 4), each time resumed with ``fit --ckpt_path last``: the same batches (crops, augmentations,
+    mosaics) of the same epochs in the same order, and the same final weights. Was: resumed from step 1, the run
+    went on at epoch 1, batch 1 (last.ckpt was rewritten when fit ended, with the stopped epoch counted complete),
+    and a resumed epoch re-read its first batches (Lightning warned that the data loader was not resumable)."""
     config = CONFIGS / "smoke" / "mst_s.yaml"
     common = ["--trainer.max_epochs", "2", "--data.samples_per_epoch", "6", "--data.batch_size", "2",
               "--data.crop", "32", "--previews.every_n_epochs", "0", "--trainer.callbacks+=test_train.BatchDigests"]
@@ -331,4 +332,8 @@ def test_resume_in_mid_epoch_continues_where_the_run_stopped(tmp_path):
     split += seen(fit(config, tmp_path / "split", *common, "--trainer.max_steps", "4", "--ckpt_path", "last"))
     split += seen(fit(config, tmp_path / "split", *common, "--ckpt_path", "last"))
     assert [(epoch, index) for epoch, index, _ in full] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
-    assert [(epoch, index) for epoch, index, _ in split] == [(epoch, index) for epoch, index, _ in full]
+    assert len({digest for _, _, digest in full}) == 6
+    assert split == full
+    final = _final_state(tmp_path / "full")["state_dict"]
+    for key, value in _final_state(tmp_path / "split")["state_dict"].items():
+        torch.testing.assert_close(value, final[key], rtol=1e-5, atol=1e-7, msg=key)
