@@ -58,6 +58,25 @@ def test_writes_json_operator_and_plots(run):
         assert files[key].stat().st_size > 10_000
 
 
+
+def test_the_readme_explains_every_field_of_calibration_json(run):
+    """README "Reading calibration.json": one row for every top-level field of the file, and the settings row names
+    every key of ``settings``."""
+    import re
+    from pathlib import Path
+
+    _, files = run
+    content = json.loads(files["json"].read_text())
+    readme = (Path(calibrate.__file__).parent / "README.md").read_text()
+    section = readme.split("**Reading `calibration.json`**", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        first, rest = line.split("|")[1:3]
+        for name in re.findall(r"`([^`]+)`", first):
+            rows[name] = rest
+    assert set(rows) == set(content)
+    assert set(content["settings"]) <= set(re.findall(r"`([^`]+)`", rows["settings"]))
+
 def test_recovers_the_injected_mismatch_blind(run):
     content = json.loads(run[1]["json"].read_text())
     errors = {k: content["estimate"][k] - v for k, v in TRUTH.items()}
