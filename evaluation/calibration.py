@@ -10,21 +10,23 @@
 * ``--calibration DIR``: one calibration per scene, ``DIR/<scene name>/calibration.json`` (e.g. written by
   ``calibrate.py --out DIR/scene01`` for the measurement of scene01); a scene without one is an error.
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
-  the mismatch of every scene's measurement on its own (slow: a search per scene).
+  the mismatch of every scene's measurement on its own (slow: a search per scene), with calibrate.py's
+  defaults: the data choose each scene's forward model.
 
 A calibration's status and reasons (an operator file's ``calibration_status`` and
 ``calibration_reasons``, a calibration.json's ``status`` and ``reasons``, or ``calib.calibrate``'s result per
 scene) go into the calibrator's ``description["calibration_status"]``, by file or scene
 (:func:`cassi.operator_file.calibration_status`), for the reports. A saved calibration whose status is
 "failed" is refused when it is read (:func:`read_saved`, before any work), naming the file, the status and its
-reasons.
+reasons; a per-scene calibration made here that fails leaves its scene out of scenario III
+(:func:`evaluation.scenarios.run_scenarios`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -33,7 +35,7 @@ from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
 from cassi.operator_file import OperatorRecord, calibration_status, read_operator_file, refuse_failed
-from evaluation.scenarios import FixedEstimate
+from evaluation.scenarios import PER_SCENE, FixedEstimate
 from models.release import mask_sha256
 
 
@@ -237,12 +239,11 @@ def read_saved(operator: str | None, calibration: str | None) -> SavedCalibratio
 
 @dataclass
 class CalibratePerScene:
-    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only), with the
-    forward model named (``options["oversample"]``, default ``calib.pipeline.MODEL_OVERSAMPLE``), not
-    chosen per scene, and the mask read bilinearly (``mask_interpolation``; no cubic check): the scenario
-    table reconstructs every "-model" row through one model. (For the data's own choice, run
-    ``calibrate.py`` per scene and pass ``--calibration``.) No solver check (as calibrate.py without
-    --check-solver: the scenarios reconstruct). Each scene's status and reasons: ``statuses``, by scene."""
+    """``calib.calibrate`` on every measurement (the measurement and the nominal mask only) with calibrate.py's
+    defaults: the data choose each scene's forward model, N and K (``--forward-model auto``) and the mask reading
+    (``--mask-reading auto``), and no solver check (the scenarios reconstruct); ``options`` go to
+    ``calib.calibrate``. Each scene's status and reasons (``statuses``) and its chosen forward model
+    (``forward_models``: {"oversample": [N, K], "mask_interpolation": ...}), by scene."""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -250,28 +251,23 @@ class CalibratePerScene:
     step: int = 2
     options: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    forward_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oversample: ClassVar[None] = None       # chosen per scene
+    mask_interpolation: ClassVar[str] = PER_SCENE
 
     @property
     def description(self) -> dict[str, Any]:
-        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt, **self.options,
-                "calibration_status": self.statuses}
-
-    @property
-    def oversample(self) -> tuple[int, int]:
-        from calib.pipeline import MODEL_OVERSAMPLE
-        return tuple(self.options.get("oversample", MODEL_OVERSAMPLE))
-
-    @property
-    def mask_interpolation(self) -> str:
-        return "linear"
+        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt,
+                "forward_model": "chosen by the data per scene (calibrate.py's default, --forward-model auto)",
+                **self.options, "calibration_status": self.statuses, "forward_models": self.forward_models}
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
-        options = {"solver_check": False, **self.options, "oversample": self.oversample,
-                   "mask_interpolations": (self.mask_interpolation,)}
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
-                           **options)
+                           **{"solver_check": False, **self.options})
         self.statuses[scene] = calibration_status(result.status, result.reasons)
+        self.forward_models[scene] = {"oversample": [int(v) for v in result.settings["oversample"]],
+                                      "mask_interpolation": result.settings["mask_interpolation"]}
         estimate = result.estimate
         return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
 

@@ -172,12 +172,12 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
     if verbose:
         for scenario, block in outcome["scenarios"].items():
             print(f"\nScenario {scenario} ({block['description']})")
-            print(text_table(block["scenes"], block["mean"]))
+            print(text_table(block["scenes"], block["mean"], block.get("not_reconstructed", [])))
         for key, values in outcome.get("comparison", {}).items():
             print(f"{key}: " + ", ".join(f"{m} {'-' if v is None else f'{v:+.3f}'}" for m, v in values.items()))
         if "calibration" in outcome:
             print("calibration mean |error|: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in outcome["calibration"]["mean_abs_error"].items()))
+                f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in outcome["calibration"]["mean_abs_error"].items()))
             print(calibration_summary(results))
         for line in calibration_status_lines(results):
             print(line)

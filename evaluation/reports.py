@@ -31,15 +31,18 @@ def _fmt(key: str, value: Any) -> str:
     return FORMATS[key].format(value) if key in FORMATS else str(value)
 
 
-def table_rows(rows: list[dict[str, Any]], mean: dict[str, Any]) -> list[list[str]]:
-    """Formatted cells: one line per scene, then the mean."""
+def table_rows(rows: list[dict[str, Any]], mean: dict[str, Any], missing: list[str] = ()) -> list[list[str]]:
+    """Formatted cells: one line per scene, "-" for each scene not reconstructed (``missing``: "NAME (calibration
+    failed)"), then the mean (over the scenes reconstructed, counted when some are missing)."""
     lines = [[_fmt(k, row[k]) for k in COLUMNS] for row in rows]
-    return lines + [["mean", *[_fmt(k, mean[k]) for k in COLUMNS[1:]]]]
+    lines += [[f"{name} (calibration failed)", *["-"] * (len(COLUMNS) - 1)] for name in missing]
+    label = f"mean of {len(rows)}/{len(rows) + len(missing)}" if missing else "mean"
+    return lines + [[label, *[_fmt(k, mean[k]) for k in COLUMNS[1:]]]]
 
 
-def text_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
-    """Fixed-width table for the console."""
-    cells = [[HEADERS[k] for k in COLUMNS], *table_rows(rows, mean)]
+def text_table(rows: list[dict[str, Any]], mean: dict[str, Any], missing: list[str] = ()) -> str:
+    """Fixed-width table for the console (``missing``: as :func:`table_rows`)."""
+    cells = [[HEADERS[k] for k in COLUMNS], *table_rows(rows, mean, missing)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                      for line in cells)
@@ -53,18 +56,25 @@ def calibration_status_lines(results: dict[str, Any]) -> list[str]:
 
 def calibration_summary(results: dict[str, Any]) -> str:
     """'scenario III: 10 scenes calibrated: ok 7, ambiguous 3, failed 0; within tolerance of the simulated drift
-    9/10' (one calibration for every scene: no status counts)."""
+    9/10' (one calibration for every scene: no status counts); failed calibrations have no estimate and their
+    scenes are not reconstructed in scenario III, which is said with their names."""
     summary = results["calibration"]["summary"]
     scenes = f"{summary['scenes']} scene{'s' if summary['scenes'] != 1 else ''}"
     counts = summary.get("status")
     calibrated = (f"{scenes} calibrated: " + ", ".join(f"{s} {n}" for s, n in counts.items()) if counts
                   else f"{scenes}, one calibration for all")
-    return (f"scenario III: {calibrated}; within tolerance of the simulated drift "
-            f"{summary['within_tolerance']}/{summary['scenes']}")
+    text = (f"scenario III: {calibrated}; within tolerance of the simulated drift "
+            f"{summary['within_tolerance']}/{summary['compared']}")
+    if summary["not_reconstructed"]:
+        text += (f" (a failed calibration has no estimate); not reconstructed in scenario III: "
+                 f"{', '.join(summary['not_reconstructed'])}, so its means and comparisons are over the other "
+                 f"{summary['compared']} scene{'s' if summary['compared'] != 1 else ''}")
+    return text
 
 
 def markdown_table(header: list[str], lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
     return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
 
 
@@ -84,24 +94,33 @@ def comparison_lines(results: dict[str, Any]) -> list[list[str]]:
     return lines
 
 
-def _within(outside: list[str]) -> str:
+def _within(outside: list[str] | None) -> str:
+    if outside is None:
+        return "no estimate (failed)"
     return "no: " + ", ".join(outside) if outside else "yes"
+
+
+def _model_cell(model: dict[str, Any] | None) -> str:
+    """'N=4, K=2, linear' (a calibration's forward model and its mask reading), "-" when unknown."""
+    return "-" if model is None else "N={}, K={}, {}".format(*model["oversample"], model["mask_interpolation"])
 
 
 def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Scenario III per scene: status (first line of :func:`status_text`; "-" for one calibration of every
-    scene), each parameter's "estimate (error)", within tolerance, seconds; the truth first, the mean last."""
+    scene), forward model, each parameter's "estimate (error)" ("-" for a failed calibration), within tolerance,
+    seconds; the truth first, the mean over the scenes with an estimate last."""
     calibration = results["calibration"]
     params, truth = list(calibration["mean_abs_error"]), calibration["truth"]
-    lines = [["truth (simulated)", "", *[f"{truth[p]:.4f}" for p in params], "", ""]]
-    lines += [[c["name"], status_text(c).splitlines()[0] if "status" in c else "-",
-               *[f"{c['estimate'][p]:.4f} ({c['error'][p]:+.4f})" for p in params],
+    lines = [["truth (simulated)", "", "", *[f"{truth[p]:.4f}" for p in params], "", ""]]
+    lines += [[c["name"], status_text(c).splitlines()[0] if "status" in c else "-", _model_cell(c.get("forward_model")),
+               *["-" if c["estimate"] is None else f"{c['estimate'][p]:.4f} ({c['error'][p]:+.4f})" for p in params],
                _within(c["outside_tolerance"]), f"{c['seconds']:.2f}"] for c in calibration["scenes"]]
-    summary = calibration["summary"]
-    lines.append(["mean abs error", "", *[f"({calibration['mean_abs_error'][p]:.4f})" for p in params],
-                  f"{summary['within_tolerance']}/{summary['scenes']}", ""])
+    summary, mean = calibration["summary"], calibration["mean_abs_error"]
+    lines.append(["mean abs error", "", "", *["-" if mean[p] is None else f"({mean[p]:.4f})" for p in params],
+                  f"{summary['within_tolerance']}/{summary['compared']}", ""])
     units = results["setup"]["units"]
-    return ["scene", "status", *[f"{p} ({units[p]})" for p in params], "within tolerance", "seconds"], lines
+    return (["scene", "status", "forward model", *[f"{p} ({units[p]})" for p in params], "within tolerance", "seconds"],
+            lines)
 
 
 def markdown_report(results: dict[str, Any]) -> str:
@@ -127,7 +146,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     header = [HEADERS[k] for k in COLUMNS]
     for scenario, block in results["scenarios"].items():
         parts += ["", f"## Scenario {scenario}: {block['description']}", "",
-                  markdown_table(header, table_rows(block["scenes"], block["mean"]))]
+                  markdown_table(header, table_rows(block["scenes"], block["mean"],
+                                                    block.get("not_reconstructed", [])))]
     if len(results["scenarios"]) > 1:
         lines = [[s, *[_fmt(m, b["mean"][m]) for m in METRICS]] for s, b in results["scenarios"].items()]
         parts += ["", "## Scenario means", "",

@@ -14,7 +14,12 @@ Every scenario reconstructs through the native-grid operator ``A(xi)`` (key "I",
 through the calibration forward model, the N_m x K_m enlarged-grid model of ``calib.instrument`` at the same
 parameters (key "Ih-model", "II-model", ...), with (N_m, K_m) the calibration's (``Calibrator.oversample``),
 else ``ScenarioSetup.model``, else the simulator's (N, K); none when that is (1, 1) with the bilinear
-mask reading (the native operator).
+mask reading (the native operator). Where each scene's calibration chose its own model (``calib.calibrate`` per
+scene, as calibrate.py by default), III-model goes through each scene's choice and the others through
+``ScenarioSetup.model``, else the simulator's (N, K).
+
+A scene whose calibration "failed" (it does not explain the measurement) has no estimate and is not reconstructed
+in III; III's means and comparisons are over the other scenes, and the reports name the ones left out.
 
 How the "-model" operators read the mask between pixels: III-model as the calibration chose
 (``Calibrator.mask_interpolation``, e.g. calibrate.py's cubic reading of the native grid, recorded in
@@ -65,16 +70,20 @@ DEFAULT_MISMATCH = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
 TRUTH_SOURCE = ("the drift scenario II simulated: the evaluation made the measurement, so it knows the true "
                 "parameters (simulation protocol)")
 NOT_RECORDED = "not recorded"   # the count of per-scene calibrations whose status was not recorded
+PER_SCENE = "chosen per scene"  # Calibrator.mask_interpolation when each scene's calibration chooses its model
+FAILED = "failed"               # the status of a calibration that does not explain the measurement
 
 
 class Calibrator(Protocol):
     """Estimate the instrument's mismatch from one measurement (1, H, Wm) and the nominal mask (H, W);
     ``scene`` names the scene the measurement shows (a saved per-scene calibration is looked up by it).
     ``description["calibration_status"]``, where present, holds the calibration's status by file (one
-    calibration for every scene) or by scene (:func:`cassi.operator_file.calibration_status`).
+    calibration for every scene) or by scene (:func:`cassi.operator_file.calibration_status`);
+    ``description["forward_models"]``, where present, each scene's forward model as its calibration chose it
+    (scene -> {"oversample": [N, K], "mask_interpolation": ...}).
 
-    ``oversample``: (N, K) of the forward model the estimate belongs to, or None when unknown;
-    ``mask_interpolation``: how that model reads the mask ("linear" or "cubic").
+    ``oversample``: (N, K) of the forward model every estimate belongs to, or None when unknown or chosen per scene;
+    ``mask_interpolation``: how that model reads the mask ("linear" or "cubic"), or :data:`PER_SCENE`.
     """
 
     description: dict[str, Any]
@@ -123,7 +132,7 @@ class ScenarioSetup:
         """(N, K) of the calibration model to reconstruct Ih-IV through, None for the native operator only."""
         model = getattr(calibrator, "oversample", None) or self.model or self.oversample
         model = tuple(int(v) for v in model)
-        native = model == (1, 1) and self.calibrated_reading(calibrator) == "linear"
+        native = model == (1, 1) and self.calibrated_reading(calibrator) == "linear"   # PER_SCENE: not known
         return None if native or self.scenarios == ("I",) else model
 
     def calibrated_reading(self, calibrator: Calibrator | None) -> str:
@@ -154,6 +163,9 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
     """Reconstruct every scene in every scenario of ``setup``, through the native operator and (Ih-IV) the
     calibration forward model; returns per-scenario rows, means and comparisons.
 
+    Scenario III-model reconstructs each scene through the forward model its calibration chose, where it chose one
+    per scene. A scene whose calibration "failed" is not reconstructed in scenario III (its estimate is no estimate
+    of the instrument): III's means and comparisons are over the other scenes.
     ``on_result(key, scene, prediction (L, H, W), row)`` is called after each reconstruction (key: the
     scenario, with "-model" for the calibration forward model).
     """
@@ -162,10 +174,10 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
     bands = scenes[0].cube.shape[0]
     model, reading = setup.model_oversample(calibrator), setup.calibrated_reading(calibrator)
 
-    def operators(mismatch: Mismatch | None, interpolation: str = "linear") -> tuple[CassiOperator,
-                                                                                     CassiOperator | None]:
+    def operators(mismatch: Mismatch | None, oversample: tuple[int, int] | None = None,
+                  interpolation: str = "linear") -> tuple[CassiOperator, CassiOperator | None]:
         native = CassiOperator(mask, bands, setup.step, mismatch)
-        return native, (instrument_operator(mask, bands, setup.step, mismatch, model, interpolation)
+        return native, (instrument_operator(mask, bands, setup.step, mismatch, oversample or model, interpolation)
                         if model else None)
 
     built: dict[str, tuple[CassiOperator, CassiOperator | None]] = {}
@@ -177,7 +189,8 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
             built[key] = operators(setup.mismatch if key == "truth" else None)
         return (built[key][0], None) if scenario == "I" else built[key]
 
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for s in setup.scenarios
+                                             for k in (s, s + MODEL) if k == s or (model and s != "I")}
     calibration: list[dict[str, Any]] = []
     compile_tv_kernel()
     for index, scene in enumerate(scenes):
@@ -196,9 +209,13 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
             if scenario == "III":
                 start = time.perf_counter()
                 estimate = calibrator(y, mask, scene.name)
+                status, chosen = _scene_status(calibrator, scene.name), _scene_model(calibrator, scene.name)
                 calibration.append(_parameter_row(scene.name, estimate, setup.mismatch, time.perf_counter() - start,
-                                                  _scene_status(calibrator, scene.name)))
-                native, modelled = operators(estimate, reading)
+                                                  status, chosen))
+                if status is not None and status["status"] == FAILED:
+                    continue
+                native, modelled = operators(estimate, *((tuple(chosen["oversample"]), chosen["mask_interpolation"])
+                                                         if chosen else (None, reading)))
             else:
                 native, modelled = fixed(scenario)
             for key, op in ((scenario, native), (scenario + MODEL, modelled)):
@@ -206,7 +223,7 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
                     continue
                 pred, seconds = timed(method, y, op)
                 row = result_row(scene.name, pred[0], scene.cube, seconds)
-                rows.setdefault(key, []).append(row)
+                rows[key].append(row)
                 if on_result is not None:
                     on_result(key, scene, pred[0], row)
     return summarize(rows, calibration, calibrator, model, reading, setup.mismatch)
@@ -217,21 +234,40 @@ def _scene_status(calibrator: Calibrator, scene: str) -> dict[str, Any] | None:
     return calibrator.description.get("calibration_status", {}).get(scene)
 
 
-def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float,
-                   status: dict[str, Any] | None) -> dict[str, Any]:
+def _scene_model(calibrator: Calibrator, scene: str) -> dict[str, Any] | None:
+    """The forward model ``scene``'s estimate belongs to (``oversample`` [N, K], ``mask_interpolation``): the one its
+    calibration chose, else the calibrator's; None when unknown."""
+    chosen = calibrator.description.get("forward_models", {}).get(scene)
+    if chosen is None and calibrator.oversample is not None:
+        chosen = {"oversample": list(calibrator.oversample), "mask_interpolation": calibrator.mask_interpolation}
+    return chosen
+
+
+def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float, status: dict[str, Any] | None,
+                   forward_model: dict[str, Any] | None) -> dict[str, Any]:
     """A scene's estimate, its error against ``truth``, the parameters outside the tolerance, the seconds it
-    took and (a per-scene calibration) its ``status`` and ``reasons``."""
-    est, true = estimate.to_dict(), truth.to_dict()
-    error = {k: est[k] - true[k] for k in est}
-    outside = [k for k, v in error.items() if abs(v) > CALIBRATION_TOLERANCE[k]]
-    row = {"name": name, "estimate": est, "error": error, "outside_tolerance": outside, "seconds": seconds}
+    took, its ``forward_model`` where known and (a per-scene calibration) its ``status`` and ``reasons``. A "failed"
+    calibration's estimate is no estimate of the instrument: ``estimate``, ``error`` and ``outside_tolerance`` are
+    None."""
+    row: dict[str, Any] = {"name": name, "estimate": None, "error": None, "outside_tolerance": None,
+                           "seconds": seconds}
+    if status is None or status["status"] != FAILED:
+        est, true = estimate.to_dict(), truth.to_dict()
+        error = {k: est[k] - true[k] for k in est}
+        outside = [k for k, v in error.items() if abs(v) > CALIBRATION_TOLERANCE[k]]
+        row.update(estimate=est, error=error, outside_tolerance=outside)
+    if forward_model is not None:
+        row["forward_model"] = forward_model
     return row if status is None else {**row, **status}
 
 
 def _calibration_summary(calibration: list[dict[str, Any]]) -> dict[str, Any]:
-    """Scenes calibrated, the count of each status (per-scene calibrations) and the scenes within tolerance."""
-    summary: dict[str, Any] = {"scenes": len(calibration),
-                               "within_tolerance": sum(not c["outside_tolerance"] for c in calibration)}
+    """Scenes calibrated, those with an estimate to compare with the truth (not "failed"), the count of each status
+    (per-scene calibrations), the scenes within tolerance and the scenes not reconstructed (failed)."""
+    compared = [c for c in calibration if c["estimate"] is not None]
+    summary: dict[str, Any] = {"scenes": len(calibration), "compared": len(compared),
+                               "within_tolerance": sum(not c["outside_tolerance"] for c in compared),
+                               "not_reconstructed": [c["name"] for c in calibration if c["estimate"] is None]}
     statuses = [c["status"] for c in calibration if "status" in c]
     if statuses:
         summary["status"] = {s: statuses.count(s) for s in STATUSES}
@@ -252,15 +288,25 @@ def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear") 
     scenario = key.removesuffix(MODEL)
     if key == scenario:
         return SCENARIOS[scenario] + "; native-grid operator"
+    if scenario == "III" and reading == PER_SCENE:
+        return (SCENARIOS[scenario] + "; reconstructed through the forward model each scene's calibration chose "
+                "(calibration.scenes[].forward_model)")
     read = reading if scenario == "III" else "linear"
     return (SCENARIOS[scenario] + f"; reconstructed through the N={model[0]}, K={model[1]} calibration forward "
             f"model, mask read by {read} interpolation")
 
 
-def _differences(means: dict[str, dict[str, float]], plus: str, minus: str) -> dict[str, float] | None:
-    if plus in means and minus in means:
-        return {m: means[plus][m] - means[minus][m] for m in METRICS}
-    return None
+def _differences(rows: dict[str, list[dict[str, Any]]], plus: str, minus: str,
+                 within: str | None = None) -> dict[str, float] | None:
+    """Mean of ``plus`` less mean of ``minus`` per metric over the scenes both have (and ``within`` has, if given):
+    a scene scenario III did not reconstruct is left out of its comparisons."""
+    if plus not in rows or minus not in rows or (within is not None and within not in rows):
+        return None
+    names = {r["name"] for r in rows[plus]} & {r["name"] for r in rows[minus]}
+    if within is not None:
+        names &= {r["name"] for r in rows[within]}
+    high, low = (mean_row([r for r in rows[k] if r["name"] in names]) for k in (plus, minus))
+    return {m: high[m] - low[m] for m in METRICS}
 
 
 def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str, Any]],
@@ -268,11 +314,15 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
               reading: str = "linear", truth: Mismatch | None = None) -> dict[str, Any]:
     """Per-scenario tables and means, Delta_deg, Delta_cal, recovery ratios, the I - IV gap split and
     scenario III's estimates against ``truth`` (needed with ``calibration`` rows). ``rows`` keys: scenarios,
-    and scenarios + "-model" (III-model's mask read by ``reading``, the others' bilinearly)."""
+    and scenarios + "-model" (III-model's mask read by ``reading``, the others' bilinearly). Scenario III's
+    blocks name the scenes it did not reconstruct (``not_reconstructed``: their calibration failed); every
+    comparison is over the scenes its scenarios have in common."""
     order = [k for s in SCENARIOS for k in (s, s + MODEL) if k in rows]
-    means = {k: mean_row(rows[k]) for k in order}
+    skipped = [c["name"] for c in calibration if c["estimate"] is None]
     out: dict[str, Any] = {"scenarios": {k: {"description": _describe(k, model, reading), "scenes": rows[k],
-                                             "mean": means[k]} for k in order}}
+                                             "mean": mean_row(rows[k]),
+                                             **({"not_reconstructed": skipped} if skipped and k.startswith("III")
+                                                else {})} for k in order}}
     if model:
         out["model"] = {"spatial": model[0], "spectral": model[1],
                         "mask_interpolation": {"III": reading, "Ih, II, IV": "linear"}}
@@ -281,23 +331,24 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
                               ("delta_cal_model", "III" + MODEL, "II" + MODEL), ("gap_i_iv", "I", "IV"),
                               ("instrument", "I", "Ih" + MODEL), ("drift", "Ih" + MODEL, "IV" + MODEL),
                               ("model_error", "IV" + MODEL, "IV")):
-        values = _differences(means, plus, minus)
+        values = _differences(rows, plus, minus)
         if values is not None:
             comparison[name] = values
     for name, suffix in (("recovery_ratio", ""), ("recovery_ratio_model", MODEL)):
-        gained, possible = _differences(means, "III" + suffix, "II" + suffix), _differences(means, "IV" + suffix,
-                                                                                             "II" + suffix)
+        gained = _differences(rows, "III" + suffix, "II" + suffix)
+        possible = _differences(rows, "IV" + suffix, "II" + suffix, within="III" + suffix)
         if gained is not None and possible is not None:
             comparison[name] = {m: _recovery(m, gained[m], possible[m]) for m in METRICS}
     if comparison:
         out["comparison"] = comparison
     if calibration:
-        names = calibration[0]["error"].keys()
+        compared = [c for c in calibration if c["error"] is not None]
         out["calibration"] = {
             "method": calibrator.description if calibrator is not None else {},
             "truth": truth.to_dict(), "truth_source": TRUTH_SOURCE, "tolerance": dict(CALIBRATION_TOLERANCE),
             "scenes": calibration,
-            "mean_abs_error": {k: sum(abs(c["error"][k]) for c in calibration) / len(calibration) for k in names},
+            "mean_abs_error": {k: sum(abs(c["error"][k]) for c in compared) / len(compared) if compared else None
+                               for k in PARAMETER_UNITS},
             "summary": _calibration_summary(calibration),
         }
     return out

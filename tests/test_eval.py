@@ -256,6 +256,8 @@ def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
 
 
 def test_scenario_iii_with_calib_calibrate(tmp_path):
+    """calib.calibrate with calibrate.py's defaults: on a native-grid simulator (--oversample 1 1) the data choose
+    the native model and a1 is close (the named N=4, K=2 model put it 0.05 px/band off)."""
     out = tmp_path / "run"
     assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
                    "--oversample", 1, 1, "--previews", 0, "--out", out) == 0
@@ -265,22 +267,29 @@ def test_scenario_iii_with_calib_calibrate(tmp_path):
     status = calibration["method"]["calibration_status"]["synthetic01"]
     assert status["status"] in ("ok", "ambiguous", "failed") and calibration["scenes"][0]["status"] == status["status"]
     assert sum(calibration["summary"]["status"].values()) == 1
+    assert calibration["scenes"][0]["forward_model"]["oversample"] == [1, 1]
+    assert abs(calibration["scenes"][0]["error"]["a1"]) < 0.01
 
 
 def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp_path, capsys, monkeypatch):
     """Without --operator / --calibration every scene is calibrated by calib.calibrate (here a stand-in: scene 1
     exact and "ok", scene 2 theta 0.2 deg off and "ambiguous"): each estimate, its error against the drift scenario
-    II simulated, its status and reasons reach stdout (a one-line summary), results.json and results.md."""
+    II simulated, its status and reasons and the forward model it chose reach stdout (a one-line summary),
+    results.json and results.md."""
+    from calib.instrument import instrument_operator
     from calib.result import CalibrationResult
+    from cassi.simulator import simulate_measurement
     from cassi.tolerance import CALIBRATION_TOLERANCE
     from evaluation.calibration import make_calibrator
 
-    made = [(XI, "ok", []), (Mismatch(**{**XI.to_dict(), "theta": 0.5}), "ambiguous", ["theta not pinned"])]
+    made = [(XI, "ok", [], [1, 1], "cubic"),
+            (Mismatch(**{**XI.to_dict(), "theta": 0.5}), "ambiguous", ["theta not pinned"], [2, 1], "linear")]
 
     def calibrate(y, mask, **options):
-        estimate, status, reasons = made[len(calls)]
+        estimate, status, reasons, oversample, reading = made[len(calls)]
         calls.append(options)
-        return CalibrationResult(estimate, 0.0, 0.0, status, reasons, [], {}, {})
+        settings = {"oversample": oversample, "mask_interpolation": reading}
+        return CalibrationResult(estimate, 0.0, 0.0, status, reasons, [], {}, settings)
 
     calls = []
     monkeypatch.setattr("calib.calibrate", calibrate)
@@ -302,19 +311,78 @@ def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp
     assert (second["status"], second["reasons"], second["outside_tolerance"]) == ("ambiguous", ["theta not pinned"],
                                                                                   ["theta"])
     assert second["estimate"]["theta"] == pytest.approx(0.5) and second["error"]["theta"] == pytest.approx(0.2)
-    assert calibration["summary"] == {"scenes": 2, "within_tolerance": 1,
+    assert calibration["summary"] == {"scenes": 2, "compared": 2, "within_tolerance": 1, "not_reconstructed": [],
                                       "status": {"ok": 1, "ambiguous": 1, "failed": 0}}
     markdown = (out / "results.md").read_text()
     assert f"- {summary}\n" in markdown and f"- {ambiguous}" in markdown
-    assert "| truth (simulated) |  | 1.0000 | 0.5000 | 0.3000 | 2.0200 | 0.2000 |  |  |" in markdown
+    assert "| truth (simulated) |  |  | 1.0000 | 0.5000 | 0.3000 | 2.0200 | 0.2000 |  |  |" in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| synthetic02 | ambiguous |"))
-    assert row.startswith("| synthetic02 | ambiguous | 1.0000 (+0.0000) | 0.5000 (+0.0000) | 0.5000 (+0.2000) |")
+    assert row.startswith("| synthetic02 | ambiguous | N=2, K=1, linear | 1.0000 (+0.0000) | 0.5000 (+0.0000) | "
+                          "0.5000 (+0.2000) |")
     assert "| no: theta |" in row        # (calib.calibrate's estimate passes through float32: a1's error is +-0.0000)
     # calibrate.py's default: no solver check (its reconstructions were discarded); the scenes' bands and step
     assert [(c["solver_check"], c["bands"], c["step"]) for c in calls] == [(False, 28, 2)] * 2
+    # and the data choose the forward model (it was named: N=4, K=2, bilinear); III-model goes through each choice
+    assert not any("oversample" in c or "mask_interpolations" in c for c in calls)
+    assert [c["forward_model"] for c in calibration["scenes"]] == [
+        {"oversample": [1, 1], "mask_interpolation": "cubic"}, {"oversample": [2, 1], "mask_interpolation": "linear"}]
+    assert calibration["method"]["forward_models"]["synthetic01"]["mask_interpolation"] == "cubic"
+    scene, mask = synthetic_scenes(1, 32, 32)[0], synthetic_mask(32, 32)
+    cubic = GapTV(iterations=8)(simulate_measurement(scene.cube[None], mask, XI, 2, 1, 1),
+                                instrument_operator(mask, 28, 2, XI, (1, 1), "cubic"))
+    psnr = read_results(out)["scenarios"]["III-model"]["scenes"][0]["psnr"]
+    assert psnr == pytest.approx(kaist_metrics(cubic[0], scene.cube)["psnr"], abs=1e-6)
     calls.clear()
-    make_calibrator(None, None, synthetic_mask(8, 8), bands=3, step=1)(torch.rand(1, 8, 10), synthetic_mask(8, 8), "a")
+    make_calibrator(None, synthetic_mask(8, 8), bands=3, step=1)(torch.rand(1, 8, 10), synthetic_mask(8, 8), "a")
     assert (calls[0]["bands"], calls[0]["step"]) == (3, 1)          # were dropped: 28 bands, step 2 always
+
+
+def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(tmp_path, capsys, monkeypatch):
+    """A per-scene calibration that "failed" does not explain the measurement: its estimate is not reported, its scene
+    is not reconstructed in III (it was, through that estimate), III's means and comparisons are over the other
+    scenes, and what is missing is said with the count and the status's reasons."""
+    from calib.result import CalibrationResult
+
+    made = [(XI, "ok", []), (Mismatch(**{**XI.to_dict(), "dx": -1.0}), "failed", ["no minimum; anywhere"])]
+
+    def calibrate(y, mask, **options):
+        estimate, status, reasons = made[len(calls)]
+        calls.append(options)
+        return CalibrationResult(estimate, 0.0, 0.0, status, reasons, [], {},
+                                 {"oversample": [4, 2], "mask_interpolation": "linear"})
+
+    calls = []
+    monkeypatch.setattr("calib.calibrate", calibrate)
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III,IV",
+                   "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    blocks = results["scenarios"]
+    for key in ("III", "III-model"):
+        assert [r["name"] for r in blocks[key]["scenes"]] == ["synthetic01"]
+        assert blocks[key]["not_reconstructed"] == ["synthetic02"]
+        assert blocks[key]["mean"]["psnr"] == blocks[key]["scenes"][0]["psnr"]
+    psnr = {k: b["scenes"][0]["psnr"] for k, b in blocks.items()}               # synthetic01's
+    assert results["comparison"]["delta_cal"]["psnr"] == pytest.approx(psnr["III"] - psnr["II"])
+    assert results["comparison"]["recovery_ratio_model"]["psnr"] == pytest.approx(1.0)   # III = IV on synthetic01
+    calibration = results["calibration"]
+    failed = calibration["scenes"][1]
+    assert (failed["estimate"], failed["error"], failed["outside_tolerance"]) == (None, None, None)
+    assert (failed["status"], failed["reasons"]) == ("failed", ["no minimum; anywhere"])
+    assert calibration["mean_abs_error"]["dx"] == pytest.approx(0.0, abs=1e-6)
+    assert calibration["summary"] == {"scenes": 2, "compared": 1, "within_tolerance": 1,
+                                      "not_reconstructed": ["synthetic02"],
+                                      "status": {"ok": 1, "ambiguous": 0, "failed": 1}}
+    summary = ("scenario III: 2 scenes calibrated: ok 1, ambiguous 0, failed 1; within tolerance of the simulated "
+               "drift 1/1 (a failed calibration has no estimate); not reconstructed in scenario III: synthetic02, so "
+               "its means and comparisons are over the other 1 scene")
+    printed = capsys.readouterr().out
+    assert f"{summary}\n" in printed
+    assert "calibration status (synthetic02): failed\n  - no minimum; anywhere\n" in printed        # the reasons
+    assert "synthetic02 (calibration failed)" in printed and "mean of 1/2" in printed
+    markdown = (out / "results.md").read_text()
+    assert f"- {summary}\n" in markdown and "| synthetic02 (calibration failed) | - | - | - | - | - |" in markdown
+    assert "| synthetic02 | failed | N=4, K=2, linear | - | - | - | - | - | no estimate (failed) |" in markdown
 
 
 # ------------------------------------------------------------------------------------------ MST layout
