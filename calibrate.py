@@ -421,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cal = commands.add_parser("calibrate", help="estimate the mismatch from a measurement (the default command)")
-    cal.add_argument("--meas", required=True, nargs="+", metavar="FILE",
+    cal.add_argument("--meas", required=True, nargs="+", action="extend", metavar="FILE",
                      help=".npz (key y), .mat (key meas, y or meas_real) or .npy; several captures of one instrument "
-                          "(a scene each) are fitted jointly: one estimate for all")
+                          "(a scene each) are fitted jointly: one estimate for all (--meas a.mat b.mat, or --meas "
+                          "repeated)")
     cal.add_argument("--separately", action="store_true",
                      help="with two or more --meas: calibrate each capture on its own, DIR/<file stem>/ each, in one "
                           "process (DIR/calibrations.json lists them)")

@@ -88,3 +88,11 @@ def test_help_explains_every_option_and_states_its_default(capsys):
     with pytest.raises(SystemExit):
         calibrate.main(["--help"])
     assert "python calibrate.py COMMAND --help" in capsys.readouterr().out
+
+
+def test_a_repeated_meas_adds_captures_instead_of_replacing_them():
+    """``--meas a.mat --meas b.mat`` is two captures, as ``--meas a.mat b.mat`` is (argparse's default kept only the
+    last, so one capture was calibrated silently)."""
+    parser = calibrate.build_parser()
+    for argv in (["--meas", "a.mat", "--meas", "b.mat", "c.mat"], ["--meas", "a.mat", "b.mat", "c.mat"]):
+        assert parser.parse_args(["calibrate", *argv, "--mask", "m.mat"]).meas == ["a.mat", "b.mat", "c.mat"]
