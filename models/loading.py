@@ -18,8 +18,9 @@ class KnownCheckpoint(NamedTuple):
     model: str
 
 
-# sha256 of published weights files. Both BiSRNets have the same keys and shapes, so only the file tells
-# a simulation checkpoint from a real-data one: a known file loads into its own model only.
+# sha256 of published weights files. Both BiSRNets have the same keys and shapes, so only the weights tell
+# a simulation checkpoint from a real-data one: a known file loads into its own model only (checked before the file
+# is read, so that a file torch cannot read as weights is named too).
 KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
     "a06452f8d4f68f575809afb374ff15ca56956bd12dcbe9472081116a5782fad0": KnownCheckpoint(
         "the official BiSRNet simulation weights (BiSCI simulation/test_code/model_zoo/bisrnet.pth)", "bisrnet"),
@@ -28,6 +29,17 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
     "fa36a9c9f0d3ad744d7c3034f57ae3c0858846fea98823122d810f93414a80f0": KnownCheckpoint(
         "the official BiSRNet real-data weights (bisrnet_real_state_dict.pth, the state dict of BiSCI "
         "real/test_code/model_zoo/bisrnet.pth)", "bisrnet_real"),
+}
+
+# state_dict_sha256 of the published state dicts (official key names, as the files hold them): the same weights
+# given in memory (from_official) or in a file saved otherwise (wrapped, ``module.`` prefixes) load into their own
+# model only.
+KNOWN_STATE_DICTS: dict[str, KnownCheckpoint] = {
+    "306164544e13dce314ee8b941ee3647a7eb5a8c5dc348129d2dcddbf456729de": KnownCheckpoint(
+        "the official BiSRNet simulation weights (BiSCI simulation/test_code/model_zoo/bisrnet.pth)", "bisrnet"),
+    "419880400a6307300baf9a256dc9109279bd3caceecfadee8d798bb89eebe0fc": KnownCheckpoint(
+        "the official BiSRNet real-data weights (the state dict of BiSCI real/test_code/model_zoo/bisrnet.pth)",
+        "bisrnet_real"),
 }
 
 
@@ -40,14 +52,41 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The sha256 of a state dict's tensors: every key in sorted order with its tensor's dtype, shape and bytes
+    (wherever the tensors are: the same weights on a GPU or a CPU, in any key order, have one digest)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _refuse_another_models(known: KnownCheckpoint | None, name: str, subject: str) -> None:
+    """Error when published weights (``known``) are given to another model than their own: "<subject> <known.name>,
+    which belong to model <theirs>, not to <name>"."""
+    if known is not None and known.model != name:
+        raise ValueError(f"{subject} {known.name}, which belong to model {known.model}, not to {name}")
+
+
+def _is_tabled(name: str, table: Mapping[str, KnownCheckpoint]) -> bool:
+    """Whether ``name`` is the model of published weights in ``table`` (other models' weights are never hashed)."""
+    return name in {known.model for known in table.values()}
+
+
 def check_known_checkpoint(name: str, path: Path) -> None:
     """Refuse a published weights file (:data:`KNOWN_CHECKPOINTS`) given to another model than its own; the
     file is hashed only when ``name`` is one of the table's models."""
-    if name not in {known.model for known in KNOWN_CHECKPOINTS.values()}:
-        return
-    known = KNOWN_CHECKPOINTS.get(file_sha256(path))
-    if known is not None and known.model != name:
-        raise ValueError(f"{path} is {known.name}, which belong to model {known.model}, not to {name}")
+    if _is_tabled(name, KNOWN_CHECKPOINTS):
+        _refuse_another_models(KNOWN_CHECKPOINTS.get(file_sha256(path)), name, f"{path} is")
+
+
+def check_known_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse published weights (:data:`KNOWN_STATE_DICTS`, by :func:`state_dict_sha256`) given to another model than
+    their own, naming ``source`` and both models; hashed only when ``name`` is one of the table's models."""
+    if _is_tabled(name, KNOWN_STATE_DICTS):
+        _refuse_another_models(KNOWN_STATE_DICTS.get(state_dict_sha256(state_dict)), name, f"{source} holds")
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
@@ -82,8 +121,16 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
 def from_official(name: str, state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> nn.Module:
     """The project's ``name`` model built like the official fixture, with official weights loaded strictly.
 
-    ``state_dict`` uses the official code's key names; the registered key mapping (if any) renames them.
+    ``state_dict`` uses the official code's key names; the registered key mapping (if any) renames them. Published
+    weights of another model are refused (:func:`check_known_state_dict`).
     """
+    return _from_official(name, state_dict, f"the state dict given for model {name}", overrides)
+
+
+def _from_official(name: str, state_dict: Mapping[str, torch.Tensor], source: str,
+                   overrides: Mapping[str, Any]) -> nn.Module:
+    """:func:`from_official` of weights read from ``source`` (named in the error of published weights)."""
+    check_known_state_dict(name, state_dict, source)
     entry = get_entry(name)
     model = create_model(name, **{**entry.official_args, **overrides})
     mapped = entry.map_official_keys(dict(state_dict)) if entry.map_official_keys else dict(state_dict)
@@ -102,8 +149,8 @@ def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, to
 
 
 def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn.Module:
-    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes); a
-    published file of another model is refused (:func:`check_known_checkpoint`)."""
+    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes); published
+    weights of another model are refused (:func:`check_known_checkpoint`, :func:`check_known_state_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -112,4 +159,4 @@ def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or pickled-module files
         raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
-    return from_official(name, unwrap_checkpoint(raw, path), **overrides)
+    return _from_official(name, unwrap_checkpoint(raw, path), str(path), overrides)

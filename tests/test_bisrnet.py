@@ -86,6 +86,25 @@ def test_official_weights_load_only_into_their_own_model():
         load_toolbox_checkpoint("bisrnet_real", simulation)
 
 
+def test_official_state_dicts_load_only_into_their_own_model(tmp_path):
+    """Was: from_official('bisrnet', <the real-data weights>) built the simulation network with them, and so did a
+    copy of the file saved otherwise (wrapped, ``module.`` prefixes): only the published files' bytes were known."""
+    real, simulation = official_weights("bisrnet_real"), official_weights("bisrnet")
+    with pytest.raises(ValueError, match=r"^the state dict given for model bisrnet holds the official BiSRNet "
+                                         r"real-data weights .*, which belong to model bisrnet_real, not to bisrnet$"):
+        from_official("bisrnet", real)
+    with pytest.raises(ValueError, match=r"holds the official BiSRNet simulation weights .*which belong to model "
+                                         r"bisrnet, not to bisrnet_real$"):
+        from_official("bisrnet_real", dict(reversed(list(simulation.items()))))      # key order does not matter
+    copy = tmp_path / "copy.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in real.items()}}, copy)
+    with pytest.raises(ValueError, match=r"copy\.pth holds the official BiSRNet real-data weights .*not to bisrnet$"):
+        load_toolbox_checkpoint("bisrnet", copy)
+    assert isinstance(load_toolbox_checkpoint("bisrnet_real", copy), BiSRNetReal)
+    tuned = {**real, "conv_in.weight": real["conv_in.weight"] * 1.01}                # other weights: not refused
+    assert isinstance(from_official("bisrnet", tuned), BiSRNet)
+
+
 def test_a_known_file_given_to_another_model_is_refused_by_the_clis(tmp_path, monkeypatch, capsys):
     import importlib
 
