@@ -155,7 +155,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     if "calibration" in results:
         header, lines = calibration_lines(results)
         calibration = results["calibration"]
-        method = {k: v for k, v in calibration["method"].items() if k != "calibration_status"}  # at the top
+        method = {k: v for k, v in calibration["method"].items()      # statuses at the top, models in the table
+                  if k not in ("calibration_status", "forward_models")}
         units = results["setup"]["units"]
         tolerance = ", ".join(f"{p} {v:g} {units[p]}" for p, v in calibration["tolerance"].items())
         parts += ["", f"## Scenario III calibration per scene, method {method}", "",

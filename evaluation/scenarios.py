@@ -288,9 +288,11 @@ def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear") 
     scenario = key.removesuffix(MODEL)
     if key == scenario:
         return SCENARIOS[scenario] + "; native-grid operator"
-    if scenario == "III" and reading == PER_SCENE:
-        return (SCENARIOS[scenario] + "; reconstructed through the forward model each scene's calibration chose "
-                "(calibration.scenes[].forward_model)")
+    if reading == PER_SCENE:            # each scene's calibration chose its own model: III-model goes through it
+        return SCENARIOS[scenario] + ("; reconstructed through the forward model each scene's calibration chose "
+                                      "(calibration.scenes[].forward_model)" if scenario == "III" else
+                                      f"; reconstructed through the simulator's N={model[0]}, K={model[1]} model "
+                                      "(the calibrations chose theirs per scene), mask read by linear interpolation")
     read = reading if scenario == "III" else "linear"
     return (SCENARIOS[scenario] + f"; reconstructed through the N={model[0]}, K={model[1]} calibration forward "
             f"model, mask read by {read} interpolation")
@@ -326,6 +328,8 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
     if model:
         out["model"] = {"spatial": model[0], "spectral": model[1],
                         "mask_interpolation": {"III": reading, "Ih, II, IV": "linear"}}
+        if reading == PER_SCENE:        # spatial, spectral: Ih-, II- and IV-model's only
+            out["model"]["III"] = "each scene's calibration's choice (calibration.scenes[].forward_model)"
     comparison: dict[str, Any] = {}
     for name, plus, minus in (("delta_deg", "I", "II"), ("delta_cal", "III", "II"),
                               ("delta_cal_model", "III" + MODEL, "II" + MODEL), ("gap_i_iv", "I", "IV"),

@@ -330,8 +330,12 @@ def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp
     scene, mask = synthetic_scenes(1, 32, 32)[0], synthetic_mask(32, 32)
     cubic = GapTV(iterations=8)(simulate_measurement(scene.cube[None], mask, XI, 2, 1, 1),
                                 instrument_operator(mask, 28, 2, XI, (1, 1), "cubic"))
-    psnr = read_results(out)["scenarios"]["III-model"]["scenes"][0]["psnr"]
-    assert psnr == pytest.approx(kaist_metrics(cubic[0], scene.cube)["psnr"], abs=1e-6)
+    results = read_results(out)
+    assert results["scenarios"]["III-model"]["scenes"][0]["psnr"] == pytest.approx(
+        kaist_metrics(cubic[0], scene.cube)["psnr"], abs=1e-6)
+    # II-model is through the simulator's model, not "the calibration forward model" (there is one per scene)
+    assert "through the simulator's N=1, K=1 model" in results["scenarios"]["II-model"]["description"]
+    assert "each scene's calibration" in results["model"]["III"] and "forward_models" not in markdown
     calls.clear()
     make_calibrator(None, synthetic_mask(8, 8), bands=3, step=1)(torch.rand(1, 8, 10), synthetic_mask(8, 8), "a")
     assert (calls[0]["bands"], calls[0]["step"]) == (3, 1)          # were dropped: 28 bands, step 2 always
