@@ -65,10 +65,12 @@ def calibration_summary(results: dict[str, Any]) -> str:
                   else f"{scenes}, one calibration for all")
     text = (f"scenario III: {calibrated}; within tolerance of the simulated drift "
             f"{summary['within_tolerance']}/{summary['compared']}")
+    rest = summary["compared"]
     if summary["not_reconstructed"]:
         text += (f" (a failed calibration has no estimate); not reconstructed in scenario III: "
-                 f"{', '.join(summary['not_reconstructed'])}, so its means and comparisons are over the other "
-                 f"{summary['compared']} scene{'s' if summary['compared'] != 1 else ''}")
+                 f"{', '.join(summary['not_reconstructed'])}, so "
+                 + (f"its means and comparisons are over the other {rest} scene{'s' if rest != 1 else ''}" if rest
+                    else "it has no mean and no comparison"))
     return text
 
 

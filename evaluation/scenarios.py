@@ -301,12 +301,14 @@ def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear") 
 def _differences(rows: dict[str, list[dict[str, Any]]], plus: str, minus: str,
                  within: str | None = None) -> dict[str, float] | None:
     """Mean of ``plus`` less mean of ``minus`` per metric over the scenes both have (and ``within`` has, if given):
-    a scene scenario III did not reconstruct is left out of its comparisons."""
+    a scene scenario III did not reconstruct is left out of its comparisons; None without a scene in common."""
     if plus not in rows or minus not in rows or (within is not None and within not in rows):
         return None
     names = {r["name"] for r in rows[plus]} & {r["name"] for r in rows[minus]}
     if within is not None:
         names &= {r["name"] for r in rows[within]}
+    if not names:
+        return None
     high, low = (mean_row([r for r in rows[k] if r["name"] in names]) for k in (plus, minus))
     return {m: high[m] - low[m] for m in METRICS}
 

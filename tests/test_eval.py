@@ -389,6 +389,22 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
     assert "| synthetic02 | failed | N=4, K=2, linear | - | - | - | - | - | no estimate (failed) |" in markdown
 
 
+def test_no_comparison_with_scenario_iii_when_every_calibration_failed():
+    """Every scene's calibration failed: III has no scene, so Delta_cal and the recovery are not computed (they were
+    NaN, printed as 'nan'), the III mean is empty and within tolerance counts no scene."""
+    rows = [{"name": "s", "psnr": 20.0, "ssim": 0.5, "sam": 9.0, "ergas": 10.0, "seconds": 0.0}]
+    failed = {"name": "s", "estimate": None, "error": None, "outside_tolerance": None, "seconds": 1.0,
+              "status": "failed", "reasons": ["no minimum"]}
+    results = summarize({"II": rows, "III": [], "IV": rows}, [failed], FixedEstimate(XI), truth=XI)
+    assert "comparison" not in results                      # Delta_cal and the recovery need a scene in III
+    assert math.isnan(results["scenarios"]["III"]["mean"]["psnr"])
+    assert results["scenarios"]["III"]["not_reconstructed"] == ["s"]
+    assert results["calibration"]["summary"]["compared"] == 0 and results["calibration"]["mean_abs_error"]["dx"] is None
+    assert calibration_summary({"calibration": results["calibration"]}).endswith(
+        "within tolerance of the simulated drift 0/0 (a failed calibration has no estimate); not reconstructed in "
+        "scenario III: s, so it has no mean and no comparison")
+
+
 # ------------------------------------------------------------------------------------------ MST layout
 def write_mst_layout(root, size=32, scenes=2, mask_size=None):
     (root / "Truth").mkdir(parents=True)
