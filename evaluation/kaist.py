@@ -152,6 +152,7 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
 
     with progress:
         outcome = run_scenarios(scenes, mask, method, setup, calibrator, on_result)
+        progress.total = progress.n     # fewer where scenario III left out a scene whose calibration failed
     primary = "I" if "I" in outcome["scenarios"] else setup.scenarios[0]
     results = {
         "command": "kaist",

@@ -380,7 +380,9 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
     summary = ("scenario III: 2 scenes calibrated: ok 1, ambiguous 0, failed 1; within tolerance of the simulated "
                "drift 1/1 (a failed calibration has no estimate); not reconstructed in scenario III: synthetic02, so "
                "its means and comparisons are over the other 1 scene")
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "| 10/10 [" in captured.err.split("\r")[-1]        # the progress ends complete, with 2 fewer made
     assert f"{summary}\n" in printed
     assert "calibration status (synthetic02): failed\n  - no minimum; anywhere\n" in printed        # the reasons
     assert "synthetic02 (calibration failed)" in printed and "mean of 1/2" in printed
