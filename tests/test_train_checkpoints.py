@@ -10,6 +10,7 @@ import io
 import os
 import re
 import shutil
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -153,6 +154,16 @@ def test_last_checkpoint_holds_the_final_state_of_a_max_steps_stop_in_mid_epoch(
     """Was: last.ckpt stayed at the end of epoch 0 (global step 2): Lightning writes it only with a top-k checkpoint."""
     last = torch.load(max_steps_run[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert training_progress(last) == {"epochs_completed": 1, "batches_into_epoch": 1, "global_step": 3}
+
+
+def test_a_max_steps_stop_in_mid_epoch_does_not_warn_of_an_unlogged_metric(tmp_path):
+    """Was: "`ModelCheckpoint(monitor='val/psnr')` could not find the monitored key ... HINT: Did you call
+    `log('val/psnr', value)`": the epoch cut short is not validated, the metric is logged at every epoch's end."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("fit", MST, tmp_path, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", "1")
+    assert not [w for w in caught if "could not find the monitored key" in str(w.message)]
+    assert os.listdir(tmp_path / "checkpoints") == ["last.ckpt"]
 
 
 def test_checkpoint_names_count_complete_epochs_and_name_only_a_monitored_metric(max_steps_run, tmp_path):

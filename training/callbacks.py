@@ -77,12 +77,14 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        stops = 0 <= trainer.max_steps <= trainer.global_step
-        if stops and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if max_steps_stop_in_mid_epoch(trainer):
             self.save_newest(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
+        # An epoch cut short by --trainer.max_steps was not validated: ModelCheckpoint would warn that the monitored
+        # metric was never logged ("HINT: Did you call `log('val/psnr', value)`?") and save no top-k checkpoint.
+        if self.monitor is None or not max_steps_stop_in_mid_epoch(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
         self.save_newest(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -105,6 +107,12 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def max_steps_stop_in_mid_epoch(trainer: pl.Trainer) -> bool:
+    """Whether ``--trainer.max_steps`` was reached before the last batch of the epoch in progress."""
+    reached = 0 <= trainer.max_steps <= trainer.global_step
+    return reached and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
 def default_filename(monitor: str | None) -> str:
