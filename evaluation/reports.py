@@ -125,6 +125,12 @@ def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str
             lines)
 
 
+def _mean_label(scenario: str, block: dict[str, Any]) -> str:
+    """The scenario, with "(n/N scenes)" when it left scenes out (``not_reconstructed``)."""
+    missing = len(block.get("not_reconstructed", []))
+    return f"{scenario} ({len(block['scenes'])}/{len(block['scenes']) + missing} scenes)" if missing else scenario
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """The whole evaluation as a Markdown document."""
     method = results["method"]
@@ -151,9 +157,12 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(header, table_rows(block["scenes"], block["mean"],
                                                     block.get("not_reconstructed", [])))]
     if len(results["scenarios"]) > 1:
-        lines = [[s, *[_fmt(m, b["mean"][m]) for m in METRICS]] for s, b in results["scenarios"].items()]
+        lines = [[_mean_label(s, b), *[_fmt(m, b["mean"][m]) for m in METRICS]]
+                 for s, b in results["scenarios"].items()]
         parts += ["", "## Scenario means", "",
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
+        if any("not_reconstructed" in b for b in results["scenarios"].values()):
+            parts += ["", "Each comparison is over the scenes its scenarios have in common."]
     if "calibration" in results:
         header, lines = calibration_lines(results)
         calibration = results["calibration"]

@@ -389,6 +389,8 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
     markdown = (out / "results.md").read_text()
     assert f"- {summary}\n" in markdown and "| synthetic02 (calibration failed) | - | - | - | - | - |" in markdown
     assert "| synthetic02 | failed | N=4, K=2, linear | - | - | - | - | - | no estimate (failed) |" in markdown
+    assert "| III (1/2 scenes) |" in markdown and "| II |" in markdown    # the means table says whose mean it is
+    assert "Each comparison is over the scenes its scenarios have in common." in markdown
 
 
 def test_no_comparison_with_scenario_iii_when_every_calibration_failed():
