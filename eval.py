@@ -275,13 +275,15 @@ def run_kaist(args) -> None:
 
 def run_real(args) -> None:
     from cassi.files import OutputFolder
+    from evaluation.calibration import read_saved
     from evaluation.real import evaluate_real
 
+    operator = read_saved(args.operator, None)      # a "failed" calibration is refused before any work
     folder = OutputFolder(args.out, "results.json", args.force,
                           inputs=(args.data_root, args.ckpt, args.release, args.operator))
     with folder as staging:
         results = evaluate_real(_method(args), args.data_root, staging, scale=args.scale,
-                                previews=not args.no_previews, limit=args.limit, operator=args.operator)
+                                previews=not args.no_previews, limit=args.limit, operator=operator)
     _wrote(folder, results)
 
 

@@ -17,7 +17,8 @@ c = <A x, y> / <A x, A x>, and c itself (``scale``). ``scale`` (the option) opti
 measurement to the given maximum first (the MST real-data test code uses 0.8 before its networks); the
 residual is computed on the measurement as reconstructed.
 
-``operator``: an operator file from ``calibrate.py`` (its mask must be ROOT/mask.mat): every capture is
+``operator``: an operator file from ``calibrate.py``, read (:func:`evaluation.calibration.read_saved`, which refuses
+a "failed" calibration; its mask must be ROOT/mask.mat): every capture is
 also reconstructed through the calibrated instrument -- the forward model the file records
 (``calib.instrument.load_instrument``, e.g. the N=4, K=2 enlarged grid) -- and the previews show the
 nominal and the calibrated reconstruction side by side; the status and reasons of the calibration the file
@@ -43,9 +44,10 @@ from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.files import write_json, write_text
 from cassi.gap_tv import compile_tv_kernel
-from cassi.operator_file import OperatorRecord, read_operator_file, status_text
+from cassi.operator_file import OperatorRecord, status_text
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
+from evaluation.calibration import SavedCalibration
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
@@ -164,21 +166,19 @@ def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Te
 
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
                   scale: float | None = None, previews: bool = True, limit: int | None = None,
-                  verbose: bool = True, operator: str | Path | None = None) -> dict[str, Any]:
+                  verbose: bool = True, operator: SavedCalibration | None = None) -> dict[str, Any]:
     """Reconstruct every capture of ``root`` (the first ``limit`` ones if given) with the nominal operator
-    and, given an ``operator`` file, the calibrated one; write results.{json,md}, previews and spectra to
-    ``out_dir`` (the means are printed first). The operator file is read once, first (a "failed" calibration is
-    refused there)."""
+    and, given an ``operator`` file (read: :func:`evaluation.calibration.read_saved`), the calibrated one; write
+    results.{json,md}, previews and spectra to ``out_dir`` (the means are printed first)."""
     if scale is not None and not 0 < scale < float("inf"):
         raise UserError(f"scale must be a finite number > 0, got {scale}")
-    record = None if operator is None else read_operator_file(operator)
     if operator is not None:
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
     operators = {"nominal": CassiOperator(mask, bands, step)}
     if operator is not None:
-        operators["calibrated"] = calibrated_operator(record, operator, mask, bands, step)
+        operators["calibrated"] = calibrated_operator(operator.record, operator.path, mask, bands, step)
     for warning in warnings:
         print(f"warning: {warning}")
     kind = "residual" if method.fits_measurement else "scaled_residual"
@@ -219,15 +219,15 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
                "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}
     if operator is not None:
         calibrated = operators["calibrated"]
-        results["operator"] = {"path": str(operator), "mismatch": calibrated.mismatch.to_dict(),
+        results["operator"] = {"path": operator.path, "mismatch": calibrated.mismatch.to_dict(),
                                "oversample": list(calibrated.oversample),
                                "mask_interpolation": calibrated.mask_interpolation,
-                               "calibration_status": record.calibration,
+                               "calibration_status": operator.record.calibration,
                                "caveat": OPERATOR_CAVEAT}
     if verbose:
         print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")
         if operator is not None:
-            print(f"calibration status of {operator}: {status_text(results['operator']['calibration_status'])}")
+            print(f"calibration status of {operator.path}: {status_text(results['operator']['calibration_status'])}")
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "results.md", results_markdown(results, method.name, keys))
     return results

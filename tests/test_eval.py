@@ -577,7 +577,8 @@ def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
 
 def test_a_saved_calibration_that_failed_is_refused_before_any_work(tmp_path, capsys):
     """--operator / --calibration whose recorded status is "failed": exit 2 naming the file, the status and every
-    reason (a reason may hold ';'), before the weights are read (the missing checkpoint is never reached)."""
+    reason (a reason may hold ';'), before the weights are read (the missing checkpoint is never reached): kaist and
+    real."""
     reasons = ["the score does not rise; anywhere", "capture 1 prefers another instrument"]
     save_operator(tmp_path / "op.npz", CassiOperator(synthetic_mask(32, 32), mismatch=XI), "failed", reasons)
     (tmp_path / "calibration.json").write_text(json.dumps({"estimate": XI.to_dict(), "status": "failed",
@@ -588,8 +589,8 @@ def test_a_saved_calibration_that_failed_is_refused_before_any_work(tmp_path, ca
                        "--scenarios", "II,III", option, path, "--out", tmp_path / "run") == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and f"{path}: this " in err and shown in err, err
-    assert run_cli("real", "--data.root", tmp_path / "nowhere", "--operator", tmp_path / "op.npz",
-                   "--out", tmp_path / "run") == 2
+    assert run_cli("real", "--data.root", tmp_path / "nowhere", "--model", "mst_s", "--ckpt", tmp_path / "missing.pth",
+                   "--operator", tmp_path / "op.npz", "--out", tmp_path / "run") == 2
     assert shown in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
