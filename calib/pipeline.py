@@ -17,10 +17,11 @@ throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_s
 pipeline above chooses the forward model and gives the starting point (a network forward per grid
 point would cost hours on a CPU); from there S's criterion (for a network, the held-out criterion with
 its cube as prior mean, :mod:`calib.network_score`), through the chosen model, ranks a round
-of coordinate polishing and is the loss of Algorithm 2 (gradients through S). The status tests stay those of the held-out criterion (:mod:`calib.status`,
-whose noise model they need), run at S's estimate: they say whether the calibrated model explains the
-measurement and whether the held-out landscape pins each parameter there; one more test refines the
-held-out criterion's own refined estimate is compared with S's, and a significantly better held-out point makes the status
+of coordinate polishing and is the loss of Algorithm 2 (gradients through S); these stages are recorded with the
+suffix " (solver)" in ``history`` and ``timings``. The status tests stay those of the held-out criterion
+(:mod:`calib.status`, whose noise model they need), run at S's estimate: they say whether the calibrated model
+explains the measurement and whether the held-out landscape pins each parameter there; one more test compares the
+held-out criterion's own refined estimate with S's, and a significantly better held-out point makes the status
 "ambiguous" (:func:`calib.status.solver_agreement`).
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ from cassi.mismatch import Mismatch
 SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5, smooth_spectrum=1.0)
 REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=12)
 MODEL_OVERSAMPLE = (4, 2)                  # (N, K) of the enlarged-grid calibration forward model
+SOLVER_STAGE = " (solver)"                 # the suffix of the stages an inner solver other than heldout decides
 
 
 def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tensor, Tensor]:
@@ -196,8 +198,12 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
             nominal_score = float(criterion(torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]],
                                                          dtype=torch.float64))[0])
         point, record = polish_stage(Evaluations(criterion, search.batch, progress), point, ranges, search, clock,
-                                     "1e polish (solver)")
-        point, point_score, refined = refine(criterion, point, ranges, scales, refinement, clock, progress)
+                                     "1e polish" + SOLVER_STAGE)
+        own = StageClock()              # S's refinement stages, named apart from the held-out ones they repeat
+        point, point_score, refined = refine(criterion, point, ranges, scales, refinement, own, progress)
+        clock.merge(own, SOLVER_STAGE)
+        for stage in refined:
+            stage.name += SOLVER_STAGE
         history += [record, *refined]
     with clock.stage("3 status"):
         if criterion is not None:                       # the held-out tests' warm starts move to the estimate

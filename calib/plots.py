@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from calib.forward_model import PARAMETER_NAMES  # noqa: E402
+from calib.pipeline import SOLVER_STAGE  # noqa: E402
 from calib.result import CalibrationResult  # noqa: E402
 from cassi.files import save_figure  # noqa: E402
 from cassi.mismatch import PARAMETER_UNITS  # noqa: E402
@@ -109,10 +110,9 @@ def stage_criteria(result: CalibrationResult) -> list[str]:
     of ``result.history``. Scores of different criteria are not comparable."""
     solver = "solver criterion"
     nominal = solver if result.settings.get("solver", "heldout") != "heldout" else "held-out, refinement setting"
-    labels, after_solver = [nominal], False
+    labels = [nominal]
     for stage in result.history:
-        after_solver = after_solver or "(solver)" in stage.name
-        if after_solver and not stage.name.startswith("3"):
+        if stage.name.endswith(SOLVER_STAGE):
             labels.append(solver)
         elif stage.name.startswith("2"):
             labels.append("held-out, refinement setting")

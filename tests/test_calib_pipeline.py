@@ -41,3 +41,20 @@ def test_frozen_mst_solver_runs_in_the_pipeline(tmp_path):
     assert math.isfinite(result.checks["residual_nominal"]) and math.isfinite(result.checks["residual_calibrated"])
     with pytest.raises(ValueError, match="checkpoint"):
         calibrate(y, mask, solver="mst_s", progress=False)
+
+
+def test_an_inner_solver_s_stages_are_named_and_timed_apart_from_the_held_out_ones():
+    """With --solver S the refinement stages S decides repeat the held-out ones ("2C joint"): they are recorded as
+    "2C joint (solver)" in ``history`` and ``timings``, each with its own seconds (the shared name had added the
+    held-out stage's time to S's), and stages.png labels them with S's criterion."""
+    from calib.plots import stage_criteria
+
+    y, mask = measure(32, Mismatch(dx=0.4, a1=2.01))
+    result = calibrate(y, mask, solver="gap_tv", progress=False, solver_check=False, **QUICK)
+    names = [r.name for r in result.history]
+    assert len(names) == len(set(names)) and {"2C joint", "2C joint (solver)", "1e polish (solver)"} <= set(names)
+    solver_stages = [r for r in result.history if r.name.endswith(" (solver)")]
+    for record in solver_stages:
+        assert record.seconds == pytest.approx(result.timings[f"{record.name}_s"], abs=2e-3), record.name
+    labels = dict(zip(["nominal", *names], stage_criteria(result)))
+    assert {labels[r.name] for r in solver_stages} == {"solver criterion"} and labels["2C joint"] != "solver criterion"
