@@ -70,6 +70,7 @@ from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 COMMANDS = ("simulate", "calibrate", "demo")
 MARKER = "calibration.json"                  # the file every calibration output folder holds
 SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
+NO_PROGRESS = "no progress bars (they are shown only when stderr is a terminal)"
 
 
 def check_npz_name(out: str) -> None:
@@ -221,6 +222,12 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on stderr unless --no-progress or stderr is not a terminal (a log file would fill with their
+    carriage-return updates)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def wrote(folder: Path) -> str:
     return f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
 
@@ -317,7 +324,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             if args.separately:
                 print(f"{stem}:", flush=True)
             result = calibrate(captures, mask, solver=args.solver, ckpt=args.ckpt, bands=args.bands,
-                               step=args.step, progress=not args.no_progress, ranges=ranges,
+                               step=args.step, progress=show_progress(args), ranges=ranges,
                                oversample=tuple(args.model_oversample) if args.model_oversample else None,
                                solver_check=args.check_solver, device=device,
                                status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
@@ -372,7 +379,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         noise = Noise(peak=1e4, read=0.005, seed=args.seed)
         y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
         print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.to_dict()}")
-        result = calibrate(y[0], mask, progress=not args.no_progress, device=device)
+        result = calibrate(y[0], mask, progress=show_progress(args), device=device)
         print(summary(result))
         est, tru = result.estimate.to_dict(), truth.to_dict()
         print(f"{'':8}{'true':>10}{'estimate':>10}{'error':>10}")
@@ -472,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "repeatable, e.g. --range a1 1.9 2.1; the others keep their defaults "
                                          "(dx, dy [-3.5, 3.5], theta [-1.25, 1.25], a1 [1.93, 2.07], alpha "
                                          "[-1.5, 1.5]; calibration.json: settings.ranges)")
-    cal.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cal.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")
     demo.add_argument("--size", type=positive_int, default=256, help="scene height and width, px (default "
@@ -480,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="scene, mask, mismatch and noise seed (default %(default)s)")
     _add_output(demo, "outputs/calibration_demo", "output folder (written as one unit at the end)")
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for the calibration")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")
     sim.add_argument("--mask", required=True, help=".mat (key mask) or .npy")

@@ -244,3 +244,24 @@ def test_range_sets_the_search_range_of_one_parameter(run, tmp_path, capsys):
         user_error(capsys, lambda: calibrate.main([*common, "--range", *items]), pattern)
     user_error(capsys, lambda: calibrate.main([*common, "--range", "a1", "1.9", "2.1", "--range", "a1", "1.8", "2.2"]),
                "--range names a1 twice")
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Without --no-progress the bars go to stderr only when it is a terminal: a log file (here: captured stderr)
+    does not fill with their carriage-return updates."""
+    import argparse
+    import sys
+
+    from cassi import Mismatch
+    from test_calib_pipeline import measure
+
+    y, mask = measure(24, Mismatch(dx=0.4))
+    np.savez(tmp_path / "y.npz", y=y.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    calibrate.main(["--meas", str(tmp_path / "y.npz"), "--mask", str(tmp_path / "mask.npy"),
+                    "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "cand/s" not in err and "step/s" not in err and (tmp_path / "out" / "calibration.json").exists()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert calibrate.show_progress(argparse.Namespace(no_progress=False))
+    assert not calibrate.show_progress(argparse.Namespace(no_progress=True))
