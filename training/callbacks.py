@@ -36,7 +36,8 @@ PREDICTION_FORMATS = (".mat", ".npz")
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose last checkpoint (``save_last``) holds the newest state: it is written
     after every training epoch and validation, after the batch that reaches ``--trainer.max_steps`` in mid-epoch
-    (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless a checkpoint of that global step was.
+    (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless it was written at that global step
+    (other checkpoint files, of this callback or another, do not count).
 
     Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so an epoch whose score did not
     improve, or a ``--trainer.max_steps`` stop in mid-epoch, left it at an older step.
@@ -47,7 +48,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.filename = self.filename or default_filename(self.monitor)
-        self.saved_step: int | None = None           # global step of the newest checkpoint written; None: not fitting
+        self.saved_step: int | None = None           # global step of the newest last checkpoint; None: not fitting
         self._trainer: pl.Trainer | None = None      # a weak proxy, for the complete epochs of file names
 
     @property
@@ -71,8 +72,12 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self.saved_step = trainer.global_step        # nothing trained yet, or the resumed checkpoint's state
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        self.saved_step = trainer.global_step
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Only the last checkpoint's own writes count: any other save (a top-k file, another ModelCheckpoint, an hpc
+        # checkpoint) leaves last.ckpt where it was.
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -98,12 +103,13 @@ class RunCheckpoint(ModelCheckpoint):
         self.save_newest(trainer)
 
     def save_newest(self, trainer: pl.Trainer) -> None:
-        """Write the last checkpoint when training ran past the newest checkpoint written."""
+        """Write the last checkpoint when training ran past the step it was last written at."""
         if (not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
                 or trainer.fast_dev_run or self.saved_step in (None, trainer.global_step)):
             return
         self.last_model_path = self.last_model_path or self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
         trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        self.saved_step = trainer.global_step
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
