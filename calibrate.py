@@ -442,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
                           "gap_tv, or a registered mask-aware network (bisrnet, mst_s, mst_m, mst_l, "
                           "s2_transformer, ...) with --ckpt")
-    cal.add_argument("--ckpt", default=None, help="network checkpoint (.pth state dict or release folder)")
+    cal.add_argument("--ckpt", default=None,
+                     help="network checkpoint: .pth state dict, train.py .ckpt or release folder")
     cal.add_argument("--check-solver", action="store_true",
                      help="reconstruct with the solver (GAP-TV for heldout) and the nominal / calibrated operator "
                           "and report its residual before / after")

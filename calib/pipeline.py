@@ -108,8 +108,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     errors (:class:`calib.score.HeldOutScore`), the status tests each capture too (:mod:`calib.status`).
 
     ``solver``: the inner solver: "heldout" (the held-out CG criterion; GAP-TV makes the check),
-    "gap_tv", or a registered mask-aware network ("bisrnet", "mst_l", ...) with ``ckpt`` (.pth or
-    release folder); it decides the estimate (see the module docstring) and reconstructs with the
+    "gap_tv", or a registered mask-aware network ("bisrnet", "mst_l", ...) with ``ckpt`` (.pth, train.py
+    .ckpt or release folder); it decides the estimate (see the module docstring) and reconstructs with the
     nominal and the calibrated operator (``result.checks``).
     ``ranges``: :class:`Ranges` or a dict name -> (lo, hi). ``oversample``: (N, K) of the calibration
     forward model (:mod:`calib.forward_model`; (1, 1) is the native-grid operator), or None (the

@@ -43,8 +43,11 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
 
 def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
     """The registered network ``name``, frozen (eval mode, no parameter gradients, on ``device``), from a
-    toolbox ``.pth`` / official state dict or a release folder. It must take the coded mask as an input."""
-    from models import create_model, list_models, load_release, load_toolbox_checkpoint
+    toolbox ``.pth`` / official state dict, a Lightning ``.ckpt`` of ``train.py`` or a release folder
+    (:func:`evaluation.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded mask
+    as an input."""
+    from evaluation.checkpoints import load_weights
+    from models import create_model, list_models
 
     if name not in list_models():
         raise UserError(f"unknown solver {name!r}; expected one of {', '.join(solver_names())}")
@@ -53,19 +56,15 @@ def load_network(name: str, checkpoint: str | Path | None, device: str | torch.d
                         "operator cannot reach it; use a mask-aware network (e.g. "
                         f"{name.removesuffix('_real')}) or gap_tv / heldout")
     if checkpoint is None:
-        raise UserError(f"solver {name} needs a checkpoint (--ckpt PATH: a .pth state dict or a release folder)")
+        raise UserError(f"solver {name} needs a checkpoint (--ckpt PATH: a .pth state dict, a train.py .ckpt or a "
+                        "release folder)")
     path = Path(checkpoint)
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        model = load_release(path) if path.is_dir() else load_toolbox_checkpoint(name, path)
+        model = load_weights(path, name).model
     except ValueError as err:
         raise UserError(f"{path} is not a {name} checkpoint: {one_line(err)}") from err
-    if path.is_dir():
-        from models.release import open_release
-        recorded = open_release(path).config["model"]["name"]
-        if recorded != name:
-            raise UserError(f"{path} is a release of {recorded}, not of solver {name}")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -79,6 +79,19 @@ def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path)
     assert "\n" not in str(info.value)
 
 
+def test_a_train_py_checkpoint_is_a_solver(inputs, tmp_path):
+    """--solver NET --ckpt takes what eval.py --ckpt takes: a Lightning .ckpt of train.py loads (it was refused as
+    "missing keys": its weights sit under the module's ``model.`` prefix), one of another model is refused."""
+    folder, _, _ = inputs
+    state = torch.load(folder / "mst_s.pth")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"model_name": "mst_s", "model_kwargs": {}}}, tmp_path / "last.ckpt")
+    network = load_network("mst_s", tmp_path / "last.ckpt")
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in state.items()) and not network.training
+    with pytest.raises(UserError, match=r"last.ckpt is not a bisrnet checkpoint: .*holds model 'mst_s'"):
+        load_network("bisrnet", tmp_path / "last.ckpt")
+
+
 def test_the_solver_check_reads_the_size_rule_and_runs_no_forward_pass(inputs, monkeypatch):
     """A network is checked by its ``size_rule`` and ``prepare_inputs`` alone, not by a trial reconstruction (which
     costs seconds to minutes at a real capture's size on a CPU); GAP-TV takes sizes the networks refuse."""
