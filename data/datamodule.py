@@ -46,6 +46,28 @@ from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
 AUGMENT = ("dihedral", "hflip")
+# Settings that a resumed fit may change: they leave its training batches and validation crops as they were (the test
+# set, speed and memory). ``train.py fit --ckpt_path`` compares every other one with its checkpoint's; of the paths
+# (:data:`MOVABLE_PATHS`) only whether each is set (built-in scenes or files, a random mask or a file).
+RESUME_FREE_SETTINGS = ("test_root", "test_scenes", "num_workers", "preload")
+MOVABLE_PATHS = ("root", "mask")           # the same files may have moved
+
+
+def mask_crop_mode(mask_crop: bool | str) -> str:
+    """``mask_crop`` as one of :data:`MASK_CROP` (``True`` / ``False``: ``sample`` / ``none``)."""
+    if isinstance(mask_crop, bool):
+        mask_crop = "sample" if mask_crop else "none"
+    if mask_crop not in MASK_CROP:
+        raise ValueError(f"mask_crop must be one of {', '.join(MASK_CROP)} (or true / false), got {mask_crop!r}")
+    return mask_crop
+
+
+def resume_setting(key: str, value: Any) -> Any:
+    """A datamodule setting as a resumed fit compares it with its checkpoint's: a path of :data:`MOVABLE_PATHS` as
+    whether it is set, ``mask_crop`` as its mode, anything else as it is."""
+    if key in MOVABLE_PATHS:
+        return value is not None
+    return mask_crop_mode(value) if key == "mask_crop" and isinstance(value, (bool, str)) else value
 
 
 class SceneSource:
@@ -357,11 +379,7 @@ class CassiDataModule(pl.LightningDataModule):
                  test_scenes: int = 10, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
-        if isinstance(mask_crop, bool):
-            mask_crop = "sample" if mask_crop else "none"
-        if mask_crop not in MASK_CROP:
-            raise ValueError(f"mask_crop must be one of {', '.join(MASK_CROP)} (or true / false), got {mask_crop!r}")
-        self.mask_crop = mask_crop
+        self.mask_crop = mask_crop_mode(mask_crop)
         self.val_crop = crop if val_crop is None else val_crop
         self.train_set: TrainCrops | None = None
         self.val_set: ValCrops | None = None

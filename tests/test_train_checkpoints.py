@@ -111,6 +111,32 @@ def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_p
     assert resumed.trainer.global_step == 2 and resumed.model.hparams.model_name == "mst_s"
 
 
+def test_fit_refuses_to_resume_with_data_settings_that_change_its_batches(mst_run, tmp_path, capsys):
+    """Was: fit --ckpt_path last --data.batch_size 1 (or another seed, sample count, crop, data) resumed at the saved
+    batch count of batches of another size: another run than the one stopped, without a word."""
+    shutil.copytree(mst_run[0] / "checkpoints", tmp_path / "copy" / "checkpoints")
+    data = tmp_path / "cubes"
+    data.mkdir()
+    line = refused(capsys, lambda: run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last",
+                                       "--data.batch_size", "1", "--data.seed", "3", "--data.root", str(data)),
+                   r"copy/checkpoints/last.ckpt was trained on other data than this command asks for: "
+                   rf"--data.root: asked {re.escape(str(data))}, the checkpoint has null; --data.batch_size: asked 1, "
+                   r"the checkpoint has 2; --data.seed: asked 3, the checkpoint has 0; fit --ckpt_path resumes that "
+                   r"run with its own data settings, which define the training batch it stopped at \(only test_root, "
+                   r"test_scenes, num_workers, preload may change.*\): pass the configuration it was trained with")
+    assert "--model" not in line and sorted(os.listdir(tmp_path / "copy")) == ["checkpoints"]
+    refused(capsys, lambda: run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last", "--data.crop", "64",
+                                "--data.samples_per_epoch", "4", "--model.init_args.lr", "1e-3"),
+            r"last.ckpt holds another model and was trained on other data than this command asks for: "
+            r"--model.init_args.lr: asked 0.001, the checkpoint has 0.0004; --data.crop: asked 64, the checkpoint has "
+            r"32; --data.samples_per_epoch: asked 4, the checkpoint has 2; fit --ckpt_path resumes that run with its "
+            r"own model settings .* and its own data settings")
+    # settings that leave the batches as they were may change (mask_crop false is its default, none)
+    resumed = run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last", "--data.preload", "false",
+                  "--data.test_scenes", "3", "--data.mask_crop", "false")
+    assert resumed.trainer.global_step == 2
+
+
 class EveryStep(ModelCheckpoint):
     """Another checkpoint callback: a file at every training step, in ``<run folder>/every_step``."""
 

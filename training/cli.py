@@ -15,10 +15,11 @@
   ``last*.ckpt`` there it is an error, not a new run; a new ``fit`` into a checkpoint folder that holds checkpoints
   is an error too (:func:`check_new_run`).
 * ``--ckpt_path``: the model options are never replaced by the checkpoint's hyper-parameters (LightningCLI does
-  that); they are compared with them before any work (:func:`check_checkpoint_model`): the model class and its
-  architecture (``model_name``, ``model_kwargs``, ``bands``, ``step``) must match for every subcommand, and for
-  ``fit`` (a resumed run) every model setting but the speed switches; other settings of ``validate`` / ``test``
-  / ``predict`` (the loss, say) are the ones the command asks for.
+  that); they are compared with them before any work (:func:`check_checkpoint_settings`): the model class and
+  its architecture (``model_name``, ``model_kwargs``, ``bands``, ``step``) must match for every subcommand, and for
+  ``fit`` (a resumed run) every model setting but the speed switches and every data setting that defines the
+  training batches or validation crops; other settings of ``validate`` / ``test`` / ``predict`` (the loss, say)
+  are the ones the command asks for.
 * logger: :class:`training.loggers.CassiWandbLogger` (offline without ``WANDB_API_KEY``) writing under
   ``default_root_dir``; ``--trainer.logger CSVLogger`` / ``TensorBoardLogger`` (their ``save_dir`` defaults to
   ``default_root_dir`` too: it is linked) or ``--trainer.logger false``.
@@ -33,7 +34,7 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from jsonargparse import Namespace
@@ -47,7 +48,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from cassi import CassiOperator
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
 from cassi.files import atomic_path, check_output_file
-from data.datamodule import CassiDataModule
+from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
                                 ValidationPreviews, WandbRunId, checkpoint_run_id)
@@ -160,6 +161,14 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _differences(prefix: str, asked: Mapping[str, Any], held: Mapping[str, Any], keys: list[str],
+                 comparable: Callable[[str, Any], Any] = lambda key, value: value) -> list[tuple[str, Any, Any]]:
+    """(``prefix.key``, value asked for, value in the checkpoint) of each of ``keys`` that both record and whose
+    values differ once ``comparable(key, value)`` and :func:`_plain`."""
+    return [(f"{prefix}.{key}", asked[key], held[key]) for key in keys if key in asked and key in held
+            and _plain(comparable(key, asked[key])) != _plain(comparable(key, held[key]))]
+
+
 def checkpoint_differences(hparams: Mapping[str, Any], model: Namespace | Mapping,
                            subcommand: str | None) -> list[tuple[str, Any, Any]]:
     """(option, value asked for, value in the checkpoint) of every model setting that must match the checkpoint's
@@ -174,40 +183,49 @@ def checkpoint_differences(hparams: Mapping[str, Any], model: Namespace | Mappin
     keys = list(ARCHITECTURE_HPARAMS)
     if subcommand == "fit":
         keys += [k for k in init if k not in keys and k not in SPEED_HPARAMS]
-    for key in keys:
-        if key in init and key in hparams and _plain(init[key]) != _plain(hparams[key]):
-            found.append((f"--model.init_args.{key}", init[key], hparams[key]))
-    return found
+    return found + _differences("--model.init_args", init, hparams, keys)
 
 
-def check_checkpoint_model(path: Path, checkpoint: Mapping | None, model: Namespace | Mapping,
-                           subcommand: str | None) -> None:
+def data_differences(hparams: Mapping[str, Any], data: Namespace | Mapping) -> list[tuple[str, Any, Any]]:
+    """(option, value asked for, value in the checkpoint) of every data setting of a resumed ``fit`` that differs from
+    the checkpoint's ``datamodule_hyper_parameters``: all but :data:`data.datamodule.RESUME_FREE_SETTINGS`, as
+    :func:`data.datamodule.resume_setting` compares them (they define the training batches the checkpoint's loader
+    position counts, and the validation crops of its best score)."""
+    data = data.as_dict() if isinstance(data, Namespace) else dict(data or {})
+    keys = [key for key in data if key not in RESUME_FREE_SETTINGS]
+    return _differences("--data", data, hparams, keys, resume_setting)
+
+
+def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace | Mapping, subcommand: str | None,
+                              data: Namespace | Mapping | None = None) -> None:
     """Before any work: the model the command asks for (``--config`` and ``--model.*``) is the one ``--ckpt_path``
-    holds (:func:`checkpoint_differences`); otherwise one error naming the file, each option, the value asked for
-    and the checkpoint's. ``checkpoint``: the loaded file, or None to load it here."""
-    if checkpoint is None:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            return                                   # Lightning loads it itself, or says why
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(hparams, Mapping):
-        return
-    found = checkpoint_differences(hparams, model, subcommand)
-    if not found:
+    holds (:func:`checkpoint_differences`) and, for ``fit`` given ``data``, the data settings are the run's
+    (:func:`data_differences`); otherwise one error naming the file, each option, the value asked for and the
+    checkpoint's."""
+    hparams, data_hparams = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
+    model_found = checkpoint_differences(hparams, model, subcommand) if isinstance(hparams, Mapping) else []
+    data_found = (data_differences(data_hparams, data)
+                  if subcommand == "fit" and data is not None and isinstance(data_hparams, Mapping) else [])
+    if not model_found and not data_found:
         return
     details = "; ".join(f"{option}: asked {_shown(asked)}, the checkpoint has {_shown(held)}"
-                        for option, asked, held in found)
+                        for option, asked, held in model_found + data_found)
     configs = path.parent.parent / "configs"
     origin = f" (its run saved it in {configs})" if path.parent.name == "checkpoints" and configs.is_dir() else ""
+    what = " and ".join((["holds another model"] if model_found else [])
+                        + (["was trained on other data"] if data_found else []))
     if subcommand == "fit":
-        advice = (f"fit --ckpt_path resumes that run with its own model settings (only {', '.join(SPEED_HPARAMS)} "
-                  f"may change): pass the configuration it was trained with{origin}, or drop --ckpt_path to start "
-                  "a new run")
+        kept = ([f"its own model settings (only {', '.join(SPEED_HPARAMS)} may change)"] if model_found else []) + (
+            [f"its own data settings, which define the training batch it stopped at (only "
+             f"{', '.join(RESUME_FREE_SETTINGS)} may change, and where {' and '.join(MOVABLE_PATHS)} are, not whether "
+             "they are set)"]
+            if data_found else [])
+        advice = (f"fit --ckpt_path resumes that run with {' and '.join(kept)}: pass the configuration it was trained "
+                  f"with{origin}, or drop --ckpt_path to start a new run")
     else:
         advice = (f"{subcommand} --ckpt_path needs the model the checkpoint was trained with: pass its configuration"
                   f"{origin} or set these options to the checkpoint's values")
-    raise UserError(f"--ckpt_path {path} holds another model than this command asks for: {details}; {advice}")
+    raise UserError(f"--ckpt_path {path} {what} than this command asks for: {details}; {advice}")
 
 
 def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
@@ -361,7 +379,8 @@ class CassiCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """LightningCLI replaces the model options with the ``--ckpt_path`` checkpoint's hyper-parameters here, so
         that a command silently runs another model than it asks for. Not here: the model options stay as given,
-        and :meth:`before_instantiate_classes` compares them with the checkpoint's (:func:`check_checkpoint_model`)."""
+        and :meth:`before_instantiate_classes` compares them with the checkpoint's
+        (:func:`check_checkpoint_settings`)."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -385,8 +404,16 @@ class CassiCLI(LightningCLI):
             path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
         else:                                        # best / hpc / registry: None; a remote file: Lightning's
             path = None if "://" in str(ckpt_path) else resolve_checkpoint(str(ckpt_path), None)
-        if path is not None:
-            check_checkpoint_model(path, checkpoint, config.model, self.subcommand)
+        if path is None:
+            return
+        if checkpoint is None:
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:
+                return                               # Lightning loads it itself, or says why
+        if not isinstance(checkpoint, Mapping):
+            return
+        check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"))
 
     @staticmethod
     def _continue_wandb_run(config: Namespace) -> None:
