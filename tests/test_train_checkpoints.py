@@ -137,6 +137,32 @@ def test_fit_refuses_to_resume_with_data_settings_that_change_its_batches(mst_ru
     assert resumed.trainer.global_step == 2
 
 
+def test_resuming_in_mid_epoch_from_a_checkpoint_without_a_loader_position_warns(max_steps_run, mst_run, tmp_path):
+    """Was: a mid-epoch checkpoint written before the training loader saved its position resumed its epoch at the
+    first batch (it trained the batches before the stop twice and never the last ones), without a word."""
+    def resume(source, name: str, *args: str) -> list[str]:
+        shutil.copytree(source / "checkpoints", tmp_path / name / "checkpoints")
+        last = tmp_path / name / "checkpoints" / "last.ckpt"
+        if name.startswith("old"):                  # as written before data.datamodule.ResumableLoader
+            checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+            del checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+            torch.save(checkpoint, last)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run("fit", MST, tmp_path / name, *FIT, "--ckpt_path", "last", *args)
+        return [str(w.message) for w in caught if "loader position" in str(w.message)]
+
+    mid_epoch = ("--data.samples_per_epoch", "4")
+    last = tmp_path / "old" / "checkpoints" / "last.ckpt"
+    assert resume(max_steps_run[0], "old", *mid_epoch) == [
+        f"--ckpt_path {last} was written after 1 training batch(es) of an epoch by a train.py whose checkpoints record "
+        "no training-loader position: the resumed run takes that epoch's batches again from its first, so it trains "
+        "on its first 1 batch(es) twice and leaves out its last 1; resume from a checkpoint written at an epoch's end "
+        "for an exact continuation"]
+    assert resume(max_steps_run[0], "new", *mid_epoch) == []          # it records its position
+    assert resume(mst_run[0], "old_epoch_end") == []                  # written at an epoch's end
+
+
 class EveryStep(ModelCheckpoint):
     """Another checkpoint callback: a file at every training step, in ``<run folder>/every_step``."""
 

@@ -19,7 +19,8 @@
   its architecture (``model_name``, ``model_kwargs``, ``bands``, ``step``) must match for every subcommand, and for
   ``fit`` (a resumed run) every model setting but the speed switches and every data setting that defines the
   training batches or validation crops; other settings of ``validate`` / ``test`` / ``predict`` (the loss, say)
-  are the ones the command asks for.
+  are the ones the command asks for. A ``fit`` resumed in mid-epoch from a checkpoint without a training-loader
+  position warns that it repeats that epoch's first batches (:func:`warn_missing_loader_position`).
 * logger: :class:`training.loggers.CassiWandbLogger` (offline without ``WANDB_API_KEY``) writing under
   ``default_root_dir``; ``--trainer.logger CSVLogger`` / ``TensorBoardLogger`` (their ``save_dir`` defaults to
   ``default_root_dir`` too: it is linked) or ``--trainer.logger false``.
@@ -43,11 +44,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from cassi import CassiOperator
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
 from cassi.files import atomic_path, check_output_file
+from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
@@ -226,6 +229,20 @@ def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace 
         advice = (f"{subcommand} --ckpt_path needs the model the checkpoint was trained with: pass its configuration"
                   f"{origin} or set these options to the checkpoint's values")
     raise UserError(f"--ckpt_path {path} {what} than this command asks for: {details}; {advice}")
+
+
+def warn_missing_loader_position(path: Path, checkpoint: Mapping) -> None:
+    """A ``fit`` resumed from a checkpoint written in mid-epoch before the training loader recorded its position
+    (:class:`data.datamodule.ResumableLoader`) takes that epoch's batches again from the first: say so (rank 0)."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    batches = fit_progress(loop, checkpoint.get("global_step"))["batches_into_epoch"]
+    if not batches or "combined_loader" in (loop.get("state_dict") or {}):
+        return
+    rank_zero_warn(f"--ckpt_path {path} was written after {batches} training batch(es) of an epoch by a train.py "
+                   "whose checkpoints record no training-loader position: the resumed run takes that epoch's batches "
+                   f"again from its first, so it trains on its first {batches} batch(es) twice and leaves out its last "
+                   f"{batches}; resume from a checkpoint written at an epoch's end for an exact continuation",
+                   category=UserWarning)
 
 
 def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
@@ -414,6 +431,8 @@ class CassiCLI(LightningCLI):
         if not isinstance(checkpoint, Mapping):
             return
         check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"))
+        if self.subcommand == "fit":
+            warn_missing_loader_position(path, checkpoint)
 
     @staticmethod
     def _continue_wandb_run(config: Namespace) -> None:
