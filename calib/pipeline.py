@@ -38,7 +38,7 @@ from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_
 from calib.noise_term import NoiseCorrection, correct_for_noise
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
-from calib.result import CalibrationResult, StageClock, StageRecord
+from calib.result import SOLVER_STAGE, CalibrationResult, StageClock, StageRecord
 from calib.score import ScoreSettings
 from calib.search import Evaluations, SearchSettings, polish_stage
 from calib.solver_score import inner_solver
@@ -54,7 +54,6 @@ from cassi.mismatch import Mismatch
 SEARCH_SCORE = ScoreSettings(stripes=2, rows=16, iterations=5, smooth_spectrum=1.0)
 REFINE_SCORE = ScoreSettings(stripes=4, rows=24, iterations=12)
 MODEL_OVERSAMPLE = (4, 2)                  # (N, K) of the enlarged-grid calibration forward model
-SOLVER_STAGE = " (solver)"                 # the suffix of the stages an inner solver other than heldout decides
 
 
 def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tensor, Tensor]:

@@ -10,8 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from calib.forward_model import PARAMETER_NAMES  # noqa: E402
-from calib.pipeline import SOLVER_STAGE  # noqa: E402
-from calib.result import CalibrationResult  # noqa: E402
+from calib.result import SOLVER_STAGE, CalibrationResult  # noqa: E402
 from cassi.files import save_figure  # noqa: E402
 from cassi.mismatch import PARAMETER_UNITS  # noqa: E402
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 from cassi.mismatch import PARAMETER_UNITS, Mismatch
 
 STATUSES = ("ok", "ambiguous", "failed")
+SOLVER_STAGE = " (solver)"      # the suffix of the stages an inner solver other than heldout decides
 
 
 @dataclass
