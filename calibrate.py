@@ -150,6 +150,15 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     return files
 
 
+def score_meaning(solver: str) -> str:
+    """What the blind score of ``solver`` measures, in words (README, "Reading calibration.json")."""
+    from calib.solvers import GAP_TV
+
+    if solver == GAP_TV:
+        return "squared relative residual of unrolled GAP-TV"
+    return "squared relative held-out prediction error"
+
+
 def summary(result) -> str:
     """A few lines for the terminal: estimate, status, blind residual before / after, time."""
     est = ", ".join(f"{k}={v:.4f}" for k, v in result.estimate.to_dict().items())
@@ -159,8 +168,8 @@ def summary(result) -> str:
              *([f"uncertainty (one sigma; its terms in calibration.json status_tests.uncertainty): "
                 + ", ".join(f"{k} {v:.2g}" for k, v in result.uncertainty.items())] if result.uncertainty else []),
              f"status: {result.status}" + "".join(f"\n  - {r}" for r in result.reasons),
-             f"blind score ({result.settings['solver']}): nominal {result.nominal_score:.5f} -> calibrated "
-             f"{result.score:.5f}"]
+             f"blind score ({result.settings['solver']}: {score_meaning(result.settings['solver'])}, lower is "
+             f"better; calibration.json score): nominal {result.nominal_score:.5f} -> calibrated {result.score:.5f}"]
     checks = result.checks
     if "residual_nominal" in checks:
         n, k = checks["oversample"]
@@ -193,7 +202,7 @@ def summary(result) -> str:
         lines.append(f"noise: the criterion's noise term, variance {var['gain']:.3g} x y + {var['read_variance']:.3g} "
                      "fitted blind (a nuisance term of the held-out score, not a sensor calibration); the held-out "
                      "score less the noise it carries moved the "
-                     f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} steps")
+                     f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s)")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")

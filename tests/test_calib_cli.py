@@ -265,3 +265,18 @@ def test_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert calibrate.show_progress(argparse.Namespace(no_progress=False))
     assert not calibrate.show_progress(argparse.Namespace(no_progress=True))
+
+
+def test_the_summary_says_what_the_blind_score_measures():
+    """The terminal's "blind score" line names its measure and where it is stored, for the held-out criterion and
+    for GAP-TV's (it gave two bare numbers)."""
+    from calib import calibrate as run_calibration
+    from cassi import Mismatch
+    from test_calib_pipeline import QUICK, measure
+
+    y, mask = measure(24, Mismatch(dx=0.4))
+    for solver, meaning in (("heldout", "squared relative held-out prediction error"),
+                            ("gap_tv", "squared relative residual of unrolled GAP-TV")):
+        result = run_calibration(y, mask, solver=solver, progress=False, solver_check=False, **QUICK)
+        line = next(line for line in calibrate.summary(result).splitlines() if line.startswith("blind score"))
+        assert f"({solver}: {meaning}, lower is better; calibration.json score): nominal " in line, line
