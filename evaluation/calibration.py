@@ -8,10 +8,16 @@
   ``settings.mask_interpolation`` (absent: bilinear) if present, and used for every scene. A file with a
   ``scenes`` object (scene name -> calibration or estimate) gives each scene its own estimate.
 * ``--calibration DIR``: one calibration per scene, ``DIR/<scene name>/calibration.json`` (e.g. written by
-  ``calibrate.py --out DIR/scene01`` for the measurement of scene01); a scene without one is an error.
+  ``calibrate.py --out DIR/scene01`` for the measurement of scene01): the folder's name is the scene's, and a scene
+  without one is an error naming the scene and the file expected. Each scene's estimate keeps its own forward model
+  (they may differ: calibrate.py's ``--forward-model auto`` chooses per scene).
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
   the mismatch of every scene's measurement on its own (slow: a search per scene), with calibrate.py's
   defaults: the data choose each scene's forward model.
+
+A calibration whose handed mask was read as a resampled binary code (``settings.handed_mask.detected``) was fitted
+through the recovered code at the estimate in the code's frame, which its ``operator.npz`` (beside its
+calibration.json) holds and scenario III-model reads (``model_frames``; :func:`calib.handed_mask.model_frame`).
 
 A calibration's status and reasons (an operator file's ``calibration_status`` and
 ``calibration_reasons``, a calibration.json's ``status`` and ``reasons``, or ``calib.calibrate``'s result per
@@ -31,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from calib.handed_mask import model_frame
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
@@ -121,41 +128,82 @@ def _forward_model(content: Any, where: str) -> tuple[tuple[int, int] | None, st
 
 @dataclass
 class PerSceneEstimates:
-    """A saved calibration per scene (by scene name): ``DIR/<scene>/calibration.json`` or a ``scenes`` object.
-    Their forward models (``settings.oversample``, ``settings.mask_interpolation``) must agree (scenario
-    III's "-model" rows use one)."""
+    """A saved calibration per scene (by scene name): ``DIR/<scene>/calibration.json`` or a ``scenes`` object, each
+    with its own forward model (``description["forward_models"]``; ``oversample`` and ``mask_interpolation`` are
+    theirs where they agree, else None and :data:`PER_SCENE`), read from ``files`` (by scene)."""
 
     estimates: dict[str, Mismatch]
     description: dict[str, Any] = field(default_factory=dict)
     oversample: tuple[int, int] | None = None
     mask_interpolation: str = "linear"
+    model_frames: dict[str, tuple[Tensor, Mismatch]] = field(default_factory=dict)
 
     def require(self, scenes: list[str]) -> None:
         """Fail before any reconstruction when a scene to evaluate has no calibration."""
         missing = [s for s in scenes if s not in self.estimates]
         if missing:
-            raise UserError(f"scenario III: no calibration for scene(s) {', '.join(missing)} in "
-                            f"{self.description.get('path')} (calibrated scenes: "
-                            f"{', '.join(sorted(self.estimates)) or 'none'})")
+            path = self.description.get("path")
+            expected = (", ".join(str(Path(path) / s / "calibration.json") for s in missing) if Path(path).is_dir()
+                        else ", ".join(f"scenes.{s}" for s in missing))
+            raise UserError(f"scenario III: no calibration for scene(s) {', '.join(missing)} in {path} (expected "
+                            f"{expected}; calibrated scenes: {', '.join(sorted(self.estimates)) or 'none'})")
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         self.require([scene])
         return self.estimates[scene]
 
 
+def _code_frame(content: Any, where: str, estimate: Mismatch, model: tuple[tuple[int, int] | None, str]
+                ) -> tuple[Tensor, Mismatch] | None:
+    """The mask and estimate the calibration's forward model read when its handed mask was a resampled binary code
+    (``settings.handed_mask.detected``): the recovered code and the estimate in its frame, from the operator.npz
+    beside its calibration.json (checked against ``estimate`` and the forward model ``model``); else None."""
+    settings = content.get("settings") if isinstance(content, dict) else None
+    handed = settings.get("handed_mask") if isinstance(settings, dict) else None
+    if not (isinstance(handed, dict) and handed.get("detected")):
+        return None
+    operator = Path(where).parent / "operator.npz"
+    if not Path(where).is_file() or not operator.is_file():
+        missing = (f"{operator} is missing" if Path(where).is_file() else "a 'scenes' object has none beside it: pass "
+                   "the folder calibrate.py wrote per scene")
+        raise UserError(f"{where}: its handed mask was read as a binary code resampled at phase {handed.get('phase')} "
+                        "(settings.handed_mask), so its forward model reads the recovered code, which calibrate.py "
+                        f"writes to operator.npz beside calibration.json; {missing}")
+    record = read_operator_file(operator)
+    phase = handed["phase"]
+    shifted = {**estimate.to_dict(), "dx": estimate.dx - phase["fx"], "dy": estimate.dy - phase["fy"]}
+    stored = record.mismatch.to_dict()
+    if (any(abs(stored[k] - v) > 1e-6 for k, v in shifted.items())
+            or (model[0] or (1, 1), model[1]) != (record.oversample, record.mask_interpolation)):
+        raise UserError(f"{operator}: its estimate {stored} and forward model N, K = {record.oversample}, "
+                        f"{record.mask_interpolation} are not those of {where} in the code's frame ({shifted}, "
+                        f"{model}): the two files come from different calibrations")
+    return record.mask, record.mismatch
+
+
+def _frame_record(frame: tuple[Tensor, Mismatch] | None, content: Any) -> dict[str, Any]:
+    """What results.json records of a forward model that reads the recovered code (:func:`_code_frame`)."""
+    if frame is None:
+        return {}
+    return {"code_frame": {"phase": content["settings"]["handed_mask"]["phase"], "estimate": frame[1].to_dict()}}
+
+
 def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any], mask: Tensor | None
                ) -> PerSceneEstimates:
-    """Per-scene estimates from scene name -> (calibration content, where it was read); ``mask`` as
-    :func:`_estimate`."""
-    models = {_forward_model(content, where) for content, where in items.values()}
-    if len(models) > 1:
-        described = sorted(f"oversample {list(n) if n else None}, mask_interpolation {r!r}" for n, r in models)
-        raise UserError(f"{source['path']}: the per-scene calibrations use different forward models "
-                        f"(settings {'; '.join(described)}); calibrate every scene with the same one (calibrate.py "
-                        "--model-oversample N K, and --mask-reading linear on the native grid)")
-    status = {name: _json_status(content) for name, (content, _) in items.items()}
-    return PerSceneEstimates({name: _estimate(content, where, mask) for name, (content, where) in items.items()},
-                             {**source, "calibration_status": status}, *models.pop())
+    """Per-scene estimates from scene name -> (calibration content, where it was read), each with its forward model
+    and, where it read the recovered code, its frame (:func:`_code_frame`); ``mask`` as :func:`_estimate`."""
+    estimates = {name: _estimate(content, where, mask) for name, (content, where) in items.items()}
+    models = {name: _forward_model(content, where) for name, (content, where) in items.items()}
+    frames = {name: _code_frame(content, where, estimates[name], models[name])
+              for name, (content, where) in items.items()}
+    recorded = {name: {"oversample": list(n) if n else None, "mask_interpolation": reading,
+                       **_frame_record(frames[name], items[name][0])} for name, (n, reading) in models.items()}
+    common = set(models.values())
+    description = {**source, "files": {name: where for name, (_, where) in items.items()},
+                   "calibration_status": {name: _json_status(content) for name, (content, _) in items.items()},
+                   "forward_models": recorded}
+    return PerSceneEstimates(estimates, description, *(common.pop() if len(common) == 1 else (None, PER_SCENE)),
+                             {name: frame for name, frame in frames.items() if frame is not None})
 
 
 def check_calibration_mask(content: Any, where: str, mask: Tensor) -> None:
@@ -207,7 +255,10 @@ def from_calibration_contents(contents: dict[str | None, tuple[Any, str]], path:
         return _per_scene(contents, source, mask)
     content, where = contents[None]
     source["calibration_status"] = {where: _json_status(content)}
-    return FixedEstimate(_estimate(content, where, mask), source, *_forward_model(content, where))
+    estimate, model = _estimate(content, where, mask), _forward_model(content, where)
+    frame = _code_frame(content, where, estimate, model)
+    return FixedEstimate(estimate, {**source, **_frame_record(frame, content)}, *model, {} if frame is None else
+                         {None: frame})
 
 
 def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
@@ -243,7 +294,10 @@ class CalibratePerScene:
     defaults: the data choose each scene's forward model, N and K (``--forward-model auto``) and the mask reading
     (``--mask-reading auto``), and no solver check (the scenarios reconstruct); ``options`` go to
     ``calib.calibrate``. Each scene's status and reasons (``statuses``) and its chosen forward model
-    (``forward_models``: {"oversample": [N, K], "mask_interpolation": ...}), by scene."""
+    (``forward_models``: {"oversample": [N, K], "mask_interpolation": ...}, with ``code_frame`` where the handed mask
+    was read as a resampled binary code), by scene; such a scene's forward model reads the recovered code at the
+    estimate in its frame (``model_frames``: what calibrate.py's operator.npz holds,
+    :func:`calib.handed_mask.model_frame`)."""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -252,6 +306,7 @@ class CalibratePerScene:
     options: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     forward_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_frames: dict[str, tuple[Tensor, Mismatch]] = field(default_factory=dict)
     oversample: ClassVar[None] = None       # chosen per scene
     mask_interpolation: ClassVar[str] = PER_SCENE
 
@@ -268,8 +323,17 @@ class CalibratePerScene:
         self.statuses[scene] = calibration_status(result.status, result.reasons)
         self.forward_models[scene] = {"oversample": [int(v) for v in result.settings["oversample"]],
                                       "mask_interpolation": result.settings["mask_interpolation"]}
-        estimate = result.estimate
-        return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in estimate.to_dict().items()})
+        if result.code is not None:                 # fitted through the code recovered from the handed mask
+            code, shifted = model_frame(result, mask)
+            self.model_frames[scene] = (code.cpu(), _floats(shifted))
+            self.forward_models[scene]["code_frame"] = {"phase": dict(result.settings["handed_mask"]["phase"]),
+                                                        "estimate": _floats(shifted).to_dict()}
+        return _floats(result.estimate)
+
+
+def _floats(mismatch: Mismatch) -> Mismatch:
+    """``mismatch`` with plain float parameters (``calib.calibrate`` may give 0-d tensors)."""
+    return Mismatch(**{k: float(torch.as_tensor(v)) for k, v in mismatch.to_dict().items()})
 
 
 def calibrate_function():

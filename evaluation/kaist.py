@@ -17,6 +17,7 @@ from cassi.errors import UserError
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask, synthetic_scenes
 from data.previews import save_comparison, save_spectra
+from evaluation.calibration import PerSceneEstimates
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
 from evaluation.reports import calibration_status_lines, calibration_summary, text_table, write_reports
@@ -103,10 +104,12 @@ def mask_warnings(method: Reconstructor, mask: Tensor, mask_source: str) -> list
     return []
 
 
-def instrument_warnings(setup: ScenarioSetup, calibrator: Calibrator | None, mask: Tensor, bands: int
-                        ) -> list[str]:
+def instrument_warnings(setup: ScenarioSetup, calibrator: Calibrator | None, mask: Tensor, bands: int,
+                        scenes: list[str] = ()) -> list[str]:
     """Physical checks (:func:`cassi.checks.check_instrument`) of the injected mismatch and of a fixed
-    scenario III estimate: an impossible instrument is an error, a doubtful one a warning (returned)."""
+    scenario III estimate: an impossible instrument is an error, a doubtful one a warning (returned). A saved
+    calibration per scene: each of ``scenes``' estimates is checked, an impossible one refused here (before any
+    work); their warnings are reported per scene (:func:`evaluation.scenarios.run_scenarios`)."""
     warnings = []
     if setup.needs_mismatch:
         warnings += check_instrument(CassiOperator(mask, bands, setup.step, setup.mismatch), "injected mismatch")
@@ -114,6 +117,10 @@ def instrument_warnings(setup: ScenarioSetup, calibrator: Calibrator | None, mas
         source = calibrator.description.get("path", "scenario III")
         warnings += check_instrument(CassiOperator(mask, bands, setup.step, calibrator.estimate),
                                      f"scenario III estimate from {source}")
+    if isinstance(calibrator, PerSceneEstimates):
+        for name in scenes:
+            check_instrument(CassiOperator(mask, bands, setup.step, calibrator.estimates[name]),
+                             f"scenario III estimate of {name} from {calibrator.description['files'][name]}")
     return warnings
 
 
@@ -127,7 +134,7 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
     """
     out_dir = Path(out_dir)
     warnings = (mask_warnings(method, mask, data_info["mask"]["source"])
-                + instrument_warnings(setup, calibrator, mask, scenes[0].cube.shape[0]))
+                + instrument_warnings(setup, calibrator, mask, scenes[0].cube.shape[0], [s.name for s in scenes]))
     for warning in warnings:
         print(f"warning: {warning}")
     preview_files: list[str] = []
@@ -153,6 +160,10 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
     with progress:
         outcome = run_scenarios(scenes, mask, method, setup, calibrator, on_result)
         progress.total = progress.n     # fewer where scenario III left out a scene whose calibration failed
+    for row in outcome.get("calibration", {}).get("scenes", []):    # each scene's own estimate's physical checks
+        for warning in row.get("instrument_warnings", []):
+            print(f"warning: {warning}")
+            warnings.append(warning)
     primary = "I" if "I" in outcome["scenarios"] else setup.scenarios[0]
     results = {
         "command": "kaist",

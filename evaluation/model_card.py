@@ -31,7 +31,14 @@ def check_consistency(results: dict[str, Any], where: str) -> None:
     names = [row.get("name") for row in rows]
     listed = results.get("data", {}).get("scenes")
     if not rows or (listed is not None and listed != names):
-        raise ValueError(f"{where}: its scene rows {names} are not the scenes it says it evaluated ({listed})")
+        primary = results.get("primary_scenario")
+        failed = results.get("scenarios", {}).get(primary, {}).get("not_reconstructed")
+        cause = (f": its primary scenario {primary} did not reconstruct {', '.join(failed)}, whose scenario III "
+                 "calibration failed (calibration.summary.not_reconstructed), and a release's metrics cover every "
+                 "scene evaluated; export the results of a run whose scenario III calibrated every scene, or whose "
+                 "scenarios include I (the primary one then)" if failed else "")
+        raise ValueError(f"{where}: its scene rows {names} are not the scenes it says it evaluated ({listed})"
+                         + cause)
     for metric in METRICS:
         values = [row.get(metric) for row in rows]
         if any(not isinstance(v, (int, float)) for v in values):

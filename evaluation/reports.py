@@ -103,8 +103,12 @@ def _within(outside: list[str] | None) -> str:
 
 
 def _model_cell(model: dict[str, Any] | None) -> str:
-    """'N=4, K=2, linear' (a calibration's forward model and its mask reading), "-" when unknown."""
-    return "-" if model is None else "N={}, K={}, {}".format(*model["oversample"], model["mask_interpolation"])
+    """'N=4, K=2, linear' (a calibration's forward model and its mask reading; "N, K not recorded" where its file
+    does not say; ", recovered code" where it read the code recovered from the handed mask), "-" when unknown."""
+    if model is None:
+        return "-"
+    grid = "N={}, K={}".format(*model["oversample"]) if model["oversample"] else "N, K not recorded"
+    return f"{grid}, {model['mask_interpolation']}" + (", recovered code" if "code_frame" in model else "")
 
 
 def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -167,7 +171,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         header, lines = calibration_lines(results)
         calibration = results["calibration"]
         method = {k: v for k, v in calibration["method"].items()      # statuses at the top, models in the table
-                  if k not in ("calibration_status", "forward_models")}
+                  if k not in ("calibration_status", "forward_models", "files")}
         units = results["setup"]["units"]
         tolerance = ", ".join(f"{p} {v:g} {units[p]}" for p, v in calibration["tolerance"].items())
         parts += ["", f"## Scenario III calibration per scene, method {method}", "",

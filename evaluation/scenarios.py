@@ -15,8 +15,9 @@ through the calibration forward model, the N_m x K_m enlarged-grid model of ``ca
 parameters (key "Ih-model", "II-model", ...), with (N_m, K_m) the calibration's (``Calibrator.oversample``),
 else ``ScenarioSetup.model``, else the simulator's (N, K); none when that is (1, 1) with the bilinear
 mask reading (the native operator). Where each scene's calibration chose its own model (``calib.calibrate`` per
-scene, as calibrate.py by default), III-model goes through each scene's choice and the others through
-``ScenarioSetup.model``, else the simulator's (N, K).
+scene, as calibrate.py by default, or saved calibrations per scene), III-model goes through each scene's choice
+(and, where it read a code recovered from the handed mask, through that code: ``Calibrator.model_frames``) and the
+others through ``ScenarioSetup.model``, else the simulator's (N, K).
 
 A scene whose calibration "failed" (it does not explain the measurement) has no estimate and is not reconstructed
 in III; III's means and comparisons are over the other scenes, and the reports name the ones left out.
@@ -53,6 +54,8 @@ from torch import Tensor
 from calib.instrument import instrument_operator
 from calib.result import STATUSES
 from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
+from cassi.checks import check_instrument
+from cassi.errors import UserError
 from cassi.gap_tv import compile_tv_kernel
 from cassi.metrics import LOWER_IS_BETTER
 from cassi.simulator import simulate_measurement
@@ -83,12 +86,15 @@ class Calibrator(Protocol):
     (scene -> {"oversample": [N, K], "mask_interpolation": ...}).
 
     ``oversample``: (N, K) of the forward model every estimate belongs to, or None when unknown or chosen per scene;
-    ``mask_interpolation``: how that model reads the mask ("linear" or "cubic"), or :data:`PER_SCENE`.
+    ``mask_interpolation``: how that model reads the mask ("linear" or "cubic"), or :data:`PER_SCENE`;
+    ``model_frames``: by scene (None: every scene), the mask the forward model reads and the estimate in its frame
+    where that is not the evaluation mask (a handed mask read as a resampled binary code: the recovered code).
     """
 
     description: dict[str, Any]
     oversample: tuple[int, int] | None
     mask_interpolation: str
+    model_frames: dict[str | None, tuple[Tensor, Mismatch]]
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str) -> Mismatch: ...
 
@@ -101,6 +107,7 @@ class FixedEstimate:
     description: dict[str, Any] = field(default_factory=dict)
     oversample: tuple[int, int] | None = None
     mask_interpolation: str = "linear"
+    model_frames: dict[str | None, tuple[Tensor, Mismatch]] = field(default_factory=dict)
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         return self.estimate
@@ -132,7 +139,8 @@ class ScenarioSetup:
         """(N, K) of the calibration model to reconstruct Ih-IV through, None for the native operator only."""
         model = getattr(calibrator, "oversample", None) or self.model or self.oversample
         model = tuple(int(v) for v in model)
-        native = model == (1, 1) and self.calibrated_reading(calibrator) == "linear"   # PER_SCENE: not known
+        native = (model == (1, 1) and self.calibrated_reading(calibrator) == "linear"   # PER_SCENE: not known
+                  and not getattr(calibrator, "model_frames", None))             # a recovered code: not the mask
         return None if native or self.scenarios == ("I",) else model
 
     def calibrated_reading(self, calibrator: Calibrator | None) -> str:
@@ -175,9 +183,12 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
     model, reading = setup.model_oversample(calibrator), setup.calibrated_reading(calibrator)
 
     def operators(mismatch: Mismatch | None, oversample: tuple[int, int] | None = None,
-                  interpolation: str = "linear") -> tuple[CassiOperator, CassiOperator | None]:
+                  interpolation: str = "linear", frame: tuple[Tensor, Mismatch] | None = None
+                  ) -> tuple[CassiOperator, CassiOperator | None]:
+        """The native operator at ``mismatch`` and the model's (through ``frame``'s mask and estimate if given)."""
         native = CassiOperator(mask, bands, setup.step, mismatch)
-        return native, (instrument_operator(mask, bands, setup.step, mismatch, oversample or model, interpolation)
+        read, at = frame or (mask, mismatch)
+        return native, (instrument_operator(read, bands, setup.step, at, oversample or model, interpolation)
                         if model else None)
 
     built: dict[str, tuple[CassiOperator, CassiOperator | None]] = {}
@@ -210,12 +221,19 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
                 start = time.perf_counter()
                 estimate = calibrator(y, mask, scene.name)
                 status, chosen = _scene_status(calibrator, scene.name), _scene_model(calibrator, scene.name)
-                calibration.append(_parameter_row(scene.name, estimate, setup.mismatch, time.perf_counter() - start,
-                                                  status, chosen))
+                row = _parameter_row(scene.name, estimate, setup.mismatch, time.perf_counter() - start, status, chosen)
+                calibration.append(row)
                 if status is not None and status["status"] == FAILED:
                     continue
-                native, modelled = operators(estimate, *((tuple(chosen["oversample"]), chosen["mask_interpolation"])
-                                                         if chosen else (None, reading)))
+                if status is not None:          # a calibration of this scene: its own physical checks
+                    row["instrument_warnings"] = estimate_warnings(
+                        CassiOperator(mask, bands, setup.step, estimate), f"scenario III estimate of {scene.name}"
+                        + (f" from {calibrator.description['files'][scene.name]}"
+                           if scene.name in calibrator.description.get("files", {}) else ""))
+                frames = getattr(calibrator, "model_frames", {})
+                native, modelled = operators(
+                    estimate, tuple(chosen["oversample"]) if chosen and chosen["oversample"] else None,
+                    chosen["mask_interpolation"] if chosen else reading, frames.get(scene.name, frames.get(None)))
             else:
                 native, modelled = fixed(scenario)
             for key, op in ((scenario, native), (scenario + MODEL, modelled)):
@@ -227,6 +245,15 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
                 if on_result is not None:
                     on_result(key, scene, pred[0], row)
     return summarize(rows, calibration, calibrator, model, reading, setup.mismatch)
+
+
+def estimate_warnings(op: CassiOperator, what: str) -> list[str]:
+    """:func:`cassi.checks.check_instrument` of a scene's estimate (operator ``op``) made or read for it: its
+    warnings, and an impossible instrument said as one (the other scenes' work is kept)."""
+    try:
+        return check_instrument(op, what)
+    except UserError as err:
+        return [f"{err} (an impossible instrument)"]
 
 
 def _scene_status(calibrator: Calibrator, scene: str) -> dict[str, Any] | None:

@@ -218,7 +218,7 @@ def test_scenarios_reconstruct_through_the_calibration_model_too(tmp_path):
 def test_scenario_iii_model_reads_the_mask_as_the_calibration_chose(tmp_path):
     """calibration.json settings.mask_interpolation "cubic" (native grid): III-model is reconstructed through
     the cubic model at the estimate, the oracle IV-model through the bilinear one (the instrument's own
-    reading); a bad reading, or per-scene calibrations with different readings, are clear errors."""
+    reading); a bad reading is a clear error (per-scene readings may differ: the next test)."""
     from calib.instrument import instrument_operator
     from cassi.simulator import simulate_measurement
     from evaluation.calibration import from_calibration_json
@@ -239,12 +239,55 @@ def test_scenario_iii_model_reads_the_mask_as_the_calibration_chose(tmp_path):
         "oversample": [4, 2], "mask_interpolation": "cubic"}}))
     with pytest.raises(ValueError, match="bad.json: settings.mask_interpolation"):
         from_calibration_json(tmp_path / "bad.json")
-    for name, reading in (("scene01", "cubic"), ("scene02", "linear")):
-        (tmp_path / "dir" / name).mkdir(parents=True)
-        (tmp_path / "dir" / name / "calibration.json").write_text(json.dumps(
-            {"estimate": XI.to_dict(), "settings": {"oversample": [1, 1], "mask_interpolation": reading}}))
-    with pytest.raises(ValueError, match="different forward models.*mask_interpolation.*--mask-reading linear"):
-        from_calibration_json(tmp_path / "dir")
+
+
+def write_scene_calibrations(folder, made) -> None:
+    """calibrate.py's per-scene layout: folder/<scene>/calibration.json (with operator.npz) for scene -> (estimate,
+    oversample [N, K], mask reading)."""
+    from calib.instrument import instrument_operator
+
+    for name, (estimate, oversample, reading) in made.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "calibration.json").write_text(json.dumps(
+            {"estimate": estimate.to_dict(), "status": "ok", "reasons": [],
+             "settings": {"oversample": oversample, "mask_interpolation": reading}}))
+        save_operator(folder / name / "operator.npz",
+                      instrument_operator(synthetic_mask(32, 32), 28, 2, estimate, tuple(oversample), reading), "ok")
+
+
+def test_per_scene_calibrations_with_different_forward_models_each_reconstruct_through_their_own(tmp_path, capsys):
+    """Issue: eval.py kaist --calibration DIR (calibrate.py once per scene, --forward-model auto) refused per-scene
+    calibrations whose forward models differed. Each scene's III-model now goes through its own model (N, K and mask
+    reading), recorded per scene with the file it was read from; a scene without a calibration is an error naming
+    the scene and the file expected in DIR."""
+    from calib.instrument import instrument_operator
+    from cassi.simulator import simulate_measurement
+
+    made = {"synthetic01": (XI, [1, 1], "cubic"), "synthetic02": (XI, [2, 1], "linear")}
+    write_scene_calibrations(tmp_path / "cal", made)
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--mismatch", ",".join(f"{k}={v}" for k, v in XI.to_dict().items()), "--oversample", 1, 1,
+                   "--calibration", tmp_path / "cal", "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    scenes, mask = synthetic_scenes(2, 32, 32), synthetic_mask(32, 32)
+    for index, (name, (estimate, oversample, reading)) in enumerate(made.items()):
+        y = simulate_measurement(scenes[index].cube[None], mask, XI, 2, 1, 1)
+        own = GapTV(iterations=8)(y, instrument_operator(mask, 28, 2, estimate, tuple(oversample), reading))
+        assert results["scenarios"]["III-model"]["scenes"][index]["psnr"] == pytest.approx(
+            kaist_metrics(own[0], scenes[index].cube)["psnr"], abs=1e-6)
+        row = results["calibration"]["scenes"][index]
+        assert row["forward_model"] == {"oversample": oversample, "mask_interpolation": reading}
+        assert results["calibration"]["method"]["files"][name] == str(tmp_path / "cal" / name / "calibration.json")
+    assert "each scene's calibration" in results["model"]["III"]
+    markdown = (out / "results.md").read_text()
+    assert "| synthetic01 | ok | N=1, K=1, cubic |" in markdown
+    assert "| synthetic02 | ok | N=2, K=1, linear |" in markdown
+    capsys.readouterr()
+    assert run_cli("kaist", "--synthetic.count", 3, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--calibration", tmp_path / "cal", "--out", tmp_path / "run3") == 2
+    assert (f"no calibration for scene(s) synthetic03 in {tmp_path / 'cal'} (expected "
+            f"{tmp_path / 'cal' / 'synthetic03' / 'calibration.json'};") in capsys.readouterr().err
 
 
 def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
@@ -740,3 +783,104 @@ def test_the_nominal_and_calibrated_previews_share_their_probes():
     row, col, (a, b) = shared[0]
     np.testing.assert_allclose(a, first[:, row - 1:row + 2, col - 1:col + 2].mean(axis=(1, 2)))
     np.testing.assert_allclose(b, second[:, row - 1:row + 2, col - 1:col + 2].mean(axis=(1, 2)))
+
+
+def test_each_scenes_estimate_gets_the_physical_checks(tmp_path, capsys, monkeypatch):
+    """Issue: the physical checks (cassi.checks.check_instrument) ran on one saved estimate only. A per-scene saved
+    calibration and a live one are checked per scene: warnings name the scene (and file) and are recorded with its
+    calibration; an impossible saved estimate is refused before any work, an impossible live one is a warning."""
+    from calib.result import CalibrationResult
+
+    far = Mismatch(**{**XI.to_dict(), "dx": 20.0})          # 12 of 32 columns still on the detector
+    write_scene_calibrations(tmp_path / "cal", {"synthetic01": (XI, [1, 1], "linear"),
+                                                "synthetic02": (far, [1, 1], "linear")})
+    out = tmp_path / "run"
+    assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--calibration", tmp_path / "cal", "--previews", 0, "--out", out) == 0
+    results = read_results(out)
+    rows = results["calibration"]["scenes"]
+    assert rows[0]["instrument_warnings"] == []
+    [warning] = rows[1]["instrument_warnings"]
+    assert warning.startswith(f"scenario III estimate of synthetic02 from {tmp_path / 'cal' / 'synthetic02'}")
+    assert "of the light" in warning and warning in results["warnings"]
+    assert f"warning: {warning}\n" in capsys.readouterr().out
+    assert f"**warning**: {warning}" in (out / "results.md").read_text()
+    write_scene_calibrations(tmp_path / "off", {"synthetic01": (Mismatch(**{**XI.to_dict(), "dx": 100.0}), [1, 1],
+                                                                "linear")})
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--calibration", tmp_path / "off", "--out", tmp_path / "run2") == 2
+    assert "scenario III estimate of synthetic01 from" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+    def calibrate(y, mask, **options):
+        return CalibrationResult(made.pop(0), 0.0, 0.0, "ok", [], [], {},
+                                 {"oversample": [1, 1], "mask_interpolation": "linear"})
+
+    made = [far, Mismatch(**{**XI.to_dict(), "dx": 100.0})]
+    monkeypatch.setattr("calib.calibrate", calibrate)
+    assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
+                   "--previews", 0, "--out", tmp_path / "live") == 0
+    rows = read_results(tmp_path / "live")["calibration"]["scenes"]
+    assert "scenario III estimate of synthetic01 {" in rows[0]["instrument_warnings"][0]
+    assert rows[1]["instrument_warnings"][0].endswith("(an impossible instrument)")
+
+
+def test_export_says_a_primary_scenario_iii_left_out_a_failed_scene():
+    """Issue: --scenarios III alone with a failed calibration gives a primary 'scenes' list shorter than data.scenes;
+    eval.py export refused it without saying why."""
+    from evaluation.model_card import check_consistency
+
+    row = {"name": "a", "psnr": 20.0, "ssim": 0.5, "sam": 9.0, "ergas": 10.0, "seconds": 0.0}
+    results = {"data": {"scenes": ["a", "b"]}, "primary_scenario": "III", "scenes": [row], "mean": dict(row),
+               "scenarios": {"III": {"scenes": [row], "not_reconstructed": ["b"]}}}
+    with pytest.raises(ValueError, match="r.json: its scene rows .* primary scenario III did not reconstruct b, whose "
+                                         "scenario III calibration failed"):
+        check_consistency(results, "r.json")
+
+
+def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_code(tmp_path, monkeypatch):
+    """A calibration that read the handed mask as a binary code resampled at a sub-pixel phase fitted the code at the
+    estimate in the code's frame (calibrate.py's operator.npz holds both); III-model went through the handed mask at
+    the handed-frame estimate, another model (live), and a saved one needs the code from its operator.npz."""
+    from calib.instrument import instrument_operator
+    from calib.result import CalibrationResult
+    from cassi.simulator import simulate_measurement
+    from cassi.warp import warp_mask
+    from evaluation.calibration import from_calibration_json
+
+    code = synthetic_mask(32, 32)
+    phase = {"fy": 0.25, "fx": -0.3}
+    handed = warp_mask(code, dx=-phase["fx"], dy=-phase["fy"])
+    np.save(tmp_path / "handed.npy", handed.numpy())
+    in_code = Mismatch(**{**XI.to_dict(), "dx": XI.dx - phase["fx"], "dy": XI.dy - phase["fy"]})
+    settings = {"oversample": [1, 1], "mask_interpolation": "linear",
+                "handed_mask": {"detected": True, "phase": phase, "kernel": "bilinear"}}
+    monkeypatch.setattr("calib.calibrate", lambda y, mask, **options: CalibrationResult(
+        XI, 0.0, 0.0, "ok", [], [], {}, settings, code=code))
+    scene = synthetic_scenes(1, 32, 32)[0]
+    y = simulate_measurement(scene.cube[None], handed, XI, 2, 1, 1)
+    expected = {"III-model": instrument_operator(code, 28, 2, in_code, (1, 1), "linear"),
+                "III": CassiOperator(handed, 28, 2, XI)}          # the native row: the evaluation mask as handed
+    expected = {k: kaist_metrics(GapTV(iterations=8)(y, op)[0], scene.cube)["psnr"] for k, op in expected.items()}
+    args = ("kaist", "--synthetic.count", 1, "--mask", tmp_path / "handed.npy", *FAST_GAP, "--scenarios", "II,III",
+            "--mismatch", ",".join(f"{k}={v}" for k, v in XI.to_dict().items()), "--oversample", 1, 1, "--previews", 0)
+    assert run_cli(*args, "--out", tmp_path / "live") == 0
+    results = read_results(tmp_path / "live")
+    for key, psnr in expected.items():
+        assert results["scenarios"][key]["scenes"][0]["psnr"] == pytest.approx(psnr, abs=1e-6)
+    code_frame = results["calibration"]["scenes"][0]["forward_model"]["code_frame"]
+    assert code_frame["phase"] == phase and code_frame["estimate"]["dx"] == pytest.approx(in_code.dx)
+    # saved: calibration.json + the operator.npz calibrate.py writes beside it (the code, the code-frame estimate)
+    folder = tmp_path / "cal" / "synthetic01"
+    folder.mkdir(parents=True)
+    (folder / "calibration.json").write_text(json.dumps({"estimate": XI.to_dict(), "status": "ok", "reasons": [],
+                                                         "settings": settings}))
+    save_operator(folder / "operator.npz", instrument_operator(code, 28, 2, in_code, (1, 1), "linear"), "ok")
+    for source in (tmp_path / "cal", folder / "calibration.json"):      # one per scene, one for every scene
+        out = tmp_path / f"saved_{source.name}"
+        assert run_cli(*args, "--calibration", source, "--out", out) == 0
+        for key, psnr in expected.items():
+            assert read_results(out)["scenarios"][key]["scenes"][0]["psnr"] == pytest.approx(psnr, abs=1e-6)
+    (folder / "operator.npz").unlink()
+    with pytest.raises(ValueError, match="resampled at phase .*operator.npz is missing"):
+        from_calibration_json(tmp_path / "cal")
