@@ -41,7 +41,7 @@ from calib.refine import RefineSettings, refine
 from calib.result import SOLVER_STAGE, CalibrationResult, StageClock, StageRecord
 from calib.score import ScoreSettings
 from calib.search import Evaluations, SearchSettings, polish_stage
-from calib.solver_score import inner_solver
+from calib.solver_score import SolverScoreSettings, inner_solver
 from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess, solver_agreement
 from calib.unshift import try_unshift
@@ -72,6 +72,15 @@ def _check_inputs(y: Tensor, mask: Tensor, bands: int, step: int) -> tuple[Tenso
     for m, capture in enumerate(y):
         check_measurement(capture, f"capture {m}" if len(y) > 1 else "measurement")
     return y.float(), mask.float()
+
+
+def _check_height(height: int, solver: str, *scores: ScoreSettings) -> None:
+    """ValueError unless the blind scores keep a row of every stripe between its border rows, which they leave out:
+    a mask of fewer rows has no pixel to score (the refinement's steps came out NaN)."""
+    border = max([s.border for s in scores] + ([SolverScoreSettings().border] if solver == GAP_TV else []))
+    if height <= 2 * border:
+        raise ValueError(f"the mask has {height} rows; the blind score leaves out {border} rows at each stripe edge, "
+                         f"so the calibration needs at least {2 * border + 1}")
 
 
 def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, bands: int, step: int,
@@ -132,6 +141,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     Returns a :class:`CalibrationResult`.
     """
     y, mask = _check_inputs(y, mask, bands, step)
+    _check_height(mask.shape[0], solver, search_score, refine_score)
     device = torch.device(device)
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())

@@ -58,3 +58,14 @@ def test_an_inner_solver_s_stages_are_named_and_timed_apart_from_the_held_out_on
         assert record.seconds == pytest.approx(result.timings[f"{record.name}_s"], abs=2e-3), record.name
     labels = dict(zip(["nominal", *names], stage_criteria(result)))
     assert {labels[r.name] for r in solver_stages} == {"solver criterion"} and labels["2C joint"] != "solver criterion"
+
+
+def test_a_mask_too_short_for_the_blind_score_is_refused_before_any_work():
+    """Every stripe of the blind score leaves out its border rows (2 held-out, 3 GAP-TV): a mask of no more rows than
+    both borders is refused naming the minimum (it ran the search, then failed with 'not enough values to unpack')."""
+    y, mask = measure(4, Mismatch())
+    with pytest.raises(ValueError, match=r"the mask has 4 rows; .* leaves out 2 rows .* needs at least 5$"):
+        calibrate(y, mask, progress=False, **QUICK)
+    y, mask = measure(6, Mismatch())
+    with pytest.raises(ValueError, match=r"the mask has 6 rows; .* leaves out 3 rows .* needs at least 7$"):
+        calibrate(y, mask, solver="gap_tv", progress=False, **QUICK)
