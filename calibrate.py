@@ -430,6 +430,12 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str)
                         help="replace an existing --out (as a whole; never one that holds an input)")
 
 
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads, which the numba kernels follow (default: torch's own choice, "
+                             "usually every core; README, 'CPU threads')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="calibrate.py", description=__doc__.splitlines()[0] + "\n\nEach command's options and "
                        "their defaults: python calibrate.py COMMAND --help\n(calibrate, the default command: python "
@@ -490,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(dx, dy [-3.5, 3.5], theta [-1.25, 1.25], a1 [1.93, 2.07], alpha "
                                          "[-1.5, 1.5]; calibration.json: settings.ranges)")
     cal.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    _add_threads(cal)
     demo = commands.add_parser("demo", help="calibrate a simulated drifted instrument (the default without "
                                             "arguments)")
     demo.add_argument("--size", type=positive_int, default=256, help="scene height and width, px (default "
@@ -498,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(demo, "outputs/calibration_demo", "output folder (written as one unit at the end)")
     demo.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for the calibration")
     demo.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    _add_threads(demo)
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")
     sim.add_argument("--mask", required=True, help=".mat (key mask) or .npy")
@@ -517,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Gaussian read-noise sigma / clean maximum (default %(default)s: none)")
     sim.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
     _add_output(sim, None, "output .npz (measurement under key y)")
+    _add_threads(sim)
     return parser
 
 
@@ -533,6 +542,10 @@ def main(argv: list[str] | None = None):
         argv = ["calibrate", *argv]
     args = build_parser().parse_args(argv)
     run = {"simulate": simulate, "calibrate": run_calibration, "demo": run_demo}[args.command]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     with cli_errors(f"calibrate.py {args.command}"):
         return run(args)
 

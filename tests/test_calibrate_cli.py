@@ -96,3 +96,20 @@ def test_a_repeated_meas_adds_captures_instead_of_replacing_them():
     parser = calibrate.build_parser()
     for argv in (["--meas", "a.mat", "--meas", "b.mat", "c.mat"], ["--meas", "a.mat", "b.mat", "c.mat"]):
         assert parser.parse_args(["calibrate", *argv, "--mask", "m.mat"]).meas == ["a.mat", "b.mat", "c.mat"]
+
+
+def test_threads_sets_torch_s_cpu_threads(tmp_path):
+    """``--threads N`` on every command, as eval.py has it (calibrate.py had none: only OMP_NUM_THREADS limited a
+    calibration on a shared machine); the numba kernels follow torch's count."""
+    write_inputs(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                        "--threads", "1", "--out", str(tmp_path / "y.npz")])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    parser = calibrate.build_parser()
+    assert parser.parse_args(["calibrate", "--meas", "y.npz", "--mask", "m.mat", "--threads", "2"]).threads == 2
+    assert parser.parse_args(["demo", "--threads", "2"]).threads == 2
