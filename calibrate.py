@@ -142,9 +142,10 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
                                          "mask": handed, "warnings": list(warnings)}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
+    phase = None if result.code is None else result.settings["handed_mask"]["phase"]
     save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
                                                          result.settings.get("mask_interpolation", "linear")),
-                  result.status, result.reasons)
+                  result.status, result.reasons, None if phase is None else (phase["fy"], phase["fx"]))
     plot_landscape(result, files["landscape"])
     plot_stages(result, files["stages"])
     return files

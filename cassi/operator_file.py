@@ -8,7 +8,10 @@ how that model reads the mask between pixels ("cubic" on the native grid, N = 1,
 the key read it bilinearly), ``calibration_status`` ("ok", "ambiguous" or "failed"; absent in files
 not written by a calibration) and ``calibration_reasons`` (the status's reasons, a 1-D string array; absent
 in files written before it was recorded): a file whose calibration "failed" is refused by every reader, since
-its mismatch is no estimate of the instrument. ``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
+its mismatch is no estimate of the instrument. ``code_phase`` (fy, fx) px: the mask is the binary code recovered
+from a handed mask resampled at that phase (handed = warp_mask(mask, -fx, -fy), ``calib.handed_mask``) and the
+mismatch is in the code's frame (the handed mask's: dx + fx, dy + fy); absent: the mask is the one handed.
+``calibrate.py`` writes one; ``train.py`` and ``eval.py`` accept it
 wherever they take a mask, through ``calib.instrument.load_instrument`` (which builds the N x K model
 and its reading; :func:`load_operator` here gives the native operator's files only: N = K = 1, linear).
 A calibration's status as the reports record it (:func:`calibration_status`) and show it (:func:`status_text`)
@@ -33,6 +36,7 @@ OVERSAMPLE_KEYS = ("spatial", "spectral")
 INTERPOLATION_KEY = "mask_interpolation"
 STATUS_KEY = "calibration_status"
 REASONS_KEY = "calibration_reasons"
+CODE_PHASE_KEY = "code_phase"
 ZIP_MAGIC = b"PK\x03\x04"      # the first bytes of every .npz (a zip archive) that holds arrays
 
 
@@ -76,6 +80,7 @@ class OperatorRecord:
     mask_interpolation: str = "linear"
     status: str | None = None
     reasons: tuple[str, ...] | None = None      # None: not recorded
+    code_phase: tuple[float, float] | None = None   # (fy, fx): the mask is a code recovered from the handed one
 
     @property
     def calibration(self) -> dict[str, Any]:
@@ -84,10 +89,10 @@ class OperatorRecord:
 
 
 def save_operator(path: str | Path, op: CassiOperator, status: str | None = None,
-                  reasons: Sequence[str] = ()) -> Path:
+                  reasons: Sequence[str] = (), code_phase: tuple[float, float] | None = None) -> Path:
     """Write ``op`` (its unwarped mask, its mismatch, ``op.oversample`` and ``op.mask_interpolation``)
     atomically to ``path`` (.npz); ``status`` and ``reasons``: those of the calibration that estimated the
-    mismatch."""
+    mismatch; ``code_phase`` (fy, fx): ``op``'s mask is the code recovered from a handed mask resampled there."""
     if op.mask.shape[0] != 1:
         raise ValueError("save_operator stores one instrument: the operator holds per-sample masks")
     arrays = {"mask": op.mask[0].detach().cpu().float().numpy(), "bands": np.int64(op.bands),
@@ -98,6 +103,8 @@ def save_operator(path: str | Path, op: CassiOperator, status: str | None = None
     if status is not None:
         arrays[STATUS_KEY] = np.str_(status)
         arrays[REASONS_KEY] = np.array(list(reasons), dtype=np.str_)
+    if code_phase is not None:
+        arrays[CODE_PHASE_KEY] = np.array(code_phase, dtype=np.float64)
     return save_npz(path, compress=False, **arrays)
 
 
@@ -120,6 +127,17 @@ def _reasons(data, path: Path) -> tuple[str, ...] | None:
         raise UserError(f"{path}: key '{REASONS_KEY}' must be a 1-D array of strings, got dtype {value.dtype} and "
                         f"shape {value.shape}")
     return tuple(str(reason) for reason in value)
+
+
+def _code_phase(data, path: Path) -> tuple[float, float] | None:
+    """The recorded (fy, fx) phase of a handed mask the file's mask was recovered from (None: not recorded)."""
+    if CODE_PHASE_KEY not in data:
+        return None
+    value = np.asarray(data[CODE_PHASE_KEY])
+    if value.shape != (2,) or value.dtype.kind not in "iuf" or not np.all(np.isfinite(value)):
+        raise UserError(f"{path}: key '{CODE_PHASE_KEY}' must be the 2 finite numbers (fy, fx), got dtype "
+                        f"{value.dtype} and shape {value.shape}")
+    return float(value[0]), float(value[1])
 
 
 def _check_npz(path: Path) -> None:
@@ -148,7 +166,7 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
             if missing:
                 raise UserError(f"{path}: operator file lacks key(s) {missing}; it has {sorted(data.files)}")
             values = {k: data[k] for k in (*REQUIRED_KEYS, *OVERSAMPLE_KEYS, INTERPOLATION_KEY, STATUS_KEY,
-                                           REASONS_KEY) if k in data.files}
+                                           REASONS_KEY, CODE_PHASE_KEY) if k in data.files}
     except UserError:
         raise
     except Exception as err:  # truncated, pickled objects, ...
@@ -173,7 +191,7 @@ def read_operator_file(path: str | Path) -> OperatorRecord:
     return OperatorRecord(torch.from_numpy(mask.astype(np.float32)), _scalar(values, "bands", "int", path),
                           _scalar(values, "step", "int", path), _scalar(values, "dispersion", "str", path),
                           Mismatch.from_dict({k: _scalar(values, k, "float", path) for k in PARAMETER_UNITS}),
-                          oversample, interpolation, status, reasons)
+                          oversample, interpolation, status, reasons, _code_phase(values, path))
 
 
 def load_operator(path: str | Path) -> CassiOperator:

@@ -2,7 +2,9 @@
 
 * ``--operator FILE.npz``: an operator file (``cassi.operator_file``) written by ``calibrate.py``; its mask
   must be the evaluation mask (same shape and values) -- its mismatch and forward model (N, K and the
-  mask reading) are used.
+  mask reading) are used. One whose mask is the code recovered from a handed mask (``code_phase``) needs the
+  evaluation mask to be that handed mask (warp_mask of the code at the phase, to ``calib.handed_mask.TOLERANCE``):
+  III-model reads the code at its estimate (``model_frames``), III the evaluation mask at the handed-frame one.
 * ``--calibration FILE.json``: ``calibrate.py``'s calibration.json; the five parameters are read from its
   ``estimate`` object (or from the top level), the forward model from ``settings.oversample`` and
   ``settings.mask_interpolation`` (absent: bilinear) if present, and used for every scene. A file with a
@@ -37,11 +39,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from calib.handed_mask import model_frame
+from calib.handed_mask import TOLERANCE, model_frame
 from cassi import Mismatch, PARAMETER_UNITS
 from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
-from cassi.operator_file import OperatorRecord, calibration_status, read_operator_file, refuse_failed
+from cassi.operator_file import CODE_PHASE_KEY, OperatorRecord, calibration_status, read_operator_file, refuse_failed
+from cassi.warp import warp_mask
 from evaluation.scenarios import PER_SCENE, FixedEstimate
 from models.release import mask_sha256
 
@@ -53,24 +56,47 @@ def _json_status(content: Any) -> dict[str, Any]:
     return calibration_status(content.get("status"), content.get("reasons"))
 
 
+def _handed_estimate(record: OperatorRecord, path: str | Path, mask: Tensor) -> Mismatch:
+    """The estimate for the handed mask of an operator file whose mask is the code recovered from it
+    (``record.code_phase``), refused unless warp_mask of that code at the phase is ``mask`` (to the detection
+    tolerance, the array's outer rows and columns left out, as :mod:`calib.handed_mask` verifies)."""
+    fy, fx = record.code_phase
+    again = warp_mask(record.mask, -fx, -fy)
+    residual = float((again - mask).abs()[1:-1, 1:-1].max() / mask.abs().max().clamp_min(1e-12))
+    if residual > TOLERANCE:
+        raise UserError(f"{path}: the operator's mask is the binary code recovered from a handed mask resampled at "
+                        f"phase fy={fy:g}, fx={fx:g} px ({CODE_PHASE_KEY}), and that resampling is not the evaluation "
+                        f"mask (max difference {residual:.3g} of its maximum, tolerance {TOLERANCE:g}): evaluate with "
+                        "the mask handed to calibrate.py, or calibrate with the evaluation mask")
+    return Mismatch.from_dict({**record.mismatch.to_dict(), "dx": record.mismatch.dx + fx,
+                               "dy": record.mismatch.dy + fy})
+
+
 def from_operator_record(record: OperatorRecord, path: str | Path, mask: Tensor, bands: int = 28, step: int = 2
                          ) -> FixedEstimate:
     """The mismatch and forward model (N, K, mask reading) of the operator file ``path`` (read: ``record``), whose
-    mask must equal ``mask`` and whose bands and step must be these."""
+    mask must equal ``mask`` (or, the code recovered from a handed mask, resample to it: :func:`_handed_estimate`)
+    and whose bands and step must be these."""
     shape, wanted = tuple(record.mask.shape), tuple(mask.shape)
     if shape != wanted:
         raise UserError(f"{path}: the operator's mask is {shape} but the evaluation mask is {wanted}; "
                         "calibrate with the same mask")
-    if mask_sha256(record.mask) != mask_sha256(mask):
+    if record.code_phase is not None:
+        estimate, frame = _handed_estimate(record, path, mask), (record.mask, record.mismatch)
+    elif mask_sha256(record.mask) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask has the evaluation mask's shape {shape} but other values "
                         f"(sha256 {mask_sha256(record.mask)[:12]}... vs {mask_sha256(mask)[:12]}...): it is not the "
                         "evaluation mask; calibrate with the same mask")
+    else:
+        estimate, frame = record.mismatch, None
     if (record.bands, record.step) != (bands, step):
         raise UserError(f"{path}: the operator has {record.bands} bands and step {record.step}, the evaluation "
                         f"{bands} bands and step {step}")
     status = {str(path): record.calibration}
-    return FixedEstimate(record.mismatch, {"source": "operator file", "path": str(path), "calibration_status": status},
-                         record.oversample, record.mask_interpolation)
+    phase = None if frame is None else dict(zip(("fy", "fx"), record.code_phase))
+    return FixedEstimate(estimate, {"source": "operator file", "path": str(path), "calibration_status": status,
+                                    **_frame_record(frame, phase)},
+                         record.oversample, record.mask_interpolation, {} if frame is None else {None: frame})
 
 
 def _read_json(path: Path) -> Any:
@@ -158,19 +184,17 @@ def _code_frame(content: Any, where: str, estimate: Mismatch, model: tuple[tuple
     """The mask and estimate the calibration's forward model read when its handed mask was a resampled binary code
     (``settings.handed_mask.detected``): the recovered code and the estimate in its frame, from the operator.npz
     beside its calibration.json (checked against ``estimate`` and the forward model ``model``); else None."""
-    settings = content.get("settings") if isinstance(content, dict) else None
-    handed = settings.get("handed_mask") if isinstance(settings, dict) else None
-    if not (isinstance(handed, dict) and handed.get("detected")):
+    phase = _handed_phase(content)
+    if phase is None:
         return None
     operator = Path(where).parent / "operator.npz"
     if not Path(where).is_file() or not operator.is_file():
         missing = (f"{operator} is missing" if Path(where).is_file() else "a 'scenes' object has none beside it: pass "
                    "the folder calibrate.py wrote per scene")
-        raise UserError(f"{where}: its handed mask was read as a binary code resampled at phase {handed.get('phase')} "
+        raise UserError(f"{where}: its handed mask was read as a binary code resampled at phase {phase} "
                         "(settings.handed_mask), so its forward model reads the recovered code, which calibrate.py "
                         f"writes to operator.npz beside calibration.json; {missing}")
     record = read_operator_file(operator)
-    phase = handed["phase"]
     shifted = {**estimate.to_dict(), "dx": estimate.dx - phase["fx"], "dy": estimate.dy - phase["fy"]}
     stored = record.mismatch.to_dict()
     if (any(abs(stored[k] - v) > 1e-6 for k, v in shifted.items())
@@ -181,11 +205,20 @@ def _code_frame(content: Any, where: str, estimate: Mismatch, model: tuple[tuple
     return record.mask, record.mismatch
 
 
-def _frame_record(frame: tuple[Tensor, Mismatch] | None, content: Any) -> dict[str, Any]:
-    """What results.json records of a forward model that reads the recovered code (:func:`_code_frame`)."""
+def _handed_phase(content: Any) -> dict[str, float] | None:
+    """A calibration's ``settings.handed_mask.phase`` where its handed mask was read as a resampled binary code
+    (``detected``), else None."""
+    settings = content.get("settings") if isinstance(content, dict) else None
+    handed = settings.get("handed_mask") if isinstance(settings, dict) else None
+    return handed.get("phase") if isinstance(handed, dict) and handed.get("detected") else None
+
+
+def _frame_record(frame: tuple[Tensor, Mismatch] | None, phase: dict[str, float] | None) -> dict[str, Any]:
+    """What results.json records of a forward model that reads the code recovered from the handed mask at
+    ``phase`` (``frame``: :func:`_code_frame`)."""
     if frame is None:
         return {}
-    return {"code_frame": {"phase": content["settings"]["handed_mask"]["phase"], "estimate": frame[1].to_dict()}}
+    return {"code_frame": {"phase": phase, "estimate": frame[1].to_dict()}}
 
 
 def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any], mask: Tensor | None
@@ -197,7 +230,8 @@ def _per_scene(items: dict[str, tuple[Any, str]], source: dict[str, Any], mask: 
     frames = {name: _code_frame(content, where, estimates[name], models[name])
               for name, (content, where) in items.items()}
     recorded = {name: {"oversample": list(n) if n else None, "mask_interpolation": reading,
-                       **_frame_record(frames[name], items[name][0])} for name, (n, reading) in models.items()}
+                       **_frame_record(frames[name], _handed_phase(items[name][0]))}
+                for name, (n, reading) in models.items()}
     common = set(models.values())
     description = {**source, "files": {name: where for name, (_, where) in items.items()},
                    "calibration_status": {name: _json_status(content) for name, (content, _) in items.items()},
@@ -257,8 +291,8 @@ def from_calibration_contents(contents: dict[str | None, tuple[Any, str]], path:
     source["calibration_status"] = {where: _json_status(content)}
     estimate, model = _estimate(content, where, mask), _forward_model(content, where)
     frame = _code_frame(content, where, estimate, model)
-    return FixedEstimate(estimate, {**source, **_frame_record(frame, content)}, *model, {} if frame is None else
-                         {None: frame})
+    return FixedEstimate(estimate, {**source, **_frame_record(frame, _handed_phase(content))}, *model,
+                         {} if frame is None else {None: frame})
 
 
 def from_calibration_json(path: str | Path, mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:

@@ -841,12 +841,16 @@ def test_export_says_a_primary_scenario_iii_left_out_a_failed_scene():
 def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_code(tmp_path, monkeypatch):
     """A calibration that read the handed mask as a binary code resampled at a sub-pixel phase fitted the code at the
     estimate in the code's frame (calibrate.py's operator.npz holds both); III-model went through the handed mask at
-    the handed-frame estimate, another model (live), and a saved one needs the code from its operator.npz."""
+    the handed-frame estimate, another model (live), and a saved one needs the code from its operator.npz. Issue:
+    --operator refused that operator.npz as "not the evaluation mask" (it holds the code, and now its phase)."""
     from calib.instrument import instrument_operator
     from calib.result import CalibrationResult
+    from calibrate import write_outputs
+    from cassi.errors import UserError
+    from cassi.operator_file import read_operator_file
     from cassi.simulator import simulate_measurement
     from cassi.warp import warp_mask
-    from evaluation.calibration import from_calibration_json
+    from evaluation.calibration import from_calibration_json, from_operator_record
 
     code = synthetic_mask(32, 32)
     phase = {"fy": 0.25, "fx": -0.3}
@@ -855,8 +859,8 @@ def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_cod
     in_code = Mismatch(**{**XI.to_dict(), "dx": XI.dx - phase["fx"], "dy": XI.dy - phase["fy"]})
     settings = {"oversample": [1, 1], "mask_interpolation": "linear",
                 "handed_mask": {"detected": True, "phase": phase, "kernel": "bilinear"}}
-    monkeypatch.setattr("calib.calibrate", lambda y, mask, **options: CalibrationResult(
-        XI, 0.0, 0.0, "ok", [], [], {}, settings, code=code))
+    result = CalibrationResult(XI, 0.0, 0.0, "ok", [], [], {}, settings, code=code)
+    monkeypatch.setattr("calib.calibrate", lambda y, mask, **options: result)
     scene = synthetic_scenes(1, 32, 32)[0]
     y = simulate_measurement(scene.cube[None], handed, XI, 2, 1, 1)
     expected = {"III-model": instrument_operator(code, 28, 2, in_code, (1, 1), "linear"),
@@ -872,15 +876,20 @@ def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_cod
     assert code_frame["phase"] == phase and code_frame["estimate"]["dx"] == pytest.approx(in_code.dx)
     # saved: calibration.json + the operator.npz calibrate.py writes beside it (the code, the code-frame estimate)
     folder = tmp_path / "cal" / "synthetic01"
-    folder.mkdir(parents=True)
-    (folder / "calibration.json").write_text(json.dumps({"estimate": XI.to_dict(), "status": "ok", "reasons": [],
-                                                         "settings": settings}))
-    save_operator(folder / "operator.npz", instrument_operator(code, 28, 2, in_code, (1, 1), "linear"), "ok")
-    for source in (tmp_path / "cal", folder / "calibration.json"):      # one per scene, one for every scene
+    for plot in ("plot_landscape", "plot_stages"):
+        monkeypatch.setattr(f"calib.plots.{plot}", lambda result, path: path)
+    write_outputs(result, handed, 28, 2, folder)
+    for option, source in (("--calibration", tmp_path / "cal"), ("--calibration", folder / "calibration.json"),
+                           ("--operator", folder / "operator.npz")):    # per scene, for every scene, the operator
         out = tmp_path / f"saved_{source.name}"
-        assert run_cli(*args, "--calibration", source, "--out", out) == 0
+        assert run_cli(*args, option, source, "--out", out) == 0
         for key, psnr in expected.items():
             assert read_results(out)["scenarios"][key]["scenes"][0]["psnr"] == pytest.approx(psnr, abs=1e-6)
+    assert read_results(out)["calibration"]["method"]["code_frame"]["phase"] == phase
+    with pytest.raises(UserError, match=f"{folder / 'operator.npz'}: the operator's mask is the binary code recovered "
+                                        "from a handed mask resampled at phase fy=0.25, fx=-0.3 px .* not the "
+                                        "evaluation mask"):
+        from_operator_record(read_operator_file(folder / "operator.npz"), folder / "operator.npz", code)
     (folder / "operator.npz").unlink()
     with pytest.raises(ValueError, match="resampled at phase .*operator.npz is missing"):
         from_calibration_json(tmp_path / "cal")

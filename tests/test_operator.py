@@ -217,6 +217,18 @@ def test_operator_file_records_the_calibration_status_and_every_reader_refuses_a
             reader(failed)
 
 
+def test_operator_file_records_the_phase_of_a_handed_mask_its_code_was_recovered_from(tmp_path):
+    from cassi.operator_file import read_operator_file, save_operator
+
+    op = CassiOperator(torch.rand(8, 10), mismatch=MISMATCH)
+    assert read_operator_file(save_operator(tmp_path / "plain.npz", op)).code_phase is None   # the handed mask
+    assert read_operator_file(save_operator(tmp_path / "code.npz", op, code_phase=(0.25, -0.3))).code_phase == (
+        0.25, -0.3)
+    np.savez(tmp_path / "bad.npz", **{**np.load(tmp_path / "code.npz"), "code_phase": np.array([0.25])})
+    with pytest.raises(ValueError, match=r"bad.npz: key 'code_phase' must be the 2 finite numbers \(fy, fx\)"):
+        read_operator_file(tmp_path / "bad.npz")
+
+
 def test_an_operator_folder_is_named_as_a_folder_with_the_file_inside(tmp_path):
     """``--operator DIR`` (the calibration folder) used to say 'operator file not found: DIR'."""
     from cassi.operator_file import read_operator_file, save_operator
