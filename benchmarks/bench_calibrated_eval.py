@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--oversample", default=["4", "2"], nargs=2, metavar=("N", "K"),
                         help="instrument (simulator) oversampling; the calibration model uses the same")
     parser.add_argument("--mask-reading", default="auto", choices=("auto", "linear"),
-                        help="calibrate.py --mask-reading (linear: the same forward model for every scene, which "
-                             "eval.py --calibration DIR needs; auto may keep cubic on some native-grid scenes)")
+                        help="calibrate.py --mask-reading (linear: the bilinear reading on every scene; auto may "
+                             "keep cubic on some native-grid scenes, which eval.py --calibration DIR reconstructs "
+                             "each through its own)")
     parser.add_argument("--noise-peak", default="1e4", help="photons at the brightest pixel (0: no noise)")
     parser.add_argument("--read-noise", default="0.005", help="Gaussian sigma / clean maximum")
     parser.add_argument("--scenes", type=int, default=10)

@@ -115,8 +115,8 @@ def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vou
 
 def test_mask_reading_linear_skips_the_cubic_check_on_the_native_grid(run, tmp_path):
     """--model-oversample 1 1: auto compares the bilinear and the cubic reading (settings.model_selection.
-    interpolation); --mask-reading linear reads bilinearly without the check, so every scene of an eval.py
-    --calibration DIR gets one forward model."""
+    interpolation); --mask-reading linear reads bilinearly without the check, so every scene calibrated with it
+    gets the same forward model (eval.py --calibration DIR also takes scenes whose models differ)."""
     folder, _ = run
     readings = {}
     for reading in ("auto", "linear"):
