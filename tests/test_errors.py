@@ -577,6 +577,8 @@ USER_ERRORS = {
     # bad option
     "train bad option": ("train", [*SMOKE, "--data.crop", "abc"], r'"data.crop": Expected a <class .int.>'),
     "train unknown option": ("train", [*SMOKE, "--bogus", "1"], r"unrecognized arguments: --bogus 1"),
+    # argparse would read a prefix as the option it starts (--data.crop_top 2) and train
+    "train abbreviated option": ("train", [*SMOKE, "--data.crop_to", "2"], r"unrecognized arguments: --data.crop_to 2"),
     "eval unknown option": ("eval", ["kaist", "--bogus", "1"], r"unrecognized arguments: --bogus 1"),
     "calibrate bad option": ("cal", ["--meas", "{f}/y.npz", "--mask", "{f}/mask.mat", "--bands", "x"],
                              r"--bands: 'x' is not an integer"),

@@ -77,7 +77,12 @@ def parser_message(text: str) -> str:
 
 class OneLineParser(LightningArgumentParser):
     """Parser whose errors are one line (``train.py fit: error: ... (see train.py fit --help)``) and exit 2,
-    instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=1`` shows it)."""
+    instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=1`` shows it). Options are
+    never abbreviated: argparse would read the typo ``--data.crop_to 2`` as ``--data.crop_top 2`` and train."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
