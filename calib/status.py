@@ -245,22 +245,38 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
     ``tests["tolerance_edges"]``: the tolerance, and per parameter the rise and its standard error at each end."""
     tolerance = torch.tensor(settings.tolerance, dtype=torch.float64)
     moves = torch.cat([-torch.diag(tolerance), torch.diag(tolerance)])           # (10, 5): minus, then plus
-    parts = full.block_scores(torch.cat([point[None], ranges.clamp(point + moves)]), settings.blocks)
+    probes = ranges.clamp(point + moves)
+    clamped = (probes != point + moves).any(1)                                  # a tolerance edge beyond the range
+    parts = full.block_scores(torch.cat([point[None], probes]), settings.blocks)
+    bounds = ranges.bounds()
     reasons, needed = [], settings.z / 2
     record = {key: {} for key in ("rise_minus", "rise_plus", "standard_error_minus", "standard_error_plus")}
     for i, name in enumerate(PARAMETER_NAMES):
         rises = [relative_difference(parts[1 + side * 5 + i], parts[0]) for side in (0, 1)]
         for side, (rise, se) in zip(("minus", "plus"), rises):
             record[f"rise_{side}"][name], record[f"standard_error_{side}"][name] = rise, se
-        worst = min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
+        reach = [float(probes[side * 5 + i, i] - point[i]) for side in (0, 1)]
+        unprobed = [side for side in (0, 1) if reach[side] == 0]      # clamped onto the estimate: 0 +- 0, untested
+        worst = unprobed[0] if unprobed else min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
         rise, se = rises[worst]
         if rise <= needed * se:
-            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {PARAMETER_UNITS[name]}"
+            unit = PARAMETER_UNITS[name]
+            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {unit}"
+            limit = f"{float(bounds[i, worst]):g} {unit}"
+            if unprobed:
+                reasons.append(f"the criterion could not be asked whether it tells the estimate from {edge}, the "
+                               f"edge of the tolerance an \"ok\" vouches for: the estimate {name} = "
+                               f"{float(point[i]):.4g} {unit} sits at the search range's edge {limit}, and the "
+                               "tolerance's edge beyond it was not probed (a wider search range, --range, would "
+                               "probe it)")
+                continue
+            where = "there" if not clamped[worst * 5 + i] else (
+                f"at {name} {reach[worst]:+.3g} {unit}, as far as the search range (edge {limit}) lets it probe")
             reasons.append(f"the criterion does not tell the estimate from {edge}, the edge of the tolerance an "
                            f"\"ok\" vouches for: the score "
-                           f"changes by {100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) there; needs a rise "
-                           f"of more than {needed:g} standard error(s), what {settings.z:g} uncertainties within the "
-                           "tolerance mean for a quadratic criterion")
+                           f"changes by {100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) {where}; needs a "
+                           f"rise of more than {needed:g} standard error(s), what {settings.z:g} uncertainties within "
+                           "the tolerance mean for a quadratic criterion")
     tests["tolerance_edges"] = {"tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), **record}
     return reasons
 

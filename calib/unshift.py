@@ -79,6 +79,29 @@ def _unshift_axis(h: np.ndarray, f: float) -> np.ndarray:
     return m
 
 
+def ringing_margin(f: float) -> int:
+    """Rows (or columns) the overshoot test leaves out at each end of the mask's support for phase ``f``: where an
+    error of the recursion's start value still exceeds :data:`RINGING`, and two more."""
+    ratio = min(f % 1, 1 - f % 1) / max(f % 1, 1 - f % 1)
+    return 2 + (math.ceil(math.log(RINGING) / math.log(ratio)) if 0 < ratio < 1 else 0)
+
+
+def range_refusal(handed: Tensor, unshifted: Tensor, fy: float, fx: float) -> tuple[float, str | None]:
+    """:func:`overshoot` of ``unshifted`` and the reason to refuse it (None: within :data:`OVERSHOOT`); a mask too
+    small to leave any pixel for the test is refused saying so."""
+    excess = overshoot(handed, unshifted, fy, fx)
+    if math.isinf(excess):
+        rows, cols = ringing_margin(fy), ringing_margin(fx)
+        return excess, (f"the mask is too small to check the un-shifted mask against the handed mask's value "
+                        f"range: at this phase the check leaves out {rows} rows "
+                        f"and {cols} columns at each end of its support (where the un-shifting still rings), and no "
+                        "pixel remains")
+    if excess <= OVERSHOOT:
+        return excess, None
+    return excess, (f"the un-shifted mask leaves the handed mask's value range by {excess:.3g} of its maximum "
+                    f"(more than {OVERSHOOT}): not a mask resampled at this phase")
+
+
 def overshoot(handed: Tensor, unshifted: Tensor, fy: float, fx: float) -> float:
     """max excess of ``unshifted`` beyond [min, max] of ``handed``, over its maximum, inside the handed
     mask's support less, per axis, the rows where an error of the recursion's start value still exceeds
@@ -89,8 +112,7 @@ def overshoot(handed: Tensor, unshifted: Tensor, fy: float, fx: float) -> float:
     top, low = float(h.max()), float(h.min())
     box = []
     for axis, f in ((0, fy), (1, fx)):
-        ratio = min(f % 1, 1 - f % 1) / max(f % 1, 1 - f % 1)
-        margin = 2 + (math.ceil(math.log(RINGING) / math.log(ratio)) if 0 < ratio < 1 else 0)
+        margin = ringing_margin(f)
         used = torch.nonzero(h.abs().sum(1 - axis) > 0).flatten()
         if len(used) == 0 or int(used[-1]) - int(used[0]) < 2 * margin + 2:
             return math.inf
@@ -142,11 +164,10 @@ def try_unshift(plain: ModelFit, other: ModelFit, y: Tensor, mask: Tensor, bands
         return refuse(f"the phase (fy, fx) = ({fy:.3f}, {fx:.3f}) px is within {PHASE_REFUSE} of 1/2, where the "
                       "bilinear filter has a zero")
     code, phase, point = _unshifted_point(mask, start, best[0], best[1])
-    excess = overshoot(mask, code, fy, fx)
+    excess, refusal = range_refusal(mask, code, fy, fx)
     record["overshoot"] = excess
-    if not excess <= OVERSHOOT:
-        return refuse(f"the un-shifted mask leaves the handed mask's value range by {excess:.3g} of its maximum "
-                      f"(more than {OVERSHOOT}): not a mask resampled at this phase")
+    if refusal:
+        return refuse(refusal)
     handed = HandedMask(True, "", code, phase)
     with clock.stage("0 setup"):
         full, cheap = (score_like(criterion, y, handed.code, point, criterion.settings.rebase_iterations,

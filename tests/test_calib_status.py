@@ -199,3 +199,22 @@ def test_the_tolerance_test_asks_whether_the_criterion_resolves_the_tolerance(co
     for name in PARAMETER_NAMES:
         for side in ("minus", "plus"):
             assert record[f"rise_{side}"][name] > record[f"standard_error_{side}"][name] > 0
+
+
+def test_the_tolerance_test_says_when_a_range_edge_kept_it_from_probing():
+    """An estimate at its search range's edge: the tolerance edge beyond it cannot be scored (the probe is clamped
+    onto the estimate), and the reason says so instead of a change of "+0.00 % +- 0.00 %"."""
+    from calib.pipeline import REFINE_SCORE
+    from calib.ranges import Ranges
+    from calib.score import HeldOutScore
+    from calib.status import tolerance_test
+
+    y, mask = measure(24, Mismatch(a1=2.0))
+    full = HeldOutScore(y, mask, settings=REFINE_SCORE)
+    point = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0], dtype=torch.float64)
+    full.set_reference(point[None])
+    tolerance = (10.0, 10.0, 10.0, 0.1, 10.0)                     # a1 - 0.1 rises beyond the noise here
+    at_edge = tolerance_test(full, point, Ranges(a1=(1.8, 2.0)), StatusSettings(tolerance=tolerance), {})
+    assert len(at_edge) == 1 and "0.00 %" not in at_edge[0], at_edge
+    assert "a1 = 2 px/band sits at the search range's edge 2 px/band" in at_edge[0]
+    assert "a1 +0.1 px/band" in at_edge[0] and "not probed" in at_edge[0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from calib import calibrate
-from calib.unshift import OVERSHOOT, overshoot, unshift_mask
+from calib.unshift import OVERSHOOT, overshoot, range_refusal, unshift_mask
 from cassi import Mismatch
 from cassi.tolerance import CALIBRATION_TOLERANCE
 from cassi.warp import warp_mask
@@ -40,6 +40,19 @@ def test_the_true_phase_inverts_the_bilinear_shift_and_a_wrong_one_overshoots(dx
     for wrong in (0.1, -0.1):                        # 0.02-0.06 away from 1/2, 0.15-0.2 towards it
         fx_ = (fx + wrong) % 1.0
         assert overshoot(handed, unshift_mask(handed, fy, fx_)[0], fy, fx_) > max(0.015, 10 * right)
+
+
+def test_a_mask_too_small_for_the_range_check_is_refused_saying_so():
+    """On a 16 px crop at phase 0.3 the check's ringing margins leave no pixel: the refusal says the mask is too
+    small (it said the mask left the range "by inf of its maximum"); a large mask is judged by its overshoot."""
+    small = grey_mask(16)
+    code = unshift_mask(small, 0.3, 0.3)[0]
+    excess, reason = range_refusal(small, code, 0.3, 0.3)
+    assert excess == overshoot(small, code, 0.3, 0.3) == float("inf")
+    assert "too small" in reason and "8 rows and 8 columns" in reason
+    assert not any(word in reason for word in ("inf", "nan")), reason
+    large = grey_mask(96)
+    assert range_refusal(large, unshift_mask(large, 0.3, 0.3)[0], 0.3, 0.3)[1].startswith("the un-shifted mask leaves")
 
 
 def test_a_mask_never_shifted_overshoots_at_every_phase():
