@@ -43,7 +43,7 @@ operator.npz records the status, and eval.py / train.py refuse it.
 Units: dx, dy in pixels (right, down), theta and alpha in degrees (counter-clockwise), a1 in pixels
 per band (nominal 2). The measurement (H, W + 2*(L-1)) is stored under key ``y``; light that falls
 outside that width is lost. Cubes: ``.npz`` (key ``cube``, (L, H, W)) or ``.mat`` (key ``img``,
-(H, W, L)); masks: ``.mat`` (key ``mask``) or ``.npy``.
+(H, W, L)); masks: ``.mat`` / ``.npz`` (key ``mask``, or --mask-key) or ``.npy``.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def simulate(args: argparse.Namespace) -> Path:
     check_npz_name(args.out)
     out = check_output_file(args.out, args.force, inputs=(args.cube, args.mask))
     cube = torch.from_numpy(load_cube(args.cube, bands=None))
-    mask = torch.from_numpy(load_mask(args.mask))
+    mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
     if tuple(mask.shape) != tuple(cube.shape[1:]):
         raise UserError(f"mask {args.mask} is {tuple(mask.shape)} but cube {args.cube} is "
                         f"{tuple(cube.shape[1:])} (H, W)")
@@ -255,7 +255,7 @@ def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands
 
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise UserError(f"--meas names the same file twice: {' '.join(paths)}")
-    captures = [torch.from_numpy(load_measurement(p, key)) for p in paths]
+    captures = [torch.from_numpy(load_measurement(p, key, "--meas-key")) for p in paths]
     sizes = {tuple(y.shape) for y in captures}
     if len(sizes) > 1:
         listed = ", ".join(f"{p} {tuple(y.shape)}" for p, y in zip(paths, captures))
@@ -319,7 +319,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
     folder = OutputFolder(args.out, (MARKER, SUMMARY), args.force,     # a joint or a --separately output
                           inputs=(*args.meas, args.mask, args.ckpt))
-    mask = torch.from_numpy(load_mask(args.mask))
+    mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
     check_mask(mask, args.mask)
     y, warnings = read_captures(args.meas, args.meas_key, mask, args.mask, args.bands, args.step,
                                 joint=not args.separately)
@@ -431,6 +431,11 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str)
                         help="replace an existing --out (as a whole; never one that holds an input)")
 
 
+def _add_mask_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask-key", default="mask", help="key of the mask in a .mat / .npz --mask (default "
+                                                           "%(default)s; not used for .npy)")
+
+
 def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads, which the numba kernels follow (default: torch's own choice, "
@@ -453,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "process (DIR/calibrations.json lists them)")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file (default: y in "
                                                        "an .npz; meas, y or meas_real in a .mat)")
-    cal.add_argument("--mask", required=True, help="nominal mask: .mat (key mask) or .npy")
+    cal.add_argument("--mask", required=True, help="nominal mask: .mat / .npz (key mask; or --mask-key) or .npy")
+    _add_mask_key(cal)
     cal.add_argument("--solver", default="heldout",
                      help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
                           "gap_tv, or a registered mask-aware network (bisrnet, mst_s, mst_m, mst_l, "
@@ -509,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads(demo)
     sim = commands.add_parser("simulate", help="measure a cube through the high-fidelity instrument")
     sim.add_argument("--cube", required=True, help=".npz (key cube, (L,H,W)) or .mat (key img, (H,W,L))")
-    sim.add_argument("--mask", required=True, help=".mat (key mask) or .npy")
+    sim.add_argument("--mask", required=True, help=".mat / .npz (key mask; or --mask-key) or .npy")
+    _add_mask_key(sim)
     sim.add_argument("--dx", type=float, default=0.0, help="mask shift right, px (default %(default)s)")
     sim.add_argument("--dy", type=float, default=0.0, help="mask shift down, px (default %(default)s)")
     sim.add_argument("--theta", type=float, default=0.0,

@@ -60,6 +60,8 @@ FVGNET_PALETTE = voc_palette(len(FVGNET_CLASSES))
 
 def _existing(path: PathLike) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; a file is expected here (name the file inside it)")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     return path
@@ -81,20 +83,22 @@ def _as_float32(arr: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-def _pick(arrays: Mapping[str, np.ndarray], key: str | None, candidates: Sequence[str], path: Path) -> str:
-    """Resolve the key to read: the given one, or exactly one of ``candidates`` present in the file."""
+def _pick(arrays: Mapping[str, np.ndarray], key: str | None, candidates: Sequence[str], path: Path,
+          option: str | None = None) -> str:
+    """Resolve the key to read: the given one, or exactly one of ``candidates`` present in the file. ``option``: the
+    command-line option that picks the key, named in the error."""
     present = sorted(arrays)
+    choose = (f"pick one with {option} KEY" if option
+              else "pick one with key=... from Python, or the command's key option")
     if key is not None:
         if key not in arrays:
-            raise ValueError(f"{path}: key '{key}' not found; keys present: {present}")
+            raise ValueError(f"{path}: key '{key}' not found; keys present: {present} ({choose})")
         return key
     found = [k for k in candidates if k in arrays]
     if not found:
-        raise ValueError(f"{path}: none of the keys {list(candidates)} found; keys present: {present} "
-                         f"(choose one: key=... in Python, the command's key option, e.g. --meas-key, on the command line)")
+        raise ValueError(f"{path}: none of the keys {list(candidates)} found; keys present: {present} ({choose})")
     if len(found) > 1:
-        raise ValueError(f"{path}: several candidate keys {found} present; choose one (key=... in Python, the "
-                         "command's key option, e.g. --meas-key, on the command line)")
+        raise ValueError(f"{path}: several candidate keys {found} present ({choose})")
     return found[0]
 
 
@@ -130,15 +134,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise _unreadable(path, suffix, err) from err
 
 
-def _read_one(path: PathLike, key: str | None, candidates: Sequence[str]) -> tuple[np.ndarray, str]:
-    """Read one array; returns it and a 'file[key]' description for error messages."""
+def _read_one(path: PathLike, key: str | None, candidates: Sequence[str],
+              option: str | None = None) -> tuple[np.ndarray, str]:
+    """Read one array; returns it and a 'file[key]' description for error messages (``option``: see :func:`_pick`)."""
     path = _existing(path)
     arrays = _read_arrays(path)
     if path.suffix.lower() == ".npy":
         if key is not None:
             raise ValueError(f"{path}: a .npy file holds a single array; key '{key}' does not apply")
         return arrays[""], str(path)
-    name = _pick(arrays, key, candidates, path)
+    name = _pick(arrays, key, candidates, path, option)
     return arrays[name], f"{path}['{name}']"
 
 
@@ -232,15 +237,16 @@ def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
 
 # --------------------------------------------------------------------------- masks / measurements
 
-def load_mask(path: PathLike, key: str | None = "mask") -> np.ndarray:
-    """Coded-aperture mask as (H, W) float32 from .mat / .npz (``key``, default 'mask') or .npy.
+def load_mask(path: PathLike, key: str | None = "mask", option: str | None = None) -> np.ndarray:
+    """Coded-aperture mask as (H, W) float32 from .mat / .npz (``key``, default 'mask') or .npy; ``option``: the
+    command-line option that picks the key, named when it is missing.
 
     Values are returned as stored (the KAIST and real masks are continuous in [0.005, 1], not binary);
     values outside [0, 1] are an error (a 0/255 image is not rescaled silently).
     """
     if Path(path).suffix.lower() == ".npy":
         key = None
-    arr, where = _read_one(path, key, ("mask",))
+    arr, where = _read_one(path, key, ("mask",), option)
     _check_ndim(arr, 2, "mask", where)
     mask = _as_float32(arr, where)
     if mask.min() < 0:
@@ -251,15 +257,16 @@ def load_mask(path: PathLike, key: str | None = "mask") -> np.ndarray:
     return mask
 
 
-def load_measurement(path: PathLike, key: str | None = None) -> np.ndarray:
+def load_measurement(path: PathLike, key: str | None = None, option: str | None = None) -> np.ndarray:
     """2-D snapshot as (H, Wm) float32.
 
     Keys tried when ``key`` is None: .npz 'y' (``kaist_meas/*.npz``); .mat one of 'meas', 'y', 'meas_real'
-    (TSA real captures) -- an error if several are present. .npy: the single array.
+    (TSA real captures) -- an error if several are present; ``option``: the command-line option that picks the
+    key, named when none or several are found. .npy: the single array.
     Values as stored (no normalisation).
     """
     candidates = MEASUREMENT_MAT_KEYS if Path(path).suffix.lower() == ".mat" else ("y",)
-    arr, where = _read_one(path, key, candidates)
+    arr, where = _read_one(path, key, candidates, option)
     _check_ndim(arr, 2, "measurement", where)
     return _as_float32(arr, where)
 

@@ -113,3 +113,26 @@ def test_threads_sets_torch_s_cpu_threads(tmp_path):
     parser = calibrate.build_parser()
     assert parser.parse_args(["calibrate", "--meas", "y.npz", "--mask", "m.mat", "--threads", "2"]).threads == 2
     assert parser.parse_args(["demo", "--threads", "2"]).threads == 2
+
+
+def test_a_folder_or_a_missing_key_says_what_is_expected(tmp_path, capsys):
+    """--meas / --mask naming a folder say it is one (they said "no such file"); a missing key lists the keys the
+    file has and names the option that picks one, which then reads it."""
+    _, mask = write_inputs(tmp_path)
+    out = ["--out", str(tmp_path / "out")]
+    fails(capsys, ["--meas", str(tmp_path), "--mask", str(tmp_path / "mask.mat"), *out],
+          rf"{tmp_path} is a folder; a file is expected")
+    fails(capsys, ["--meas", str(tmp_path / "cube.npz"), "--mask", str(tmp_path), *out],
+          rf"{tmp_path} is a folder; a file is expected")
+    np.savez(tmp_path / "meas.npz", snapshot=np.ones((16, 74), np.float32), other=np.zeros(2))
+    scipy.io.savemat(tmp_path / "phi.mat", {"phi": mask})
+    fails(capsys, ["--meas", str(tmp_path / "meas.npz"), "--mask", str(tmp_path / "mask.mat"), *out],
+          r"meas.npz: none of the keys \['y'\] found; keys present: \['other', 'snapshot'\] \(pick one with --meas-key")
+    fails(capsys, ["--meas", str(tmp_path / "meas.npz"), "--mask", str(tmp_path / "phi.mat"), *out],
+          r"phi.mat: key 'mask' not found; keys present: \['phi'\] \(pick one with --mask-key KEY\)")
+    fails(capsys, ["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "phi.mat"),
+                   "--out", str(tmp_path / "y.npz")], r"\(pick one with --mask-key KEY\)")
+    calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "phi.mat"),
+                    "--mask-key", "phi", "--out", str(tmp_path / "y.npz")])
+    assert np.load(tmp_path / "y.npz")["y"].shape == (16, 74)
+    assert not (tmp_path / "out").exists()
