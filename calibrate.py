@@ -70,6 +70,7 @@ from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 COMMANDS = ("simulate", "calibrate", "demo")
 MARKER = "calibration.json"                  # the file every calibration output folder holds
 SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
+INSTRUMENT_DEFAULTS = {"bands": 28, "step": 2}  # calibrate's --bands, --step unless the --meas .npz records them
 NO_PROGRESS = "no progress bars (they are shown only when stderr is a terminal)"
 
 
@@ -112,7 +113,8 @@ def simulate(args: argparse.Namespace) -> Path:
     print(f"simulated y {tuple(y.shape[1:])}, mismatch {mismatch.to_dict()}, N={spatial} K={spectral}")
     save_npz(out, y=y[0].numpy().astype(np.float32), mismatch=np.array(
         [mismatch.dx, mismatch.dy, mismatch.theta, mismatch.a1, mismatch.alpha]), step=np.int64(args.step),
-        oversample=np.array(args.oversample, dtype=np.int64), warnings=np.array(warnings, dtype=np.str_),
+        bands=np.int64(cube.shape[0]), oversample=np.array(args.oversample, dtype=np.int64),
+        warnings=np.array(warnings, dtype=np.str_),
         noise_peak=np.float64(np.nan if args.noise_peak is None else args.noise_peak),
         read_noise=np.float64(args.read_noise), noise_seed=np.int64(args.seed))
     print(f"wrote {out}")
@@ -276,6 +278,34 @@ def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands
     return torch.stack(captures), warnings
 
 
+def instrument_settings(args: argparse.Namespace) -> tuple[int, int]:
+    """``--bands`` and ``--step``: as given, else as the ``--meas`` .npz files record them (keys ``bands``,
+    ``step``), else the defaults; prints where a recorded value came from. A :class:`UserError` names the file,
+    the key and both values when an option contradicts a file or one file another."""
+    from data.io import load_recorded_integers
+
+    recorded: dict[str, tuple[int, str]] = {}
+    for path in args.meas:
+        for key, value in load_recorded_integers(path, INSTRUMENT_DEFAULTS).items():
+            given = getattr(args, key)
+            if given is not None and given != value:
+                raise UserError(f"--{key} {given} contradicts {path}, which records {key} = {value} (key '{key}'); "
+                                f"leave --{key} out to use the recorded value")
+            if key in recorded and recorded[key][0] != value:
+                raise UserError(f"--meas: {path} records {key} = {value} (key '{key}') but {recorded[key][1]} "
+                                f"records {recorded[key][0]}: captures of one instrument share it")
+            recorded.setdefault(key, (value, path))
+    chosen = []
+    for key, default in INSTRUMENT_DEFAULTS.items():
+        given = getattr(args, key)
+        if given is None and key in recorded:
+            value, path = recorded[key]
+            print(f"{key} {value} as {path} records it (key '{key}')")
+            given = value
+        chosen.append(default if given is None else given)
+    return tuple(chosen)
+
+
 def parse_ranges(items: list[list[str]]):
     """The ``--range NAME LO HI`` options as :class:`calib.ranges.Ranges` (defaults for the others); a
     :class:`UserError` names a bad item."""
@@ -314,6 +344,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         raise UserError("--forward-model auto lets the data choose the forward model and --model-oversample "
                         f"{' '.join(map(str, args.model_oversample))} names one: give one of them")
     ranges = parse_ranges(args.ranges)
+    args.bands, args.step = instrument_settings(args)
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
@@ -472,10 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the forward model, the "
                                                      "score, the solver and the check run")
     _add_output(cal, "outputs/calibration", "output folder (written as one unit at the end)")
-    cal.add_argument("--bands", type=positive_int, default=28,
-                     help="spectral bands of the cube (default %(default)s, KAIST)")
-    cal.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band (default "
-                                                                  "%(default)s)")
+    cal.add_argument("--bands", type=positive_int, default=None,
+                     help="spectral bands of the cube (default: as a --meas .npz records it, key bands, else "
+                          f"{INSTRUMENT_DEFAULTS['bands']}, KAIST; a value that contradicts the file is refused)")
+    cal.add_argument("--step", type=positive_int, default=None,
+                     help="nominal dispersion step, px per band (default: as a --meas .npz records it, key step, "
+                          f"else {INSTRUMENT_DEFAULTS['step']}; a value that contradicts the file is refused)")
     cal.add_argument("--forward-model", choices=("auto",), default=None,
                      help="auto (the default): the data choose the calibration forward model among the native "
                           "grid (N=K=1) and the enlarged grid (N=4, K=2) by the held-out score "

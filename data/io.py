@@ -271,6 +271,25 @@ def load_measurement(path: PathLike, key: str | None = None, option: str | None 
     return _as_float32(arr, where)
 
 
+def load_recorded_integers(path: PathLike, keys: Sequence[str]) -> dict[str, int]:
+    """The whole-number scalars an ``.npz`` records under ``keys`` (``calibrate.py simulate``: bands, step; the
+    KAIST snapshots: step), those present; {} for other formats. A key that holds anything else is an error
+    naming the file and the key."""
+    path = _existing(path)
+    if path.suffix.lower() != ".npz":
+        return {}
+    arrays = _read_arrays(path)
+    out = {}
+    for key in keys:
+        if key not in arrays:
+            continue
+        value = arrays[key]
+        if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+            raise UserError(f"{path}['{key}']: expected a whole number, got dtype {value.dtype}, shape {value.shape}")
+        out[key] = int(value)
+    return out
+
+
 # --------------------------------------------------------------------------- labels
 
 def load_label_png(path: PathLike, palette: np.ndarray = FVGNET_PALETTE) -> np.ndarray:

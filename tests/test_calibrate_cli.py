@@ -136,3 +136,34 @@ def test_a_folder_or_a_missing_key_says_what_is_expected(tmp_path, capsys):
                     "--mask-key", "phi", "--out", str(tmp_path / "y.npz")])
     assert np.load(tmp_path / "y.npz")["y"].shape == (16, 74)
     assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_uses_the_bands_and_step_the_npz_records_and_refuses_a_contradiction(tmp_path, capsys):
+    """``simulate`` records bands and step, the KAIST snapshots step: calibrate uses them when --bands / --step are
+    left out (it used 28 and 2 whatever the file said) and refuses an option or a second capture that contradicts
+    them, naming the file, the key and both values."""
+    import argparse
+
+    from conftest import shared_path
+
+    write_inputs(tmp_path)
+    for step in (1, 2):
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                        "--step", str(step), "--out", str(tmp_path / f"y{step}.npz")])
+    assert (int(np.load(tmp_path / "y1.npz")["bands"]), int(np.load(tmp_path / "y1.npz")["step"])) == (28, 1)
+    capsys.readouterr()
+    options = argparse.Namespace(meas=[str(tmp_path / "y1.npz")], bands=None, step=None)
+    assert calibrate.instrument_settings(options) == (28, 1)
+    assert f"step 1 as {tmp_path / 'y1.npz'} records it (key 'step')" in capsys.readouterr().out
+    out = ["--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "out")]
+    fails(capsys, ["--meas", str(tmp_path / "y1.npz"), "--step", "2", *out],
+          r"--step 2 contradicts .*y1.npz, which records step = 1 \(key 'step'\)")
+    fails(capsys, ["--meas", str(tmp_path / "y1.npz"), "--bands", "31", *out],
+          r"--bands 31 contradicts .*y1.npz, which records bands = 28 \(key 'bands'\)")
+    fails(capsys, ["--meas", str(tmp_path / "y1.npz"), str(tmp_path / "y2.npz"), *out],
+          r"--meas: .*y2.npz records step = 2 \(key 'step'\) but .*y1.npz records 1")
+    assert not (tmp_path / "out").exists()
+    snapshot = str(shared_path("data", "kaist_meas", "scene01_snapshot.npz"))      # records step (int32), not bands
+    assert calibrate.instrument_settings(argparse.Namespace(meas=[snapshot], bands=None, step=None)) == (28, 2)
+    fails(capsys, ["--meas", snapshot, "--step", "1", *out], r"--step 1 contradicts .*scene01_snapshot.npz, which "
+          r"records step = 2")
