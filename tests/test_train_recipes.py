@@ -14,6 +14,7 @@ from scipy.io import loadmat
 from cli_checks import user_error
 from conftest import fvgnet_layout, mst_toolbox
 from data.kaist import mst_scenes, synthetic_scenes
+from evaluation.reports import text_table
 from test_train import CONFIGS, QUIET, cli, one_step
 
 eval_cli = importlib.import_module("eval")
@@ -126,8 +127,15 @@ def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstru
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     common = ["--data.crop", "32", "--data.test_scenes", "2", "--ckpt_path", str(last), "--trainer.logger", "false",
               *QUIET]
+    capsys.readouterr()
     tested = run("test", smoke, tmp_path / "run", *common)
     rows = tested.model.test_results["scenes"]
+    # the table eval.py kaist prints, last
+    printed = capsys.readouterr().out.splitlines()
+    table = text_table(rows, tested.model.test_results["mean"]).splitlines()
+    heading = printed[-len(table) - 1]
+    assert heading.startswith("KAIST protocol on 2 test scene(s)") and heading.endswith(f"weights of {last}")
+    assert printed[-len(table):] == table and table[-1].startswith("mean") and "seconds" in table[0]
     assert_same_numbers(rows, eval_rows("--ckpt", last, "--synthetic.count", 2, tmp_path / "eval"))
 
     run("predict", smoke, tmp_path / "run", *common, "--predictions.path", str(tmp_path / "pred.mat"))

@@ -26,6 +26,7 @@ from scipy.io import savemat
 from cassi.files import atomic_path, write_text
 from cassi.progress import fit_progress, progress_text
 from data.previews import save_comparison, save_segmentation, save_spectra
+from evaluation.reports import text_table
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,6 +318,13 @@ def summary_text(trainer: pl.Trainer) -> str:
     for logger in trainer.loggers:
         lines.append(f"  {logger_location(logger)}")
     return "\n".join(lines)
+
+
+def test_summary_text(results: dict[str, Any], ckpt_path: str | os.PathLike | None) -> str:
+    """``train.py test``'s results as ``eval.py kaist`` prints its scenario I: a heading and the KAIST table."""
+    weights = f"weights of {ckpt_path}" if ckpt_path else "the weights as initialised (no --ckpt_path)"
+    return (f"KAIST protocol on {len(results['scenes'])} test scene(s) (eval.py kaist's scenario I: nominal operator "
+            f"of the test mask, no noise), {weights}\n{text_table(results['scenes'], results['mean'])}")
 
 
 def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:

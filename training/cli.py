@@ -54,7 +54,7 @@ from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
-                                ValidationPreviews, WandbRunId, checkpoint_run_id)
+                                ValidationPreviews, WandbRunId, checkpoint_run_id, test_summary_text)
 from training.modules import CassiModule
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -487,6 +487,11 @@ class CassiCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.check_before_run("test")
+
+    def after_test(self) -> None:
+        """The KAIST table, last (after Lightning's list of logged values)."""
+        if self.trainer.is_global_zero and self.model.test_results:
+            print(test_summary_text(self.model.test_results, self.trainer.ckpt_path))
 
     def before_predict(self) -> None:
         self.check_before_run("predict")

@@ -29,6 +29,7 @@ checkpoint loads with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +40,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from cassi import CassiOperator
-from cassi.metrics import KAIST_METRICS, ReconstructionMetrics, kaist_metrics
+from cassi.metrics import KAIST_METRICS, ReconstructionMetrics
 from cassi.operator_file import status_text
+from evaluation.protocol import mean_row, result_row
 from models import create_model
 from models.joint_loss import CRSDUNLoss
 from training.acceleration import enable_activation_checkpointing, to_channels_last
@@ -241,18 +243,20 @@ class CassiModule(pl.LightningModule):
         self.test_rows, self.test_results = [], None
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Every scene's row of ``eval.py kaist``'s table: its metrics and seconds (the batch's time per scene)."""
+        start = time.perf_counter()
         pred = self.protocol_reconstruction(batch).cpu()
+        seconds = (time.perf_counter() - start) / len(pred)
         for i, index in enumerate(batch["scene"].tolist()):
-            row = kaist_metrics(pred[i], batch["cube"][i].float().cpu())
-            self.test_rows.append({"name": self._test_scene_name(index), **row})
+            row = result_row(self._test_scene_name(index), pred[i], batch["cube"][i].float().cpu(), seconds)
+            self.test_rows.append(row)
 
     def on_test_epoch_end(self) -> None:
-        """Means over the scenes (float64, as ``eval.py``'s mean row) and every scene's row, logged."""
-        mean = {k: float(torch.tensor([row[k] for row in self.test_rows], dtype=torch.float64).mean())
-                for k in KAIST_METRICS}
+        """Means over the scenes (``eval.py``'s mean row) and every scene's row, logged."""
+        mean = mean_row(self.test_rows)
         self.test_results = {"scenes": list(self.test_rows), "mean": mean}
-        for key, value in mean.items():
-            self.log(f"test/{key}", value)
+        for key in KAIST_METRICS:
+            self.log(f"test/{key}", mean[key])
         for row in self.test_rows:
             for key in KAIST_METRICS:
                 self.log(f"test_scene/{row['name']}/{key}", row[key])
