@@ -105,6 +105,14 @@ def _progress(training: dict[str, Any]) -> str:
     return f"saved after {progress_text(training)}"
 
 
+def _loss(hp: dict[str, Any]) -> str:
+    """The training loss: the module's ``loss`` and its arguments, or JointModule's CRSDUN loss (it has no ``loss``)."""
+    if "loss" in hp:
+        return f"loss `{hp['loss']}`" + (f" {hp['loss_kwargs']}" if hp.get("loss_kwargs") else "")
+    return (f"joint loss: stage-weighted ({hp.get('stage_decay')}^(K-k)) MSE + {hp.get('seg_weight')} x "
+            "cross-entropy of the segmentation")
+
+
 def _training_lines(training: dict[str, Any] | None) -> list[str]:
     if not training:
         return ["## Training", "", "Not recorded (the weights did not come from a train.py checkpoint).", ""]
@@ -123,7 +131,7 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
     epoch = "one pass over the training scenes per epoch" if per_epoch is None else f"{per_epoch} samples per epoch"
     test_set = "FVgNET test_data.csv images" if source == "fvgnet" else "KAIST test scenes"
     lines = ["## Training", "",
-             f"- module: `{training.get('module')}`, loss `{hp.get('loss', 'joint')}`, Adam lr {hp.get('lr')} "
+             f"- module: `{training.get('module')}`, {_loss(hp)}, Adam lr {hp.get('lr')} "
              f"betas {hp.get('betas')}, schedule {schedule}",
              f"- instrument: {instrument}; measurement gain {hp.get('measurement_gain', 1.0)}",
              *([f"- calibration status of the operator: {status_text(training['operator_calibration'])}"]

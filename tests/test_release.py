@@ -320,3 +320,13 @@ def test_card_of_a_mismatch_scenario_names_the_drift_in_text_and_model_index(rel
     drift = "instrument drifted by dx 1 px, dy 0 px, theta 0.3 deg, a1 2 px/band, alpha 0 deg"
     assert "scenario II (mismatched" in body and drift in body
     assert "name: \"CASSI reconstruction (KAIST protocol, scenario II (mismatched" in front and drift in front
+
+
+def test_card_of_a_joint_checkpoint_states_the_crsdun_loss(tmp_path):
+    from test_train import CONFIGS, one_step
+    one_step(CONFIGS / "smoke" / "crsdun_3stg.yaml", tmp_path / "run", "--data.crop", "32")
+    release = tmp_path / "release"
+    assert run_cli("export", "--ckpt", tmp_path / "run" / "checkpoints" / "last.ckpt", "--out", release) == 0
+    card = (release / "README.md").read_text()
+    assert "`training.JointModule`, joint loss: stage-weighted (0.7^(K-k)) MSE + 0.0001 x cross-entropy" in card
+    assert "loss `joint`" not in card
