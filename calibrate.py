@@ -331,6 +331,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
     from calib import calibrate
+    from calib.solvers import GAP_TV, HELD_OUT, load_network
     from calib.status import StatusSettings
     from cassi.checks import check_mask
     from cassi.files import OutputFolder, json_text, write_text
@@ -356,6 +357,9 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                 joint=not args.separately)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    network = None                      # a network solver's weights: loaded once for every --separately capture
+    if args.separately and args.solver not in (HELD_OUT, GAP_TV):
+        network = load_network(args.solver, args.ckpt, device)
     startup = time.perf_counter() - STARTED
     groups = ([(stem, [path], y[i:i + 1]) for i, (stem, path) in enumerate(zip(stems, args.meas))]
               if args.separately else [("", list(args.meas), y)])
@@ -370,7 +374,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                solver_check=args.check_solver, device=device,
                                status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
                                **({"mask_interpolations": ("linear",)} if args.mask_reading == "linear" else {}),
-                               **({"noise_correction": None} if args.no_noise_correction else {}))
+                               **({"noise_correction": None} if args.no_noise_correction else {}), network=network)
             result.timings["startup_s"] = round(startup, 3)
             print(summary(result), flush=True)
             if result.status == "failed":

@@ -27,9 +27,10 @@ held-out criterion's own refined estimate with S's, and a significantly better h
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_mismatch
 from calib.handed_mask import read_handed_mask
@@ -109,7 +110,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
               device: str | torch.device = "cpu",
               models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS,
               mask_interpolations: tuple[str, ...] = MASK_INTERPOLATIONS,
-              noise_correction: NoiseCorrection | None = NoiseCorrection()) -> CalibrationResult:
+              noise_correction: NoiseCorrection | None = NoiseCorrection(),
+              network: nn.Module | None = None) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
     ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
@@ -127,6 +129,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     grid is chosen it is refined under each (:func:`calib.model_selection.check_interpolation`: the
     better held-out score is kept, ``result.settings["model_selection"]["interpolation"]`` records both,
     estimates that differ by more than 0.1 pixel units make the status "ambiguous"); ("linear",): no check.
+    ``network``: a network ``solver``'s weights already loaded from ``ckpt`` (:func:`calib.solvers.load_network`:
+    calibrations of several captures share one load); None: loaded here.
     ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
     ``noise_correction``: the last refinement on the noise-corrected score (:class:`NoiseCorrection`; None:
     none; the record is ``result.settings["noise_correction"]``).
@@ -154,7 +158,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         if solver != HELD_OUT and y.shape[0] > 1:
             raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
                             f"with the held-out criterion only (--solver {HELD_OUT})")
-        inner = inner_solver(solver, ckpt, y[0], mask, bands, step)  # a bad solver fails here
+        inner = inner_solver(solver, ckpt, y[0], mask, bands, step, network)  # a bad solver fails here
     candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
     fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
@@ -234,7 +238,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         solve = gap_tv_solver() if inner is None or inner.network is None else network_solver(inner.network)
         checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
                                oversample, chosen.interpolation, clock)
-    settings = {"solver": solver, "ckpt": None if ckpt is None else str(ckpt),
+    settings = {"solver": solver, "ckpt": None if ckpt is None else str(Path(ckpt).resolve()),
                 "criterion": "held-out CG" if criterion is None else criterion.describe(),
                 "bands": bands, "step": step, "ranges": ranges.to_dict(),
                 "oversample": list(oversample), "mask_interpolation": chosen.interpolation,

@@ -169,15 +169,18 @@ class InnerSolver:
         return NetworkHeldOutScore(y, mask, self.network, bands, step, settings, reference=reference)
 
 
-def inner_solver(solver: str, checkpoint, y: Tensor, mask: Tensor, bands: int, step: int) -> InnerSolver | None:
+def inner_solver(solver: str, checkpoint, y: Tensor, mask: Tensor, bands: int, step: int,
+                 network: nn.Module | None = None) -> InnerSolver | None:
     """The solver that decides the estimate: None for ``heldout`` (the held-out CG score of
-    :mod:`calib.score` decides), else GAP-TV or a network on the device of ``y``. A network is loaded,
-    frozen and its size rule and inputs checked here (:func:`calib.solvers.check_network_inputs`), so a wrong
-    name, checkpoint, size or band count fails (:class:`cassi.errors.UserError`, one line) before the search."""
+    :mod:`calib.score` decides), else GAP-TV or a network on the device of ``y``. A network is loaded
+    (unless ``network`` is it, loaded already), frozen and its size rule and inputs checked here
+    (:func:`calib.solvers.check_network_inputs`), so a wrong name, checkpoint, size or band count fails
+    (:class:`cassi.errors.UserError`, one line) before the search."""
     if solver in (HELD_OUT, GAP_TV):
         if checkpoint is not None:
             raise UserError(f"--ckpt is only used with a network solver, not {solver}")
         return None if solver == HELD_OUT else InnerSolver(solver, None)
-    network = load_network(solver, checkpoint, y.device)
+    if network is None:
+        network = load_network(solver, checkpoint, y.device)
     check_network_inputs(network, solver, y[None], CassiOperator(mask, bands, step))
     return InnerSolver(solver, network)

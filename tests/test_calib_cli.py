@@ -280,3 +280,45 @@ def test_the_summary_says_what_the_blind_score_measures():
         result = run_calibration(y, mask, solver=solver, progress=False, solver_check=False, **QUICK)
         line = next(line for line in calibrate.summary(result).splitlines() if line.startswith("blind score"))
         assert f"({solver}: {meaning}, lower is better; calibration.json score): nominal " in line, line
+
+
+def test_separately_with_a_network_loads_it_once_and_records_the_absolute_checkpoint(tmp_path, monkeypatch):
+    """--separately --solver NET: the weights are loaded once for all captures (they were loaded per capture), and
+    settings.ckpt is the checkpoint's absolute path, as ``measurements`` and ``mask.path`` (it was stored as typed)."""
+    import functools
+
+    import torch
+
+    import calib
+    import calib.solver_score
+    import calib.solvers
+    from cassi import Mismatch
+    from models import create_model
+    from test_calib_pipeline import QUICK, measure
+
+    loads = []
+    real_load = calib.solvers.load_network
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(calib.solvers, "load_network", counted)
+    monkeypatch.setattr(calib.solver_score, "load_network", counted)
+    monkeypatch.setattr(calib, "calibrate", functools.partial(calib.calibrate, **QUICK))   # small settings
+    torch.manual_seed(0)
+    torch.save(create_model("mst_s").state_dict(), tmp_path / "mst_s.pth")
+    for seed in (0, 1):
+        y, mask = measure(32, Mismatch(dx=0.4), seed=seed)
+        np.savez(tmp_path / f"y{seed}.npz", y=y.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    monkeypatch.chdir(tmp_path)
+    try:
+        calibrate.main(["--meas", "y0.npz", "y1.npz", "--mask", "mask.npy", "--separately", "--solver", "mst_s",
+                        "--ckpt", "mst_s.pth", "--out", "out", "--no-progress"])
+    except SystemExit as exit:          # a random network's estimate may fail the status: the outputs are written
+        assert exit.code == 3
+    assert loads == ["mst_s"]
+    for stem in ("y0", "y1"):
+        settings = json.loads((tmp_path / "out" / stem / "calibration.json").read_text())["settings"]
+        assert settings["ckpt"] == str(tmp_path.resolve() / "mst_s.pth"), settings["ckpt"]
