@@ -57,11 +57,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see R
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from cassi.devices import check_device  # noqa: E402
-from cassi.errors import (EXIT_CALIBRATION_FAILED, CliParser, UserError, cli_errors,  # noqa: E402
-                          non_negative_float, positive_float, positive_int)
+from cassi.errors import (EXIT_CALIBRATION_FAILED, EXIT_FAILED, EXIT_OK, CliParser, UserError,  # noqa: E402
+                          cli_errors, non_negative_float, positive_float, positive_int, one_line)
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help and
@@ -121,11 +122,21 @@ def simulate(args: argparse.Namespace) -> Path:
     return out
 
 
+class FiguresNotWritten(Exception):
+    """Figures of a calibration that could not be written; calibration.json (whose ``warnings`` say so) and
+    operator.npz were. ``files``: those written; ``failures``: one line per figure."""
+
+    def __init__(self, files: dict[str, Path], failures: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.files, self.failures = files, failures
+
+
 def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = (),
                   measurements: list[str] = (), mask_path: str | None = None) -> dict[str, Path]:
     """calibration.json (with the ``measurements`` fitted and their ``warnings``, and the handed mask's file,
     shape and sha256, which eval.py --calibration checks), operator.npz and the two figures of a calibration,
-    in the folder ``out`` (created)."""
+    in the folder ``out`` (created). A figure that fails is left out and named in the warnings, the numbers are
+    still written, then :class:`FiguresNotWritten` is raised (its traceback printed on stderr)."""
     from calib.handed_mask import model_frame
     from calib.instrument import instrument_operator
     from calib.plots import plot_landscape, plot_stages
@@ -137,20 +148,42 @@ def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list
     files = {"json": out / MARKER, "operator": out / "operator.npz",
              "landscape": out / "landscape.png", "stages": out / "stages.png"}
     out.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for key, plot in (("landscape", plot_landscape), ("stages", plot_stages)):
+        try:
+            plot(result, files[key])
+        except Exception as err:        # a figure only shows the numbers: its failure must not discard them
+            traceback.print_exc()
+            failures.append(f"figure {files.pop(key).name} was not written: {type(err).__name__}: {one_line(err)}")
     handed = {"path": None if mask_path is None else str(Path(mask_path).resolve()), "shape": list(mask.shape),
               "sha256": mask_sha256(mask)}
     write_text(files["json"], json_text({**result.to_dict(),
                                          "measurements": [str(Path(p).resolve()) for p in measurements],
-                                         "mask": handed, "warnings": list(warnings)}))
+                                         "mask": handed, "warnings": [*warnings, *failures]}))
     oversample = tuple(result.settings.get("oversample", (1, 1)))
     mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
     phase = None if result.code is None else result.settings["handed_mask"]["phase"]
     save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
                                                          result.settings.get("mask_interpolation", "linear")),
                   result.status, result.reasons, None if phase is None else (phase["fy"], phase["fx"]))
-    plot_landscape(result, files["landscape"])
-    plot_stages(result, files["stages"])
+    if failures:
+        raise FiguresNotWritten(files, failures)
     return files
+
+
+def finish(folder: Path, failed: list[str], unwritten: list[str]) -> None:
+    """The last lines of a calibration whose outputs are in place: where, and on stderr a "failed" status (exit
+    code 3) or figures that could not be written (exit code 1, which takes precedence)."""
+    print(wrote(folder))
+    code = EXIT_FAILED if unwritten else EXIT_CALIBRATION_FAILED if failed else EXIT_OK
+    if failed:
+        print(f"calibrate.py: status \"failed\" ({', '.join(failed)}): the outputs are written for inspection, "
+              f"operator.npz is marked failed and eval.py / train.py refuse it; exit code {code}", file=sys.stderr)
+    if unwritten:
+        print(f"calibrate.py: {'; '.join(unwritten)}; calibration.json (its warnings say so) and operator.npz are "
+              f"written; exit code {code}", file=sys.stderr)
+    if code != EXIT_OK:
+        raise SystemExit(code)
 
 
 def score_meaning(solver: str) -> str:
@@ -162,9 +195,14 @@ def score_meaning(solver: str) -> str:
     return "squared relative held-out prediction error"
 
 
+def format_mismatch(mismatch) -> str:
+    """``dx=..., dy=..., theta=..., a1=..., alpha=...`` to 4 decimals, as the terminal shows an estimate."""
+    return ", ".join(f"{k}={v:.4f}" for k, v in mismatch.to_dict().items())
+
+
 def summary(result) -> str:
     """A few lines for the terminal: estimate, status, blind residual before / after, time."""
-    est = ", ".join(f"{k}={v:.4f}" for k, v in result.estimate.to_dict().items())
+    est = format_mismatch(result.estimate)
     captures = result.settings.get("captures", 1)
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
@@ -363,7 +401,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     startup = time.perf_counter() - STARTED
     groups = ([(stem, [path], y[i:i + 1]) for i, (stem, path) in enumerate(zip(stems, args.meas))]
               if args.separately else [("", list(args.meas), y)])
-    files, rows, failed = {}, [], []
+    files, rows, failed, unwritten = {}, [], [], []
     with folder as staging:
         for stem, paths, captures in groups:
             if args.separately:
@@ -380,7 +418,11 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             if result.status == "failed":
                 failed.append(stem or "the calibration")
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
-            written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
+            try:
+                written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
+            except FiguresNotWritten as err:
+                written = err.files
+                unwritten += [f"{stem}: {line}" if stem else line for line in err.failures]
             if args.separately:
                 files[stem] = {key: folder.path / stem / path.name for key, path in written.items()}
                 rows.append({"measurement": str(Path(paths[0]).resolve()), "folder": stem,
@@ -390,12 +432,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         if args.separately:
             write_text(staging / SUMMARY, json_text({"calibrations": rows}))
             files["summary"] = folder.path / SUMMARY
-    print(wrote(folder.path))
-    if failed:
-        print(f"calibrate.py: status \"failed\" ({', '.join(failed)}): the outputs are written for inspection, "
-              "operator.npz is marked failed and eval.py / train.py refuse it; exit code "
-              f"{EXIT_CALIBRATION_FAILED}", file=sys.stderr)
-        raise SystemExit(EXIT_CALIBRATION_FAILED)
+    finish(folder.path, failed, unwritten)
     return files
 
 
@@ -418,12 +455,13 @@ def run_demo(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     truth = Mismatch(dx=float(rng.uniform(-3, 3)), dy=float(rng.uniform(-3, 3)), theta=float(rng.uniform(-1, 1)),
                      a1=float(rng.uniform(1.95, 2.05)), alpha=float(rng.uniform(-1, 1)))
+    unwritten = []
     with folder as staging:
         scene = synthetic_scenes(1, args.size, args.size, seed=args.seed)[0]
         mask = synthetic_mask(args.size, args.size, seed=args.seed)
         noise = Noise(peak=1e4, read=0.005, seed=args.seed)
         y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
-        print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.to_dict()}")
+        print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {format_mismatch(truth)}")
         result = calibrate(y[0], mask, progress=show_progress(args), device=device)
         print(summary(result))
         est, tru = result.estimate.to_dict(), truth.to_dict()
@@ -454,8 +492,11 @@ def run_demo(args: argparse.Namespace) -> dict:
                   f"{comparison['instrument']['psnr']:.2f} + drift (Ih-model - IV-model) "
                   f"{comparison['drift']['psnr']:.2f} + model error (IV-model - IV) "
                   f"{comparison['model_error']['psnr']:.2f}", flush=True)
-        write_outputs(result, mask, 28, 2, staging)
-    print(wrote(folder.path))
+        try:
+            write_outputs(result, mask, 28, 2, staging)
+        except FiguresNotWritten as err:
+            unwritten = err.failures
+    finish(folder.path, [], unwritten)
     return {"result": result, "truth": truth, "psnr": psnr, "recovery_ratio": ratio}
 
 

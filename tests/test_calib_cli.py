@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -62,7 +63,6 @@ def test_writes_json_operator_and_plots(run):
 def test_the_readme_explains_every_field_of_calibration_json(run):
     """README "Reading calibration.json": one row for every top-level field of the file, and the settings row names
     every key of ``settings``."""
-    import re
     from pathlib import Path
 
     _, files = run
@@ -154,6 +154,9 @@ def test_demo_prints_truth_estimate_and_scenarios(tmp_path, capsys):
     out = calibrate.main(["demo", "--size", "48", "--out", str(tmp_path), "--no-progress"])
     printed = capsys.readouterr().out
     assert "recovery ratio" in printed and "PSNR" in printed and "model error" in printed
+    injected = next(line for line in printed.splitlines() if line.startswith("demo:")).split("injected ")[1]
+    assert re.fullmatch(r"dx=-?\d+\.\d{4}, dy=-?\d+\.\d{4}, theta=-?\d+\.\d{4}, a1=\d\.\d{4}, "
+                        r"alpha=-?\d+\.\d{4}", injected), injected      # as the estimate (it printed 17 digits)
     assert set(out["psnr"]) == {"I", "Ih", "II", "III", "IV", "Ih-model", "II-model", "III-model", "IV-model"}
     assert (tmp_path / "calibration.json").is_file()
 
@@ -322,3 +325,35 @@ def test_separately_with_a_network_loads_it_once_and_records_the_absolute_checkp
     for stem in ("y0", "y1"):
         settings = json.loads((tmp_path / "out" / stem / "calibration.json").read_text())["settings"]
         assert settings["ckpt"] == str(tmp_path.resolve() / "mst_s.pth"), settings["ckpt"]
+
+
+def test_a_figure_that_fails_leaves_the_numbers_written_and_exits_1(tmp_path, monkeypatch, capsys):
+    """A figure that cannot be written discarded the whole staged output, calibration.json included: now
+    calibration.json (its warnings naming the figure) and operator.npz are written as one unit with the figure that
+    worked, stderr says what failed, and the exit code is 1."""
+    import functools
+
+    import calib
+    import calib.plots
+    from cassi import Mismatch
+    from test_calib_pipeline import QUICK, measure
+
+    def broken(result, path):
+        raise RuntimeError("no space left for figures")
+
+    monkeypatch.setattr(calib.plots, "plot_landscape", broken)
+    monkeypatch.setattr(calib, "calibrate", functools.partial(calib.calibrate, **QUICK))
+    y, mask = measure(24, Mismatch(dx=0.4))
+    np.savez(tmp_path / "y.npz", y=y.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit:
+        calibrate.main(["--meas", str(tmp_path / "y.npz"), "--mask", str(tmp_path / "mask.npy"), "--out", str(out),
+                        "--no-progress"])
+    assert exit.value.code == 1
+    line = "figure landscape.png was not written: RuntimeError: no space left for figures"
+    assert f"calibrate.py: {line}; calibration.json (its warnings say so) and operator.npz are written; exit code 1" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.npy", "out", "y.npz"]      # no staging folder left
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.json", "operator.npz", "stages.png"]
+    assert line in json.loads((out / "calibration.json").read_text())["warnings"]
