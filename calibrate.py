@@ -565,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the native-grid model reads the mask between pixels: auto (the default: bilinear, "
                           "and cubic kept where it predicts the held-out pixels better; "
                           "settings.model_selection.interpolation) or "
-                          "linear (bilinear only, no check: one forward model for every scene of an eval.py "
-                          "--calibration DIR)")
+                          "linear (bilinear only, no check: the same reading on every scene, e.g. to compare scenes' "
+                          "estimates under one model)")
     cal.add_argument("--no-noise-correction", action="store_true",
                      help="skip the refinement on the held-out score less the noise it carries (the last stage "
                           "of heldout, the start of a network solver's; calibration.json: settings.noise_correction)")
