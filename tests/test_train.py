@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from cassi import CassiOperator, Mismatch
+from evaluation.checkpoints import training_progress
 from models import list_models
 from models.joint_loss import CRSDUNLoss
 from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSELoss
@@ -281,19 +282,23 @@ def _final_state(root: Path) -> dict:
     return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("name", ["mst_s", "s2_transformer"])
-def test_resume_from_last_checkpoint_matches_uninterrupted_run(name, tmp_path):
+@pytest.mark.parametrize("name,resumed",
+                         [("mst_s", []), ("s2_transformer", []), ("mst_s", ["--trainer.max_steps", "4"])],
+                         ids=["mst_s", "s2_transformer", "mst_s-resumed-with-max_steps"])
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(name, resumed, tmp_path):
     """2 epochs x 2 steps in one go == the same run stopped after epoch 0 (as if killed), then
     ``fit --ckpt_path last`` with the same config (the cosine schedule spans the 2 epochs in both).
-    S2-Transformer adds stochastic depth (seeded per step) and its L_ME -> L_MA switch at epoch 1."""
+    S2-Transformer adds stochastic depth (seeded per step) and its L_ME -> L_MA switch at epoch 1. Was, resumed with
+    --trainer.max_steps: Lightning counted epoch 0 twice and ran epoch 1 with no batches (global step 2)."""
     config = CONFIGS / "smoke" / f"{name}.yaml"
     common = ["--trainer.max_epochs", "2", "--data.samples_per_epoch", "4", "--data.batch_size", "2",
               "--data.crop", "32", "--previews.every_n_epochs", "0"]
     fit(config, tmp_path / "full", *common)
     fit(config, tmp_path / "split", "--trainer.max_steps", "2", *common)
     first_half = _final_state(tmp_path / "split")
-    fit(config, tmp_path / "split", "--ckpt_path", "last", *common)
+    fit(config, tmp_path / "split", "--ckpt_path", "last", *common, *resumed)
     full, split = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
+    assert training_progress(split) == {"epochs_completed": 2, "batches_into_epoch": 0, "global_step": 4}
     assert first_half["global_step"] == 2 and full["global_step"] == split["global_step"] == 4
     assert any(not torch.equal(first_half["state_dict"][k], v) for k, v in split["state_dict"].items())
     for key, value in full["state_dict"].items():

@@ -39,9 +39,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 from jsonargparse import Namespace
+from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.loop import _Loop
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_warn
@@ -365,6 +368,26 @@ def resolve_checkpoint(ckpt_path: str, dirpath: str | None) -> Path | None:
     return Path(ckpt_path)
 
 
+class ResumableFitLoop(_FitLoop):
+    """Lightning's fit loop, except that a run resumed from a checkpoint written at an epoch's end (its last batch
+    processed, the epoch not yet counted complete: ``last.ckpt`` after an epoch or its validation) goes on with the
+    next epoch also under ``--trainer.max_steps``. Lightning 2.6 then "restarts" that finished epoch: it counted it
+    twice and ran an epoch of no batches (no training, no validation) in place of the next one."""
+
+    @_FitLoop.restarting.setter
+    def restarting(self, restarting: bool) -> None:
+        progress = self.epoch_progress.current
+        unfinished = any(value != progress.processed for value in (progress.ready, progress.started))
+        _Loop.restarting.fset(self, restarting and unfinished)   # Lightning adds: or self._iteration_based_training()
+
+
+def use_resumable_fit_loop(trainer: Trainer) -> None:
+    """Give ``trainer`` a :class:`ResumableFitLoop` with its fit loop's settings and epoch loop."""
+    loop = ResumableFitLoop(trainer, min_epochs=trainer.fit_loop.min_epochs, max_epochs=trainer.fit_loop.max_epochs)
+    loop.epoch_loop = trainer.fit_loop.epoch_loop
+    trainer.fit_loop = loop
+
+
 def _logger_config(trainer: Namespace) -> Namespace | None:
     """The W&B logger's config Namespace (class_path + init_args) of the trainer config, or None."""
     logger = trainer.get("logger")
@@ -477,6 +500,7 @@ class CassiCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_before_run("fit")
+        use_resumable_fit_loop(self.trainer)
         self.trainer.callbacks.append(WandbRunId())
         if self.trainer.loggers:
             self.trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
