@@ -9,6 +9,7 @@ import importlib
 import io
 import os
 import re
+import shlex
 import shutil
 import warnings
 from types import SimpleNamespace
@@ -254,10 +255,13 @@ def test_end_of_run_summary_counts_complete_epochs_as_the_model_card(max_steps_r
            "(optimizer steps).\n" in max_steps_run[1]
 
 
-def test_resume_hint_names_the_run_folder(mst_run):
+def test_resume_hint_is_the_command_of_the_run(mst_run):
+    """Was: 'fit --config <same config> ...': the options given on the command line (data settings that a resumed run
+    must repeat) were left out."""
     root, printed = mst_run
-    assert f"resume with: python train.py fit --config <same config> --trainer.default_root_dir {root} " \
-           "--ckpt_path last" in printed
+    args = ["fit", "--config", str(MST), "--trainer.default_root_dir", str(root), *QUIET, "--trainer.max_epochs", "1"]
+    assert f"resume with: python train.py {shlex.join(args)} " in printed
+    assert printed.rstrip().splitlines()[-2].endswith("--data.crop 32 --trainer.logger false --ckpt_path last")
     checkpoint = SimpleNamespace(best_model_score=None, last_model_path="", monitor="val/psnr",
                                  dirpath=os.path.realpath(os.path.join(DEFAULT_ROOT, "checkpoints")))
     trainer = SimpleNamespace(fit_loop=SimpleNamespace(state_dict=dict), global_step=2, checkpoint_callback=checkpoint,
@@ -265,3 +269,6 @@ def test_resume_hint_names_the_run_folder(mst_run):
     assert "resume with: python train.py fit --config <same config> --ckpt_path last" in summary_text(trainer)
     checkpoint.dirpath = "/elsewhere/ckpts"
     assert "--checkpoint.dirpath /elsewhere/ckpts --ckpt_path last" in summary_text(trainer)
+    args = ["fit", "--config", "a b.yaml", "--ckpt_path", "x.ckpt", "--data.crop=32", "--ckpt_path=y.ckpt"]
+    assert "resume with: python train.py fit --config 'a b.yaml' --data.crop=32 --checkpoint.dirpath " \
+           "/elsewhere/ckpts --ckpt_path last\n" in summary_text(trainer, args)

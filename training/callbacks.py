@@ -295,15 +295,20 @@ class PredictionWriter(BasePredictionWriter):
 
 
 class RunSummary(pl.Callback):
-    """Prints where the results are when fitting ends: best validation PSNR, checkpoints, logs."""
+    """Prints where the results are when fitting ends: best validation PSNR, checkpoints, logs, and the command
+    (``args``: this run's ``train.py`` arguments) that resumes the run."""
+
+    def __init__(self, args: list[str] | None = None):
+        self.args = args
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        print(summary_text(trainer))
+        print(summary_text(trainer, self.args))
 
 
-def summary_text(trainer: pl.Trainer) -> str:
-    """Where the results of a finished ``fit`` are, after how far it trained (:func:`cassi.progress.fit_progress`)."""
+def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
+    """Where the results of a finished ``fit`` are, after how far it trained (:func:`cassi.progress.fit_progress`),
+    and how to resume it (:func:`resume_command`)."""
     progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
     lines = [f"Training finished after {progress_text(progress)}."]
     checkpoint = trainer.checkpoint_callback
@@ -313,7 +318,7 @@ def summary_text(trainer: pl.Trainer) -> str:
             lines.append(f"  best {checkpoint.monitor}: {float(score):.3f}  ->  {checkpoint.best_model_path}")
         if checkpoint.last_model_path:
             lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
-        lines.append(f"  resume with: {resume_command(trainer)}")
+        lines.append(f"  resume with: {resume_command(trainer, args)}")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
     for logger in trainer.loggers:
         lines.append(f"  {logger_location(logger)}")
@@ -331,16 +336,34 @@ def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
 
 
-def resume_command(trainer: pl.Trainer) -> str:
-    """The command that resumes this run: ``--ckpt_path last`` looks in the run's checkpoint folder, so the
-    command names the run folder unless it is the default one (and the checkpoint folder unless it is the run
-    folder's ``checkpoints/``)."""
-    words = ["python train.py fit --config <same config>"]
+def _without_ckpt_path(args: list[str]) -> list[str]:
+    """``args`` without their ``--ckpt_path X`` / ``--ckpt_path=X``."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
+
+
+def resume_command(trainer: pl.Trainer, args: list[str] | None = None) -> str:
+    """The command that resumes this run: its own arguments ``args`` (unknown: ``fit --config <same config>``)
+    with ``--ckpt_path last``, which looks in the run's checkpoint folder, so the command names the run folder
+    unless it is the default one or given in ``args`` (and the checkpoint folder unless it is the run folder's
+    ``checkpoints/``)."""
+    given = _without_ckpt_path(args) if args is not None else None
+    words = ["python train.py", *map(shlex.quote, given)] if given else ["python train.py fit --config <same config>"]
     root = str(trainer.default_root_dir)
-    if not _same_folder(root, DEFAULT_ROOT):
+    options = {arg.split("=")[0] for arg in given or []}
+    if not _same_folder(root, DEFAULT_ROOT) and "--trainer.default_root_dir" not in options:
         words.append(f"--trainer.default_root_dir {shlex.quote(root)}")
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
-    if dirpath and "://" not in str(dirpath) and not _same_folder(dirpath, os.path.join(root, "checkpoints")):
+    if dirpath and "://" not in str(dirpath) and not _same_folder(dirpath, os.path.join(root, "checkpoints")) \
+            and "--checkpoint.dirpath" not in options:
         words.append(f"--checkpoint.dirpath {shlex.quote(str(dirpath))}")
     words.append("--ckpt_path last")
     return " ".join(words)

@@ -34,6 +34,7 @@ import importlib
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -415,6 +416,11 @@ class CassiCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Also keeps the arguments (for the resume command that ``fit`` prints at its end)."""
+        self.args = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else None
+        super().parse_arguments(parser, args)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -504,7 +510,7 @@ class CassiCLI(LightningCLI):
         self.trainer.callbacks.append(WandbRunId())
         if self.trainer.loggers:
             self.trainer.callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-        self.trainer.callbacks.append(RunSummary())
+        self.trainer.callbacks.append(RunSummary(self.args))
 
     def before_validate(self) -> None:
         self.check_before_run("validate")
