@@ -117,8 +117,10 @@ def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
         image = runs[0] / "files" / name
         assert image.is_file() and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((runs[0] / "files" / "media" / "images").rglob("*.png"))) == 2
-    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["epoch000_comparison.png",
-                                                                          "epoch000_spectra.png"]
+    # named as the checkpoints, by complete epochs (was: epoch000_* beside best-epoch001-*.ckpt)
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["epoch001_comparison.png",
+                                                                          "epoch001_spectra.png"]
+    assert [p.name.startswith("best-epoch001-") for p in sorted((tmp_path / "checkpoints").iterdir())] == [True, False]
 
 
 def test_tensorboard_logger_is_selectable(tmp_path):

@@ -135,7 +135,8 @@ class ValidationPreviews(pl.Callback):
     error map, spectra at four probe pixels and, for joint models, the class maps; with W&B, a table of every
     held-out scene (metrics and thumbnails) and their spectra as line plots.
 
-    PNGs go to ``<default_root_dir>/previews/epochNNN_*.png`` (atomic writes) and to every logger that takes
+    PNGs go to ``<default_root_dir>/previews/epochNNN_*.png``, NNN the complete epochs as in checkpoint names (a
+    validation in mid-epoch: ``epochNNN-stepS_*.png``; atomic writes), and to every logger that takes
     images (W&B media, TensorBoard). Under DDP the table holds the scenes of rank 0's share of the crops.
 
     Args:
@@ -155,16 +156,19 @@ class ValidationPreviews(pl.Callback):
             return
         first = samples[0]
         folder = Path(trainer.default_root_dir) / "previews"
-        title = f"epoch {epoch}, step {trainer.global_step}" + (f", {first['scene']}" if first["scene"] else "")
+        progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
+        stem = f"epoch{progress['epochs_completed'] or 0:03d}" + (
+            f"-step{trainer.global_step}" if progress["batches_into_epoch"] else "")
+        title = f"after {progress_text(progress)}" if progress["epochs_completed"] is not None else stem
+        title += f", {first['scene']}" if first["scene"] else ""
         files = {
-            "preview/reconstruction": save_comparison(folder / f"epoch{epoch:03d}_comparison.png",
+            "preview/reconstruction": save_comparison(folder / f"{stem}_comparison.png",
                                                       first["pred"], first["target"], title),
-            "preview/spectra": save_spectra(folder / f"epoch{epoch:03d}_spectra.png",
-                                            first["pred"], first["target"], title),
+            "preview/spectra": save_spectra(folder / f"{stem}_spectra.png", first["pred"], first["target"], title),
         }
         if "pred_labels" in first:
             files["preview/segmentation"] = save_segmentation(
-                folder / f"epoch{epoch:03d}_segmentation.png", first["pred_labels"].numpy(),
+                folder / f"{stem}_segmentation.png", first["pred_labels"].numpy(),
                 first["labels"].numpy(), int(pl_module.n_class), title)
         for logger in trainer.loggers:
             for key, path in files.items():
