@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,9 @@ def test_smoke_config_trains_one_step(name, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"last.ckpt"}
     out = capsys.readouterr().out
     assert "best val/psnr" in out and str(tmp_path / "checkpoints") in out
+    # the end-of-run summary shows the last validation's metrics (CRSDUN: its mIoU too)
+    shown = ["loss", *(["miou"] if name.startswith("crsdun") else []), "psnr", "sam", "ssim"]
+    assert re.search("  last validation: " + ", ".join(rf"val/{key} [-\d.e]+" for key in shown) + "\n", out), out
 
 
 def test_bf16_mixed_precision_step(tmp_path):

@@ -315,6 +315,9 @@ def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
     and how to resume it (:func:`resume_command`)."""
     progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
     lines = [f"Training finished after {progress_text(progress)}."]
+    validation = {key: float(value) for key, value in sorted(trainer.callback_metrics.items()) if key.startswith("val/")}
+    if validation:
+        lines.append("  last validation: " + ", ".join(f"{key} {value:.4g}" for key, value in validation.items()))
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None:
         score = checkpoint.best_model_score
