@@ -320,7 +320,8 @@ class CollateWithMask:
 
 
 class WholeScenes(Dataset):
-    """Whole test scenes, one per item: ``{"cube": (L, H, W), "scene": index}`` (the mask is the collate's)."""
+    """Whole test scenes, one per item: ``{"cube": (L, H, W), "scene": index}`` and the scene's ``labels`` (H, W) if it
+    has them (the mask is the collate's)."""
 
     def __init__(self, scenes: Sequence[Scene]):
         self.scenes = list(scenes)
@@ -329,7 +330,9 @@ class WholeScenes(Dataset):
         return len(self.scenes)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"cube": self.scenes[i].cube, "scene": torch.tensor(i, dtype=torch.int64)}
+        scene = self.scenes[i]
+        labels = {} if scene.labels is None else {"labels": scene.labels}
+        return {"cube": scene.cube, "scene": torch.tensor(i, dtype=torch.int64), **labels}
 
 
 class CassiDataModule(pl.LightningDataModule):

@@ -20,18 +20,21 @@ from data.synthetic import random_mask, synthetic_scene
 
 @dataclass
 class Scene:
-    """One ground-truth cube (L, H, W) float32 and its name."""
+    """One ground-truth cube (L, H, W) float32, its name and, for synthetic scenes, the class map (H, W) int64 of
+    their materials (``data.synthetic.MATERIAL_NAMES`` ids; ``train.py test``'s segmentation metric)."""
 
     name: str
     cube: Tensor
+    labels: Tensor | None = None
 
 
 def synthetic_scenes(count: int, height: int, width: int, seed: int = 0, bands: int = 28) -> list[Scene]:
-    """``count`` built-in synthetic scenes (L, height, width); scene i uses seed (seed, i)."""
+    """``count`` built-in synthetic scenes (L, height, width) with their labels; scene i uses seed (seed, i)."""
     if count < 1 or height < 1 or width < 1:
         raise ValueError(f"need at least one scene of at least 1 px, got count={count}, size={height}x{width}")
-    return [Scene(f"synthetic{i + 1:02d}", torch.from_numpy(synthetic_scene(height, width, bands, (seed, i))[0]))
-            for i in range(count)]
+    scenes = [synthetic_scene(height, width, bands, (seed, i)) for i in range(count)]
+    return [Scene(f"synthetic{i + 1:02d}", torch.from_numpy(cube), torch.from_numpy(labels))
+            for i, (cube, labels) in enumerate(scenes)]
 
 
 def synthetic_mask(height: int, width: int, seed: int = 0) -> Tensor:

@@ -324,12 +324,14 @@ def test_test_set_is_evals_synthetic_scenes_or_the_mst_test_folder(tmp_path):
     batches = list(dm.test_dataloader())
     assert len(batches) == 3 and all(b["cube"].shape == (1, 28, CROP, CROP) for b in batches)
     assert torch.equal(batches[1]["cube"][0], expected[1].cube)
+    assert torch.equal(batches[1]["labels"][0], expected[1].labels) and expected[1].labels.shape == (CROP, CROP)
     assert torch.equal(batches[0]["mask"], torch.from_numpy(dm.training_mask()))
     root = mst_toolbox(tmp_path)
     dm = CassiDataModule(root=str(root), source="mst_simulation", crop=CROP)
     dm.setup("predict")
     assert dm.test_names == ["scene01", "scene02"]
-    assert torch.equal(next(iter(dm.predict_dataloader()))["cube"][0], mst_scenes(root / "TSA_simu_data")[0].cube)
+    first = next(iter(dm.predict_dataloader()))
+    assert torch.equal(first["cube"][0], mst_scenes(root / "TSA_simu_data")[0].cube) and "labels" not in first
     with pytest.raises(FileNotFoundError, match="TSA_simu_data layout"):
         CassiDataModule(test_root=str(tmp_path)).check("test")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.io import loadmat
+from torchmetrics.classification import MulticlassJaccardIndex
 
 from cli_checks import user_error
 from conftest import fvgnet_layout, mst_toolbox
@@ -153,6 +154,26 @@ def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstru
     assert [float(p) for p in psnr] == [r["psnr"] for r in rows]
     user_error(capsys, lambda: run("predict", smoke, tmp_path / "run", *common, "--predictions.path",
                                    str(tmp_path / "pred.txt")), "must end in .mat or .npz", only_line=False)
+
+
+def test_crsdun_test_reports_miou_on_the_synthetic_scenes_labels(tmp_path, capsys):
+    """Was: train.py test of a CRSDUN checkpoint reported no segmentation metric (the test scenes had no labels)."""
+    smoke = CONFIGS / "smoke" / "crsdun_3stg.yaml"
+    one_step(smoke, tmp_path / "run", "--data.crop", "32")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    tested = run("test", smoke, tmp_path / "run", "--data.test_scenes", "2", "--ckpt_path", str(last),
+                 "--trainer.logger", "false", *QUIET)
+    results, module = tested.model.test_results, tested.model
+    labels = torch.stack([scene.labels for scene in synthetic_scenes(2, 128, 128)])
+    inputs = {"cube": torch.stack([scene.cube for scene in synthetic_scenes(2, 128, 128)]),
+              "mask": tested.datamodule.test_mask}
+    with torch.no_grad():
+        predicted = module.eval().model.segmentation(module.protocol_output(inputs)).argmax(dim=1)
+    expected = MulticlassJaccardIndex(num_classes=23, average="macro")(predicted, labels)
+    assert results["miou"] == pytest.approx(float(expected), abs=1e-6) and results["classes"] == 23
+    assert float(tested.trainer.callback_metrics["test/miou"]) == pytest.approx(results["miou"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"segmentation mIoU {results['miou']:.4f} over the ")
 
 
 def test_predict_never_writes_over_its_inputs_or_a_folder(tmp_path, capsys):

@@ -315,7 +315,8 @@ def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
     and how to resume it (:func:`resume_command`)."""
     progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
     lines = [f"Training finished after {progress_text(progress)}."]
-    validation = {key: float(value) for key, value in sorted(trainer.callback_metrics.items()) if key.startswith("val/")}
+    validation = {key: float(value) for key, value in sorted(trainer.callback_metrics.items())
+                  if key.startswith("val/")}
     if validation:
         lines.append("  last validation: " + ", ".join(f"{key} {value:.4g}" for key, value in validation.items()))
     checkpoint = trainer.checkpoint_callback
@@ -333,10 +334,15 @@ def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
 
 
 def test_summary_text(results: dict[str, Any], ckpt_path: str | os.PathLike | None) -> str:
-    """``train.py test``'s results as ``eval.py kaist`` prints its scenario I: a heading and the KAIST table."""
+    """``train.py test``'s results as ``eval.py kaist`` prints its scenario I: a heading and the KAIST table (and a
+    joint model's segmentation mIoU)."""
     weights = f"weights of {ckpt_path}" if ckpt_path else "the weights as initialised (no --ckpt_path)"
-    return (f"KAIST protocol on {len(results['scenes'])} test scene(s) (eval.py kaist's scenario I: nominal operator "
+    text = (f"KAIST protocol on {len(results['scenes'])} test scene(s) (eval.py kaist's scenario I: nominal operator "
             f"of the test mask, no noise), {weights}\n{text_table(results['scenes'], results['mean'])}")
+    if "miou" in results:
+        text += (f"\nsegmentation mIoU {results['miou']:.4f} over the scenes' labels (synthetic scenes: material ids; "
+                 f"the mean over those of the {results['classes']} classes in the labels or the prediction)")
+    return text
 
 
 def _same_folder(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -118,6 +118,13 @@ class CassiModule(pl.LightningModule):
         """Further tensors of sample ``index`` for the previews."""
         return {}
 
+    def update_test_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
+        """``train.py test`` metrics beyond the KAIST ones (segmentation, where the test scenes have labels)."""
+
+    def extra_test_results(self) -> dict[str, Any]:
+        """Those metrics, logged, for ``test_results``."""
+        return {}
+
     # ------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         names = self._validation_scene_names()
@@ -228,12 +235,16 @@ class CassiModule(pl.LightningModule):
             self.log(f"{prefix}/{key}", value.float(), prog_bar=prog_bar and key == "psnr", sync_dist=True)
 
     # ----------------------------------------------------------------------------------- test / predict
-    def protocol_reconstruction(self, batch: dict[str, Tensor]) -> Tensor:
-        """The reconstruction (B, L, H, W) float32 of ``batch["cube"]`` measured through the nominal operator of
-        ``batch["mask"]`` (no mismatch, gain or noise): ``eval.py kaist``'s scenario I."""
+    def protocol_output(self, batch: dict[str, Tensor]) -> Any:
+        """The network's output for ``batch["cube"]`` measured through the nominal operator of ``batch["mask"]``
+        (no mismatch, gain or noise): ``eval.py kaist``'s scenario I."""
         cube = batch["cube"]
         op = CassiOperator(batch["mask"].to(cube.dtype), self.hparams.bands, self.hparams.step)
-        return self.model.reconstruction(self(op(cube), op)).float()
+        return self(op(cube), op)
+
+    def protocol_reconstruction(self, batch: dict[str, Tensor]) -> Tensor:
+        """The reconstruction (B, L, H, W) float32 of :meth:`protocol_output`."""
+        return self.model.reconstruction(self.protocol_output(batch)).float()
 
     def _test_scene_name(self, index: int) -> str:
         names = getattr(self._datamodule(), "test_names", None) or []
@@ -245,8 +256,10 @@ class CassiModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Every scene's row of ``eval.py kaist``'s table: its metrics and seconds (the batch's time per scene)."""
         start = time.perf_counter()
-        pred = self.protocol_reconstruction(batch).cpu()
+        output = self.protocol_output(batch)
+        pred = self.model.reconstruction(output).float().cpu()
         seconds = (time.perf_counter() - start) / len(pred)
+        self.update_test_metrics(output, batch)
         for i, index in enumerate(batch["scene"].tolist()):
             row = result_row(self._test_scene_name(index), pred[i], batch["cube"][i].float().cpu(), seconds)
             self.test_rows.append(row)
@@ -254,7 +267,7 @@ class CassiModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Means over the scenes (``eval.py``'s mean row) and every scene's row, logged."""
         mean = mean_row(self.test_rows)
-        self.test_results = {"scenes": list(self.test_rows), "mean": mean}
+        self.test_results = {"scenes": list(self.test_rows), "mean": mean, **self.extra_test_results()}
         for key in KAIST_METRICS:
             self.log(f"test/{key}", mean[key])
         for row in self.test_rows:
@@ -321,7 +334,8 @@ class JointModule(CassiModule):
         **kwargs: the shared settings of :class:`CassiModule`.
 
     Batches need ``labels`` (B, h, w) int64 class maps (the synthetic scenes and FVgNET have them).
-    Validation also tracks the mean IoU (``val/miou``, classes absent from prediction and labels skipped).
+    Validation also tracks the mean IoU (``val/miou``, classes absent from prediction and labels skipped), and so
+    does ``train.py test`` on test scenes with labels (``test/miou``: the built-in synthetic ones' material ids).
     """
 
     def __init__(self, model_name: str = "crsdun_3stg", seg_weight: float = 1e-4, stage_decay: float = 0.7,
@@ -332,6 +346,8 @@ class JointModule(CassiModule):
         self.criterion = CRSDUNLoss(seg_weight=seg_weight, stage_decay=stage_decay)
         self.n_class = int(self.model.n_class)
         self.val_miou = MulticlassJaccardIndex(num_classes=self.n_class, average="macro")
+        self.test_miou = MulticlassJaccardIndex(num_classes=self.n_class, average="macro")
+        self.test_labelled = False
 
     def _labels(self, batch: dict[str, Tensor]) -> Tensor:
         if "labels" not in batch:
@@ -353,6 +369,20 @@ class JointModule(CassiModule):
     def update_extra_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
         self.val_miou.update(self.model.segmentation(output).argmax(dim=1), self._labels(batch))
         self.log("val/miou", self.val_miou, prog_bar=True)
+
+    def update_test_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
+        if "labels" in batch:
+            self.test_miou.update(self.model.segmentation(output).argmax(dim=1), self._labels(batch))
+            self.test_labelled = True
+
+    def extra_test_results(self) -> dict[str, Any]:
+        if not self.test_labelled:
+            return {}
+        miou = float(self.test_miou.compute())
+        self.test_miou.reset()
+        self.test_labelled = False
+        self.log("test/miou", miou)
+        return {"miou": miou, "classes": self.n_class}
 
     def extra_preview(self, output: Any, batch: dict[str, Tensor], index: int) -> dict[str, Tensor]:
         return {"pred_labels": self.model.segmentation(output)[index].argmax(dim=0), "labels": batch["labels"][index]}
