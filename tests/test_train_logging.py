@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from test_train import fit
+from test_train import cli, fit
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke" / "mst_s.yaml"
@@ -121,6 +121,11 @@ def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["epoch001_comparison.png",
                                                                           "epoch001_spectra.png"]
     assert [p.name.startswith("best-epoch001-") for p in sorted((tmp_path / "checkpoints").iterdir())] == [True, False]
+    # train.py validate of a checkpoint has no training progress: validate_* (was: epoch-01_*, or over epoch000_*)
+    cli(["validate", "--config", str(SMOKE), "--trainer.default_root_dir", str(tmp_path), *RUN, "--trainer.logger",
+         "false", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir())[2:] == ["validate_comparison.png",
+                                                                              "validate_spectra.png"]
 
 
 def test_tensorboard_logger_is_selectable(tmp_path):

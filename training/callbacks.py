@@ -136,8 +136,9 @@ class ValidationPreviews(pl.Callback):
     held-out scene (metrics and thumbnails) and their spectra as line plots.
 
     PNGs go to ``<default_root_dir>/previews/epochNNN_*.png``, NNN the complete epochs as in checkpoint names (a
-    validation in mid-epoch: ``epochNNN-stepS_*.png``; atomic writes), and to every logger that takes
-    images (W&B media, TensorBoard). Under DDP the table holds the scenes of rank 0's share of the crops.
+    validation in mid-epoch: ``epochNNN-stepS_*.png``; ``train.py validate``: ``validate_*.png``; atomic writes), and
+    to every logger that takes images (W&B media, TensorBoard). Under DDP the table holds the scenes of rank 0's
+    share of the crops.
 
     Args:
         every_n_epochs: render every n-th validation epoch (0: never).
@@ -156,10 +157,13 @@ class ValidationPreviews(pl.Callback):
             return
         first = samples[0]
         folder = Path(trainer.default_root_dir) / "previews"
-        progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
-        stem = f"epoch{progress['epochs_completed'] or 0:03d}" + (
-            f"-step{trainer.global_step}" if progress["batches_into_epoch"] else "")
-        title = f"after {progress_text(progress)}" if progress["epochs_completed"] is not None else stem
+        if trainer.state.fn == TrainerFn.FITTING:
+            progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
+            stem = f"epoch{progress['epochs_completed']:03d}" + (
+                f"-step{trainer.global_step}" if progress["batches_into_epoch"] else "")
+            title = f"after {progress_text(progress)}"
+        else:                                        # train.py validate: no training progress of its own
+            stem, title = "validate", f"validate, {trainer.ckpt_path or 'initial weights'}"
         title += f", {first['scene']}" if first["scene"] else ""
         files = {
             "preview/reconstruction": save_comparison(folder / f"{stem}_comparison.png",
