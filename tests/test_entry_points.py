@@ -136,6 +136,13 @@ def _lightningcli_help(argv: list[str], capsys) -> str:
     return capsys.readouterr().out
 
 
+def test_train_help_describes_this_project(capsys):
+    """Was: 'Lightning Trainer command line tool'."""
+    text = " ".join(_lightningcli_help(["--help"], capsys).split())
+    assert "Train CASSI reconstruction networks" in text and "configs/smoke/" in text
+    assert "Lightning Trainer command line tool" not in text
+
+
 def test_train_help_answers_from_the_store_without_lightning_and_equals_lightningcli(tmp_path, monkeypatch, capsys):
     """A fresh ``train.py fit --help`` stores LightningCLI's text; the next one prints it without importing
     Lightning or torch, byte for byte what LightningCLI prints."""

@@ -61,6 +61,10 @@ from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, R
                                 ValidationPreviews, WandbRunId, checkpoint_run_id, test_summary_text)
 from training.modules import CassiModule
 
+DESCRIPTION = ("Train CASSI reconstruction networks (README, 'Training'): fit --config configs/<model>.yaml "
+               "[--data.root DIR | --config configs/data/synthetic.yaml] (CPU smoke runs: configs/smoke/); resume "
+               "with --ckpt_path last; test --ckpt_path PATH prints the KAIST-protocol table of eval.py kaist; "
+               "predict writes the reconstructions (--predictions.path out.mat|.npz).")
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 # Model hyper-parameters a checkpoint's weights are only valid with (every subcommand), and those that may change
 # when a run is resumed (they change speed and memory, not the run's results).
@@ -539,4 +543,5 @@ def main(args: list[str] | None = None) -> CassiCLI:
             trainer_defaults={"default_root_dir": DEFAULT_ROOT,
                               "logger": {"class_path": "training.loggers.CassiWandbLogger"}},
             save_config_callback=RunConfig, auto_configure_optimizers=False, args=args,
+            parser_kwargs={"description": DESCRIPTION},
         )
