@@ -337,7 +337,7 @@ def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def test_summary_text(results: dict[str, Any], ckpt_path: str | os.PathLike | None) -> str:
+def kaist_test_text(results: dict[str, Any], ckpt_path: str | os.PathLike | None) -> str:
     """``train.py test``'s results as ``eval.py kaist`` prints its scenario I: a heading and the KAIST table (and a
     joint model's segmentation mIoU)."""
     weights = f"weights of {ckpt_path}" if ckpt_path else "the weights as initialised (no --ckpt_path)"

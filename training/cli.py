@@ -58,7 +58,7 @@ from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
-                                ValidationPreviews, WandbRunId, checkpoint_run_id, test_summary_text)
+                                ValidationPreviews, WandbRunId, checkpoint_run_id, kaist_test_text)
 from training.modules import CassiModule
 
 DESCRIPTION = ("Train CASSI reconstruction networks (README, 'Training'): fit --config configs/<model>.yaml "
@@ -525,7 +525,7 @@ class CassiCLI(LightningCLI):
     def after_test(self) -> None:
         """The KAIST table, last (after Lightning's list of logged values)."""
         if self.trainer.is_global_zero and self.model.test_results:
-            print(test_summary_text(self.model.test_results, self.trainer.ckpt_path))
+            print(kaist_test_text(self.model.test_results, self.trainer.ckpt_path))
 
     def before_predict(self) -> None:
         self.check_before_run("predict")
