@@ -265,7 +265,7 @@ def test_resume_hint_is_the_command_of_the_run(mst_run):
     checkpoint = SimpleNamespace(best_model_score=None, last_model_path="", monitor="val/psnr",
                                  dirpath=os.path.realpath(os.path.join(DEFAULT_ROOT, "checkpoints")))
     trainer = SimpleNamespace(fit_loop=SimpleNamespace(state_dict=dict), global_step=2, checkpoint_callback=checkpoint,
-                              default_root_dir=DEFAULT_ROOT, loggers=[])
+                              callback_metrics={}, default_root_dir=DEFAULT_ROOT, loggers=[])
     assert "resume with: python train.py fit --config <same config> --ckpt_path last" in summary_text(trainer)
     checkpoint.dirpath = "/elsewhere/ckpts"
     assert "--checkpoint.dirpath /elsewhere/ckpts --ckpt_path last" in summary_text(trainer)
