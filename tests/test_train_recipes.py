@@ -156,7 +156,7 @@ def test_test_on_synthetic_scenes_equals_eval_kaist_and_predict_writes_reconstru
                                    str(tmp_path / "pred.txt")), "must end in .mat or .npz", only_line=False)
 
 
-def test_crsdun_test_reports_miou_on_the_synthetic_scenes_labels(tmp_path, capsys):
+def test_crsdun_test_reports_miou_on_the_synthetic_scenes_labels_and_predict_writes_class_maps(tmp_path, capsys):
     """Was: train.py test of a CRSDUN checkpoint reported no segmentation metric (the test scenes had no labels)."""
     smoke = CONFIGS / "smoke" / "crsdun_3stg.yaml"
     one_step(smoke, tmp_path / "run", "--data.crop", "32")
@@ -174,6 +174,13 @@ def test_crsdun_test_reports_miou_on_the_synthetic_scenes_labels(tmp_path, capsy
     assert results["miou"] == pytest.approx(float(expected), abs=1e-6) and results["classes"] == 23
     assert float(tested.trainer.callback_metrics["test/miou"]) == pytest.approx(results["miou"])
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"segmentation mIoU {results['miou']:.4f} over the ")
+    # predict writes the class maps too (was: the reconstructions only)
+    for suffix in (".npz", ".mat"):
+        run("predict", smoke, tmp_path / "run", "--data.test_scenes", "2", "--ckpt_path", str(last),
+            "--trainer.logger", "false", "--predictions.path", str(tmp_path / f"pred{suffix}"), *QUIET)
+    written = np.load(tmp_path / "pred.npz")["segmentation"]
+    assert written.dtype == np.uint8 and np.array_equal(written, predicted.numpy())
+    assert np.array_equal(loadmat(tmp_path / "pred.mat")["segmentation"], written)
 
 
 def test_predict_never_writes_over_its_inputs_or_a_folder(tmp_path, capsys):

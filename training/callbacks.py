@@ -273,7 +273,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes ``train.py predict``'s reconstructions to one file (atomically), after the last scene.
 
     ``.mat``: the MST toolbox's test layout, ``pred`` and ``truth`` (N, H, W, L) float32 (as its ``test.py``
-    saves them) and ``scenes`` (names). ``.npz``: ``pred`` and ``truth`` (N, L, H, W) float32 and ``names``.
+    saves them) and ``scenes`` (names). ``.npz``: ``pred`` and ``truth`` (N, L, H, W) float32 and ``names``. A joint
+    model (CRSDUN) adds ``segmentation`` (N, H, W) uint8, the predicted class of every pixel, to either.
 
     Args:
         path: output file; None -> ``<default_root_dir>/predictions.mat``.
@@ -292,13 +293,15 @@ class PredictionWriter(BasePredictionWriter):
         pred = torch.cat([p["pred"] for p in predictions]).numpy()
         truth = torch.cat([p["truth"] for p in predictions]).numpy()
         names = [name for p in predictions for name in p["names"]]
+        classes = {"segmentation": torch.cat([p["segmentation"] for p in predictions]).numpy().astype(np.uint8)} \
+            if "segmentation" in predictions[0] else {}
         path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "predictions.mat"
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             if path.suffix.lower() == ".mat":
                 savemat(handle, {"pred": pred.transpose(0, 2, 3, 1), "truth": truth.transpose(0, 2, 3, 1),
-                                 "scenes": np.array(names, dtype=object)})
+                                 "scenes": np.array(names, dtype=object), **classes})
             else:
-                np.savez_compressed(handle, pred=pred, truth=truth, names=np.array(names))
+                np.savez_compressed(handle, pred=pred, truth=truth, names=np.array(names), **classes)
         print(f"wrote {len(names)} reconstruction(s) to {path}")
 
 

@@ -242,10 +242,6 @@ class CassiModule(pl.LightningModule):
         op = CassiOperator(batch["mask"].to(cube.dtype), self.hparams.bands, self.hparams.step)
         return self(op(cube), op)
 
-    def protocol_reconstruction(self, batch: dict[str, Tensor]) -> Tensor:
-        """The reconstruction (B, L, H, W) float32 of :meth:`protocol_output`."""
-        return self.model.reconstruction(self.protocol_output(batch)).float()
-
     def _test_scene_name(self, index: int) -> str:
         names = getattr(self._datamodule(), "test_names", None) or []
         return names[index] if index < len(names) else f"scene{index}"
@@ -275,9 +271,16 @@ class CassiModule(pl.LightningModule):
                 self.log(f"test_scene/{row['name']}/{key}", row[key])
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """{"pred": (B, L, H, W), "truth": the cubes, "names": scene names}, on the CPU."""
-        return {"pred": self.protocol_reconstruction(batch).cpu(), "truth": batch["cube"].float().cpu(),
-                "names": [self._test_scene_name(i) for i in batch["scene"].tolist()]}
+        """{"pred": (B, L, H, W), "truth": the cubes, "names": scene names, and :meth:`extra_predictions`}, on the
+        CPU."""
+        output = self.protocol_output(batch)
+        return {"pred": self.model.reconstruction(output).float().cpu(), "truth": batch["cube"].float().cpu(),
+                "names": [self._test_scene_name(i) for i in batch["scene"].tolist()],
+                **self.extra_predictions(output)}
+
+    def extra_predictions(self, output: Any) -> dict[str, Tensor]:
+        """``train.py predict``'s outputs beyond the reconstruction (segmentation), on the CPU."""
+        return {}
 
     # ---------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -383,6 +386,9 @@ class JointModule(CassiModule):
         self.test_labelled = False
         self.log("test/miou", miou)
         return {"miou": miou, "classes": self.n_class}
+
+    def extra_predictions(self, output: Any) -> dict[str, Tensor]:
+        return {"segmentation": self.model.segmentation(output).argmax(dim=1).cpu()}
 
     def extra_preview(self, output: Any, batch: dict[str, Tensor], index: int) -> dict[str, Tensor]:
         return {"pred_labels": self.model.segmentation(output)[index].argmax(dim=0), "labels": batch["labels"][index]}
