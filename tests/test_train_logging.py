@@ -128,6 +128,13 @@ def test_offline_wandb_run_holds_metrics_and_images(tmp_path, monkeypatch):
                                                                               "validate_spectra.png"]
 
 
+def test_wandb_logger_does_not_pass_the_anonymous_setting(tmp_path):
+    """Was: every run printed 'wandb: WARNING The anonymous setting has no effect ...' (Lightning passes None)."""
+    from training.loggers import CassiWandbLogger
+    assert "anonymous" not in CassiWandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
+    assert CassiWandbLogger(save_dir=str(tmp_path), offline=True, anonymous=True)._wandb_init["anonymous"] == "allow"
+
+
 def test_tensorboard_logger_is_selectable(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     fit(SMOKE, tmp_path, "--trainer.logger", "TensorBoardLogger", *RUN, logger=True)

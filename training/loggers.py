@@ -45,6 +45,8 @@ class CassiWandbLogger(WandbLogger):
             kwargs["mode"] = "offline"
         super().__init__(project=project, name=name, save_dir=save_dir or ".", log_model=log_model, id=id,
                          offline=False, **kwargs)
+        if self._wandb_init.get("anonymous") is None:   # Lightning's default; wandb warns that it has no effect
+            self._wandb_init.pop("anonymous", None)
 
 
 def log_image_file(logger: Logger, key: str, path: Path, step: int, caption: str | None = None) -> None:
