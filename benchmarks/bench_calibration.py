@@ -66,7 +66,6 @@ import torch  # noqa: E402
 
 from benchmarks.common import REPO, kaist_mask, pseudo_kaist_cubes, shared_file  # noqa: E402
 from calib import calibrate  # noqa: E402
-from calib.pipeline import MODEL_OVERSAMPLE  # noqa: E402
 from calib.solvers import GAP_TV, HELD_OUT, gap_tv_solver  # noqa: E402
 from cassi import Mismatch  # noqa: E402
 from cassi.errors import EXIT_CALIBRATION_FAILED  # noqa: E402
@@ -74,6 +73,7 @@ from cassi.files import save_figure, write_text  # noqa: E402
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 from cassi.warp import warp_mask  # noqa: E402
 from data.kaist import Scene  # noqa: E402
+from evaluation.calibration import PER_SCENE, CalibratePerScene  # noqa: E402
 from evaluation.protocol import Noise  # noqa: E402
 from evaluation.scenarios import ScenarioSetup, run_scenarios  # noqa: E402
 
@@ -110,24 +110,31 @@ def run_cli(y: torch.Tensor, mask_file: Path, device: str, threads: int, solver:
 
 class TimedCalibrator:
     """``calib.calibrate`` as a scenario-III calibrator that keeps the result and its wall / CPU seconds,
-    then (``cli``) the same calibration through ``calibrate.py`` in a subprocess."""
+    then (``cli``) the same calibration through ``calibrate.py`` in a subprocess. Each scene's calibration chooses
+    its forward model (``--forward-model auto``): III-model goes through it, as in ``eval.py kaist``
+    (``evaluation.calibration.CalibratePerScene.record_model``)."""
 
-    oversample = MODEL_OVERSAMPLE
+    oversample = None                   # chosen per scene
+    mask_interpolation = PER_SCENE
 
     def __init__(self, solver: str = HELD_OUT, ckpt: str | None = None, device: str = "cpu", cli: bool = True,
                  threads: int = 2) -> None:
         self.solver, self.ckpt, self.device, self.cli, self.threads = solver, ckpt, device, cli, threads
-        self.description = {"source": "calib.calibrate", "solver": solver, "ckpt": ckpt}
+        self.models = CalibratePerScene(solver, ckpt)
+        self.model_frames = self.models.model_frames
+        self.description = {"source": "calib.calibrate", "solver": solver, "ckpt": ckpt,
+                            "forward_models": self.models.forward_models}
 
     def __call__(self, y: torch.Tensor, mask: torch.Tensor, scene: str = "") -> Mismatch:
         wall, cpu = time.perf_counter(), time.process_time()
         self.result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, progress=False, solver_check=False,
                                 device=self.device)
         self.wall, self.cpu = time.perf_counter() - wall, time.process_time() - cpu
+        estimate = self.models.record_model(self.result, mask, scene)
         self.cli_run = run_cli(y[0], shared_file("kaist", "mask.mat"), self.device, self.threads,
                                ["--solver", self.solver] + (["--ckpt", self.ckpt] if self.ckpt else [])
                                ) if self.cli else None
-        return self.result.estimate
+        return estimate
 
 
 def _median(values: list[float]) -> float:

@@ -355,6 +355,11 @@ class CalibratePerScene:
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
                            **{"solver_check": False, **self.options})
         self.statuses[scene] = calibration_status(result.status, result.reasons)
+        return self.record_model(result, mask, scene)
+
+    def record_model(self, result: Any, mask: Tensor, scene: str) -> Mismatch:
+        """Record the forward model ``result`` (a ``calib.calibrate`` result for ``scene``) chose in
+        ``forward_models`` (and ``model_frames``); its estimate as plain floats."""
         self.forward_models[scene] = {"oversample": [int(v) for v in result.settings["oversample"]],
                                       "mask_interpolation": result.settings["mask_interpolation"]}
         if result.code is not None:                 # fitted through the code recovered from the handed mask
