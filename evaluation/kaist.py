@@ -140,7 +140,7 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
     preview_files: list[str] = []
     single = len(setup.scenarios) == 1
     progress = tqdm(total=len(scenes) * setup.reconstructions(calibrator), desc="kaist", unit="reconstruction",
-                    disable=not verbose)
+                    disable=None if verbose else True)
 
     def on_result(scenario: str, scene: Scene, pred: Tensor, row: dict[str, Any]) -> None:
         progress.update()

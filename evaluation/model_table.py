@@ -88,7 +88,7 @@ def model_table(names: list[str] | None = None, size: int = 256, repeats: int = 
     rows = []
     if verbose:
         print(text_header(size))
-    for name in tqdm(names, desc="models", unit="model", disable=not verbose):
+    for name in tqdm(names, desc="models", unit="model", disable=None if verbose else True):
         rows.append(measure_model(name, size, repeats, timing))
         if verbose:
             tqdm.write(text_line(rows[-1]))

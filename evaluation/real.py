@@ -184,7 +184,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     kind = "residual" if method.fits_measurement else "scaled_residual"
     rows, preview_files = [], []
     compile_tv_kernel()
-    for path, y in tqdm(captures, desc="real", unit="capture", disable=not verbose):
+    for path, y in tqdm(captures, desc="real", unit="capture", disable=None if verbose else True):
         if scale is not None:
             y = y * (scale / y.max())
         y = y[None]

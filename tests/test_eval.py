@@ -8,6 +8,7 @@ import csv
 import importlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,7 +41,8 @@ def read_results(folder) -> dict:
 
 
 # ----------------------------------------------------------------------------------- kaist protocol
-def test_kaist_synthetic_gap_tv_writes_every_report(tmp_path, capsys):
+def test_kaist_synthetic_gap_tv_writes_every_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)               # the progress bar, as on a terminal
     out = tmp_path / "run"
     assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--out", out) == 0
     results = read_results(out)
@@ -400,6 +402,7 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
 
     calls = []
     monkeypatch.setattr("calib.calibrate", calibrate)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)               # the bar is drawn on a terminal only
     out = tmp_path / "run"
     assert run_cli("kaist", "--synthetic.count", 2, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III,IV",
                    "--previews", 0, "--out", out) == 0
@@ -893,3 +896,12 @@ def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_cod
     (folder / "operator.npz").unlink()
     with pytest.raises(ValueError, match="resampled at phase .*operator.npz is missing"):
         from_calibration_json(tmp_path / "cal")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
+    """With stderr redirected to a log file (not a terminal, as under pytest) no progress bar is drawn: its
+    carriage-return updates would fill the log (it was drawn whatever stderr was)."""
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--previews", 0,
+                   "--out", tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    assert "kaist: " not in err and "\r" not in err
