@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(calibration.json: settings.model_selection); --model-oversample names one instead")
     cal.add_argument("--model-oversample", type=positive_int, nargs=2, default=None, metavar=("N", "K"),
                      help="oversampling of the calibration forward model (1 1: the native-grid operator); "
-                          "no selection")
+                          "no selection (default: none given, the data choose: --forward-model auto)")
     cal.add_argument("--mask-reading", choices=("auto", "linear"), default="auto",
                      help="how the native-grid model reads the mask between pixels: auto (the default: bilinear, "
                           "and cubic kept where it predicts the held-out pixels better; "

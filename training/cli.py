@@ -87,7 +87,7 @@ def parser_message(text: str) -> str:
 
 class OneLineParser(LightningArgumentParser):
     """Parser whose errors are one line (``train.py fit: error: ... (see train.py fit --help)``) and exit 2,
-    instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=1`` shows it). Options are
+    instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=true`` shows it). Options are
     never abbreviated: argparse would read the typo ``--data.crop_to 2`` as ``--data.crop_top 2`` and train."""
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -152,8 +152,8 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> Mapping | No
         raise UserError(f"--ckpt_path {path}: not a readable torch checkpoint ({type(err).__name__}: "
                         f"{one_line(str(err))})") from err
     if not isinstance(raw, Mapping) or "pytorch-lightning_version" not in raw:
-        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint of train.py (it holds "
-                        f"{'the weights only, like an MST toolbox .pth' if isinstance(raw, Mapping) else type(raw).__name__}); "
+        held = "the weights only, like an MST toolbox .pth" if isinstance(raw, Mapping) else type(raw).__name__
+        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint of train.py (it holds {held}); "
                         f"--ckpt_path resumes a train.py run; evaluate these weights with "
                         f"'eval.py kaist --model NAME --ckpt {path}'")
     return raw
