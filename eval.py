@@ -289,7 +289,7 @@ def run_real(args) -> None:
 
 def run_export(args) -> None:
     from data.io import load_mask
-    from evaluation.checkpoints import load_weights
+    from models.checkpoints import load_weights
     from evaluation.release import export_release
 
     loaded = load_weights(args.ckpt, args.model)

@@ -44,9 +44,9 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
 def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
     """The registered network ``name``, frozen (eval mode, no parameter gradients, on ``device``), from a
     toolbox ``.pth`` / official state dict, a Lightning ``.ckpt`` of ``train.py`` or a release folder
-    (:func:`evaluation.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded mask
+    (:func:`models.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded mask
     as an input."""
-    from evaluation.checkpoints import load_weights
+    from models.checkpoints import load_weights
     from models import create_model, list_models
 
     if name not in list_models():

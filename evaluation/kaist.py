@@ -14,13 +14,14 @@ from tqdm import tqdm
 from cassi import CassiOperator
 from cassi.checks import check_instrument
 from cassi.errors import UserError
+from cassi.kaist_table import text_table
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask, synthetic_scenes
 from data.previews import save_comparison, save_spectra
 from evaluation.calibration import PerSceneEstimates
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
-from evaluation.reports import calibration_status_lines, calibration_summary, text_table, write_reports
+from evaluation.reports import calibration_status_lines, calibration_summary, write_reports
 from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
 from models.release import mask_sha256
 

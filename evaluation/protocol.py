@@ -1,4 +1,5 @@
-"""The KAIST evaluation protocol: per-scene metrics, timing, detector noise, and the table's mean row.
+"""The KAIST evaluation protocol: per-scene metrics, timing and detector noise (the table's rows:
+:mod:`cassi.kaist_table`).
 
 Metrics of a reconstruction against its ground truth (both (L, H, W)), as the toolbox's MATLAB scripts
 compute them (:func:`cassi.metrics.kaist_metrics`, shared with ``train.py test``): the prediction is clipped
@@ -7,20 +8,17 @@ per band, averaged over bands; SAM (degrees) and ERGAS on the same 8-bit cubes.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
 
 from cassi import CassiOperator
-from cassi.metrics import KAIST_METRICS, kaist_metrics
+from cassi.metrics import KAIST_METRICS
 from cassi.noise import add_noise, check_noise
 
 METRICS = KAIST_METRICS
-COLUMNS = ("name", *METRICS, "seconds")
 DRIFTED_SCENARIOS = ("II", "III", "IV")   # scenarios measured through the drifted instrument (they need a mismatch)
 PROTOCOL = ("KAIST protocol: prediction clipped to [0, 1], both cubes quantised to 8 bits; PSNR (dB) and "
             "SSIM (Gaussian 11x11, sigma 1.5, valid) per band and averaged; SAM (degrees) and ERGAS on the "
@@ -61,14 +59,3 @@ def timed(method: Callable[[Tensor, CassiOperator], Tensor], y: Tensor, op: Cass
     return out, time.perf_counter() - start
 
 
-def result_row(name: str, pred: Tensor, target: Tensor, seconds: float) -> dict[str, Any]:
-    """One row of the table: name, the four metrics, seconds."""
-    return {"name": name, **kaist_metrics(pred, target), "seconds": seconds}
-
-
-def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of every metric and of the seconds over ``rows`` (NaN for an empty list)."""
-    keys = (*METRICS, "seconds")
-    if not rows:
-        return {k: math.nan for k in keys}
-    return {k: float(torch.tensor([float(r[k]) for r in rows], dtype=torch.float64).mean()) for k in keys}

@@ -18,7 +18,7 @@ from torch import Tensor
 from cassi import CassiOperator
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
-from evaluation.checkpoints import LoadedModel, load_weights
+from models.checkpoints import LoadedModel, load_weights
 from models.registry import get_entry
 
 

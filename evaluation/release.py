@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from cassi.files import OutputFolder, save_npy, write_bytes, write_json, write_text
-from evaluation.checkpoints import LoadedModel
 from evaluation.model_card import check_consistency, model_card
+from models.checkpoints import LoadedModel
 from models.flops import count_parameters
 from models.release import (CARD_FILE, CHECKSUM_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE,
                             METRICS_FILE, WEIGHTS_FILE, file_sha256, mask_sha256, model_bands, open_release,

@@ -12,41 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 from cassi.files import write_json, write_text
+from cassi.kaist_table import COLUMNS, HEADERS, format_cell, table_rows
 from cassi.operator_file import status_text
-from evaluation.protocol import COLUMNS, METRICS, PROTOCOL
-
-FORMATS = {"psnr": "{:.2f}", "ssim": "{:.4f}", "sam": "{:.2f}", "ergas": "{:.2f}", "seconds": "{:.2f}"}
-HEADERS = {"name": "scene", "psnr": "PSNR (dB)", "ssim": "SSIM", "sam": "SAM (deg)", "ergas": "ERGAS",
-           "seconds": "seconds"}
-
-
-def _fmt(key: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return FORMATS[key].format(value) if key in FORMATS else str(value)
-
-
-def table_rows(rows: list[dict[str, Any]], mean: dict[str, Any], missing: list[str] = ()) -> list[list[str]]:
-    """Formatted cells: one line per scene, "-" for each scene not reconstructed (``missing``: "NAME (calibration
-    failed)"), then the mean (over the scenes reconstructed, counted when some are missing)."""
-    lines = [[_fmt(k, row[k]) for k in COLUMNS] for row in rows]
-    lines += [[f"{name} (calibration failed)", *["-"] * (len(COLUMNS) - 1)] for name in missing]
-    label = f"mean of {len(rows)}/{len(rows) + len(missing)}" if missing else "mean"
-    return lines + [[label, *[_fmt(k, mean[k]) for k in COLUMNS[1:]]]]
-
-
-def text_table(rows: list[dict[str, Any]], mean: dict[str, Any], missing: list[str] = ()) -> str:
-    """Fixed-width table for the console (``missing``: as :func:`table_rows`)."""
-    cells = [[HEADERS[k] for k in COLUMNS], *table_rows(rows, mean, missing)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in cells)
-
+from evaluation.protocol import METRICS, PROTOCOL
 
 def calibration_status_lines(results: dict[str, Any]) -> list[str]:
     """'scenario III calibration status (FILE or scene): ...' per saved calibration of scenario III."""
@@ -161,7 +133,7 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(header, table_rows(block["scenes"], block["mean"],
                                                     block.get("not_reconstructed", [])))]
     if len(results["scenarios"]) > 1:
-        lines = [[_mean_label(s, b), *[_fmt(m, b["mean"][m]) for m in METRICS]]
+        lines = [[_mean_label(s, b), *[format_cell(m, b["mean"][m]) for m in METRICS]]
                  for s, b in results["scenarios"].items()]
         parts += ["", "## Scenario means", "",
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]

@@ -57,11 +57,12 @@ from cassi import CassiOperator, Mismatch, PARAMETER_UNITS
 from cassi.checks import check_instrument
 from cassi.errors import UserError
 from cassi.gap_tv import compile_tv_kernel
+from cassi.kaist_table import mean_row, result_row
 from cassi.metrics import LOWER_IS_BETTER
 from cassi.simulator import simulate_measurement
 from cassi.tolerance import CALIBRATION_TOLERANCE
 from data.kaist import Scene
-from evaluation.protocol import DRIFTED_SCENARIOS, METRICS, Noise, mean_row, result_row, timed
+from evaluation.protocol import DRIFTED_SCENARIOS, METRICS, Noise, timed
 
 SCENARIOS = {"I": "ideal: native-grid measurement, nominal operator",
              "Ih": "ideal instrument: high-fidelity simulator at the nominal parameters, nominal operator",

@@ -579,8 +579,6 @@ USER_ERRORS = {
     "train unknown option": ("train", [*SMOKE, "--bogus", "1"], r"unrecognized arguments: --bogus 1"),
     # argparse would read a prefix as the option it starts (--data.crop_top 2) and train
     "train abbreviated option": ("train", [*SMOKE, "--data.crop_to", "2"], r"unrecognized arguments: --data.crop_to 2"),
-    "train misspelt option": ("train", [*SMOKE, "--data.sample_per_epoch", "4"],
-                              r"--data.sample_per_epoch 4; did you mean --data.samples_per_epoch\? \(see .*fit --help"),
     "eval unknown option": ("eval", ["kaist", "--bogus", "1"], r"unrecognized arguments: --bogus 1"),
     "calibrate bad option": ("cal", ["--meas", "{f}/y.npz", "--mask", "{f}/mask.mat", "--bands", "x"],
                              r"--bands: 'x' is not an integer"),

@@ -21,7 +21,8 @@ from cassi import CassiOperator, Mismatch
 from cassi.metrics import kaist_metrics
 from cassi.operator_file import save_operator
 from data.kaist import synthetic_mask, synthetic_scenes
-from evaluation.protocol import METRICS, mean_row
+from cassi.kaist_table import mean_row
+from evaluation.protocol import METRICS
 from evaluation.reconstructors import GapTV
 from evaluation.reports import calibration_summary
 from evaluation.scenarios import FixedEstimate, ScenarioSetup, run_scenarios, summarize
@@ -549,7 +550,8 @@ def write_real_capture(root, make_operator):
     return op
 
 
-def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys):
+def test_real_captures_report_only_the_measurement_residual(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)               # the progress bar, as on a terminal
     root = tmp_path / "real"
     write_real_capture(root, CassiOperator)
     out = tmp_path / "run"
@@ -747,7 +749,8 @@ def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- model table
-def test_models_table_rows(tmp_path, capsys):
+def test_models_table_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)               # the progress bar, as on a terminal
     """One row per requested network; a size the network cannot take is reported on its row, not raised."""
     from models.flops import PAPER_FIGURES, count_flops, count_parameters
     from models.registry import create_model

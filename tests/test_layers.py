@@ -34,6 +34,12 @@ def test_no_package_imports_upward_or_sideways():
     assert not wrong, "\n".join(wrong)
 
 
+# The one exception, with its reason: Lightning 2.6's fit loop restarts a finished epoch when a run resumes under
+# --trainer.max_steps (training.cli.ResumableFitLoop overrides its ``restarting`` setter; no public hook reaches it).
+PRIVATE_IMPORTS_ALLOWED = {("training/cli.py", "pytorch_lightning.loops.fit_loop"),
+                           ("training/cli.py", "pytorch_lightning.loops.loop")}
+
+
 def test_training_and_evaluation_use_no_private_names_of_other_packages():
     wrong = []
     for package in ("training", "evaluation"):
@@ -41,6 +47,8 @@ def test_training_and_evaluation_use_no_private_names_of_other_packages():
             for module, names in imports(path):
                 private = [name for name in names if name.startswith("_") and not name.startswith("__")]
                 hidden = [part for part in module.split(".") if part.startswith("_") and not part.startswith("__")]
+                if (path.relative_to(REPO).as_posix(), module) in PRIVATE_IMPORTS_ALLOWED:
+                    continue
                 if (private or hidden) and module.split(".")[0] != package:
                     wrong.append(f"{path.relative_to(REPO)}: from {module} import {', '.join(names)}")
             text = path.read_text(encoding="utf-8")

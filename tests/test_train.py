@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from cassi import CassiOperator, Mismatch
-from evaluation.checkpoints import training_progress
+from models.checkpoints import training_progress
 from models import list_models
 from models.joint_loss import CRSDUNLoss
 from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSELoss

@@ -17,10 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from cli_checks import user_error
-from evaluation.checkpoints import training_progress
+from models.checkpoints import training_progress
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
 
@@ -162,27 +161,6 @@ def test_resuming_in_mid_epoch_from_a_checkpoint_without_a_loader_position_warns
         "for an exact continuation"]
     assert resume(max_steps_run[0], "new", *mid_epoch) == []          # it records its position
     assert resume(mst_run[0], "old_epoch_end") == []                  # written at an epoch's end
-
-
-class EveryStep(ModelCheckpoint):
-    """Another checkpoint callback: a file at every training step, in ``<run folder>/every_step``."""
-
-    def __init__(self):
-        super().__init__(every_n_train_steps=1, save_top_k=-1, monitor=None, filename="{step}")
-
-    def setup(self, trainer, pl_module, stage) -> None:
-        self.dirpath = os.path.join(trainer.default_root_dir, "every_step")
-        super().setup(trainer, pl_module, stage)
-
-
-def test_last_checkpoint_counts_only_its_own_saves(tmp_path):
-    """Was: RunCheckpoint took any checkpoint save (another ModelCheckpoint's, an hpc one) for its own, so after a
-    --trainer.max_steps stop in mid-epoch at a step another file was saved at, last.ckpt stayed at the epoch's end."""
-    run("fit", MST, tmp_path, *FIT, "--data.samples_per_epoch", "4", "--trainer.max_steps", "3",
-        "--trainer.callbacks+=test_train_checkpoints.EveryStep")
-    assert sorted(os.listdir(tmp_path / "every_step")) == ["step=1.ckpt", "step=2.ckpt", "step=3.ckpt"]
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert training_progress(last) == {"epochs_completed": 1, "batches_into_epoch": 1, "global_step": 3}
 
 
 # ------------------------------------------------------------------------- --ckpt_path last with nothing there

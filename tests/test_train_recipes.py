@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from cli_checks import user_error
 from conftest import fvgnet_layout, mst_toolbox
 from data.kaist import mst_scenes, synthetic_scenes
-from evaluation.reports import text_table
+from cassi.kaist_table import text_table
 from test_train import CONFIGS, QUIET, cli, one_step
 
 eval_cli = importlib.import_module("eval")

@@ -24,9 +24,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from scipy.io import savemat
 
 from cassi.files import atomic_path, write_text
+from cassi.kaist_table import text_table
 from cassi.progress import fit_progress, progress_text
 from data.previews import save_comparison, save_segmentation, save_spectra
-from evaluation.reports import text_table
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +37,7 @@ PREDICTION_FORMATS = (".mat", ".npz")
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose last checkpoint (``save_last``) holds the newest state: it is written
     after every training epoch and validation, after the batch that reaches ``--trainer.max_steps`` in mid-epoch
-    (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless it was written at that global step
-    (other checkpoint files, of this callback or another, do not count).
+    (where Lightning resumes a run in mid-epoch) and when ``fit`` ends, unless a checkpoint of that global step was.
 
     Lightning 2.6 writes ``last.ckpt`` only together with a top-k checkpoint, so an epoch whose score did not
     improve, or a ``--trainer.max_steps`` stop in mid-epoch, left it at an older step.
@@ -49,13 +48,13 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.filename = self.filename or default_filename(self.monitor)
-        self.saved_step: int | None = None           # global step of the newest last checkpoint; None: not fitting
+        self.saved_step: int | None = None           # global step of the newest checkpoint written; None: not fitting
         self._trainer: pl.Trainer | None = None      # a weak proxy, for the complete epochs of file names
 
     @property
     def state_key(self) -> str:
         """The key of its state in a checkpoint, as a plain ``ModelCheckpoint``'s: checkpoints written before this
-        class resume with their best score, and readers find it (``evaluation.checkpoints``)."""
+        class resume with their best score, and readers find it (``models.checkpoints``)."""
         return ModelCheckpoint.__name__ + super().state_key.removeprefix(type(self).__qualname__)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -73,12 +72,10 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self.saved_step = trainer.global_step        # nothing trained yet, or the resumed checkpoint's state
 
-    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
-        # Only the last checkpoint's own writes count: any other save (a top-k file, another ModelCheckpoint, an hpc
-        # checkpoint) leaves last.ckpt where it was.
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self.saved_step = trainer.global_step
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        # Any save counts (Lightning writes last.ckpt with each top-k file; its private _save_last_checkpoint is not
+        # overridden), so a file another ModelCheckpoint writes at a step stands in for last.ckpt there.
+        self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -104,7 +101,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.save_newest(trainer)
 
     def save_newest(self, trainer: pl.Trainer) -> None:
-        """Write the last checkpoint when training ran past the step it was last written at."""
+        """Write the last checkpoint when training ran past the newest checkpoint written."""
         if (not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
                 or trainer.fast_dev_run or self.saved_step in (None, trainer.global_step)):
             return

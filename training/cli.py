@@ -30,12 +30,10 @@
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import os
 import pickle
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -98,21 +96,7 @@ class OneLineParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
-        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)}{self.suggestion(message)} "
-                                   f"(see {prog} --help)\n")
-
-    def suggestion(self, message: str) -> str:
-        """'; did you mean --NAME?' for an unknown option (a config key or on the command line) close to one that the
-        subcommand takes, else ''."""
-        match = re.search(r"Subcommand '(\w+)' does not accept option '([^']+)'|unrecognized arguments: --([^\s=]+)",
-                          message)
-        if match is None:
-            return ""
-        subcommands = getattr(self, "_subcommands_action", None)
-        parser = subcommands._name_parser_map.get(match[1], self) if subcommands and match[1] else self
-        known = [name[2:] for action in parser._actions for name in action.option_strings if name.startswith("--")]
-        close = difflib.get_close_matches(match[2] or match[3], known, n=1, cutoff=0.85)
-        return f"; did you mean --{close[0]}?" if close else ""
+        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)} (see {prog} --help)\n")
 
 
 class MarkRunErrors(Callback):

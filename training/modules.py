@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from cassi import CassiOperator
+from cassi.kaist_table import mean_row, result_row
 from cassi.metrics import KAIST_METRICS, ReconstructionMetrics
 from cassi.operator_file import status_text
-from evaluation.protocol import mean_row, result_row
 from models import create_model
 from models.joint_loss import CRSDUNLoss
 from training.acceleration import enable_activation_checkpointing, to_channels_last
