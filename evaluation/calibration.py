@@ -56,7 +56,7 @@ def _json_status(content: Any) -> dict[str, Any]:
     return calibration_status(content.get("status"), content.get("reasons"))
 
 
-def _handed_estimate(record: OperatorRecord, path: str | Path, mask: Tensor) -> Mismatch:
+def handed_estimate(record: OperatorRecord, path: str | Path, mask: Tensor) -> Mismatch:
     """The estimate for the handed mask of an operator file whose mask is the code recovered from it
     (``record.code_phase``), refused unless warp_mask of that code at the phase is ``mask`` (to the detection
     tolerance, the array's outer rows and columns left out, as :mod:`calib.handed_mask` verifies)."""
@@ -75,14 +75,14 @@ def _handed_estimate(record: OperatorRecord, path: str | Path, mask: Tensor) -> 
 def from_operator_record(record: OperatorRecord, path: str | Path, mask: Tensor, bands: int = 28, step: int = 2
                          ) -> FixedEstimate:
     """The mismatch and forward model (N, K, mask reading) of the operator file ``path`` (read: ``record``), whose
-    mask must equal ``mask`` (or, the code recovered from a handed mask, resample to it: :func:`_handed_estimate`)
+    mask must equal ``mask`` (or, the code recovered from a handed mask, resample to it: :func:`handed_estimate`)
     and whose bands and step must be these."""
     shape, wanted = tuple(record.mask.shape), tuple(mask.shape)
     if shape != wanted:
         raise UserError(f"{path}: the operator's mask is {shape} but the evaluation mask is {wanted}; "
                         "calibrate with the same mask")
     if record.code_phase is not None:
-        estimate, frame = _handed_estimate(record, path, mask), (record.mask, record.mismatch)
+        estimate, frame = handed_estimate(record, path, mask), (record.mask, record.mismatch)
     elif mask_sha256(record.mask) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask has the evaluation mask's shape {shape} but other values "
                         f"(sha256 {mask_sha256(record.mask)[:12]}... vs {mask_sha256(mask)[:12]}...): it is not the "

@@ -47,7 +47,7 @@ from cassi.gap_tv import compile_tv_kernel
 from cassi.operator_file import OperatorRecord, status_text
 from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
-from evaluation.calibration import SavedCalibration
+from evaluation.calibration import SavedCalibration, handed_estimate
 from evaluation.protocol import timed
 from evaluation.reconstructors import Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
@@ -152,10 +152,13 @@ def _cell(key: str) -> str:
 
 def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Tensor, bands: int, step: int
                         ) -> CassiOperator:
-    """The instrument of the operator file ``path`` (read: ``record``), which must hold ``mask`` and the given bands
-    and step."""
+    """The instrument of the operator file ``path`` (read: ``record``), which must hold ``mask`` (or the binary code
+    recovered from it, which must resample to it: :func:`evaluation.calibration.handed_estimate`) and the given
+    bands and step."""
     op = record_instrument(record, path)
-    if tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
+    if record.code_phase is not None and tuple(op.mask.shape[-2:]) == tuple(mask.shape):
+        handed_estimate(record, path, mask)
+    elif tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the captures' "
                         f"mask.mat (shape {tuple(mask.shape)}); calibrate with the same mask")
     if (op.bands, op.step) != (bands, step):
@@ -219,7 +222,12 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
                "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}
     if operator is not None:
         calibrated = operators["calibrated"]
-        results["operator"] = {"path": operator.path, "mismatch": calibrated.mismatch.to_dict(),
+        record = operator.record
+        handed = None if record.code_phase is None else handed_estimate(record, operator.path, mask)
+        results["operator"] = {"path": operator.path, "mismatch": (handed or calibrated.mismatch).to_dict(),
+                               **({} if handed is None else {"code_frame": {
+                                   "phase": dict(zip(("fy", "fx"), record.code_phase)),
+                                   "estimate": calibrated.mismatch.to_dict()}}),
                                "oversample": list(calibrated.oversample),
                                "mask_interpolation": calibrated.mask_interpolation,
                                "calibration_status": operator.record.calibration,
@@ -238,9 +246,12 @@ def _operator_lines(info: dict[str, Any]) -> str:
     and the caveat."""
     mismatch = ", ".join(f"{k}={v:.4g}" for k, v in info["mismatch"].items())
     n, k = info["oversample"]
+    frame = info.get("code_frame")
+    code = ("" if frame is None else f"; the mask is the binary code recovered from the handed mask, resampled at "
+            f"phase fy={frame['phase']['fy']:g}, fx={frame['phase']['fx']:g} px, read at the estimate in its frame")
     return (f"- calibrated operator: {info['path']} (mismatch {mismatch}; forward model N={n}, K={k}, mask read "
-            f"{info['mask_interpolation']})\n- **calibration status**: {status_text(info['calibration_status'])}\n"
-            f"- **caveat**: {info['caveat']}\n")
+            f"{info['mask_interpolation']}{code})\n"
+            f"- **calibration status**: {status_text(info['calibration_status'])}\n- **caveat**: {info['caveat']}\n")
 
 
 def results_markdown(results: dict[str, Any], name: str, keys: list[str]) -> str:

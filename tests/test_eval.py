@@ -18,10 +18,10 @@ import scipy.io
 import torch
 
 from cassi import CassiOperator, Mismatch
+from cassi.kaist_table import mean_row
 from cassi.metrics import kaist_metrics
 from cassi.operator_file import save_operator
 from data.kaist import synthetic_mask, synthetic_scenes
-from cassi.kaist_table import mean_row
 from evaluation.protocol import METRICS
 from evaluation.reconstructors import GapTV
 from evaluation.reports import calibration_summary
@@ -908,3 +908,30 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys):
                    "--out", tmp_path / "run") == 0
     err = capsys.readouterr().err
     assert "kaist: " not in err and "\r" not in err
+
+
+def test_real_operator_of_a_handed_mask_read_as_a_resampled_code(tmp_path, capsys):
+    """calibrate.py's operator.npz for a handed mask read as a binary code resampled at a phase holds the code and
+    the estimate in its frame (code_phase); eval.py real refused it as not the captures' mask.mat (kaist took it)."""
+    from calib.instrument import instrument_operator
+    from cassi.warp import warp_mask
+
+    code = synthetic_mask(32, 32, seed=5)
+    phase = {"fy": 0.25, "fx": -0.3}
+    root = tmp_path / "real"
+    write_real_capture(root, lambda mask: CassiOperator(mask))
+    scipy.io.savemat(root / "mask.mat", {"mask": warp_mask(code, dx=-phase["fx"], dy=-phase["fy"]).numpy()})
+    in_code = Mismatch(dx=0.2, dy=-0.1)
+    operator = tmp_path / "operator.npz"
+    save_operator(operator, instrument_operator(code, 28, 2, in_code, (1, 1), "linear"), "ok", [],
+                  (phase["fy"], phase["fx"]))
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--no-previews", "--operator", operator,
+                   "--out", tmp_path / "run") == 0
+    info = json.loads((tmp_path / "run" / "results.json").read_text())["operator"]
+    assert info["code_frame"]["phase"] == phase and info["code_frame"]["estimate"]["dx"] == pytest.approx(0.2)
+    assert info["mismatch"]["dx"] == pytest.approx(0.2 + phase["fx"])               # for the handed mask
+    assert "binary code recovered from the handed mask" in (tmp_path / "run" / "results.md").read_text()
+    scipy.io.savemat(root / "mask.mat", {"mask": code.numpy()})                    # not what the code resamples to
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--no-previews", "--operator", operator,
+                   "--out", tmp_path / "run2") == 2
+    assert "the operator's mask is the binary code recovered from a handed mask" in capsys.readouterr().err
