@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from calib.instrument import record_instrument
-from cassi import CassiOperator
+from cassi import CassiOperator, Mismatch
 from cassi.checks import check_mask, check_measurement
 from cassi.errors import UserError
 from cassi.files import write_json, write_text
@@ -151,20 +151,20 @@ def _cell(key: str) -> str:
 
 
 def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Tensor, bands: int, step: int
-                        ) -> CassiOperator:
+                        ) -> tuple[CassiOperator, Mismatch | None]:
     """The instrument of the operator file ``path`` (read: ``record``), which must hold ``mask`` (or the binary code
-    recovered from it, which must resample to it: :func:`evaluation.calibration.handed_estimate`) and the given
-    bands and step."""
-    op = record_instrument(record, path)
+    recovered from it, which must resample to it) and the given bands and step; and, for such a code, the estimate
+    for ``mask`` (:func:`evaluation.calibration.handed_estimate`), else None."""
+    op, handed = record_instrument(record, path), None
     if record.code_phase is not None and tuple(op.mask.shape[-2:]) == tuple(mask.shape):
-        handed_estimate(record, path, mask)
+        handed = handed_estimate(record, path, mask)
     elif tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
         raise UserError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the captures' "
                         f"mask.mat (shape {tuple(mask.shape)}); calibrate with the same mask")
     if (op.bands, op.step) != (bands, step):
         raise UserError(f"{path}: the operator has {op.bands} bands and step {op.step}; the captures are "
                         f"reconstructed with {bands} bands and step {step}")
-    return op
+    return op, handed
 
 
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
@@ -179,9 +179,9 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
-    operators = {"nominal": CassiOperator(mask, bands, step)}
+    operators, handed = {"nominal": CassiOperator(mask, bands, step)}, None
     if operator is not None:
-        operators["calibrated"] = calibrated_operator(operator.record, operator.path, mask, bands, step)
+        operators["calibrated"], handed = calibrated_operator(operator.record, operator.path, mask, bands, step)
     for warning in warnings:
         print(f"warning: {warning}")
     kind = "residual" if method.fits_measurement else "scaled_residual"
@@ -223,14 +223,13 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     if operator is not None:
         calibrated = operators["calibrated"]
         record = operator.record
-        handed = None if record.code_phase is None else handed_estimate(record, operator.path, mask)
         results["operator"] = {"path": operator.path, "mismatch": (handed or calibrated.mismatch).to_dict(),
                                **({} if handed is None else {"code_frame": {
                                    "phase": dict(zip(("fy", "fx"), record.code_phase)),
                                    "estimate": calibrated.mismatch.to_dict()}}),
                                "oversample": list(calibrated.oversample),
                                "mask_interpolation": calibrated.mask_interpolation,
-                               "calibration_status": operator.record.calibration,
+                               "calibration_status": record.calibration,
                                "caveat": OPERATOR_CAVEAT}
     if verbose:
         print(f"mean {LABELS[kind]} = {_listing(mean, kind, list(operators))}")
