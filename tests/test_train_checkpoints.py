@@ -90,6 +90,19 @@ def test_command_line_model_options_are_compared_not_replaced(mst_run, tmp_path,
     assert init["model_name"] == "mst_s" and init["loss"] == "l1"
 
 
+def test_test_prints_the_kaist_table_alone_unless_verbose(mst_run, tmp_path, capsys):
+    """Was: Lightning's table of every logged value (~40 lines: each scene's metric) came before the KAIST table."""
+    last = mst_run[0] / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(last))
+    out = capsys.readouterr().out
+    assert "Test metric" not in out and "test_scene/" not in out
+    assert out.lstrip().startswith("KAIST protocol on 2 test scene(s)") and out.splitlines()[-1].startswith("mean ")
+    run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(last), "--verbose", "true")
+    out = capsys.readouterr().out
+    assert out.index("Test metric") < out.index("KAIST protocol on 2 test scene(s)")
+
+
 def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_path, capsys, monkeypatch):
     """Was: fit with HSRA-S's config became MST-S and continued the other run's W&B run, exit 0."""
     for name in ("WANDB_API_KEY", "WANDB_MODE"):

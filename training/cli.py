@@ -410,6 +410,14 @@ class CassiCLI(LightningCLI):
     """LightningCLI that fills run-folder defaults, checks inputs before any work and adds the project's
     callbacks."""
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
+                     subparser_kwargs: dict[str, Any]) -> None:
+        """Also: ``test`` prints the project's KAIST table alone; ``--verbose true`` adds Lightning's list of every
+        logged value before it (``validate`` keeps Lightning's list: it has no other)."""
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self.parser.set_defaults({"test.verbose": False})
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -523,7 +531,7 @@ class CassiCLI(LightningCLI):
         self.check_before_run("test")
 
     def after_test(self) -> None:
-        """The KAIST table, last (after Lightning's list of logged values)."""
+        """The KAIST table (after Lightning's list of logged values with ``--verbose true``)."""
         if self.trainer.is_global_zero and self.model.test_results:
             print(kaist_test_text(self.model.test_results, self.trainer.ckpt_path))
 
