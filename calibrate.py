@@ -573,8 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
                      metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
-                          "%(default)s): a parameter whose uncertainty (2 sigma) is wider makes the status "
-                          "'ambiguous'")
+                          "%(default)s): a parameter whose uncertainty (2 sigma) is wider, whose score does not rise "
+                          "beyond its noise at the estimate +- the tolerance, or whose estimate +- the tolerance "
+                          "leaves the search range (--range) makes the status 'ambiguous'")
     cal.add_argument("--range", nargs=3, action="append", default=[], metavar=("NAME", "LO", "HI"),
                      dest="ranges", help="search range of one parameter (dx, dy px; theta, alpha deg; a1 px/band), "
                                          "repeatable, e.g. --range a1 1.9 2.1; the others keep their defaults "

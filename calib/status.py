@@ -242,7 +242,10 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
     criterion itself rather than of its quadratic model, which a rough or flat-bottomed landscape defeats
     (pseudo-KAIST scene06 of the benchmark's seed-1 draws: alpha's uncertainty 0.062 deg, the estimate 0.20 deg
     off and "ok"; the score at alpha + 0.15 deg only 0.7 standard errors above it). The numbers go to
-    ``tests["tolerance_edges"]``: the tolerance, and per parameter the rise and its standard error at each end."""
+    ``tests["tolerance_edges"]``: the tolerance, and per parameter the offset probed, the rise and its standard
+    error at each end. Where the search range cuts a probe short of the tolerance (an estimate nearer a range edge
+    than the tolerance), that edge is not vouched for, whatever the score does closer in: a reason naming the
+    offset probed and ``--range``, so an "ok" means every edge was probed at the full tolerance."""
     tolerance = torch.tensor(settings.tolerance, dtype=torch.float64)
     moves = torch.cat([-torch.diag(tolerance), torch.diag(tolerance)])           # (10, 5): minus, then plus
     probes = ranges.clamp(point + moves)
@@ -250,33 +253,37 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
     parts = full.block_scores(torch.cat([point[None], probes]), settings.blocks)
     bounds = ranges.bounds()
     reasons, needed = [], settings.z / 2
-    record = {key: {} for key in ("rise_minus", "rise_plus", "standard_error_minus", "standard_error_plus")}
+    record = {f"{key}_{side}": {} for key in ("offset", "rise", "standard_error") for side in ("minus", "plus")}
     for i, name in enumerate(PARAMETER_NAMES):
         rises = [relative_difference(parts[1 + side * 5 + i], parts[0]) for side in (0, 1)]
-        for side, (rise, se) in zip(("minus", "plus"), rises):
-            record[f"rise_{side}"][name], record[f"standard_error_{side}"][name] = rise, se
         reach = [float(probes[side * 5 + i, i] - point[i]) for side in (0, 1)]
-        unprobed = [side for side in (0, 1) if reach[side] == 0]      # clamped onto the estimate: 0 +- 0, untested
-        worst = unprobed[0] if unprobed else min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
+        for side, (rise, se), offset in zip(("minus", "plus"), rises, reach):
+            record[f"offset_{side}"][name], record[f"rise_{side}"][name] = offset, rise
+            record[f"standard_error_{side}"][name] = se
+        unit = PARAMETER_UNITS[name]
+        short = [side for side in (0, 1) if clamped[side * 5 + i]]
+        if short:               # a rise short of the tolerance's edge does not show the minimum is not nearer it
+            said = []
+            for side in short:
+                edge, limit = f"{name} {'-+'[side]}{float(tolerance[i]):g} {unit}", f"{float(bounds[i, side]):g} {unit}"
+                said.append(f"{edge} was not probed: the estimate {name} = {float(point[i]):.4g} {unit} sits at the "
+                            f"search range's edge {limit}" if reach[side] == 0 else
+                            f"{edge} was probed only at {name} {reach[side]:+.3g} {unit}, the search range's edge "
+                            f"{limit} (the score changes by {100 * rises[side][0]:+.2f} % +- "
+                            f"{100 * rises[side][1]:.2f} % there)")
+            reasons.append("the criterion could not be asked whether it tells the estimate from the edge of the "
+                           f"tolerance an \"ok\" vouches for: {'; '.join(said)}. A rise closer in than the tolerance "
+                           "does not show that the criterion's minimum is not nearer its edge (a wider search range, "
+                           f"--range {name} LO HI, would probe it)")
+            continue
+        worst = min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
         rise, se = rises[worst]
         if rise <= needed * se:
-            unit = PARAMETER_UNITS[name]
-            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {unit}"
-            limit = f"{float(bounds[i, worst]):g} {unit}"
-            if unprobed:
-                reasons.append(f"the criterion could not be asked whether it tells the estimate from {edge}, the "
-                               f"edge of the tolerance an \"ok\" vouches for: the estimate {name} = "
-                               f"{float(point[i]):.4g} {unit} sits at the search range's edge {limit}, and the "
-                               "tolerance's edge beyond it was not probed (a wider search range, --range, would "
-                               "probe it)")
-                continue
-            where = "there" if not clamped[worst * 5 + i] else (
-                f"at {name} {reach[worst]:+.3g} {unit}, as far as the search range (edge {limit}) lets it probe")
+            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {PARAMETER_UNITS[name]}"
             reasons.append(f"the criterion does not tell the estimate from {edge}, the edge of the tolerance an "
-                           f"\"ok\" vouches for: the score "
-                           f"changes by {100 * rise:+.2f} % +- {100 * se:.2f} % (criterion noise) {where}; needs a "
-                           f"rise of more than {needed:g} standard error(s), what {settings.z:g} uncertainties within "
-                           "the tolerance mean for a quadratic criterion")
+                           f"\"ok\" vouches for: the score changes by {100 * rise:+.2f} % +- {100 * se:.2f} % "
+                           f"(criterion noise) there; needs a rise of more than {needed:g} standard error(s), what "
+                           f"{settings.z:g} uncertainties within the tolerance mean for a quadratic criterion")
     tests["tolerance_edges"] = {"tolerance": dict(zip(PARAMETER_NAMES, settings.tolerance)), **record}
     return reasons
 

@@ -91,7 +91,8 @@ def test_recovers_the_injected_mismatch_blind(run):
 
 def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vouches_for(run, tmp_path, capsys):
     """The default run records the stage and the uncertainty; a second run skips the stage and asks for dx
-    to 1e-6 px, which the calibration cannot pin: the uncertainty test and the tolerance test say so for dx alone."""
+    to 1e-6 px, which the calibration cannot pin: the uncertainty test and the tolerance test say so for dx alone.
+    (The other tolerances stay inside the search ranges: an edge beyond a range is not probed, a reason too.)"""
     folder, files = run
     content = json.loads(files["json"].read_text())
     record = content["settings"]["noise_correction"]
@@ -100,10 +101,10 @@ def test_the_noise_corrected_stage_can_be_skipped_and_tolerance_sets_what_ok_vou
     capsys.readouterr()
     skipped = calibrate.main(["--meas", str(folder / "meas.mat"), "--mask", str(folder / "mask.mat"),
                               "--model-oversample", "4", "2", "--no-noise-correction", "--no-progress",
-                              "--tolerance", "1e-6", "10", "10", "10", "10", "--out", str(tmp_path / "out")])
+                              "--tolerance", "1e-6", "1", "0.8", "0.03", "1", "--out", str(tmp_path / "out")])
     strict = json.loads(skipped["json"].read_text())
     assert strict["settings"]["noise_correction"] is None
-    assert strict["settings"]["status"]["tolerance"] == [1e-6, 10, 10, 10, 10]
+    assert strict["settings"]["status"]["tolerance"] == [1e-6, 1, 0.8, 0.03, 1]
     assert strict["status"] == "ambiguous"
     vouching = [r for r in strict["reasons"] if "vouches for" in r]
     assert len(vouching) == 2 and vouching[0].startswith("the criterion does not tell the estimate from dx ")

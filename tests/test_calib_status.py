@@ -213,8 +213,32 @@ def test_the_tolerance_test_says_when_a_range_edge_kept_it_from_probing():
     full = HeldOutScore(y, mask, settings=REFINE_SCORE)
     point = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0], dtype=torch.float64)
     full.set_reference(point[None])
-    tolerance = (10.0, 10.0, 10.0, 0.1, 10.0)                     # a1 - 0.1 rises beyond the noise here
+    tolerance = (1.0, 1.0, 1.0, 0.1, 1.0)        # inside the other ranges; a1 - 0.1 rises beyond the noise here
     at_edge = tolerance_test(full, point, Ranges(a1=(1.8, 2.0)), StatusSettings(tolerance=tolerance), {})
     assert len(at_edge) == 1 and "0.00 %" not in at_edge[0], at_edge
     assert "a1 = 2 px/band sits at the search range's edge 2 px/band" in at_edge[0]
     assert "a1 +0.1 px/band" in at_edge[0] and "not probed" in at_edge[0]
+
+
+def test_a_probe_the_range_cuts_short_does_not_vouch_for_the_tolerance():
+    """An estimate 0.05 px/band inside its a1 range's edge with an a1 tolerance of 0.1: the probe toward that edge
+    is made at +0.05 only. Its rise says nothing about +0.1 (the minimum could lie between), so that edge is not
+    vouched for: a reason naming a1, the offset probed and --range, although the score rises there (it used to
+    pass: no reason, "ok" possible). Every other parameter probed at its full tolerance, inside its range, passes."""
+    from calib.pipeline import REFINE_SCORE
+    from calib.ranges import Ranges
+    from calib.score import HeldOutScore
+    from calib.status import tolerance_test
+
+    y, mask = measure(24, Mismatch(a1=2.0))
+    full = HeldOutScore(y, mask, settings=REFINE_SCORE)
+    point = torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0], dtype=torch.float64)
+    full.set_reference(point[None])
+    tolerance = (1.0, 1.0, 1.0, 0.1, 1.0)
+    tests = {}
+    reasons = tolerance_test(full, point, Ranges(a1=(1.8, 2.05)), StatusSettings(tolerance=tolerance), tests)
+    record = tests["tolerance_edges"]
+    assert record["rise_plus"]["a1"] > 2 * record["standard_error_plus"]["a1"] > 0   # it rises at +0.05 ...
+    assert len(reasons) == 1, reasons                                                 # ... and still does not pass
+    assert "a1 +0.1 px/band" in reasons[0] and "a1 +0.05 px/band" in reasons[0] and "--range" in reasons[0], reasons
+    assert record["offset_plus"]["a1"] == pytest.approx(0.05) and record["offset_minus"]["a1"] == pytest.approx(-0.1)
