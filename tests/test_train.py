@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from cassi import CassiOperator, Mismatch
+from cli_checks import user_error
 from models.checkpoints import training_progress
 from models import list_models
 from models.joint_loss import CRSDUNLoss
@@ -233,6 +234,16 @@ def test_print_config_from_the_command_line():
     assert config["data"]["batch_size"] == 5 and config["data"]["crop"] == 256
     assert config["data"]["splice_prob"] == 0.6 and config["data"]["val_scenes"] == 4
     assert config["checkpoint"]["monitor"] == "val/psnr" and config["checkpoint"]["save_last"] is True
+
+
+def test_help_offers_only_the_modules_one_can_train(capsys):
+    """Was: fit --help listed the base training.CassiModule (it defines no training objective) as a model."""
+    with pytest.raises(SystemExit):
+        cli(["fit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    known = re.search(r"any subclass of CassiModule\..*?known subclasses: (.*?)\)", help_text).group(1)
+    assert known.split(", ") == ["training.ReconstructionModule", "training.JointModule"]
+    user_error(capsys, lambda: cli(["fit", "--model", "training.CassiModule"]), r"training\.CassiModule .*is abstract")
 
 
 # ------------------------------------------------------------------------------------- smoke fits

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +55,9 @@ SCHEDULERS = ("cosine", "step", "multistep", "constant")
 _TRAIN_NOISE, _TRAIN_TORCH, _VAL_NOISE = 0, 1, 2
 
 
-class CassiModule(pl.LightningModule):
+class CassiModule(pl.LightningModule, ABC):
     """Shared machinery: network, instrument, optimiser and schedule, validation metrics and previews.
+    Abstract (a subclass defines :meth:`objective`), so ``train.py`` offers only the subclasses as ``--model``.
 
     Args:
         model_name, model_kwargs: registry name and constructor arguments (``models.create_model``).
@@ -107,9 +109,9 @@ class CassiModule(pl.LightningModule):
         self.test_results: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ subclass hooks
+    @abstractmethod
     def objective(self, output: Any, batch: dict[str, Tensor], op: CassiOperator) -> dict[str, Tensor]:
         """{"loss": scalar to optimise, other terms to log} for one batch."""
-        raise NotImplementedError
 
     def update_extra_metrics(self, output: Any, batch: dict[str, Tensor]) -> None:
         """Validation metrics beyond the reconstruction ones (segmentation)."""
