@@ -59,11 +59,15 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from cassi.devices import check_device  # noqa: E402
 from cassi.errors import (EXIT_CALIBRATION_FAILED, EXIT_FAILED, EXIT_OK, CliParser, UserError,  # noqa: E402
                           cli_errors, non_negative_float, positive_float, positive_int, one_line)
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
+
+if TYPE_CHECKING:
+    from data.io import MeasurementFile
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help and
 # argument errors answer at once (README, "Start-up")
@@ -282,20 +286,19 @@ def wrote(folder: Path) -> str:
     return f"wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
 
 
-def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands: int, step: int,
-                  joint: bool = True):
-    """The captures of ``--meas`` as (M, H, W + step*(L-1)) and their warnings, every file read and checked
-    before any work: one size for all, the width the mask and band count imply, light in each, and for a
-    ``joint`` fit no capture twice (same values under another name); a :class:`UserError` naming the file
-    otherwise."""
+def read_captures(paths: list[str], files: list[MeasurementFile], key: str | None, mask, mask_path: str, bands: int,
+                  step: int, joint: bool = True):
+    """The captures of ``--meas`` ``paths`` (``files``: theirs, in the same order) as
+    (M, H, W + step*(L-1)) and their warnings, every file checked before any work: one size for all, the width the
+    mask and band count imply, light in each, and for a ``joint`` fit no capture twice (same values under another
+    name); a :class:`UserError` naming the file otherwise."""
     import torch
 
     from cassi.checks import check_measurement
-    from data.io import load_measurement
 
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise UserError(f"--meas names the same file twice: {' '.join(paths)}")
-    captures = [torch.from_numpy(load_measurement(p, key, "--meas-key")) for p in paths]
+    captures = [torch.from_numpy(f.measurement(key, "--meas-key")) for f in files]
     sizes = {tuple(y.shape) for y in captures}
     if len(sizes) > 1:
         listed = ", ".join(f"{p} {tuple(y.shape)}" for p, y in zip(paths, captures))
@@ -316,15 +319,14 @@ def read_captures(paths: list[str], key: str | None, mask, mask_path: str, bands
     return torch.stack(captures), warnings
 
 
-def instrument_settings(args: argparse.Namespace) -> tuple[int, int]:
-    """``--bands`` and ``--step``: as given, else as the ``--meas`` .npz files record them (keys ``bands``,
-    ``step``), else the defaults; prints where a recorded value came from. A :class:`UserError` names the file,
-    the key and both values when an option contradicts a file or one file another."""
-    from data.io import load_recorded_integers
-
+def instrument_settings(args: argparse.Namespace, files: list[MeasurementFile]) -> tuple[int, int]:
+    """``--bands`` and ``--step``: as given, else as the ``--meas`` .npz files (``files``: theirs, in the order of
+    ``args.meas``) record them (keys ``bands``, ``step``), else the defaults; prints where a recorded value came
+    from. A :class:`UserError` names the file, the key and both values when an option contradicts a file or one
+    file another."""
     recorded: dict[str, tuple[int, str]] = {}
-    for path in args.meas:
-        for key, value in load_recorded_integers(path, INSTRUMENT_DEFAULTS).items():
+    for path, file in zip(args.meas, files):
+        for key, value in file.recorded_integers(INSTRUMENT_DEFAULTS).items():
             given = getattr(args, key)
             if given is not None and given != value:
                 raise UserError(f"--{key} {given} contradicts {path}, which records {key} = {value} (key '{key}'); "
@@ -373,7 +375,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     from calib.status import StatusSettings
     from cassi.checks import check_mask
     from cassi.files import OutputFolder, json_text, write_text
-    from data.io import load_mask
+    from data.io import MeasurementFile, load_mask
 
     if args.separately and len(args.meas) < 2:
         raise UserError(f"--separately needs two or more --meas (got one, {args.meas[0]}); a single capture is "
@@ -383,7 +385,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         raise UserError("--forward-model auto lets the data choose the forward model and --model-oversample "
                         f"{' '.join(map(str, args.model_oversample))} names one: give one of them")
     ranges = parse_ranges(args.ranges)
-    args.bands, args.step = instrument_settings(args)
+    meas_files = [MeasurementFile(p) for p in args.meas]       # each file read once, for all it holds
+    args.bands, args.step = instrument_settings(args, meas_files)
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
@@ -391,7 +394,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                           inputs=(*args.meas, args.mask, args.ckpt))
     mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
     check_mask(mask, args.mask)
-    y, warnings = read_captures(args.meas, args.meas_key, mask, args.mask, args.bands, args.step,
+    y, warnings = read_captures(args.meas, meas_files, args.meas_key, mask, args.mask, args.bands, args.step,
                                 joint=not args.separately)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -13,6 +13,7 @@ Layouts:
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -138,7 +139,12 @@ def _read_one(path: PathLike, key: str | None, candidates: Sequence[str],
               option: str | None = None) -> tuple[np.ndarray, str]:
     """Read one array; returns it and a 'file[key]' description for error messages (``option``: see :func:`_pick`)."""
     path = _existing(path)
-    arrays = _read_arrays(path)
+    return _one_of(_read_arrays(path), path, key, candidates, option)
+
+
+def _one_of(arrays: Mapping[str, np.ndarray], path: Path, key: str | None, candidates: Sequence[str],
+            option: str | None = None) -> tuple[np.ndarray, str]:
+    """One array of a file's ``arrays`` (:func:`_read_arrays`) and its 'file[key]' description (:func:`_read_one`)."""
     if path.suffix.lower() == ".npy":
         if key is not None:
             raise ValueError(f"{path}: a .npy file holds a single array; key '{key}' does not apply")
@@ -265,29 +271,44 @@ def load_measurement(path: PathLike, key: str | None = None, option: str | None 
     key, named when none or several are found. .npy: the single array.
     Values as stored (no normalisation).
     """
-    candidates = MEASUREMENT_MAT_KEYS if Path(path).suffix.lower() == ".mat" else ("y",)
-    arr, where = _read_one(path, key, candidates, option)
-    _check_ndim(arr, 2, "measurement", where)
-    return _as_float32(arr, where)
+    return MeasurementFile(path).measurement(key, option)
 
 
-def load_recorded_integers(path: PathLike, keys: Sequence[str]) -> dict[str, int]:
-    """The whole-number scalars an ``.npz`` records under ``keys`` (``calibrate.py simulate``: bands, step; the
-    KAIST snapshots: step), those present; {} for other formats. A key that holds anything else is an error
-    naming the file and the key."""
-    path = _existing(path)
-    if path.suffix.lower() != ".npz":
-        return {}
-    arrays = _read_arrays(path)
-    out = {}
-    for key in keys:
-        if key not in arrays:
-            continue
-        value = arrays[key]
-        if value.shape != () or not np.issubdtype(value.dtype, np.integer):
-            raise UserError(f"{path}['{key}']: expected a whole number, got dtype {value.dtype}, shape {value.shape}")
-        out[key] = int(value)
-    return out
+class MeasurementFile:
+    """One measurement file, read once (when first needed) for all it holds: the snapshot
+    (:func:`load_measurement`) and the whole numbers it records. A missing file or a folder is an error at once."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = _existing(path)
+
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the file (:func:`_read_arrays`), read on first use."""
+        return _read_arrays(self.path)
+
+    def measurement(self, key: str | None = None, option: str | None = None) -> np.ndarray:
+        """The snapshot (H, Wm) float32, as :func:`load_measurement` reads it."""
+        candidates = MEASUREMENT_MAT_KEYS if self.path.suffix.lower() == ".mat" else ("y",)
+        arr, where = _one_of(self.arrays, self.path, key, candidates, option)
+        _check_ndim(arr, 2, "measurement", where)
+        return _as_float32(arr, where)
+
+    def recorded_integers(self, keys: Sequence[str]) -> dict[str, int]:
+        """The whole-number scalars an ``.npz`` records under ``keys`` (``calibrate.py simulate``: bands, step; the
+        KAIST snapshots: step), those present; {} for other formats (not read for them). A key that holds anything
+        else is an error naming the file and the key."""
+        if self.path.suffix.lower() != ".npz":
+            return {}
+        out = {}
+        for key in keys:
+            if key not in self.arrays:
+                continue
+            value = self.arrays[key]
+            if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+                raise UserError(f"{self.path}['{key}']: expected a whole number, got dtype {value.dtype}, "
+                                f"shape {value.shape}")
+            out[key] = int(value)
+        return out
 
 
 # --------------------------------------------------------------------------- labels

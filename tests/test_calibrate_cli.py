@@ -11,6 +11,7 @@ from cli_checks import user_error
 from cassi import Mismatch
 from cassi.noise import add_noise
 from cassi.simulator import simulate_measurement
+from data.io import MeasurementFile
 
 
 def write_inputs(tmp_path, h=16, w=20, bands=28):
@@ -153,7 +154,7 @@ def test_calibrate_uses_the_bands_and_step_the_npz_records_and_refuses_a_contrad
     assert (int(np.load(tmp_path / "y1.npz")["bands"]), int(np.load(tmp_path / "y1.npz")["step"])) == (28, 1)
     capsys.readouterr()
     options = argparse.Namespace(meas=[str(tmp_path / "y1.npz")], bands=None, step=None)
-    assert calibrate.instrument_settings(options) == (28, 1)
+    assert calibrate.instrument_settings(options, [MeasurementFile(p) for p in options.meas]) == (28, 1)
     assert f"step 1 as {tmp_path / 'y1.npz'} records it (key 'step')" in capsys.readouterr().out
     out = ["--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "out")]
     fails(capsys, ["--meas", str(tmp_path / "y1.npz"), "--step", "2", *out],
@@ -164,6 +165,39 @@ def test_calibrate_uses_the_bands_and_step_the_npz_records_and_refuses_a_contrad
           r"--meas: .*y2.npz records step = 2 \(key 'step'\) but .*y1.npz records 1")
     assert not (tmp_path / "out").exists()
     snapshot = str(shared_path("data", "kaist_meas", "scene01_snapshot.npz"))      # records step (int32), not bands
-    assert calibrate.instrument_settings(argparse.Namespace(meas=[snapshot], bands=None, step=None)) == (28, 2)
+    options = argparse.Namespace(meas=[snapshot], bands=None, step=None)
+    assert calibrate.instrument_settings(options, [MeasurementFile(snapshot)]) == (28, 2)
     fails(capsys, ["--meas", snapshot, "--step", "1", *out], r"--step 1 contradicts .*scene01_snapshot.npz, which "
           r"records step = 2")
+
+
+class Reached(Exception):
+    """Raised by a stand-in for the calibration: every input has been read by then."""
+
+
+def test_each_meas_file_is_read_once(tmp_path, monkeypatch):
+    """calibrate reads each --meas file once for all it holds (the recorded step and bands, the snapshot); it read
+    each twice, once for the recorded whole numbers and once for the measurement."""
+    import calib
+    import data.io
+
+    write_inputs(tmp_path)
+    for seed in (1, 2):
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                        "--noise-peak", "1e4", "--seed", str(seed), "--out", str(tmp_path / f"y{seed}.npz")])
+    reads, read = [], data.io._read_arrays
+    monkeypatch.setattr(data.io, "_read_arrays", lambda path: reads.append(path.name) or read(path))
+    handed = {}
+
+    def stand_in(y, mask, **options):
+        handed.update(y=y, mask=mask, **options)
+        raise Reached
+
+    monkeypatch.setattr(calib, "calibrate", stand_in)
+    with pytest.raises(Reached):
+        calibrate.main(["--meas", str(tmp_path / "y1.npz"), str(tmp_path / "y2.npz"), "--mask",
+                        str(tmp_path / "mask.mat"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert sorted(reads) == ["mask.mat", "y1.npz", "y2.npz"], reads
+    assert (handed["bands"], handed["step"]) == (28, 2)
+    for i, name in enumerate(("y1.npz", "y2.npz")):
+        np.testing.assert_array_equal(handed["y"][i].numpy(), np.load(tmp_path / name)["y"])
