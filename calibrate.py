@@ -24,7 +24,8 @@ default), ``gap_tv``, or a registered mask-aware network with ``--ckpt`` (README
 11)"). ``--check-solver`` also reconstructs with that solver (GAP-TV for heldout) and the nominal and the
 calibrated operator and reports its residual before / after (off by default). ``--device cuda`` runs
 the forward model, the score, the solver and the check on the GPU.
-Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``.
+Measurements: ``.npz`` (key y), ``.mat`` (key meas, y or meas_real; or --meas-key), ``.npy``; one that holds
+the mask (key mask, or --mask-key; the KAIST snapshots kaist_meas/*.npz do) needs no --mask.
 Several ``--meas`` files are captures of one instrument (a scene each): one estimate is fitted to all
 of them jointly (the score is the mean of their held-out errors; ``calibration.json`` lists them under
 ``measurements``, the status tests each capture too); ``--separately`` calibrates each on its own in one
@@ -346,6 +347,49 @@ def instrument_settings(args: argparse.Namespace, files: list[MeasurementFile]) 
     return tuple(chosen)
 
 
+def mask_difference(a, b) -> str:
+    """How two masks (H, W) differ, in a few words ("" when they are equal)."""
+    if tuple(a.shape) != tuple(b.shape):
+        return f"{tuple(a.shape)} vs {tuple(b.shape)}"
+    if (a == b).all():
+        return ""
+    return (f"{int((a != b).sum())} of {a.numel()} pixels differ, by up to {float((a - b).abs().max()):.3g}")
+
+
+def read_mask(args: argparse.Namespace, files: list[MeasurementFile]):
+    """The mask to calibrate with (H, W), where it was read ('file' or "file['key']") and calibration.json's
+    ``settings.mask_source``: ``--mask`` when given (a --meas file that holds another mask under ``--mask-key`` gets
+    a one-line note: a displaced mask is what calibration is for), else the mask the ``--meas`` files hold (the
+    KAIST snapshots: key 'mask'), the same in all that hold one; printed either way. A :class:`UserError` when
+    there is none or the files hold different ones."""
+    import torch
+
+    from data.io import load_mask
+
+    held = [(path, *found) for path, file in zip(args.meas, files) if (found := file.mask(args.mask_key))]
+    if args.mask is not None:
+        mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
+        for _, other, where in held:
+            differs = mask_difference(mask, torch.from_numpy(other))
+            if differs:
+                print(f"note: {where} holds another mask than --mask {args.mask} ({differs}); calibrating with "
+                      "--mask, as handed")
+        key = None if Path(args.mask).suffix.lower() == ".npy" else args.mask_key
+        return mask, args.mask, {"option": "--mask", "path": str(Path(args.mask).resolve()), "key": key}
+    if not held:
+        raise UserError(f"--mask is needed: no --meas file holds a mask under key '{args.mask_key}' (the KAIST "
+                        "snapshots do; --mask-key names another key)")
+    path, first, where = held[0]
+    for _, other, elsewhere in held[1:]:
+        differs = mask_difference(torch.from_numpy(first), torch.from_numpy(other))
+        if differs:
+            raise UserError(f"--meas: {elsewhere} and {where} hold different masks ({differs}); captures of one "
+                            "instrument share one: name it with --mask")
+    print(f"mask {where}, as the --meas file holds it (no --mask given)")
+    return (torch.from_numpy(first), where,
+            {"option": "--meas", "path": str(Path(path).resolve()), "key": args.mask_key})
+
+
 def parse_ranges(items: list[list[str]]):
     """The ``--range NAME LO HI`` options as :class:`calib.ranges.Ranges` (defaults for the others); a
     :class:`UserError` names a bad item."""
@@ -375,7 +419,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     from calib.status import StatusSettings
     from cassi.checks import check_mask
     from cassi.files import OutputFolder, json_text, write_text
-    from data.io import MeasurementFile, load_mask
+    from data.io import MeasurementFile
 
     if args.separately and len(args.meas) < 2:
         raise UserError(f"--separately needs two or more --meas (got one, {args.meas[0]}); a single capture is "
@@ -392,9 +436,9 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
     folder = OutputFolder(args.out, (MARKER, SUMMARY), args.force,     # a joint or a --separately output
                           inputs=(*args.meas, args.mask, args.ckpt))
-    mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
-    check_mask(mask, args.mask)
-    y, warnings = read_captures(args.meas, meas_files, args.meas_key, mask, args.mask, args.bands, args.step,
+    mask, mask_path, mask_source = read_mask(args, meas_files)
+    check_mask(mask, mask_path)
+    y, warnings = read_captures(args.meas, meas_files, args.meas_key, mask, mask_path, args.bands, args.step,
                                 joint=not args.separately)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -417,12 +461,14 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                **({"mask_interpolations": ("linear",)} if args.mask_reading == "linear" else {}),
                                **({"noise_correction": None} if args.no_noise_correction else {}), network=network)
             result.timings["startup_s"] = round(startup, 3)
+            result.settings["mask_source"] = mask_source
             print(summary(result), flush=True)
             if result.status == "failed":
                 failed.append(stem or "the calibration")
             mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
             try:
-                written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths, args.mask)
+                written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths,
+                                        mask_source["path"])
             except FiguresNotWritten as err:
                 written = err.files
                 unwritten += [f"{stem}: {line}" if stem else line for line in err.failures]
@@ -510,8 +556,8 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None, what: str)
                         help="replace an existing --out (as a whole; never one that holds an input)")
 
 
-def _add_mask_key(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mask-key", default="mask", help="key of the mask in a .mat / .npz --mask (default "
+def _add_mask_key(parser: argparse.ArgumentParser, where: str = "") -> None:
+    parser.add_argument("--mask-key", default="mask", help=f"key of the mask in a .mat / .npz --mask{where} (default "
                                                            "%(default)s; not used for .npy)")
 
 
@@ -537,8 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "process (DIR/calibrations.json lists them)")
     cal.add_argument("--meas-key", default=None, help="key of the measurement in a .npz / .mat file (default: y in "
                                                        "an .npz; meas, y or meas_real in a .mat)")
-    cal.add_argument("--mask", required=True, help="nominal mask: .mat / .npz (key mask; or --mask-key) or .npy")
-    _add_mask_key(cal)
+    cal.add_argument("--mask", default=None,
+                     help="nominal mask: .mat / .npz (key mask; or --mask-key) or .npy (default: the mask the --meas "
+                          "file holds under that key, as the KAIST snapshots kaist_meas/*.npz do; needed otherwise; "
+                          "calibration.json: settings.mask_source)")
+    _add_mask_key(cal, " and in the --meas files")
     cal.add_argument("--solver", default="heldout",
                      help="inner solver that decides the estimate: heldout (held-out CG criterion, default), "
                           "gap_tv, or a registered mask-aware network (bisrnet, mst_s, mst_m, mst_l, "

@@ -252,7 +252,11 @@ def load_mask(path: PathLike, key: str | None = "mask", option: str | None = Non
     """
     if Path(path).suffix.lower() == ".npy":
         key = None
-    arr, where = _read_one(path, key, ("mask",), option)
+    return _checked_mask(*_read_one(path, key, ("mask",), option))
+
+
+def _checked_mask(arr: np.ndarray, where: str) -> np.ndarray:
+    """A mask array read from ``where`` as :func:`load_mask` returns it, or the error it raises."""
     _check_ndim(arr, 2, "mask", where)
     mask = _as_float32(arr, where)
     if mask.min() < 0:
@@ -276,7 +280,8 @@ def load_measurement(path: PathLike, key: str | None = None, option: str | None 
 
 class MeasurementFile:
     """One measurement file, read once (when first needed) for all it holds: the snapshot
-    (:func:`load_measurement`) and the whole numbers it records. A missing file or a folder is an error at once."""
+    (:func:`load_measurement`), the whole numbers it records and the mask it may hold (the KAIST snapshots
+    ``kaist_meas/*.npz``: key 'mask'). A missing file or a folder is an error at once."""
 
     def __init__(self, path: PathLike) -> None:
         self.path = _existing(path)
@@ -309,6 +314,14 @@ class MeasurementFile:
                                 f"shape {value.shape}")
             out[key] = int(value)
         return out
+
+    def mask(self, key: str = "mask") -> tuple[np.ndarray, str] | None:
+        """The mask the file holds under ``key`` (.npz / .mat), checked as :func:`load_mask` checks it, and its
+        'file[key]' description; None when it holds none (always for .npy)."""
+        if self.path.suffix.lower() == ".npy" or key not in self.arrays:
+            return None
+        where = f"{self.path}['{key}']"
+        return _checked_mask(self.arrays[key], where), where
 
 
 # --------------------------------------------------------------------------- labels

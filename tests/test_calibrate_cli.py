@@ -201,3 +201,48 @@ def test_each_meas_file_is_read_once(tmp_path, monkeypatch):
     assert (handed["bands"], handed["step"]) == (28, 2)
     for i, name in enumerate(("y1.npz", "y2.npz")):
         np.testing.assert_array_equal(handed["y"][i].numpy(), np.load(tmp_path / name)["y"])
+
+
+def test_the_mask_a_meas_file_holds_is_used_without_mask_and_noted_when_mask_differs(tmp_path, monkeypatch, capsys):
+    """A --meas .npz holding its mask (as the KAIST snapshots do, key 'mask') needs no --mask: calibrate uses it and
+    says so (it refused: "--mask is required", the file's mask ignored); calibration.json settings.mask_source and
+    mask.path name it. With --mask too, a differing file mask is a one-line note and --mask is used, as handed;
+    no mask anywhere, or captures holding different ones, is an error naming the key or both files."""
+    import json
+
+    import calib
+
+    _, mask = write_inputs(tmp_path)
+    calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                    "--dx", "0.3", "--noise-peak", "1e4", "--out", str(tmp_path / "y.npz")])
+    y = np.load(tmp_path / "y.npz")["y"]
+    snapshot, other = tmp_path / "snapshot.npz", tmp_path / "other.npz"
+    np.savez(snapshot, y=y, mask=mask, step=np.int32(2))                       # the KAIST snapshots' keys
+    np.savez(other, y=y * 1.01, mask=1 - mask, step=np.int32(2))
+    quick = ["--model-oversample", "1", "1", "--no-noise-correction", "--no-progress", "--threads", "1"]
+    files = calibrate.main(["--meas", str(snapshot), "--out", str(tmp_path / "own"), *quick])
+    assert f"mask {snapshot}['mask'], as the --meas file holds it (no --mask given)" in capsys.readouterr().out
+    content = json.loads(files["json"].read_text())
+    assert content["settings"]["mask_source"] == {"option": "--meas", "path": str(snapshot.resolve()), "key": "mask"}
+    assert content["mask"]["path"] == str(snapshot.resolve()) and content["mask"]["shape"] == [16, 20]
+
+    handed = {}
+
+    def stand_in(y, mask, **options):
+        handed["mask"] = mask
+        raise Reached
+
+    monkeypatch.setattr(calib, "calibrate", stand_in)
+    with pytest.raises(Reached):
+        calibrate.main(["--meas", str(other), "--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "x")])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"{other}['mask'] holds another mask than --mask" in notes[0], notes
+    assert "320 pixels differ" in notes[0] and "calibrating with --mask, as handed" in notes[0]
+    np.testing.assert_array_equal(handed["mask"].numpy(), mask)
+    with pytest.raises(Reached):                                      # the same mask: nothing to note
+        calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "x")])
+    assert "note:" not in capsys.readouterr().out
+    fails(capsys, ["--meas", str(tmp_path / "y.npz"), "--out", str(tmp_path / "x")],
+          r"--mask is needed: no --meas file holds a mask under key 'mask'")
+    fails(capsys, ["--meas", str(snapshot), str(other), "--out", str(tmp_path / "x")],
+          r"--meas: .*other.npz\['mask'\] and .*snapshot.npz\['mask'\] hold different masks .*name it with --mask")
