@@ -246,6 +246,26 @@ def test_help_offers_only_the_modules_one_can_train(capsys):
     user_error(capsys, lambda: cli(["fit", "--model", "training.CassiModule"]), r"training\.CassiModule .*is abstract")
 
 
+@pytest.mark.parametrize("given, suggested", [
+    (["--model.init_args.lerning_rate", "1e-3"], r"Option 'lerning_rate' is not accepted; did you mean "
+                                                 r"--model\.init_args\.lr\?"),          # the initials of the typo
+    (["--model.los", "l1"], r"Option 'los' is not accepted; did you mean --model\.init_args\.loss\?"),
+    ({"model": {"init_args": {"lerning_rate": 1e-3}}}, r"'lerning_rate' is not accepted; did you mean "
+                                                       r"--model\.init_args\.lr\?"),
+    (["--data.sample_per_epoch", "4"], r"--data\.sample_per_epoch 4; did you mean --data\.samples_per_epoch\?"),
+    ({"data": {"crop_to": 3}}, r"does not accept option 'data\.crop_to'; did you mean --data\.crop_top\?"),
+    (["--model.init_args.zzz", "1"], r"Option 'zzz' is not accepted \(see train\.py fit --help\)"),  # none close
+])
+def test_misspelt_options_and_config_keys_name_the_closest_one(given, suggested, tmp_path, capsys):
+    """Was: a typo in --model.init_args.* or a config key got jsonargparse's error without a suggestion."""
+    if isinstance(given, dict):
+        (tmp_path / "typo.yaml").write_text(yaml.safe_dump(given))
+        given = ["--config", str(tmp_path / "typo.yaml")]
+    line = user_error(capsys, lambda: cli(["fit", "--config", str(CONFIGS / "smoke" / "mst_s.yaml"), *given]),
+                      suggested)
+    assert line.count("did you mean") <= 1
+
+
 # ------------------------------------------------------------------------------------- smoke fits
 @pytest.mark.parametrize("name", ["mst_s", "mst_s_real", "s2_transformer", "crsdun_3stg", "hsra_s", "hsra_dum_3stg",
                                   "bisrnet", "bisrnet_real"])

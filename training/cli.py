@@ -30,8 +30,10 @@
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
+import re
 import os
 import pickle
 import sys
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -83,6 +85,46 @@ def parser_message(text: str) -> str:
     return one_line("\n".join(kept)) if kept else one_line(text)
 
 
+def closest_key(key: str, keys: list[str]) -> str | None:
+    """The one of ``keys`` the typo ``key`` most likely meant: the closest by :func:`difflib.get_close_matches`
+    among the keys of its group (``data.crop_to``: ``data.*``), else the one the typo's initials spell
+    (``learning_rate``: ``lr``), else None."""
+    group, _, name = key.rpartition(".")
+    names = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == group]
+    initials = "".join(part[:1] for part in name.split("_")) if "_" in name else None
+    found = difflib.get_close_matches(name, names, n=1) or [n for n in names if n == initials]
+    if not found:
+        return None
+    return f"{group}.{found[0]}" if group else found[0]
+
+
+def class_keys(class_path: str) -> list[str]:
+    """The init arguments jsonargparse accepts for the class ``class_path`` (a subclass option's choice)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(_import(class_path), "init_args", fail_untyped=False)
+    return [key.removeprefix("init_args.") for key in parser.get_defaults().keys()]
+
+
+def did_you_mean(parser: ArgumentParser, message: str, ex: Exception | None) -> str:
+    """``'; did you mean --data.crop_top?'`` for a parser error about an unknown option or config key
+    (``message``, ``ex``: what jsonargparse hands :meth:`ArgumentParser.error`) close to one the (sub)command
+    takes, else ``''``. Unknown init arguments of a class option (``--model.init_args.lerning_rate``) are
+    compared with those of the class chosen."""
+    if match := re.search(r"Parser key \"([\w.]+)\":.*?Problem with given class_path '([\w.]+)':\s*"
+                          r"Option '(\w+)' is not accepted", message, re.DOTALL):
+        option, class_path, key = match.groups()
+        found = closest_key(key, class_keys(class_path))
+        return f"; did you mean --{option}.init_args.{found}?" if found else ""
+    if match := re.search(r"unrecognized arguments: --([\w.]+)", message):
+        key, keys = match.group(1), parser.get_defaults().keys()
+    elif match := re.search(r"Subcommand '\w+' does not accept option '([\w.]+)'", message):
+        key, keys = match.group(1), getattr(ex, "subcommand_parser", parser).get_defaults().keys()
+    else:
+        return ""
+    found = closest_key(key, list(keys))
+    return f"; did you mean --{found}?" if found else ""
+
+
 class OneLineParser(LightningArgumentParser):
     """Parser whose errors are one line (``train.py fit: error: ... (see train.py fit --help)``) and exit 2,
     instead of the usage text and jsonargparse's nested explanation (``JSONARGPARSE_DEBUG=true`` shows it). Options are
@@ -96,7 +138,8 @@ class OneLineParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
-        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)} (see {prog} --help)\n")
+        hint = did_you_mean(self, message, ex)
+        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)}{hint} (see {prog} --help)\n")
 
 
 class MarkRunErrors(Callback):
