@@ -242,6 +242,11 @@ def test_the_mask_a_meas_file_holds_is_used_without_mask_and_noted_when_mask_dif
     with pytest.raises(Reached):                                      # the same mask: nothing to note
         calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "x")])
     assert "note:" not in capsys.readouterr().out
+    np.save(tmp_path / "small.npy", np.ones((8, 8), np.float32))        # the file's shape first, as the note says
+    with pytest.raises(SystemExit):
+        calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "small.npy"), "--out", str(tmp_path / "x")])
+    assert "holds another mask than --mask " + f"{tmp_path / 'small.npy'} (shape (16, 20) vs (8, 8))" in (
+        capsys.readouterr().out)
     fails(capsys, ["--meas", str(tmp_path / "y.npz"), "--out", str(tmp_path / "x")],
           r"--mask is needed: no --meas file holds a mask under key 'mask'")
     fails(capsys, ["--meas", str(snapshot), str(other), "--out", str(tmp_path / "x")],
