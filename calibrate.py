@@ -625,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
                      metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
-                          "%(default)s): a parameter whose uncertainty (2 sigma) is wider, whose score does not rise "
+                          f"{' '.join(f'{v:g}' for v in CALIBRATION_TOLERANCE.values())}): a parameter whose uncertainty (2 sigma) is wider, whose score does not rise "
                           "beyond its noise at the estimate +- the tolerance, or whose estimate +- the tolerance "
                           "leaves the search range (--range) makes the status 'ambiguous'")
     cal.add_argument("--range", nargs=3, action="append", default=[], metavar=("NAME", "LO", "HI"),
