@@ -111,8 +111,10 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
     """What a ``train.py`` checkpoint records about its training: the module class and hyper-parameters (loss,
     optimiser, schedule, instrument), the datamodule's (data source, crop, batch, held-out scenes), the completed
     epochs and steps (:func:`training_progress`), the validation score of these very weights and the run's best
-    (``ModelCheckpoint`` state), the held-out scene names, the status of the instrument's calibration (an operator
-    file's; None without one or in checkpoints written before) and the W&B run id."""
+    (``ModelCheckpoint`` state: ``monitor``, ``score``, ``best``), every metric of the run's last validation by
+    name and the global step it validated (``metrics``, ``metrics_step``; absent from checkpoints written before),
+    the held-out scene names, the status of the instrument's calibration (an operator file's; None without one or
+    in checkpoints written before) and the W&B run id."""
     hparams = dict(raw.get("hyper_parameters") or {})
     data = dict(raw.get("datamodule_hyper_parameters") or {})
     validation: dict[str, Any] = {"scenes": _plain(raw.get("validation_scenes"))}
@@ -121,6 +123,9 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
             validation.update(monitor=state["monitor"], score=_plain(state.get("current_score")),
                               best=_plain(state.get("best_model_score")))
             break
+    last = raw.get("last_validation")
+    if isinstance(last, Mapping):                    # absent in checkpoints written before train.py kept it
+        validation.update(metrics=_plain(last.get("metrics")), metrics_step=last.get("global_step"))
     return {"module": hparams.get("_class_path"),
             "hyper_parameters": _plain({k: v for k, v in hparams.items() if not k.startswith("_")}),
             "data": _plain({k: v for k, v in data.items() if not k.startswith("_")}),

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from cli_checks import user_error
-from models.checkpoints import training_progress
+from models.checkpoints import load_lightning_checkpoint, training_progress
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
 
@@ -238,6 +238,19 @@ def test_checkpoint_names_count_complete_epochs_and_name_only_a_monitored_metric
     assert re.fullmatch(r"best-epoch001-psnr\d+\.\d\d\.ckpt", best) and last == "last.ckpt"
     run("fit", MST, tmp_path, *FIT, "--checkpoint.monitor", "null")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["epoch002-step2.ckpt", "last.ckpt"]
+
+
+def test_checkpoints_record_every_metric_of_the_last_validation_and_the_step_it_validated(max_steps_run):
+    """Was: a checkpoint, and so the release exported from it, recorded only the monitored val/psnr."""
+    folder = max_steps_run[0] / "checkpoints"
+    best = next(folder.glob("best-*.ckpt"))
+    for path, global_step in ((best, 2), (folder / "last.ckpt", 3)):       # validated after epoch 1 (step 2)
+        loaded = load_lightning_checkpoint(path).training
+        validation = loaded["validation"]
+        assert sorted(validation["metrics"]) == ["val/loss", "val/psnr", "val/sam", "val/ssim"], path
+        assert validation["metrics_step"] == 2 and loaded["global_step"] == global_step
+        assert validation["monitor"] == "val/psnr"
+    assert validation["metrics"]["val/psnr"] == pytest.approx(validation["best"])
 
 
 def test_end_of_run_summary_counts_complete_epochs_as_the_model_card(max_steps_run):

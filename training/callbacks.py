@@ -314,13 +314,17 @@ class RunSummary(pl.Callback):
         print(summary_text(trainer, self.args))
 
 
+def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The last validation's metrics (``val/loss``, ``val/psnr``, ...; CRSDUN's ``val/miou``) by name, sorted."""
+    return {key: float(value) for key, value in sorted(trainer.callback_metrics.items()) if key.startswith("val/")}
+
+
 def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
     """Where the results of a finished ``fit`` are, after how far it trained (:func:`cassi.progress.fit_progress`),
     and how to resume it (:func:`resume_command`)."""
     progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
     lines = [f"Training finished after {progress_text(progress)}."]
-    validation = {key: float(value) for key, value in sorted(trainer.callback_metrics.items())
-                  if key.startswith("val/")}
+    validation = validation_metrics(trainer)
     if validation:
         lines.append("  last validation: " + ", ".join(f"{key} {value:.4g}" for key, value in validation.items()))
     checkpoint = trainer.checkpoint_callback

@@ -47,6 +47,7 @@ from cassi.operator_file import status_text
 from models import create_model
 from models.joint_loss import CRSDUNLoss
 from training.acceleration import enable_activation_checkpointing, to_channels_last
+from training.callbacks import validation_metrics
 from training.objectives import OBJECTIVES, build_objective
 from training.simulation import Instrument, derived_seed
 
@@ -107,6 +108,8 @@ class CassiModule(pl.LightningModule, ABC):
         self.val_samples: list[dict[str, Any]] = []
         self.test_rows: list[dict[str, Any]] = []
         self.test_results: dict[str, Any] | None = None
+        # the last validation of the run: {"global_step": S, "metrics": {name: value}} (kept in checkpoints)
+        self.last_validation: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -156,10 +159,18 @@ class CassiModule(pl.LightningModule, ABC):
             print(f"calibration status of {self.hparams.operator}: {status_text(self.instrument.calibration)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints name their held-out validation scenes and the status of the instrument's calibration (for
-        release model cards)."""
+        """Checkpoints name their held-out validation scenes, the status of the instrument's calibration and the
+        run's last validation (its global step and every ``val/*`` metric by name), for release model cards."""
         checkpoint["validation_scenes"] = list(self.scene_names)
         checkpoint["operator_calibration"] = self.instrument.calibration
+        metrics = validation_metrics(self.trainer)
+        if metrics and self.last_validation is not None:
+            self.last_validation["metrics"] = metrics
+        checkpoint["last_validation"] = self.last_validation
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run keeps the last validation of the run it continues until it validates itself."""
+        self.last_validation = checkpoint.get("last_validation")
 
     # ------------------------------------------------------------------------------------- steps
     def forward(self, y: Tensor, op: CassiOperator) -> Any:
@@ -227,6 +238,8 @@ class CassiModule(pl.LightningModule, ABC):
         self._log_metrics("val", self.val_metrics, prog_bar=True)
         for name, metrics in zip(self.scene_names, self.scene_metrics):
             self._log_metrics(f"val_scene/{name}", metrics)
+        if not self.trainer.sanity_checking:          # its metrics are read when a checkpoint is saved
+            self.last_validation = {"global_step": self.global_step}
 
     def _log_metrics(self, prefix: str, metrics: ReconstructionMetrics, prog_bar: bool = False) -> None:
         with warnings.catch_warnings():  # under DDP a rank may hold no crop of some scene; the sums are synced
