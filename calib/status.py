@@ -51,7 +51,8 @@ the criterion's noise and its prior sensitivity in quadrature) exceed ``toleranc
 vouches for (default :data:`cassi.tolerance.CALIBRATION_TOLERANCE`) -- is not pinned to it. The uncertainty
 reads that off a quadratic model of the criterion; the *tolerance test* asks the criterion itself: the score
 at the estimate +- the tolerance along each parameter must rise by more than the noise at both ends
-(:func:`tolerance_test`; 11 scores in the refinement setting). A bias neither sees (a forward model that
+(:func:`tolerance_test`; 11 scores in the refinement setting), each end probed at the full tolerance (one that
+the search range cuts short vouches for nothing). A bias neither sees (a forward model that
 lacks something, a landscape whose minimum is off) can still put an "ok" estimate outside the tolerance:
 an "ok" says the criterion resolves the tolerance, not that the estimate is within it.
 
