@@ -385,7 +385,9 @@ def read_mask(args: argparse.Namespace, files: list[MeasurementFile]):
         if differs:
             raise UserError(f"--meas: {elsewhere} and {where} hold different masks ({differs}); captures of one "
                             "instrument share one: name it with --mask")
-    print(f"mask {where}, as the --meas file holds it (no --mask given)")
+    count = f"{len(held)} of {len(args.meas)}"
+    shared = "" if len(args.meas) == 1 else f"; the same in the {count} --meas files holding one"
+    print(f"mask {where}, as the --meas file holds it (no --mask given{shared})")
     return (torch.from_numpy(first), where,
             {"option": "--meas", "path": str(Path(path).resolve()), "key": args.mask_key})
 
@@ -625,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
                      metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "
-                          f"{' '.join(f'{v:g}' for v in CALIBRATION_TOLERANCE.values())}): a parameter whose uncertainty (2 sigma) is wider, whose score does not rise "
+                          f"{' '.join(f'{v:g}' for v in CALIBRATION_TOLERANCE.values())}): a parameter whose "
+                          "uncertainty (2 sigma) is wider, whose score does not rise "
                           "beyond its noise at the estimate +- the tolerance, or whose estimate +- the tolerance "
                           "leaves the search range (--range) makes the status 'ambiguous'")
     cal.add_argument("--range", nargs=3, action="append", default=[], metavar=("NAME", "LO", "HI"),

@@ -249,6 +249,14 @@ def test_the_mask_a_meas_file_holds_is_used_without_mask_and_noted_when_mask_dif
         calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "small.npy"), "--out", str(tmp_path / "x")])
     assert "holds another mask than --mask " + f"{tmp_path / 'small.npy'} (shape (16, 20) vs (8, 8))" in (
         capsys.readouterr().out)
+    twin, bare = tmp_path / "twin.npz", tmp_path / "bare.npz"
+    np.savez(twin, y=y * 0.99, mask=mask, step=np.int32(2))
+    np.savez(bare, y=y * 0.98)
+    with pytest.raises(Reached):          # several captures: the mask they share, and how many hold it
+        calibrate.main(["--meas", str(snapshot), str(twin), str(bare), "--out", str(tmp_path / "x")])
+    assert (f"mask {snapshot}['mask'], as the --meas file holds it (no --mask given; the same in the 2 of 3 --meas "
+            "files holding one)") in capsys.readouterr().out
+    np.testing.assert_array_equal(handed["mask"].numpy(), mask)
     fails(capsys, ["--meas", str(tmp_path / "y.npz"), "--out", str(tmp_path / "x")],
           r"--mask is needed: no --meas file holds a mask under key 'mask'")
     fails(capsys, ["--meas", str(snapshot), str(other), "--out", str(tmp_path / "x")],
