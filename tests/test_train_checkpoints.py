@@ -189,6 +189,33 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_an_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run, tmp_path, capsys):
+    """Was: --ckpt_path best / hpc skipped the checks; a new process then stopped with Lightning's traceback (exit 1)
+    once the data were loaded ('ModelCheckpoint is not configured to save the best model', 'no HPC checkpoint')."""
+    root, folder = tmp_path / "moved", tmp_path / "moved" / "checkpoints"
+    shutil.copytree(mst_run[0] / "checkpoints", folder)        # the recorded best path is looked up here too
+    (mst_best,) = (mst_run[0] / "checkpoints").glob("best-*.ckpt")
+    refused(capsys, lambda: run("test", HSRA, root, *TEST, "--ckpt_path", "best"),
+            rf"--ckpt_path {re.escape(str(mst_best))} holds another model than this command asks for: "
+            r"--model.init_args.model_name: asked hsra_s")
+    os.remove(mst_best)
+    capsys.readouterr()
+    tested = run("test", MST, root, *TEST, "--ckpt_path", "best")
+    assert tested.trainer.ckpt_path == str(folder / mst_best.name)
+    assert f"weights of {folder / mst_best.name}" in capsys.readouterr().out
+    os.remove(folder / mst_best.name)
+    refused(capsys, lambda: run("test", MST, root, *TEST, "--ckpt_path", "best"),
+            rf"--ckpt_path best: the run's last checkpoint {re.escape(str(folder / 'last.ckpt'))} names "
+            rf"{re.escape(str(mst_best))}, which is not there")
+    # hpc: Lightning's hpc_ckpt_<N>.ckpt of the largest N in the run folder
+    refused(capsys, lambda: run("fit", MST, root, *FIT, "--ckpt_path", "hpc"),
+            rf"--ckpt_path hpc: no hpc_ckpt_<N>.ckpt in {re.escape(str(root))} ")
+    shutil.copy(folder / "last.ckpt", root / "hpc_ckpt_10.ckpt")
+    (root / "hpc_ckpt_9.ckpt").write_text("not a checkpoint")
+    refused(capsys, lambda: run("fit", HSRA, root, *FIT, "--ckpt_path", "hpc"),
+            rf"--ckpt_path {re.escape(str(root / 'hpc_ckpt_10.ckpt'))} holds another model")
+
+
 def test_new_fit_into_a_folder_with_checkpoints_is_refused(mst_run, tmp_path, capsys):
     """Was: a second fit without --ckpt_path wrote last-v1.ckpt beside the earlier run's last.ckpt."""
     folder = tmp_path / "old" / "checkpoints"

@@ -320,6 +320,44 @@ def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
                     "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
 
 
+def best_checkpoint(dirpath: str | None) -> Path | None:
+    """The file ``--ckpt_path best`` stands for: the best checkpoint of the run in the checkpoint folder, as its
+    newest ``last*.ckpt`` records it (``ModelCheckpoint``'s ``best_model_path``; looked up in that folder when the
+    run folder has moved). None for a remote folder (Lightning looks itself). Lightning knows the best checkpoint only
+    in the process that trained it: a new ``train.py`` stopped with its traceback once the data were loaded."""
+    if dirpath is None or "://" in str(dirpath):
+        return None
+    last = resolve_checkpoint("last", dirpath)
+    if last is None:
+        raise UserError(f"--ckpt_path best: no last checkpoint (last.ckpt) in {dirpath} to tell which checkpoint of "
+                        "the run is the best; pass the folder of the run with --trainer.default_root_dir RUN_FOLDER, "
+                        "or a checkpoint file with --ckpt_path FILE")
+    checkpoint = check_resume_checkpoint(last) or {}
+    recorded = [state.get("best_model_path") for key, state in (checkpoint.get("callbacks") or {}).items()
+                if str(key).startswith("ModelCheckpoint") and isinstance(state, Mapping)]
+    for best in filter(None, recorded):
+        for path in (Path(best), Path(dirpath) / Path(best).name):
+            if path.is_file():
+                return path
+    held = f"names {', '.join(filter(None, recorded))}, which is not there" if any(recorded) else "names none"
+    raise UserError(f"--ckpt_path best: the run's last checkpoint {last} {held} as its best (a run with "
+                    "--checkpoint.monitor null keeps none); pass a checkpoint file with --ckpt_path FILE")
+
+
+def hpc_checkpoint(default_root_dir: str) -> Path | None:
+    """The file ``--ckpt_path hpc`` stands for, as Lightning finds it: the ``hpc_ckpt_<N>.ckpt`` of the largest N in
+    the run folder (written when SLURM stops a job). None for a remote folder (Lightning looks itself)."""
+    if "://" in str(default_root_dir):
+        return None
+    found = {int(path.stem.removeprefix("hpc_ckpt_")): path for path in Path(default_root_dir).glob("hpc_ckpt_*.ckpt")
+             if path.stem.removeprefix("hpc_ckpt_").isdigit()}
+    if not found:
+        raise UserError(f"--ckpt_path hpc: no hpc_ckpt_<N>.ckpt in {default_root_dir} (Lightning writes them into the "
+                        "run folder when SLURM stops a job); pass the run folder with --trainer.default_root_dir "
+                        "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
+    return found[max(found)]
+
+
 def check_new_run(dirpath: str, default_root_dir: str) -> None:
     """Before ``fit`` without ``--ckpt_path``: the checkpoint folder holds no checkpoint of an earlier run (Lightning
     would write ``last-v1.ckpt`` beside its ``last.ckpt``), unless Lightning resumes that run itself (a SLURM
@@ -501,14 +539,22 @@ class CassiCLI(LightningCLI):
 
     def _check_checkpoint(self, config: Namespace) -> None:
         """Before anything is built: ``--ckpt_path`` names a Lightning checkpoint (``last``: one exists in the
-        checkpoint folder) of the model this command asks for."""
+        checkpoint folder) of the model this command asks for. ``best`` and ``hpc`` are replaced by the file they
+        stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as any other."""
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
+        resolved = None
+        if str(ckpt_path) == "best":
+            resolved = best_checkpoint(config.checkpoint.dirpath)
+        elif str(ckpt_path) == "hpc":
+            resolved = hpc_checkpoint(config.trainer.default_root_dir)
+        if resolved is not None:                     # Lightning loads the very file checked here
+            ckpt_path = config.ckpt_path = str(resolved)
         checkpoint = check_resume_checkpoint(ckpt_path)
         if str(ckpt_path) == "last":
             path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
-        else:                                        # best / hpc / registry: None; a remote file: Lightning's
+        else:                                        # registry, remote best / hpc: None; a remote file: Lightning's
             path = None if "://" in str(ckpt_path) else resolve_checkpoint(str(ckpt_path), None)
         if path is None:
             return
