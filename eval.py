@@ -266,7 +266,8 @@ def run_kaist(args) -> None:
         scenes, mask, info = load_data(spec, method)
         calibrator = None
         if "III" in setup.scenarios:
-            calibrator = make_calibrator(calibration, mask, bands=scenes[0].cube.shape[0], step=setup.step)
+            calibrator = make_calibrator(calibration, mask, bands=scenes[0].cube.shape[0], step=setup.step,
+                                         progress=sys.stderr.isatty())     # bars on a terminal only, as eval.py's
             if hasattr(calibrator, "require"):              # one saved calibration per scene
                 calibrator.require([scene.name for scene in scenes])
         results = evaluate_kaist(method, scenes, mask, info, setup, staging, calibrator, args.previews)

@@ -331,7 +331,8 @@ class CalibratePerScene:
     (``forward_models``: {"oversample": [N, K], "mask_interpolation": ...}, with ``code_frame`` where the handed mask
     was read as a resampled binary code), by scene; such a scene's forward model reads the recovered code at the
     estimate in its frame (``model_frames``: what calibrate.py's operator.npz holds,
-    :func:`calib.handed_mask.model_frame`)."""
+    :func:`calib.handed_mask.model_frame`). ``progress``: ``calib.calibrate``'s stage bars (eval.py: on a terminal
+    only)."""
 
     solver: str = "heldout"
     ckpt: str | None = None
@@ -341,6 +342,7 @@ class CalibratePerScene:
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     forward_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_frames: dict[str, tuple[Tensor, Mismatch]] = field(default_factory=dict)
+    progress: bool = True
     oversample: ClassVar[None] = None       # chosen per scene
     mask_interpolation: ClassVar[str] = PER_SCENE
 
@@ -353,7 +355,7 @@ class CalibratePerScene:
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         calibrate = calibrate_function()
         result = calibrate(y[0], mask, solver=self.solver, ckpt=self.ckpt, bands=self.bands, step=self.step,
-                           **{"solver_check": False, **self.options})
+                           progress=self.progress, **{"solver_check": False, **self.options})
         self.statuses[scene] = calibration_status(result.status, result.reasons)
         return self.record_model(result, mask, scene)
 
@@ -386,12 +388,12 @@ def calibrate_function():
 
 
 def make_calibrator(saved: SavedCalibration | None, mask: Tensor, solver: str = "heldout", ckpt: str | None = None,
-                    bands: int = 28, step: int = 2, **options: Any):
+                    bands: int = 28, step: int = 2, progress: bool = True, **options: Any):
     """The calibration source for scenario III: the ``saved`` calibration (:func:`read_saved`), checked against the
-    evaluation's mask, bands and step, else ``calib.calibrate`` per scene."""
+    evaluation's mask, bands and step, else ``calib.calibrate`` per scene (its stage bars drawn if ``progress``)."""
     if saved is None:
         calibrate_function()
-        return CalibratePerScene(solver, ckpt, bands, step, options)
+        return CalibratePerScene(solver, ckpt, bands, step, options, progress=progress)
     if saved.record is not None:
         return from_operator_record(saved.record, saved.path, mask, bands, step)
     return from_calibration_contents(saved.contents, saved.path, mask)

@@ -387,6 +387,25 @@ def test_scenario_iii_calibrated_per_scene_reports_each_status_and_the_truth(tmp
     assert (calls[0]["bands"], calls[0]["step"]) == (3, 1)          # were dropped: 28 bands, step 2 always
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_scenario_iii_calibration_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch, terminal):
+    """Scenario III's per-scene calib.calibrate draws its stage bars only when stderr is a terminal, as eval.py's own
+    bars and calibrate.py's (a log file got every stage's carriage-return updates)."""
+    from calib.result import CalibrationResult
+
+    def calibrate(y, mask, **options):
+        calls.append(options)
+        return CalibrationResult(XI, 0.0, 0.0, "ok", [], [], {}, {"oversample": [1, 1], "mask_interpolation": "linear"})
+
+    calls = []
+    monkeypatch.setattr("calib.calibrate", calibrate)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert run_cli("kaist", "--synthetic.count", 1, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "III",
+                   "--previews", 0, "--out", tmp_path / "run") == 0
+    assert [c["progress"] for c in calls] == [terminal]
+    assert "progress" not in read_results(tmp_path / "run")["calibration"]["method"]
+
+
 def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(tmp_path, capsys, monkeypatch):
     """A per-scene calibration that "failed" does not explain the measurement: its estimate is not reported, its scene
     is not reconstructed in III (it was, through that estimate), III's means and comparisons are over the other
