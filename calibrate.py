@@ -353,29 +353,34 @@ def mask_difference(a, b) -> str:
         return f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
     if (a == b).all():
         return ""
-    return (f"{int((a != b).sum())} of {a.numel()} pixels differ, by up to {float((a - b).abs().max()):.3g}")
+    return f"{int((a != b).sum())} of {a.numel()} pixels differ, by up to {float((a - b).abs().max()):.3g}"
 
 
 def read_mask(args: argparse.Namespace, files: list[MeasurementFile]):
     """The mask to calibrate with (H, W), where it was read ('file' or "file['key']") and calibration.json's
-    ``settings.mask_source``: ``--mask`` when given (a --meas file that holds another mask under ``--mask-key`` gets
-    a one-line note: a displaced mask is what calibration is for), else the mask the ``--meas`` files hold (the
-    KAIST snapshots: key 'mask'), the same in all that hold one; printed either way. A :class:`UserError` when
-    there is none or the files hold different ones."""
+    ``settings.mask_source``: ``--mask`` when given (a --meas file that holds another mask under ``--mask-key``, or
+    an array there that is no mask, gets a one-line note: a displaced mask is what calibration is for), else the
+    mask the ``--meas`` files hold (the KAIST snapshots: key 'mask'), the same in all that hold one; printed either
+    way. A :class:`UserError` when there is none or the files hold different ones."""
     import torch
 
     from data.io import load_mask
 
-    held = [(path, *found) for path, file in zip(args.meas, files) if (found := file.mask(args.mask_key))]
     if args.mask is not None:
         mask = torch.from_numpy(load_mask(args.mask, args.mask_key, "--mask-key"))
-        for _, other, where in held:
-            differs = mask_difference(torch.from_numpy(other), mask)
+        for file in files:
+            try:
+                found = file.mask(args.mask_key)
+            except (ValueError, UserError) as err:       # --mask is used anyway: the file's array only gets a note
+                print(f"note: {one_line(err)}: not read as a mask; calibrating with --mask, as handed")
+                continue
+            differs = found and mask_difference(torch.from_numpy(found[0]), mask)
             if differs:
-                print(f"note: {where} holds another mask than --mask {args.mask} ({differs}); calibrating with "
+                print(f"note: {found[1]} holds another mask than --mask {args.mask} ({differs}); calibrating with "
                       "--mask, as handed")
         key = None if Path(args.mask).suffix.lower() == ".npy" else args.mask_key
         return mask, args.mask, {"option": "--mask", "path": str(Path(args.mask).resolve()), "key": key}
+    held = [(path, *found) for path, file in zip(args.meas, files) if (found := file.mask(args.mask_key))]
     if not held:
         raise UserError(f"--mask is needed: no --meas file holds a mask under key '{args.mask_key}' (the KAIST "
                         "snapshots do; --mask-key names another key)")

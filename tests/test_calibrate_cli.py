@@ -244,6 +244,12 @@ def test_the_mask_a_meas_file_holds_is_used_without_mask_and_noted_when_mask_dif
     with pytest.raises(Reached):                                      # the same mask: nothing to note
         calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "x")])
     assert "note:" not in capsys.readouterr().out
+    cube = tmp_path / "cube3d.npz"                       # an array under 'mask' that is no mask: --mask decides
+    np.savez(cube, y=y, mask=np.ones((2, 16, 20), np.float32))
+    with pytest.raises(Reached):
+        calibrate.main(["--meas", str(cube), "--mask", str(tmp_path / "mask.mat"), "--out", str(tmp_path / "x")])
+    assert (f"note: {cube}['mask']: expected a 2-D mask, got shape (2, 16, 20): not read as a mask; calibrating with "
+            "--mask, as handed") in capsys.readouterr().out
     np.save(tmp_path / "small.npy", np.ones((8, 8), np.float32))        # the file's shape first, as the note says
     with pytest.raises(SystemExit):
         calibrate.main(["--meas", str(snapshot), "--mask", str(tmp_path / "small.npy"), "--out", str(tmp_path / "x")])
