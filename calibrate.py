@@ -68,6 +68,8 @@ from cassi.errors import (EXIT_CALIBRATION_FAILED, EXIT_FAILED, EXIT_OK, CliPars
 from cassi.tolerance import CALIBRATION_TOLERANCE  # noqa: E402
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from data.io import MeasurementFile
 
 # torch, numpy and the rest of the project are imported by the commands that use them, so --help and
@@ -347,7 +349,7 @@ def instrument_settings(args: argparse.Namespace, files: list[MeasurementFile]) 
     return tuple(chosen)
 
 
-def mask_difference(a, b) -> str:
+def mask_difference(a: Tensor, b: Tensor) -> str:
     """How mask ``a`` (H, W) differs from ``b``, in a few words ("" when they are equal)."""
     if tuple(a.shape) != tuple(b.shape):
         return f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
@@ -356,12 +358,12 @@ def mask_difference(a, b) -> str:
     return f"{int((a != b).sum())} of {a.numel()} pixels differ, by up to {float((a - b).abs().max()):.3g}"
 
 
-def read_mask(args: argparse.Namespace, files: list[MeasurementFile]):
+def read_mask(args: argparse.Namespace, files: list[MeasurementFile]) -> tuple[Tensor, str, dict]:
     """The mask to calibrate with (H, W), where it was read ('file' or "file['key']") and calibration.json's
     ``settings.mask_source``: ``--mask`` when given (a --meas file that holds another mask under ``--mask-key``, or
     an array there that is no mask, gets a one-line note: a displaced mask is what calibration is for), else the
-    mask the ``--meas`` files hold (the KAIST snapshots: key 'mask'), the same in all that hold one; printed either
-    way. A :class:`UserError` when there is none or the files hold different ones."""
+    mask the ``--meas`` files hold (the KAIST snapshots: key 'mask'), the same in all that hold one, which is
+    printed. A :class:`UserError` when there is none or the files hold different ones."""
     import torch
 
     from data.io import load_mask
