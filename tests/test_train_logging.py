@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,6 +136,18 @@ def test_wandb_logger_does_not_pass_the_anonymous_setting(tmp_path):
     from training.loggers import CassiWandbLogger
     assert "anonymous" not in CassiWandbLogger(save_dir=str(tmp_path), offline=True)._wandb_init
     assert CassiWandbLogger(save_dir=str(tmp_path), offline=True, anonymous=True)._wandb_init["anonymous"] == "allow"
+
+
+def test_wandb_run_in_a_new_run_folder_outside_git_does_not_warn_of_a_git_root(tmp_path):
+    """Was: 'wandb: WARNING git root <run folder> does not exist' at the start of every run into a new folder.
+    A fresh process: wandb keeps its settings (WANDB_SILENT of other tests) for the life of one."""
+    code = ("import wandb; from training.loggers import CassiWandbLogger; "
+            f"print(CassiWandbLogger(save_dir={str(tmp_path / 'run')!r}, offline=True).experiment.dir); wandb.finish()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)                            # cwd: not in a git repository
+    assert done.returncode == 0 and done.stdout.startswith(str(tmp_path / "run" / "wandb")), done.stderr
+    assert "Tracking run with wandb" in done.stderr and "git root" not in done.stderr, done.stderr
 
 
 def test_tensorboard_logger_is_selectable(tmp_path):

@@ -48,6 +48,15 @@ class CassiWandbLogger(WandbLogger):
         if self._wandb_init.get("anonymous") is None:   # Lightning's default; wandb warns that it has no effect
             self._wandb_init.pop("anonymous", None)
 
+    @property
+    def experiment(self) -> Any:
+        """The W&B run, started on first use in the run folder, which is made first: wandb looks there for a git
+        repository as it starts, and warned 'git root <run folder> does not exist' of a folder it was about to make.
+        (The code's commit is in the run's config either way: :class:`training.callbacks.RunConfig`.)"""
+        if self.save_dir and "://" not in self.save_dir:
+            os.makedirs(self.save_dir, exist_ok=True)
+        return super().experiment
+
 
 def log_image_file(logger: Logger, key: str, path: Path, step: int, caption: str | None = None) -> None:
     """Send a PNG that is already saved in the run folder to ``logger`` (W&B media or a TensorBoard image).
