@@ -202,14 +202,9 @@ def score_meaning(solver: str) -> str:
     return "squared relative held-out prediction error"
 
 
-def format_mismatch(mismatch) -> str:
-    """``dx=..., dy=..., theta=..., a1=..., alpha=...`` to 4 decimals, as the terminal shows an estimate."""
-    return ", ".join(f"{k}={v:.4f}" for k, v in mismatch.to_dict().items())
-
-
 def summary(result) -> str:
     """A few lines for the terminal: estimate, status, blind residual before / after, time."""
-    est = format_mismatch(result.estimate)
+    est = result.estimate.text()
     captures = result.settings.get("captures", 1)
     joint = f"   (one instrument, {captures} captures jointly)" if captures > 1 else ""
     lines = [f"estimate: {est}   (dx, dy px; theta, alpha deg; a1 px/band){joint}",
@@ -519,7 +514,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         mask = synthetic_mask(args.size, args.size, seed=args.seed)
         noise = Noise(peak=1e4, read=0.005, seed=args.seed)
         y = noise.apply(simulate_measurement(scene.cube[None], mask, truth, 2, 4, 2), 0)
-        print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {format_mismatch(truth)}")
+        print(f"demo: {args.size}x{args.size} synthetic scene, random binary mask, injected {truth.text()}")
         result = calibrate(y[0], mask, progress=show_progress(args), device=device)
         print(summary(result))
         est, tru = result.estimate.to_dict(), truth.to_dict()

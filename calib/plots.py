@@ -98,8 +98,7 @@ def plot_landscape(result: CalibrationResult, path: str | Path) -> Path:
         ax.legend(fontsize=7)
         ax.set_title("slices through the estimate (search setting)", fontsize=9)
     plot_stages(result, ax=axes[1, 2])
-    fig.suptitle(f"calibration: {', '.join(f'{n}={v:.4g}' for n, v in est.items())}  status: {result.status}",
-                 fontsize=10)
+    fig.suptitle(f"calibration: {result.estimate.text()}  status: {result.status}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

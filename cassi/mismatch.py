@@ -37,6 +37,10 @@ class Mismatch:
         """Plain floats, for JSON."""
         return {k: float(v) for k, v in asdict(self).items()}
 
+    def text(self) -> str:
+        """``dx=..., dy=..., theta=..., a1=..., alpha=...`` to 4 decimals, as the terminal and figures show it."""
+        return ", ".join(f"{k}={v:.4f}" for k, v in self.to_dict().items())
+
     def requires_grad(self) -> bool:
         return any(isinstance(getattr(self, f.name), Tensor) and getattr(self, f.name).requires_grad
                    for f in fields(self))

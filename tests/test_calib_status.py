@@ -84,6 +84,17 @@ def test_landscape_slices_rise_zero_at_the_estimate(correct):
         np.testing.assert_allclose(curve["rise"], stored, rtol=1e-6, atol=1e-9)
 
 
+def test_the_landscape_title_gives_the_estimate_as_the_terminal_does(correct, monkeypatch, tmp_path):
+    """4 decimals per parameter, as calibrate.py prints it (the title gave 4 significant figures: dy=-0.0001947)."""
+    import calib.plots
+
+    titles = []
+    monkeypatch.setattr(calib.plots, "_save", lambda fig, path: titles.append(fig.get_suptitle()))
+    calib.plots.plot_landscape(correct, tmp_path / "landscape.png")
+    assert titles == [f"calibration: {correct.estimate.text()}  status: {correct.status}"]
+    assert Mismatch(dy=-0.0001947).text() == "dx=0.0000, dy=-0.0002, theta=0.0000, a1=2.0000, alpha=0.0000"
+
+
 def test_the_stage_plot_names_each_point_s_criterion(correct):
     """stages.png mixes criteria: each point is labelled with its own, the nominal point with the
     refinement setting's (the held-out solver), the search stages and "3 status" with the search setting's."""
