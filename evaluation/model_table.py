@@ -5,8 +5,9 @@ set to the table's size, as published at 256) or its registered defaults, fed a 
 ``size`` x ``size`` random scene through the nominal operator with a random binary mask, and measured:
 
 * FLOPs: fvcore total (one per multiply-accumulate of conv / linear / matmul / einsum) of
-  ``reconstruction(model(**prepare_inputs(y, op)))``; printed in G = 1e9 and in G = 2**30 (the MST
-  toolbox's ``my_summary`` divides by 2**30; papers are not consistent about which one they print);
+  ``model(**prepare_inputs(y, op))``, every output the network computes (CRSDUN's segmentation too); printed in
+  G = 1e9 and in G = 2**30 (the MST toolbox's ``my_summary`` divides by 2**30; papers are not consistent about which
+  one they print);
 * time: median wall-clock seconds of that call over ``repeats`` runs after one warm-up, batch 1, no grad.
 """
 from __future__ import annotations
@@ -25,15 +26,17 @@ from models.flops import PAPER_FIGURES, count_flops, count_parameters
 from models.registry import create_model, get_entry, list_models
 
 
-class _Reconstruct(nn.Module):
-    """The whole measurement-to-cube call as one traceable module (fvcore needs tensor inputs)."""
+class _Forward(nn.Module):
+    """The whole measurement-to-output call as one traceable module (fvcore needs tensor inputs). It returns every
+    output: fvcore's trace drops what no output depends on (CRSDUN's segmentation head, when only the cube was
+    returned)."""
 
     def __init__(self, model: nn.Module, op: CassiOperator) -> None:
         super().__init__()
         self.model, self.op = model, op
 
     def forward(self, y: Tensor) -> Tensor:
-        return self.model.reconstruction(self.model(**self.model.prepare_inputs(y, self.op)))
+        return self.model(**self.model.prepare_inputs(y, self.op))
 
 
 def table_kwargs(name: str, size: int) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def measure_model(name: str, size: int = 256, repeats: int = 3, timing: bool = T
     mask = (torch.rand(size, size, generator=generator) > 0.5).float()
     op = CassiOperator(mask)
     y = op(torch.rand(1, op.bands, size, size, generator=generator))
-    call = _Reconstruct(model, op).eval()
+    call = _Forward(model, op).eval()
     try:
         with torch.no_grad():
             row["flops"] = count_flops(call, {"y": y})     # the trace also warms up the timing
