@@ -1,4 +1,7 @@
 """Built-in synthetic scenes: deterministic, in range, labelled, smooth spectra, varied."""
+import hashlib
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -103,3 +106,22 @@ def test_bad_arguments():
         synthetic_scene(16, 16, n_classes=0)
     with pytest.raises(ValueError, match="scene size"):
         synthetic_scene(0, 16)
+
+
+def test_scenes_are_the_same_as_before_at_less_than_half_the_peak_memory():
+    """A 512² scene (CRSDUN's synthetic recipe builds 42 at setup) was built pixel-major with several float64
+    (H, W, L) temporaries (peak 3.4x its float64 cube; 0.34 s per scene) and every shape over the whole image; now
+    band-major in place and each shape in its window (peak 1.9x; 0.11 s), with bit-identical cubes and labels
+    (hashes of scenes made before)."""
+    for seed, cube_hash, labels_hash in (((0, 1), "fd4dd2b8bdf19238", "ee357e4c59a9a16f"),
+                                          ((3, 40), "fc62bb9061d5ec41", "f3e90b9135d9a898")):
+        cube, labels = synthetic_scene(512, 384, 28, seed, 6)
+        assert hashlib.sha256(cube.tobytes()).hexdigest()[:16] == cube_hash and cube.flags.c_contiguous
+        assert hashlib.sha256(labels.tobytes()).hexdigest()[:16] == labels_hash
+    tracemalloc.start()
+    try:
+        synthetic_scene(512, 512, 28, (0, 1), 6)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.25 * 512 * 512 * 28 * 8
