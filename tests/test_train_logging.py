@@ -150,6 +150,26 @@ def test_wandb_run_in_a_new_run_folder_outside_git_does_not_warn_of_a_git_root(t
     assert "Tracking run with wandb" in done.stderr and "git root" not in done.stderr, done.stderr
 
 
+def test_run_config_file_is_uploaded_without_a_link_warning(tmp_path):
+    """Was: 'wandb: WARNING Symlinked 1 file into the W&B run directory; call wandb.save again to sync new files' at
+    the start of every run (the configuration file, written once). A fresh process, as above."""
+    (tmp_path / "fit.yaml").write_text("model: mst_s\n")
+    code = ("import wandb; from pathlib import Path; from training.loggers import CassiWandbLogger, log_run_config; "
+            f"logger = CassiWandbLogger(save_dir={str(tmp_path / 'run')!r}, offline=True); "
+            f"log_run_config(logger, {{'seed': 1}}, Path({str(tmp_path / 'fit.yaml')!r})); "
+            "print(logger.experiment.dir); wandb.finish()")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "Tracking run with wandb" in done.stderr, done.stderr
+    assert "Symlinked" not in done.stderr and "Linked" not in done.stderr, done.stderr
+    files = Path(done.stdout.strip())
+    assert (files / "fit.yaml").read_text() == "model: mst_s\n" and not (files / "fit.yaml").is_symlink()
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert any(r.WhichOneof("record_type") == "files" and [f.path for f in r.files.files] == ["fit.yaml"]
+               for r in run_records(run)), "the file is not uploaded with the run"
+
+
 def test_tensorboard_logger_is_selectable(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     fit(SMOKE, tmp_path, "--trainer.logger", "TensorBoardLogger", *RUN, logger=True)

@@ -11,6 +11,7 @@ from matplotlib import colormaps
 from PIL import Image
 from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 
+from cassi.files import write_bytes
 from data.previews import probe_spectra
 from data.render import cube_to_rgb, error_map
 from data.synthetic import wavelengths
@@ -111,6 +112,9 @@ def log_validation_scenes(logger: WandbLogger, samples: Sequence[Mapping[str, An
 
 
 def log_run_config(logger: WandbLogger, config: Mapping[str, Any], file: Path) -> None:
-    """W&B: the whole resolved run configuration on the run (``config``) and ``file`` uploaded with it."""
+    """W&B: the whole resolved run configuration on the run (``config``) and ``file`` uploaded with it. The file is
+    copied into the run's files folder first: ``save`` of a file outside it links it there and warned 'Symlinked 1
+    file into the W&B run directory; call wandb.save again to sync new files' (it is written once)."""
     logger.experiment.config.update(dict(config), allow_val_change=True)
-    logger.experiment.save(str(file), base_path=str(file.parent), policy="now")
+    copy = write_bytes(Path(logger.experiment.dir) / file.name, file.read_bytes())
+    logger.experiment.save(str(copy), base_path=logger.experiment.dir, policy="now")
