@@ -148,6 +148,11 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
     if val.get("monitor"):
         lines.append(f"- {val['monitor']} of these weights: {_number(val.get('score'), 3)}; best of the run: "
                      f"{_number(val.get('best'), 3)}")
+    if val.get("metrics"):
+        monitored = f"; {val['monitor']} is the one checkpoints are chosen by" if val.get("monitor") else ""
+        lines.append(f"- last validation (global step {val.get('metrics_step')}): "
+                     + ", ".join(f"{name} {_number(value, 4)}" for name, value in sorted(val["metrics"].items()))
+                     + monitored)
     return lines + [""]
 
 

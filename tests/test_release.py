@@ -289,6 +289,11 @@ def test_card_of_a_trained_checkpoint_states_its_recipe_validation_and_what_was_
     assert f"| **mean of 2** | {results['mean']['psnr']:.2f} |" in body
     assert "the release's mask." in body and opened.config["mask"]["sha256"] in body
     assert f"val/psnr of these weights: {training['validation']['score']:.3f}" in body
+    metrics = training["validation"]["metrics"]
+    assert {"val/psnr", "val/ssim", "val/sam", "val/loss"} <= set(metrics)
+    assert (f"- last validation (global step {training['validation']['metrics_step']}): val/loss "
+            f"{metrics['val/loss']:.4f}, val/psnr {metrics['val/psnr']:.4f}") in body
+    assert "val/psnr is the one checkpoints are chosen by" in body
     assert "loss `rmse`" in body and "schedule cosine" in body and "never KAIST test scenes" in body
 
 
