@@ -419,7 +419,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
     from calib import calibrate
-    from calib.solvers import GAP_TV, HELD_OUT, load_network
+    from calib.solvers import GAP_TV, HELD_OUT, load_solver
     from calib.status import StatusSettings
     from cassi.checks import check_mask
     from cassi.files import OutputFolder, json_text, write_text
@@ -444,11 +444,13 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     check_mask(mask, mask_path)
     y, warnings = read_captures(args.meas, meas_files, args.meas_key, mask, mask_path, args.bands, args.step,
                                 joint=not args.separately)
-    for warning in warnings:
+    network, shared = None, []          # a network solver's weights: loaded once for every --separately capture
+    if args.solver not in (HELD_OUT, GAP_TV):
+        loaded = load_solver(args.solver, args.ckpt, device)
+        network = loaded.model
+        shared = list(filter(None, [loaded.mask_warning(mask, f"the calibration mask {mask_path}")]))
+    for warning in warnings + shared:
         print(f"warning: {warning}", file=sys.stderr)
-    network = None                      # a network solver's weights: loaded once for every --separately capture
-    if args.separately and args.solver not in (HELD_OUT, GAP_TV):
-        network = load_network(args.solver, args.ckpt, device)
     startup = time.perf_counter() - STARTED
     groups = ([(stem, [path], y[i:i + 1]) for i, (stem, path) in enumerate(zip(stems, args.meas))]
               if args.separately else [("", list(args.meas), y)])
@@ -469,7 +471,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
             print(summary(result), flush=True)
             if result.status == "failed":
                 failed.append(stem or "the calibration")
-            mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)]
+            mine = [w for w in warnings if any(w.startswith(str(p)) for p in paths)] + shared
             try:
                 written = write_outputs(result, mask, args.bands, args.step, staging / stem, mine, paths,
                                         mask_source["path"])

@@ -11,7 +11,7 @@ before any calibration work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from cassi.errors import UserError, one_line
 from cassi.gap_tv import gap_tv
 from cassi.operator import CassiOperator
+
+if TYPE_CHECKING:
+    from models.checkpoints import LoadedModel
 
 Solver = Callable[[Tensor, CassiOperator], Tensor]
 HELD_OUT = "heldout"
@@ -41,11 +44,12 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     return solve
 
 
-def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
-    """The registered network ``name``, frozen (eval mode, no parameter gradients, on ``device``), from a
-    toolbox ``.pth`` / official state dict, a Lightning ``.ckpt`` of ``train.py`` or a release folder
-    (:func:`models.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded mask
-    as an input."""
+def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> LoadedModel:
+    """The registered network ``name`` with what its weights record (:class:`models.checkpoints.LoadedModel`: the
+    coded aperture they come with, their source), its network frozen (eval mode, no parameter gradients, on
+    ``device``), from a toolbox ``.pth`` / official state dict, a Lightning ``.ckpt`` of ``train.py`` or a release
+    folder (:func:`models.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded
+    mask as an input."""
     from models.checkpoints import load_weights
     from models import create_model, list_models
 
@@ -62,13 +66,18 @@ def load_network(name: str, checkpoint: str | Path | None, device: str | torch.d
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        model = load_weights(path, name).model
+        loaded = load_weights(path, name)
     except ValueError as err:
         raise UserError(f"{path} is not a {name} checkpoint: {one_line(err)}") from err
-    model.to(device).eval()
-    for p in model.parameters():
+    loaded.model.to(device).eval()
+    for p in loaded.model.parameters():
         p.requires_grad_(False)
-    return model
+    return loaded
+
+
+def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_solver`'s frozen network alone."""
+    return load_solver(name, checkpoint, device).model
 
 
 def network_solver(model: nn.Module) -> Solver:

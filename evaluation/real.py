@@ -49,7 +49,7 @@ from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
 from evaluation.calibration import SavedCalibration, handed_estimate
 from evaluation.protocol import timed
-from evaluation.reconstructors import Reconstructor, check_uses_mask
+from evaluation.reconstructors import Network, Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
 from models.release import mask_sha256
 
@@ -179,6 +179,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
+    if isinstance(method, Network) and method.uses_mask:        # weights trained on another code: a warning
+        warnings += filter(None, [method.loaded.mask_warning(mask, f"the captures' mask {mask_path}")])
     operators, handed = {"nominal": CassiOperator(mask, bands, step)}, None
     if operator is not None:
         operators["calibrated"], handed = calibrated_operator(operator.record, operator.path, mask, bands, step)

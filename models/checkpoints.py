@@ -16,7 +16,7 @@ from cassi.errors import UserError, one_line
 from cassi.progress import fit_progress
 from models.loading import load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
-from models.release import open_release, state_dict_sha256
+from models.release import mask_sha256, open_release, state_dict_sha256
 
 
 @dataclass
@@ -44,6 +44,16 @@ class LoadedModel:
             why = self.mask_error or f"{self.source.get('path', self.name)} does not record its coded aperture"
             raise UserError(f"{why}: pass --mask FILE (the mask the network was trained with)")
         return self.mask
+
+    def mask_warning(self, mask: torch.Tensor, used: str) -> str | None:
+        """A sentence when ``mask`` (H, W), named ``used`` ("the evaluation mask"), is not the coded aperture the
+        weights come with (a mask-aware network trained on one code reconstructs another one worse); None when
+        it is, or when the weights record none."""
+        if self.mask is None or (tuple(self.mask.shape) == tuple(mask.shape)
+                                 and mask_sha256(self.mask) == mask_sha256(mask)):
+            return None
+        return (f"{used} (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is not the mask released "
+                f"with the network (shape {tuple(self.mask.shape)}, sha256 {mask_sha256(self.mask)[:12]}...)")
 
     @property
     def weights_sha256(self) -> str:

@@ -301,14 +301,16 @@ def test_separately_with_a_network_loads_it_once_and_records_the_absolute_checkp
     from test_calib_pipeline import QUICK, measure
 
     loads = []
-    real_load = calib.solvers.load_network
+    real_solver, real_network = calib.solvers.load_solver, calib.solvers.load_network
 
-    def counted(*args, **kwargs):
-        loads.append(args[0])
-        return real_load(*args, **kwargs)
+    def counted(real):
+        def load(*args, **kwargs):
+            loads.append(args[0])
+            return real(*args, **kwargs)
+        return load
 
-    monkeypatch.setattr(calib.solvers, "load_network", counted)
-    monkeypatch.setattr(calib.solver_score, "load_network", counted)
+    monkeypatch.setattr(calib.solvers, "load_solver", counted(real_solver))
+    monkeypatch.setattr(calib.solver_score, "load_network", counted(real_network))
     monkeypatch.setattr(calib, "calibrate", functools.partial(calib.calibrate, **QUICK))   # small settings
     torch.manual_seed(0)
     torch.save(create_model("mst_s").state_dict(), tmp_path / "mst_s.pth")
@@ -326,6 +328,43 @@ def test_separately_with_a_network_loads_it_once_and_records_the_absolute_checkp
     for stem in ("y0", "y1"):
         settings = json.loads((tmp_path / "out" / stem / "calibration.json").read_text())["settings"]
         assert settings["ckpt"] == str(tmp_path.resolve() / "mst_s.pth"), settings["ckpt"]
+
+
+def test_a_network_solver_released_with_another_mask_is_a_warning(tmp_path, monkeypatch, capsys):
+    """--solver NET --ckpt RELEASE whose mask.npy is not --mask: a warning on stderr and in calibration.json
+    ``warnings``, as eval.py kaist / real warn (calibrate.py said nothing); the joint run loads the weights once."""
+    import functools
+
+    import torch
+
+    import calib
+    from cassi import Mismatch
+    from data.kaist import synthetic_mask
+    from models import create_model
+    from test_calib_pipeline import QUICK, measure
+
+    monkeypatch.setattr(calib, "calibrate", functools.partial(calib.calibrate, **QUICK))   # small settings
+    torch.manual_seed(0)
+    torch.save(create_model("mst_s").state_dict(), tmp_path / "mst_s.pth")
+    np.save(tmp_path / "released.npy", synthetic_mask(32, 32, seed=5).numpy())
+    assert importlib.import_module("eval").main(["export", "--ckpt", str(tmp_path / "mst_s.pth"), "--model", "mst_s",
+                                                 "--mask", str(tmp_path / "released.npy"),
+                                                 "--out", str(tmp_path / "release")]) == 0
+    y, mask = measure(32, Mismatch(dx=0.4))
+    np.savez(tmp_path / "y.npz", y=y.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    try:
+        calibrate.main(["--meas", "y.npz", "--mask", "mask.npy", "--solver", "mst_s", "--ckpt", "release",
+                        "--out", "out", "--no-progress"])
+    except SystemExit as exit:          # a random network's estimate may fail the status: the outputs are written
+        assert exit.code == 3
+    expected = "the calibration mask mask.npy (shape (32, 32), sha256 "
+    err = capsys.readouterr().err
+    assert f"warning: {expected}" in err and "is not the mask released with the network" in err, err
+    warnings = json.loads((tmp_path / "out" / "calibration.json").read_text())["warnings"]
+    assert [w for w in warnings if w.startswith(expected)], warnings
 
 
 def test_a_figure_that_fails_leaves_the_numbers_written_and_exits_1(tmp_path, monkeypatch, capsys):

@@ -261,6 +261,27 @@ def test_evaluating_a_release_with_another_mask_is_flagged(release, tmp_path):
     assert "**warning**" in (out / "results.md").read_text()
 
 
+def test_real_captures_with_another_mask_than_the_release_are_flagged(release, tmp_path):
+    """eval.py real warned of nothing when a mask-aware network's release mask was not the captures' mask.mat (eval.py
+    kaist warned): now the same warning, on stdout and in results.json / results.md."""
+    import scipy.io
+
+    folder, _ = release
+    root = tmp_path / "captures"
+    root.mkdir()
+    other = synthetic_mask(SIZE, SIZE, seed=10)
+    scipy.io.savemat(root / "mask.mat", {"mask": other.numpy()})
+    y = CassiOperator(other)(torch.rand(1, 28, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))[0]
+    scipy.io.savemat(root / "scene1.mat", {"meas_real": y.numpy()})
+    out = tmp_path / "run"
+    assert run_cli("real", "--release", folder, "--data.root", root, "--no-previews", "--out", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["warnings"]) == 1, results["warnings"]
+    assert results["warnings"][0].startswith(f"the captures' mask {root / 'mask.mat'} (shape ({SIZE}, {SIZE})")
+    assert "is not the mask released with the network" in results["warnings"][0]
+    assert "**warning**" in (out / "results.md").read_text()
+
+
 # --------------------------------------------------------------------------------------- model cards
 def test_card_of_a_trained_checkpoint_states_its_recipe_validation_and_what_was_evaluated(tmp_path):
     from test_train import CONFIGS, one_step
