@@ -45,7 +45,7 @@ from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
 from cassi.operator_file import CODE_PHASE_KEY, OperatorRecord, calibration_status, read_operator_file, refuse_failed
 from cassi.warp import warp_mask
-from evaluation.scenarios import PER_SCENE, FixedEstimate
+from evaluation.scenarios import LIVE, PER_SCENE, FixedEstimate
 from models.release import mask_sha256
 
 
@@ -348,7 +348,7 @@ class CalibratePerScene:
 
     @property
     def description(self) -> dict[str, Any]:
-        return {"source": "calib.calibrate", "solver": self.solver, "ckpt": self.ckpt,
+        return {"source": LIVE, "solver": self.solver, "ckpt": self.ckpt,
                 "forward_model": "chosen by the data per scene (calibrate.py's default, --forward-model auto)",
                 **self.options, "calibration_status": self.statuses, "forward_models": self.forward_models}
 

@@ -86,13 +86,14 @@ def _model_cell(model: dict[str, Any] | None) -> str:
 def calibration_lines(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Scenario III per scene: status (first line of :func:`status_text`; "-" for one calibration of every
     scene), forward model, each parameter's "estimate (error)" ("-" for a failed calibration), within tolerance,
-    seconds; the truth first, the mean over the scenes with an estimate last."""
+    seconds ("-" for a saved calibration); the truth first, the mean over the scenes with an estimate last."""
     calibration = results["calibration"]
     params, truth = list(calibration["mean_abs_error"]), calibration["truth"]
     lines = [["truth (simulated)", "", "", *[f"{truth[p]:.4f}" for p in params], "", ""]]
     lines += [[c["name"], status_text(c).splitlines()[0] if "status" in c else "-", _model_cell(c.get("forward_model")),
                *["-" if c["estimate"] is None else f"{c['estimate'][p]:.4f} ({c['error'][p]:+.4f})" for p in params],
-               _within(c["outside_tolerance"]), f"{c['seconds']:.2f}"] for c in calibration["scenes"]]
+               _within(c["outside_tolerance"]), "-" if c["seconds"] is None else f"{c['seconds']:.2f}"]
+              for c in calibration["scenes"]]
     summary, mean = calibration["summary"], calibration["mean_abs_error"]
     lines.append(["mean abs error", "", "", *["-" if mean[p] is None else f"({mean[p]:.4f})" for p in params],
                   f"{summary['within_tolerance']}/{summary['compared']}", ""])

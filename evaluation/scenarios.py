@@ -76,6 +76,7 @@ TRUTH_SOURCE = ("the drift scenario II simulated: the evaluation made the measur
 NOT_RECORDED = "not recorded"   # the count of per-scene calibrations whose status was not recorded
 PER_SCENE = "chosen per scene"  # Calibrator.mask_interpolation when each scene's calibration chooses its model
 FAILED = "failed"               # the status of a calibration that does not explain the measurement
+LIVE = "calib.calibrate"         # description["source"] of a calibrator that calibrates each scene here
 
 
 class Calibrator(Protocol):
@@ -222,7 +223,8 @@ def run_scenarios(scenes: list[Scene], mask: Tensor, method: Callable[[Tensor, C
                 start = time.perf_counter()
                 estimate = calibrator(y, mask, scene.name)
                 status, chosen = _scene_status(calibrator, scene.name), _scene_model(calibrator, scene.name)
-                row = _parameter_row(scene.name, estimate, setup.mismatch, time.perf_counter() - start, status, chosen)
+                seconds = time.perf_counter() - start if calibrator.description.get("source") == LIVE else None
+                row = _parameter_row(scene.name, estimate, setup.mismatch, seconds, status, chosen)
                 calibration.append(row)
                 if status is not None and status["status"] == FAILED:
                     continue
@@ -271,10 +273,11 @@ def _scene_model(calibrator: Calibrator, scene: str) -> dict[str, Any] | None:
     return chosen
 
 
-def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float, status: dict[str, Any] | None,
-                   forward_model: dict[str, Any] | None) -> dict[str, Any]:
-    """A scene's estimate, its error against ``truth``, the parameters outside the tolerance, the seconds it
-    took, its ``forward_model`` where known and (a per-scene calibration) its ``status`` and ``reasons``. A "failed"
+def _parameter_row(name: str, estimate: Mismatch, truth: Mismatch, seconds: float | None,
+                   status: dict[str, Any] | None, forward_model: dict[str, Any] | None) -> dict[str, Any]:
+    """A scene's estimate, its error against ``truth``, the parameters outside the tolerance, the seconds its
+    calibration took here (None for a saved one: calibrate.py's time is in its calibration.json ``timings``), its
+    ``forward_model`` where known and (a per-scene calibration) its ``status`` and ``reasons``. A "failed"
     calibration's estimate is no estimate of the instrument: ``estimate``, ``error`` and ``outside_tolerance`` are
     None."""
     row: dict[str, Any] = {"name": name, "estimate": None, "error": None, "outside_tolerance": None,

@@ -281,11 +281,13 @@ def test_per_scene_calibrations_with_different_forward_models_each_reconstruct_t
             kaist_metrics(own[0], scenes[index].cube)["psnr"], abs=1e-6)
         row = results["calibration"]["scenes"][index]
         assert row["forward_model"] == {"oversample": oversample, "mask_interpolation": reading}
+        assert row["seconds"] is None       # a saved calibration: its time is calibrate.py's (it showed ~0.00 s)
         assert results["calibration"]["method"]["files"][name] == str(tmp_path / "cal" / name / "calibration.json")
     assert "each scene's calibration" in results["model"]["III"]
     markdown = (out / "results.md").read_text()
     assert "| synthetic01 | ok | N=1, K=1, cubic |" in markdown
     assert "| synthetic02 | ok | N=2, K=1, linear |" in markdown
+    assert [line for line in markdown.splitlines() if line.startswith("| synthetic01 | ok |")][0].endswith("| - |")
     capsys.readouterr()
     assert run_cli("kaist", "--synthetic.count", 3, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
                    "--calibration", tmp_path / "cal", "--out", tmp_path / "run3") == 2
@@ -439,6 +441,7 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
     failed = calibration["scenes"][1]
     assert (failed["estimate"], failed["error"], failed["outside_tolerance"]) == (None, None, None)
     assert (failed["status"], failed["reasons"]) == ("failed", ["no minimum; anywhere"])
+    assert all(isinstance(c["seconds"], float) for c in calibration["scenes"])     # calibrated here: timed
     assert calibration["mean_abs_error"]["dx"] == pytest.approx(0.0, abs=1e-6)
     assert calibration["summary"] == {"scenes": 2, "compared": 1, "within_tolerance": 1,
                                       "not_reconstructed": ["synthetic02"],
@@ -640,6 +643,7 @@ def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
         assert f"{line}\n" in capsys.readouterr().out and f"- {line}\n" in (out / "results.md").read_text()
         assert read_results(out)["calibration"]["method"]["calibration_status"] == {
             str(path): {"status": "ambiguous", "reasons": reasons}}
+        assert [c["seconds"] for c in read_results(out)["calibration"]["scenes"]] == [None]   # not calibrated here
 
 
 def test_a_saved_calibration_that_failed_is_refused_before_any_work(tmp_path, capsys):
