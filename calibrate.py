@@ -445,7 +445,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     y, warnings = read_captures(args.meas, meas_files, args.meas_key, mask, mask_path, args.bands, args.step,
                                 joint=not args.separately)
     network, shared = None, []          # a network solver's weights: loaded once for every --separately capture
-    if args.solver not in (HELD_OUT, GAP_TV):
+    if args.solver not in (HELD_OUT, GAP_TV) and (args.separately or len(y) == 1):   # joint: calibrate refuses it
         loaded = load_solver(args.solver, args.ckpt, device)
         network = loaded.model
         shared = list(filter(None, [loaded.mask_warning(mask, f"the calibration mask {mask_path}")]))

@@ -104,6 +104,24 @@ def test_a_solver_other_than_heldout_refuses_several_captures(captures):
         calibrate_captures(ys, mask, solver="gap_tv", progress=False)
 
 
+def test_a_network_solver_with_several_joint_captures_is_refused_without_loading_it(captures, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """calibrate.py --meas a b --solver NET (no --separately) is refused as the library refuses it, before the weights
+    are read (5a9a234 loaded them, and printed their mask warning, first)."""
+    import calib.solvers
+    from models import create_model
+
+    loads = []
+    monkeypatch.setattr(calib.solvers, "load_solver", lambda *args, **kwargs: loads.append(args))
+    torch.save(create_model("mst_s").state_dict(), tmp_path / "mst_s.pth")
+    user_error(capsys, lambda: calibrate.main(["--meas", str(captures / "a.npz"), str(captures / "b.npz"), "--mask",
+                                               str(captures / "mask.npy"), "--solver", "mst_s", "--ckpt",
+                                               str(tmp_path / "mst_s.pth"), "--out", str(tmp_path / "out"),
+                                               "--no-progress"]),
+               "--solver mst_s calibrates from one capture", only_line=False)
+    assert loads == [] and not (tmp_path / "out").exists()
+
+
 def test_separately_with_one_capture_is_refused_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
     user_error(capsys, lambda: calibrate.main(["--meas", str(tmp_path / "a.npz"), "--mask", str(tmp_path / "m.npy"),
