@@ -45,7 +45,7 @@ from cassi.errors import UserError
 from cassi.operator import MASK_INTERPOLATIONS
 from cassi.operator_file import CODE_PHASE_KEY, OperatorRecord, calibration_status, read_operator_file, refuse_failed
 from cassi.warp import warp_mask
-from evaluation.scenarios import LIVE, PER_SCENE, FixedEstimate
+from evaluation.scenarios import CALIBRATION_FILE, LIVE, OPERATOR_FILE, PER_SCENE, FixedEstimate
 from models.release import mask_sha256
 
 
@@ -94,7 +94,7 @@ def from_operator_record(record: OperatorRecord, path: str | Path, mask: Tensor,
                         f"{bands} bands and step {step}")
     status = {str(path): record.calibration}
     phase = None if frame is None else dict(zip(("fy", "fx"), record.code_phase))
-    return FixedEstimate(estimate, {"source": "operator file", "path": str(path), "calibration_status": status,
+    return FixedEstimate(estimate, {"source": OPERATOR_FILE, "path": str(path), "calibration_status": status,
                                     **_frame_record(frame, phase)},
                          record.oversample, record.mask_interpolation, {} if frame is None else {None: frame})
 
@@ -284,7 +284,7 @@ def from_calibration_contents(contents: dict[str | None, tuple[Any, str]], path:
                               mask: Tensor | None = None) -> FixedEstimate | PerSceneEstimates:
     """The mismatch(es) of :func:`read_calibration_json`'s ``contents`` of ``path``; with ``mask`` (H, W), each
     calibration that records its mask must have been made with it (:func:`check_calibration_mask`)."""
-    source = {"source": "calibration file", "path": str(path)}
+    source = {"source": CALIBRATION_FILE, "path": str(path)}
     if None not in contents:
         return _per_scene(contents, source, mask)
     content, where = contents[None]

@@ -69,6 +69,8 @@ SCENARIOS = {"I": "ideal: native-grid measurement, nominal operator",
              "II": "mismatched: measured with the mismatch (high-fidelity simulator), nominal operator",
              "III": "calibrated: mismatched measurement, operator estimated from the measurement",
              "IV": "oracle: mismatched measurement, operator with the true mismatch"}
+SAVED_III = ("calibrated: mismatched measurement, operator from a saved calibration (calibrate.py's estimate from "
+             "its --meas)")
 MODEL = "-model"          # suffix of the results reconstructed through the calibration forward model
 DEFAULT_MISMATCH = Mismatch(dx=1.0, dy=0.5, theta=0.3, a1=2.02, alpha=0.2)
 TRUTH_SOURCE = ("the drift scenario II simulated: the evaluation made the measurement, so it knows the true "
@@ -77,6 +79,7 @@ NOT_RECORDED = "not recorded"   # the count of per-scene calibrations whose stat
 PER_SCENE = "chosen per scene"  # Calibrator.mask_interpolation when each scene's calibration chooses its model
 FAILED = "failed"               # the status of a calibration that does not explain the measurement
 LIVE = "calib.calibrate"         # description["source"] of a calibrator that calibrates each scene here
+OPERATOR_FILE, CALIBRATION_FILE = "operator file", "calibration file"   # description["source"] of saved estimates
 
 
 class Calibrator(Protocol):
@@ -315,17 +318,20 @@ def _recovery(metric: str, gained: float, possible: float) -> float | None:
     return gained / possible if improvement > 1e-12 else None
 
 
-def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear") -> str:
+def _describe(key: str, model: tuple[int, int] | None, reading: str = "linear", saved: bool = False) -> str:
+    """What scenario ``key`` measured and reconstructed through; ``saved``: scenario III's estimates were read from
+    calibrate.py's outputs (--calibration / --operator), not estimated here from this measurement."""
     scenario = key.removesuffix(MODEL)
+    what = SAVED_III if saved and scenario == "III" else SCENARIOS[scenario]
     if key == scenario:
-        return SCENARIOS[scenario] + "; native-grid operator"
+        return what + "; native-grid operator"
     if reading == PER_SCENE:            # each scene's calibration chose its own model: III-model goes through it
-        return SCENARIOS[scenario] + ("; reconstructed through the forward model each scene's calibration chose "
+        return what + ("; reconstructed through the forward model each scene's calibration chose "
                                       "(calibration.scenes[].forward_model)" if scenario == "III" else
                                       f"; reconstructed through the simulator's N={model[0]}, K={model[1]} model "
                                       "(the calibrations chose theirs per scene), mask read by linear interpolation")
     read = reading if scenario == "III" else "linear"
-    return (SCENARIOS[scenario] + f"; reconstructed through the N={model[0]}, K={model[1]} calibration forward "
+    return (what + f"; reconstructed through the N={model[0]}, K={model[1]} calibration forward "
             f"model, mask read by {read} interpolation")
 
 
@@ -354,7 +360,8 @@ def summarize(rows: dict[str, list[dict[str, Any]]], calibration: list[dict[str,
     comparison is over the scenes its scenarios have in common."""
     order = [k for s in SCENARIOS for k in (s, s + MODEL) if k in rows]
     skipped = [c["name"] for c in calibration if c["estimate"] is None]
-    out: dict[str, Any] = {"scenarios": {k: {"description": _describe(k, model, reading), "scenes": rows[k],
+    saved = calibrator is not None and calibrator.description.get("source") in (OPERATOR_FILE, CALIBRATION_FILE)
+    out: dict[str, Any] = {"scenarios": {k: {"description": _describe(k, model, reading, saved), "scenes": rows[k],
                                              "mean": mean_row(rows[k]),
                                              **({"not_reconstructed": skipped} if skipped and k.startswith("III")
                                                 else {})} for k in order}}

@@ -284,6 +284,9 @@ def test_per_scene_calibrations_with_different_forward_models_each_reconstruct_t
         assert row["seconds"] is None       # a saved calibration: its time is calibrate.py's (it showed ~0.00 s)
         assert results["calibration"]["method"]["files"][name] == str(tmp_path / "cal" / name / "calibration.json")
     assert "each scene's calibration" in results["model"]["III"]
+    for key in ("III", "III-model"):            # it said 'operator estimated from the measurement', as a live one
+        assert results["scenarios"][key]["description"].startswith(
+            "calibrated: mismatched measurement, operator from a saved calibration (calibrate.py's estimate")
     markdown = (out / "results.md").read_text()
     assert "| synthetic01 | ok | N=1, K=1, cubic |" in markdown
     assert "| synthetic02 | ok | N=2, K=1, linear |" in markdown
@@ -442,6 +445,8 @@ def test_a_scene_whose_calibration_failed_is_not_reconstructed_in_scenario_iii(t
     assert (failed["estimate"], failed["error"], failed["outside_tolerance"]) == (None, None, None)
     assert (failed["status"], failed["reasons"]) == ("failed", ["no minimum; anywhere"])
     assert all(isinstance(c["seconds"], float) for c in calibration["scenes"])     # calibrated here: timed
+    assert blocks["III"]["description"].startswith("calibrated: mismatched measurement, operator estimated from the "
+                                                   "measurement")
     assert calibration["mean_abs_error"]["dx"] == pytest.approx(0.0, abs=1e-6)
     assert calibration["summary"] == {"scenes": 2, "compared": 1, "within_tolerance": 1,
                                       "not_reconstructed": ["synthetic02"],
@@ -644,6 +649,7 @@ def test_the_status_a_saved_calibration_records_is_reported(tmp_path, capsys):
         assert read_results(out)["calibration"]["method"]["calibration_status"] == {
             str(path): {"status": "ambiguous", "reasons": reasons}}
         assert [c["seconds"] for c in read_results(out)["calibration"]["scenes"]] == [None]   # not calibrated here
+        assert "operator from a saved calibration" in read_results(out)["scenarios"]["III"]["description"]
 
 
 def test_a_saved_calibration_that_failed_is_refused_before_any_work(tmp_path, capsys):
