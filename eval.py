@@ -132,8 +132,9 @@ def _add_export(sub) -> None:
     parser = sub.add_parser("export", help="write a self-describing release folder")
     parser.add_argument("--ckpt", required=True, help="Lightning .ckpt, toolbox .pth or a release folder")
     parser.add_argument("--model", help="registry name (required for a toolbox .pth; checked otherwise)")
-    parser.add_argument("--mask", help="the coded aperture the network was trained with (.mat/.npy/.npz); "
-                        "default: the release's own mask")
+    parser.add_argument("--mask", help="the coded aperture the network was trained with (.mat/.npy/.npz), for "
+                        "weights that record none (a toolbox .pth); default: the mask the --ckpt records (a release's "
+                        "mask.npy, a train.py checkpoint's training mask); another one is refused")
     parser.add_argument("--results", help="results.json of 'eval.py kaist' with these weights, to embed")
     _add_output(parser, None, "release folder to create (written as one unit)")
 
@@ -289,12 +290,18 @@ def run_real(args) -> None:
 
 
 def run_export(args) -> None:
+    import torch
+
     from data.io import load_mask
     from models.checkpoints import load_weights
     from evaluation.release import export_release
 
     loaded = load_weights(args.ckpt, args.model)
     mask = load_mask(args.mask) if args.mask is not None else loaded.require_mask()
+    other = loaded.mask_warning(torch.as_tensor(mask), f"--mask {args.mask}")
+    if other:       # a release's mask.npy is the mask the network was trained with
+        raise UserError(f"{other}, which {args.ckpt} records as the mask the network was trained with; leave --mask "
+                        "out (it is for weights that record no mask, such as a toolbox .pth)")
     out = export_release(loaded, mask, args.out, args.results, force=args.force, inputs=(args.ckpt, args.mask))
     print(f"wrote release of '{loaded.name}' to {out} (load with models.load_release('{out}'))")
 

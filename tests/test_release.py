@@ -159,6 +159,13 @@ def test_lightning_checkpoint_exports_with_its_training_mask(tmp_path):
     assert opened.config["source"] == {"kind": "lightning", "path": str(tmp_path / "last.ckpt"), "epochs_completed": 5,
                                        "batches_into_epoch": 0, "global_step": 40}         # was Lightning's epoch "4"
     assert run_cli("export", "--ckpt", out, "--out", tmp_path / "again") == 0     # was: its training record dropped
+    np.save(tmp_path / "other.npy", synthetic_mask(SIZE, SIZE, seed=11).numpy())
+    for weights in (tmp_path / "last.ckpt", out):     # released with another mask than theirs: was written as theirs
+        assert run_cli("export", "--ckpt", weights, "--mask", tmp_path / "other.npy", "--out", tmp_path / "other") == 2
+        assert not (tmp_path / "other").exists()
+    np.save(tmp_path / "same.npy", expected_mask)
+    assert run_cli("export", "--ckpt", tmp_path / "last.ckpt", "--mask", tmp_path / "same.npy",
+                   "--out", tmp_path / "same") == 0
     assert open_release(tmp_path / "again").config["training"] == opened.config["training"]
 
     def older_release(config):
