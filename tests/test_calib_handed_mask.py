@@ -97,6 +97,10 @@ def test_the_captured_kaist_and_tsa_masks_are_read_as_they_are(folder):
         assert not found.detected and "continuum of grey levels" in found.reason
 
 
+# NEAR's dy range ends 0.1 px beyond the truth (-1.4): the tolerance test could not probe dy's lower tolerance edge
+AROUND_TRUTH = {**NEAR, "dy": (-2.0, 1.5)}
+
+
 @pytest.fixture(scope="module")
 def resampled_code():
     """32 rows of pseudo-KAIST cube 01 measured on the native grid through the KAIST code, the code handed
@@ -108,7 +112,7 @@ def resampled_code():
     cube = torch.from_numpy(load_cube(shared_path("data", "pseudo_kaist", "scene01.npz")))[:, ROWS]
     y = CassiOperator(code[ROWS].float(), 28, 2)(cube[None])[0]
     handed = warp_mask(code, -0.6, 1.4, 0.0).float()[ROWS].contiguous()
-    return y, handed, calibrate(y, handed, ranges=NEAR, **QUICK)
+    return y, handed, calibrate(y, handed, ranges=AROUND_TRUTH, **QUICK)
 
 
 def test_a_resampled_code_is_calibrated_through_the_code_and_reported_for_the_handed_mask(resampled_code):
@@ -122,7 +126,7 @@ def test_a_resampled_code_is_calibrated_through_the_code_and_reported_for_the_ha
     assert result.status == "ok", result.reasons
     reading = result.settings["model_selection"]["interpolation"]
     assert reading["estimate_spread_pixel_units"] < 0.025         # the code is sharp: the two readings agree
-    assert result.settings["ranges"]["dx"] == list(NEAR["dx"])       # everything in the handed mask's frame
+    assert result.settings["ranges"]["dy"] == list(AROUND_TRUTH["dy"])   # everything in the handed mask's frame
     assert result.history[-1].best == pytest.approx(result.estimate.to_dict())
     for name in ("dx", "dy"):
         values = result.landscape[name]["values"]
