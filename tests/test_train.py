@@ -140,7 +140,8 @@ def test_training_through_an_ambiguous_calibration_says_so_once_and_the_model_ca
 
     operator, reasons = tmp_path / "operator.npz", ["theta not pinned; its interval is 0.1..0.9 deg", "dx noisy"]
     save_operator(operator, CassiOperator(torch.ones(32, 32), mismatch=Mismatch(dx=0.5)), "ambiguous", reasons)
-    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator))
+    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator),
+             "--data.mask", str(operator))
     status = "ambiguous\n  - theta not pinned; its interval is 0.1..0.9 deg\n  - dx noisy\n"
     printed = capsys.readouterr().out
     assert printed.count("calibration status") == 1 and f"calibration status of {operator}: {status}" in printed
@@ -149,6 +150,30 @@ def test_training_through_an_ambiguous_calibration_says_so_once_and_the_model_ca
     assert eval_cli.main(["export", "--ckpt", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "--out",
                           str(release)]) == 0
     assert f"- calibration status of the operator: {status}" in (release / "README.md").read_text()
+
+
+def test_training_through_an_operator_file_refuses_data_with_another_mask(tmp_path, capsys):
+    """Was: train.py fit --model.operator FILE without --data.mask trained on the default random mask, although the
+    operator file's calibration describes another one; --data.mask FILE (the operator file itself) trains."""
+    from cassi.operator_file import save_operator
+    from data.synthetic import random_mask
+
+    operator = tmp_path / "operator.npz"
+    save_operator(operator, CassiOperator(torch.from_numpy(random_mask(32, 32, seed=5)), mismatch=Mismatch(dx=0.5)))
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    line = user_error(capsys, lambda: one_step(smoke, tmp_path / "run", "--data.crop", "32", "--model.operator",
+                                               str(operator)),
+                      r"--model\.operator .*operator\.npz records the instrument's mask \(shape \(32, 32\), sha256 "
+                      r"\w{12}\.\.\.\), but the data's mask is the random one of --data\.seed 0 \(no --data\.mask\) "
+                      r"\(shape \(32, 32\), sha256 \w{12}\.\.\.\).*pass --data\.mask .*operator\.npz")
+    assert not (tmp_path / "run" / "checkpoints").exists(), line
+    other = tmp_path / "other.npy"
+    np.save(other, random_mask(32, 32, seed=6))
+    user_error(capsys, lambda: one_step(smoke, tmp_path / "run", "--data.crop", "32", "--model.operator",
+                                        str(operator), "--data.mask", str(other)), r"the data's mask is the file .*other")
+    one_step(smoke, tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator), "--data.mask",
+             str(operator))
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 # ---------------------------------------------------------------------------------------- modules

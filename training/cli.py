@@ -58,6 +58,7 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
+from models.release import mask_sha256
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
                                 ValidationPreviews, WandbRunId, checkpoint_run_id, kaist_test_text)
@@ -393,6 +394,26 @@ def check_mask_handling(module: CassiModule, datamodule: CassiDataModule) -> Non
                          "batch (one window per batch) or --data.batch_size 1") from None
 
 
+def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> None:
+    """Training through an operator file (``--model.operator``) on data with another mask (the default random one,
+    another file) would simulate the calibrated instrument with a code it does not have: refuse it before any work,
+    naming both masks (source, shape, sha256) and ``--data.mask OPERATOR`` (an operator file holds its mask under
+    the key ``mask``)."""
+    expected = module.instrument.mask
+    if expected is None:
+        return
+    mask = torch.from_numpy(datamodule.training_mask())
+    if tuple(mask.shape) == tuple(expected.shape) and mask_sha256(mask) == mask_sha256(expected):
+        return
+    operator = module.hparams.operator
+    source, seed = datamodule.data().mask, datamodule.hparams.seed
+    given = f"the file {source}" if source is not None else f"the random one of --data.seed {seed} (no --data.mask)"
+    raise UserError(f"--model.operator {operator} records the instrument's mask (shape {tuple(expected.shape)}, "
+                    f"sha256 {mask_sha256(expected)[:12]}...), but the data's mask is {given} (shape "
+                    f"{tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...): the calibrated instrument would be "
+                    f"simulated with a code it does not have; pass --data.mask {operator} (its mask)")
+
+
 def crop_sizes(datamodule: CassiDataModule, stage: str) -> list[tuple[str, int, int]]:
     """(option and value, H, W) of the square crops a ``fit`` / ``validate`` run gives the network: the training
     crop (``fit``) and the validation crop (``--data.val_crop``, else the training crop)."""
@@ -593,6 +614,7 @@ class CassiCLI(LightningCLI):
             self.datamodule.check(stage)
             if stage in ("fit", "validate"):
                 check_input_sizes(self.model, crop_sizes(self.datamodule, stage))
+                check_operator_mask(self.model, self.datamodule)
             if stage == "fit":
                 check_mask_handling(self.model, self.datamodule)
             self.datamodule.setup(stage)

@@ -38,9 +38,10 @@ class Instrument:
         operator: an operator file (``calibrate.py``'s ``operator.npz``): its mismatch is the instrument's
             (instead of ``mismatch``) and measurements and network inputs go through the forward model it
             records (:func:`calib.instrument.instrument_operator`, N x K enlarged grid and mask reading, on the batch's
-            device); its bands and step must equal ``bands`` and ``step``. Its mask is the data's
-            business (``--data.mask FILE``). ``calibration``: the status and reasons of the calibration that
-            wrote it (:func:`cassi.operator_file.calibration_status`), else None.
+            device); its bands and step must equal ``bands`` and ``step``. Its mask (``mask``, (H, W)) is the data's
+            business: ``train.py`` refuses data whose mask is another (``--data.mask FILE``, which may be the operator
+            file itself). ``calibration``: the status and reasons of the calibration that wrote it
+            (:func:`cassi.operator_file.calibration_status`), else None.
     """
 
     def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
@@ -55,6 +56,7 @@ class Instrument:
         self.mismatch = None if mismatch is None else Mismatch.from_dict(mismatch)
         self.oversample, self.mask_interpolation = (1, 1), "linear"
         self.calibration: dict[str, Any] | None = None
+        self.mask: Tensor | None = None
         if operator is not None:
             if mismatch is not None:
                 raise ValueError("give the instrument's mismatch or an operator file, not both")
@@ -64,6 +66,7 @@ class Instrument:
                                  f"training uses {bands} bands and step {step}")
             self.mismatch, self.oversample = calibrated.mismatch, calibrated.oversample
             self.mask_interpolation, self.calibration = calibrated.mask_interpolation, calibrated.calibration
+            self.mask = calibrated.mask
         self.noise = None if noise is None else dict(noise)
         if self.noise is not None:
             check_noise(**self.noise)
