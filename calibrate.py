@@ -503,7 +503,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from cassi.simulator import simulate_measurement
     from data.kaist import synthetic_mask, synthetic_scenes
     from evaluation.protocol import Noise
-    from evaluation.scenarios import MODEL, FixedEstimate, ScenarioSetup, run_scenarios
+    from evaluation.scenarios import MODEL, UNDEFINED, FixedEstimate, ScenarioSetup, run_scenarios
 
     device = check_device(args.device)
     folder = OutputFolder(args.out, MARKER, args.force)
@@ -539,9 +539,11 @@ def run_demo(args: argparse.Namespace) -> dict:
         comparison = report["comparison"]
         ratio = comparison["recovery_ratio"]["psnr"]
         for label, key in (("native operator", "recovery_ratio"), (f"N={n}, K={k} model", "recovery_ratio_model")):
-            value = comparison.get(key, {}).get("psnr")
+            if key not in comparison:
+                continue
+            value, why = comparison[key]["psnr"], report.get(UNDEFINED, {}).get(key, {}).get("psnr")
             print(f"recovery ratio (III-II)/(IV-II), {label}: " + (
-                f"{value:.3f}" if value is not None else "undefined (IV is no better than II: no gap to recover)"))
+                f"{value:.3f}" if value is not None else f"undefined ({why})"))
         if "model_error" in comparison:
             print(f"I - IV = {comparison['gap_i_iv']['psnr']:.2f} dB = instrument (I - Ih-model) "
                   f"{comparison['instrument']['psnr']:.2f} + drift (Ih-model - IV-model) "

@@ -22,7 +22,7 @@ from evaluation.calibration import PerSceneEstimates
 from evaluation.protocol import PROTOCOL
 from evaluation.reconstructors import Network, Reconstructor
 from evaluation.reports import calibration_status_lines, calibration_summary, write_reports
-from evaluation.scenarios import Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
+from evaluation.scenarios import UNDEFINED, Calibrator, FixedEstimate, ScenarioSetup, run_scenarios
 from models.release import mask_sha256
 
 DEFAULT_SYNTHETIC_SIZE = 128   # px of the synthetic scenes when nothing else sets it
@@ -183,6 +183,8 @@ def evaluate_kaist(method: Reconstructor, scenes: list[Scene], mask: Tensor, dat
             print(text_table(block["scenes"], block["mean"], block.get("not_reconstructed", [])))
         for key, values in outcome.get("comparison", {}).items():
             print(f"{key}: " + ", ".join(f"{m} {'-' if v is None else f'{v:+.3f}'}" for m, v in values.items()))
+            for metric, why in outcome.get(UNDEFINED, {}).get(key, {}).items():
+                print(f"  {key} {metric} undefined: {why}")
         if "calibration" in outcome:
             print("calibration mean |error|: " + ", ".join(
                 f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in outcome["calibration"]["mean_abs_error"].items()))

@@ -19,6 +19,7 @@ from cassi.files import write_json, write_text
 from cassi.kaist_table import COLUMNS, HEADERS, format_cell, table_rows
 from cassi.operator_file import status_text
 from evaluation.protocol import METRICS, PROTOCOL
+from evaluation.scenarios import UNDEFINED
 
 def calibration_status_lines(results: dict[str, Any]) -> list[str]:
     """'scenario III calibration status (FILE or scene): ...' per saved calibration of scenario III."""
@@ -140,6 +141,10 @@ def markdown_report(results: dict[str, Any]) -> str:
                   markdown_table(["scenario", *[HEADERS[m] for m in METRICS]], lines + comparison_lines(results))]
         if any("not_reconstructed" in b for b in results["scenarios"].values()):
             parts += ["", "Each comparison is over the scenes its scenarios have in common."]
+        undefined = [f"- {key} {metric} undefined ('-'): {why}"
+                     for key, whys in results.get(UNDEFINED, {}).items() for metric, why in whys.items()]
+        if undefined:
+            parts += ["", *undefined]
     if "calibration" in results:
         header, lines = calibration_lines(results)
         calibration = results["calibration"]

@@ -105,6 +105,28 @@ def test_recovery_ratio_is_undefined_where_the_true_operator_does_not_beat_the_d
     assert ratio["psnr"] == pytest.approx(0.75) and ratio["sam"] is None
 
 
+def test_recovery_ratio_is_undefined_over_a_gap_within_the_tables_precision(tmp_path):
+    """An almost untrained network gave IV - II = 0.003 dB and printed recovery_ratio psnr +2.318: a ratio over a
+    gap below ten steps of the KAIST table's precision is None, with the gap and the floor in results.json and
+    results.md; a real gap keeps its ratio."""
+    from evaluation.reports import write_reports
+
+    def rows(psnr: float, ssim: float) -> list[dict]:
+        return [{"name": "s", "psnr": psnr, "ssim": ssim, "sam": 10.0, "ergas": 10.0, "seconds": 0.0}]
+    out = summarize({"II": rows(12.000, 0.3000), "III": rows(12.007, 0.3004), "IV": rows(12.003, 0.3001)},
+                    [], None)
+    assert out["comparison"]["recovery_ratio"]["psnr"] is None and out["comparison"]["recovery_ratio"]["ssim"] is None
+    why = out["recovery_undefined"]["recovery_ratio"]
+    assert "IV - II psnr = +0.003" in why["psnr"] and "below 0.1" in why["psnr"] and "below 0.001" in why["ssim"]
+    assert "no better than II" in why["sam"]
+    write_reports({"method": {"name": "m"}, "data": {"description": "d", "mask": {"shape": [4, 4], "sha256": "0"}},
+                   **out}, tmp_path)
+    assert "recovery_ratio psnr undefined ('-'): IV - II psnr = +0.003" in (tmp_path / "results.md").read_text()
+    real = summarize({"II": rows(12.0, 0.30), "III": rows(12.15, 0.31), "IV": rows(12.2, 0.32)}, [], None)
+    assert real["comparison"]["recovery_ratio"]["psnr"] == pytest.approx(0.75)
+    assert real["comparison"]["recovery_ratio"]["ssim"] == pytest.approx(0.5)
+
+
 def test_scenarios_degrade_with_mismatch_and_recover_with_the_true_operator():
     """N = K = 1: the simulator is the operator itself, so the oracle must beat the nominal reconstruction."""
     truth = FixedEstimate(Mismatch(**XI.to_dict()), {"source": "test: the true mismatch"})
