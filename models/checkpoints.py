@@ -124,7 +124,10 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
     (``ModelCheckpoint`` state: ``monitor``, ``score``, ``best``), every metric of the run's last validation by
     name and the global step it validated (``metrics``, ``metrics_step``; absent from checkpoints written before),
     the held-out scene names, the status of the instrument's calibration (an operator file's; None without one or
-    in checkpoints written before) and the W&B run id."""
+    in checkpoints written before), what the operator file's instrument was (``operator_file``: its path and
+    sha256, the mismatch estimate and its units, the forward model N, K, its mask's shape and sha256; see
+    ``training.simulation.operator_file_record``; None without one or in checkpoints written before) and the W&B
+    run id."""
     hparams = dict(raw.get("hyper_parameters") or {})
     data = dict(raw.get("datamodule_hyper_parameters") or {})
     validation: dict[str, Any] = {"scenes": _plain(raw.get("validation_scenes"))}
@@ -141,6 +144,7 @@ def lightning_training(raw: Mapping[str, Any]) -> dict[str, Any]:
             "data": _plain({k: v for k, v in data.items() if not k.startswith("_")}),
             **training_progress(raw), "validation": validation,
             "operator_calibration": _plain(raw.get("operator_calibration")),
+            "operator_file": _plain(raw.get("operator_file")),
             "wandb_run_id": (raw.get("wandb") or {}).get("run_id")}
 
 

@@ -170,10 +170,38 @@ def test_training_through_an_operator_file_refuses_data_with_another_mask(tmp_pa
     other = tmp_path / "other.npy"
     np.save(other, random_mask(32, 32, seed=6))
     user_error(capsys, lambda: one_step(smoke, tmp_path / "run", "--data.crop", "32", "--model.operator",
-                                        str(operator), "--data.mask", str(other)), r"the data's mask is the file .*other")
+                                        str(operator), "--data.mask", str(other)),
+               r"the data's mask is the file .*other")
     one_step(smoke, tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator), "--data.mask",
              str(operator))
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_checkpoint_trained_through_an_operator_file_records_the_instrument(tmp_path):
+    """Was: the checkpoint recorded only the operator file's path as typed and its calibration status, not the
+    estimate, its units, the forward model (N, K) nor the file's sha256."""
+    from calib.instrument import InstrumentOperator
+    from cassi.operator_file import save_operator
+    from data.synthetic import random_mask
+    from models.checkpoints import load_lightning_checkpoint
+    from models.loading import file_sha256
+    from models.release import mask_sha256
+
+    mask = torch.from_numpy(random_mask(32, 32, seed=5))
+    xi = Mismatch(dx=0.4, dy=-0.2, theta=0.1, a1=2.01, alpha=0.3)
+    operator = tmp_path / "operator.npz"
+    save_operator(operator, InstrumentOperator(mask, mismatch=xi, spatial=2, spectral=1), "ok", [],
+                  code_phase=(0.25, -0.5))
+    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator),
+             "--data.mask", str(operator))
+    training = load_lightning_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").training
+    assert training["operator_file"] == {
+        "path": str(operator), "sha256": file_sha256(operator), "estimate": xi.to_dict(),
+        "units": {"dx": "px", "dy": "px", "theta": "deg", "a1": "px/band", "alpha": "deg"},
+        "forward_model": {"spatial": 2, "spectral": 1, "mask_interpolation": "linear", "dispersion": "linear",
+                          "bands": 28, "step": 2},
+        "mask": {"shape": [32, 32], "sha256": mask_sha256(mask)}, "code_phase": {"fy": 0.25, "fx": -0.5},
+        "calibration": {"status": "ok", "reasons": []}}
 
 
 # ---------------------------------------------------------------------------------------- modules

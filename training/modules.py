@@ -159,10 +159,13 @@ class CassiModule(pl.LightningModule, ABC):
             print(f"calibration status of {self.hparams.operator}: {status_text(self.instrument.calibration)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints name their held-out validation scenes, the status of the instrument's calibration and the
-        run's last validation (its global step and every ``val/*`` metric by name), for release model cards."""
+        """Checkpoints name their held-out validation scenes, the status of the instrument's calibration, what an
+        operator file's instrument was (``operator_file``: :func:`training.simulation.operator_file_record`, None
+        without one) and the run's last validation (its global step and every ``val/*`` metric by name), for release
+        model cards."""
         checkpoint["validation_scenes"] = list(self.scene_names)
         checkpoint["operator_calibration"] = self.instrument.calibration
+        checkpoint["operator_file"] = self.instrument.operator_file
         metrics = validation_metrics(self.trainer)
         if metrics and self.last_validation is not None:
             self.last_validation["metrics"] = metrics

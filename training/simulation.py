@@ -15,13 +15,33 @@ from torch import Tensor
 from calib.instrument import instrument_operator
 from cassi import CassiOperator, Mismatch
 from cassi.checks import check_mismatch
+from cassi.mismatch import PARAMETER_UNITS
 from cassi.noise import add_noise, check_noise
-from cassi.operator_file import read_operator_file
+from cassi.operator_file import OperatorRecord, read_operator_file
+from models.loading import file_sha256
+from models.release import mask_sha256
 
 
 def derived_seed(*parts: int) -> int:
     """A 63-bit seed determined by ``parts`` only (so runs, resumes and ranks are reproducible)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def operator_file_record(path: str, record: OperatorRecord) -> dict[str, Any]:
+    """What an operator file (``calibrate.py``'s ``operator.npz``) says the instrument is, JSON-ready, as checkpoints
+    record it: ``path`` (as given) and ``sha256`` of the file, the mismatch ``estimate`` (dx, dy, theta, a1, alpha)
+    in ``units``, the ``forward_model`` (``spatial`` N, ``spectral`` K oversampling, ``mask_interpolation``,
+    ``dispersion``, ``bands``, ``step``), the ``mask`` (``shape``, ``sha256``), the ``code_phase`` (fy, fx) px when the
+    mask is a code recovered from a handed mask (the estimate is then in the code's frame), else None, and the
+    ``calibration`` status and reasons."""
+    return {"path": str(path), "sha256": file_sha256(path), "estimate": record.mismatch.to_dict(),
+            "units": dict(PARAMETER_UNITS),
+            "forward_model": {"spatial": record.oversample[0], "spectral": record.oversample[1],
+                              "mask_interpolation": record.mask_interpolation, "dispersion": record.dispersion,
+                              "bands": record.bands, "step": record.step},
+            "mask": {"shape": list(record.mask.shape), "sha256": mask_sha256(record.mask)},
+            "code_phase": None if record.code_phase is None else dict(zip(("fy", "fx"), record.code_phase)),
+            "calibration": record.calibration}
 
 
 class Instrument:
@@ -41,7 +61,8 @@ class Instrument:
             device); its bands and step must equal ``bands`` and ``step``. Its mask (``mask``, (H, W)) is the data's
             business: ``train.py`` refuses data whose mask is another (``--data.mask FILE``, which may be the operator
             file itself). ``calibration``: the status and reasons of the calibration that wrote it
-            (:func:`cassi.operator_file.calibration_status`), else None.
+            (:func:`cassi.operator_file.calibration_status`), else None. ``operator_file``: what that instrument was
+            (:func:`operator_file_record`), else None.
     """
 
     def __init__(self, bands: int = 28, step: int = 2, mismatch: Mapping[str, float] | None = None,
@@ -57,6 +78,7 @@ class Instrument:
         self.oversample, self.mask_interpolation = (1, 1), "linear"
         self.calibration: dict[str, Any] | None = None
         self.mask: Tensor | None = None
+        self.operator_file: dict[str, Any] | None = None
         if operator is not None:
             if mismatch is not None:
                 raise ValueError("give the instrument's mismatch or an operator file, not both")
@@ -66,7 +88,7 @@ class Instrument:
                                  f"training uses {bands} bands and step {step}")
             self.mismatch, self.oversample = calibrated.mismatch, calibrated.oversample
             self.mask_interpolation, self.calibration = calibrated.mask_interpolation, calibrated.calibration
-            self.mask = calibrated.mask
+            self.mask, self.operator_file = calibrated.mask, operator_file_record(operator, calibrated)
         self.noise = None if noise is None else dict(noise)
         if self.noise is not None:
             check_noise(**self.noise)
