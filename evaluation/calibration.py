@@ -10,9 +10,11 @@
   ``settings.mask_interpolation`` (absent: bilinear) if present, and used for every scene. A file with a
   ``scenes`` object (scene name -> calibration or estimate) gives each scene its own estimate.
 * ``--calibration DIR``: one calibration per scene, ``DIR/<scene name>/calibration.json`` (e.g. written by
-  ``calibrate.py --out DIR/scene01`` for the measurement of scene01): the folder's name is the scene's, and a scene
-  without one is an error naming the scene and the file expected. Each scene's estimate keeps its own forward model
-  (they may differ: calibrate.py's ``--forward-model auto`` chooses per scene).
+  ``calibrate.py --out DIR/scene01`` for the measurement of scene01): the folder's name is the scene's, or the
+  scene's with the KAIST snapshots' ``_snapshot`` suffix (``calibrate.py --separately --meas
+  .../scene01_snapshot.npz ...`` writes ``DIR/scene01_snapshot/``); a scene without one is an error naming the scene
+  and the file expected, two folders of one scene an error naming both. Each scene's estimate keeps its own forward
+  model (they may differ: calibrate.py's ``--forward-model auto`` chooses per scene).
 * neither: ``calib.calibrate(y, mask, solver=..., ckpt=...)`` (default: the held-out criterion) estimates
   the mismatch of every scene's measurement on its own (slow: a search per scene), with calibrate.py's
   defaults: the data choose each scene's forward model.
@@ -152,6 +154,11 @@ def _forward_model(content: Any, where: str) -> tuple[tuple[int, int] | None, st
     return oversample, reading
 
 
+# calibrate.py --separately writes DIR/<measurement file stem>/; the KAIST snapshots (MST layout, shared
+# data/kaist_meas/sceneNN_snapshot.npz) have stems "<scene>_snapshot", so that folder calibrates <scene>
+SNAPSHOT_SUFFIX = "_snapshot"
+
+
 @dataclass
 class PerSceneEstimates:
     """A saved calibration per scene (by scene name): ``DIR/<scene>/calibration.json`` or a ``scenes`` object, each
@@ -169,10 +176,14 @@ class PerSceneEstimates:
         missing = [s for s in scenes if s not in self.estimates]
         if missing:
             path = self.description.get("path")
-            expected = (", ".join(str(Path(path) / s / "calibration.json") for s in missing) if Path(path).is_dir()
-                        else ", ".join(f"scenes.{s}" for s in missing))
+            expected = (", ".join(f"{Path(path) / s / 'calibration.json'} or "
+                                  f"{Path(path) / (s + SNAPSHOT_SUFFIX) / 'calibration.json'}" for s in missing)
+                        if Path(path).is_dir() else ", ".join(f"scenes.{s}" for s in missing))
+            folders = {s: Path(f).parent.name for s, f in self.description.get("files", {}).items()}
+            found = [f"{s} ({folders[s]}/)" if Path(path).is_dir() and folders.get(s, s) != s else s
+                     for s in sorted(self.estimates)]
             raise UserError(f"scenario III: no calibration for scene(s) {', '.join(missing)} in {path} (expected "
-                            f"{expected}; calibrated scenes: {', '.join(sorted(self.estimates)) or 'none'})")
+                            f"{expected}; calibrated scenes: {', '.join(found) or 'none'})")
 
     def __call__(self, y: Tensor, mask: Tensor, scene: str = "") -> Mismatch:
         self.require([scene])
@@ -265,7 +276,13 @@ def read_calibration_json(path: str | Path) -> dict[str | None, tuple[Any, str]]
             hint = (f"; {single} is one calibration for every scene: pass that file" if single.is_file() else "")
             raise FileNotFoundError(f"{path}: no per-scene calibration (expected {path}/<scene>/calibration.json)"
                                     + hint)
-        contents = {f.parent.name: (_read_json(f), str(f)) for f in files}
+        contents = {}
+        for f in files:
+            scene = f.parent.name.removesuffix(SNAPSHOT_SUFFIX) or f.parent.name
+            if scene in contents:
+                raise UserError(f"{path}: two calibrations of scene {scene}: {contents[scene][1]} and {f}; "
+                                "keep one")
+            contents[scene] = (_read_json(f), str(f))
     else:
         content = _read_json(path)
         if isinstance(content, dict) and isinstance(content.get("calibrations"), list) and "estimate" not in content:

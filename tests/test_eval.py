@@ -317,7 +317,28 @@ def test_per_scene_calibrations_with_different_forward_models_each_reconstruct_t
     assert run_cli("kaist", "--synthetic.count", 3, "--synthetic.size", 32, *FAST_GAP, "--scenarios", "II,III",
                    "--calibration", tmp_path / "cal", "--out", tmp_path / "run3") == 2
     assert (f"no calibration for scene(s) synthetic03 in {tmp_path / 'cal'} (expected "
-            f"{tmp_path / 'cal' / 'synthetic03' / 'calibration.json'};") in capsys.readouterr().err
+            f"{tmp_path / 'cal' / 'synthetic03' / 'calibration.json'} or "
+            f"{tmp_path / 'cal' / 'synthetic03_snapshot' / 'calibration.json'};") in capsys.readouterr().err
+
+
+def test_per_scene_calibration_folders_named_after_the_kaist_snapshot_files_match_their_scenes(tmp_path):
+    """calibrate.py --separately --meas .../scene01_snapshot.npz .../scene02_snapshot.npz --out DIR wrote
+    DIR/scene01_snapshot/, which eval.py kaist --calibration DIR did not match to scene01 (the user had to rename):
+    the KAIST snapshots' suffix is understood; two folders of one scene are an error naming both."""
+    from cassi.errors import UserError
+    from evaluation.calibration import from_calibration_json, read_calibration_json
+    write_scene_calibrations(tmp_path / "cal", {"scene01_snapshot": (XI, [1, 1], "linear"),
+                                                "scene02": (XI, [1, 1], "linear")})
+    contents = read_calibration_json(tmp_path / "cal")
+    assert sorted(contents) == ["scene01", "scene02"]
+    assert contents["scene01"][1] == str(tmp_path / "cal" / "scene01_snapshot" / "calibration.json")
+    with pytest.raises(UserError, match=r"no calibration for scene\(s\) scene03 .*calibrated scenes: scene01 "
+                                        r"\(scene01_snapshot/\), scene02\)"):
+        from_calibration_json(tmp_path / "cal").require(["scene03"])
+    write_scene_calibrations(tmp_path / "cal", {"scene02_snapshot": (XI, [1, 1], "linear")})
+    with pytest.raises(UserError, match="two calibrations of scene scene02: .*scene02/calibration.json and "
+                                        ".*scene02_snapshot/calibration.json"):
+        read_calibration_json(tmp_path / "cal")
 
 
 def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
