@@ -178,7 +178,12 @@ def inner_solver(solver: str, checkpoint, y: Tensor, mask: Tensor, bands: int, s
     (:class:`cassi.errors.UserError`, one line) before the search."""
     if solver in (HELD_OUT, GAP_TV):
         if checkpoint is not None:
-            raise UserError(f"--ckpt is only used with a network solver, not {solver}")
+            from models.checkpoints import recorded_model_name
+
+            recorded = recorded_model_name(checkpoint)
+            hint = (f"; {checkpoint} records the model {recorded}: pass --solver {recorded} to calibrate with it"
+                    if recorded else "")
+            raise UserError(f"--ckpt is only used with a network solver, not {solver}{hint}")
         return None if solver == HELD_OUT else InnerSolver(solver, None)
     if network is None:
         network = load_network(solver, checkpoint, y.device)

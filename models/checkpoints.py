@@ -212,6 +212,22 @@ def load_release_model(path: str | Path, name: str | None = None) -> LoadedModel
                        training=release.config.get("training"))
 
 
+def recorded_model_name(path: str | Path) -> str | None:
+    """The registry name of the network that the weights at ``path`` record (a release folder's config.json, a
+    ``train.py`` ``.ckpt``'s hyper-parameters); None for a toolbox ``.pth`` (it does not say) or what cannot be
+    read as either."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return open_release(path).config["model"]["name"]
+        if path.suffix.lower() == ".ckpt" and path.is_file():
+            hparams = _torch_load(path).get("hyper_parameters")
+            return _lightning_model_spec(hparams, path)[0] if isinstance(hparams, Mapping) else None
+    except (OSError, ValueError, AttributeError):       # ReleaseError is a ValueError; a .ckpt not a mapping
+        return None
+    return None
+
+
 def load_weights(path: str | Path, name: str | None = None) -> LoadedModel:
     """Dispatch on the source: a folder is a release, ``.ckpt`` is Lightning, ``.pth`` / ``.pt`` is toolbox."""
     path = Path(path)

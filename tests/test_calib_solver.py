@@ -92,6 +92,24 @@ def test_a_train_py_checkpoint_is_a_solver(inputs, tmp_path):
         load_network("bisrnet", tmp_path / "last.ckpt")
 
 
+def test_a_checkpoint_without_solver_suggests_the_model_it_records(inputs, tmp_path, capsys):
+    """calibrate.py --ckpt X without --solver said only "--ckpt is only used with a network solver, not heldout": a
+    train.py .ckpt (or a release folder) records its model, so the error suggests --solver with it; a toolbox .pth
+    does not say, and the error stays as it was."""
+    folder, _, _ = inputs
+    state = torch.load(folder / "mst_s.pth")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
+                "hyper_parameters": {"model_name": "mst_s", "model_kwargs": {}}}, tmp_path / "last.ckpt")
+    files = ["--meas", str(folder / "y.npz"), "--mask", str(folder / "mask.mat"), "--no-progress"]
+    for solver in ([], ["--solver", "gap_tv"]):
+        user_error(capsys, lambda: calibrate.main([*files, *solver, "--ckpt", str(tmp_path / "last.ckpt"),
+                                                    "--out", str(tmp_path / "out")]),
+                   r"only used with a network solver, not (heldout|gap_tv); .*last.ckpt records the model mst_s: pass "
+                   r"--solver mst_s to calibrate with it")
+    user_error(capsys, lambda: calibrate.main([*files, "--ckpt", str(folder / "mst_s.pth"), "--out",
+                                                str(tmp_path / "out")]), r"only used with a network solver, not heldout$")
+
+
 def test_the_solver_check_reads_the_size_rule_and_runs_no_forward_pass(inputs, monkeypatch):
     """A network is checked by its ``size_rule`` and ``prepare_inputs`` alone, not by a trial reconstruction (which
     costs seconds to minutes at a real capture's size on a CPU); GAP-TV takes sizes the networks refuse."""

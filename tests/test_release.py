@@ -363,3 +363,10 @@ def test_card_of_a_joint_checkpoint_states_the_crsdun_loss(tmp_path):
     card = (release / "README.md").read_text()
     assert "`training.JointModule`, joint loss: stage-weighted (0.7^(K-k)) MSE + 0.0001 x cross-entropy" in card
     assert "loss `joint`" not in card
+
+
+def test_a_release_records_its_model_name_and_a_toolbox_pth_does_not(release, tmp_path):
+    """calibrate.py --ckpt without --solver suggests the model the weights record (models.checkpoints)."""
+    from models.checkpoints import recorded_model_name
+    assert recorded_model_name(release[0]) == "mst_s"
+    assert recorded_model_name(tmp_path / "mst_s.pth") is None and recorded_model_name(tmp_path / "none") is None
