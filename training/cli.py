@@ -80,9 +80,18 @@ JSONARGPARSE_NOISE = ("Does not validate against any of the Union subtypes", "Su
 
 
 def parser_message(text: str) -> str:
-    """jsonargparse's nested explanation of a bad option reduced to what the user can act on, on one line."""
-    kept = [line.strip().removeprefix("- ").strip('"') for line in text.splitlines()]
-    kept = [line for line in kept if line and not line.startswith(JSONARGPARSE_NOISE)]
+    """jsonargparse's nested explanation of a bad option reduced to what the user can act on, on one line. Each of
+    its errors (a ``- `` item and the lines under it) is said once: the union subtypes of an option (``Logger`` and
+    ``Iterable[Logger]`` of ``--trainer.logger``) each give the same one."""
+    items: list[tuple[str, ...]] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        kept = stripped.removeprefix("- ").strip('"')
+        if stripped.startswith("- ") or not items:
+            items.append(())
+        if kept and not kept.startswith(JSONARGPARSE_NOISE):
+            items[-1] += (kept,)
+    kept = [line for item in dict.fromkeys(items) for line in item]
     return one_line("\n".join(kept)) if kept else one_line(text)
 
 
