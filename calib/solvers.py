@@ -68,7 +68,12 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     try:
         loaded = load_weights(path, name)
     except ValueError as err:
-        raise UserError(f"{path} is not a {name} checkpoint: {one_line(err)}") from err
+        detail = one_line(err)          # the loaders' messages start with the path: say it once
+        if detail.startswith(f"{path}: "):
+            detail = detail.removeprefix(f"{path}: ")
+        elif detail.startswith(f"{path} "):
+            detail = "it " + detail.removeprefix(f"{path} ")
+        raise UserError(f"{path} is not a {name} checkpoint: {detail}") from err
     loaded.model.to(device).eval()
     for p in loaded.model.parameters():
         p.requires_grad_(False)

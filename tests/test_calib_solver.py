@@ -88,8 +88,28 @@ def test_a_train_py_checkpoint_is_a_solver(inputs, tmp_path):
                 "hyper_parameters": {"model_name": "mst_s", "model_kwargs": {}}}, tmp_path / "last.ckpt")
     network = load_network("mst_s", tmp_path / "last.ckpt")
     assert all(torch.equal(network.state_dict()[k], v) for k, v in state.items()) and not network.training
-    with pytest.raises(UserError, match=r"last.ckpt is not a bisrnet checkpoint: .*holds model 'mst_s'"):
+    with pytest.raises(UserError, match=r"last.ckpt is not a bisrnet checkpoint: .*holds model 'mst_s'") as info:
         load_network("bisrnet", tmp_path / "last.ckpt")
+    assert str(info.value).count(str(tmp_path / "last.ckpt")) == 1     # it said the path twice
+
+
+def test_a_checkpoint_of_another_model_is_named_once(tmp_path):
+    """"X is not a mst_m checkpoint: X: release holds ..." and "X is not a bisrnet checkpoint: X is the official
+    BiSRNet real-data weights ...": the loaders' messages start with the path, which the error now says once."""
+    from models.checkpoints import LoadedModel
+    import models.checkpoints as checkpoints
+
+    torch.save({}, tmp_path / "w.pth")
+    for loader_says, detail in (("{p}: release holds model 'mst_s'", "release holds model 'mst_s'"),
+                                ("{p} is the official weights of bisrnet_real", "it is the official weights of "
+                                                                                 "bisrnet_real")):
+        def refuse(path, name=None) -> LoadedModel:
+            raise ValueError(loader_says.format(p=path))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(checkpoints, "load_weights", refuse)
+            with pytest.raises(UserError) as info:
+                load_network("bisrnet", tmp_path / "w.pth")
+        assert str(info.value) == f"{tmp_path / 'w.pth'} is not a bisrnet checkpoint: {detail}"
 
 
 def test_a_checkpoint_without_solver_suggests_the_model_it_records(inputs, tmp_path, capsys):
@@ -107,7 +127,8 @@ def test_a_checkpoint_without_solver_suggests_the_model_it_records(inputs, tmp_p
                    r"only used with a network solver, not (heldout|gap_tv); .*last.ckpt records the model mst_s: pass "
                    r"--solver mst_s to calibrate with it")
     user_error(capsys, lambda: calibrate.main([*files, "--ckpt", str(folder / "mst_s.pth"), "--out",
-                                                str(tmp_path / "out")]), r"only used with a network solver, not heldout$")
+                                                str(tmp_path / "out")]),
+               r"only used with a network solver, not heldout$")
 
 
 def test_the_solver_check_reads_the_size_rule_and_runs_no_forward_pass(inputs, monkeypatch):
