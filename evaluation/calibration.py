@@ -333,6 +333,15 @@ def read_saved(operator: str | None, calibration: str | None) -> SavedCalibratio
     if operator and calibration:
         raise ValueError("give either --operator or --calibration, not both")
     if operator:
+        path = Path(operator)
+        per_scene = path.is_dir() and not (path / "operator.npz").is_file() and any(path.glob("*/calibration.json"))
+        if per_scene or (path.is_file() and path.suffix.lower() == ".json"):
+            beside = path.parent / "operator.npz"
+            raise UserError(f"--operator {path}: " + ("a folder of per-scene calibrations (<scene>/calibration.json)"
+                                                      if per_scene else "a calibration JSON")
+                            + f", not an operator .npz; pass it with --calibration {path}"
+                            + (f" (or its operator file, --operator {beside})" if not per_scene and beside.is_file()
+                               else ""))
         return SavedCalibration(str(operator), record=read_operator_file(operator))
     if calibration:
         return SavedCalibration(str(calibration), contents=read_calibration_json(calibration))

@@ -363,7 +363,8 @@ EVAL_CASES = {
                               r"mask.mat: not an \.npz operator file written by calibrate.py \(an \.npz is a zip "
                               r"archive and this \.mat file is not one\)$"),
     "operator given a .json": ([*KAIST, "--scenarios", "II,III", "--operator", "{f}/dxnull.json"],
-                               r"dxnull.json: not an \.npz operator file written by calibrate.py .*\.json file"),
+                               r"--operator .*dxnull.json: a calibration JSON, not an operator \.npz; pass it with "
+                               r"--calibration .*dxnull.json$"),
     "calibration.json with dx null": ([*KAIST, "--scenarios", "II,III", "--calibration", "{f}/dxnull.json"],
                                       r"dxnull.json: mismatch parameter dx must be a number \(px\), got None"),
     "calibration.json with theta 90": ([*KAIST, "--scenarios", "II,III", "--calibration", "{f}/theta90.json"],

@@ -341,6 +341,24 @@ def test_per_scene_calibration_folders_named_after_the_kaist_snapshot_files_matc
         read_calibration_json(tmp_path / "cal")
 
 
+def test_calibrations_given_as_an_operator_point_to_calibration(tmp_path):
+    """eval.py kaist --operator calibration.json said only 'not an .npz operator file'; --operator DIR of per-scene
+    calibrations 'is a folder, not an operator file': both point to --calibration (and to the operator.npz beside a
+    calibration.json)."""
+    from cassi.errors import UserError
+    from evaluation.calibration import read_saved
+
+    write_scene_calibrations(tmp_path / "cal", {"synthetic01": (XI, [1, 1], "linear")})
+    with pytest.raises(UserError, match=rf"--operator {tmp_path / 'cal'}: a folder of per-scene calibrations "
+                                        rf"\(<scene>/calibration.json\), not an operator .npz; pass it with "
+                                        rf"--calibration {tmp_path / 'cal'}$"):
+        read_saved(str(tmp_path / "cal"), None)
+    one = tmp_path / "cal" / "synthetic01" / "calibration.json"
+    with pytest.raises(UserError, match=rf"a calibration JSON, not an operator .npz; pass it with --calibration {one} "
+                                        rf"\(or its operator file, --operator {one.parent / 'operator.npz'}\)$"):
+        read_saved(str(one), None)
+
+
 def test_operator_file_with_another_mask_is_refused(tmp_path, capsys):
     other = torch.ones(32, 32)
     save_operator(tmp_path / "operator.npz", CassiOperator(other, mismatch=XI))
