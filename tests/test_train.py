@@ -299,6 +299,19 @@ def test_help_offers_only_the_modules_one_can_train(capsys):
     user_error(capsys, lambda: cli(["fit", "--model", "training.CassiModule"]), r"training\.CassiModule .*is abstract")
 
 
+def test_model_help_without_a_class_lists_the_classes_to_pass(capsys):
+    """Was: fit --model.help showed the arguments of the abstract base training.CassiModule, which no run can use."""
+    with pytest.raises(SystemExit) as done:
+        cli(["fit", "--model.help"])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0 and "train.py fit --model.help CLASS" in printed, printed
+    assert "training.ReconstructionModule  Trains any registry reconstruction network." in printed
+    assert "training.JointModule" in printed and "CassiModule" not in printed and "--model.lr" not in printed
+    with pytest.raises(SystemExit):
+        cli(["fit", "--model.help", "training.JointModule"])             # with a class: its arguments, as before
+    assert "--model.seg_weight" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("given, suggested", [
     (["--model.init_args.lerning_rate", "1e-3"], r"Option 'lerning_rate' is not accepted; did you mean "
                                                  r"--model\.init_args\.lr\?"),          # the initials of the typo

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import json
 import re
 import os
@@ -133,6 +134,40 @@ def did_you_mean(parser: ArgumentParser, message: str, ex: Exception | None) -> 
         return ""
     found = closest_key(key, list(keys))
     return f"; did you mean --{found}?" if found else ""
+
+
+def model_classes() -> dict[str, str]:
+    """{class path: first line of its docstring} of the model classes ``train.py`` trains (``--model CLASS``): the
+    subclasses of :class:`training.CassiModule` that are not abstract, by the name the ``training`` package exports."""
+    import training
+
+    found, pending = {}, list(CassiModule.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        if not inspect.isabstract(cls):
+            exported = cls.__name__ in training.__all__ and getattr(training, cls.__name__) is cls
+            path = f"training.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
+            found[path] = (inspect.getdoc(cls) or "").partition("\n")[0].replace("``", "")
+    return found
+
+
+def model_help_without_class(args: list[str]) -> str | None:
+    """The answer to ``train.py SUBCOMMAND --model.help`` without a class (jsonargparse would show the arguments of
+    the abstract base :class:`training.CassiModule`, which no run can use): the model classes to pass and how to see
+    their arguments. None for any other request."""
+    if "--model.help" not in args:
+        return None
+    at = args.index("--model.help")
+    if at + 1 < len(args) and not args[at + 1].startswith("-"):
+        return None
+    subcommand = next((arg for arg in args[:at] if not arg.startswith("-")), "fit")
+    classes = model_classes()
+    width = max(map(len, classes))
+    listing = "\n".join(f"  {path:<{width}}  {doc}" for path, doc in classes.items())
+    return (f"--model.help shows the arguments of a model class: train.py {subcommand} --model.help CLASS, with CLASS "
+            f"one of\n{listing}\n(a recipe, configs/<model>.yaml, chooses one as model.class_path; "
+            f"e.g. train.py {subcommand} --model.help {next(iter(classes))})\n")
 
 
 class OneLineParser(LightningArgumentParser):
@@ -540,8 +575,13 @@ class CassiCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Also keeps the arguments (for the resume command that ``fit`` prints at its end)."""
+        """Also keeps the arguments (for the resume command that ``fit`` prints at its end); ``--model.help`` without
+        a class lists the classes to pass (:func:`model_help_without_class`)."""
         self.args = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else None
+        answer = model_help_without_class(self.args) if self.args is not None else None
+        if answer is not None:
+            sys.stdout.write(answer)
+            raise SystemExit(0)
         super().parse_arguments(parser, args)
 
     def instantiate_classes(self) -> None:
