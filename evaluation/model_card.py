@@ -16,6 +16,7 @@ import json
 import math
 from typing import Any
 
+from cassi.mismatch import Mismatch
 from cassi.operator_file import status_text
 from cassi.progress import progress_text
 from evaluation.protocol import DRIFTED_SCENARIOS, METRICS
@@ -113,6 +114,19 @@ def _loss(hp: dict[str, Any]) -> str:
             "cross-entropy of the segmentation")
 
 
+def _operator_file_line(record: dict[str, Any]) -> str:
+    """The instrument a checkpoint trained through (``training["operator_file"]``), identified by what it is rather
+    than by the local path it was read from."""
+    model, mask, phase = record["forward_model"], record["mask"], record.get("code_phase")
+    frame = f"; in the frame of a code recovered at phase fy {phase['fy']:g}, fx {phase['fx']:g} px" if phase else ""
+    status = (record.get("calibration") or {}).get("status", "not recorded")
+    return (f"- trained through the calibrated instrument of operator file sha256 `{record['sha256']}`: estimate "
+            f"{Mismatch.from_dict(record['estimate']).text()} (dx, dy px; theta, alpha deg; a1 px/band{frame}), "
+            f"forward model N={model['spatial']}, K={model['spectral']} ({model['mask_interpolation']} mask reading, "
+            f"{model['dispersion']} dispersion), mask {mask['shape'][0]}x{mask['shape'][1]} sha256 `{mask['sha256']}`;"
+            f" calibration status {status}")
+
+
 def _training_lines(training: dict[str, Any] | None) -> list[str]:
     if not training:
         return ["## Training", "", "Not recorded (the weights did not come from a train.py checkpoint).", ""]
@@ -136,6 +150,7 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
              f"- instrument: {instrument}; measurement gain {hp.get('measurement_gain', 1.0)}",
              *([f"- calibration status of the operator: {status_text(training['operator_calibration'])}"]
                if training.get("operator_calibration") else []),
+             *([_operator_file_line(training["operator_file"])] if training.get("operator_file") else []),
              f"- data: source `{source}`, {where}, mask: {mask} (mask_crop {data.get('mask_crop')}), "
              f"{data.get('crop')} px crops, batch {data.get('batch_size')}, "
              f"{epoch}, spliced mosaics p = {data.get('splice_prob')}",

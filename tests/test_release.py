@@ -370,3 +370,28 @@ def test_a_release_records_its_model_name_and_a_toolbox_pth_does_not(release, tm
     from models.checkpoints import recorded_model_name
     assert recorded_model_name(release[0]) == "mst_s"
     assert recorded_model_name(tmp_path / "mst_s.pth") is None and recorded_model_name(tmp_path / "none") is None
+
+
+def test_card_of_a_checkpoint_trained_through_an_operator_file_identifies_the_instrument(tmp_path):
+    """Was: 'instrument: operator /tmp/.../operator.npz', a local path; now the file's sha256, the estimate, the
+    forward model and the mask it records."""
+    from calib.instrument import InstrumentOperator
+    from cassi import Mismatch
+    from cassi.operator_file import save_operator
+    from data.synthetic import random_mask
+    from models.loading import file_sha256
+    from test_train import CONFIGS, one_step
+
+    mask = torch.from_numpy(random_mask(32, 32, seed=5))
+    operator = tmp_path / "operator.npz"
+    save_operator(operator, InstrumentOperator(mask, mismatch=Mismatch(dx=0.4, dy=-0.2, theta=0.1, a1=2.01, alpha=0.3),
+                                               spatial=2, spectral=1), "ok", [])
+    one_step(CONFIGS / "smoke" / "mst_s.yaml", tmp_path / "run", "--data.crop", "32", "--model.operator", str(operator),
+             "--data.mask", str(operator))
+    release = tmp_path / "release"
+    assert run_cli("export", "--ckpt", tmp_path / "run" / "checkpoints" / "last.ckpt", "--out", release) == 0
+    card = (release / "README.md").read_text()
+    assert (f"- trained through the calibrated instrument of operator file sha256 `{file_sha256(operator)}`: estimate "
+            "dx=0.4000, dy=-0.2000, theta=0.1000, a1=2.0100, alpha=0.3000 (dx, dy px; theta, alpha deg; a1 px/band), "
+            "forward model N=2, K=1 (linear mask reading, linear dispersion), mask 32x32 sha256 ") in card
+    assert card.count("calibration status ok") == 1
