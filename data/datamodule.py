@@ -30,9 +30,10 @@ taken, and the resumed run goes on with the next batch, without loading the ones
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
-from data.layouts import CubeFile, TrainingData, find_training_data, mask_file
+from data.layouts import CubeFile, TrainingData, _resolve_source, find_training_data, mask_file
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
@@ -62,12 +63,18 @@ def mask_crop_mode(mask_crop: bool | str) -> str:
     return mask_crop
 
 
-def resume_setting(key: str, value: Any) -> Any:
-    """A datamodule setting as a resumed fit compares it with its checkpoint's: a path of :data:`MOVABLE_PATHS` as
-    whether it is set, ``mask_crop`` as its mode, anything else as it is."""
-    if key in MOVABLE_PATHS:
-        return value is not None
-    return mask_crop_mode(value) if key == "mask_crop" and isinstance(value, (bool, str)) else value
+def resume_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Datamodule ``settings`` as a resumed fit compares them with its checkpoint's: ``source`` as the one it
+    resolves to (``auto``: ``synthetic`` without ``root``, else ``folder``; as spelled if it does not resolve), a path
+    of :data:`MOVABLE_PATHS` as whether it is set, ``mask_crop`` as its mode, anything else as it is."""
+    found = dict(settings)
+    if isinstance(found.get("source"), str):
+        with contextlib.suppress(ValueError):              # a wrong source is the datamodule's error to give
+            found["source"] = _resolve_source(found["source"], found.get("root"))
+    found.update({key: found[key] is not None for key in MOVABLE_PATHS if key in found})
+    if isinstance(found.get("mask_crop"), (bool, str)):
+        found["mask_crop"] = mask_crop_mode(found["mask_crop"])
+    return found
 
 
 class SceneSource:

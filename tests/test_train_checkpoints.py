@@ -22,6 +22,7 @@ from cli_checks import user_error
 from models.checkpoints import load_lightning_checkpoint, training_progress
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
+from training.cli import data_differences
 
 MST = CONFIGS / "smoke" / "mst_s.yaml"
 HSRA = CONFIGS / "smoke" / "hsra_s.yaml"
@@ -144,10 +145,23 @@ def test_fit_refuses_to_resume_with_data_settings_that_change_its_batches(mst_ru
             r"--model.init_args.lr: asked 0.001, the checkpoint has 0.0004; --data.crop: asked 64, the checkpoint has "
             r"32; --data.samples_per_epoch: asked 4, the checkpoint has 2; fit --ckpt_path resumes that run with its "
             r"own model settings .* and its own data settings")
-    # settings that leave the batches as they were may change (mask_crop false is its default, none)
+    # settings that leave the batches as they were may change (mask_crop false is its default, none; the source
+    # named as what the run's auto chose)
     resumed = run("fit", MST, tmp_path / "copy", *FIT, "--ckpt_path", "last", "--data.preload", "false",
-                  "--data.test_scenes", "3", "--data.mask_crop", "false")
+                  "--data.test_scenes", "3", "--data.mask_crop", "false", "--data.source", "synthetic")
     assert resumed.trainer.global_step == 2
+
+
+def test_resume_compares_the_data_source_it_resolves_to_not_its_spelling():
+    """Was: a run of --data.source auto --data.root X resumed with --data.source folder --data.root X (or the
+    reverse; auto without a root and synthetic likewise) was refused as trained on other data."""
+    auto, folder = {"source": "auto", "root": "/old/cubes"}, {"source": "folder", "root": "/moved/cubes"}
+    assert data_differences(auto, folder) == data_differences(folder, auto) == []
+    assert data_differences({"source": "auto", "root": None}, {"source": "synthetic", "root": None}) == []
+    assert data_differences(auto, {"source": "mst_simulation", "root": "/old/cubes"}) == [
+        ("--data.source", "mst_simulation", "auto")]
+    assert data_differences({"source": "synthetic", "root": None}, folder) == [
+        ("--data.source", "folder", "synthetic"), ("--data.root", "/moved/cubes", None)]
 
 
 def test_resuming_in_mid_epoch_from_a_checkpoint_without_a_loader_position_warns(max_steps_run, mst_run, tmp_path):

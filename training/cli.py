@@ -58,7 +58,7 @@ from cassi import CassiOperator
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
-from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_setting
+from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.release import mask_sha256
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
@@ -266,11 +266,13 @@ def _import(class_path: str) -> Any:
 
 
 def _differences(prefix: str, asked: Mapping[str, Any], held: Mapping[str, Any], keys: list[str],
-                 comparable: Callable[[str, Any], Any] = lambda key, value: value) -> list[tuple[str, Any, Any]]:
+                 comparable: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> list[tuple[str, Any, Any]]:
     """(``prefix.key``, value asked for, value in the checkpoint) of each of ``keys`` that both record and whose
-    values differ once ``comparable(key, value)`` and :func:`_plain`."""
+    values differ as given and once ``comparable`` (of all settings: a value the same as given that resolves
+    otherwise, ``--data.source auto``, does so through another setting, which is listed) and :func:`_plain`."""
+    asked_as, held_as = comparable(asked), comparable(held)
     return [(f"{prefix}.{key}", asked[key], held[key]) for key in keys if key in asked and key in held
-            and _plain(comparable(key, asked[key])) != _plain(comparable(key, held[key]))]
+            and _plain(asked[key]) != _plain(held[key]) and _plain(asked_as[key]) != _plain(held_as[key])]
 
 
 def checkpoint_differences(hparams: Mapping[str, Any], model: Namespace | Mapping,
@@ -293,11 +295,11 @@ def checkpoint_differences(hparams: Mapping[str, Any], model: Namespace | Mappin
 def data_differences(hparams: Mapping[str, Any], data: Namespace | Mapping) -> list[tuple[str, Any, Any]]:
     """(option, value asked for, value in the checkpoint) of every data setting of a resumed ``fit`` that differs from
     the checkpoint's ``datamodule_hyper_parameters``: all but :data:`data.datamodule.RESUME_FREE_SETTINGS`, as
-    :func:`data.datamodule.resume_setting` compares them (they define the training batches the checkpoint's loader
+    :func:`data.datamodule.resume_settings` compares them (they define the training batches the checkpoint's loader
     position counts, and the validation crops of its best score)."""
     data = data.as_dict() if isinstance(data, Namespace) else dict(data or {})
     keys = [key for key in data if key not in RESUME_FREE_SETTINGS]
-    return _differences("--data", data, hparams, keys, resume_setting)
+    return _differences("--data", data, hparams, keys, resume_settings)
 
 
 def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace | Mapping, subcommand: str | None,
