@@ -444,7 +444,8 @@ def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> Non
     """Training through an operator file (``--model.operator``) on data with another mask (the default random one,
     another file) would simulate the calibrated instrument with a code it does not have: refuse it before any work,
     naming both masks (source, shape, sha256) and ``--data.mask OPERATOR`` (an operator file holds its mask under
-    the key ``mask``)."""
+    the key ``mask``). For ``fit`` and ``validate`` only: ``test`` / ``predict`` measure through the nominal
+    operator of the test mask (``eval.py kaist``'s scenario I), not through the instrument."""
     expected = module.instrument.mask
     if expected is None:
         return
