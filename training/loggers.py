@@ -46,7 +46,9 @@ class CassiWandbLogger(WandbLogger):
             kwargs["mode"] = "offline"
         super().__init__(project=project, name=name, save_dir=save_dir or ".", log_model=log_model, id=id,
                          offline=False, **kwargs)
-        if self._wandb_init.get("anonymous") is None:   # Lightning's default; wandb warns that it has no effect
+        # Lightning's default; wandb warns that it has no effect. Lightning's private _wandb_init is the only way to
+        # drop it (tests/test_layers.py, PRIVATE_ATTRIBUTES_ALLOWED, says why)
+        if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
 
     @property
