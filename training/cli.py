@@ -78,12 +78,15 @@ SPEED_HPARAMS = ("activation_checkpointing", "channels_last", "compile", "compil
 
 JSONARGPARSE_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
                       "Expected a <class 'NoneType'>")
+CLASS_PROBLEM = "Problem with given class_path"      # an error in the arguments of a class the user gave
 
 
 def parser_message(text: str) -> str:
     """jsonargparse's nested explanation of a bad option reduced to what the user can act on, on one line. Each of
     its errors (a ``- `` item and the lines under it) is said once: the union subtypes of an option (``Logger`` and
-    ``Iterable[Logger]`` of ``--trainer.logger``) each give the same one."""
+    ``Iterable[Logger]`` of ``--trainer.logger``) each give the same one. Beside an error in a class's arguments
+    (``--trainer.logger.init_args.projct``), the type the option's other alternatives expect (``false``: "Expected
+    a <class 'bool'>") is left out: the user gave the class."""
     items: list[tuple[str, ...]] = []
     for line in text.splitlines():
         stripped = line.strip()
@@ -92,6 +95,8 @@ def parser_message(text: str) -> str:
             items.append(())
         if kept and not kept.startswith(JSONARGPARSE_NOISE):
             items[-1] += (kept,)
+    if any(item[:1] and item[0].startswith(CLASS_PROBLEM) for item in items):
+        items = [item for item in items if not (item[:1] and item[0].startswith("Expected a "))]
     kept = [line for item in dict.fromkeys(items) for line in item]
     return one_line("\n".join(kept)) if kept else one_line(text)
 
