@@ -104,6 +104,23 @@ def test_test_prints_the_kaist_table_alone_unless_verbose(mst_run, tmp_path, cap
     assert out.index("Test metric") < out.index("KAIST protocol on 2 test scene(s)")
 
 
+def test_test_says_it_does_not_use_an_operator_file(mst_run, tmp_path, capsys):
+    """Was: train.py test --model.operator FILE took the file and ignored it without a word."""
+    from cassi import CassiOperator, Mismatch
+    from cassi.operator_file import save_operator
+    from data.synthetic import random_mask
+
+    operator = tmp_path / "operator.npz"
+    save_operator(operator, CassiOperator(torch.from_numpy(random_mask(32, 32, seed=1)), mismatch=Mismatch(dx=0.5)))
+    capsys.readouterr()
+    run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(mst_run[0] / "checkpoints" / "last.ckpt"),
+        "--model.operator", str(operator))
+    printed = capsys.readouterr()
+    assert (f"train.py test: note: --model.operator {operator} is not used here: test measures every scene through "
+            "the nominal operator of the test mask") in printed.err
+    assert printed.out.lstrip().startswith("KAIST protocol on 2 test scene(s)")
+
+
 def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_path, capsys, monkeypatch):
     """Was: fit with HSRA-S's config became MST-S and continued the other run's W&B run, exit 0."""
     for name in ("WANDB_API_KEY", "WANDB_MODE"):

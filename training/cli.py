@@ -466,6 +466,14 @@ def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> Non
                     f"simulated with a code it does not have; pass --data.mask {operator} (its mask)")
 
 
+def unused_operator_note(stage: str, operator: str) -> str:
+    """What ``train.py test`` / ``predict`` say of a ``--model.operator`` (given, or recorded by the checkpoint's
+    options), which they do not use: they measure every scene through the nominal operator of the test mask."""
+    return (f"train.py {stage}: note: --model.operator {operator} is not used here: {stage} measures every scene through "
+            "the nominal operator of the test mask (scenario I of eval.py kaist); eval.py kaist --operator "
+            f"{operator} reconstructs through that instrument")
+
+
 def crop_sizes(datamodule: CassiDataModule, stage: str) -> list[tuple[str, int, int]]:
     """(option and value, H, W) of the square crops a ``fit`` / ``validate`` run gives the network: the training
     crop (``fit``) and the validation crop (``--data.val_crop``, else the training crop)."""
@@ -677,6 +685,8 @@ class CassiCLI(LightningCLI):
             self.datamodule.setup(stage)
             if stage in ("test", "predict"):
                 check_input_sizes(self.model, protocol_sizes(self.datamodule))
+        if stage in ("test", "predict") and self.model.hparams.get("operator"):
+            print(unused_operator_note(stage, self.model.hparams.operator), file=sys.stderr)
         if stage in ("test", "predict") and self.trainer.world_size > 1:
             raise UserError(f"train.py {stage} runs the KAIST protocol scene by scene on one device: pass "
                             "--trainer.devices 1")
