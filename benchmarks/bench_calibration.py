@@ -75,7 +75,7 @@ from cassi.warp import warp_mask  # noqa: E402
 from data.kaist import Scene  # noqa: E402
 from evaluation.calibration import PER_SCENE, CalibratePerScene  # noqa: E402
 from evaluation.protocol import Noise  # noqa: E402
-from evaluation.scenarios import ScenarioSetup, run_scenarios  # noqa: E402
+from evaluation.scenarios import LIVE, ScenarioSetup, run_scenarios  # noqa: E402
 
 TOLERANCE = CALIBRATION_TOLERANCE
 DRAW = {"dx": (-3, 3), "dy": (-3, 3), "theta": (-1, 1), "a1": (1.95, 2.05), "alpha": (-1, 1)}
@@ -122,7 +122,7 @@ class TimedCalibrator:
         self.solver, self.ckpt, self.device, self.cli, self.threads = solver, ckpt, device, cli, threads
         self.models = CalibratePerScene(solver, ckpt)
         self.model_frames = self.models.model_frames
-        self.description = {"source": "calib.calibrate", "solver": solver, "ckpt": ckpt,
+        self.description = {"source": LIVE, "solver": solver, "ckpt": ckpt,
                             "forward_models": self.models.forward_models}
 
     def __call__(self, y: torch.Tensor, mask: torch.Tensor, scene: str = "") -> Mismatch:

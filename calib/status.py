@@ -280,7 +280,7 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
         worst = min((0, 1), key=lambda k: rises[k][0] - needed * rises[k][1])
         rise, se = rises[worst]
         if rise <= needed * se:
-            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {PARAMETER_UNITS[name]}"
+            edge = f"{name} {'-+'[worst]}{float(tolerance[i]):g} {unit}"
             reasons.append(f"the criterion does not tell the estimate from {edge}, the edge of the tolerance an "
                            f"\"ok\" vouches for: the score changes by {100 * rise:+.2f} % +- {100 * se:.2f} % "
                            f"(criterion noise) there; needs a rise of more than {needed:g} standard error(s), what "

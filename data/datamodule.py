@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
-from data.layouts import CubeFile, TrainingData, _resolve_source, find_training_data, mask_file
+from data.layouts import CubeFile, TrainingData, resolve_source, find_training_data, mask_file
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
@@ -70,7 +70,7 @@ def resume_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     found = dict(settings)
     if isinstance(found.get("source"), str):
         with contextlib.suppress(ValueError):              # a wrong source is the datamodule's error to give
-            found["source"] = _resolve_source(found["source"], found.get("root"))
+            found["source"] = resolve_source(found["source"], found.get("root"))
     found.update({key: found[key] is not None for key in MOVABLE_PATHS if key in found})
     if isinstance(found.get("mask_crop"), (bool, str)):
         found["mask_crop"] = mask_crop_mode(found["mask_crop"])

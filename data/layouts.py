@@ -235,7 +235,7 @@ def _simulation_folders(root: str | None) -> tuple[Path, Path]:
                             f"{NO_DATA_HINT}")
 
 
-def _resolve_source(source: str, root: str | None) -> str:
+def resolve_source(source: str, root: str | None) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
     if source == "auto":
@@ -251,7 +251,7 @@ def _resolve_source(source: str, root: str | None) -> str:
 def mask_file(source: str, root: str | None, mask: str | None) -> Path | None:
     """The mask file of a run: ``mask`` if given, else the recipe's (``mst_*`` sources), else None (a seeded
     random mask). Reads no cube (a checkpoint's training mask can be rebuilt without its training data)."""
-    source = _resolve_source(source, root)
+    source = resolve_source(source, root)
     if mask is not None:
         return _given_mask(mask)
     if source == "mst_simulation":
@@ -275,7 +275,7 @@ def find_training_data(source: str, root: str | None, mask: str | None) -> Train
     ``test_data.csv`` image) and ``mask/mask512x512.mat`` beside ``fvgnet``. ``mask`` replaces the recipe's mask
     (else a seeded random one).
     """
-    source = _resolve_source(source, root)
+    source = resolve_source(source, root)
     test_root = None
     if source == "synthetic":
         return TrainingData(source, mask=mask_file(source, root, mask))

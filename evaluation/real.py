@@ -51,7 +51,7 @@ from evaluation.calibration import SavedCalibration, handed_estimate
 from evaluation.protocol import timed
 from evaluation.reconstructors import Network, Reconstructor, check_uses_mask
 from evaluation.reports import markdown_table
-from models.release import mask_sha256
+from models.release import mask_sha256, same_mask
 
 
 TOOLBOX_CAPTURES = "Testing_real_data"     # where the MST toolbox's TSA_real_data keeps its captures
@@ -158,7 +158,7 @@ def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Te
     op, handed = record_instrument(record, path), None
     if record.code_phase is not None and tuple(op.mask.shape[-2:]) == tuple(mask.shape):
         handed = handed_estimate(record, path, mask)
-    elif tuple(op.mask.shape[-2:]) != tuple(mask.shape) or mask_sha256(op.mask[0]) != mask_sha256(mask):
+    elif not same_mask(op.mask[0], mask):
         raise UserError(f"{path}: the operator's mask (shape {tuple(op.mask.shape[-2:])}) is not the captures' "
                         f"mask.mat (shape {tuple(mask.shape)}); calibrate with the same mask")
     if (op.bands, op.step) != (bands, step):

@@ -21,6 +21,7 @@ from cassi.operator_file import status_text
 from evaluation.protocol import METRICS, PROTOCOL
 from evaluation.scenarios import UNDEFINED
 
+
 def calibration_status_lines(results: dict[str, Any]) -> list[str]:
     """'scenario III calibration status (FILE or scene): ...' per saved calibration of scenario III."""
     statuses = results.get("calibration", {}).get("method", {}).get("calibration_status", {})

@@ -16,7 +16,7 @@ from cassi.errors import UserError, one_line
 from cassi.progress import fit_progress
 from models.loading import load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
-from models.release import mask_sha256, open_release, state_dict_sha256
+from models.release import mask_sha256, open_release, same_mask, state_dict_sha256
 
 
 @dataclass
@@ -49,8 +49,7 @@ class LoadedModel:
         """A sentence when ``mask`` (H, W), named ``used`` ("the evaluation mask"), is not the coded aperture the
         weights come with (a mask-aware network trained on one code reconstructs another one worse); None when
         it is, or when the weights record none."""
-        if self.mask is None or (tuple(self.mask.shape) == tuple(mask.shape)
-                                 and mask_sha256(self.mask) == mask_sha256(mask)):
+        if self.mask is None or same_mask(self.mask, mask):
             return None
         return (f"{used} (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is not the mask released "
                 f"with the network (shape {tuple(self.mask.shape)}, sha256 {mask_sha256(self.mask)[:12]}...)")

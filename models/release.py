@@ -68,6 +68,11 @@ def mask_sha256(mask: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask, dtype="<f4").tobytes()).hexdigest()
 
 
+def same_mask(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> bool:
+    """Whether two masks are the same: the same shape and the same values (:func:`mask_sha256`)."""
+    return tuple(a.shape) == tuple(b.shape) and mask_sha256(a) == mask_sha256(b)
+
+
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the sorted (name, dtype, shape, bytes) of every tensor: identifies a set of weights."""
     digest = hashlib.sha256()

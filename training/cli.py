@@ -59,7 +59,7 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
-from models.release import mask_sha256
+from models.release import mask_sha256, same_mask
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
                                 ValidationPreviews, WandbRunId, checkpoint_run_id, kaist_test_text)
@@ -455,7 +455,7 @@ def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> Non
     if expected is None:
         return
     mask = torch.from_numpy(datamodule.training_mask())
-    if tuple(mask.shape) == tuple(expected.shape) and mask_sha256(mask) == mask_sha256(expected):
+    if same_mask(mask, expected):
         return
     operator = module.hparams.operator
     source, seed = datamodule.data().mask, datamodule.hparams.seed
