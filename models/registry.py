@@ -10,10 +10,16 @@ any of them without special cases:
 * ``model.reconstruction(output) -> Tensor``: the final cube (B, L, H, W) from the forward's output;
 * ``model.size_rule``: the cube sizes H x W it takes (:class:`models.sizes.SizeRule`; ``size_rule.check(H, W, what)``
   raises a ValueError stating the rule), checked by its forward and by ``train.py`` before a run.
+
+A network of your own is registered with ``@register_model("name")`` in a module of yours, which the registry
+imports on its first lookup when the environment variable ``CASSI_MODELS`` names it (comma-separated importable
+module names, e.g. ``PYTHONPATH=/tmp/mynet CASSI_MODELS=mynet python train.py ...``): ``train.py``, ``eval.py``
+and ``calibrate.py`` then know the name (README, "Adding your own model").
 """
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -34,12 +40,37 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 # the modules that register the published architectures, imported on the registry's first lookup
 ARCHITECTURES = ("bisrnet", "crsdun", "mst", "hsra", "hsra_unfolding", "s2_transformer")
+USER_MODULES_ENV = "CASSI_MODELS"   # comma-separated modules of the user's own registered networks
+
+
+def user_modules() -> list[str]:
+    """The module names listed in the environment variable ``CASSI_MODELS`` (empty entries skipped)."""
+    return [name.strip() for name in os.environ.get(USER_MODULES_ENV, "").split(",") if name.strip()]
+
+
+def _import_user_module(name: str) -> None:
+    """Import ``name`` from ``CASSI_MODELS``; a module that is not found (or a file path given instead of a module
+    name) is a ValueError naming the variable. Errors raised by the module's own code keep their traceback."""
+    if name.endswith(".py") or "/" in name or "\\" in name:
+        folder, _, file = name.replace("\\", "/").rpartition("/")
+        raise ValueError(f"{USER_MODULES_ENV}={os.environ[USER_MODULES_ENV]!r}: {name!r} is a file; name its module "
+                         f"and put its folder on the path: PYTHONPATH={folder or '.'} "
+                         f"{USER_MODULES_ENV}={file.removesuffix('.py')}")
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+            raise                       # the module was found; something it imports is missing
+        raise ValueError(f"{USER_MODULES_ENV}={os.environ[USER_MODULES_ENV]!r}: cannot import module {name!r} "
+                         f"(is its folder on PYTHONPATH?)") from None
 
 
 def _registered() -> dict[str, ModelEntry]:
-    """The registry, after importing every architecture module (once)."""
+    """The registry, after importing every architecture module and those named by ``CASSI_MODELS`` (once each)."""
     for module in ARCHITECTURES:
         importlib.import_module(f"models.{module}")
+    for module in user_modules():
+        _import_user_module(module)
     return _REGISTRY
 
 
@@ -68,7 +99,9 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _registered()[name]
     except KeyError:
-        raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())}") from None
+        raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())} (a network of your own: "
+                       f"@register_model('{name}') in a module named by the environment variable "
+                       f"{USER_MODULES_ENV}; README, 'Adding your own model')") from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

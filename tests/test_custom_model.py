@@ -1,0 +1,97 @@
+"""A network of the user's own, outside the repository, registered through ``CASSI_MODELS`` (README, "Adding your
+own model"): the registry finds it, and the mistakes a user makes are said clearly."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from cassi import CassiOperator
+from models import create_model, list_models
+from models import registry
+
+TINY = '''
+import torch
+from torch import nn
+
+from models import register_model
+from models.sizes import SizeRule
+
+
+class TinyNet(nn.Module):
+    """Two convolutions on the toolbox H input and the 3-D mask."""
+
+    def __init__(self, bands: int = 28, width: int = 8):
+        super().__init__()
+        self.size_rule = SizeRule()
+        self.body = nn.Sequential(nn.Conv2d(2 * bands, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, bands, 3, padding=1))
+
+    def forward(self, x, mask):
+        return x + self.body(torch.cat([x, mask], 1))
+
+    def prepare_inputs(self, y, op):
+        return {"x": op.input_setting(y, "H"), "mask": op.mask_setting("Mask", y.shape[0])}
+
+    def reconstruction(self, output):
+        return output
+
+
+@register_model("{name}")
+def build(**kwargs):
+    return TinyNet(**kwargs)
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write a module registering ``name`` (TINY, or ``source``) in tmp_path, on sys.path; removed afterwards."""
+    written = []
+
+    def write(module: str, name: str, source: str = TINY) -> None:
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source).replace("{name}", name))
+        written.append((module, name))
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield write
+    for module, name in written:
+        sys.modules.pop(module, None)
+        registry._REGISTRY.pop(name, None)
+
+
+def test_a_module_named_by_cassi_models_is_registered(user_module, monkeypatch):
+    user_module("tiny_cassi_net", "tiny_net_test")
+    assert "tiny_net_test" not in list_models()
+    monkeypatch.setenv("CASSI_MODELS", " tiny_cassi_net , ")
+    assert "tiny_net_test" in list_models()
+    model = create_model("tiny_net_test", width=4).eval()
+    op = CassiOperator((torch.rand(16, 16) > 0.5).float())
+    y = op(torch.rand(1, 28, 16, 16))
+    assert model.reconstruction(model(**model.prepare_inputs(y, op))).shape == (1, 28, 16, 16)
+
+
+def test_unknown_name_says_how_to_register_one():
+    with pytest.raises(KeyError, match="CASSI_MODELS.*Adding your own model"):
+        create_model("not_a_model")
+
+
+def test_missing_module_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CASSI_MODELS", "no_such_cassi_module")
+    with pytest.raises(ValueError, match="CASSI_MODELS='no_such_cassi_module': cannot import module "
+                                         "'no_such_cassi_module' \\(is its folder on PYTHONPATH\\?\\)"):
+        create_model("mst_s")
+
+
+def test_a_file_path_says_to_name_the_module(monkeypatch):
+    monkeypatch.setenv("CASSI_MODELS", "/tmp/mynet/mynet.py")
+    with pytest.raises(ValueError, match="is a file; name its module .*PYTHONPATH=/tmp/mynet CASSI_MODELS=mynet"):
+        list_models()
+
+
+def test_a_missing_import_inside_the_module_keeps_its_traceback(user_module, monkeypatch):
+    user_module("tiny_cassi_broken", "tiny_broken", "import no_such_dependency_of_the_user\n")
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_broken")
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_the_user"):
+        list_models()
