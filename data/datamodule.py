@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
-from data.layouts import CubeFile, TrainingData, resolve_source, find_training_data, mask_file
+from data.layouts import (CubeFile, TrainingData, resolve_source, find_training_data, mask_file,
+                          simulation_test_folder)
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
@@ -373,8 +374,9 @@ class CassiDataModule(pl.LightningDataModule):
             training starts); False reads them per item.
         bands: band count to require from files.
         test_root: KAIST test scenes in the MST ``TSA_simu_data`` layout (``Truth/*.mat`` + ``mask.mat``) for
-            ``train.py test|predict``; None -> the layout's own (``mst_simulation``), else ``test_scenes`` built-in
-            synthetic scenes (those of ``eval.py kaist``, seed 0) at the training mask's size.
+            ``train.py test|predict``; None -> the layout's own (``mst_simulation``: an error if its ``Truth/`` is
+            missing), else ``test_scenes`` built-in synthetic scenes (those of ``eval.py kaist``, seed 0) at the
+            training mask's size.
     """
 
     def __init__(self, root: str | None = None, source: Literal["auto", "synthetic", "folder", "mst_simulation",
@@ -482,7 +484,13 @@ class CassiDataModule(pl.LightningDataModule):
     def _test_root(self) -> Path | None:
         root = self.hparams.test_root
         if root is None:
-            return self.data().test_root
+            data = self.data()
+            if data.source == "mst_simulation" and data.test_root is None:   # not the synthetic scenes instead
+                truth = simulation_test_folder(self.hparams.root) / "Truth"
+                raise FileNotFoundError(f"{truth}: no such folder; test / predict score the KAIST test scenes of the "
+                                        "MST layout, Truth/sceneNN.mat (key 'img') beside TSA_simu_data/mask.mat: "
+                                        "put them there or pass --data.test_root /path/to/TSA_simu_data")
+            return data.test_root
         if not (Path(root) / "Truth").is_dir() or not (Path(root) / "mask.mat").is_file():
             raise FileNotFoundError(f"--data.test_root {root}: expected the MST TSA_simu_data layout (Truth/*.mat "
                                     "and mask.mat)")

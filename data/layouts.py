@@ -235,6 +235,12 @@ def _simulation_folders(root: str | None) -> tuple[Path, Path]:
                             f"{NO_DATA_HINT}")
 
 
+def simulation_test_folder(root: str | None) -> Path:
+    """The KAIST test folder of the MST simulation layout: ``TSA_simu_data`` beside ``cave_1024_28`` (``mask.mat``
+    and, for ``train.py test``, ``Truth/``), whether or not it exists."""
+    return _simulation_folders(root)[1] / "TSA_simu_data"
+
+
 def resolve_source(source: str, root: str | None) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
@@ -255,7 +261,7 @@ def mask_file(source: str, root: str | None, mask: str | None) -> Path | None:
     if mask is not None:
         return _given_mask(mask)
     if source == "mst_simulation":
-        return _recipe_mask(_simulation_folders(root)[1] / "TSA_simu_data" / "mask.mat", SIMULATION)
+        return _recipe_mask(simulation_test_folder(root) / "mask.mat", SIMULATION)
     if source == "mst_real":
         return _recipe_mask(_require_root(root, REAL, REAL_NEEDS) / "TSA_real_data" / "mask.mat", REAL)
     if source == "fvgnet":

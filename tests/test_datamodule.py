@@ -336,6 +336,29 @@ def test_test_set_is_evals_synthetic_scenes_or_the_mst_test_folder(tmp_path):
         CassiDataModule(test_root=str(tmp_path)).check("test")
 
 
+
+def test_mst_layout_without_its_truth_folder_is_an_error_not_synthetic_test_scenes(tmp_path):
+    """train.py test / predict on a toolbox folder whose TSA_simu_data/ lacks Truth/ (here: spelt truth/) scored the
+    10 built-in synthetic scenes instead, with no word; now it stops naming the folder and --data.test_root."""
+    import shutil
+    root = mst_toolbox(tmp_path)
+    shutil.move(root / "TSA_simu_data" / "Truth", root / "TSA_simu_data" / "truth")
+    for stage in ("test", "predict"):
+        dm = CassiDataModule(root=str(root), source="mst_simulation", crop=CROP)
+        with pytest.raises(FileNotFoundError, match=r"TSA_simu_data/Truth: no such folder.*--data.test_root"):
+            dm.check(stage)
+        with pytest.raises(FileNotFoundError, match=r"TSA_simu_data/Truth: no such folder"):
+            dm.setup(stage)
+    shutil.move(root / "TSA_simu_data" / "truth", tmp_path / "TSA_copy")
+    (tmp_path / "TSA_copy" / "Truth").mkdir()
+    for scene in (tmp_path / "TSA_copy").glob("*.mat"):
+        shutil.move(scene, tmp_path / "TSA_copy" / "Truth" / scene.name)
+    shutil.copy(root / "TSA_simu_data" / "mask.mat", tmp_path / "TSA_copy" / "mask.mat")
+    dm = CassiDataModule(root=str(root), source="mst_simulation", crop=CROP, test_root=str(tmp_path / "TSA_copy"))
+    dm.check("test")
+    dm.setup("test")
+    assert dm.test_names == ["scene01", "scene02"]
+
 # ---------------------------------------------------------------------------------- FVgNET (CRSDUN's layout)
 FVGNET_RECIPE = dict(source="fvgnet", crop=CROP, crop_top=8, augment="hflip", splice_prob=0.0, samples_per_epoch=None,
                      val_scenes=1, val_crop=48, mask_crop="batch", batch_size=2)
