@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from models.sizes import SizeRule
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -108,10 +110,33 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with constructor keyword arguments ``kwargs``.
 
     Arguments the architecture cannot be built with (an unknown name, ``dim=0``, a size that does not
-    divide) are a ``ValueError`` naming the model and the arguments.
+    divide) are a ``ValueError`` naming the model and the arguments; so is a built model that does not follow the
+    protocol (:func:`check_protocol`), naming what it lacks.
     """
     entry = get_entry(name)
     try:
-        return entry.builder(**kwargs)
+        model = entry.builder(**kwargs)
     except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as err:
         raise ValueError(f"cannot build model '{name}' with {kwargs}: {type(err).__name__}: {err}") from err
+    check_protocol(model, name)
+    return model
+
+
+def check_protocol(model: Any, name: str) -> None:
+    """ValueError naming what ``model`` (built by the registered ``name``) lacks of the protocol in this module's
+    docstring: an ``nn.Module`` with ``prepare_inputs`` and ``reconstruction`` methods and a ``size_rule``."""
+    kind = type(model)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model '{name}': its registered builder returned a {kind.__module__}.{kind.__qualname__}, "
+                         "not a torch.nn.Module")
+    methods = {"prepare_inputs": "prepare_inputs(y, op) -> the forward's keyword arguments",
+               "reconstruction": "reconstruction(output) -> the cube (B, L, H, W)"}
+    missing = [f"no {method}() method ({purpose})" for method, purpose in methods.items()
+               if not callable(getattr(model, method, None))]
+    rule = getattr(model, "size_rule", None)
+    if not isinstance(rule, SizeRule):
+        missing.append("no size_rule (a models.sizes.SizeRule: the sizes H x W it takes; SizeRule() takes any)"
+                       if rule is None else f"a size_rule that is a {type(rule).__name__}, not a models.sizes.SizeRule")
+    if missing:
+        raise ValueError(f"model '{name}' ({kind.__module__}.{kind.__qualname__}) does not follow the model protocol: "
+                         f"it has {'; '.join(missing)} (README, 'Adding your own model')")

@@ -95,3 +95,18 @@ def test_a_missing_import_inside_the_module_keeps_its_traceback(user_module, mon
     monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_broken")
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_the_user"):
         list_models()
+
+
+@pytest.mark.parametrize("edit, said", [
+    (("        self.size_rule = SizeRule()\n", ""), "it has no size_rule \\(a models.sizes.SizeRule"),
+    (("        self.size_rule = SizeRule()\n", "        self.size_rule = (4, 4)\n"),
+     "a size_rule that is a tuple, not a models.sizes.SizeRule"),
+    (("    def prepare_inputs(", "    def inputs("), "it has no prepare_inputs\\(\\) method"),
+    (("    def reconstruction(", "    def cube("), "it has no reconstruction\\(\\) method"),
+    (("    return TinyNet(**kwargs)", "    return TinyNet(**kwargs).forward"), "returned a builtins.method, not a torch"),
+])
+def test_a_model_outside_the_protocol_is_refused_naming_what_it_lacks(user_module, monkeypatch, edit, said):
+    user_module("tiny_cassi_partial", "tiny_partial", TINY.replace(*edit))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_partial")
+    with pytest.raises(ValueError, match=f"model 'tiny_partial'.*{said}"):
+        create_model("tiny_partial")
