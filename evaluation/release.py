@@ -58,6 +58,21 @@ def check_results(results_path: str | Path, loaded: LoadedModel) -> dict[str, An
     return results
 
 
+def released_bands(loaded: LoadedModel) -> int:
+    """The spectral bands the network takes: its own (:func:`models.release.model_bands`), else those of the
+    instrument a ``train.py`` checkpoint was trained through; else a ValueError saying what to add."""
+    bands = model_bands(loaded.model)
+    if bands is None:
+        bands = ((loaded.training or {}).get("hyper_parameters") or {}).get("bands")
+    if not isinstance(bands, int):
+        kind = type(loaded.model)
+        raise ValueError(f"cannot tell how many spectral bands '{loaded.name}' is built for: its network "
+                         f"{kind.__module__}.{kind.__qualname__} has no int attribute bands (nor nC / in_chans, nor "
+                         f"its module a BANDS) and the weights record no train.py training; set self.bands in its "
+                         "__init__")
+    return bands
+
+
 def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir: str | Path,
                    results_path: str | Path | None = None, step: int = 2, force: bool = False,
                    inputs: Sequence[str | Path | None] = ()) -> Path:
@@ -73,9 +88,7 @@ def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir
                                    dtype=np.float32)
     if mask_np.ndim != 2:
         raise ValueError(f"the release mask must be (H, W), got shape {mask_np.shape}")
-    bands = model_bands(loaded.model)
-    if bands is None:
-        raise ValueError(f"cannot tell how many bands '{loaded.name}' is built for (no bands / nC / in_chans)")
+    bands = released_bands(loaded)
     state = loaded.model.state_dict()
     stored, aliases = split_shared(state)
     metrics = check_results(results_path, loaded) if results_path is not None else None

@@ -2,6 +2,7 @@
 own model"): the registry finds it, and the mistakes a user makes are said clearly."""
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from cassi import CassiOperator
-from models import create_model, list_models
+from evaluation.release import export_release
+from models import create_model, list_models, load_release
 from models import registry
+from models.checkpoints import LoadedModel
 
 TINY = '''
 import torch
@@ -110,3 +113,20 @@ def test_a_model_outside_the_protocol_is_refused_naming_what_it_lacks(user_modul
     monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_partial")
     with pytest.raises(ValueError, match=f"model 'tiny_partial'.*{said}"):
         create_model("tiny_partial")
+
+
+def test_export_takes_the_bands_of_the_training_when_the_network_does_not_say(user_module, monkeypatch, tmp_path):
+    user_module("tiny_cassi_net", "tiny_net_test")
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_net")
+    model = create_model("tiny_net_test", width=4).eval()
+    mask = (torch.rand(16, 16) > 0.5).float()
+    source = {"kind": "lightning", "path": str(tmp_path / "last.ckpt")}
+    with pytest.raises(ValueError, match="spectral bands 'tiny_net_test' .* tiny_cassi_net.TinyNet has no int attribute "
+                                         "bands .* set self.bands in its __init__"):
+        export_release(LoadedModel(model, "tiny_net_test", {"width": 4}, source), mask, tmp_path / "r0")
+    trained = LoadedModel(model, "tiny_net_test", {"width": 4}, source, training={"hyper_parameters": {"bands": 28}})
+    folder = export_release(trained, mask, tmp_path / "r1")
+    assert json.loads((folder / "config.json").read_text())["bands"] == 28
+    again = load_release(folder)
+    assert type(again).__name__ == "TinyNet"
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
