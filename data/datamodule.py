@@ -448,7 +448,7 @@ class CassiDataModule(pl.LightningDataModule):
         path = mask_file(hp.source, hp.root, hp.mask)
         largest = max(hp.crop, self.val_crop)
         if path is not None:
-            mask = load_mask(path, hp.mask_key)
+            mask = load_mask(path, hp.mask_key, "--data.mask_key")
         else:
             side = (hp.mask_size or 2 * largest) if self.mask_crop != "none" else hp.crop
             mask = random_mask(side, side, seed=(hp.seed, 7))

@@ -87,18 +87,21 @@ def _as_float32(arr: np.ndarray, where: str) -> np.ndarray:
 def _pick(arrays: Mapping[str, np.ndarray], key: str | None, candidates: Sequence[str], path: Path,
           option: str | None = None) -> str:
     """Resolve the key to read: the given one, or exactly one of ``candidates`` present in the file. ``option``: the
-    command-line option that picks the key, named in the error."""
+    command-line option that picks the key, named in the error; without one (the command has none) the error says
+    to re-save the file."""
     present = sorted(arrays)
-    choose = (f"pick one with {option} KEY" if option
-              else "pick one with key=... from Python, or the command's key option")
+    python = "or pick one with key=... from Python"
     if key is not None:
         if key not in arrays:
+            choose = f"pick one with {option} KEY" if option else f"re-save the array under '{key}', {python}"
             raise ValueError(f"{path}: key '{key}' not found; keys present: {present} ({choose})")
         return key
     found = [k for k in candidates if k in arrays]
     if not found:
+        choose = f"pick one with {option} KEY" if option else f"re-save the array under one of them, {python}"
         raise ValueError(f"{path}: none of the keys {list(candidates)} found; keys present: {present} ({choose})")
     if len(found) > 1:
+        choose = f"pick one with {option} KEY" if option else f"re-save the file with one of them, {python}"
         raise ValueError(f"{path}: several candidate keys {found} present ({choose})")
     return found[0]
 
