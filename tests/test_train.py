@@ -336,6 +336,28 @@ def test_misspelt_options_and_config_keys_name_the_closest_one(given, suggested,
     assert line.count("did you mean") <= 1 and line.count("is not accepted") <= 1
 
 
+@pytest.mark.parametrize("given, said", [
+    (["--trainer.logger", "foo"], r"--trainer\.logger foo names none of the classes it takes: [\w, ]*CSVLogger, "
+                                  r"[\w, ]*CassiWandbLogger \(a class name or import path\) or true / false \(see"),
+    (["--trainer.logger", "CSVLoger"], r"--trainer\.logger CSVLoger names none .*; did you mean CSVLogger\? \(see"),
+    (["--trainer.logger", "training.callbacks.RunCheckpoint"], r"RunCheckpoint names none of the classes it takes"),
+    (["--model", "training.ReconstructionModul"], r"--model training\.ReconstructionModul names none of the classes "
+                                                  r"it takes: ReconstructionModule, JointModule \(a class name or "
+                                                  r"import path\); did you mean ReconstructionModule\?"),
+    ({"trainer": {"callbacks": [{"class_path": "EarlyStoping"}]}},
+     r"--trainer\.callbacks EarlyStoping names none .*EarlyStopping.*; did you mean EarlyStopping\?"),
+])
+def test_a_class_option_given_no_class_it_takes_lists_the_classes(given, said, tmp_path, capsys):
+    """Was: --trainer.logger foo gave jsonargparse's four 'Expected ...' items ('Expected a path but foo either not
+    accessible or invalid; Expected a dot import path string: foo; Expected a <class 'collections.abc.Iterable'>;
+    Expected a <class 'bool'>'), naming neither the classes it takes nor the closest one."""
+    if isinstance(given, dict):
+        (tmp_path / "typo.yaml").write_text(yaml.safe_dump(given))
+        given = ["--config", str(tmp_path / "typo.yaml")]
+    line = user_error(capsys, lambda: cli(["fit", "--config", str(CONFIGS / "smoke" / "mst_s.yaml"), *given]), said)
+    assert "Expected" not in line and "Parser key" not in line
+
+
 def test_a_value_of_no_alternative_of_an_option_names_what_each_expects(capsys):
     """An option of several types keeps each type's expectation when no class was given (the noise left out beside
     a class's misspelt argument is the useful part here)."""

@@ -38,6 +38,7 @@ import re
 import os
 import pickle
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -141,20 +142,73 @@ def did_you_mean(parser: ArgumentParser, message: str, ex: Exception | None) -> 
     return f"; did you mean --{found}?" if found else ""
 
 
+def concrete_subclasses(base: type) -> list[type]:
+    """``base`` and its subclasses (of every imported module) that a class option can name, as jsonargparse lists
+    them: not abstract, not defined in a function, not in a private module."""
+    found, pending = [], [base]
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if not (inspect.isabstract(cls) or "<locals>" in path or "._" in path or cls in found):
+            found.append(cls)
+    return found
+
+
 def model_classes() -> dict[str, str]:
     """{class path: first line of its docstring} of the model classes ``train.py`` trains (``--model CLASS``): the
     subclasses of :class:`training.CassiModule` that are not abstract, by the name the ``training`` package exports."""
     import training
 
-    found, pending = {}, list(CassiModule.__subclasses__())
-    while pending:
-        cls = pending.pop(0)
-        pending += cls.__subclasses__()
-        if not inspect.isabstract(cls):
-            exported = cls.__name__ in training.__all__ and getattr(training, cls.__name__) is cls
-            path = f"training.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
-            found[path] = (inspect.getdoc(cls) or "").partition("\n")[0].replace("``", "")
+    found = {}
+    for cls in concrete_subclasses(CassiModule):
+        exported = cls.__name__ in training.__all__ and getattr(training, cls.__name__) is cls
+        path = f"training.{cls.__name__}" if exported else f"{cls.__module__}.{cls.__qualname__}"
+        found[path] = (inspect.getdoc(cls) or "").partition("\n")[0].replace("``", "")
     return found
+
+
+def hint_classes(hint: Any) -> list[type]:
+    """The classes in a type hint, builtins left out: ``Optional[Union[Logger, Iterable[Logger], bool]]``:
+    ``[Logger]``."""
+    if typing.get_origin(hint) is None:
+        return [hint] if inspect.isclass(hint) and hint.__module__ != "builtins" else []
+    return list(dict.fromkeys(cls for arg in typing.get_args(hint) for cls in hint_classes(arg)))
+
+
+def option_type(option: str) -> Any:
+    """The type of ``train.py``'s option ``option``: ``model`` takes a :class:`training.CassiModule`,
+    ``trainer.NAME`` the type of :class:`Trainer`'s argument ``NAME``; None for the others."""
+    if option == "model":
+        return CassiModule
+    group, _, name = option.partition(".")
+    return typing.get_type_hints(Trainer.__init__).get(name) if group == "trainer" else None
+
+
+# jsonargparse's ways of saying that a class option's value names no class it takes: an unknown name, a dotted path
+# that does not import, a class of another type (the value, then the reason)
+UNKNOWN_CLASS = (r"Expected a dot import path string: ([^\s;]+)",
+                 r"Problem with given class_path '([\w.]+)': (?:module .* has no attribute|No module named)",
+                 r"Expected a path but ([^\s;]+) either not accessible or invalid; Import path does not correspond")
+
+
+def class_choice_message(message: str) -> str | None:
+    """jsonargparse's error about a class option given a value that names none of its classes
+    (``--trainer.logger foo``, four "Expected ..." items) as one sentence: the option, the value and the classes it
+    takes, with the closest of them (:func:`closest_key`); None for any other error."""
+    text = parser_message(message)
+    option = re.match(r'Parser key "([\w.]+)":', text)
+    value = next((found.group(1) for pattern in UNKNOWN_CLASS if (found := re.search(pattern, text))), None)
+    hint = option_type(option.group(1)) if option and value else None
+    classes = [cls for base in hint_classes(hint) for cls in concrete_subclasses(base)]
+    if not classes:
+        return None
+    names = list(dict.fromkeys(cls.__name__ for cls in classes))
+    other = " or true / false" if bool in typing.get_args(hint) else ""
+    found = closest_key(value.rpartition(".")[2], names)
+    guess = f"; did you mean {found}?" if found else ""
+    return (f"--{option.group(1)} {value} names none of the classes it takes: {', '.join(names)} (a class name or "
+            f"import path){other}{guess}")
 
 
 def model_help_without_class(args: list[str]) -> str | None:
@@ -188,8 +242,8 @@ class OneLineParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             return super().error(message, ex)
         prog = self.prog.replace(" [options]", "")
-        hint = did_you_mean(self, message, ex)
-        self.exit(EXIT_USER_ERROR, f"{prog}: error: {parser_message(message)}{hint} (see {prog} --help)\n")
+        text = class_choice_message(message) or parser_message(message) + did_you_mean(self, message, ex)
+        self.exit(EXIT_USER_ERROR, f"{prog}: error: {text} (see {prog} --help)\n")
 
 
 class MarkRunErrors(Callback):
