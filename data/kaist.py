@@ -42,6 +42,16 @@ def synthetic_mask(height: int, width: int, seed: int = 0) -> Tensor:
     return torch.from_numpy(random_mask(height, width, seed=(seed, 1_000_003)))
 
 
+def mst_test_folder(root: str | Path) -> Path:
+    """The ``TSA_simu_data`` folder that ``root`` names: ``root`` itself, or the toolbox's ``datasets/`` holding it
+    (``root/TSA_simu_data/Truth`` there and no ``root/Truth``). Nothing else is looked for: :func:`mst_mask` and
+    :func:`mst_scenes` say what is missing."""
+    root = Path(root)
+    if not (root / "Truth").is_dir() and (root / "TSA_simu_data" / "Truth").is_dir():
+        return root / "TSA_simu_data"
+    return root
+
+
 def mst_scenes(root: str | Path, bands: int = 28) -> list[Scene]:
     """All ``ROOT/Truth/*.mat`` cubes (key 'img'), sorted by file name; a clear error if none are there."""
     truth = Path(root) / "Truth"
@@ -58,8 +68,10 @@ def mst_mask(root: str | Path) -> Tensor:
     """``ROOT/mask.mat`` (key 'mask') as (H, W) float32."""
     path = Path(root) / "mask.mat"
     if not path.is_file():
+        hint = f"; pass --data.root {Path(root).parent}" if Path(root).name == "Truth" else (
+            " (pass --data.root the TSA_simu_data folder or the toolbox's datasets/ that holds it)")
         raise FileNotFoundError(f"{root}: expected the MST layout (mask.mat + Truth/sceneNN.mat); {path} "
-                                "does not exist")
+                                f"does not exist{hint}")
     return torch.from_numpy(load_mask(path))
 
 

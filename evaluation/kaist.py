@@ -16,7 +16,8 @@ from cassi.checks import check_instrument
 from cassi.errors import UserError
 from cassi.kaist_table import text_table
 from data.io import load_mask
-from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_mask, synthetic_scenes
+from data.kaist import (Scene, check_scene_sizes, mst_mask, mst_scenes, mst_test_folder, synthetic_mask,
+                        synthetic_scenes)
 from data.previews import save_comparison, save_spectra
 from evaluation.calibration import PerSceneEstimates
 from evaluation.protocol import PROTOCOL
@@ -31,7 +32,8 @@ RANDOM_MASK = "random binary"  # the built-in mask's source description
 
 @dataclass
 class DataSpec:
-    """Where the scenes come from: ``root`` (MST layout) or ``count`` synthetic scenes of ``size`` px.
+    """Where the scenes come from: ``root`` (MST layout: ``TSA_simu_data``, or the toolbox's ``datasets/`` holding it)
+    or ``count`` synthetic scenes of ``size`` px.
 
     ``mask``: a mask file overriding ``ROOT/mask.mat``, the release's mask and the synthetic mask;
     ``size``: of the synthetic scenes and their random mask (None: 128, or the size of the mask that a file
@@ -54,36 +56,37 @@ def load_data(spec: DataSpec, method: Reconstructor) -> tuple[list[Scene], Tenso
     (synthetic scenes only) a seeded random binary mask. Synthetic scenes take the mask's size when a
     file or release provides one.
     """
+    root = None if spec.root is None else str(mst_test_folder(spec.root))   # TSA_simu_data, or datasets/ holding it
     release_mask = method.loaded.mask if isinstance(method, Network) else None
-    if isinstance(method, Network) and spec.mask is None and spec.root is None and method.loaded.mask_error:
+    if isinstance(method, Network) and spec.mask is None and root is None and method.loaded.mask_error:
         method.loaded.require_mask()                 # its training mask is recorded but cannot be rebuilt
     if spec.mask is not None:
         mask, mask_source = torch.from_numpy(load_mask(spec.mask)), spec.mask
-    elif spec.root is not None:
-        mask, mask_source = mst_mask(spec.root), str(Path(spec.root) / "mask.mat")
+    elif root is not None:
+        mask, mask_source = mst_mask(root), str(Path(root) / "mask.mat")
     elif release_mask is not None:
         mask, mask_source = release_mask, f"stored with the weights {method.loaded.source['path']}"
     else:
         size = spec.size or DEFAULT_SYNTHETIC_SIZE
         mask, mask_source = synthetic_mask(size, size, spec.seed), f"{RANDOM_MASK} (seed {spec.seed})"
     height, width = mask.shape
-    if spec.size is not None and (spec.root is not None or (height, width) != (spec.size, spec.size)):
+    if spec.size is not None and (root is not None or (height, width) != (spec.size, spec.size)):
         raise UserError(f"--synthetic.size {spec.size}: " + (
-            "the scenes come from --data.root, not the synthetic generator" if spec.root is not None else
+            "the scenes come from --data.root, not the synthetic generator" if root is not None else
             f"the synthetic scenes take the size of the mask ({mask_source}: {height}x{width}); drop the option "
             "or pass --mask with a mask of that size"))
-    scenes = mst_scenes(spec.root) if spec.root is not None else synthetic_scenes(spec.count, height, width, spec.seed)
+    scenes = mst_scenes(root) if root is not None else synthetic_scenes(spec.count, height, width, spec.seed)
     available = len(scenes)
     if spec.limit is not None:
         scenes = scenes[:spec.limit]
     check_scene_sizes(scenes, mask)
     # the description counts the scenes evaluated, after --limit (model cards quote it)
     subset = f"the first {len(scenes)} of " if len(scenes) != available else ""
-    if spec.root is not None:
-        description = f"{subset}{available} scenes of the MST layout {spec.root}"
+    if root is not None:
+        description = f"{subset}{available} scenes of the MST layout {root}"
     else:
         description = f"{subset}{available} built-in synthetic scenes, {height}x{width}, seed {spec.seed}"
-    info = {"description": description, "root": spec.root, "seed": None if spec.root is not None else spec.seed,
+    info = {"description": description, "root": root, "seed": None if root is not None else spec.seed,
             "available": available, "scenes": [s.name for s in scenes],
             "mask": {"source": mask_source, "shape": list(mask.shape), "sha256": mask_sha256(mask)}}
     return scenes, mask, info

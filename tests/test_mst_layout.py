@@ -36,3 +36,20 @@ def test_key_errors_offer_no_option_the_command_lacks(tmp_path):
         assert "key option" not in message and "re-save" in message, where
     dm = CassiDataModule(root=str(root), source="mst_simulation", crop=16, val_scenes=1)
     assert "(pick one with --data.mask_key KEY)" in _message(lambda: dm.check("fit"))
+
+
+def test_eval_kaist_takes_the_toolbox_datasets_folder_as_train_py_does(tmp_path):
+    """eval.py kaist --data.root datasets/ (what train.py fit / test take) reads datasets/TSA_simu_data; it ended with
+    'datasets/mask.mat does not exist'. A Truth/ folder given itself is an error naming the folder to pass."""
+    from evaluation.kaist import DataSpec, load_data
+    from evaluation.reconstructors import GapTV
+    root = mst_toolbox(tmp_path)
+    scenes, mask, info = load_data(DataSpec(root=str(root)), GapTV())
+    expected = mst_scenes(root / "TSA_simu_data")
+    assert [s.name for s in scenes] == ["scene01", "scene02"] and all(
+        np.array_equal(s.cube, e.cube) for s, e in zip(scenes, expected))
+    assert np.array_equal(mask, mst_mask(root / "TSA_simu_data"))
+    assert info["root"] == str(root / "TSA_simu_data")
+    assert info["mask"]["source"] == str(root / "TSA_simu_data" / "mask.mat")
+    with pytest.raises(FileNotFoundError, match=r"Truth: expected the MST layout.*pass --data.root .*TSA_simu_data"):
+        load_data(DataSpec(root=str(root / "TSA_simu_data" / "Truth")), GapTV())
