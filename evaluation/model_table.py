@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cassi import CassiOperator
 from models.flops import PAPER_FIGURES, count_flops, count_parameters
-from models.registry import create_model, get_entry, list_models
+from models.registry import create_model, forward_inputs, get_entry, list_models
 
 
 class _Forward(nn.Module):
@@ -36,7 +36,7 @@ class _Forward(nn.Module):
         self.model, self.op = model, op
 
     def forward(self, y: Tensor) -> Tensor:
-        return self.model(**self.model.prepare_inputs(y, self.op))
+        return self.model(**forward_inputs(self.model, y, self.op))
 
 
 def table_kwargs(name: str, size: int) -> dict[str, Any]:

@@ -19,14 +19,18 @@ and ``calibrate.py`` then know the name (README, "Adding your own model").
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from models.sizes import SizeRule
+
+if TYPE_CHECKING:  # the operator is only passed through
+    from cassi.operator import CassiOperator
 
 
 @dataclass(frozen=True)
@@ -140,3 +144,28 @@ def check_protocol(model: Any, name: str) -> None:
     if missing:
         raise ValueError(f"model '{name}' ({kind.__module__}.{kind.__qualname__}) does not follow the model protocol: "
                          f"it has {'; '.join(missing)} (README, 'Adding your own model')")
+
+
+def forward_inputs(model: nn.Module, y: torch.Tensor, op: CassiOperator) -> dict[str, Any]:
+    """``model.prepare_inputs(y, op)``, checked against the forward's signature: keyword arguments the forward does
+    not take, or required ones it is not given, are a ValueError naming both (not a TypeError deep in the call)."""
+    inputs = model.prepare_inputs(y, op)
+    kind = type(model).__qualname__
+    if not isinstance(inputs, Mapping):
+        raise ValueError(f"{kind}.prepare_inputs(y, op) returned a {type(inputs).__name__}, not a dict of the "
+                         "forward's keyword arguments")
+    signature = inspect.signature(model.forward)
+    try:
+        signature.bind(**inputs)
+    except TypeError as err:
+        params = signature.parameters
+        by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        any_name = any(param.kind == param.VAR_KEYWORD for param in params.values())
+        unexpected = [key for key in inputs if not any_name and (key not in params or params[key].kind not in by_name)]
+        missing = [key for key, param in params.items()
+                   if key not in inputs and param.default is param.empty and param.kind in by_name]
+        said = "; ".join(filter(None, [unexpected and f"it takes no {', '.join(unexpected)}",
+                                       missing and f"it needs {', '.join(missing)}"])) or str(err)
+        raise ValueError(f"{kind}.prepare_inputs(y, op) returns the keyword arguments {', '.join(inputs)}, which do "
+                         f"not fit {kind}.forward{signature}: {said} (README, 'Adding your own model')") from None
+    return dict(inputs)

@@ -3,6 +3,7 @@ own model"): the registry finds it, and the mistakes a user makes are said clear
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
@@ -10,10 +11,13 @@ import pytest
 import torch
 
 from cassi import CassiOperator
+from evaluation.model_table import measure_model
 from evaluation.release import export_release
 from models import create_model, list_models, load_release
 from models import registry
 from models.checkpoints import LoadedModel
+from models.registry import forward_inputs
+from test_models_registry import LIGHT, SIZE, family
 
 TINY = '''
 import torch
@@ -106,7 +110,8 @@ def test_a_missing_import_inside_the_module_keeps_its_traceback(user_module, mon
      "a size_rule that is a tuple, not a models.sizes.SizeRule"),
     (("    def prepare_inputs(", "    def inputs("), "it has no prepare_inputs\\(\\) method"),
     (("    def reconstruction(", "    def cube("), "it has no reconstruction\\(\\) method"),
-    (("    return TinyNet(**kwargs)", "    return TinyNet(**kwargs).forward"), "returned a builtins.method, not a torch"),
+    (("    return TinyNet(**kwargs)", "    return TinyNet(**kwargs).forward"),
+     "returned a builtins.method, not a torch"),
 ])
 def test_a_model_outside_the_protocol_is_refused_naming_what_it_lacks(user_module, monkeypatch, edit, said):
     user_module("tiny_cassi_partial", "tiny_partial", TINY.replace(*edit))
@@ -121,8 +126,8 @@ def test_export_takes_the_bands_of_the_training_when_the_network_does_not_say(us
     model = create_model("tiny_net_test", width=4).eval()
     mask = (torch.rand(16, 16) > 0.5).float()
     source = {"kind": "lightning", "path": str(tmp_path / "last.ckpt")}
-    with pytest.raises(ValueError, match="spectral bands 'tiny_net_test' .* tiny_cassi_net.TinyNet has no int attribute "
-                                         "bands .* set self.bands in its __init__"):
+    with pytest.raises(ValueError, match="spectral bands 'tiny_net_test' .* tiny_cassi_net.TinyNet has no int "
+                                         "attribute bands .* set self.bands in its __init__"):
         export_release(LoadedModel(model, "tiny_net_test", {"width": 4}, source), mask, tmp_path / "r0")
     trained = LoadedModel(model, "tiny_net_test", {"width": 4}, source, training={"hyper_parameters": {"bands": 28}})
     folder = export_release(trained, mask, tmp_path / "r1")
@@ -130,3 +135,27 @@ def test_export_takes_the_bands_of_the_training_when_the_network_does_not_say(us
     again = load_release(folder)
     assert type(again).__name__ == "TinyNet"
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_inputs_that_do_not_fit_the_forward_are_said_before_it_runs(user_module, monkeypatch):
+    renamed = TINY.replace("    def forward(self, x, mask):\n        return x + self.body(torch.cat([x, mask], 1))",
+                           "    def forward(self, inp, m):\n        return inp + self.body(torch.cat([inp, m], 1))")
+    user_module("tiny_cassi_renamed", "tiny_renamed", renamed)
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_renamed")
+    model = create_model("tiny_renamed")
+    op = CassiOperator((torch.rand(16, 16) > 0.5).float())
+    said = ("TinyNet.prepare_inputs(y, op) returns the keyword arguments x, mask, which do not fit "
+            "TinyNet.forward(inp, m): it takes no x, mask; it needs inp, m")
+    with pytest.raises(ValueError, match=re.escape(said)):
+        forward_inputs(model, op(torch.rand(1, 28, 16, 16)), op)
+    row = measure_model("tiny_renamed", size=16, timing=False)          # eval.py models: the row's error
+    assert row["flops"] is None and said in row["error"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_published_networks_inputs_fit_their_forward(name):
+    size = SIZE[family(name)]
+    op = CassiOperator((torch.rand(size, size) > 0.5).float())
+    model = create_model(name, **LIGHT.get(name, {}))
+    y = op(torch.rand(1, 28, size, size))
+    assert forward_inputs(model, y, op).keys() == model.prepare_inputs(y, op).keys()
