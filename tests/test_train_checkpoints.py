@@ -247,6 +247,31 @@ def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run,
             rf"--ckpt_path {re.escape(str(root / 'hpc_ckpt_10.ckpt'))} holds another model")
 
 
+def test_a_slurm_requeue_checks_the_checkpoint_lightning_resumes_from(mst_run, tmp_path, capsys, monkeypatch):
+    """Was: in a SLURM job Lightning resumed from the run folder's hpc_ckpt_<N>.ckpt by itself (no --ckpt_path), and
+    none of the --ckpt_path checks ran: another model's config, or other data, trained on from its weights."""
+    root = tmp_path / "requeued"
+    root.mkdir()
+    shutil.copy(mst_run[0] / "checkpoints" / "last.ckpt", root / "hpc_ckpt_1.ckpt")
+    for name in ("SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.delenv(name, raising=False)
+    hpc = re.escape(str(root / "hpc_ckpt_1.ckpt"))
+    refused_line = rf"{hpc}, which Lightning resumes from under SLURM when no --ckpt_path is given"
+    monkeypatch.setenv("SLURM_NTASKS", "1")                 # what SLURMEnvironment.detect() reads (srun)
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")           # not 'bash' / 'interactive'
+    refused(capsys, lambda: run("fit", HSRA, root, *FIT),
+            rf"error: {refused_line} \(a requeued job\), holds another model than this command asks for: "
+            r"--model.init_args.model_name: asked hsra_s, the checkpoint has mst_s; fit under SLURM resumes that run "
+            r"with its own model settings .*or start a new run with another --trainer.default_root_dir$")
+    refused(capsys, lambda: run("fit", MST, root, *FIT, "--data.batch_size", "1"),
+            rf"{refused_line} .*was trained on other data .*--data.batch_size: asked 1, the checkpoint has 2")
+    refused(capsys, lambda: run("test", HSRA, root, *TEST),
+            rf"{refused_line} .*holds another model .*; test under SLURM needs the model the checkpoint was trained")
+    assert sorted(os.listdir(root)) == ["hpc_ckpt_1.ckpt"]         # refused before any work
+    resumed = run("fit", MST, root, *FIT)                    # the run's own settings: Lightning resumes it
+    assert resumed.trainer.ckpt_path == str(root / "hpc_ckpt_1.ckpt") and resumed.trainer.current_epoch == 2
+
+
 def test_new_fit_into_a_folder_with_checkpoints_is_refused(mst_run, tmp_path, capsys):
     """Was: a second fit without --ckpt_path wrote last-v1.ckpt beside the earlier run's last.ckpt."""
     folder = tmp_path / "old" / "checkpoints"

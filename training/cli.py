@@ -362,11 +362,12 @@ def data_differences(hparams: Mapping[str, Any], data: Namespace | Mapping) -> l
 
 
 def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace | Mapping, subcommand: str | None,
-                              data: Namespace | Mapping | None = None) -> None:
+                              data: Namespace | Mapping | None = None, slurm: bool = False) -> None:
     """Before any work: the model the command asks for (``--config`` and ``--model.*``) is the one ``--ckpt_path``
     holds (:func:`checkpoint_differences`) and, for ``fit`` given ``data``, the data settings are the run's
     (:func:`data_differences`); otherwise one error naming the file, each option, the value asked for and the
-    checkpoint's."""
+    checkpoint's. ``slurm``: no ``--ckpt_path`` was given, Lightning resumes from ``path`` by itself
+    (:func:`slurm_resume_checkpoint`)."""
     hparams, data_hparams = checkpoint.get("hyper_parameters"), checkpoint.get("datamodule_hyper_parameters")
     model_found = checkpoint_differences(hparams, model, subcommand) if isinstance(hparams, Mapping) else []
     data_found = (data_differences(data_hparams, data)
@@ -379,18 +380,23 @@ def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace 
     origin = f" (its run saved it in {configs})" if path.parent.name == "checkpoints" and configs.is_dir() else ""
     what = " and ".join((["holds another model"] if model_found else [])
                         + (["was trained on other data"] if data_found else []))
+    given = (f"{path}, which Lightning resumes from under SLURM when no --ckpt_path is given (a requeued job),"
+             if slurm else f"--ckpt_path {path}")
+    resumed = f"{subcommand} under SLURM" if slurm else f"{subcommand} --ckpt_path"
     if subcommand == "fit":
         kept = ([f"its own model settings (only {', '.join(SPEED_HPARAMS)} may change)"] if model_found else []) + (
             [f"its own data settings, which define the training batch it stopped at (only "
              f"{', '.join(RESUME_FREE_SETTINGS)} may change, and where {' and '.join(MOVABLE_PATHS)} are, not whether "
              "they are set)"]
             if data_found else [])
-        advice = (f"fit --ckpt_path resumes that run with {' and '.join(kept)}: pass the configuration it was trained "
-                  f"with{origin}, or drop --ckpt_path to start a new run")
+        new_run = ("start a new run with another --trainer.default_root_dir" if slurm
+                   else "drop --ckpt_path to start a new run")
+        advice = (f"{resumed} resumes that run with {' and '.join(kept)}: pass the configuration it was trained "
+                  f"with{origin}, or {new_run}")
     else:
-        advice = (f"{subcommand} --ckpt_path needs the model the checkpoint was trained with: pass its configuration"
+        advice = (f"{resumed} needs the model the checkpoint was trained with: pass its configuration"
                   f"{origin} or set these options to the checkpoint's values")
-    raise UserError(f"--ckpt_path {path} {what} than this command asks for: {details}; {advice}")
+    raise UserError(f"{given} {what} than this command asks for: {details}; {advice}")
 
 
 def warn_missing_loader_position(path: Path, checkpoint: Mapping) -> None:
@@ -450,18 +456,28 @@ def best_checkpoint(dirpath: str | None) -> Path | None:
                     "--checkpoint.monitor null keeps none); pass a checkpoint file with --ckpt_path FILE")
 
 
-def hpc_checkpoint(default_root_dir: str) -> Path | None:
+def hpc_checkpoint(default_root_dir: str, required: bool = True) -> Path | None:
     """The file ``--ckpt_path hpc`` stands for, as Lightning finds it: the ``hpc_ckpt_<N>.ckpt`` of the largest N in
-    the run folder (written when SLURM stops a job). None for a remote folder (Lightning looks itself)."""
+    the run folder (written when SLURM stops a job). None for a remote folder (Lightning looks itself); without
+    such a file an error, or None when not ``required``."""
     if "://" in str(default_root_dir):
         return None
     found = {int(path.stem.removeprefix("hpc_ckpt_")): path for path in Path(default_root_dir).glob("hpc_ckpt_*.ckpt")
              if path.stem.removeprefix("hpc_ckpt_").isdigit()}
+    if not found and not required:
+        return None
     if not found:
         raise UserError(f"--ckpt_path hpc: no hpc_ckpt_<N>.ckpt in {default_root_dir} (Lightning writes them into the "
                         "run folder when SLURM stops a job); pass the run folder with --trainer.default_root_dir "
                         "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
     return found[max(found)]
+
+
+def slurm_resume_checkpoint(default_root_dir: str) -> Path | None:
+    """The checkpoint Lightning resumes from by itself when no ``--ckpt_path`` is given: in a SLURM job
+    (:meth:`SLURMEnvironment.detect`), the run folder's ``hpc_ckpt_<N>.ckpt`` of the largest N, which Lightning wrote
+    when SLURM stopped the job before requeueing it (:func:`hpc_checkpoint`). None elsewhere or without one."""
+    return hpc_checkpoint(default_root_dir, required=False) if SLURMEnvironment.detect() else None
 
 
 def check_new_run(dirpath: str, default_root_dir: str) -> None:
@@ -471,7 +487,7 @@ def check_new_run(dirpath: str, default_root_dir: str) -> None:
     if "://" in str(dirpath) or not Path(dirpath).is_dir():
         return
     found = sorted(path.name for path in Path(dirpath).glob("*.ckpt"))
-    if not found or (SLURMEnvironment.detect() and any(Path(default_root_dir).glob("hpc_ckpt_*.ckpt"))):
+    if not found or slurm_resume_checkpoint(default_root_dir) is not None:
         return
     in_run_folder = os.path.normpath(dirpath) == os.path.normpath(os.path.join(default_root_dir, "checkpoints"))
     option = "--trainer.default_root_dir" if in_run_folder else "--checkpoint.dirpath"
@@ -680,10 +696,15 @@ class CassiCLI(LightningCLI):
     def _check_checkpoint(self, config: Namespace) -> None:
         """Before anything is built: ``--ckpt_path`` names a Lightning checkpoint (``last``: one exists in the
         checkpoint folder) of the model this command asks for. ``best`` and ``hpc`` are replaced by the file they
-        stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as any other."""
+        stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as any other; without
+        ``--ckpt_path``, so is the checkpoint Lightning resumes from by itself in a SLURM job
+        (:func:`slurm_resume_checkpoint`)."""
         ckpt_path = config.get("ckpt_path")
-        if not ckpt_path:
-            return
+        slurm = not ckpt_path
+        if slurm:
+            ckpt_path = slurm_resume_checkpoint(config.trainer.default_root_dir)
+            if ckpt_path is None:
+                return
         resolved = None
         if str(ckpt_path) == "best":
             resolved = best_checkpoint(config.checkpoint.dirpath)
@@ -705,7 +726,7 @@ class CassiCLI(LightningCLI):
                 return                               # Lightning loads it itself, or says why
         if not isinstance(checkpoint, Mapping):
             return
-        check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"))
+        check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"), slurm)
         if self.subcommand == "fit":
             warn_missing_loader_position(path, checkpoint)
 
