@@ -89,7 +89,11 @@ def register_model(name: str, *, official_args: Mapping[str, Any] | None = None,
     """
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"model '{name}' is registered twice")
+            first = _REGISTRY[name].builder
+            where = [f"{b.__module__}.{b.__qualname__}" for b in (first, builder)]
+            hint = ("one file imported as two modules: run as a script (__main__) and named in CASSI_MODELS?"
+                    if first.__qualname__ == builder.__qualname__ else "choose another name for one of them")
+            raise ValueError(f"model '{name}' is registered twice, by {where[0]} and by {where[1]} ({hint})")
         _REGISTRY[name] = ModelEntry(name, builder, dict(official_args or {}), map_official_keys)
         return builder
     return decorate

@@ -159,3 +159,23 @@ def test_the_published_networks_inputs_fit_their_forward(name):
     model = create_model(name, **LIGHT.get(name, {}))
     y = op(torch.rand(1, 28, size, size))
     assert forward_inputs(model, y, op).keys() == model.prepare_inputs(y, op).keys()
+
+
+def test_a_name_registered_twice_names_both_builders(user_module, monkeypatch):
+    user_module("tiny_cassi_clash", "mst_s")
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_clash")
+    with pytest.raises(ValueError, match=re.escape("model 'mst_s' is registered twice, by models.mst.mst_s and by "
+                                                   "tiny_cassi_clash.build (choose another name for one of them)")):
+        list_models()
+
+
+def test_a_script_also_named_in_cassi_models_is_told_so(user_module, monkeypatch):
+    user_module("tiny_cassi_net", "tiny_net_test")
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_net")
+    list_models()
+    builder = registry._REGISTRY["tiny_net_test"].builder
+    as_script = type(builder)(builder.__code__, {**builder.__globals__, "__name__": "__main__"}, builder.__name__)
+    with pytest.raises(ValueError, match=re.escape("by tiny_cassi_net.build and by __main__.build (one file imported "
+                                                   "as two modules: run as a script (__main__) and named in "
+                                                   "CASSI_MODELS?)")):
+        registry.register_model("tiny_net_test")(as_script)
