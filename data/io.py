@@ -208,6 +208,21 @@ def _infer_scale(cube: np.ndarray, where: str) -> float:
                     "load_cube(..., scale=FACTOR))")
 
 
+def _band_count_error(shape: tuple[int, ...], where: str, layout: str, bands: int, suffix: str) -> str:
+    """What :func:`load_cube` says of a cube whose band axis (``layout``) does not hold ``bands``: the stored shape,
+    how it was read and, when another axis holds ``bands``, how to store the cube."""
+    order = "H x W x L" if layout == "HWL" else "L x H x W"
+    stored = " x ".join(str(n) for n in shape)
+    origin = " (MATLAB's order; h5py shows a v7.3 file's axes reversed)" if suffix == ".mat" else ""
+    text = (f"{where}: expected {bands} bands, got {shape[2 if layout == 'HWL' else 0]}: it holds a {stored} "
+            f"array{origin}, read as {order}")
+    if bands in shape:
+        text += f"; store the cube as {order.replace('L', str(bands))}"
+    if shape[0 if layout == "HWL" else 2] == bands:
+        text += f" (from Python: load_cube(..., layout='{'LHW' if layout == 'HWL' else 'HWL'}'))"
+    return text
+
+
 def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
               layout: str | None = None, scale: float | None = None) -> np.ndarray:
     """Hyperspectral cube as (L, H, W) float32.
@@ -227,14 +242,11 @@ def load_cube(path: PathLike, key: str | None = None, bands: int | None = 28,
     _check_ndim(arr, 3, "cube", where)
     suffix = Path(path).suffix.lower()
     layout = layout or ("LHW" if suffix == ".npz" else "HWL")
-    if layout == "HWL":
-        arr = np.transpose(arr, (2, 0, 1))
-    elif layout != "LHW":
+    if layout not in ("HWL", "LHW"):
         raise ValueError(f"layout must be 'LHW' or 'HWL', got {layout!r}")
-    cube = _as_float32(arr, where)
-    if bands is not None and cube.shape[0] != bands:
-        raise ValueError(f"{where}: expected {bands} bands, got {cube.shape[0]} "
-                         f"(shape as (L, H, W): {cube.shape}; is layout={layout!r} right?)")
+    if bands is not None and arr.shape[2 if layout == "HWL" else 0] != bands:
+        raise ValueError(_band_count_error(arr.shape, where, layout, bands, suffix))
+    cube = _as_float32(np.transpose(arr, (2, 0, 1)) if layout == "HWL" else arr, where)
     if cube.size and float(cube.min()) < 0:
         raise UserError(f"{where}: {int((cube < 0).sum())} negative values (min {float(cube.min()):.4g}); a "
                         "hyperspectral cube holds radiance or reflectance, which cannot be negative")

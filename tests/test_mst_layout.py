@@ -53,3 +53,21 @@ def test_eval_kaist_takes_the_toolbox_datasets_folder_as_train_py_does(tmp_path)
     assert info["mask"]["source"] == str(root / "TSA_simu_data" / "mask.mat")
     with pytest.raises(FileNotFoundError, match=r"Truth: expected the MST layout.*pass --data.root .*TSA_simu_data"):
         load_data(DataSpec(root=str(root / "TSA_simu_data" / "Truth")), GapTV())
+
+
+def test_a_band_first_cube_says_how_it_is_stored_and_how_to_store_it(tmp_path):
+    """A .mat cube saved 28 x H x W (or written with h5py as H x W x 28, which MATLAB reads reversed) said 'got 40
+    bands (shape as (L, H, W): (40, 28, 40); is layout='HWL' right?)': neither the file's shape nor a step a
+    train.py / eval.py user can take."""
+    import h5py
+    root = mst_toolbox(tmp_path)
+    cube = np.random.default_rng(0).integers(300, 65535, (28, 40, 40), dtype=np.uint16)
+    savemat(root / "cave_1024_28" / "scene02.mat", {"img_expand": cube})
+    with h5py.File(root / "cave_1024_28" / "scene03.mat", "w") as f:      # h5py's (40, 40, 28) is MATLAB's 28 x 40 x 40
+        f.create_dataset("img_expand", data=np.transpose(cube, (1, 2, 0)))
+    files = find_training_data("mst_simulation", str(root), None).files()
+    for file in files[1:]:
+        message = _message(file.load)
+        assert (f"{file.path}['img_expand']: expected 28 bands, got 40: it holds a 28 x 40 x 40 array (MATLAB's "
+                "order; h5py shows a v7.3 file's axes reversed), read as H x W x L") in message
+        assert "store the cube as H x W x 28" in message and "(shape as (L, H, W)" not in message
