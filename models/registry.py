@@ -11,6 +11,11 @@ any of them without special cases:
 * ``model.size_rule``: the cube sizes H x W it takes (:class:`models.sizes.SizeRule`; ``size_rule.check(H, W, what)``
   raises a ValueError stating the rule), checked by its forward and by ``train.py`` before a run.
 
+:func:`create_model` refuses a network without these (:func:`check_protocol`). Optional: ``model.bands`` (int, the
+spectral bands it takes; ``eval.py export`` records it, else the training's), ``model.mask_aware = False`` for a
+network that does not take the coded mask (refused as a calibration solver and for reconstructions through
+another operator), ``model.segmentation(output)`` and ``model.n_class`` for ``training.JointModule``.
+
 A network of your own is registered with ``@register_model("name")`` in a module of yours, which the registry
 imports on its first lookup when the environment variable ``CASSI_MODELS`` names it (comma-separated importable
 module names, e.g. ``PYTHONPATH=/tmp/mynet CASSI_MODELS=mynet python train.py ...``): ``train.py``, ``eval.py``
