@@ -37,13 +37,14 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
 from data.layouts import (CubeFile, TrainingData, resolve_source, find_training_data, mask_file,
-                          simulation_test_folder)
+                          simulation_test_folder, toolbox_mask)
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
@@ -418,6 +419,11 @@ class CassiDataModule(pl.LightningDataModule):
             train_files, _ = self._held_out_split()
             self.training_mask()
             hp = self.hparams
+            beside = toolbox_mask(hp.root) if self.data().source == "folder" and hp.mask is None else None
+            if beside is not None:
+                rank_zero_warn(f"--data.root {hp.root} holds the MST toolbox's cubes and the data source is 'folder' "
+                               f"({hp.source}), so {stage} uses a seeded random mask, not {beside}: pass "
+                               f"--data.source mst_simulation (the toolbox recipe) or --data.mask {beside}")
             items = hp.samples_per_epoch
             if items is None:
                 items = len(train_files) if self.data().folders else hp.num_scenes

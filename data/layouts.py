@@ -241,6 +241,15 @@ def simulation_test_folder(root: str | None) -> Path:
     return _simulation_folders(root)[1] / "TSA_simu_data"
 
 
+def toolbox_mask(root: str) -> Path | None:
+    """``TSA_simu_data/mask.mat`` of the MST toolbox layout that ``root`` belongs to (``root`` = ``cave_1024_28`` or
+    the ``datasets/`` folder holding it), or None when there is none."""
+    path = Path(root)
+    toolbox = path.parent if path.name == "cave_1024_28" else path
+    mask = toolbox / "TSA_simu_data" / "mask.mat"
+    return mask if (toolbox / "cave_1024_28").is_dir() and mask.is_file() else None
+
+
 def resolve_source(source: str, root: str | None) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")

@@ -485,3 +485,19 @@ def test_synthetic_scenes_hold_the_row_band_and_whole_image_validation_crops():
         CassiDataModule(crop=CROP, val_crop=40).check("fit")
     with pytest.raises(ValueError, match=r"3 training scenes \(one pass per epoch\), fewer than --data.batch_size 4"):
         CassiDataModule(crop=CROP, num_scenes=3, batch_size=4, samples_per_epoch=None).check("fit")
+
+
+def test_toolbox_cubes_as_a_plain_folder_warn_that_the_layouts_mask_is_not_used(tmp_path):
+    """--data.root cave_1024_28 with a config that sets no source (auto: folder) trained with a seeded random mask
+    although TSA_simu_data/mask.mat lies beside it, without a word; now a warning names that mask and both ways to
+    use it. None with --data.mask or the MST source."""
+    import warnings
+    root = mst_toolbox(tmp_path)
+    cave, mask = root / "cave_1024_28", root / "TSA_simu_data" / "mask.mat"
+    plain = CassiDataModule(root=str(cave), crop=16, val_scenes=1, batch_size=2, samples_per_epoch=4)
+    with pytest.warns(UserWarning, match=rf"seeded random mask, not {mask}.*--data.source mst_simulation.*--data.mask"):
+        plain.check("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kw in ({"mask": str(mask)}, {"source": "mst_simulation"}):
+            CassiDataModule(root=str(cave), crop=16, val_scenes=1, batch_size=2, samples_per_epoch=4, **kw).check("fit")
