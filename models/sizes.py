@@ -16,6 +16,17 @@ class SizeRule:
     max_height: int | None = None
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        """ValueError naming the field when the rule cannot be applied (``SizeRule(8)`` for ``SizeRule((8, 8))``)."""
+        pair = self.multiple
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_positive_int(m) for m in pair)):
+            raise ValueError(f"SizeRule multiple={pair!r}: expected a pair (rows, cols) of positive integers, "
+                             "e.g. (8, 8)")
+        if not _positive_int(self.minimum):
+            raise ValueError(f"SizeRule minimum={self.minimum!r}: expected a positive integer")
+        if self.max_height is not None and not _positive_int(self.max_height):
+            raise ValueError(f"SizeRule max_height={self.max_height!r}: expected a positive integer or None")
+
     def __str__(self) -> str:
         """The rule in words, e.g. 'H and W each a multiple of 4, H <= 256 (two stride-2 down-samplings)'."""
         rows, cols = self.multiple
@@ -39,3 +50,7 @@ class SizeRule:
         """ValueError '``what`` is HxW; it must have ``<the rule>``' unless the rule accepts ``height`` x ``width``."""
         if not self.accepts(height, width):
             raise ValueError(f"{what} is {height}x{width}; it must have {self}")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

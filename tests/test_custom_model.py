@@ -17,6 +17,7 @@ from models import create_model, list_models, load_release
 from models import registry
 from models.checkpoints import LoadedModel
 from models.registry import forward_inputs
+from models.sizes import SizeRule
 from test_models_registry import LIGHT, SIZE, family
 
 TINY = '''
@@ -179,3 +180,18 @@ def test_a_script_also_named_in_cassi_models_is_told_so(user_module, monkeypatch
                                                    "as two modules: run as a script (__main__) and named in "
                                                    "CASSI_MODELS?)")):
         registry.register_model("tiny_net_test")(as_script)
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    ({"multiple": 8}, "SizeRule multiple=8: expected a pair (rows, cols) of positive integers, e.g. (8, 8)"),
+    ({"multiple": (0, 8)}, "SizeRule multiple=(0, 8): expected a pair"),
+    ({"minimum": 0}, "SizeRule minimum=0: expected a positive integer"),
+    ({"max_height": 0.5}, "SizeRule max_height=0.5: expected a positive integer or None"),
+])
+def test_a_size_rule_that_cannot_apply_is_refused_when_made(user_module, monkeypatch, kwargs, said):
+    with pytest.raises(ValueError, match=re.escape(said)):
+        SizeRule(**kwargs)
+    user_module("tiny_cassi_rule", "tiny_rule", TINY.replace("SizeRule()", f"SizeRule(**{kwargs!r})"))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_rule")
+    with pytest.raises(ValueError, match=re.escape(f"cannot build model 'tiny_rule' with {{}}: ValueError: {said}")):
+        create_model("tiny_rule")
