@@ -245,7 +245,8 @@ def summary(result) -> str:
         lines.append(f"noise: the criterion's noise term, variance {var['gain']:.3g} x y + {var['read_variance']:.3g} "
                      "fitted blind (a nuisance term of the held-out score, not a sensor calibration); the held-out "
                      "score less the noise it carries moved the "
-                     f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s)")
+                     f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s); "
+                     f"{noise['outcome']}")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")

@@ -34,7 +34,7 @@ import torch
 from scipy.optimize import nnls
 from torch import Tensor
 
-from calib.forward_model import params_to_mismatch
+from calib.forward_model import PARAMETER_NAMES, params_to_mismatch
 from calib.ranges import Ranges
 from calib.score import HeldOutScore, ScoreSettings
 
@@ -164,8 +164,9 @@ def _corrected_metric(jacobians: Tensor, weights: Tensor, correction: NoiseCorre
 def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, ranges: Ranges, scales: Tensor,
                          correction: NoiseCorrection = NoiseCorrection()) -> tuple[Tensor, list[dict]]:
     """Levenberg-Marquardt on the corrected score from ``start`` (5,): returns (point, trace), the trace one
-    entry per step (point, corrected score, the measurement's plain score). Steps move each parameter at
-    most 1 pixel unit (``scales``: :func:`calib.ranges.pixel_scales`)."""
+    entry per step (the point after it, the corrected score before and after, how far it moved; a refused step's
+    ``refused``: :func:`_refusal`). Steps move each parameter at most 1 pixel unit (``scales``:
+    :func:`calib.ranges.pixel_scales`)."""
     point, trace = ranges.clamp(start.to(torch.float64)), []
     h = correction.difference
     fractions = torch.tensor(correction.backtrack, dtype=torch.float64)[:, None]
@@ -179,31 +180,75 @@ def corrected_refinement(score: NoiseCorrectedScore, start: Tensor, ranges: Rang
         move = move / max(1.0, float(move.abs().max()))
         trials = [ranges.clamp(point + move * scales)]
         values = torch.cat([score.value(errors[:1]), score.value(score.errors(trials[0][None], point))])
+        tried = values[1:]                                      # every trial's value, the full step first
         evaluations = len(probes) + 1
         if values[1] >= values[0]:
             trials = list(ranges.clamp(point + fractions * move * scales))
             values = torch.cat([values[:1], score.value(score.errors(torch.stack(trials), point))])
+            tried = torch.cat([tried, values[1:]])
             evaluations += len(trials)
         best = int(torch.argmin(values))
         moved = 0.0 if best == 0 else float(((trials[best - 1] - point) / scales).abs().max())
+        entry = {"point": params_to_mismatch(point if best == 0 else trials[best - 1]).to_dict(),
+                 "corrected_score": float(values[best]), "start_corrected_score": float(values[0]),
+                 "moved_pixel_units": moved, "evaluations": evaluations}
+        if best == 0:
+            entry["refused"] = _refusal(score, point, errors, tried - values[0], h, scales)
+            entry["evaluations"] += 5
         point = point if best == 0 else trials[best - 1]
-        trace.append({"point": params_to_mismatch(point).to_dict(), "corrected_score": float(values[best]),
-                      "start_corrected_score": float(values[0]), "moved_pixel_units": moved,
-                      "evaluations": evaluations})
+        trace.append(entry)
         if moved < correction.tolerance:
             break
     return point, trace
+
+
+def _refusal(score: NoiseCorrectedScore, point: Tensor, forward: Tensor, trial_rises: Tensor, h: float,
+             scales: Tensor) -> dict:
+    """Why a step kept ``point`` (5,): how much its trials raised the corrected score (``trial_rises``: the full
+    step, then its backtracked fractions, if tried), and how much each parameter moved ``h`` pixel units either
+    way does (``forward``: the step's errors at the point and its forward probes; the backward ones are scored
+    here). ``minimum``: none of these moves lowers it, the point is a minimum at the stage's difference step."""
+    backward = score.errors(point - torch.diag(h * scales).to(point), point)
+    rises = torch.cat([score.value(forward[1:]), score.value(backward)]) - score.value(forward[:1])
+    names = [f"{name} {sign}{h:g}" for sign in "+-" for name in PARAMETER_NAMES]
+    return {"trial_rises": trial_rises.tolist(), "probe_rises": dict(zip(names, rises.tolist())),
+            "minimum": bool(rises.min() >= 0)}
+
+
+def outcome(record: dict) -> str:
+    """Why the stage stopped, one sentence from its record (:func:`correct_for_noise`), for the terminal."""
+    steps, settings = record["steps"], record["settings"]
+    last = steps[-1]
+    refused = last.get("refused")
+    if refused is None:
+        if last["moved_pixel_units"] < settings["tolerance"]:
+            return f"stopped: the last step moved no parameter {settings['tolerance']:g} pixel units or more"
+        return f"stopped after the most steps ({settings['steps']}), still moving"
+    kept = "kept the refined point" if len(steps) == 1 else "kept the last point"
+    probes = refused["probe_rises"]
+    lowest = min(probes, key=probes.get)
+    fractions = ", ".join(f"{f:g}" for f in settings["backtrack"])
+    trials = ", ".join(f"{rise:+.2g}" for rise in refused["trial_rises"])
+    text = (f"{kept}: neither the step nor {fractions} of it lowered the corrected score (changes {trials}, "
+            "blind score units)")
+    if refused["minimum"]:
+        return (f"{text}, nor did any parameter moved {settings['difference']:g} pixel units either way (the "
+                f"smallest change {probes[lowest]:+.2g}): a minimum of the corrected score at the stage's "
+                "difference step")
+    return (f"{text}, but {lowest} pixel units lowered it by {-probes[lowest]:.2g}: a lower point the "
+            "Gauss-Newton step missed")
 
 
 def correct_for_noise(y: Tensor, mask: Tensor, bands: int, step: int, settings: ScoreSettings, start: Tensor,
                       ranges: Ranges, scales: Tensor, correction: NoiseCorrection = NoiseCorrection()
                       ) -> tuple[Tensor, dict]:
     """The blind variance fit at ``start`` (5,), then :func:`corrected_refinement`. Returns (point, the
-    record for ``calibration.json``: fitted variance, settings, steps)."""
+    record for ``calibration.json``: fitted variance, settings, steps, and ``outcome``: :func:`outcome`)."""
     variance = fit_noise_variance(y, mask, bands, step, settings, start, correction)
     score = NoiseCorrectedScore(y, mask, bands, step, settings, start, variance, correction)
     point, trace = corrected_refinement(score, start, ranges, scales, correction)
     record = {"variance": {**variance, "model": "gain * max(y, 0) + read_variance (measurement units)"},
               "settings": asdict(correction), "steps": trace,
               "moved_pixel_units": float(((point - start.to(point)) / scales).abs().max())}
+    record["outcome"] = outcome(record)
     return point, record
