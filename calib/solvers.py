@@ -10,6 +10,7 @@ before any calibration work.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -68,16 +69,20 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     try:
         loaded = load_weights(path, name)
     except ValueError as err:
-        detail = one_line(err)          # the loaders' messages start with the path: say it once
-        if detail.startswith(f"{path}: "):
-            detail = detail.removeprefix(f"{path}: ")
-        elif detail.startswith(f"{path} "):
-            detail = "it " + detail.removeprefix(f"{path} ")
-        raise UserError(f"{path} is not a {name} checkpoint: {detail}") from err
+        raise UserError(f"{path} is not a {name} checkpoint: {_about_it(one_line(err), path)}") from err
     loaded.model.to(device).eval()
     for p in loaded.model.parameters():
         p.requires_grad_(False)
     return loaded
+
+
+def _about_it(message: str, path: Path) -> str:
+    """A loader's ``message`` about ``path`` with the path said once by the caller: "PATH: detail" -> "detail",
+    "PATH is ..." -> "it is ..."; a message that does not start with the path, whole."""
+    about = re.fullmatch(rf"{re.escape(str(path))}(?:: (?P<detail>.*)| (?P<predicate>.*))", message, re.DOTALL)
+    if about is None:
+        return message
+    return about["detail"] if about["detail"] is not None else f"it {about['predicate']}"
 
 
 def load_network(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:

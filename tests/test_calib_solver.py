@@ -99,17 +99,20 @@ def test_a_checkpoint_of_another_model_is_named_once(tmp_path):
     from models.checkpoints import LoadedModel
     import models.checkpoints as checkpoints
 
-    torch.save({}, tmp_path / "w.pth")
+    weights = tmp_path / "my w.pth"                 # a space in the path: "PATH is" and "PATH:" are still told apart
+    torch.save({}, weights)
     for loader_says, detail in (("{p}: release holds model 'mst_s'", "release holds model 'mst_s'"),
                                 ("{p} is the official weights of bisrnet_real", "it is the official weights of "
-                                                                                 "bisrnet_real")):
+                                                                                 "bisrnet_real"),
+                                # a message that does not start with the path (here with a longer one) stays whole
+                                ("{p}.bak: no weights", f"{weights}.bak: no weights")):
         def refuse(path, name=None) -> LoadedModel:
             raise ValueError(loader_says.format(p=path))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(checkpoints, "load_weights", refuse)
             with pytest.raises(UserError) as info:
-                load_network("bisrnet", tmp_path / "w.pth")
-        assert str(info.value) == f"{tmp_path / 'w.pth'} is not a bisrnet checkpoint: {detail}"
+                load_network("bisrnet", weights)
+        assert str(info.value) == f"{weights} is not a bisrnet checkpoint: {detail}"
 
 
 def test_a_checkpoint_without_solver_suggests_the_model_it_records(inputs, tmp_path, capsys):
