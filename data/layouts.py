@@ -250,6 +250,19 @@ def toolbox_mask(root: str) -> Path | None:
     return mask if (toolbox / "cave_1024_28").is_dir() and mask.is_file() else None
 
 
+def _refuse_toolbox_folder(path: Path) -> None:
+    """The error for the toolbox's ``datasets/`` read as a plain folder of cubes (it holds none, only their folders)."""
+    if not path.is_dir() or any(p.suffix.lower() in CUBE_SUFFIXES for p in path.iterdir()):
+        return
+    held = {source: folder for source, folder in (("mst_simulation", "cave_1024_28"), ("mst_real", "CAVE_512_28"))
+            if (path / folder).is_dir()}
+    if held:
+        listed = " or ".join(f"{source} ({folder}/)" for source, folder in held.items())
+        raise FileNotFoundError(f"{path}: the MST toolbox's datasets/ folder, not a folder of cubes; pass "
+                                f"--data.source {listed}, or --data.root {path / next(iter(held.values()))} (its cubes "
+                                "alone)")
+
+
 def resolve_source(source: str, root: str | None) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; expected one of {', '.join(SOURCES)}")
@@ -296,6 +309,7 @@ def find_training_data(source: str, root: str | None, mask: str | None) -> Train
         return TrainingData(source, mask=mask_file(source, root, mask))
     if source == "folder":
         folders = (CubeFolder(Path(root)),)
+        _refuse_toolbox_folder(Path(root))
     elif source == "fvgnet":
         folders = (_fvgnet_split(root),)
     elif source == "mst_simulation":

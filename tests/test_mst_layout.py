@@ -71,3 +71,14 @@ def test_a_band_first_cube_says_how_it_is_stored_and_how_to_store_it(tmp_path):
         assert (f"{file.path}['img_expand']: expected 28 bands, got 40: it holds a 28 x 40 x 40 array (MATLAB's "
                 "order; h5py shows a v7.3 file's axes reversed), read as H x W x L") in message
         assert "store the cube as H x W x 28" in message and "(shape as (L, H, W)" not in message
+
+
+def test_the_toolbox_folder_as_a_plain_folder_of_cubes_names_the_sources_that_read_it(tmp_path):
+    """train.py fit --config configs/smoke/mst_s.yaml --data.root datasets/ (source auto: folder) said only
+    'datasets: no cube files (.mat, .npz, .npy)'."""
+    root = mst_toolbox(tmp_path)
+    (root / "CAVE_512_28").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"datasets: the MST toolbox's datasets/ folder, not a folder of cubes; "
+                       r"pass --data.source mst_simulation \(cave_1024_28/\) or mst_real \(CAVE_512_28/\), or "
+                       r"--data.root .*datasets/cave_1024_28"):
+        find_training_data("auto", str(root), None)
