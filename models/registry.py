@@ -23,6 +23,7 @@ and ``calibrate.py`` then know the name (README, "Adding your own model").
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -110,12 +111,14 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for ``name``; a clear error lists the known names."""
+    """The registry entry for ``name``; a clear error lists the known names, the closest first when one is close."""
     try:
         return _registered()[name]
     except KeyError:
-        raise KeyError(f"unknown model '{name}'; known models: {', '.join(list_models())} (a network of your own: "
-                       f"@register_model('{name}') in a module named by the environment variable "
+        close = difflib.get_close_matches(str(name), list_models(), n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise KeyError(f"unknown model '{name}'{guess}; known models: {', '.join(list_models())} (a network of your "
+                       f"own: @register_model('{name}') in a module named by the environment variable "
                        f"{USER_MODULES_ENV}; README, 'Adding your own model')") from None
 
 

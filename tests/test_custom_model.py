@@ -195,3 +195,11 @@ def test_a_size_rule_that_cannot_apply_is_refused_when_made(user_module, monkeyp
     monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_rule")
     with pytest.raises(ValueError, match=re.escape(f"cannot build model 'tiny_rule' with {{}}: ValueError: {said}")):
         create_model("tiny_rule")
+
+
+def test_a_mistyped_name_says_the_closest_one():
+    with pytest.raises(KeyError, match=re.escape("unknown model 'mst_ss' (did you mean mst_s?); known models: ")):
+        create_model("mst_ss")
+    with pytest.raises(KeyError) as raised:
+        create_model("not_a_model")
+    assert "did you mean" not in str(raised.value)
