@@ -312,6 +312,22 @@ def test_model_help_without_a_class_lists_the_classes_to_pass(capsys):
     assert "--model.seg_weight" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("given, chosen", [
+    (["--config", str(CONFIGS / "crsdun_3stg.yaml"), "--model.help"], "training.JointModule"),
+    (["--model.help", "--config", str(CONFIGS / "smoke" / "mst_s.yaml")], "training.ReconstructionModule"),
+    (["--model", "JointModule", "--model.help"], "training.JointModule"),
+])
+def test_model_help_without_a_class_shows_the_arguments_of_the_class_chosen(given, chosen, capsys):
+    """Was: fit --config configs/crsdun_3stg.yaml --model.help listed the model classes to pass, not the arguments of
+    training.JointModule, which the recipe had chosen."""
+    with pytest.raises(SystemExit) as done:
+        cli(["fit", *given])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0 and f"Help for --model.help={chosen}" in printed, printed
+    assert ("--model.seg_weight" in printed) == (chosen == "training.JointModule") and "--model.lr" in printed
+    assert "--model.help CLASS" not in printed
+
+
 @pytest.mark.parametrize("given, suggested", [
     (["--model.init_args.lerning_rate", "1e-3"], r"Option 'lerning_rate' is not accepted; did you mean "
                                                  r"--model\.init_args\.lr\?"),          # the initials of the typo

@@ -30,9 +30,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
+import io
 import json
 import re
 import os
@@ -211,14 +213,33 @@ def class_choice_message(message: str) -> str | None:
             f"import path){other}{guess}")
 
 
-def model_help_without_class(args: list[str]) -> str | None:
-    """The answer to ``train.py SUBCOMMAND --model.help`` without a class (jsonargparse would show the arguments of
-    the abstract base :class:`training.CassiModule`, which no run can use): the model classes to pass and how to see
-    their arguments. None for any other request."""
+def model_help_at(args: list[str]) -> int | None:
+    """Where ``args`` hold ``--model.help`` without a class (its index; jsonargparse would show the arguments of the
+    abstract base :class:`training.CassiModule`, which no run can use), else None."""
     if "--model.help" not in args:
         return None
     at = args.index("--model.help")
-    if at + 1 < len(args) and not args[at + 1].startswith("-"):
+    return None if at + 1 < len(args) and not args[at + 1].startswith("-") else at
+
+
+def chosen_model_class(parser: ArgumentParser, args: list[str]) -> str | None:
+    """The model class ``args`` choose (a recipe's ``model.class_path``, ``--model CLASS``), or None when they
+    choose none or do not parse (they are parsed quietly: a help request is answered before they are checked)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            config = parser.parse_args(args)
+    except SystemExit:
+        return None
+    model = config.get(f"{config.get('subcommand')}.model") if config.get("subcommand") else config.get("model")
+    chosen = model.get("class_path") if isinstance(model, Namespace) else None
+    return chosen if isinstance(chosen, str) else None
+
+
+def model_help_without_class(args: list[str]) -> str | None:
+    """The answer to ``train.py SUBCOMMAND --model.help`` without a class where no other argument chooses one:
+    the model classes to pass and how to see their arguments. None for any other request."""
+    at = model_help_at(args)
+    if at is None:
         return None
     subcommand = next((arg for arg in args[:at] if not arg.startswith("-")), "fit")
     classes = model_classes()
@@ -662,11 +683,16 @@ class CassiCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Also keeps the arguments (for the resume command that ``fit`` prints at its end); ``--model.help`` without
-        a class lists the classes to pass (:func:`model_help_without_class`)."""
+        a class shows the arguments of the class the other arguments chose (a recipe, ``--model CLASS``:
+        :func:`chosen_model_class`), else lists the classes to pass (:func:`model_help_without_class`)."""
         self.args = list(args) if isinstance(args, (list, tuple)) else sys.argv[1:] if args is None else None
-        answer = model_help_without_class(self.args) if self.args is not None else None
-        if answer is not None:
-            sys.stdout.write(answer)
+        at = model_help_at(self.args) if self.args is not None else None
+        if at is not None:
+            others = self.args[:at] + self.args[at + 1:]
+            chosen = chosen_model_class(parser, others)
+            if chosen is not None:                   # jsonargparse prints its arguments and exits
+                parser.parse_args([*others, "--model.help", chosen])
+            sys.stdout.write(model_help_without_class(self.args))
             raise SystemExit(0)
         super().parse_arguments(parser, args)
 
