@@ -55,18 +55,22 @@ def build(**kwargs):
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
-    """Write a module registering ``name`` (TINY, or ``source``) in tmp_path, on sys.path; removed afterwards."""
+    """Write a module registering ``name`` (TINY, or ``source``) in tmp_path, on sys.path; module and registry are
+    as before afterwards."""
     written = []
 
     def write(module: str, name: str, source: str = TINY) -> None:
         (tmp_path / f"{module}.py").write_text(textwrap.dedent(source).replace("{name}", name))
         written.append((module, name))
 
+    list_models()                                # the published ones registered before the snapshot
+    registered = dict(registry._REGISTRY)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield write
-    for module, name in written:
+    for module, _ in written:
         sys.modules.pop(module, None)
-        registry._REGISTRY.pop(name, None)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(registered)
 
 
 def test_a_module_named_by_cassi_models_is_registered(user_module, monkeypatch):
