@@ -227,7 +227,8 @@ def _simulation_folders(root: str | None) -> tuple[Path, Path]:
     if (path / "Truth").is_dir():
         raise FileNotFoundError(f"{path}: is the KAIST test folder (Truth/, mask.mat: TSA_simu_data), not training "
                                 f"cubes; the {SIMULATION} needs {SIMULATION_NEEDS}: pass --data.root "
-                                "/path/to/MST/datasets (it finds TSA_simu_data/ beside cave_1024_28/)")
+                                "/path/to/MST/datasets (it finds TSA_simu_data/ beside cave_1024_28/); train.py test "
+                                f"/ predict take this folder alone as --data.test_root {path}")
     if path.name == "cave_1024_28" or any(p.suffix.lower() == ".mat" for p in path.iterdir()):
         return path, path.parent
     raise FileNotFoundError(f"{path}: holds neither cave_1024_28/ nor .mat cubes; the {SIMULATION} needs "

@@ -82,3 +82,17 @@ def test_the_toolbox_folder_as_a_plain_folder_of_cubes_names_the_sources_that_re
                        r"pass --data.source mst_simulation \(cave_1024_28/\) or mst_real \(CAVE_512_28/\), or "
                        r"--data.root .*datasets/cave_1024_28"):
         find_training_data("auto", str(root), None)
+
+
+def test_the_kaist_test_folder_as_training_root_names_the_test_option(tmp_path):
+    """train.py test --data.root datasets/TSA_simu_data (the folder eval.py kaist takes) was told only to pass the
+    toolbox's datasets/, which test / predict need not have: --data.test_root takes that folder alone."""
+    root = mst_toolbox(tmp_path)
+    test_folder = root / "TSA_simu_data"
+    with pytest.raises(FileNotFoundError, match=rf"pass --data.root /path/to/MST/datasets .*; train.py test / predict "
+                       rf"take this folder alone as --data.test_root {test_folder}$"):
+        find_training_data("mst_simulation", str(test_folder), None)
+    dm = CassiDataModule(source="mst_simulation", test_root=str(test_folder), crop=16)
+    dm.check("test")
+    dm.setup("test")
+    assert dm.test_names == ["scene01", "scene02"]
