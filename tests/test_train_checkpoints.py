@@ -256,17 +256,22 @@ def test_a_slurm_requeue_checks_the_checkpoint_lightning_resumes_from(mst_run, t
     for name in ("SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"):
         monkeypatch.delenv(name, raising=False)
     hpc = re.escape(str(root / "hpc_ckpt_1.ckpt"))
-    refused_line = rf"{hpc}, which Lightning resumes from under SLURM when no --ckpt_path is given"
+    refused_line = rf"{hpc} \(the checkpoint Lightning resumes from in a SLURM job when no --ckpt_path is given: a " \
+                   r"requeue\)"
     monkeypatch.setenv("SLURM_NTASKS", "1")                 # what SLURMEnvironment.detect() reads (srun)
     monkeypatch.setenv("SLURM_JOB_NAME", "train")           # not 'bash' / 'interactive'
     refused(capsys, lambda: run("fit", HSRA, root, *FIT),
-            rf"error: {refused_line} \(a requeued job\), holds another model than this command asks for: "
+            rf"error: {refused_line} holds another model than this command asks for: "
             r"--model.init_args.model_name: asked hsra_s, the checkpoint has mst_s; fit under SLURM resumes that run "
             r"with its own model settings .*or start a new run with another --trainer.default_root_dir$")
     refused(capsys, lambda: run("fit", MST, root, *FIT, "--data.batch_size", "1"),
             rf"{refused_line} .*was trained on other data .*--data.batch_size: asked 1, the checkpoint has 2")
     refused(capsys, lambda: run("test", HSRA, root, *TEST),
             rf"{refused_line} .*holds another model .*; test under SLURM needs the model the checkpoint was trained")
+    (root / "hpc_ckpt_2.ckpt").write_text("cut short")
+    refused(capsys, lambda: run("fit", MST, root, *FIT), rf"error: {re.escape(str(root / 'hpc_ckpt_2.ckpt'))} \(the "
+                                                          r"checkpoint Lightning .*\): not a readable torch checkpoint")
+    os.remove(root / "hpc_ckpt_2.ckpt")
     assert sorted(os.listdir(root)) == ["hpc_ckpt_1.ckpt"]         # refused before any work
     resumed = run("fit", MST, root, *FIT)                    # the run's own settings: Lightning resumes it
     assert resumed.trainer.ckpt_path == str(root / "hpc_ckpt_1.ckpt") and resumed.trainer.current_epoch == 2

@@ -286,26 +286,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def check_resume_checkpoint(ckpt_path: str | os.PathLike | None) -> Mapping | None:
-    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc").
-    Returns the checkpoint (loaded memory-mapped, weights only), or None for the special values and for a file
-    that holds other objects than tensors and plain values (Lightning loads those itself, or says why)."""
+def checkpoint_label(path: str | os.PathLike, slurm: bool = False) -> str:
+    """How errors name the checkpoint a command resumes from: ``--ckpt_path PATH``, or with ``slurm`` the file
+    Lightning resumes from by itself in a SLURM job (:func:`slurm_resume_checkpoint`)."""
+    if slurm:
+        return f"{path} (the checkpoint Lightning resumes from in a SLURM job when no --ckpt_path is given: a requeue)"
+    return f"--ckpt_path {path}"
+
+
+def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = False) -> Mapping | None:
+    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc"); so must the
+    file Lightning resumes from in a SLURM job (``slurm``). Returns the checkpoint (loaded memory-mapped, weights
+    only), or None for the special values and for a file that holds other objects than tensors and plain values
+    (Lightning loads those itself, or says why)."""
     if ckpt_path is None or str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) \
             or str(ckpt_path).startswith("registry"):
         return None
     path = Path(ckpt_path)
     if not path.is_file():
-        raise UserError(f"--ckpt_path {path}: no such checkpoint file")
+        raise UserError(f"{checkpoint_label(path, slurm)}: no such checkpoint file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         return None                                  # holds other objects: Lightning loads it (or says why)
     except Exception as err:
-        raise UserError(f"--ckpt_path {path}: not a readable torch checkpoint ({type(err).__name__}: "
+        raise UserError(f"{checkpoint_label(path, slurm)}: not a readable torch checkpoint ({type(err).__name__}: "
                         f"{one_line(str(err))})") from err
     if not isinstance(raw, Mapping) or "pytorch-lightning_version" not in raw:
         held = "the weights only, like an MST toolbox .pth" if isinstance(raw, Mapping) else type(raw).__name__
-        raise UserError(f"--ckpt_path {path} is not a Lightning checkpoint of train.py (it holds {held}); "
+        raise UserError(f"{checkpoint_label(path, slurm)} is not a Lightning checkpoint of train.py (it holds {held}); "
                         f"--ckpt_path resumes a train.py run; evaluate these weights with "
                         f"'eval.py kaist --model NAME --ckpt {path}'")
     return raw
@@ -401,8 +410,6 @@ def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace 
     origin = f" (its run saved it in {configs})" if path.parent.name == "checkpoints" and configs.is_dir() else ""
     what = " and ".join((["holds another model"] if model_found else [])
                         + (["was trained on other data"] if data_found else []))
-    given = (f"{path}, which Lightning resumes from under SLURM when no --ckpt_path is given (a requeued job),"
-             if slurm else f"--ckpt_path {path}")
     resumed = f"{subcommand} under SLURM" if slurm else f"{subcommand} --ckpt_path"
     if subcommand == "fit":
         kept = ([f"its own model settings (only {', '.join(SPEED_HPARAMS)} may change)"] if model_found else []) + (
@@ -417,20 +424,21 @@ def check_checkpoint_settings(path: Path, checkpoint: Mapping, model: Namespace 
     else:
         advice = (f"{resumed} needs the model the checkpoint was trained with: pass its configuration"
                   f"{origin} or set these options to the checkpoint's values")
-    raise UserError(f"{given} {what} than this command asks for: {details}; {advice}")
+    raise UserError(f"{checkpoint_label(path, slurm)} {what} than this command asks for: {details}; {advice}")
 
 
-def warn_missing_loader_position(path: Path, checkpoint: Mapping) -> None:
+def warn_missing_loader_position(path: Path, checkpoint: Mapping, slurm: bool = False) -> None:
     """A ``fit`` resumed from a checkpoint written in mid-epoch before the training loader recorded its position
-    (:class:`data.datamodule.ResumableLoader`) takes that epoch's batches again from the first: say so (rank 0)."""
+    (:class:`data.datamodule.ResumableLoader`) takes that epoch's batches again from the first: say so (rank 0),
+    naming the file as :func:`checkpoint_label` does."""
     loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
     batches = fit_progress(loop, checkpoint.get("global_step"))["batches_into_epoch"]
     if not batches or "combined_loader" in (loop.get("state_dict") or {}):
         return
-    rank_zero_warn(f"--ckpt_path {path} was written after {batches} training batch(es) of an epoch by a train.py "
-                   "whose checkpoints record no training-loader position: the resumed run takes that epoch's batches "
-                   f"again from its first, so it trains on its first {batches} batch(es) twice and leaves out its last "
-                   f"{batches}; resume from a checkpoint written at an epoch's end for an exact continuation",
+    rank_zero_warn(f"{checkpoint_label(path, slurm)} was written after {batches} training batch(es) of an epoch by a "
+                   "train.py whose checkpoints record no training-loader position: the resumed run takes that epoch's "
+                   f"batches again from its first, so it trains on its first {batches} batch(es) twice and leaves out "
+                   f"its last {batches}; resume from a checkpoint written at an epoch's end for an exact continuation",
                    category=UserWarning)
 
 
@@ -738,7 +746,7 @@ class CassiCLI(LightningCLI):
             resolved = hpc_checkpoint(config.trainer.default_root_dir)
         if resolved is not None:                     # Lightning loads the very file checked here
             ckpt_path = config.ckpt_path = str(resolved)
-        checkpoint = check_resume_checkpoint(ckpt_path)
+        checkpoint = check_resume_checkpoint(ckpt_path, slurm)
         if str(ckpt_path) == "last":
             path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
         else:                                        # registry, remote best / hpc: None; a remote file: Lightning's
@@ -754,7 +762,7 @@ class CassiCLI(LightningCLI):
             return
         check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"), slurm)
         if self.subcommand == "fit":
-            warn_missing_loader_position(path, checkpoint)
+            warn_missing_loader_position(path, checkpoint, slurm)
 
     @staticmethod
     def _continue_wandb_run(config: Namespace) -> None:
