@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cassi import CassiOperator
-from evaluation.model_table import measure_model
+from evaluation.model_table import measure_model, model_table
 from evaluation.release import export_release
 from models import create_model, list_models, load_release
 from models import registry
@@ -207,3 +207,8 @@ def test_a_mistyped_name_says_the_closest_one():
     with pytest.raises(KeyError) as raised:
         create_model("not_a_model")
     assert "did you mean" not in str(raised.value)
+
+
+def test_eval_models_names_the_closest_model_and_how_to_register_one():
+    with pytest.raises(KeyError, match=re.escape("unknown model 'mst_ss' (did you mean mst_s?)") + ".*CASSI_MODELS"):
+        model_table(["mst_s", "mst_ss"], size=16, timing=False, verbose=False)
