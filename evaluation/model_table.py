@@ -2,7 +2,8 @@
 
 Each network is built with its official arguments (the fixture build; S2-Transformer with ``img_size``
 set to the table's size, as published at 256) or its registered defaults, fed a measurement of a
-``size`` x ``size`` random scene through the nominal operator with a random binary mask, and measured:
+``size`` x ``size`` random scene of the bands it takes (:func:`models.release.model_bands`, else 28) through
+the nominal operator with a random binary mask, and measured:
 
 * FLOPs: fvcore total (one per multiply-accumulate of conv / linear / matmul / einsum) of
   ``model(**prepare_inputs(y, op))``, every output the network computes (CRSDUN's segmentation too); printed in
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from cassi import CassiOperator
 from models.flops import PAPER_FIGURES, count_flops, count_parameters
 from models.registry import create_model, forward_inputs, get_entry, list_models
+from models.release import model_bands
 
 
 class _Forward(nn.Module):
@@ -63,7 +65,8 @@ def measure_model(name: str, size: int = 256, repeats: int = 3, timing: bool = T
                            "paper_gflops": paper_gflops, "flops": None, "seconds": None, "error": None}
     generator = torch.Generator().manual_seed(0)
     mask = (torch.rand(size, size, generator=generator) > 0.5).float()
-    op = CassiOperator(mask)
+    bands = model_bands(model)              # a network of one's own may take other than 28
+    op = CassiOperator(mask) if bands is None else CassiOperator(mask, bands)
     y = op(torch.rand(1, op.bands, size, size, generator=generator))
     call = _Forward(model, op).eval()
     try:

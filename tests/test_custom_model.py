@@ -212,3 +212,11 @@ def test_a_mistyped_name_says_the_closest_one():
 def test_eval_models_names_the_closest_model_and_how_to_register_one():
     with pytest.raises(KeyError, match=re.escape("unknown model 'mst_ss' (did you mean mst_s?)") + ".*CASSI_MODELS"):
         model_table(["mst_s", "mst_ss"], size=16, timing=False, verbose=False)
+
+
+def test_eval_models_measures_a_network_of_other_bands_with_its_own(user_module, monkeypatch):
+    user_module("tiny_cassi_31", "tiny_31", TINY.replace("bands: int = 28", "bands: int = 31")
+                .replace("self.size_rule = SizeRule()", "self.size_rule, self.bands = SizeRule(), bands"))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_31")
+    row = measure_model("tiny_31", size=16, timing=False)
+    assert row["error"] is None and row["flops"] > 0
