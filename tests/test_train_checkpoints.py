@@ -249,7 +249,8 @@ def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run,
 
 def test_a_slurm_requeue_checks_the_checkpoint_lightning_resumes_from(mst_run, tmp_path, capsys, monkeypatch):
     """Was: in a SLURM job Lightning resumed from the run folder's hpc_ckpt_<N>.ckpt by itself (no --ckpt_path), and
-    none of the --ckpt_path checks ran: another model's config, or other data, trained on from its weights."""
+    none of the --ckpt_path checks ran: another model's config, or other data, trained on from its weights. Beside the
+    temp file of an interrupted save it looked for hpc_ckpt_2392.ckpt (FileNotFoundError once the data were loaded)."""
     root = tmp_path / "requeued"
     root.mkdir()
     shutil.copy(mst_run[0] / "checkpoints" / "last.ckpt", root / "hpc_ckpt_1.ckpt")
@@ -273,6 +274,7 @@ def test_a_slurm_requeue_checks_the_checkpoint_lightning_resumes_from(mst_run, t
                                                           r"checkpoint Lightning .*\): not a readable torch checkpoint")
     os.remove(root / "hpc_ckpt_2.ckpt")
     assert sorted(os.listdir(root)) == ["hpc_ckpt_1.ckpt"]         # refused before any work
+    (root / ".hpc_ckpt_2.ckpt.k3x9q2ab.tmp").write_text("")  # left by a save SLURM killed (cassi.files.atomic_path)
     resumed = run("fit", MST, root, *FIT)                    # the run's own settings: Lightning resumes it
     assert resumed.trainer.ckpt_path == str(root / "hpc_ckpt_1.ckpt") and resumed.trainer.current_epoch == 2
 

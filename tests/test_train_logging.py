@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -235,6 +236,22 @@ def test_resume_continues_the_same_wandb_run_and_keeps_every_config(tmp_path, of
     configs = sorted((tmp_path / "configs").glob(f"fit-*-{run_id}*.yaml"))
     assert len(configs) == 2                                            # one per session, none overwritten
     assert yaml.safe_load(configs[1].read_text())["ckpt_path"] == "last"
+
+
+def test_a_slurm_requeue_continues_the_same_wandb_run(tmp_path, offline_wandb, monkeypatch):
+    """Was: a requeued SLURM job (Lightning resuming from hpc_ckpt_<N>.ckpt by itself, no --ckpt_path) started a new
+    W&B run: only --ckpt_path continued the one that wrote the checkpoint."""
+    import wandb
+    common = [*RUN, "--trainer.max_epochs", "2", "--data.samples_per_epoch", "2"]
+    fit(SMOKE, tmp_path, *common, "--trainer.max_steps", "1", logger=True)
+    wandb.finish()
+    (first,) = list((tmp_path / "wandb").glob("offline-run-*"))
+    shutil.copy(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt")   # as SLURM's SIGUSR1 saves
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    resumed = fit(SMOKE, tmp_path, *common, logger=True)
+    assert resumed.trainer.ckpt_path == str(tmp_path / "hpc_ckpt_1.ckpt")
+    assert resumed.trainer.logger.experiment.id == first.name.rsplit("-", 1)[1]
 
 
 def test_segmentation_preview_of_a_joint_model_is_a_png(tmp_path):

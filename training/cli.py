@@ -732,13 +732,16 @@ class CassiCLI(LightningCLI):
         checkpoint folder) of the model this command asks for. ``best`` and ``hpc`` are replaced by the file they
         stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as any other; without
         ``--ckpt_path``, so is the checkpoint Lightning resumes from by itself in a SLURM job
-        (:func:`slurm_resume_checkpoint`)."""
+        (:func:`slurm_resume_checkpoint`), which becomes ``--ckpt_path``: Lightning's own lookup reads the digits of
+        every file name that holds ``hpc_ckpt_``, so the temp file an interrupted save left
+        (``.hpc_ckpt_2.ckpt.k3x9q2ab.tmp``) sent it to a ``hpc_ckpt_2392.ckpt`` that does not exist."""
         ckpt_path = config.get("ckpt_path")
         slurm = not ckpt_path
         if slurm:
             ckpt_path = slurm_resume_checkpoint(config.trainer.default_root_dir)
             if ckpt_path is None:
                 return
+            config.ckpt_path = str(ckpt_path)        # as with --ckpt_path hpc: Lightning loads the file checked here
         resolved = None
         if str(ckpt_path) == "best":
             resolved = best_checkpoint(config.checkpoint.dirpath)
