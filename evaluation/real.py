@@ -1,12 +1,14 @@
 """``eval.py real``: reconstruct real CASSI captures (no ground truth) and save previews.
 
-Folder layouts (TSA-Net / MST ``TSA_real_data``), the flat one or the MST toolbox's::
+Folder layouts: the flat one, the MST toolbox's ``datasets/TSA_real_data`` or TSA-Net's ``Data``::
 
     ROOT/mask.mat                        key 'mask', (H, W)                       (660 x 660 for the TSA captures)
     ROOT/scene*.mat                      key 'meas_real', (H, W + step * (L - 1))   (660 x 714)
-    ROOT/Testing_real_data/scene*.mat    the same, in the toolbox (then ROOT holds no scene*.mat)
+    ROOT/Measurements/scene*.mat         the same, in the MST toolbox (ROOT = TSA_real_data)
+    ROOT/Testing_real_data/scene*.mat    the same, in TSA-Net (ROOT = TSA_Net_realdata/Data)
 
-Only ``scene*.mat`` files are captures (a notes.mat beside them is not read).
+The captures must all be in one of these folders (captures in two of them are refused, naming both). Only
+``scene*.mat`` files are captures (a notes.mat beside them is not read).
 
 There is no ground truth, so the only number reported is the measurement residual of the reconstruction,
 relative and through the same operator the method assumed. A method that fits x through the operator
@@ -54,7 +56,8 @@ from evaluation.reports import markdown_table
 from models.release import mask_sha256, same_mask
 
 
-TOOLBOX_CAPTURES = "Testing_real_data"     # where the MST toolbox's TSA_real_data keeps its captures
+CAPTURE_FOLDERS = ("Measurements",           # where the MST toolbox's TSA_real_data keeps its captures
+                   "Testing_real_data")      # and where TSA-Net's Data/ does
 METRICS = {"residual": "relative measurement residual ||A x - y|| / ||y||",
            "scaled_residual": "relative measurement residual after the best single scale, ||c A x - y|| / ||y|| "
                               "with c = <A x, y> / <A x, A x> (the network's cube is not fitted through the "
@@ -66,24 +69,25 @@ OPERATOR_CAVEAT = ("the residuals rank how closely the method fits y through eac
 
 
 def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
-    """``ROOT/mask.mat`` and the captures ``scene*.mat`` (sorted) of ``ROOT/Testing_real_data/`` (the MST
-    toolbox's layout) or, without that folder, of ``ROOT`` itself; clear errors otherwise."""
+    """``ROOT/mask.mat`` and the captures ``scene*.mat`` (sorted) of the one folder that holds them: ``ROOT`` or
+    one of :data:`CAPTURE_FOLDERS` in it (the MST toolbox's and TSA-Net's layouts); clear errors otherwise, and
+    for captures in more than one of them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"real-capture folder not found: {root}")
     mask = root / "mask.mat"
     if not mask.is_file():
         raise FileNotFoundError(f"{root}: expected the coded aperture in {mask}")
-    toolbox = root / TOOLBOX_CAPTURES
-    captures = sorted(root.glob("scene*.mat"))
-    if toolbox.is_dir():
-        if captures:
-            raise UserError(f"{root}: captures scene*.mat both here and in {toolbox}; keep them in one folder")
-        captures = sorted(toolbox.glob("scene*.mat"))
-    if not captures:
+    folders = (root, *(root / name for name in CAPTURE_FOLDERS))
+    listed = {folder: sorted(folder.glob("scene*.mat")) for folder in folders}
+    found = {folder: captures for folder, captures in listed.items() if captures}
+    if len(found) > 1:
+        held = ", ".join(f"{len(captures)} in {folder}" for folder, captures in found.items())
+        raise UserError(f"{root}: captures scene*.mat in more than one folder ({held}); keep them in one folder")
+    if not found:
         raise FileNotFoundError(f"{root}: no captures scene*.mat (key 'meas_real') next to mask.mat or in "
-                                f"{TOOLBOX_CAPTURES}/")
-    return mask, captures
+                                f"{' or '.join(f'{name}/' for name in CAPTURE_FOLDERS)}")
+    return mask, next(iter(found.values()))
 
 
 def load_captures(root: str | Path, bands: int = 28, step: int = 2, limit: int | None = None
@@ -218,7 +222,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     keys = [k for k in rows[0] if k != "name"]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     results = {"command": "real", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "method": method.describe(), "root": str(root), "scale": scale,
+               "method": method.describe(), "root": str(root), "captures_folder": str(captures[0][0].parent),
+               "scale": scale,
                "mask": {"source": str(mask_path), "shape": list(mask.shape), "sha256": mask_sha256(mask)},
                "metric": f"{METRICS[kind]} (no ground truth: no PSNR/SSIM)", "residual_key": kind,
                "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}

@@ -803,27 +803,38 @@ def test_real_refuses_an_operator_for_a_network_that_takes_no_mask(tmp_path, cap
     assert not out.exists()
 
 
-def test_real_reads_the_toolbox_and_the_flat_layout_and_only_scene_files(tmp_path):
-    """--data.root TSA_real_data: mask.mat there, the captures in Testing_real_data/; or all in one folder.
-    A notes.mat beside the captures is not read."""
+def test_real_reads_the_flat_the_toolbox_and_the_tsa_net_layout_and_only_scene_files(tmp_path):
+    """--data.root DIR: DIR/mask.mat and the captures beside it, in DIR/Measurements/ (the MST toolbox's
+    TSA_real_data: it said 'no captures scene*.mat ... next to mask.mat or in Testing_real_data/') or in
+    DIR/Testing_real_data/ (TSA-Net's Data/). A notes.mat beside the captures is not read; captures in two of
+    these folders are refused, naming both, never mixed."""
     from evaluation.real import find_captures, load_captures
 
-    flat, toolbox = tmp_path / "flat", tmp_path / "TSA_real_data"
-    write_real_capture(flat, CassiOperator)
-    write_real_capture(toolbox, CassiOperator)
-    (toolbox / "Testing_real_data").mkdir()
-    (toolbox / "scene1.mat").rename(toolbox / "Testing_real_data" / "scene1.mat")
-    for folder in (flat, toolbox / "Testing_real_data"):
+    for name in ("", "Measurements", "Testing_real_data"):
+        root = tmp_path / f"root_{name}"
+        write_real_capture(root, CassiOperator)
+        folder = root / name
+        folder.mkdir(exist_ok=True)
+        (root / "scene1.mat").rename(folder / "scene1.mat")
         scipy.io.savemat(folder / "notes.mat", {"notes": np.ones(3)})
-    assert find_captures(flat) == (flat / "mask.mat", [flat / "scene1.mat"])
-    assert find_captures(toolbox) == (toolbox / "mask.mat", [toolbox / "Testing_real_data" / "scene1.mat"])
-    _, _, captures, _ = load_captures(toolbox)
-    assert [path.name for path, _ in captures] == ["scene1.mat"] and captures[0][1].shape == (32, 86)
-    scipy.io.savemat(toolbox / "scene2.mat", {"meas_real": np.ones((32, 86), np.float32)})
-    with pytest.raises(ValueError, match="captures scene.*mat both here and in .*Testing_real_data"):
+        assert find_captures(root) == (root / "mask.mat", [folder / "scene1.mat"]), name
+        _, _, captures, _ = load_captures(root)
+        assert [path.name for path, _ in captures] == ["scene1.mat"] and captures[0][1].shape == (32, 86), name
+    toolbox = tmp_path / "root_Measurements"
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", toolbox, *FAST_GAP, "--no-previews", "--out", out) == 0
+    assert read_results(out)["captures_folder"] == str(toolbox / "Measurements")
+    (toolbox / "Testing_real_data").mkdir()
+    scipy.io.savemat(toolbox / "Testing_real_data" / "scene2.mat", {"meas_real": np.ones((32, 86), np.float32)})
+    with pytest.raises(ValueError, match=r"captures scene\*\.mat in more than one folder \(1 in .*Measurements, 1 in "
+                                         r".*Testing_real_data\); keep them in one folder"):
         find_captures(toolbox)
+    flat = tmp_path / "root_"
+    (flat / "Measurements").mkdir()                          # an empty one is no second folder
+    assert find_captures(flat)[1] == [flat / "scene1.mat"]
     (flat / "scene1.mat").unlink()
-    with pytest.raises(FileNotFoundError, match=r"no captures scene\*\.mat .* or in Testing_real_data/"):
+    with pytest.raises(FileNotFoundError, match=r"no captures scene\*\.mat .* next to mask.mat or in Measurements/ or "
+                                                r"Testing_real_data/"):
         find_captures(flat)
 
 
