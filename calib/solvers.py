@@ -49,14 +49,16 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     """The registered network ``name`` with what its weights record (:class:`models.checkpoints.LoadedModel`: the
     coded aperture they come with, their source), its network frozen (eval mode, no parameter gradients, on
     ``device``), from a toolbox ``.pth`` / official state dict, a Lightning ``.ckpt`` of ``train.py`` or a release
-    folder (:func:`models.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too). It must take the coded
-    mask as an input."""
+    folder (:func:`models.checkpoints.load_weights`, which ``eval.py --ckpt`` uses too: a ``.pth`` is read into the
+    network built with the registry's official arguments, a ``.ckpt`` or a release with the arguments they record).
+    It must take the coded mask as an input."""
     from models.checkpoints import load_weights
-    from models import create_model, list_models
+    from models.registry import create_model, get_entry, list_models
 
     if name not in list_models():
         raise UserError(f"unknown solver {name!r}; expected one of {', '.join(solver_names())}")
-    if not getattr(create_model(name), "mask_aware", True):
+    entry = get_entry(name)
+    if not getattr(create_model(name, **entry.official_args), "mask_aware", True):   # its defaults may not build
         raise UserError(f"solver {name} does not take the coded mask (a measurement-only network), so the "
                         "operator cannot reach it; use a mask-aware network (e.g. "
                         f"{name.removesuffix('_real')}) or gap_tv / heldout")

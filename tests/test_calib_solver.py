@@ -16,10 +16,12 @@ from calib.forward_model import PARAMETER_NAMES, params_tensor
 from calib.score import ScoreSettings
 from calib.network_score import NetworkHeldOutScore
 from calib.solver_score import SolverScore
-from calib.solvers import load_network
-from cassi import Mismatch
+from calib.solvers import GAP_TV, HELD_OUT, check_network_inputs, load_network, load_solver, network_solver, \
+    solver_names
+from cassi import CassiOperator, Mismatch
 from cassi.errors import UserError
 from models import create_model
+from models.registry import get_entry
 from tests.test_calib_pipeline import QUICK, measure
 from tests.cli_checks import user_error
 from tests.conftest import shared_path
@@ -36,6 +38,8 @@ def inputs(tmp_path_factory):
     torch.manual_seed(0)
     torch.save(create_model("mst_s").state_dict(), folder / "mst_s.pth")
     torch.save(create_model("bisrnet").state_dict(), folder / "bisrnet.pth")
+    torch.save(create_model("s2_transformer", img_size=24, window_size=8, embed_dim=20, num_heads=[2], depths=[1],
+                            spe_dim_head=10).state_dict(), folder / "s2_small.pth")       # not the official build
     y30, mask30 = measure(30, Mismatch())              # MST-S needs H, W divisible by 4 (two down-samplings)
     np.savez(folder / "y30.npz", y=y30.numpy())
     scipy.io.savemat(folder / "mask30.mat", {"mask": mask30.numpy()})
@@ -48,6 +52,8 @@ BAD_SOLVERS = {
     "missing checkpoint": (["--solver", "mst_s", "--ckpt", "{f}/none.pth"], r"checkpoint not found: .*none.pth"),
     "another model's checkpoint": (["--solver", "bisrnet", "--ckpt", "{f}/mst_s.pth"],
                                    r"mst_s.pth is not a bisrnet checkpoint: .*another size\?\): missing keys"),
+    "a .pth of another build": (["--solver", "s2_transformer", "--ckpt", "{f}/s2_small.pth"],
+                                r"s2_small.pth is not a s2_transformer checkpoint: .*another size\?\): missing keys"),
     "bisrnet_real": (["--solver", "bisrnet_real", "--ckpt", "{f}/bisrnet.pth"], r"bisrnet_real does not take the coded mask"),
     "mst_s_real": (["--solver", "mst_s_real", "--ckpt", "{f}/mst_s.pth"], r"mst_s_real does not take the coded mask"),
     "gap_tv with a checkpoint": (["--solver", "gap_tv", "--ckpt", "{f}/mst_s.pth"], r"only used with a network solver"),
@@ -77,6 +83,29 @@ def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path)
     with pytest.raises(ValueError, match=r"solver mst_s cannot reconstruct a 30x30 scene") as info:
         run_calibration(y, mask, solver="mst_s", ckpt=str(tmp_path / "mst_s.pth"), progress=False, **QUICK)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", [name for name in solver_names() if name not in (HELD_OUT, GAP_TV)])
+def test_every_mask_aware_network_is_a_solver_with_the_weights_of_its_official_build(name, tmp_path):
+    """A .pth is read into the network built with the registry's official arguments (as eval.py --ckpt reads it);
+    load_solver built s2_transformer with none first, and its defaults cannot be built ("cannot build model
+    's2_transformer' with {}"), so no s2_transformer weights could be a solver."""
+    torch.manual_seed(0)
+    torch.save(create_model(name, **get_entry(name).official_args).state_dict(), tmp_path / "w.pth")
+    network = load_solver(name, tmp_path / "w.pth").model
+    height, width = (max(multiple, network.size_rule.minimum) for multiple in network.size_rule.multiple)
+    op = CassiOperator((torch.rand(height, width) > 0.5).float(), getattr(network, "bands", 28))
+    y = op(torch.rand(1, op.bands, height, width))
+    check_network_inputs(network, name, y, op)
+    assert network_solver(network)(y, op).shape == (1, op.bands, height, width)
+
+
+def test_the_official_s2_transformer_fixture_is_a_solver():
+    network = load_network("s2_transformer", shared_path("fixtures", "s2_transformer", "state_dict.pt"))
+    op = CassiOperator((torch.rand(32, 32) > 0.5).float())
+    y = op(torch.rand(1, 28, 32, 32))
+    check_network_inputs(network, "s2_transformer", y, op)
+    assert torch.isfinite(network_solver(network)(y, op)).all()
 
 
 def test_a_train_py_checkpoint_is_a_solver(inputs, tmp_path):
