@@ -118,7 +118,7 @@ def _add_real(sub) -> None:
     parser.add_argument("--data.root", dest="data_root", required=True,
                         help="folder with mask.mat and the captures scene*.mat (key meas_real), beside it or in "
                         "its Measurements/ (the MST toolbox's TSA_real_data) or Testing_real_data/ (TSA-Net's Data); "
-                        "other .mat files are not read")
+                        "or the toolbox's datasets/ (its TSA_real_data is read); other .mat files are not read")
     parser.add_argument("--scale", type=positive_float, help="rescale each measurement to this maximum first "
                         "(MST real-data networks use 0.8); default: as stored")
     parser.add_argument("--limit", type=positive_int, help="reconstruct only the first N captures")

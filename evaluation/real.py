@@ -7,6 +7,7 @@ Folder layouts: the flat one, the MST toolbox's ``datasets/TSA_real_data`` or TS
     ROOT/Measurements/scene*.mat         the same, in the MST toolbox (ROOT = TSA_real_data)
     ROOT/Testing_real_data/scene*.mat    the same, in TSA-Net (ROOT = TSA_Net_realdata/Data)
 
+ROOT may also be the MST toolbox's ``datasets/`` (then ROOT/TSA_real_data is read: :func:`real_data_folder`).
 The captures must all be in one of these folders (captures in two of them are refused, naming both). Only
 ``scene*.mat`` files are captures (a notes.mat beside them is not read).
 
@@ -56,6 +57,7 @@ from evaluation.reports import markdown_table
 from models.release import mask_sha256, same_mask
 
 
+TOOLBOX_REAL = "TSA_real_data"              # the real-capture folder of the MST toolbox's datasets/
 CAPTURE_FOLDERS = ("Measurements",           # where the MST toolbox's TSA_real_data keeps its captures
                    "Testing_real_data")      # and where TSA-Net's Data/ does
 METRICS = {"residual": "relative measurement residual ||A x - y|| / ||y||",
@@ -68,16 +70,31 @@ OPERATOR_CAVEAT = ("the residuals rank how closely the method fits y through eac
                    "right (GAP-TV fits a sharp integer-shift operator faster than a sub-pixel one)")
 
 
-def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
-    """``ROOT/mask.mat`` and the captures ``scene*.mat`` (sorted) of the one folder that holds them: ``ROOT`` or
-    one of :data:`CAPTURE_FOLDERS` in it (the MST toolbox's and TSA-Net's layouts); clear errors otherwise, and
-    for captures in more than one of them."""
+def real_data_folder(root: str | Path) -> Path:
+    """The folder of ``mask.mat`` that ``root`` names: ``root`` itself, or the MST toolbox's ``datasets/`` holding
+    ``TSA_real_data/`` (and no ``mask.mat`` of its own), as ``eval.py kaist`` takes ``datasets/``
+    (:func:`data.kaist.mst_test_folder`). Nothing else is looked for: :func:`find_captures` says what is missing."""
     root = Path(root)
+    if not (root / "mask.mat").is_file() and (root / TOOLBOX_REAL).is_dir():
+        return root / TOOLBOX_REAL
+    return root
+
+
+def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
+    """``mask.mat`` of :func:`real_data_folder` (``ROOT``) and the captures ``scene*.mat`` (sorted) of the one folder
+    that holds them: ``ROOT`` or one of :data:`CAPTURE_FOLDERS` in it (the MST toolbox's and TSA-Net's layouts);
+    clear errors otherwise, naming the folder to pass for a capture folder given itself, and for captures in more
+    than one of them."""
+    root = real_data_folder(root)
     if not root.is_dir():
         raise FileNotFoundError(f"real-capture folder not found: {root}")
     mask = root / "mask.mat"
     if not mask.is_file():
-        raise FileNotFoundError(f"{root}: expected the coded aperture in {mask}")
+        hint = (f"; pass --data.root {root.parent}, the folder holding mask.mat and {root.name}/"
+                if root.name in CAPTURE_FOLDERS else
+                f" (pass --data.root the folder holding mask.mat and the captures: the MST toolbox's {TOOLBOX_REAL} "
+                "or the datasets/ folder holding it, or TSA-Net's Data)")
+        raise FileNotFoundError(f"{root}: expected the coded aperture in {mask}{hint}")
     folders = (root, *(root / name for name in CAPTURE_FOLDERS))
     listed = {folder: sorted(folder.glob("scene*.mat")) for folder in folders}
     found = {folder: captures for folder, captures in listed.items() if captures}
@@ -222,8 +239,8 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     keys = [k for k in rows[0] if k != "name"]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     results = {"command": "real", "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "method": method.describe(), "root": str(root), "captures_folder": str(captures[0][0].parent),
-               "scale": scale,
+               "method": method.describe(), "root": str(mask_path.parent),     # TSA_real_data for datasets/
+               "captures_folder": str(captures[0][0].parent), "scale": scale,
                "mask": {"source": str(mask_path), "shape": list(mask.shape), "sha256": mask_sha256(mask)},
                "metric": f"{METRICS[kind]} (no ground truth: no PSNR/SSIM)", "residual_key": kind,
                "captures": rows, "mean": mean, "warnings": warnings, "previews": preview_files}

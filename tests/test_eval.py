@@ -838,6 +838,35 @@ def test_real_reads_the_flat_the_toolbox_and_the_tsa_net_layout_and_only_scene_f
         find_captures(flat)
 
 
+def test_real_takes_the_toolbox_datasets_folder_and_names_the_folder_to_pass(tmp_path):
+    """--data.root datasets/ (the MST toolbox's, as eval.py kaist takes it) reads datasets/TSA_real_data, and results
+    record that folder; it said only 'expected the coded aperture in datasets/mask.mat'. Measurements/ or
+    Testing_real_data/ given itself names its parent to pass; another folder without mask.mat names what to pass."""
+    from evaluation.real import find_captures
+
+    datasets = tmp_path / "datasets"
+    real = datasets / "TSA_real_data"
+    datasets.mkdir()
+    write_real_capture(real, CassiOperator)
+    (real / "Measurements").mkdir()
+    (real / "scene1.mat").rename(real / "Measurements" / "scene1.mat")
+    assert find_captures(datasets) == (real / "mask.mat", [real / "Measurements" / "scene1.mat"])
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", datasets, *FAST_GAP, "--no-previews", "--out", out) == 0
+    results = read_results(out)
+    assert results["root"] == str(real) and results["mask"]["source"] == str(real / "mask.mat")
+    (tmp_path / "Data" / "Testing_real_data").mkdir(parents=True)
+    for folder in (real / "Measurements", tmp_path / "Data" / "Testing_real_data"):
+        with pytest.raises(FileNotFoundError, match=rf"{folder.name}: expected the coded aperture in .*; pass "
+                                                    rf"--data.root .*{folder.parent.name}, the folder holding mask"):
+            find_captures(folder)
+    with pytest.raises(FileNotFoundError, match=r"Data: expected the coded aperture in .*mask.mat \(pass "
+                                                r"--data.root the folder holding mask.mat and the captures: the MST "
+                                                r"toolbox's TSA_real_data or the datasets/ folder holding it, or "
+                                                r"TSA-Net's Data\)"):
+        find_captures(tmp_path / "Data")
+
+
 def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("real")
