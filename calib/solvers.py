@@ -53,11 +53,13 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     network built with the registry's official arguments, a ``.ckpt`` or a release with the arguments they record).
     It must take the coded mask as an input."""
     from models.checkpoints import load_weights
-    from models.registry import create_model, get_entry, list_models
+    from models.registry import create_model, get_entry
 
-    if name not in list_models():
-        raise UserError(f"unknown solver {name!r}; expected one of {', '.join(solver_names())}")
-    entry = get_entry(name)
+    try:
+        entry = get_entry(name)
+    except KeyError as err:                         # it says how to register a network of one's own
+        raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered network: "
+                        f"{err.args[0]}") from None
     if not getattr(create_model(name, **entry.official_args), "mask_aware", True):   # its defaults may not build
         raise UserError(f"solver {name} does not take the coded mask (a measurement-only network), so the "
                         "operator cannot reach it; use a mask-aware network (e.g. "

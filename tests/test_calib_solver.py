@@ -48,6 +48,9 @@ def inputs(tmp_path_factory):
 
 BAD_SOLVERS = {
     "unknown": (["--solver", "mst_xl"], r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
+    "a network of one's own not registered": (["--solver", "mynet"], r"unknown solver 'mynet'; expected one of heldout, "
+                                              r"gap_tv, .*@register_model\('mynet'\) in a module named by the "
+                                              r"environment variable CASSI_MODELS"),
     "no checkpoint": (["--solver", "bisrnet"], r"solver bisrnet needs a checkpoint"),
     "missing checkpoint": (["--solver", "mst_s", "--ckpt", "{f}/none.pth"], r"checkpoint not found: .*none.pth"),
     "another model's checkpoint": (["--solver", "bisrnet", "--ckpt", "{f}/mst_s.pth"],
