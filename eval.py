@@ -77,7 +77,8 @@ def _add_kaist(sub) -> None:
     _add_method_options(parser)
     data = parser.add_argument_group("data")
     data.add_argument("--data.root", dest="data_root",
-                      help="folder in the MST layout (Truth/sceneNN.mat + mask.mat); default: synthetic scenes")
+                      help="the MST toolbox's TSA_simu_data (Truth/sceneNN.mat + mask.mat) or the datasets/ folder "
+                           "holding it; default: synthetic scenes")
     data.add_argument("--mask", help="mask file (.mat key 'mask', .npy, .npz) overriding the default mask")
     data.add_argument("--synthetic.count", dest="synthetic_count", type=positive_int, default=None,
                       help="number of synthetic scenes (default 10)")

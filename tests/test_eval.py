@@ -867,6 +867,21 @@ def test_real_takes_the_toolbox_datasets_folder_and_names_the_folder_to_pass(tmp
         find_captures(tmp_path / "Data")
 
 
+def test_data_root_help_names_the_toolbox_folders_each_command_takes(capsys):
+    """--help of eval.py kaist and real names the toolbox's datasets/ folder, which both take (17f9e8d, f34d50d); the
+    kaist help said only 'folder in the MST layout (Truth/sceneNN.mat + mask.mat)'."""
+    def data_root_help(command: str) -> str:
+        with pytest.raises(SystemExit):
+            eval_cli.build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        return text[text.rindex("--data.root DATA_ROOT"):]          # the option's entry, after the usage line
+
+    assert data_root_help("kaist").startswith("--data.root DATA_ROOT the MST toolbox's TSA_simu_data "
+                                              "(Truth/sceneNN.mat + mask.mat) or the datasets/ folder holding it; "
+                                              "default: synthetic")
+    assert "or the toolbox's datasets/ (its TSA_real_data is read)" in data_root_help("real")
+
+
 def test_real_requires_a_folder_and_matching_shapes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("real")
