@@ -22,6 +22,7 @@ from models.checkpoints import training_progress
 from models import list_models
 from models.joint_loss import CRSDUNLoss
 from models.losses import CharbonnierLoss, MaskAwareLoss, MaskEncodingLoss, RMSELoss
+from test_custom_model import TINY, user_module  # noqa: F401  (a fixture)
 from training import JointModule, ReconstructionModule
 from training.cli import main
 from training.objectives import build_objective
@@ -202,6 +203,24 @@ def test_a_checkpoint_trained_through_an_operator_file_records_the_instrument(tm
                           "bands": 28, "step": 2},
         "mask": {"shape": [32, 32], "sha256": mask_sha256(mask)}, "code_phase": {"fy": 0.25, "fx": -0.5},
         "calibration": {"status": "ok", "reasons": []}}
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_a_network_whose_inputs_do_not_fit_its_forward_is_refused_before_any_work(subcommand, user_module,
+                                                                                   monkeypatch, tmp_path, capsys):
+    """Was: a TypeError traceback at the first step ('MyNet.forward() got an unexpected keyword argument 'x''),
+    once the data were loaded."""
+    renamed = TINY.replace("def forward(self, x, mask):", "def forward(self, inp, m):").replace(
+        "return x + self.body(torch.cat([x, mask], 1))", "return inp + self.body(torch.cat([inp, m], 1))")
+    user_module("tiny_cassi_train_renamed", "tiny_train_renamed", renamed)
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_train_renamed")
+    args = [subcommand, "--config", str(CONFIGS / "smoke" / "mst_s.yaml"), "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--trainer.logger", "false", "--model.init_args.model_name", "tiny_train_renamed",
+            "--data.crop", "32", *QUIET]
+    said = ("--model.init_args.model_name tiny_train_renamed: TinyNet.prepare_inputs(y, op) returns the keyword "
+            "arguments x, mask, which do not fit TinyNet.forward(inp, m): it takes no x, mask; it needs inp, m")
+    user_error(capsys, lambda: cli(args), re.escape(said))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------------------------------- modules

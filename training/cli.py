@@ -6,9 +6,9 @@
   data: :class:`data.CassiDataModule` (``--data.source`` / ``--data.root``: the recipe's MST toolbox layout,
   a folder of cubes, or built-in synthetic scenes).
 * before any work: options, the accelerator, ``--ckpt_path``, the data (folders, mask, held-out split; then the
-  data themselves are loaded), the crop and test sizes against the network's ``size_rule`` and the model's mask
-  handling are checked; a mistake ends in one line ``train.py: error: ...`` and exit code 2 (:mod:`cassi.errors`);
-  errors of the run itself keep their traceback.
+  data themselves are loaded), the crop and test sizes against the network's ``size_rule``, its ``prepare_inputs``
+  against its forward and the model's mask handling are checked; a mistake ends in one line ``train.py: error: ...``
+  and exit code 2 (:mod:`cassi.errors`); errors of the run itself keep their traceback.
 * checkpoints (``--checkpoint.*``, :class:`training.callbacks.RunCheckpoint`): best by ``val/psnr`` and ``last.ckpt``
   (the newest state) in ``<default_root_dir>/checkpoints``, so ``fit --ckpt_path last`` resumes the run of the same
   ``default_root_dir`` (and its W&B run); without a
@@ -62,6 +62,7 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
+from models.registry import forward_inputs
 from models.release import mask_sha256, same_mask
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
@@ -606,6 +607,20 @@ def check_input_sizes(module: CassiModule, sizes: list[tuple[str, int, int]]) ->
         module.model.size_rule.check(height, width, f"{option}: the input of {module.hparams.model_name}")
 
 
+def check_forward_inputs(module: CassiModule, sizes: list[tuple[str, int, int]]) -> None:
+    """Before any work: the keyword arguments the network's ``prepare_inputs`` gives (on a zero measurement of the
+    first of the run's input ``sizes``) fit its forward (:func:`models.registry.forward_inputs`); otherwise one
+    error naming the model and the mismatch, not a TypeError at the first step."""
+    if not sizes:
+        return
+    _, height, width = sizes[0]
+    op = CassiOperator(torch.ones(height, width), module.hparams.bands, module.hparams.step)
+    try:
+        forward_inputs(module.model, torch.zeros(1, height, op.measurement_width), op)
+    except ValueError as err:
+        raise UserError(f"--model.init_args.model_name {module.hparams.model_name}: {err}") from None
+
+
 def prediction_inputs(datamodule: CassiDataModule) -> list[Path]:
     """The files ``train.py predict`` reads: the mask and, with a ``TSA_simu_data`` test folder, its mask and
     ``Truth/*.mat`` scenes."""
@@ -791,12 +806,14 @@ class CassiCLI(LightningCLI):
             self.datamodule.check(stage)
             if stage in ("fit", "validate"):
                 check_input_sizes(self.model, crop_sizes(self.datamodule, stage))
+                check_forward_inputs(self.model, crop_sizes(self.datamodule, stage))
                 check_operator_mask(self.model, self.datamodule)
             if stage == "fit":
                 check_mask_handling(self.model, self.datamodule)
             self.datamodule.setup(stage)
             if stage in ("test", "predict"):
                 check_input_sizes(self.model, protocol_sizes(self.datamodule))
+                check_forward_inputs(self.model, protocol_sizes(self.datamodule))
         if stage in ("test", "predict") and self.model.hparams.get("operator"):
             print(unused_operator_note(stage, self.model.hparams.operator), file=sys.stderr)
         if stage in ("test", "predict") and self.trainer.world_size > 1:
