@@ -223,6 +223,22 @@ def test_a_network_whose_inputs_do_not_fit_its_forward_is_refused_before_any_wor
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("method", ["prepare_inputs", "reconstruction"])
+def test_a_network_outside_the_model_protocol_is_one_line_naming_what_it_lacks(method, user_module, monkeypatch,
+                                                                               tmp_path, capsys):
+    """CassiModule leaves the protocol to models.create_model (models.registry.check_protocol), which train.py says
+    in one line: the module's own TypeError ('... it does not follow the registry protocol') duplicated it."""
+    user_module("tiny_cassi_train_partial", "tiny_train_partial", TINY.replace(f"    def {method}(", "    def other("))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_train_partial")
+    with pytest.raises(ValueError, match=rf"model 'tiny_train_partial' .*it has no {method}\(\) method"):
+        ReconstructionModule(model_name="tiny_train_partial")
+    args = ["fit", "--config", str(CONFIGS / "smoke" / "mst_s.yaml"), "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--trainer.logger", "false", "--model.init_args.model_name", "tiny_train_partial"]
+    user_error(capsys, lambda: cli(args), rf"train.py: error: model 'tiny_train_partial' \(tiny_cassi_train_partial"
+                                          rf"\.TinyNet\) does not follow the model protocol: it has no {method}\(\)")
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------------------- modules
 def test_modules_store_plain_hyperparameters_and_the_network_under_model():
     module = ReconstructionModule(model_name="mst_s", loss="charbonnier", loss_kwargs={"eps": 1e-3})

@@ -90,10 +90,7 @@ class CassiModule(pl.LightningModule, ABC):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
         self.save_hyperparameters()
-        self.model = create_model(model_name, **(model_kwargs or {}))
-        for method in ("prepare_inputs", "reconstruction"):
-            if not callable(getattr(self.model, method, None)):
-                raise TypeError(f"model '{model_name}' has no {method}(); it does not follow the registry protocol")
+        self.model = create_model(model_name, **(model_kwargs or {}))     # checks the model protocol
         if activation_checkpointing:
             enable_activation_checkpointing(self.model)
         if channels_last:
