@@ -279,6 +279,22 @@ def test_schedules(name, kwargs, expected):
     assert all(getattr(schedule, k) == v for k, v in expected[1].items())
 
 
+def test_a_cosine_schedule_without_an_epoch_count_stops_before_any_work(tmp_path, capsys):
+    """Was: a traceback ("scheduler 'cosine' anneals over trainer.max_epochs, which is not set") once the data were
+    loaded; the option it names, T_max, then trains."""
+    smoke = CONFIGS / "smoke" / "mst_s.yaml"
+    steps = ("--trainer.max_epochs", "null", "--trainer.max_steps", "2", "--data.crop", "32")
+    user_error(capsys, lambda: fit(smoke, tmp_path / "run", *steps),
+               re.escape("--model.init_args.scheduler cosine anneals the learning rate over --trainer.max_epochs, "
+                         "which is not set (null); set --trainer.max_epochs N, or the schedule's length in epochs with "
+                         "--model.init_args.scheduler_kwargs '{T_max: N}'"))
+    assert not (tmp_path / "run").exists()
+    trained = fit(smoke, tmp_path / "run", *steps, "--model.init_args.scheduler_kwargs", "{T_max: 3}",
+                  "--previews.every_n_epochs", "0")
+    assert trained.trainer.global_step == 2
+    assert trained.trainer.lr_scheduler_configs[0].scheduler.T_max == 3
+
+
 # ---------------------------------------------------------------------------------------- configs
 def _printed_config(path: Path, capsys) -> dict:
     with pytest.raises(SystemExit) as stop:

@@ -798,10 +798,13 @@ class CassiCLI(LightningCLI):
     def check_before_run(self, stage: str) -> None:
         """User errors surface here, before any file is written: every data problem (first from folder listings
         and the mask, ``datamodule.check``, then ``datamodule.setup(stage)`` loads the data now; Lightning's own
-        call is then a no-op), crops or test scenes of a size the network does not take, per-sample masks for a
-        network that reads only the first, a test run on several devices. Errors raised later, by the run itself,
+        call is then a no-op), a cosine schedule without an epoch count (:meth:`CassiModule.schedule_kwargs`), crops
+        or test scenes of a size the network does not take, per-sample masks for a network that reads only the first,
+        a test run on several devices. Errors raised later, by the run itself,
         keep their traceback (:class:`MarkRunErrors`). ``--ckpt_path`` was checked before the classes were built
         (:meth:`_check_checkpoint`)."""
+        if stage == "fit":
+            self.model.schedule_kwargs(self.trainer.max_epochs)     # a cosine schedule needs an epoch count
         if self.datamodule is not None:
             self.datamodule.check(stage)
             if stage in ("fit", "validate"):

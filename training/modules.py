@@ -298,21 +298,31 @@ class CassiModule(pl.LightningModule, ABC):
         return {}
 
     # ---------------------------------------------------------------------------------- optimiser
+    def schedule_kwargs(self, max_epochs: int | None) -> dict[str, Any]:
+        """The keyword arguments of the learning-rate schedule: ``scheduler_kwargs``, and for ``cosine`` ``T_max`` =
+        ``max_epochs`` (the trainer's) and ``eta_min`` = 1e-6 unless given. A cosine schedule without ``T_max`` for a
+        trainer without an epoch limit (``max_epochs`` None or < 1: ``--trainer.max_epochs null``) is a ValueError
+        naming the options that set one (``train.py fit`` asks before any work)."""
+        kwargs = dict(self.hparams.scheduler_kwargs or {})
+        if self.hparams.scheduler != "cosine":
+            return kwargs
+        if "T_max" not in kwargs:
+            if max_epochs is None or max_epochs < 1:
+                raise ValueError("--model.init_args.scheduler cosine anneals the learning rate over "
+                                 "--trainer.max_epochs, which is not set (null); set --trainer.max_epochs N, or the "
+                                 "schedule's length in epochs with --model.init_args.scheduler_kwargs '{T_max: N}'")
+            kwargs["T_max"] = max_epochs
+        kwargs.setdefault("eta_min", 1e-6)
+        return kwargs
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         optimizer = torch.optim.Adam(self.model.parameters(), lr=hp.lr, betas=tuple(hp.betas),
                                      weight_decay=hp.weight_decay)
-        kwargs = dict(hp.scheduler_kwargs or {})
         if hp.scheduler == "constant":
             return {"optimizer": optimizer}
+        kwargs = self.schedule_kwargs(self.trainer.max_epochs)
         if hp.scheduler == "cosine":
-            if "T_max" not in kwargs:
-                epochs = self.trainer.max_epochs
-                if epochs is None or epochs < 1:
-                    raise ValueError("scheduler 'cosine' anneals over trainer.max_epochs, which is not set; "
-                                     "set --trainer.max_epochs or model scheduler_kwargs.T_max")
-                kwargs["T_max"] = epochs
-            kwargs.setdefault("eta_min", 1e-6)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **kwargs)
         elif hp.scheduler == "step":
             schedule = torch.optim.lr_scheduler.StepLR(optimizer, **kwargs)
