@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from cassi.errors import UserError, one_line
 from cassi.gap_tv import gap_tv
 from cassi.operator import CassiOperator
+from models.registry import forward_inputs
 
 if TYPE_CHECKING:
     from models.checkpoints import LoadedModel
@@ -95,21 +96,23 @@ def load_network(name: str, checkpoint: str | Path | None, device: str | torch.d
 
 
 def network_solver(model: nn.Module) -> Solver:
-    """A frozen network as a solver (no gradients): ``model.reconstruction(model(**model.prepare_inputs(y, op)))``."""
+    """A frozen network as a solver (no gradients): ``model.reconstruction(model(**model.prepare_inputs(y, op)))``,
+    the inputs checked against the forward (:func:`models.registry.forward_inputs`)."""
     def solve(y: Tensor, op: CassiOperator) -> Tensor:
         with torch.no_grad():
-            return model.reconstruction(model(**model.prepare_inputs(y, op)))
+            return model.reconstruction(model(**forward_inputs(model, y, op)))
     return solve
 
 
 def check_network_inputs(network: nn.Module, name: str, y: Tensor, op: CassiOperator) -> None:
     """Refuse, before any search, a network that cannot reconstruct ``y`` (1, H, Wm) through ``op``: a scene
-    size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4, at most 256 rows, ...) or an operator
-    its inputs do not fit (band count, step: ``prepare_inputs``). No forward pass runs: at a real capture's
-    size one costs seconds to minutes on a CPU. GAP-TV takes any size and needs no check."""
+    size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4, at most 256 rows, ...), an operator
+    its inputs do not fit (band count, step: ``prepare_inputs``) or inputs its forward does not take
+    (:func:`models.registry.forward_inputs`). No forward pass runs: at a real capture's size one costs seconds to
+    minutes on a CPU. GAP-TV takes any size and needs no check."""
     try:
         network.size_rule.check(op.height, op.width, "its input")
-        network.prepare_inputs(y, op)
+        forward_inputs(network, y, op)
     except ValueError as err:
         raise UserError(f"solver {name} cannot reconstruct a {op.height}x{op.width} scene "
                         f"(measurement {tuple(y.shape[-2:])}): {one_line(err)}") from err

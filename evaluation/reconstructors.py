@@ -19,7 +19,7 @@ from cassi import CassiOperator
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
 from models.checkpoints import LoadedModel, load_weights
-from models.registry import get_entry
+from models.registry import forward_inputs, get_entry
 
 
 class Reconstructor(Protocol):
@@ -53,7 +53,8 @@ class GapTV:
 
 
 class Network:
-    """A registered network: ``model.reconstruction(model(**model.prepare_inputs(y, op)))``."""
+    """A registered network: ``model.reconstruction(model(**model.prepare_inputs(y, op)))``, the inputs checked against
+    the forward (:func:`models.registry.forward_inputs`: a ValueError naming both, not a TypeError in the call)."""
 
     fits_measurement = False
 
@@ -65,7 +66,7 @@ class Network:
 
     def __call__(self, y: Tensor, op: CassiOperator) -> Tensor:
         with torch.no_grad():
-            inputs = self.model.prepare_inputs(y.to(self.device), op.to(self.device))
+            inputs = forward_inputs(self.model, y.to(self.device), op.to(self.device))
             return self.model.reconstruction(self.model(**inputs)).float().cpu()
 
     @property

@@ -7,10 +7,12 @@ import re
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
-from cassi import CassiOperator
+import calibrate
+from cassi import CassiOperator, Mismatch
 from evaluation.model_table import measure_model, model_table
 from evaluation.release import export_release
 from models import create_model, list_models, load_release
@@ -19,6 +21,9 @@ from models.checkpoints import LoadedModel
 from models.registry import forward_inputs
 from models.sizes import SizeRule
 from test_models_registry import LIGHT, SIZE, family
+from tests.cli_checks import user_error
+from tests.test_calib_pipeline import measure
+from tests.test_eval import run_cli
 
 TINY = '''
 import torch
@@ -142,10 +147,13 @@ def test_export_takes_the_bands_of_the_training_when_the_network_does_not_say(us
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+# TINY with a forward whose arguments are not the keys of its prepare_inputs
+RENAMED = TINY.replace("    def forward(self, x, mask):\n        return x + self.body(torch.cat([x, mask], 1))",
+                       "    def forward(self, inp, m):\n        return inp + self.body(torch.cat([inp, m], 1))")
+
+
 def test_inputs_that_do_not_fit_the_forward_are_said_before_it_runs(user_module, monkeypatch):
-    renamed = TINY.replace("    def forward(self, x, mask):\n        return x + self.body(torch.cat([x, mask], 1))",
-                           "    def forward(self, inp, m):\n        return inp + self.body(torch.cat([inp, m], 1))")
-    user_module("tiny_cassi_renamed", "tiny_renamed", renamed)
+    user_module("tiny_cassi_renamed", "tiny_renamed", RENAMED)
     monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_renamed")
     model = create_model("tiny_renamed")
     op = CassiOperator((torch.rand(16, 16) > 0.5).float())
@@ -155,6 +163,25 @@ def test_inputs_that_do_not_fit_the_forward_are_said_before_it_runs(user_module,
         forward_inputs(model, op(torch.rand(1, 28, 16, 16)), op)
     row = measure_model("tiny_renamed", size=16, timing=False)          # eval.py models: the row's error
     assert row["flops"] is None and said in row["error"]
+
+
+def test_calibrate_and_eval_kaist_say_inputs_that_do_not_fit_the_forward(user_module, monkeypatch, tmp_path, capsys):
+    """calibrate.py --solver and eval.py kaist stopped at the first forward with the traceback of "TypeError:
+    TinyNet.forward() got an unexpected keyword argument 'x'"; both now say the mismatch (forward_inputs)."""
+    user_module("tiny_cassi_renamed", "tiny_renamed", RENAMED)
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_renamed")
+    torch.save(create_model("tiny_renamed").state_dict(), tmp_path / "w.pth")
+    y, mask = measure(16, Mismatch())
+    np.savez(tmp_path / "y.npz", y=y.numpy())
+    np.save(tmp_path / "mask.npy", mask.numpy())
+    said = re.escape("which do not fit TinyNet.forward(inp, m): it takes no x, mask; it needs inp, m")
+    user_error(capsys, lambda: calibrate.main(["--meas", str(tmp_path / "y.npz"), "--mask", str(tmp_path / "mask.npy"),
+                                                "--solver", "tiny_renamed", "--ckpt", str(tmp_path / "w.pth"),
+                                                "--out", str(tmp_path / "cal"), "--no-progress"]),
+               r"solver tiny_renamed cannot reconstruct a 16x16 scene .*" + said)
+    user_error(capsys, lambda: run_cli("kaist", "--model", "tiny_renamed", "--ckpt", tmp_path / "w.pth", "--mask",
+                                       tmp_path / "mask.npy", "--synthetic.count", 1, "--out", tmp_path / "kaist"), said)
+    assert not (tmp_path / "cal").exists() and not (tmp_path / "kaist").exists()
 
 
 @pytest.mark.parametrize("name", list_models())
