@@ -20,6 +20,7 @@ import yaml
 
 from cli_checks import user_error
 from models.checkpoints import load_lightning_checkpoint, training_progress
+from test_custom_model import user_module  # noqa: F401  (a fixture)
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
 from training.cli import data_differences
@@ -366,3 +367,25 @@ def test_resume_hint_is_the_command_of_the_run(mst_run):
     args = ["fit", "--config", "a b.yaml", "--ckpt_path", "x.ckpt", "--data.crop=32", "--ckpt_path=y.ckpt"]
     assert "resume with: python train.py fit --config 'a b.yaml' --data.crop=32 --checkpoint.dirpath " \
            "/elsewhere/ckpts --ckpt_path last\n" in summary_text(trainer, args)
+
+
+def test_resume_hint_of_a_network_of_ones_own_names_the_environment_that_registers_it(user_module, monkeypatch,
+                                                                                      tmp_path, capsys):
+    """Was: 'resume with: python train.py ...' without CASSI_MODELS (and the PYTHONPATH that finds its module), so the
+    command said 'unknown model'."""
+    user_module("tiny_cassi_resume", "tiny_resume")
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_resume")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:/a b")
+    root = tmp_path / "run"
+    one_step(MST, root, "--data.crop", "32", "--model.init_args.model_name", "tiny_resume")
+    printed = capsys.readouterr().out
+    assert (f"resume with: PYTHONPATH='{tmp_path}:/a b' CASSI_MODELS=tiny_cassi_resume python train.py fit --config "
+            f"{MST} --trainer.default_root_dir {root} ") in printed
+    monkeypatch.delenv("PYTHONPATH")
+    checkpoint = SimpleNamespace(best_model_score=None, last_model_path="", monitor="val/psnr",
+                                 dirpath=os.path.join(DEFAULT_ROOT, "checkpoints"))
+    trainer = SimpleNamespace(fit_loop=SimpleNamespace(state_dict=dict), global_step=2, checkpoint_callback=checkpoint,
+                              callback_metrics={}, default_root_dir=DEFAULT_ROOT, loggers=[])
+    assert "resume with: CASSI_MODELS=tiny_cassi_resume python train.py fit" in summary_text(trainer, None,
+                                                                                            "tiny_resume")
+    assert "resume with: python train.py fit" in summary_text(trainer, None, "mst_s")     # a published network

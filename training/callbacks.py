@@ -27,6 +27,7 @@ from cassi.files import atomic_path, write_text
 from cassi.kaist_table import text_table
 from cassi.progress import fit_progress, progress_text
 from data.previews import save_comparison, save_segmentation, save_spectra
+from models.registry import USER_MODULES_ENV, get_entry, user_modules
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +312,7 @@ class RunSummary(pl.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        print(summary_text(trainer, self.args))
+        print(summary_text(trainer, self.args, pl_module.hparams.get("model_name")))
 
 
 def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -319,9 +320,9 @@ def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {key: float(value) for key, value in sorted(trainer.callback_metrics.items()) if key.startswith("val/")}
 
 
-def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
+def summary_text(trainer: pl.Trainer, args: list[str] | None = None, model_name: str | None = None) -> str:
     """Where the results of a finished ``fit`` are, after how far it trained (:func:`cassi.progress.fit_progress`),
-    and how to resume it (:func:`resume_command`)."""
+    and how to resume it (:func:`resume_command`; ``model_name``: the registry model trained)."""
     progress = fit_progress(trainer.fit_loop.state_dict(), trainer.global_step)
     lines = [f"Training finished after {progress_text(progress)}."]
     validation = validation_metrics(trainer)
@@ -334,7 +335,7 @@ def summary_text(trainer: pl.Trainer, args: list[str] | None = None) -> str:
             lines.append(f"  best {checkpoint.monitor}: {float(score):.3f}  ->  {checkpoint.best_model_path}")
         if checkpoint.last_model_path:
             lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
-        lines.append(f"  resume with: {resume_command(trainer, args)}")
+        lines.append(f"  resume with: {resume_command(trainer, args, model_name)}")
     lines.append(f"  run folder: {Path(trainer.default_root_dir).resolve()}")
     for logger in trainer.loggers:
         lines.append(f"  {logger_location(logger)}")
@@ -371,13 +372,29 @@ def _without_ckpt_path(args: list[str]) -> list[str]:
     return kept
 
 
-def resume_command(trainer: pl.Trainer, args: list[str] | None = None) -> str:
+def user_model_environment(model_name: str | None) -> list[str]:
+    """``PYTHONPATH=... CASSI_MODELS=...`` as this process has them (PYTHONPATH when set), as words of a command that
+    runs the model ``model_name`` again, when a module named by ``CASSI_MODELS`` registered it (a network of the
+    user's own: README, "Adding your own model"); else []."""
+    modules = user_modules()
+    if not model_name or not modules:
+        return []
+    where = get_entry(model_name).builder.__module__
+    if not any(where == module or where.startswith(f"{module}.") for module in modules):
+        return []
+    names = ["PYTHONPATH", USER_MODULES_ENV] if os.environ.get("PYTHONPATH") else [USER_MODULES_ENV]
+    return [f"{name}={shlex.quote(os.environ[name])}" for name in names]
+
+
+def resume_command(trainer: pl.Trainer, args: list[str] | None = None, model_name: str | None = None) -> str:
     """The command that resumes this run: its own arguments ``args`` (unknown: ``fit --config <same config>``)
     with ``--ckpt_path last``, which looks in the run's checkpoint folder, so the command names the run folder
     unless it is the default one or given in ``args`` (and the checkpoint folder unless it is the run folder's
-    ``checkpoints/``)."""
+    ``checkpoints/``); for a network of the user's own (``model_name``), after the environment that registers it
+    (:func:`user_model_environment`)."""
     given = _without_ckpt_path(args) if args is not None else None
-    words = ["python train.py", *map(shlex.quote, given)] if given else ["python train.py fit --config <same config>"]
+    words = user_model_environment(model_name)
+    words += ["python train.py", *map(shlex.quote, given)] if given else ["python train.py fit --config <same config>"]
     root = str(trainer.default_root_dir)
     options = {arg.split("=")[0] for arg in given or []}
     if not _same_folder(root, DEFAULT_ROOT) and "--trainer.default_root_dir" not in options:
