@@ -231,7 +231,7 @@ def run_kaist(args) -> None:
     from evaluation.calibration import make_calibrator, read_saved
     from evaluation.kaist import DataSpec, evaluate_kaist, load_data
     from evaluation.protocol import Noise
-    from evaluation.reconstructors import check_uses_mask
+    from evaluation.reconstructors import check_reconstructs, check_uses_mask
     from evaluation.scenarios import ScenarioSetup
 
     _kaist_defaults(args)
@@ -267,6 +267,7 @@ def run_kaist(args) -> None:
         spec = DataSpec(args.data_root, args.mask, args.synthetic_count, args.synthetic_size, args.synthetic_seed,
                         args.limit)
         scenes, mask, info = load_data(spec, method)
+        check_reconstructs(method, mask, scenes[0].cube.shape[0], setup.step)   # its size rule, before any work
         calibrator = None
         if "III" in setup.scenarios:
             calibrator = make_calibrator(calibration, mask, bands=scenes[0].cube.shape[0], step=setup.step,

@@ -104,17 +104,18 @@ def network_solver(model: nn.Module) -> Solver:
     return solve
 
 
-def check_network_inputs(network: nn.Module, name: str, y: Tensor, op: CassiOperator) -> None:
+def check_network_inputs(network: nn.Module, name: str, y: Tensor, op: CassiOperator, role: str = "solver") -> None:
     """Refuse, before any search, a network that cannot reconstruct ``y`` (1, H, Wm) through ``op``: a scene
     size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4, at most 256 rows, ...), an operator
     its inputs do not fit (band count, step: ``prepare_inputs``) or inputs its forward does not take
     (:func:`models.registry.forward_inputs`). No forward pass runs: at a real capture's size one costs seconds to
-    minutes on a CPU. GAP-TV takes any size and needs no check."""
+    minutes on a CPU. GAP-TV takes any size and needs no check. ``role``: what the message calls the network
+    ("solver mst_s cannot reconstruct a 30x30 scene ...")."""
     try:
         network.size_rule.check(op.height, op.width, "its input")
         forward_inputs(network, y, op)
     except ValueError as err:
-        raise UserError(f"solver {name} cannot reconstruct a {op.height}x{op.width} scene "
+        raise UserError(f"{role} {name} cannot reconstruct a {op.height}x{op.width} scene "
                         f"(measurement {tuple(y.shape[-2:])}): {one_line(err)}") from err
 
 

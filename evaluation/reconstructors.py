@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
+from calib.solvers import check_network_inputs
 from cassi import CassiOperator
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
@@ -86,6 +87,16 @@ def check_uses_mask(method: Reconstructor, what: str) -> None:
                         "operator fixes only the band count and step), so a reconstruction through another operator "
                         "would repeat the nominal one; use gap_tv or a mask-aware network (e.g. "
                         f"{method.name.removesuffix('_real')})")
+
+
+def check_reconstructs(method: Reconstructor, mask: Tensor, bands: int, step: int) -> None:
+    """:class:`UserError`, before any reconstruction, when the network ``method`` cannot reconstruct scenes of the
+    size of ``mask`` (H, W) through an operator of ``bands`` / ``step``: a size outside its ``size_rule``, inputs that
+    do not fit its forward (:func:`calib.solvers.check_network_inputs`; no forward pass runs). GAP-TV takes any."""
+    if isinstance(method, Network):
+        op = CassiOperator(mask, bands, step).to(method.device)
+        y = torch.zeros(1, op.height, op.measurement_width, device=method.device)
+        check_network_inputs(method.model, method.name, y, op, role="network")
 
 
 def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: str | None = None,

@@ -184,6 +184,20 @@ def test_calibrate_and_eval_kaist_say_inputs_that_do_not_fit_the_forward(user_mo
     assert not (tmp_path / "cal").exists() and not (tmp_path / "kaist").exists()
 
 
+def test_eval_kaist_checks_the_size_rule_before_any_work(user_module, monkeypatch, tmp_path, capsys):
+    """A network whose rule refuses the scenes' size: eval.py kaist evaluated it at 16 px (the forward of the user's
+    network does not check its own rule, as train.py does before a run); now one line, and no results."""
+    user_module("tiny_cassi_48", "tiny_48", TINY.replace("SizeRule()", "SizeRule((48, 48), reason='48 px windows')"))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_48")
+    torch.save(create_model("tiny_48").state_dict(), tmp_path / "w.pth")
+    np.save(tmp_path / "mask.npy", (torch.rand(16, 16) > 0.5).float().numpy())
+    user_error(capsys, lambda: run_cli("kaist", "--model", "tiny_48", "--ckpt", tmp_path / "w.pth", "--mask",
+                                       tmp_path / "mask.npy", "--synthetic.count", 1, "--out", tmp_path / "kaist"),
+               re.escape("network tiny_48 cannot reconstruct a 16x16 scene (measurement (16, 70)): its input is "
+                         "16x16; it must have H and W each a multiple of 48 (48 px windows)"))
+    assert not (tmp_path / "kaist").exists()
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_the_published_networks_inputs_fit_their_forward(name):
     size = SIZE[family(name)]
