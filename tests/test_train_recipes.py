@@ -71,6 +71,28 @@ def test_recipe_trains_on_the_toolbox_folder_and_test_equals_eval_kaist(tmp_path
     assert "test_scene/scene02/ssim" in logged
 
 
+def test_test_with_another_mask_than_the_checkpoints_warns_as_eval_kaist(tmp_path, capsys):
+    """Was: train.py test of a checkpoint trained on the seeded random mask, on TSA_simu_data (the KAIST mask), said
+    nothing, while eval.py kaist warned for the same checkpoint."""
+    root = mst_toolbox(tmp_path, mask_size=32, truth=1)
+    smoke, cave, simu = CONFIGS / "smoke" / "mst_s.yaml", root / "cave_1024_28", root / "TSA_simu_data"
+    run("fit", smoke, tmp_path / "random", "--data.root", str(cave), "--data.crop", "32", *TINY)
+    run("fit", smoke, tmp_path / "kaist", "--data.root", str(cave), "--data.mask", str(simu / "mask.mat"),
+        "--data.crop", "32", *TINY)
+    capsys.readouterr()
+    said = {}
+    for name in ("random", "kaist"):
+        run("test", smoke, tmp_path / name, "--data.root", str(cave), "--data.test_root", str(simu), "--data.crop",
+            "32", "--ckpt_path", "last", "--trainer.logger", "false", *QUIET)
+        said[name] = [line for line in capsys.readouterr().err.splitlines() if "warning: the test mask" in line]
+    assert not said["kaist"] and len(said["random"]) == 1, said
+    eval_rows("--ckpt", tmp_path / "random" / "checkpoints" / "last.ckpt", "--data.root", simu, tmp_path / "eval")
+    theirs = json.loads((tmp_path / "eval" / "results.json").read_text())["warnings"]
+    tail = said["random"][0].partition("warning: the test mask")[2]
+    assert tail.startswith(" (shape (32, 32), sha256 ") and " is not the mask released with the network (" in tail
+    assert [f"the evaluation mask{tail}"] == [w for w in theirs if w.startswith("the evaluation mask")]
+
+
 # CRSDUN's recipe on a tiny FVgNET (64 x 64 images and mask; CRSDUN needs sides divisible by 32): crops and
 # validation shrunk to fit
 FVGNET_SIZES = ["--data.crop", "32", "--data.crop_top", "8", "--data.val_crop", "64", "--data.val_scenes", "1",

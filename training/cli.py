@@ -62,6 +62,7 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
+from models.checkpoints import load_lightning_checkpoint
 from models.registry import forward_inputs
 from models.release import mask_sha256, same_mask
 from training.acceleration import check_accelerator
@@ -574,6 +575,14 @@ def unused_operator_note(stage: str, operator: str) -> str:
             f"{operator} reconstructs through that instrument")
 
 
+def checkpoint_mask_note(stage: str, path: Path, mask: torch.Tensor) -> str | None:
+    """``train.py test`` / ``predict``'s warning when the test mask ``mask`` is not the mask the checkpoint ``path``
+    was trained with, in the words of ``eval.py kaist`` (:meth:`models.checkpoints.LoadedModel.mask_warning`); None
+    when it is, or when the checkpoint's training mask cannot be rebuilt (its mask file has moved)."""
+    note = load_lightning_checkpoint(path).mask_warning(mask, "the test mask")
+    return f"train.py {stage}: warning: {note}" if note else None
+
+
 def crop_sizes(datamodule: CassiDataModule, stage: str) -> list[tuple[str, int, int]]:
     """(option and value, H, W) of the square crops a ``fit`` / ``validate`` run gives the network: the training
     crop (``fit``) and the validation crop (``--data.val_crop``, else the training crop)."""
@@ -800,7 +809,8 @@ class CassiCLI(LightningCLI):
         and the mask, ``datamodule.check``, then ``datamodule.setup(stage)`` loads the data now; Lightning's own
         call is then a no-op), a cosine schedule without an epoch count (:meth:`CassiModule.schedule_kwargs`), crops
         or test scenes of a size the network does not take, per-sample masks for a network that reads only the first,
-        a test run on several devices. Errors raised later, by the run itself,
+        a test run on several devices; ``test`` / ``predict`` warn when the test mask is not the one ``--ckpt_path``
+        was trained with (:func:`checkpoint_mask_note`). Errors raised later, by the run itself,
         keep their traceback (:class:`MarkRunErrors`). ``--ckpt_path`` was checked before the classes were built
         (:meth:`_check_checkpoint`)."""
         if stage == "fit":
@@ -817,6 +827,10 @@ class CassiCLI(LightningCLI):
             if stage in ("test", "predict"):
                 check_input_sizes(self.model, protocol_sizes(self.datamodule))
                 check_forward_inputs(self.model, protocol_sizes(self.datamodule))
+                checkpoint = self._checkpoint_file()
+                note = checkpoint_mask_note(stage, checkpoint, self.datamodule.test_mask) if checkpoint else None
+                if note:
+                    print(note, file=sys.stderr)
         if stage in ("test", "predict") and self.model.hparams.get("operator"):
             print(unused_operator_note(stage, self.model.hparams.operator), file=sys.stderr)
         if stage in ("test", "predict") and self.trainer.world_size > 1:
@@ -825,6 +839,16 @@ class CassiCLI(LightningCLI):
         self.trainer.callbacks.append(MarkRunErrors())
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def _checkpoint_file(self) -> Path | None:
+        """The local file ``--ckpt_path`` loads (``last`` looked up in the checkpoint folder; ``best`` and ``hpc``
+        were replaced by theirs when checked), else None (no ``--ckpt_path``, a remote file, the registry)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or "://" in str(ckpt_path):
+            return None
+        path = resolve_checkpoint(str(ckpt_path), config.checkpoint.dirpath)
+        return path if path is not None and path.is_file() else None
 
     def before_fit(self) -> None:
         self.check_before_run("fit")
