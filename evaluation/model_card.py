@@ -20,7 +20,7 @@ from cassi.mismatch import Mismatch
 from cassi.operator_file import status_text
 from cassi.progress import progress_text
 from evaluation.protocol import DRIFTED_SCENARIOS, METRICS
-from models.release import CHECKSUM_FILE, MASK_FILE, METRICS_FILE, WEIGHTS_FILE
+from models.release import CHECKSUM_FILE, MASK_FILE, METRICS_FILE, WEIGHTS_FILE, loading_needs
 
 TAGS = ("hyperspectral-imaging", "snapshot-compressive-imaging", "cassi", "coded-aperture")
 
@@ -201,7 +201,10 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     model, mask, weights = config["model"], config["mask"], config["weights"]
     lines = [*_front_matter(config, metrics),
              f"# {model['name']} (CASSI reconstruction network)", "",
-             f"- architecture: `{model['name']}` from this project's model registry, kwargs `{model['kwargs']}`",
+             f"- architecture: `{model['name']}` " + (
+                 f"from the module `{model['module']}` (a network of one's own, not part of this project: loading "
+                 f"needs {loading_needs(model['module'])})" if model.get("module") else
+                 "from this project's model registry") + f", kwargs `{model['kwargs']}`",
              f"- parameters: {weights['parameters']:,}",
              f"- bands: {config['bands']}, dispersion step {config['step']} px per band",
              f"- coded aperture: `{MASK_FILE}` {mask['shape'][0]}x{mask['shape'][1]}, sha256 `{mask['sha256']}`",

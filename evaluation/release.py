@@ -22,7 +22,7 @@ from models.checkpoints import LoadedModel
 from models.flops import count_parameters
 from models.release import (CARD_FILE, CHECKSUM_FILE, CONFIG_FILE, FORMAT, FORMAT_VERSION, MASK_FILE,
                             METRICS_FILE, WEIGHTS_FILE, file_sha256, mask_sha256, model_bands, open_release,
-                            state_dict_sha256)
+                            registering_module, state_dict_sha256)
 
 
 def split_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -89,12 +89,13 @@ def export_release(loaded: LoadedModel, mask: np.ndarray | torch.Tensor, out_dir
     if mask_np.ndim != 2:
         raise ValueError(f"the release mask must be (H, W), got shape {mask_np.shape}")
     bands = released_bands(loaded)
+    module = registering_module(loaded.name)          # a network of one's own: CASSI_MODELS must name it to load
     state = loaded.model.state_dict()
     stored, aliases = split_shared(state)
     metrics = check_results(results_path, loaded) if results_path is not None else None
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model": {"name": loaded.name, "kwargs": loaded.kwargs},
+        "model": {"name": loaded.name, "kwargs": loaded.kwargs, **({"module": module} if module else {})},
         "bands": bands, "step": step,
         "mask": {"file": MASK_FILE, "sha256": mask_sha256(mask_np), "shape": list(mask_np.shape)},
         "weights": {"file": WEIGHTS_FILE, "state_sha256": state_dict_sha256(state), "tensors": len(state),

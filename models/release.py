@@ -4,7 +4,8 @@ The Hugging Face model-repository layout (``model.safetensors`` + ``config.json`
 written by ``python eval.py export`` (see :mod:`evaluation.release`)::
 
     config.json           {"format": "cassi-release", "format_version": 2,
-                           "model": {"name", "kwargs"}, "bands", "step",
+                           "model": {"name", "kwargs", "module" (a network of one's own: the module that
+                                     registered it, which CASSI_MODELS must name to load it)}, "bands", "step",
                            "mask": {"file", "sha256", "shape"},
                            "weights": {"file", "state_sha256", "tensors", "parameters", "aliases"},
                            "training": {...} | null (recipe, data, validation of a train.py checkpoint),
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from models.loading import file_sha256, load_state_dict_checked
-from models.registry import create_model, get_entry
+from models.registry import ARCHITECTURES, USER_MODULES_ENV, create_model, get_entry
 
 FORMAT = "cassi-release"
 FORMAT_VERSION = 2       # 2: Hugging Face file names (version 1 stored weights.safetensors)
@@ -58,6 +59,21 @@ class Release:
     config: dict[str, Any]
     mask: torch.Tensor
     metrics: dict[str, Any] | None
+
+
+def registering_module(name: str) -> str | None:
+    """The module that registered the network ``name`` when it is not one of this project's (a network of one's own,
+    registered through ``CASSI_MODELS``): a release records it, as loading the release needs it; None for the
+    project's own."""
+    module = get_entry(name).builder.__module__
+    return None if module in {f"models.{architecture}" for architecture in ARCHITECTURES} else module
+
+
+def loading_needs(module: str) -> str:
+    """What loading a release of a network registered by ``module`` (:func:`registering_module`) needs, in words."""
+    if module == "__main__":
+        return f"a module that registers it, named in {USER_MODULES_ENV} (a script registered it: __main__)"
+    return f"{USER_MODULES_ENV}={module}, its folder on PYTHONPATH"
 
 
 # ----------------------------------------------------------------------------------------- hashes
@@ -196,7 +212,11 @@ def open_release(folder: str | Path) -> Release:
     try:
         get_entry(name)
     except KeyError as err:
-        raise ReleaseError(f"{folder / CONFIG_FILE}: {err.args[0]}") from None
+        module = config["model"].get("module")
+        said = (f"model '{name}' was registered by the module '{module}' (a network of one's own), which the registry "
+                f"has not imported: loading it needs {loading_needs(module)} (README, 'Adding your own model')"
+                if isinstance(module, str) else err.args[0])
+        raise ReleaseError(f"{folder / CONFIG_FILE}: {said}") from None
     try:
         model = create_model(name, **kwargs)
     except (TypeError, ValueError) as err:

@@ -19,6 +19,7 @@ from models import create_model, list_models, load_release
 from models import registry
 from models.checkpoints import LoadedModel
 from models.registry import forward_inputs
+from models.release import registering_module
 from models.sizes import SizeRule
 from test_models_registry import LIGHT, SIZE, family
 from tests.cli_checks import user_error
@@ -147,6 +148,29 @@ def test_export_takes_the_bands_of_the_training_when_the_network_does_not_say(us
     assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_release_of_a_network_of_ones_own_records_the_module_that_loading_needs(user_module, monkeypatch, tmp_path):
+    """config.json recorded only the name and the card said "`tiny_net_test` from this project's model registry";
+    loading without CASSI_MODELS said only "unknown model 'tiny_net_test'; known models: ..."."""
+    user_module("tiny_cassi_net", "tiny_net_test", TINY.replace("self.size_rule = SizeRule()",
+                                                                "self.size_rule, self.bands = SizeRule(), bands"))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_net")
+    model = create_model("tiny_net_test", width=4).eval()
+    loaded = LoadedModel(model, "tiny_net_test", {"width": 4}, {"kind": "toolbox", "path": str(tmp_path / "w.pth")})
+    folder = export_release(loaded, (torch.rand(16, 16) > 0.5).float(), tmp_path / "release")
+    assert json.loads((folder / "config.json").read_text())["model"]["module"] == "tiny_cassi_net"
+    card = (folder / "README.md").read_text()
+    assert ("- architecture: `tiny_net_test` from the module `tiny_cassi_net` (a network of one's own, not part of "
+            "this project: loading needs CASSI_MODELS=tiny_cassi_net, its folder on PYTHONPATH), kwargs "
+            "`{'width': 4}`") in card
+    monkeypatch.delenv("CASSI_MODELS")
+    registry._REGISTRY.pop("tiny_net_test")
+    said = ("model 'tiny_net_test' was registered by the module 'tiny_cassi_net' (a network of one's own), which the "
+            "registry has not imported: loading it needs CASSI_MODELS=tiny_cassi_net")
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_release(folder)
+    assert [name for name in list_models() if registering_module(name)] == []      # the project's own record none
+
+
 # TINY with a forward whose arguments are not the keys of its prepare_inputs
 RENAMED = TINY.replace("    def forward(self, x, mask):\n        return x + self.body(torch.cat([x, mask], 1))",
                        "    def forward(self, inp, m):\n        return inp + self.body(torch.cat([inp, m], 1))")
@@ -180,7 +204,8 @@ def test_calibrate_and_eval_kaist_say_inputs_that_do_not_fit_the_forward(user_mo
                                                 "--out", str(tmp_path / "cal"), "--no-progress"]),
                r"solver tiny_renamed cannot reconstruct a 16x16 scene .*" + said)
     user_error(capsys, lambda: run_cli("kaist", "--model", "tiny_renamed", "--ckpt", tmp_path / "w.pth", "--mask",
-                                       tmp_path / "mask.npy", "--synthetic.count", 1, "--out", tmp_path / "kaist"), said)
+                                       tmp_path / "mask.npy", "--synthetic.count", 1, "--out", tmp_path / "kaist"),
+               said)
     assert not (tmp_path / "cal").exists() and not (tmp_path / "kaist").exists()
 
 
