@@ -14,7 +14,7 @@ from torch import nn
 
 from cassi.errors import UserError, one_line
 from cassi.progress import fit_progress
-from models.loading import load_state_dict_checked, load_toolbox_checkpoint
+from models.loading import WeightsMismatch, load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
 from models.release import mask_sha256, open_release, same_mask, state_dict_sha256
 
@@ -194,9 +194,15 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:
-    """A network from an official toolbox ``.pth`` (built with the registry's official arguments)."""
-    model = load_toolbox_checkpoint(name, path)
+    """A network from an official toolbox ``.pth`` (built with the registry's official arguments: a ``.pth`` does
+    not record its own, so weights of another build are a :class:`models.loading.WeightsMismatch` saying so)."""
     kwargs = dict(get_entry(name).official_args)
+    try:
+        model = load_toolbox_checkpoint(name, path)
+    except WeightsMismatch as err:
+        raise WeightsMismatch(f"{err}\n  a .pth is read into {name} built with the registry's official arguments "
+                              f"{kwargs} (a .pth does not record its own): weights of another build load from a "
+                              "train.py .ckpt or a release folder, which record theirs") from err
     return LoadedModel(model.eval(), name, kwargs, {"kind": "toolbox", "path": str(path)})
 
 

@@ -89,10 +89,14 @@ def check_known_state_dict(name: str, state_dict: Mapping[str, torch.Tensor], so
         _refuse_another_models(KNOWN_STATE_DICTS.get(state_dict_sha256(state_dict)), name, f"{source} holds")
 
 
+class WeightsMismatch(ValueError):
+    """Weights whose tensor names or shapes are not the network's: another model's, or another build's of it."""
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                             source: str = "state dict") -> nn.Module:
-    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys, or
-    the tensors holding NaN / Inf."""
+    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys
+    (:class:`WeightsMismatch`), or the tensors holding NaN / Inf."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -109,7 +113,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         if misshaped:
             lines.append("  shape mismatches: " + show(
                 [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped]))
-        raise ValueError("\n".join(lines))
+        raise WeightsMismatch("\n".join(lines))
     bad = sorted(k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if bad:
         raise ValueError(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {', '.join(bad[:3])}); "

@@ -56,7 +56,10 @@ BAD_SOLVERS = {
     "another model's checkpoint": (["--solver", "bisrnet", "--ckpt", "{f}/mst_s.pth"],
                                    r"mst_s.pth is not a bisrnet checkpoint: .*another size\?\): missing keys"),
     "a .pth of another build": (["--solver", "s2_transformer", "--ckpt", "{f}/s2_small.pth"],
-                                r"s2_small.pth is not a s2_transformer checkpoint: .*another size\?\): missing keys"),
+                                r"s2_small.pth is not a s2_transformer checkpoint: .*another size\?\): missing keys.*"
+                                r"a .pth is read into s2_transformer built with the registry's official arguments "
+                                r"\{.*'embed_dim': 60.*\} \(a .pth does not record its own\): weights of another build "
+                                r"load from a train.py .ckpt or a release folder"),
     "bisrnet_real": (["--solver", "bisrnet_real", "--ckpt", "{f}/bisrnet.pth"], r"bisrnet_real does not take the coded mask"),
     "mst_s_real": (["--solver", "mst_s_real", "--ckpt", "{f}/mst_s.pth"], r"mst_s_real does not take the coded mask"),
     "gap_tv with a checkpoint": (["--solver", "gap_tv", "--ckpt", "{f}/mst_s.pth"], r"only used with a network solver"),
