@@ -333,6 +333,16 @@ def test_recipes_on_cave_1024_28_do_not_count_its_scenes_as_cave_512_28s():
     assert "mst_s.yaml" in simulation and [name for name in simulation if "30 CAVE" in read[name]] == []
 
 
+def test_the_training_files_keep_lines_within_120_characters():
+    """Was: training/cli.py (unused_operator_note), training/callbacks.py, tests/test_train_recipes.py and the
+    S2-Transformer configs held lines of up to 138 characters."""
+    files = [REPO / "train.py", *sorted((REPO / "training").glob("*.py")),
+             *sorted((REPO / "tests").glob("test_train*.py")), *sorted(CONFIGS.rglob("*.yaml"))]
+    long = [f"{path.relative_to(REPO)}:{number}" for path in files
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if len(line) > 120]
+    assert long == []
+
+
 def test_print_config_from_the_command_line():
     done = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/mst_s.yaml", "--print_config"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

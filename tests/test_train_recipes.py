@@ -230,7 +230,8 @@ def test_per_sample_masks_with_mst_stop_before_any_work_and_batch_windows_train(
                                         "--data.mask_size", "48"),
                "mst_s cannot take per-sample masks.*--data.mask_crop batch", only_line=False)
     assert not (tmp_path / "a").exists()
-    trained = one_step(smoke, tmp_path / "b", "--data.crop", "32", "--data.mask_crop", "batch", "--data.mask_size", "48")
+    trained = one_step(smoke, tmp_path / "b", "--data.crop", "32", "--data.mask_crop", "batch", "--data.mask_size",
+                       "48")
     assert trained.trainer.global_step == 1
 
 

@@ -214,17 +214,20 @@ class RunConfig(SaveConfigCallback):
 
     def provenance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         datamodule = trainer.datamodule
+
+        def path(obj: Any) -> str:
+            return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
         return {
             "class_paths": {
-                "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
-                "data": None if datamodule is None else f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
-                "trainer": f"{type(trainer).__module__}.{type(trainer).__qualname__}",
-                "loggers": [f"{type(lg).__module__}.{type(lg).__qualname__}" for lg in trainer.loggers],
+                "model": path(pl_module), "data": None if datamodule is None else path(datamodule),
+                "trainer": path(trainer), "loggers": [path(lg) for lg in trainer.loggers],
             },
             "seed": self.config.get("seed_everything"),
             "git": git_state(),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-            "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "lightning": str(pl.__version__)},
+            "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                         "lightning": str(pl.__version__)},
         }
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Any) -> None:

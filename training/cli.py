@@ -570,8 +570,8 @@ def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> Non
 def unused_operator_note(stage: str, operator: str) -> str:
     """What ``train.py test`` / ``predict`` say of a ``--model.operator`` given to them, which they do not use: they
     measure every scene through the nominal operator of the test mask."""
-    return (f"train.py {stage}: note: --model.operator {operator} is not used here: {stage} measures every scene through "
-            "the nominal operator of the test mask (scenario I of eval.py kaist); eval.py kaist --operator "
+    return (f"train.py {stage}: note: --model.operator {operator} is not used here: {stage} measures every scene "
+            "through the nominal operator of the test mask (scenario I of eval.py kaist); eval.py kaist --operator "
             f"{operator} reconstructs through that instrument")
 
 
