@@ -95,7 +95,7 @@ def check_reconstructs(method: Reconstructor, mask: Tensor, bands: int, step: in
     do not fit its forward (:func:`calib.solvers.check_network_inputs`; no forward pass runs). GAP-TV takes any."""
     if isinstance(method, Network):
         op = CassiOperator(mask, bands, step).to(method.device)
-        y = torch.zeros(1, op.height, op.measurement_width, device=method.device)
+        y = torch.ones(1, op.height, op.measurement_width, device=method.device)   # bisrnet_real rescales by its max
         check_network_inputs(method.model, method.name, y, op, role="network")
 
 

@@ -223,6 +223,15 @@ def test_eval_kaist_checks_the_size_rule_before_any_work(user_module, monkeypatc
     assert not (tmp_path / "kaist").exists()
 
 
+def test_eval_kaist_checks_a_measurement_only_network_without_refusing_it(tmp_path):
+    """The check before any work built bisrnet_real's inputs from a zero measurement, which it cannot rescale:
+    'network bisrnet_real cannot reconstruct a 16x16 scene ...: a measurement has no positive value' (8e6fb83)."""
+    torch.manual_seed(0)
+    torch.save(create_model("bisrnet_real").state_dict(), tmp_path / "w.pth")
+    assert run_cli("kaist", "--model", "bisrnet_real", "--ckpt", tmp_path / "w.pth", "--synthetic.count", 1,
+                   "--synthetic.size", 16, "--out", tmp_path / "kaist") == 0
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_the_published_networks_inputs_fit_their_forward(name):
     size = SIZE[family(name)]
