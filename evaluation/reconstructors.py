@@ -20,7 +20,7 @@ from cassi import CassiOperator
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
 from models.checkpoints import LoadedModel, load_weights
-from models.registry import forward_inputs, get_entry
+from models.registry import forward_inputs, get_entry, probe_measurement
 
 
 class Reconstructor(Protocol):
@@ -95,8 +95,7 @@ def check_reconstructs(method: Reconstructor, mask: Tensor, bands: int, step: in
     do not fit its forward (:func:`calib.solvers.check_network_inputs`; no forward pass runs). GAP-TV takes any."""
     if isinstance(method, Network):
         op = CassiOperator(mask, bands, step).to(method.device)
-        y = torch.ones(1, op.height, op.measurement_width, device=method.device)   # bisrnet_real rescales by its max
-        check_network_inputs(method.model, method.name, y, op, role="network")
+        check_network_inputs(method.model, method.name, probe_measurement(op), op, role="network")
 
 
 def make_reconstructor(model: str = "gap_tv", ckpt: str | None = None, release: str | None = None,

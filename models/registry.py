@@ -158,6 +158,12 @@ def check_protocol(model: Any, name: str) -> None:
                          f"it has {'; '.join(missing)} (README, 'Adding your own model')")
 
 
+def probe_measurement(op: CassiOperator) -> torch.Tensor:
+    """A measurement (1, H, Wm) of ones on ``op``'s device, to check a network's inputs before any work with
+    :func:`forward_inputs` (not zeros: ``bisrnet_real`` rescales each measurement to its maximum)."""
+    return torch.ones(1, op.height, op.measurement_width, device=op.mask.device)
+
+
 def forward_inputs(model: nn.Module, y: torch.Tensor, op: CassiOperator) -> dict[str, Any]:
     """``model.prepare_inputs(y, op)``, checked against the forward's signature: keyword arguments the forward does
     not take, or required ones it is not given, are a ValueError naming both (not a TypeError deep in the call)."""

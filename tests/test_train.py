@@ -563,3 +563,11 @@ def test_resume_in_mid_epoch_continues_where_the_run_stopped(tmp_path):
     final = _final_state(tmp_path / "full")["state_dict"]
     for key, value in _final_state(tmp_path / "split")["state_dict"].items():
         torch.testing.assert_close(value, final[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_the_forward_inputs_check_takes_bisrnet_real_at_its_default_input_max():
+    """The check before any work builds the network's inputs from a measurement of ones: bisrnet_real (which
+    rescales each measurement to its maximum, input_max 0.8 by default) refused a zero one ('a measurement has no
+    positive value'), so train.py refused to train it with its default settings."""
+    from training.cli import check_forward_inputs
+    check_forward_inputs(ReconstructionModule(model_name="bisrnet_real"), [("--data.crop", 64, 64)])

@@ -63,7 +63,7 @@ from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.checkpoints import load_lightning_checkpoint
-from models.registry import forward_inputs
+from models.registry import forward_inputs, probe_measurement
 from models.release import mask_sha256, same_mask
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
@@ -617,15 +617,16 @@ def check_input_sizes(module: CassiModule, sizes: list[tuple[str, int, int]]) ->
 
 
 def check_forward_inputs(module: CassiModule, sizes: list[tuple[str, int, int]]) -> None:
-    """Before any work: the keyword arguments the network's ``prepare_inputs`` gives (on a zero measurement of the
-    first of the run's input ``sizes``) fit its forward (:func:`models.registry.forward_inputs`); otherwise one
-    error naming the model and the mismatch, not a TypeError at the first step."""
+    """Before any work: the keyword arguments the network's ``prepare_inputs`` gives (on
+    :func:`models.registry.probe_measurement` at the first of the run's input ``sizes``) fit its forward
+    (:func:`models.registry.forward_inputs`); otherwise one error naming the model and the mismatch, not a
+    TypeError at the first step."""
     if not sizes:
         return
     _, height, width = sizes[0]
     op = CassiOperator(torch.ones(height, width), module.hparams.bands, module.hparams.step)
     try:
-        forward_inputs(module.model, torch.zeros(1, height, op.measurement_width), op)
+        forward_inputs(module.model, probe_measurement(op), op)
     except ValueError as err:
         raise UserError(f"--model.init_args.model_name {module.hparams.model_name}: {err}") from None
 
