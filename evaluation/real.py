@@ -52,7 +52,7 @@ from data.io import load_mask, load_measurement
 from data.previews import save_real, save_real_spectra
 from evaluation.calibration import SavedCalibration, handed_estimate
 from evaluation.protocol import timed
-from evaluation.reconstructors import Network, Reconstructor, check_uses_mask
+from evaluation.reconstructors import Network, Reconstructor, check_reconstructs, check_uses_mask
 from evaluation.reports import markdown_table
 from models.release import mask_sha256, same_mask
 
@@ -193,13 +193,16 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
                   verbose: bool = True, operator: SavedCalibration | None = None) -> dict[str, Any]:
     """Reconstruct every capture of ``root`` (the first ``limit`` ones if given) with the nominal operator
     and, given an ``operator`` file (read: :func:`evaluation.calibration.read_saved`), the calibrated one; write
-    results.{json,md}, previews and spectra to ``out_dir`` (the means are printed first)."""
+    results.{json,md}, previews and spectra to ``out_dir`` (the means are printed first). A network that cannot
+    reconstruct the captures' size (its ``size_rule``) or inputs is refused before the first reconstruction
+    (:func:`evaluation.reconstructors.check_reconstructs`)."""
     if scale is not None and not 0 < scale < float("inf"):
         raise UserError(f"scale must be a finite number > 0, got {scale}")
     if operator is not None:
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
     mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
+    check_reconstructs(method, mask, bands, step)              # the network's size rule and inputs, before any work
     if isinstance(method, Network) and method.uses_mask:        # weights trained on another code: a warning
         warnings += filter(None, [method.loaded.mask_warning(mask, f"the captures' mask {mask_path}")])
     operators, handed = {"nominal": CassiOperator(mask, bands, step)}, None

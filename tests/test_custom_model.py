@@ -24,7 +24,7 @@ from models.sizes import SizeRule
 from test_models_registry import LIGHT, SIZE, family
 from tests.cli_checks import user_error
 from tests.test_calib_pipeline import measure
-from tests.test_eval import run_cli
+from tests.test_eval import run_cli, write_real_capture
 
 TINY = '''
 import torch
@@ -221,6 +221,20 @@ def test_eval_kaist_checks_the_size_rule_before_any_work(user_module, monkeypatc
                re.escape("network tiny_48 cannot reconstruct a 16x16 scene (measurement (16, 70)): its input is "
                          "16x16; it must have H and W each a multiple of 48 (48 px windows)"))
     assert not (tmp_path / "kaist").exists()
+
+
+def test_eval_real_checks_the_size_rule_before_any_work(user_module, monkeypatch, tmp_path, capsys):
+    """eval.py real reconstructed every capture with a network whose rule refuses their size (the forward of the
+    user's network does not check its rule); now one line before the first reconstruction, and no results."""
+    user_module("tiny_cassi_48", "tiny_48", TINY.replace("SizeRule()", "SizeRule((48, 48), reason='48 px windows')"))
+    monkeypatch.setenv("CASSI_MODELS", "tiny_cassi_48")
+    torch.save(create_model("tiny_48").state_dict(), tmp_path / "w.pth")
+    write_real_capture(tmp_path / "real", CassiOperator)
+    user_error(capsys, lambda: run_cli("real", "--model", "tiny_48", "--ckpt", tmp_path / "w.pth", "--data.root",
+                                       tmp_path / "real", "--no-previews", "--out", tmp_path / "out"),
+               re.escape("network tiny_48 cannot reconstruct a 32x32 scene (measurement (32, 86)): its input is "
+                         "32x32; it must have H and W each a multiple of 48 (48 px windows)"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_kaist_checks_a_measurement_only_network_without_refusing_it(tmp_path):
