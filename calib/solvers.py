@@ -105,12 +105,12 @@ def network_solver(model: nn.Module) -> Solver:
 
 
 def check_network_inputs(network: nn.Module, name: str, y: Tensor, op: CassiOperator, role: str = "solver") -> None:
-    """Refuse, before any search, a network that cannot reconstruct ``y`` (1, H, Wm) through ``op``: a scene
-    size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4, at most 256 rows, ...), an operator
-    its inputs do not fit (band count, step: ``prepare_inputs``) or inputs its forward does not take
-    (:func:`models.registry.forward_inputs`). No forward pass runs: at a real capture's size one costs seconds to
-    minutes on a CPU. GAP-TV takes any size and needs no check. ``role``: what the message calls the network
-    ("solver mst_s cannot reconstruct a 30x30 scene ...")."""
+    """Refuse, before any work (calibrate.py's search, eval.py's reconstructions), a network that cannot reconstruct
+    ``y`` (1, H, Wm) through ``op``: a scene size outside its ``size_rule`` (:mod:`models.sizes`: multiples of 4,
+    at most 256 rows, ...), an operator its inputs do not fit (band count, step: ``prepare_inputs``) or inputs its
+    forward does not take (:func:`models.registry.forward_inputs`). No forward pass runs: at a real capture's size
+    one costs seconds to minutes on a CPU. GAP-TV takes any size and needs no check. ``role``: what the message calls
+    the network ("solver mst_s cannot reconstruct a 30x30 scene ...")."""
     try:
         network.size_rule.check(op.height, op.width, "its input")
         forward_inputs(network, y, op)
