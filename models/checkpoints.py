@@ -48,11 +48,8 @@ class LoadedModel:
     def mask_warning(self, mask: torch.Tensor, used: str) -> str | None:
         """A sentence when ``mask`` (H, W), named ``used`` ("the evaluation mask"), is not the coded aperture the
         weights come with (a mask-aware network trained on one code reconstructs another one worse); None when
-        it is, or when the weights record none."""
-        if self.mask is None or same_mask(self.mask, mask):
-            return None
-        return (f"{used} (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is not the mask released "
-                f"with the network (shape {tuple(self.mask.shape)}, sha256 {mask_sha256(self.mask)[:12]}...)")
+        it is, or when the weights record none (:func:`other_mask_warning`)."""
+        return other_mask_warning(self.mask, mask, used)
 
     @property
     def weights_sha256(self) -> str:
@@ -62,6 +59,15 @@ class LoadedModel:
         """JSON-ready identity of the network (for results.json and model cards)."""
         return {"name": self.name, "kwargs": self.kwargs, "source": self.source,
                 "weights_sha256": self.weights_sha256}
+
+
+def other_mask_warning(released: torch.Tensor | None, mask: torch.Tensor, used: str) -> str | None:
+    """The sentence of :meth:`LoadedModel.mask_warning`: ``mask`` (H, W), named ``used``, is not ``released``, the
+    coded aperture the weights come with; None when it is, or when ``released`` is None."""
+    if released is None or same_mask(released, mask):
+        return None
+    return (f"{used} (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is not the mask released "
+            f"with the network (shape {tuple(released.shape)}, sha256 {mask_sha256(released)[:12]}...)")
 
 
 def _torch_load(path: Path) -> Any:
@@ -191,6 +197,17 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     mask, mask_error = _lightning_mask(raw, path)
     return LoadedModel(model.eval(), found, kwargs, source, mask, mask_error=mask_error,
                        training=lightning_training(raw))
+
+
+def lightning_training_mask(path: str | Path) -> torch.Tensor | None:
+    """The coded aperture (H, W) a ``train.py`` ``.ckpt`` was trained with, rebuilt from its datamodule
+    hyper-parameters as :func:`load_lightning_checkpoint` does, without building the network; None when the
+    checkpoint records none or it cannot be rebuilt (its mask file has moved)."""
+    path = Path(path)
+    raw = _torch_load(path)
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: not a Lightning checkpoint (a {type(raw).__name__}, not a mapping)")
+    return _lightning_mask(raw, path)[0]
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:

@@ -122,6 +122,33 @@ def test_test_says_it_does_not_use_an_operator_file(mst_run, tmp_path, capsys):
     assert printed.out.lstrip().startswith("KAIST protocol on 2 test scene(s)")
 
 
+def test_the_test_mask_warning_reads_the_checkpoints_mask_without_building_the_network(tmp_path, monkeypatch):
+    """Was: train.py test / predict's mask warning loaded the checkpoint a second time, network included, only to
+    read its training mask; now the mask alone, and the same sentence."""
+    import models.checkpoints
+    from data.datamodule import CassiDataModule
+    from data.synthetic import random_mask
+    from training import ReconstructionModule
+    from training.cli import checkpoint_mask_note
+
+    module = ReconstructionModule(model_name="mst_s")
+    hparams = {"root": None, "crop": 32, "mask": None, "mask_key": "mask", "mask_crop": False, "mask_size": None,
+               "seed": 3}
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "datamodule_hyper_parameters": hparams}, path)
+    trained, other = torch.from_numpy(CassiDataModule(**hparams).training_mask()), torch.from_numpy(random_mask(32, 32))
+    expected = load_lightning_checkpoint(path).mask_warning(other, "the test mask")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(models.checkpoints, "create_model", no_network)
+    assert torch.equal(models.checkpoints.lightning_training_mask(path), trained)
+    assert checkpoint_mask_note("test", path, other) == f"train.py test: warning: {expected}"
+    assert checkpoint_mask_note("predict", path, trained) is None
+
+
 def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_path, capsys, monkeypatch):
     """Was: fit with HSRA-S's config became MST-S and continued the other run's W&B run, exit 0."""
     for name in ("WANDB_API_KEY", "WANDB_MODE"):

@@ -62,7 +62,7 @@ from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
-from models.checkpoints import load_lightning_checkpoint
+from models.checkpoints import lightning_training_mask, other_mask_warning
 from models.registry import forward_inputs, probe_measurement
 from models.release import mask_sha256, same_mask
 from training.acceleration import check_accelerator
@@ -577,9 +577,10 @@ def unused_operator_note(stage: str, operator: str) -> str:
 
 def checkpoint_mask_note(stage: str, path: Path, mask: torch.Tensor) -> str | None:
     """``train.py test`` / ``predict``'s warning when the test mask ``mask`` is not the mask the checkpoint ``path``
-    was trained with, in the words of ``eval.py kaist`` (:meth:`models.checkpoints.LoadedModel.mask_warning`); None
-    when it is, or when the checkpoint's training mask cannot be rebuilt (its mask file has moved)."""
-    note = load_lightning_checkpoint(path).mask_warning(mask, "the test mask")
+    was trained with, in the words of ``eval.py kaist`` (:func:`models.checkpoints.other_mask_warning`); None when
+    it is, or when the checkpoint's training mask cannot be rebuilt (its mask file has moved). The network is not
+    built (:func:`models.checkpoints.lightning_training_mask`)."""
+    note = other_mask_warning(lightning_training_mask(path), mask, "the test mask")
     return f"train.py {stage}: warning: {note}" if note else None
 
 
