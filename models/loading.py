@@ -133,12 +133,14 @@ def from_official(name: str, state_dict: Mapping[str, torch.Tensor], **overrides
 
 def _from_official(name: str, state_dict: Mapping[str, torch.Tensor], source: str,
                    overrides: Mapping[str, Any]) -> nn.Module:
-    """:func:`from_official` of weights read from ``source`` (named in the error of published weights)."""
+    """:func:`from_official` of weights read from ``source`` (a file's path, or what the caller gave), which the
+    errors name: published weights of another model, weights that do not match the network (not "official weights":
+    a toolbox ``.pth`` may be the user's own)."""
     check_known_state_dict(name, state_dict, source)
     entry = get_entry(name)
     model = create_model(name, **{**entry.official_args, **overrides})
     mapped = entry.map_official_keys(dict(state_dict)) if entry.map_official_keys else dict(state_dict)
-    return load_state_dict_checked(model, mapped, source=f"official '{name}' weights").eval()
+    return load_state_dict_checked(model, mapped, source=source).eval()
 
 
 def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:

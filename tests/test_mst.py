@@ -1,6 +1,8 @@
 """MST family: official weights/outputs (fixtures), operator inputs, checkpoints, FLOPs, real-data variant."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,7 +139,7 @@ def test_load_toolbox_checkpoint(tmp_path):
     model = load_toolbox_checkpoint("mst_s", path)
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value)
-    wrong_size = r"(?s)'mst_l' weights does not match MST.*missing keys: bottleneck\.blocks\.2"
+    wrong_size = rf"(?s)^{re.escape(str(path))} does not match MST.*missing keys: bottleneck\.blocks\.2"
     with pytest.raises(ValueError, match=wrong_size):        # MST-S weights are not MST-L
         load_toolbox_checkpoint("mst_l", path)
     broken = dict(reference.state_dict())
