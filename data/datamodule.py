@@ -378,6 +378,8 @@ class CassiDataModule(pl.LightningDataModule):
             ``train.py test|predict``; None -> the layout's own (``mst_simulation``: an error if its ``Truth/`` is
             missing), else ``test_scenes`` built-in synthetic scenes (those of ``eval.py kaist``, seed 0) at the
             training mask's size.
+        test_scenes: how many built-in synthetic test scenes ``train.py test|predict`` scores; only those: with a
+            test folder (``test_root``, or the layout's own) every ``Truth/*.mat`` scene of it is scored.
     """
 
     def __init__(self, root: str | None = None, source: Literal["auto", "synthetic", "folder", "mst_simulation",

@@ -368,6 +368,16 @@ def test_help_offers_only_the_modules_one_can_train(capsys):
     user_error(capsys, lambda: cli(["fit", "--model", "training.CassiModule"]), r"training\.CassiModule .*is abstract")
 
 
+def test_help_says_test_scenes_counts_only_the_synthetic_test_scenes(capsys):
+    """Was: --data.test_scenes had no help, and test --data.test_root D/TSA_simu_data --data.test_scenes 2 scored all
+    of D's Truth scenes."""
+    with pytest.raises(SystemExit):
+        cli(["test", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    said = re.search(r"--data\.test_scenes TEST_SCENES (.*?) \(type: int, default: 10\)", help_text).group(1)
+    assert said.startswith("how many built-in synthetic test scenes") and "every ``Truth/*.mat`` scene" in said, said
+
+
 def test_model_help_without_a_class_lists_the_classes_to_pass(capsys):
     """Was: fit --model.help showed the arguments of the abstract base training.CassiModule, which no run can use."""
     with pytest.raises(SystemExit) as done:
