@@ -28,10 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cassi.operator import check_tensor
+
 MATLAB_EPS = 2.220446049250313e-16  # eps('double'), used by the toolbox's SpectAngMapper.m
 
 
 def _check_pair(pred: Tensor, target: Tensor) -> None:
+    check_tensor("pred", pred, "(B, L, H, W)")
+    check_tensor("target", target, "(B, L, H, W)")
     if pred.shape != target.shape or pred.dim() != 4:
         raise ValueError(f"expected pred and target of the same shape (B, L, H, W), got {tuple(pred.shape)} "
                          f"and {tuple(target.shape)}")
@@ -131,6 +135,8 @@ def kaist_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
     """The KAIST table's numbers for one reconstruction ``pred`` against ``target``, both (L, H, W):
     PSNR and SSIM of the protocol (``kaist_psnr``, ``kaist_ssim``), SAM (degrees) and ERGAS of the same
     8-bit cubes (what ``quality_assessment.m`` receives). ``eval.py kaist`` and ``train.py test`` both use it."""
+    check_tensor("pred", pred, "(L, H, W)")
+    check_tensor("target", target, "(L, H, W)")
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} must both "
                          "be (L, H, W) of the same shape")

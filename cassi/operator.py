@@ -43,6 +43,16 @@ def _check_floating(name: str, tensor: Tensor) -> None:
                          "overflow or truncate: convert it, e.g. x.float() / 255 for 8-bit values)")
 
 
+def check_tensor(name: str, value: object, shape: str) -> None:
+    """Raise a TypeError naming ``name`` and the ``shape`` expected unless ``value`` is a torch Tensor (for a numpy
+    array: how to convert it)."""
+    if not isinstance(value, Tensor):
+        kind = type(value)
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {kind.__module__}.{kind.__qualname__}"
+                        + (" (convert a numpy array with torch.from_numpy(a), axes in that order)"
+                           if kind.__module__ == "numpy" else ""))
+
+
 def check_finite(name: str, tensor: Tensor) -> None:
     """Raise a ValueError naming ``name`` if ``tensor`` holds NaN or Inf."""
     if not torch.isfinite(tensor).all():
@@ -147,14 +157,21 @@ class CassiOperator(nn.Module):
 
     # --------------------------------------------------------------- operator
     def _check_cube(self, x: Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.bands, self.height, self.width):
+        shape = (self.bands, self.height, self.width)
+        check_tensor("cube", x, f"(B, {self.bands}, {self.height}, {self.width})")
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            hint = (" (add a batch dimension: x[None])" if tuple(x.shape) == shape else
+                    " (a (B, H, W, L) cube? x.permute(0, 3, 1, 2))"
+                    if x.dim() == 4 and tuple(x.shape[1:]) == (self.height, self.width, self.bands) else "")
             raise ValueError(f"cube must be (B, {self.bands}, {self.height}, {self.width}), "
-                             f"got shape {tuple(x.shape)}")
+                             f"got shape {tuple(x.shape)}{hint}")
         _check_floating("cube", x)
         self._check_batch(x.shape[0])
 
     def check_measurement(self, y: Tensor) -> None:
-        """Raise a ValueError unless ``y`` is a floating-point (B, H, W + step*(L-1)) batch for this operator."""
+        """Raise a ValueError unless ``y`` is a floating-point (B, H, W + step*(L-1)) batch for this operator (a
+        TypeError for anything but a tensor)."""
+        check_tensor("measurement", y, f"(B, {self.height}, {self.measurement_width})")
         if y.dim() != 3 or tuple(y.shape[1:]) != (self.height, self.measurement_width):
             raise ValueError(f"measurement must be (B, {self.height}, {self.measurement_width}), "
                              f"got shape {tuple(y.shape)}"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cassi.mismatch import Mismatch, dispersion_offsets
-from cassi.operator import CassiOperator, check_finite
+from cassi.operator import CassiOperator, check_finite, check_tensor
 from cassi.translate import bilinear_terms, place
 from cassi.warp import warp_mask
 
@@ -45,6 +45,8 @@ def simulate_measurement(cube: Tensor, mask: Tensor, mismatch: Mismatch | None =
     ``mask`` (H, W); ``mismatch`` defaults to the nominal instrument (a1 = step); ``spatial`` = N,
     ``spectral`` = K oversampling factors. Computed in float64, returned in the cube's dtype.
     """
+    check_tensor("cube", cube, "(B, L, H, W)")
+    check_tensor("mask", mask, "(H, W)")
     if cube.dim() != 4:
         raise ValueError(f"cube must be (B, L, H, W), got shape {tuple(cube.shape)}")
     if mask.dim() != 2 or tuple(mask.shape) != tuple(cube.shape[-2:]):
