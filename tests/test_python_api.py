@@ -1,6 +1,8 @@
 """The Python API as README's "Python API" shows it: numpy inputs get errors that say what to pass."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from cassi import CassiOperator
 from cassi.gap_tv import gap_tv
 from cassi.metrics import kaist_metrics, psnr
 from cassi.simulator import simulate_measurement
+from conftest import REPO, SHARED, shared_path
 
 
 @pytest.fixture
@@ -35,3 +38,24 @@ def test_cube_shape_errors_say_how_to_fix_the_axes(op):
     with pytest.raises(ValueError, match=r"\(a \(B, H, W, L\) cube\? x\.permute\(0, 3, 1, 2\)\)"):
         op(cube.permute(1, 2, 0)[None])
     assert op(cube[None]).shape == (1, 8, 6 + 2 * 3)
+
+
+def readme_python_api_example() -> str:
+    """The ```python block of README's "Python API" section."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("\n## Python API\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.search(r"\n```python\n(.*?)\n```\n", section, re.S).group(1)
+
+
+def test_the_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    for part in ("data/kaist/mask.mat", "weights/bisrnet_simulation.pth", "data/kaist_meas/scene01_snapshot.npz"):
+        shared_path(*part.split("/"))
+    code = readme_python_api_example()
+    assert code.count('"../shared/') == 3, "the example reads the KAIST mask, a snapshot and the weights"
+    monkeypatch.chdir(tmp_path)          # its calibrate.py outputs go to ./cal
+    namespace: dict = {}
+    exec(compile(code.replace('"../shared/', f'"{SHARED}/'), "README.md (Python API)", "exec"), namespace)
+    assert tuple(namespace["y"].shape) == (1, 64, 64 + 2 * 27)
+    assert isinstance(namespace["calibrated"], CassiOperator) and (tmp_path / "cal" / "calibration.json").is_file()
+    assert tuple(namespace["cube_kaist"].shape) == (1, 28, 256, 256)
