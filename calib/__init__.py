@@ -19,4 +19,4 @@ _EXPORTS = {
     "calib.ranges": ("Ranges",),
     "calib.result": ("CalibrationResult",),
 }
-__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -13,4 +13,4 @@ _EXPORTS = {
     "cassi.shifts": ("band_offsets", "shift", "shift_back"),
     "cassi.warp": ("warp_mask",),
 }
-__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -15,4 +15,4 @@ _EXPORTS = {
     "data.synthetic": ("KAIST_WAVELENGTHS", "MATERIAL_NAMES", "random_mask", "synthetic_dataset", "synthetic_scene",
                        "wavelengths"),
 }
-__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,7 @@
 """The Python API as README's "Python API" shows it: numpy inputs get errors that say what to pass."""
 from __future__ import annotations
 
+import importlib
 import re
 
 import numpy as np
@@ -59,3 +60,11 @@ def test_the_readme_python_api_example_runs_as_written(tmp_path, monkeypatch):
     assert tuple(namespace["y"].shape) == (1, 64, 64 + 2 * 27)
     assert isinstance(namespace["calibrated"], CassiOperator) and (tmp_path / "cal" / "calibration.json").is_file()
     assert tuple(namespace["cube_kaist"].shape) == (1, 28, 256, 256)
+
+
+@pytest.mark.parametrize("package, name", [("cassi", "CassiOperator"), ("calib", "calibrate"),
+                                           ("data", "load_mask"), ("training", "CassiModule")])
+def test_dir_lists_a_packages_exports_before_they_load(package, name):
+    """A notebook's tab completion and help() read dir(): the lazily loaded names were missing from it."""
+    module = importlib.import_module(package)
+    assert name in dir(module) and name in module.__all__ and "__doc__" in dir(module)

@@ -8,4 +8,4 @@ from __future__ import annotations
 from cassi.lazy import lazy_exports
 
 _EXPORTS = {"training.modules": ("CassiModule", "JointModule", "ReconstructionModule")}
-__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
