@@ -14,7 +14,8 @@ PARAMETER_UNITS = {"dx": "px", "dy": "px", "theta": "deg", "a1": "px/band", "alp
 @dataclass
 class Mismatch:
     """Mask shift ``dx`` (px, right), ``dy`` (px, down), rotation ``theta`` (deg, counter-clockwise),
-    dispersion slope ``a1`` (px per band; the nominal value equals the operator's step, 2) and
+    dispersion slope ``a1`` (px per band; the nominal value equals the operator's step; the default 2 is the
+    toolbox's step, so an operator of another step needs a1 given) and
     dispersion-axis angle ``alpha`` (deg). Fields are floats or 0-d tensors (which may require grad).
     """
 

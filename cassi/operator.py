@@ -63,10 +63,12 @@ class CassiOperator(nn.Module):
     """A = dispersion o mask; ``forward`` maps (B, L, H, W) -> (B, H, W + step*(L-1)), ``adjoint`` back.
 
     Args:
-        mask: coded aperture, (H, W) or one per sample (B, H, W); values as given (not binarised).
+        mask: coded aperture, a tensor or numpy array (H, W) or one per sample (B, H, W); values as given (not
+            binarised).
         bands: number of spectral bands L.
         step: nominal dispersion in pixels per band (the toolbox's 2).
-        mismatch: warp and dispersion parameters; ``None`` is the nominal instrument (a1 = step).
+        mismatch: warp and dispersion parameters; ``None`` is the nominal instrument (a1 = step). A
+            :class:`Mismatch` left without ``a1`` has a1 = 2, whatever ``step`` is: with another step, give a1.
         dispersion: ``"linear"`` (bilinear sub-pixel offsets) or ``"integer"`` (rounded, straight-through).
     """
 

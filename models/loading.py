@@ -123,7 +123,8 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
 
 
 def from_official(name: str, state_dict: Mapping[str, torch.Tensor], **overrides: Any) -> nn.Module:
-    """The project's ``name`` model built like the official fixture, with official weights loaded strictly.
+    """The project's ``name`` model built like the official fixture, with official weights loaded strictly, in eval
+    mode.
 
     ``state_dict`` uses the official code's key names; the registered key mapping (if any) renames them. Published
     weights of another model are refused (:func:`check_known_state_dict`).
@@ -155,8 +156,8 @@ def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, to
 
 
 def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn.Module:
-    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes); published
-    weights of another model are refused (:func:`check_known_checkpoint`, :func:`check_known_state_dict`)."""
+    """Build ``name`` and load an MST-toolbox ``.pth`` (with or without wrapper / ``module.`` prefixes), in eval mode;
+    published weights of another model are refused (:func:`check_known_checkpoint`, :func:`check_known_state_dict`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
