@@ -251,10 +251,10 @@ class CassiOperator(nn.Module):
         ``"Y"``: y / L * 2 (B, H, Wm); ``"H"``: back-projection of y / L * 2 (B, L, H, W);
         ``"HM"``: ``"H"`` times the 3-D mask.
         """
+        self.check_measurement(y)
         check_finite("measurement", y)
         scaled = y / self.bands * 2
         if kind == "Y":
-            self.check_measurement(y)
             return scaled
         if kind == "H":
             return self.back_project(scaled)

@@ -21,9 +21,9 @@ def op() -> CassiOperator:
 
 
 def test_numpy_inputs_are_refused_naming_the_tensor_to_pass(op):
-    cube = np.zeros((1, 4, 8, 6), dtype=np.float32)
-    calls = {"CassiOperator.forward": lambda: op(cube), "CassiOperator.adjoint": lambda: op.adjoint(cube[:, 0]),
-             "gap_tv": lambda: gap_tv(cube[:, 0, :, :], op),
+    cube, y = np.zeros((1, 4, 8, 6), dtype=np.float32), np.zeros((1, 8, 6 + 2 * 3), dtype=np.float32)
+    calls = {"CassiOperator.forward": lambda: op(cube), "CassiOperator.adjoint": lambda: op.adjoint(y),
+             "CassiOperator.input_setting": lambda: op.input_setting(y), "gap_tv": lambda: gap_tv(y, op),
              "simulate_measurement": lambda: simulate_measurement(cube, torch.ones(8, 6)),
              "psnr": lambda: psnr(cube, cube), "kaist_metrics": lambda: kaist_metrics(cube[0], cube[0])}
     for name, call in calls.items():
