@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from data.io import load_mask
 from data.kaist import Scene, check_scene_sizes, mst_mask, mst_scenes, synthetic_scenes
 from data.layouts import (CubeFile, TrainingData, resolve_source, find_training_data, mask_file,
-                          simulation_test_folder, toolbox_mask)
+                          simulation_test_folder, toolbox_mask, toolbox_test_folder)
 from data.synthetic import random_mask, synthetic_scene
 
 MASK_CROP = ("none", "sample", "batch")
@@ -441,6 +441,13 @@ class CassiDataModule(pl.LightningDataModule):
                                  f"crop_top {hp.crop_top}, val_crop {self.val_crop})")
         elif self._test_root() is None:
             self.training_mask()                      # the synthetic test scenes take the training mask
+            hp = self.hparams
+            truth = toolbox_test_folder(hp.root) if self.data().source == "folder" else None
+            if truth is not None:
+                rank_zero_warn(f"--data.root {hp.root} is or lies beside the MST toolbox's KAIST test folder {truth} "
+                               f"and the data source is 'folder' ({hp.source}), so {stage} scores the "
+                               f"{hp.test_scenes} built-in synthetic scenes, not {truth / 'Truth'}: pass "
+                               f"--data.test_root {truth} to score those")
 
     def _check_mask_size(self) -> None:
         """``mask_size`` sizes the random mask that ``mask_crop`` windows (recipes set it for the case without a mask

@@ -251,6 +251,17 @@ def toolbox_mask(root: str) -> Path | None:
     return mask if (toolbox / "cave_1024_28").is_dir() and mask.is_file() else None
 
 
+def toolbox_test_folder(root: str) -> Path | None:
+    """The MST toolbox's KAIST test folder (``TSA_simu_data`` holding ``Truth/``) that ``root`` is, or that lies
+    beside ``root`` = ``cave_1024_28`` (or in the ``datasets/`` folder holding it); None when there is none."""
+    path = Path(root)
+    toolbox = path.parent if path.name == "cave_1024_28" else path
+    for folder in (path, toolbox / "TSA_simu_data"):
+        if (folder / "Truth").is_dir() and (folder is path or (toolbox / "cave_1024_28").is_dir()):
+            return folder
+    return None
+
+
 def _refuse_toolbox_folder(path: Path) -> None:
     """The error for the toolbox's ``datasets/`` read as a plain folder of cubes (it holds none, only their folders)."""
     if not path.is_dir() or any(p.suffix.lower() in CUBE_SUFFIXES for p in path.iterdir()):

@@ -501,3 +501,21 @@ def test_toolbox_cubes_as_a_plain_folder_warn_that_the_layouts_mask_is_not_used(
         warnings.simplefilter("error")
         for kw in ({"mask": str(mask)}, {"source": "mst_simulation"}):
             CassiDataModule(root=str(cave), crop=16, val_scenes=1, batch_size=2, samples_per_epoch=4, **kw).check("fit")
+
+
+@pytest.mark.parametrize("where", ["TSA_simu_data", "cave_1024_28"])
+def test_test_with_the_toolbox_folders_as_a_plain_folder_warns_that_truth_is_not_scored(tmp_path, where):
+    """train.py test with a config that sets no source (auto: folder) and --data.root TSA_simu_data, or cave_1024_28
+    with TSA_simu_data/Truth beside it, scored the built-in synthetic scenes without a word; now a warning names the
+    Truth folder and --data.test_root. None with --data.test_root or the MST source."""
+    import warnings
+    root = mst_toolbox(tmp_path)
+    test = root / "TSA_simu_data"
+    plain = CassiDataModule(root=str(root / where), crop=16, mask_crop="none")
+    with pytest.warns(UserWarning, match=rf"test scores the 10 built-in synthetic scenes, not {test / 'Truth'}: "
+                                         rf"pass --data.test_root {test}"):
+        plain.check("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kw in ({"test_root": str(test)}, {"source": "mst_simulation", "root": str(root)}):
+            CassiDataModule(**{"root": str(root / where), "crop": 16, "mask_crop": "none", **kw}).check("test")
