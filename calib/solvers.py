@@ -38,6 +38,22 @@ def solver_names() -> list[str]:
     return [HELD_OUT, GAP_TV, *(name for name in list_models() if not name.endswith("_real"))]
 
 
+def mask_aware_network(name: str) -> str:
+    """What to use instead of the measurement-only network ``name``: "a mask-aware network (e.g. mst_s)" naming
+    ``name`` without ``_real`` only when that is a registered mask-aware network (a network of one's own is not
+    offered back as its own alternative)."""
+    from models.registry import create_model, get_entry, list_models
+
+    mask_aware = name.removesuffix("_real")
+    if mask_aware != name and mask_aware in list_models():
+        try:
+            if getattr(create_model(mask_aware, **get_entry(mask_aware).official_args), "mask_aware", True):
+                return f"a mask-aware network (e.g. {mask_aware})"
+        except ValueError:                                    # a build that fails is no suggestion
+            pass
+    return "a mask-aware network (one that takes the coded mask: README, 'Adding your own model')"
+
+
 def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     """Accelerated GAP-TV with the project's defaults."""
     def solve(y: Tensor, op: CassiOperator) -> Tensor:
@@ -63,8 +79,7 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
                         f"{err.args[0]}") from None
     if not getattr(create_model(name, **entry.official_args), "mask_aware", True):   # its defaults may not build
         raise UserError(f"solver {name} does not take the coded mask (a measurement-only network), so the "
-                        "operator cannot reach it; use a mask-aware network (e.g. "
-                        f"{name.removesuffix('_real')}) or gap_tv / heldout")
+                        f"operator cannot reach it; use {mask_aware_network(name)} or gap_tv / heldout")
     if checkpoint is None:
         raise UserError(f"solver {name} needs a checkpoint (--ckpt PATH: a .pth state dict, a train.py .ckpt or a "
                         "release folder)")

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from calib.solvers import check_network_inputs
+from calib.solvers import check_network_inputs, mask_aware_network
 from cassi import CassiOperator
 from cassi.errors import UserError
 from cassi.gap_tv import gap_tv
@@ -85,8 +85,7 @@ def check_uses_mask(method: Reconstructor, what: str) -> None:
     if not method.uses_mask:
         raise UserError(f"{what}: {method.name} does not take the coded mask (a measurement-only network; the "
                         "operator fixes only the band count and step), so a reconstruction through another operator "
-                        "would repeat the nominal one; use gap_tv or a mask-aware network (e.g. "
-                        f"{method.name.removesuffix('_real')})")
+                        f"would repeat the nominal one; use gap_tv or {mask_aware_network(method.name)}")
 
 
 def check_reconstructs(method: Reconstructor, mask: Tensor, bands: int, step: int) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import time
 
@@ -363,3 +364,30 @@ def test_status_is_ambiguous_when_the_held_out_criterion_prefers_another_point()
     close = Assessment("ok", [])
     solver_agreement(score, near, right, scales, close)
     assert close.status == "ok" and close.tests["heldout_optimum"]["distance_pixel_units"] == pytest.approx(0.05)
+
+
+@pytest.fixture
+def measurement_only_networks(monkeypatch):
+    """Two measurement-only networks of one's own (MST-S-Real inside): 'blindnet', and 'mine_real', whose name
+    without _real is registered by no one."""
+    from models import register_model, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._registered()))
+    for name in ("blindnet", "mine_real"):
+        register_model(name)(lambda **kwargs: create_model("mst_s_real", **kwargs))
+
+
+@pytest.mark.parametrize("name,suggested", [("blindnet", None), ("mine_real", None), ("mst_s_real", "mst_s")])
+def test_a_measurement_only_network_is_refused_suggesting_a_registered_mask_aware_one(measurement_only_networks,
+                                                                                       name, suggested):
+    """calibrate.py --solver and eval.py --operator / --scenarios refused a measurement-only network of one's own
+    (mask_aware = False) suggesting that same network: "use a mask-aware network (e.g. blindnet)"; the stripped name
+    is suggested only when it is a registered mask-aware network."""
+    from evaluation.reconstructors import check_uses_mask
+
+    hint = f"a mask-aware network (e.g. {suggested})" if suggested else "a mask-aware network (one that takes the coded"
+    with pytest.raises(UserError, match=rf"solver {name} does not take the coded mask.*; use {re.escape(hint)}"):
+        load_solver(name, None)
+    method = type("Blind", (), {"name": name, "uses_mask": False})()
+    with pytest.raises(UserError, match=rf"--operator: {name} does not take.*use gap_tv or {re.escape(hint)}"):
+        check_uses_mask(method, "--operator")
