@@ -10,6 +10,7 @@ before any calibration work.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -70,11 +71,15 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     network built with the registry's official arguments, a ``.ckpt`` or a release with the arguments they record).
     It must take the coded mask as an input."""
     from models.checkpoints import load_weights
-    from models.registry import create_model, get_entry
+    from models.registry import create_model, get_entry, list_models
 
     try:
         entry = get_entry(name)
     except KeyError as err:                         # it says how to register a network of one's own
+        close = difflib.get_close_matches(str(name), [HELD_OUT, GAP_TV, *list_models()], n=1)
+        if close and close[0] in (HELD_OUT, GAP_TV):   # the registry's message searches its networks only
+            raise UserError(f"unknown solver {name!r} (did you mean {close[0]}?); expected one of {HELD_OUT}, "
+                            f"{GAP_TV}, or a registered network: {', '.join(list_models())}") from None
         raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered network: "
                         f"{err.args[0]}") from None
     if not getattr(create_model(name, **entry.official_args), "mask_aware", True):   # its defaults may not build

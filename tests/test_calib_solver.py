@@ -49,6 +49,10 @@ def inputs(tmp_path_factory):
 
 BAD_SOLVERS = {
     "unknown": (["--solver", "mst_xl"], r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
+    "heldout misspelt": (["--solver", "heldot"], r"unknown solver 'heldot' \(did you mean heldout\?\); expected one "
+                         r"of heldout, gap_tv, or a registered network: bisrnet, "),
+    "gap_tv misspelt": (["--solver", "gaptv"], r"unknown solver 'gaptv' \(did you mean gap_tv\?\)"),
+    "a network misspelt": (["--solver", "mst_ss"], r"unknown solver 'mst_ss'; .*did you mean mst_s\?"),
     "a network of one's own not registered": (["--solver", "mynet"], r"unknown solver 'mynet'; expected one of heldout, "
                                               r"gap_tv, .*@register_model\('mynet'\) in a module named by the "
                                               r"environment variable CASSI_MODELS"),
