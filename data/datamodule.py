@@ -421,6 +421,9 @@ class CassiDataModule(pl.LightningDataModule):
             train_files, _ = self._held_out_split()
             self.training_mask()
             hp = self.hparams
+            if stage == "validate" and hp.val_scenes == 0:
+                raise ValueError("--data.val_scenes 0 holds out no scene: validate has none to score (fit trains "
+                                 "without validation with it)")
             beside = toolbox_mask(hp.root) if self.data().source == "folder" and hp.mask is None else None
             if beside is not None:
                 rank_zero_warn(f"--data.root {hp.root} holds the MST toolbox's cubes and the data source is 'folder' "
@@ -489,7 +492,10 @@ class CassiDataModule(pl.LightningDataModule):
         if not data.folders:
             return [], []
         files = data.files()
-        if not 0 < hp.val_scenes < len(files):
+        if hp.val_scenes < 0:
+            raise ValueError(f"--data.val_scenes {hp.val_scenes}: expected the number of cube files held out for "
+                             "validation (0: none, training without validation)")
+        if hp.val_scenes >= len(files):
             where = ", ".join(str(folder.path) for folder in data.folders)
             raise ValueError(f"{where}: {len(files)} cube file(s); cannot hold out {hp.val_scenes} of {len(files)} "
                              "scenes for validation and keep at least one for training (--data.val_scenes)")

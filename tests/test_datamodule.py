@@ -519,3 +519,20 @@ def test_test_with_the_toolbox_folders_as_a_plain_folder_warns_that_truth_is_not
         warnings.simplefilter("error")
         for kw in ({"test_root": str(test)}, {"source": "mst_simulation", "root": str(root)}):
             CassiDataModule(**{"root": str(root / where), "crop": 16, "mask_crop": "none", **kw}).check("test")
+
+
+def test_no_validation_scenes_train_on_every_cube_file(tmp_path):
+    """--data.val_scenes 0 with cube files trains without validation, as with synthetic scenes; it was refused as
+    "cannot hold out 0 of 3 scenes for validation and keep at least one for training". validate refuses it, and a
+    negative count or one that leaves no training file are refused naming the option."""
+    root = mst_toolbox(tmp_path)
+    kw = {"source": "mst_simulation", "root": str(root), "crop": 16, "batch_size": 2, "samples_per_epoch": 4}
+    dm = CassiDataModule(val_scenes=0, **kw)
+    dm.check("fit")
+    dm.setup("fit")
+    assert len(dm.train_files) == 3 and dm.val_files == [] and len(dm.val_set) == 0
+    for stage, val_scenes, said in (("validate", 0, r"--data.val_scenes 0 holds out no scene: validate has none"),
+                                    ("fit", -1, r"--data.val_scenes -1: expected the number of cube files held out"),
+                                    ("fit", 3, r"3 cube file\(s\); cannot hold out 3 of 3 scenes")):
+        with pytest.raises(ValueError, match=said):
+            CassiDataModule(val_scenes=val_scenes, **kw).check(stage)
