@@ -58,7 +58,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see R
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
@@ -76,7 +75,6 @@ if TYPE_CHECKING:
 # argument errors answer at once (README, "Start-up")
 
 COMMANDS = ("simulate", "calibrate", "demo")
-MARKER = "calibration.json"                  # the file every calibration output folder holds
 SUMMARY = "calibrations.json"                # ... and the top of a --separately folder (one entry per capture)
 INSTRUMENT_DEFAULTS = {"bands": 28, "step": 2}  # calibrate's --bands, --step unless the --meas .npz records them
 NO_PROGRESS = "no progress bars (they are shown only when stderr is a terminal)"
@@ -127,55 +125,6 @@ def simulate(args: argparse.Namespace) -> Path:
         read_noise=np.float64(args.read_noise), noise_seed=np.int64(args.seed))
     print(f"wrote {out}")
     return out
-
-
-class FiguresNotWritten(Exception):
-    """Figures of a calibration that could not be written; calibration.json (whose ``warnings`` say so) and
-    operator.npz were. ``files``: those written; ``failures``: one line per figure."""
-
-    def __init__(self, files: dict[str, Path], failures: list[str]) -> None:
-        super().__init__("; ".join(failures))
-        self.files, self.failures = files, failures
-
-
-def write_outputs(result, mask, bands: int, step: int, out: Path, warnings: list[str] = (),
-                  measurements: list[str] = (), mask_path: str | None = None) -> dict[str, Path]:
-    """calibration.json (with the ``measurements`` fitted and their ``warnings``, and the handed mask's file,
-    shape and sha256, which eval.py --calibration checks), operator.npz and the two figures of a calibration,
-    in the folder ``out`` (created). A figure that fails is left out and named in the warnings, the numbers are
-    still written, then :class:`FiguresNotWritten` is raised (its traceback printed on stderr)."""
-    from calib.handed_mask import model_frame
-    from calib.instrument import instrument_operator
-    from calib.plots import plot_landscape, plot_stages
-    from cassi import CassiOperator
-    from cassi.files import json_text, write_text
-    from cassi.operator_file import save_operator
-    from models.release import mask_sha256
-
-    files = {"json": out / MARKER, "operator": out / "operator.npz",
-             "landscape": out / "landscape.png", "stages": out / "stages.png"}
-    out.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for key, plot in (("landscape", plot_landscape), ("stages", plot_stages)):
-        try:
-            plot(result, files[key])
-        except Exception as err:        # a figure only shows the numbers: its failure must not discard them
-            traceback.print_exc()
-            failures.append(f"figure {files.pop(key).name} was not written: {type(err).__name__}: {one_line(err)}")
-    handed = {"path": None if mask_path is None else str(Path(mask_path).resolve()), "shape": list(mask.shape),
-              "sha256": mask_sha256(mask)}
-    write_text(files["json"], json_text({**result.to_dict(),
-                                         "measurements": [str(Path(p).resolve()) for p in measurements],
-                                         "mask": handed, "warnings": [*warnings, *failures]}))
-    oversample = tuple(result.settings.get("oversample", (1, 1)))
-    mask, estimate = model_frame(result, mask)          # the recovered code when the handed mask was resampled
-    phase = None if result.code is None else result.settings["handed_mask"]["phase"]
-    save_operator(files["operator"], instrument_operator(mask, bands, step, estimate, oversample,
-                                                         result.settings.get("mask_interpolation", "linear")),
-                  result.status, result.reasons, None if phase is None else (phase["fy"], phase["fx"]))
-    if failures:
-        raise FiguresNotWritten(files, failures)
-    return files
 
 
 def finish(folder: Path, failed: list[str], unwritten: list[str]) -> None:
@@ -420,6 +369,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     import torch
 
     from calib import calibrate
+    from calib.outputs import CALIBRATION_FILE, FiguresNotWritten, write_outputs
     from calib.solvers import GAP_TV, HELD_OUT, load_solver
     from calib.status import StatusSettings
     from cassi.checks import check_mask
@@ -439,7 +389,7 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
     stems = [Path(p).stem for p in args.meas]
     if args.separately and len(set(stems)) < len(stems):
         raise UserError(f"--separately writes DIR/<file stem>/ per capture; these share a stem: {' '.join(args.meas)}")
-    folder = OutputFolder(args.out, (MARKER, SUMMARY), args.force,     # a joint or a --separately output
+    folder = OutputFolder(args.out, (CALIBRATION_FILE, SUMMARY), args.force,     # a joint or a --separately output
                           inputs=(*args.meas, args.mask, args.ckpt))
     mask, mask_path, mask_source = read_mask(args, meas_files)
     check_mask(mask, mask_path)
@@ -498,6 +448,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from calib import calibrate
+    from calib.outputs import CALIBRATION_FILE, FiguresNotWritten, write_outputs
     from calib.solvers import gap_tv_solver
     from cassi import Mismatch
     from cassi.files import OutputFolder
@@ -507,7 +458,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from evaluation.scenarios import MODEL, UNDEFINED, FixedEstimate, ScenarioSetup, run_scenarios
 
     device = check_device(args.device)
-    folder = OutputFolder(args.out, MARKER, args.force)
+    folder = OutputFolder(args.out, CALIBRATION_FILE, args.force)
     rng = np.random.default_rng(args.seed)
     truth = Mismatch(dx=float(rng.uniform(-3, 3)), dy=float(rng.uniform(-3, 3)), theta=float(rng.uniform(-1, 1)),
                      a1=float(rng.uniform(1.95, 2.05)), alpha=float(rng.uniform(-1, 1)))

@@ -134,7 +134,8 @@ def test_a_resampled_code_is_calibrated_through_the_code_and_reported_for_the_ha
 
 
 def test_operator_npz_holds_the_code_and_the_estimate_in_its_frame(resampled_code, tmp_path):
-    from calibrate import summary, write_outputs
+    from calibrate import summary
+    from calib.outputs import write_outputs
     from cassi.operator_file import read_operator_file
 
     y, handed, result = resampled_code

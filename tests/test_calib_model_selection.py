@@ -80,7 +80,8 @@ def test_the_cubic_reading_is_handed_on(fractional, tmp_path):
     """What the calibration hands on is the model it calibrated: the solver check and operator.npz use the
     cubic reading, and load_instrument rebuilds it."""
     from calib.instrument import load_instrument
-    from calibrate import summary, write_outputs
+    from calibrate import summary
+    from calib.outputs import write_outputs
 
     assert fractional.checks["mask_interpolation"] == "cubic" and fractional.checks["oversample"] == [1, 1]
     assert "through the N=1, K=1 model (cubic mask reading)" in summary(fractional)

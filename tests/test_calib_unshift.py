@@ -114,7 +114,8 @@ def test_the_fractional_warp_is_un_shifted_and_recovered(unshifted):
 
 
 def test_operator_npz_holds_the_un_shifted_mask(unshifted, tmp_path):
-    from calibrate import summary, write_outputs
+    from calibrate import summary
+    from calib.outputs import write_outputs
     from cassi.operator_file import read_operator_file
 
     _, handed, result = unshifted

@@ -1011,7 +1011,7 @@ def test_a_handed_mask_read_as_a_resampled_code_is_reconstructed_through_the_cod
     --operator refused that operator.npz as "not the evaluation mask" (it holds the code, and now its phase)."""
     from calib.instrument import instrument_operator
     from calib.result import CalibrationResult
-    from calibrate import write_outputs
+    from calib.outputs import write_outputs
     from cassi.errors import UserError
     from cassi.operator_file import read_operator_file
     from cassi.simulator import simulate_measurement
