@@ -140,7 +140,7 @@ def test_summary_is_printed_before_a_file_write_fails(files, tmp_path, capsys, m
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cassi.operator_file.save_operator", full_disk)   # calibrate.py imports it when writing
+    monkeypatch.setattr("calib.outputs.save_operator", full_disk)         # what calibrate.py writes with
     with pytest.raises(OSError, match="No space"):
         cal("--meas", files / "y.npz", "--mask", files / "mask.mat", "--model-oversample", 1, 1, "--no-progress",
             "--out", tmp_path / "out")
