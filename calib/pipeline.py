@@ -43,7 +43,7 @@ from calib.result import SOLVER_STAGE, CalibrationResult, StageClock, StageRecor
 from calib.score import ScoreSettings
 from calib.search import Evaluations, SearchSettings, polish_stage
 from calib.solver_score import SolverScoreSettings, inner_solver
-from calib.solvers import GAP_TV, HELD_OUT, Solver, gap_tv_solver, network_solver, residual
+from calib.solvers import GAP_TV, HELD_OUT, Solver, check_solver_name, gap_tv_solver, network_solver, residual
 from calib.status import StatusSettings, assess, solver_agreement
 from calib.unshift import try_unshift
 from cassi.checks import check_mask, check_measurement
@@ -155,6 +155,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         mask, ranges = (handed.code.to(device) if handed.detected else mask), handed.code_ranges(ranges)
     scales = pixel_scales(*mask.shape, bands, step)
     with clock.stage("0 solver load"):
+        check_solver_name(solver)                # a misspelt name is said as such, not as a joint-fit refusal
         if solver != HELD_OUT and y.shape[0] > 1:
             raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
                             f"with the held-out criterion only (--solver {HELD_OUT})")

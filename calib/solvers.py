@@ -63,6 +63,24 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
     return solve
 
 
+def check_solver_name(name: str) -> None:
+    """A :class:`cassi.errors.UserError` unless ``name`` is ``heldout``, ``gap_tv`` or a registered network: the
+    closest of them when one is close, else the registry's message (how to register a network of one's own)."""
+    from models.registry import get_entry, list_models
+
+    if name in (HELD_OUT, GAP_TV):
+        return
+    try:
+        get_entry(name)
+    except KeyError as err:                         # it says how to register a network of one's own
+        close = difflib.get_close_matches(str(name), [HELD_OUT, GAP_TV, *list_models()], n=1)
+        if close and close[0] in (HELD_OUT, GAP_TV):   # the registry's message searches its networks only
+            raise UserError(f"unknown solver {name!r} (did you mean {close[0]}?); expected one of {HELD_OUT}, "
+                            f"{GAP_TV}, or a registered network: {', '.join(list_models())}") from None
+        raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered network: "
+                        f"{err.args[0]}") from None
+
+
 def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> LoadedModel:
     """The registered network ``name`` with what its weights record (:class:`models.checkpoints.LoadedModel`: the
     coded aperture they come with, their source), its network frozen (eval mode, no parameter gradients, on
@@ -71,17 +89,10 @@ def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.de
     network built with the registry's official arguments, a ``.ckpt`` or a release with the arguments they record).
     It must take the coded mask as an input."""
     from models.checkpoints import load_weights
-    from models.registry import create_model, get_entry, list_models
+    from models.registry import create_model, get_entry
 
-    try:
-        entry = get_entry(name)
-    except KeyError as err:                         # it says how to register a network of one's own
-        close = difflib.get_close_matches(str(name), [HELD_OUT, GAP_TV, *list_models()], n=1)
-        if close and close[0] in (HELD_OUT, GAP_TV):   # the registry's message searches its networks only
-            raise UserError(f"unknown solver {name!r} (did you mean {close[0]}?); expected one of {HELD_OUT}, "
-                            f"{GAP_TV}, or a registered network: {', '.join(list_models())}") from None
-        raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered network: "
-                        f"{err.args[0]}") from None
+    check_solver_name(name)
+    entry = get_entry(name)
     if not getattr(create_model(name, **entry.official_args), "mask_aware", True):   # its defaults may not build
         raise UserError(f"solver {name} does not take the coded mask (a measurement-only network), so the "
                         f"operator cannot reach it; use {mask_aware_network(name)} or gap_tv / heldout")

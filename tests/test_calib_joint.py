@@ -104,6 +104,15 @@ def test_a_solver_other_than_heldout_refuses_several_captures(captures):
         calibrate_captures(ys, mask, solver="gap_tv", progress=False)
 
 
+def test_a_misspelt_solver_with_several_captures_is_said_as_misspelt(captures):
+    """Was: '--solver heldot calibrates from one capture; ... jointly with the held-out criterion only', the joint
+    refusal for a name that is no solver at all."""
+    ys = torch.stack([torch.as_tensor(np.load(captures / f"{name}.npz")["y"]) for name in "ab"])
+    mask = torch.as_tensor(np.load(captures / "mask.npy"))
+    with pytest.raises(UserError, match=r"unknown solver 'heldot' \(did you mean heldout\?\)"):
+        calibrate_captures(ys, mask, solver="heldot", progress=False)
+
+
 def test_a_network_solver_with_several_joint_captures_is_refused_without_loading_it(captures, tmp_path, capsys,
                                                                                     monkeypatch):
     """calibrate.py --meas a b --solver NET (no --separately) is refused as the library refuses it, before the weights
