@@ -16,7 +16,7 @@ from cassi.errors import UserError, one_line
 from cassi.progress import fit_progress
 from models.loading import WeightsMismatch, load_state_dict_checked, load_toolbox_checkpoint
 from models.registry import create_model, get_entry
-from models.release import mask_sha256, open_release, same_mask, state_dict_sha256
+from models.release import mask_identity, open_release, same_mask, state_dict_sha256
 
 
 @dataclass
@@ -66,8 +66,7 @@ def other_mask_warning(released: torch.Tensor | None, mask: torch.Tensor, used: 
     coded aperture the weights come with; None when it is, or when ``released`` is None."""
     if released is None or same_mask(released, mask):
         return None
-    return (f"{used} (shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...) is not the mask released "
-            f"with the network (shape {tuple(released.shape)}, sha256 {mask_sha256(released)[:12]}...)")
+    return f"{used} ({mask_identity(mask)}) is not the mask released with the network ({mask_identity(released)})"
 
 
 def _torch_load(path: Path) -> Any:

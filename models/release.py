@@ -84,6 +84,11 @@ def mask_sha256(mask: np.ndarray | torch.Tensor) -> str:
     return hashlib.sha256(np.ascontiguousarray(mask, dtype="<f4").tobytes()).hexdigest()
 
 
+def mask_identity(mask: np.ndarray | torch.Tensor) -> str:
+    """How messages name a mask: "shape (H, W), sha256 <first 12 hex digits>..." (:func:`mask_sha256`)."""
+    return f"shape {tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}..."
+
+
 def same_mask(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> bool:
     """Whether two masks are the same: the same shape and the same values (:func:`mask_sha256`)."""
     return tuple(a.shape) == tuple(b.shape) and mask_sha256(a) == mask_sha256(b)

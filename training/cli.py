@@ -64,7 +64,7 @@ from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.checkpoints import lightning_training_mask, other_mask_warning
 from models.registry import forward_inputs, probe_measurement
-from models.release import mask_sha256, same_mask
+from models.release import mask_identity, same_mask
 from training.acceleration import check_accelerator
 from training.callbacks import (DEFAULT_ROOT, PredictionWriter, RunCheckpoint, RunConfig, RunSummary,
                                 ValidationPreviews, WandbRunId, checkpoint_run_id, kaist_test_text)
@@ -561,10 +561,9 @@ def check_operator_mask(module: CassiModule, datamodule: CassiDataModule) -> Non
     operator = module.hparams.operator
     source, seed = datamodule.data().mask, datamodule.hparams.seed
     given = f"the file {source}" if source is not None else f"the random one of --data.seed {seed} (no --data.mask)"
-    raise UserError(f"--model.operator {operator} records the instrument's mask (shape {tuple(expected.shape)}, "
-                    f"sha256 {mask_sha256(expected)[:12]}...), but the data's mask is {given} (shape "
-                    f"{tuple(mask.shape)}, sha256 {mask_sha256(mask)[:12]}...): the calibrated instrument would be "
-                    f"simulated with a code it does not have; pass --data.mask {operator} (its mask)")
+    raise UserError(f"--model.operator {operator} records the instrument's mask ({mask_identity(expected)}), but the "
+                    f"data's mask is {given} ({mask_identity(mask)}): the calibrated instrument would be simulated "
+                    f"with a code it does not have; pass --data.mask {operator} (its mask)")
 
 
 def unused_operator_note(stage: str, operator: str) -> str:
