@@ -24,8 +24,10 @@ def format_cell(key: str, value: Any) -> str:
 
 
 def result_row(name: str, pred: Tensor, target: Tensor, seconds: float) -> dict[str, Any]:
-    """One row of the table: name, the four metrics, seconds."""
-    return {"name": name, **kaist_metrics(pred, target), "seconds": seconds}
+    """One row of the table: name, the four metrics of ``pred`` against ``target`` (L, H, W), seconds."""
+    # eval.py and train.py hand band-first cubes (a network's (B, L, H, W) output, a dataset's (L, H, W) scene):
+    # stating L lets a scene narrower than its band count through kaist_metrics' (H, W, L) refusal
+    return {"name": name, **kaist_metrics(pred, target, bands=target.shape[0]), "seconds": seconds}
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -131,15 +131,27 @@ KAIST_METRICS = ("psnr", "ssim", "sam", "ergas")
 LOWER_IS_BETTER = frozenset({"sam", "ergas"})   # of KAIST_METRICS: errors; PSNR and SSIM are higher-better
 
 
-def kaist_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
+def kaist_metrics(pred: Tensor, target: Tensor, *, bands: int | None = None) -> dict[str, float]:
     """The KAIST table's numbers for one reconstruction ``pred`` against ``target``, both (L, H, W):
     PSNR and SSIM of the protocol (``kaist_psnr``, ``kaist_ssim``), SAM (degrees) and ERGAS of the same
-    8-bit cubes (what ``quality_assessment.m`` receives). ``eval.py kaist`` and ``train.py test`` both use it."""
+    8-bit cubes (what ``quality_assessment.m`` receives). ``eval.py kaist`` and ``train.py test`` both use it.
+
+    The band axis is the first. A cube whose last axis is shorter than the other two looks like (H, W, L) and is
+    refused (its numbers would be those of H bands of W x L images); ``bands`` (L) states the layout instead:
+    ``pred.shape[0]`` must equal it, which lets through an (L, H, W) cube narrower than its band count."""
     check_tensor("pred", pred, "(L, H, W)")
     check_tensor("target", target, "(L, H, W)")
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"prediction {tuple(pred.shape)} and ground truth {tuple(target.shape)} must both "
                          "be (L, H, W) of the same shape")
+    shape = tuple(pred.shape)
+    if bands is not None and shape[0] != bands:
+        raise ValueError(f"prediction and ground truth are {shape}, not (L, H, W) with L = bands = {bands}"
+                         + (" (an (H, W, L) cube? permute both, x.permute(2, 0, 1))" if shape[2] == bands else ""))
+    if bands is None and shape[2] < min(shape[:2]):
+        raise ValueError(f"prediction and ground truth are {shape}: kaist_metrics takes (L, H, W) cubes, and a last "
+                         "axis shorter than the other two is the band axis of an (H, W, L) cube: permute both, "
+                         "x.permute(2, 0, 1) (an (L, H, W) cube narrower than its band count: pass bands=L)")
     pred, target = pred[None], target[None]
     pred8, target8 = quantize_8bit(pred), quantize_8bit(target)
     return {"psnr": float(kaist_psnr(pred, target)[0]), "ssim": float(kaist_ssim(pred, target)[0]),

@@ -7,8 +7,8 @@ from skimage.metrics import structural_similarity
 from torchmetrics.functional.image import peak_signal_noise_ratio as tm_psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-from cassi.metrics import (ReconstructionMetrics, ergas, kaist_psnr, kaist_ssim, psnr, quantize_8bit, sam,
-                           ssim)
+from cassi.metrics import (ReconstructionMetrics, ergas, kaist_metrics, kaist_psnr, kaist_ssim, psnr, quantize_8bit,
+                           sam, ssim)
 
 
 def _pair(b=2, bands=4, h=32, w=28, noise=0.05, seed=0):
@@ -129,6 +129,22 @@ def test_shape_errors():
         psnr(torch.zeros(2, 4, 32, 28), torch.zeros(2, 4, 32, 27))
     with pytest.raises(ValueError, match="at least 11 x 11"):
         ssim(torch.zeros(1, 2, 10, 30), torch.zeros(1, 2, 10, 30))
+
+
+def test_kaist_metrics_refuses_an_h_w_l_cube_unless_bands_states_the_layout():
+    """torch.from_numpy of a numpy (H, W, L) cube was scored as H bands of W x L images, without a word."""
+    pred, target = (t[0] for t in _pair(b=1, bands=28, h=32, w=36))        # (L, H, W) = (28, 32, 36)
+    assert kaist_metrics(pred, target, bands=28) == kaist_metrics(pred, target)
+    hwl = pred.permute(1, 2, 0), target.permute(1, 2, 0)                    # (32, 36, 28)
+    with pytest.raises(ValueError, match=r"are \(32, 36, 28\): kaist_metrics takes \(L, H, W\) cubes, .*"
+                                         r"\(H, W, L\) cube: permute both, x\.permute\(2, 0, 1\)"):
+        kaist_metrics(*hwl)
+    with pytest.raises(ValueError, match=r"not \(L, H, W\) with L = bands = 28 \(an \(H, W, L\) cube\? permute both"):
+        kaist_metrics(*hwl, bands=28)
+    narrow = pred[..., :20], target[..., :20]                               # (28, 32, 20): narrower than L
+    with pytest.raises(ValueError, match=r"narrower than its band count: pass bands=L"):
+        kaist_metrics(*narrow)
+    assert kaist_metrics(*narrow, bands=28)["psnr"] > 20
 
 
 def test_reconstruction_metrics_accumulates_and_merges_like_ddp():
