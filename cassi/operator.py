@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,6 +54,14 @@ def check_tensor(name: str, value: object, shape: str) -> None:
                            if kind.__module__ == "numpy" else ""))
 
 
+def mask_tensor(mask: Tensor | np.ndarray) -> Tensor:
+    """A coded mask as a floating-point tensor: a tensor as it is, a numpy array converted (sharing its memory where
+    it can); integer or boolean data as float32. :class:`CassiOperator` and :func:`cassi.simulator.simulate_measurement`
+    both take their mask through it."""
+    mask = mask if isinstance(mask, Tensor) else torch.as_tensor(mask)
+    return mask if mask.is_floating_point() else mask.float()
+
+
 def check_finite(name: str, tensor: Tensor) -> None:
     """Raise a ValueError naming ``name`` if ``tensor`` holds NaN or Inf."""
     if not torch.isfinite(tensor).all():
@@ -72,15 +81,12 @@ class CassiOperator(nn.Module):
         dispersion: ``"linear"`` (bilinear sub-pixel offsets) or ``"integer"`` (rounded, straight-through).
     """
 
-    def __init__(self, mask: Tensor, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
+    def __init__(self, mask: Tensor | np.ndarray, bands: int = 28, step: int = 2, mismatch: Mismatch | None = None,
                  dispersion: Literal["linear", "integer"] = "linear") -> None:
         super().__init__()
-        if not isinstance(mask, Tensor):
-            mask = torch.as_tensor(mask)
+        mask = mask_tensor(mask)
         if mask.dim() not in (2, 3) or min(mask.shape[-2:]) < 1:
             raise ValueError(f"mask must be (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
-        if not mask.is_floating_point():
-            mask = mask.float()
         check_finite("mask", mask)
         if bands < 1 or step < 0:
             raise ValueError(f"need bands >= 1 and step >= 0, got bands={bands}, step={step}")

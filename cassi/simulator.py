@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cassi.mismatch import Mismatch, dispersion_offsets
-from cassi.operator import CassiOperator, check_finite, check_tensor
+from cassi.operator import CassiOperator, check_finite, check_tensor, mask_tensor
 from cassi.translate import bilinear_terms, place
 from cassi.warp import warp_mask
 
@@ -38,17 +38,18 @@ def interpolate_spectra(cube: Tensor, samples_per_band: int) -> Tensor:
 
 
 @torch.no_grad()
-def simulate_measurement(cube: Tensor, mask: Tensor, mismatch: Mismatch | None = None, step: int = 2,
+def simulate_measurement(cube: Tensor, mask: Tensor | np.ndarray, mismatch: Mismatch | None = None, step: int = 2,
                          spatial: int = 1, spectral: int = 1) -> Tensor:
     """Measurement (B, H, W + step*(L-1)) of ``cube`` (B, L, H, W) through the true instrument.
 
-    ``mask`` (H, W); ``mismatch`` defaults to the nominal instrument (a1 = step); ``spatial`` = N,
-    ``spectral`` = K oversampling factors. Computed in float64, returned in the cube's dtype.
+    ``mask`` (H, W), a tensor or numpy array (:func:`cassi.operator.mask_tensor`, as the operator takes it);
+    ``mismatch`` defaults to the nominal instrument (a1 = step); ``spatial`` = N, ``spectral`` = K oversampling
+    factors. Computed in float64, returned in the cube's dtype.
     """
     check_tensor("cube", cube, "(B, L, H, W)")
-    check_tensor("mask", mask, "(H, W)")
     if cube.dim() != 4:
         raise ValueError(f"cube must be (B, L, H, W), got shape {tuple(cube.shape)}")
+    mask = mask_tensor(mask)
     if mask.dim() != 2 or tuple(mask.shape) != tuple(cube.shape[-2:]):
         raise ValueError(f"mask must be (H, W) = {tuple(cube.shape[-2:])}, got shape {tuple(mask.shape)}")
     if spatial < 1 or spectral < 1:

@@ -32,6 +32,17 @@ def test_numpy_inputs_are_refused_naming_the_tensor_to_pass(op):
         print(name, "refused")
 
 
+def test_simulate_measurement_takes_a_numpy_mask_as_the_operator_does():
+    """CassiOperator took a numpy mask, simulate_measurement refused the same array with a TypeError."""
+    mask = np.random.default_rng(0).random((8, 6)) > 0.5                    # boolean numpy, as a file may hold
+    cube = torch.rand(1, 4, 8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = CassiOperator(mask, bands=4, step=2)(cube)
+    assert torch.equal(simulate_measurement(cube, mask), expected)
+    assert torch.equal(simulate_measurement(cube, torch.from_numpy(mask).double()), expected)
+    oversampled = simulate_measurement(cube, mask, spatial=2, spectral=2)
+    assert torch.equal(oversampled, simulate_measurement(cube, torch.from_numpy(mask).float(), spatial=2, spectral=2))
+
+
 def test_cube_shape_errors_say_how_to_fix_the_axes(op):
     cube = torch.zeros(4, 8, 6)
     with pytest.raises(ValueError, match=r"got shape \(4, 8, 6\) \(add a batch dimension: x\[None\]\)"):
