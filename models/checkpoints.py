@@ -198,15 +198,12 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
                        training=lightning_training(raw))
 
 
-def lightning_training_mask(path: str | Path) -> torch.Tensor | None:
-    """The coded aperture (H, W) a ``train.py`` ``.ckpt`` was trained with, rebuilt from its datamodule
-    hyper-parameters as :func:`load_lightning_checkpoint` does, without building the network; None when the
-    checkpoint records none or it cannot be rebuilt (its mask file has moved)."""
-    path = Path(path)
-    raw = _torch_load(path)
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: not a Lightning checkpoint (a {type(raw).__name__}, not a mapping)")
-    return _lightning_mask(raw, path)[0]
+def lightning_training_mask(checkpoint: Mapping[str, Any], path: str | Path) -> torch.Tensor | None:
+    """The coded aperture (H, W) a ``train.py`` ``.ckpt`` was trained with, rebuilt from the datamodule
+    hyper-parameters of ``checkpoint`` (the file ``path``, already loaded: memory-mapped will do) as
+    :func:`load_lightning_checkpoint` does, without building the network; None when the checkpoint records none or
+    it cannot be rebuilt (its mask file has moved)."""
+    return _lightning_mask(checkpoint, Path(path))[0]
 
 
 def load_toolbox(path: str | Path, name: str) -> LoadedModel:

@@ -92,6 +92,24 @@ def test_command_line_model_options_are_compared_not_replaced(mst_run, tmp_path,
     assert init["model_name"] == "mst_s" and init["loss"] == "l1"
 
 
+def test_test_and_predict_read_the_checkpoint_once_for_the_mask_warning(mst_run, tmp_path, monkeypatch):
+    """Was: train.py test / predict read --ckpt_path three times: memory-mapped for the checks, then whole for the
+    test-mask warning (only for its training mask) and whole again for Lightning's load. The warning now rebuilds the
+    mask from the checkpoint the checks mapped: one whole read, Lightning's."""
+    last = mst_run[0] / "checkpoints" / "last.ckpt"
+    loads, load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        if str(getattr(f, "path", f)) == str(last):        # Lightning opens the file (fsspec) and passes it
+            loads.append("mapped" if kwargs.get("mmap") else "whole")
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    for stage, extra in (("test", []), ("predict", ["--predictions.path", str(tmp_path / "pred.npz")])):
+        loads.clear()
+        run(stage, MST, tmp_path / stage, *TEST, "--ckpt_path", str(last), *extra)
+        assert loads == ["mapped", "whole"], (stage, loads)
+
 def test_test_prints_the_kaist_table_alone_unless_verbose(mst_run, tmp_path, capsys):
     """Was: Lightning's table of every logged value (~40 lines: each scene's metric) came before the KAIST table."""
     last = mst_run[0] / "checkpoints" / "last.ckpt"
@@ -144,9 +162,10 @@ def test_the_test_mask_warning_reads_the_checkpoints_mask_without_building_the_n
         raise AssertionError("the network was built")
 
     monkeypatch.setattr(models.checkpoints, "create_model", no_network)
-    assert torch.equal(models.checkpoints.lightning_training_mask(path), trained)
-    assert checkpoint_mask_note("test", path, other) == f"train.py test: warning: {expected}"
-    assert checkpoint_mask_note("predict", path, trained) is None
+    raw = torch.load(path, weights_only=True, mmap=True)
+    assert torch.equal(models.checkpoints.lightning_training_mask(raw, path), trained)
+    assert checkpoint_mask_note("test", path, raw, other) == f"train.py test: warning: {expected}"
+    assert checkpoint_mask_note("predict", path, raw, trained) is None
 
 
 def test_fit_refuses_to_resume_a_run_of_another_model_or_settings(mst_run, tmp_path, capsys, monkeypatch):

@@ -574,12 +574,13 @@ def unused_operator_note(stage: str, operator: str) -> str:
             f"{operator} reconstructs through that instrument")
 
 
-def checkpoint_mask_note(stage: str, path: Path, mask: torch.Tensor) -> str | None:
-    """``train.py test`` / ``predict``'s warning when the test mask ``mask`` is not the mask the checkpoint ``path``
-    was trained with, in the words of ``eval.py kaist`` (:func:`models.checkpoints.other_mask_warning`); None when
-    it is, or when the checkpoint's training mask cannot be rebuilt (its mask file has moved). The network is not
-    built (:func:`models.checkpoints.lightning_training_mask`)."""
-    note = other_mask_warning(lightning_training_mask(path), mask, "the test mask")
+def checkpoint_mask_note(stage: str, path: Path, checkpoint: Mapping[str, Any], mask: torch.Tensor) -> str | None:
+    """``train.py test`` / ``predict``'s warning when the test mask ``mask`` (H, W) is not the mask the checkpoint
+    ``path`` (loaded: ``checkpoint``, memory-mapped by the checks) was trained with, in the words of ``eval.py kaist``
+    (:func:`models.checkpoints.other_mask_warning`); None when it is, or when the checkpoint's training mask cannot be
+    rebuilt (its mask file has moved). Neither the file is read again nor the network built
+    (:func:`models.checkpoints.lightning_training_mask`)."""
+    note = other_mask_warning(lightning_training_mask(checkpoint, path), mask, "the test mask")
     return f"train.py {stage}: warning: {note}" if note else None
 
 
@@ -696,6 +697,8 @@ class CassiCLI(LightningCLI):
     """LightningCLI that fills run-folder defaults, checks inputs before any work and adds the project's
     callbacks."""
 
+    checked_checkpoint: tuple[Path, Mapping[str, Any]] | None = None   # --ckpt_path's file as checked, memory-mapped
+
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
                      subparser_kwargs: dict[str, Any]) -> None:
         """Also: ``test`` prints the project's KAIST table alone; ``--verbose true`` adds Lightning's list of every
@@ -789,6 +792,7 @@ class CassiCLI(LightningCLI):
         if not isinstance(checkpoint, Mapping):
             return
         check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"), slurm)
+        self.checked_checkpoint = (path, checkpoint)
         if self.subcommand == "fit":
             warn_missing_loader_position(path, checkpoint, slurm)
 
@@ -828,8 +832,8 @@ class CassiCLI(LightningCLI):
             if stage in ("test", "predict"):
                 check_input_sizes(self.model, protocol_sizes(self.datamodule))
                 check_forward_inputs(self.model, protocol_sizes(self.datamodule))
-                checkpoint = self._checkpoint_file()
-                note = checkpoint_mask_note(stage, checkpoint, self.datamodule.test_mask) if checkpoint else None
+                checked = self.checked_checkpoint            # the --ckpt_path file Lightning loads
+                note = checkpoint_mask_note(stage, *checked, self.datamodule.test_mask) if checked else None
                 if note:
                     print(note, file=sys.stderr)
         if stage in ("test", "predict") and self.model.hparams.get("operator"):
@@ -840,16 +844,6 @@ class CassiCLI(LightningCLI):
         self.trainer.callbacks.append(MarkRunErrors())
         if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-
-    def _checkpoint_file(self) -> Path | None:
-        """The local file ``--ckpt_path`` loads (``last`` looked up in the checkpoint folder; ``best`` and ``hpc``
-        were replaced by theirs when checked), else None (no ``--ckpt_path``, a remote file, the registry)."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path or "://" in str(ckpt_path):
-            return None
-        path = resolve_checkpoint(str(ckpt_path), config.checkpoint.dirpath)
-        return path if path is not None and path.is_file() else None
 
     def before_fit(self) -> None:
         self.check_before_run("fit")
