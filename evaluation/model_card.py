@@ -116,15 +116,13 @@ def _loss(hp: dict[str, Any]) -> str:
 
 def _operator_file_line(record: dict[str, Any]) -> str:
     """The instrument a checkpoint trained through (``training["operator_file"]``), identified by what it is rather
-    than by the local path it was read from."""
+    than by the local path it was read from (its calibration's status has a line of its own)."""
     model, mask, phase = record["forward_model"], record["mask"], record.get("code_phase")
     frame = f"; in the frame of a code recovered at phase fy {phase['fy']:g}, fx {phase['fx']:g} px" if phase else ""
-    status = (record.get("calibration") or {}).get("status", "not recorded")
     return (f"- trained through the calibrated instrument of operator file sha256 `{record['sha256']}`: estimate "
             f"{Mismatch.from_dict(record['estimate']).text()} (dx, dy px; theta, alpha deg; a1 px/band{frame}), "
             f"forward model N={model['spatial']}, K={model['spectral']} ({model['mask_interpolation']} mask reading, "
-            f"{model['dispersion']} dispersion), mask {mask['shape'][0]}x{mask['shape'][1]} sha256 `{mask['sha256']}`;"
-            f" calibration status {status}")
+            f"{model['dispersion']} dispersion), mask {mask['shape'][0]}x{mask['shape'][1]} sha256 `{mask['sha256']}`")
 
 
 def _training_lines(training: dict[str, Any] | None) -> list[str]:

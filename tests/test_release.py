@@ -374,7 +374,8 @@ def test_a_release_records_its_model_name_and_a_toolbox_pth_does_not(release, tm
 
 def test_card_of_a_checkpoint_trained_through_an_operator_file_identifies_the_instrument(tmp_path):
     """Was: 'instrument: operator /tmp/.../operator.npz', a local path; now the file's sha256, the estimate, the
-    forward model and the mask it records."""
+    forward model and the mask it records. The calibration's status is stated once (the operator file's line repeated
+    it: '; calibration status ok')."""
     from calib.instrument import InstrumentOperator
     from cassi import Mismatch
     from cassi.operator_file import save_operator
@@ -394,4 +395,4 @@ def test_card_of_a_checkpoint_trained_through_an_operator_file_identifies_the_in
     assert (f"- trained through the calibrated instrument of operator file sha256 `{file_sha256(operator)}`: estimate "
             "dx=0.4000, dy=-0.2000, theta=0.1000, a1=2.0100, alpha=0.3000 (dx, dy px; theta, alpha deg; a1 px/band), "
             "forward model N=2, K=1 (linear mask reading, linear dispersion), mask 32x32 sha256 ") in card
-    assert card.count("calibration status ok") == 1
+    assert card.count("calibration status") == 1 and "\n- calibration status of the operator: ok\n" in card  # was twice
