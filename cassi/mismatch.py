@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import torch
@@ -11,18 +11,26 @@ from torch import Tensor
 PARAMETER_UNITS = {"dx": "px", "dy": "px", "theta": "deg", "a1": "px/band", "alpha": "deg"}
 
 
+class _DefaultA1(float):
+    """The a1 of a :class:`Mismatch` that was not given one: 2.0, the toolbox's step, marked so that
+    :meth:`Mismatch.for_step` tells it from an a1 given as 2.0."""
+
+    __slots__ = ()
+
+
 @dataclass
 class Mismatch:
     """Mask shift ``dx`` (px, right), ``dy`` (px, down), rotation ``theta`` (deg, counter-clockwise),
-    dispersion slope ``a1`` (px per band; the nominal value equals the operator's step; the default 2 is the
-    toolbox's step, so an operator of another step needs a1 given) and
+    dispersion slope ``a1`` (px per band; the nominal value equals the operator's step) and
     dispersion-axis angle ``alpha`` (deg). Fields are floats or 0-d tensors (which may require grad).
+    An ``a1`` left out reads 2.0 (the toolbox's step); :class:`cassi.CassiOperator` and
+    :func:`cassi.simulator.simulate_measurement` replace it by their ``step`` (:meth:`for_step`).
     """
 
     dx: float | Tensor = 0.0
     dy: float | Tensor = 0.0
     theta: float | Tensor = 0.0
-    a1: float | Tensor = 2.0
+    a1: float | Tensor = _DefaultA1(2.0)
     alpha: float | Tensor = 0.0
 
     @classmethod
@@ -33,6 +41,13 @@ class Mismatch:
             raise ValueError(f"unknown mismatch parameter(s) {sorted(unknown)}; "
                              f"expected {sorted(PARAMETER_UNITS)}")
         return cls(**{name: _number(name, value) for name, value in values.items()})
+
+    def for_step(self, step: float) -> "Mismatch":
+        """This mismatch as an instrument of nominal dispersion ``step`` (px/band) uses it: an ``a1`` left out
+        becomes ``step``, the nominal slope; an ``a1`` given (2.0 included) is kept. ``self`` when nothing changes."""
+        if isinstance(self.a1, _DefaultA1) and float(step) != float(self.a1):
+            return replace(self, a1=float(step))
+        return self
 
     def to_dict(self) -> dict[str, float]:
         """Plain floats, for JSON."""

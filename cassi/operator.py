@@ -77,7 +77,7 @@ class CassiOperator(nn.Module):
         bands: number of spectral bands L.
         step: nominal dispersion in pixels per band (the toolbox's 2).
         mismatch: warp and dispersion parameters; ``None`` is the nominal instrument (a1 = step). A
-            :class:`Mismatch` left without ``a1`` has a1 = 2, whatever ``step`` is: with another step, give a1.
+            :class:`Mismatch` left without ``a1`` gets a1 = ``step`` (:meth:`Mismatch.for_step`).
         dispersion: ``"linear"`` (bilinear sub-pixel offsets) or ``"integer"`` (rounded, straight-through).
     """
 
@@ -95,7 +95,7 @@ class CassiOperator(nn.Module):
         # row-major: a MATLAB (column-major) mask made every band's multiply a strided gather
         self.register_buffer("mask", (mask if mask.dim() == 3 else mask.unsqueeze(0)).contiguous())
         self.bands, self.step, self.dispersion = bands, step, dispersion
-        self.mismatch = mismatch if mismatch is not None else Mismatch(a1=float(step))
+        self.mismatch = (mismatch if mismatch is not None else Mismatch()).for_step(step)
         if not self.mismatch.requires_grad():
             self.mismatch.check_finite()
         self._terms: list[list[Term]] | None = None

@@ -43,8 +43,8 @@ def simulate_measurement(cube: Tensor, mask: Tensor | np.ndarray, mismatch: Mism
     """Measurement (B, H, W + step*(L-1)) of ``cube`` (B, L, H, W) through the true instrument.
 
     ``mask`` (H, W), a tensor or numpy array (:func:`cassi.operator.mask_tensor`, as the operator takes it);
-    ``mismatch`` defaults to the nominal instrument (a1 = step); ``spatial`` = N, ``spectral`` = K oversampling
-    factors. Computed in float64, returned in the cube's dtype.
+    ``mismatch`` defaults to the nominal instrument (a1 = step; one left without a1 gets a1 = step); ``spatial``
+    = N, ``spectral`` = K oversampling factors. Computed in float64, returned in the cube's dtype.
     """
     check_tensor("cube", cube, "(B, L, H, W)")
     if cube.dim() != 4:
@@ -56,7 +56,7 @@ def simulate_measurement(cube: Tensor, mask: Tensor | np.ndarray, mismatch: Mism
         raise ValueError(f"oversampling factors must be >= 1, got N={spatial}, K={spectral}")
     check_finite("cube", cube)
     check_finite("mask", mask)
-    mismatch = mismatch if mismatch is not None else Mismatch(a1=float(step))
+    mismatch = (mismatch if mismatch is not None else Mismatch()).for_step(step)
     mismatch.check_finite()
     if spatial == 1 and spectral == 1:
         op = CassiOperator(mask.double(), cube.shape[1], step, mismatch)

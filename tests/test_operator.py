@@ -122,6 +122,28 @@ def test_dispersion_offsets_follow_a1_and_alpha():
     assert float(y[3]) == pytest.approx(0.35) and float(y[4]) == pytest.approx(0.65)
 
 
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_mismatch_left_without_a1_disperses_at_the_operators_step(step):
+    """CassiOperator(mask, 28, 3, Mismatch(dx=0.5)) dispersed 2 px/band (the toolbox's step) in a detector sized for 3,
+    band 0 at column 13.5, without a word; simulate_measurement likewise. An a1 given, 2.0 included, is kept."""
+    from cassi.simulator import simulate_measurement
+
+    mask = torch.rand(12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cube = torch.rand(1, 28, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    shifted = Mismatch(dx=0.5)
+    op = CassiOperator(mask, 28, step, shifted)
+    _, cols = op.offsets()
+    assert torch.allclose(cols, step * torch.arange(28, dtype=torch.float64))      # band c at column step * c
+    assert op.mismatch.a1 == step and shifted.a1 == 2.0 and Mismatch.from_dict({"dx": 0.5}).a1 == 2.0
+    explicit = Mismatch(dx=0.5, a1=float(step))
+    assert torch.equal(op(cube), CassiOperator(mask, 28, step, explicit)(cube))
+    simulated = [simulate_measurement(cube, mask, m, step, spatial=2) for m in (shifted, explicit)]
+    assert torch.equal(*simulated)
+    assert CassiOperator(mask, 28, step, Mismatch(dx=0.5, a1=2.0)).mismatch.a1 == 2.0   # given: kept
+    assert CassiOperator(mask, 28, step).is_nominal and CassiOperator(mask, 28, step, Mismatch()).is_nominal
+    assert CassiOperator(mask, 28, 2, shifted).mismatch is shifted                      # step 2: the toolbox's own
+
+
 def test_integer_mode_rounds_with_straight_through_gradient():
     g = torch.Generator().manual_seed(3)
     mask, x = torch.rand(16, 20, generator=g), torch.rand(1, 28, 16, 20, generator=g)
