@@ -120,6 +120,9 @@ def _add_real(sub) -> None:
                         help="folder with mask.mat and the captures scene*.mat (key meas_real), beside it or in "
                         "its Measurements/ (the MST toolbox's TSA_real_data) or Testing_real_data/ (TSA-Net's Data); "
                         "or the toolbox's datasets/ (its TSA_real_data is read); other .mat files are not read")
+    parser.add_argument("--data.captures", dest="data_captures",
+                        help="the folder of the captures scene*.mat to read, when more than one of those folders hold "
+                        "captures (default: the one that does); mask.mat is still --data.root's")
     parser.add_argument("--scale", type=positive_float, help="rescale each measurement to this maximum first "
                         "(MST real-data networks use 0.8); default: as stored")
     parser.add_argument("--limit", type=positive_int, help="reconstruct only the first N captures")
@@ -285,10 +288,11 @@ def run_real(args) -> None:
 
     operator = read_saved(args.operator, None)      # a "failed" calibration is refused before any work
     folder = OutputFolder(args.out, "results.json", args.force,
-                          inputs=(args.data_root, args.ckpt, args.release, args.operator))
+                          inputs=(args.data_root, args.data_captures, args.ckpt, args.release, args.operator))
     with folder as staging:
         results = evaluate_real(_method(args), args.data_root, staging, scale=args.scale,
-                                previews=not args.no_previews, limit=args.limit, operator=operator)
+                                previews=not args.no_previews, limit=args.limit, operator=operator,
+                                captures_folder=args.data_captures)
     _wrote(folder, results)
 
 

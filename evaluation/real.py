@@ -8,7 +8,8 @@ Folder layouts: the flat one, the MST toolbox's ``datasets/TSA_real_data`` or TS
     ROOT/Testing_real_data/scene*.mat    the same, in TSA-Net (ROOT = TSA_Net_realdata/Data)
 
 ROOT may also be the MST toolbox's ``datasets/`` (then ROOT/TSA_real_data is read: :func:`real_data_folder`).
-The captures must all be in one of these folders (captures in two of them are refused, naming both). Only
+The captures must all be in one of these folders (captures in two of them are refused, naming both and
+``--data.captures``) or in the folder ``captures`` names (any folder: ``eval.py real --data.captures``). Only
 ``scene*.mat`` files are captures (a notes.mat beside them is not read).
 
 There is no ground truth, so the only number reported is the measurement residual of the reconstruction,
@@ -80,11 +81,12 @@ def real_data_folder(root: str | Path) -> Path:
     return root
 
 
-def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
-    """``mask.mat`` of :func:`real_data_folder` (``ROOT``) and the captures ``scene*.mat`` (sorted) of the one folder
-    that holds them: ``ROOT`` or one of :data:`CAPTURE_FOLDERS` in it (the MST toolbox's and TSA-Net's layouts);
-    clear errors otherwise, naming the folder to pass for a capture folder given itself, and for captures in more
-    than one of them."""
+def find_captures(root: str | Path, captures: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """``mask.mat`` of :func:`real_data_folder` (``ROOT``) and the captures ``scene*.mat`` (sorted) of the folder
+    ``captures`` (``--data.captures``), else of the one folder that holds them: ``ROOT`` or one of
+    :data:`CAPTURE_FOLDERS` in it (the MST toolbox's and TSA-Net's layouts); clear errors otherwise, naming the
+    folder to pass for a capture folder given itself, and ``--data.captures`` for captures in more than one of
+    them."""
     root = real_data_folder(root)
     if not root.is_dir():
         raise FileNotFoundError(f"real-capture folder not found: {root}")
@@ -95,25 +97,34 @@ def find_captures(root: str | Path) -> tuple[Path, list[Path]]:
                 f" (pass --data.root the folder holding mask.mat and the captures: the MST toolbox's {TOOLBOX_REAL} "
                 "or the datasets/ folder holding it, or TSA-Net's Data)")
         raise FileNotFoundError(f"{root}: expected the coded aperture in {mask}{hint}")
+    if captures is not None:
+        files = sorted(Path(captures).glob("scene*.mat"))
+        if not files:
+            raise FileNotFoundError(f"--data.captures {captures}: no captures scene*.mat (key 'meas_real') in it"
+                                    + ("" if Path(captures).is_dir() else " (no such folder)"))
+        return mask, files
     folders = (root, *(root / name for name in CAPTURE_FOLDERS))
     listed = {folder: sorted(folder.glob("scene*.mat")) for folder in folders}
-    found = {folder: captures for folder, captures in listed.items() if captures}
+    found = {folder: files for folder, files in listed.items() if files}
     if len(found) > 1:
-        held = ", ".join(f"{len(captures)} in {folder}" for folder, captures in found.items())
-        raise UserError(f"{root}: captures scene*.mat in more than one folder ({held}); keep them in one folder")
+        held = ", ".join(f"{len(files)} in {folder}" for folder, files in found.items())
+        raise UserError(f"{root}: captures scene*.mat in more than one folder ({held}); pass --data.captures with "
+                        "the one to read")
     if not found:
         raise FileNotFoundError(f"{root}: no captures scene*.mat (key 'meas_real') next to mask.mat or in "
                                 f"{' or '.join(f'{name}/' for name in CAPTURE_FOLDERS)}")
     return mask, next(iter(found.values()))
 
 
-def load_captures(root: str | Path, bands: int = 28, step: int = 2, limit: int | None = None
+def load_captures(root: str | Path, bands: int = 28, step: int = 2, limit: int | None = None,
+                  captures: str | Path | None = None
                   ) -> tuple[Path, torch.Tensor, list[tuple[Path, torch.Tensor]], list[str]]:
-    """The mask, the captures (the first ``limit``) and warnings, all read and checked before any
-    reconstruction: shapes, finite values, light in every capture (:func:`cassi.checks.check_measurement`)."""
+    """The mask, the captures (of the folder ``captures`` if given: :func:`find_captures`; the first ``limit``) and
+    warnings, all read and checked before any reconstruction: shapes, finite values, light in every capture
+    (:func:`cassi.checks.check_measurement`)."""
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of captures, got {limit}")
-    mask_path, paths = find_captures(root)
+    mask_path, paths = find_captures(root, captures)
     mask = torch.from_numpy(load_mask(mask_path))
     check_mask(mask, str(mask_path))
     expected = (mask.shape[0], mask.shape[1] + step * (bands - 1))
@@ -190,8 +201,10 @@ def calibrated_operator(record: OperatorRecord, path: str | Path, mask: torch.Te
 
 def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, bands: int = 28, step: int = 2,
                   scale: float | None = None, previews: bool = True, limit: int | None = None,
-                  verbose: bool = True, operator: SavedCalibration | None = None) -> dict[str, Any]:
-    """Reconstruct every capture of ``root`` (the first ``limit`` ones if given) with the nominal operator
+                  verbose: bool = True, operator: SavedCalibration | None = None,
+                  captures_folder: str | Path | None = None) -> dict[str, Any]:
+    """Reconstruct every capture of ``root`` (of ``captures_folder`` if given: :func:`find_captures`; the first
+    ``limit`` ones if given) with the nominal operator
     and, given an ``operator`` file (read: :func:`evaluation.calibration.read_saved`), the calibrated one; write
     results.{json,md}, previews and spectra to ``out_dir`` (the means are printed first). A network that cannot
     reconstruct the captures' size (its ``size_rule``) or inputs is refused before the first reconstruction
@@ -201,7 +214,7 @@ def evaluate_real(method: Reconstructor, root: str | Path, out_dir: str | Path, 
     if operator is not None:
         check_uses_mask(method, "--operator")
     out_dir = Path(out_dir)
-    mask_path, mask, captures, warnings = load_captures(root, bands, step, limit)
+    mask_path, mask, captures, warnings = load_captures(root, bands, step, limit, captures_folder)
     check_reconstructs(method, mask, bands, step)              # the network's size rule and inputs, before any work
     if isinstance(method, Network) and method.uses_mask:        # weights trained on another code: a warning
         warnings += filter(None, [method.loaded.mask_warning(mask, f"the captures' mask {mask_path}")])

@@ -8,6 +8,7 @@ import csv
 import importlib
 import json
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -827,7 +828,7 @@ def test_real_reads_the_flat_the_toolbox_and_the_tsa_net_layout_and_only_scene_f
     (toolbox / "Testing_real_data").mkdir()
     scipy.io.savemat(toolbox / "Testing_real_data" / "scene2.mat", {"meas_real": np.ones((32, 86), np.float32)})
     with pytest.raises(ValueError, match=r"captures scene\*\.mat in more than one folder \(1 in .*Measurements, 1 in "
-                                         r".*Testing_real_data\); keep them in one folder"):
+                                         r".*Testing_real_data\); pass --data.captures with the one to read"):
         find_captures(toolbox)
     flat = tmp_path / "root_"
     (flat / "Measurements").mkdir()                          # an empty one is no second folder
@@ -837,6 +838,30 @@ def test_real_reads_the_flat_the_toolbox_and_the_tsa_net_layout_and_only_scene_f
                                                 r"Testing_real_data/"):
         find_captures(flat)
 
+
+def test_real_with_captures_in_two_folders_reads_the_one_data_captures_names(tmp_path, capsys):
+    """Was: captures in both Measurements/ and Testing_real_data/ were refused naming both, with no way to choose but
+    moving files ('keep them in one folder'); the refusal now names --data.captures, which reads the folder it names
+    (recorded as captures_folder). A --data.captures without captures is refused naming the option."""
+    root = tmp_path / "real"
+    write_real_capture(root, CassiOperator)
+    for name in ("Measurements", "Testing_real_data"):
+        (root / name).mkdir()
+        shutil.copy(root / "scene1.mat", root / name / "scene1.mat")
+    (root / "scene1.mat").unlink()
+    out = tmp_path / "run"
+    assert run_cli("real", "--data.root", root, *FAST_GAP, "--no-previews", "--out", out) == 2
+    assert (f"captures scene*.mat in more than one folder (1 in {root / 'Measurements'}, 1 in "
+            f"{root / 'Testing_real_data'}); pass --data.captures with the one to read") in capsys.readouterr().err
+    assert not out.exists()
+    chosen = root / "Testing_real_data"
+    assert run_cli("real", "--data.root", root, "--data.captures", chosen, *FAST_GAP, "--no-previews", "--out",
+                   out) == 0
+    results = read_results(out)
+    assert results["captures_folder"] == str(chosen) and results["root"] == str(root)
+    assert [row["name"] for row in results["captures"]] == ["scene1"]
+    assert run_cli("real", "--data.root", root, "--data.captures", root, *FAST_GAP, "--out", tmp_path / "run2") == 2
+    assert f"--data.captures {root}: no captures scene*.mat (key 'meas_real') in it" in capsys.readouterr().err
 
 def test_real_takes_the_toolbox_datasets_folder_and_names_the_folder_to_pass(tmp_path):
     """--data.root datasets/ (the MST toolbox's, as eval.py kaist takes it) reads datasets/TSA_real_data, and results
