@@ -43,6 +43,16 @@ def test_simulate_measurement_takes_a_numpy_mask_as_the_operator_does():
     assert torch.equal(oversampled, simulate_measurement(cube, torch.from_numpy(mask).float(), spatial=2, spectral=2))
 
 
+def test_from_cassi_import_gap_tv_is_the_module_as_the_readme_says():
+    """cassi exports no function under a submodule's name: once ``cassi.gap_tv`` is imported the attribute is the
+    module, so an exported function would depend on import order (benchmarks/bench_startup.py reads the module)."""
+    import cassi
+    import cassi.gap_tv as module
+    from cassi import gap_tv as imported
+
+    assert imported is module and callable(module.gap_tv) and not set(cassi.__all__) & {"gap_tv", "metrics"}
+
+
 def test_cube_shape_errors_say_how_to_fix_the_axes(op):
     cube = torch.zeros(4, 8, 6)
     with pytest.raises(ValueError, match=r"got shape \(4, 8, 6\) \(add a batch dimension: x\[None\]\)"):
