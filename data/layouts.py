@@ -242,24 +242,28 @@ def simulation_test_folder(root: str | None) -> Path:
     return _simulation_folders(root)[1] / "TSA_simu_data"
 
 
+def _toolbox_datasets(root: str) -> Path | None:
+    """The MST toolbox's ``datasets/`` folder of ``root``: ``root`` itself, or its parent for ``root`` =
+    ``cave_1024_28``; None when that folder holds no ``cave_1024_28/``."""
+    path = Path(root)
+    toolbox = path.parent if path.name == "cave_1024_28" else path
+    return toolbox if (toolbox / "cave_1024_28").is_dir() else None
+
+
 def toolbox_mask(root: str) -> Path | None:
     """``TSA_simu_data/mask.mat`` of the MST toolbox layout that ``root`` belongs to (``root`` = ``cave_1024_28`` or
     the ``datasets/`` folder holding it), or None when there is none."""
-    path = Path(root)
-    toolbox = path.parent if path.name == "cave_1024_28" else path
-    mask = toolbox / "TSA_simu_data" / "mask.mat"
-    return mask if (toolbox / "cave_1024_28").is_dir() and mask.is_file() else None
+    toolbox = _toolbox_datasets(root)
+    mask = None if toolbox is None else toolbox / "TSA_simu_data" / "mask.mat"
+    return mask if mask is not None and mask.is_file() else None
 
 
 def toolbox_test_folder(root: str) -> Path | None:
     """The MST toolbox's KAIST test folder (``TSA_simu_data`` holding ``Truth/``) that ``root`` is, or that lies
     beside ``root`` = ``cave_1024_28`` (or in the ``datasets/`` folder holding it); None when there is none."""
-    path = Path(root)
-    toolbox = path.parent if path.name == "cave_1024_28" else path
-    for folder in (path, toolbox / "TSA_simu_data"):
-        if (folder / "Truth").is_dir() and (folder is path or (toolbox / "cave_1024_28").is_dir()):
-            return folder
-    return None
+    toolbox = _toolbox_datasets(root)
+    folders = (Path(root), *(() if toolbox is None else (toolbox / "TSA_simu_data",)))
+    return next((folder for folder in folders if (folder / "Truth").is_dir()), None)
 
 
 def _refuse_toolbox_folder(path: Path) -> None:
