@@ -64,21 +64,24 @@ def gap_tv_solver(iterations: int = 50, tv_weight: float = 0.1) -> Solver:
 
 
 def check_solver_name(name: str) -> None:
-    """A :class:`cassi.errors.UserError` unless ``name`` is ``heldout``, ``gap_tv`` or a registered network: the
-    closest of them when one is close, else the registry's message (how to register a network of one's own)."""
-    from models.registry import get_entry, list_models
+    """A :class:`cassi.errors.UserError` unless ``name`` is ``heldout``, ``gap_tv`` or a registered network. The
+    message lists :func:`solver_names` (not the measurement-only ``*_real`` models, refused as solvers), suggests the
+    closest of them, and says how to register a network of one's own."""
+    from models.registry import USER_MODULES_ENV, get_entry
 
     if name in (HELD_OUT, GAP_TV):
         return
     try:
         get_entry(name)
-    except KeyError as err:                         # it says how to register a network of one's own
-        close = difflib.get_close_matches(str(name), [HELD_OUT, GAP_TV, *list_models()], n=1)
-        if close and close[0] in (HELD_OUT, GAP_TV):   # the registry's message searches its networks only
-            raise UserError(f"unknown solver {name!r} (did you mean {close[0]}?); expected one of {HELD_OUT}, "
-                            f"{GAP_TV}, or a registered network: {', '.join(list_models())}") from None
-        raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered network: "
-                        f"{err.args[0]}") from None
+    except KeyError:
+        names = solver_names()
+        networks = [n for n in names if n not in (HELD_OUT, GAP_TV)]
+        close = difflib.get_close_matches(str(name), names, n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown solver {name!r}; expected one of {HELD_OUT}, {GAP_TV}, or a registered mask-aware "
+                        f"network: {', '.join(networks)}{guess}; a network of your own: @register_model({name!r}) in "
+                        f"a module named by the environment variable {USER_MODULES_ENV} (README, 'Adding your own "
+                        "model')") from None
 
 
 def load_solver(name: str, checkpoint: str | Path | None, device: str | torch.device = "cpu") -> LoadedModel:

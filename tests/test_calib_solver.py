@@ -49,9 +49,9 @@ def inputs(tmp_path_factory):
 
 BAD_SOLVERS = {
     "unknown": (["--solver", "mst_xl"], r"unknown solver 'mst_xl'; expected one of heldout, gap_tv, "),
-    "heldout misspelt": (["--solver", "heldot"], r"unknown solver 'heldot' \(did you mean heldout\?\); expected one "
-                         r"of heldout, gap_tv, or a registered network: bisrnet, "),
-    "gap_tv misspelt": (["--solver", "gaptv"], r"unknown solver 'gaptv' \(did you mean gap_tv\?\)"),
+    "heldout misspelt": (["--solver", "heldot"], r"unknown solver 'heldot'; expected one of heldout, gap_tv, or a "
+                         r"registered mask-aware network: bisrnet, .*\(did you mean heldout\?\)"),
+    "gap_tv misspelt": (["--solver", "gaptv"], r"unknown solver 'gaptv'; .*\(did you mean gap_tv\?\)"),
     "a network misspelt": (["--solver", "mst_ss"], r"unknown solver 'mst_ss'; .*did you mean mst_s\?"),
     "a network of one's own not registered": (["--solver", "mynet"], r"unknown solver 'mynet'; expected one of heldout, "
                                               r"gap_tv, .*@register_model\('mynet'\) in a module named by the "
@@ -85,6 +85,20 @@ def test_bad_solvers_fail_with_one_line_before_any_work(inputs, tmp_path, capsys
                                                 "--no-progress"]), pattern)
     assert time.process_time() - start < 10
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_an_unknown_solver_is_offered_only_names_that_can_be_solvers(inputs, tmp_path, capsys):
+    """The measurement-only ``*_real`` networks take no mask and are refused as solvers, so the message neither lists
+    them nor suggests one: ``--solver bisrnet_rea`` said "did you mean bisrnet_real?" and listed every registered
+    model."""
+    folder, _, _ = inputs
+    argv = ["--meas", str(folder / "y.npz"), "--mask", str(folder / "mask.mat"), "--solver", "bisrnet_rea",
+            "--out", str(tmp_path / "out")]
+    line = user_error(capsys, lambda: calibrate.main(argv),
+                      r"unknown solver 'bisrnet_rea'; .*\(did you mean bisrnet\?\)")
+    listed = re.search(r"expected one of (.*) \(did you mean", line)[1]
+    listed = listed.replace(" or a registered mask-aware network:", "")
+    assert listed.split(", ") == solver_names() and "_real" not in line
 
 
 def test_a_network_whose_size_rules_do_not_fit_fails_before_the_search(tmp_path):
