@@ -84,6 +84,17 @@ def _check_height(height: int, solver: str, *scores: ScoreSettings) -> None:
                          f"so the calibration needs at least {2 * border + 1}")
 
 
+def _check_bands(bands: int, *scores: ScoreSettings) -> None:
+    """ValueError unless there are bands enough to calibrate: two for a1 and alpha to move one against another, and
+    the blind scores' spectral basis (:attr:`calib.score.ScoreSettings.spectral_basis`, k cosines over the band
+    index) at most the band count (3 bands ended inside the search, 1 band in a ZeroDivisionError)."""
+    basis = max(s.spectral_basis for s in scores)
+    if bands < max(2, basis):
+        why = (f"the blind score keeps each spectrum in the span of the first {basis} DCT cosines over the band index"
+               if basis > 1 else "a1 and alpha move one band against another")
+        raise ValueError(f"{bands} spectral band(s): the calibration needs at least {max(2, basis)} ({why})")
+
+
 def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, bands: int, step: int,
                   estimate: Mismatch, oversample: tuple[int, int], interpolation: str, clock: StageClock) -> dict:
     """Reconstruct the captures ``y`` (M, H, W') with the chosen solver through the calibration forward
@@ -146,6 +157,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     """
     y, mask = _check_inputs(y, mask, bands, step)
     _check_height(mask.shape[0], solver, search_score, refine_score)
+    _check_bands(bands, search_score, refine_score)
     device = torch.device(device)
     y, mask = y.to(device), mask.to(device)
     ranges = Ranges.from_dict(ranges) if isinstance(ranges, dict) else (ranges or Ranges())

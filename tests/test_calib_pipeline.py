@@ -69,3 +69,20 @@ def test_a_mask_too_short_for_the_blind_score_is_refused_before_any_work():
     y, mask = measure(6, Mismatch())
     with pytest.raises(ValueError, match=r"the mask has 6 rows; .* leaves out 3 rows .* needs at least 7$"):
         calibrate(y, mask, solver="gap_tv", progress=False, **QUICK)
+
+
+@pytest.mark.parametrize("bands", [1, 3])
+def test_fewer_bands_than_the_spectral_basis_are_refused_before_any_work(bands):
+    """The blind score keeps each spectrum in the span of the first 6 DCT cosines over the band index: 3 bands ended
+    in 'spectral basis size must be in [1, 3], got 6' from inside the search, 1 band in a ZeroDivisionError (a1's
+    pixel scale). Without the basis, one band is still refused: a1 and alpha move one band against another."""
+    from calib.pipeline import REFINE_SCORE, SEARCH_SCORE
+
+    mask = torch.from_numpy(random_mask(16, 16, seed=1))
+    y = torch.rand(16, 16 + 2 * (bands - 1)) + 0.1
+    with pytest.raises(ValueError, match=rf"^{bands} spectral band\(s\): the calibration needs at least 6 \(the "
+                                         r"blind score keeps each spectrum in the span of the first 6 DCT cosines"):
+        calibrate(y, mask, bands=bands, progress=False, **QUICK)
+    free = {"search_score": SEARCH_SCORE.with_(spectral_basis=0), "refine_score": REFINE_SCORE.with_(spectral_basis=0)}
+    with pytest.raises(ValueError, match=r"^1 spectral band\(s\): the calibration needs at least 2 \(a1 and alpha"):
+        calibrate(y[:, :16], mask, bands=1, progress=False, **QUICK, **free)

@@ -173,6 +173,18 @@ def test_calibrate_uses_the_bands_and_step_the_npz_records_and_refuses_a_contrad
           r"records step = 2")
 
 
+def test_fewer_bands_than_the_calibration_needs_are_one_line_before_any_work(tmp_path, capsys):
+    """--bands 3 (a measurement of that width) ended with 'spectral basis size must be in [1, 3], got 6' from inside
+    the search, --bands 1 with a ZeroDivisionError traceback (exit 1)."""
+    _, mask = write_inputs(tmp_path)
+    for bands in (1, 3):
+        np.save(tmp_path / "y.npy", np.random.default_rng(0).random((16, 20 + 2 * (bands - 1))).astype(np.float32))
+        fails(capsys, ["--meas", str(tmp_path / "y.npy"), "--mask", str(tmp_path / "mask.mat"), "--bands", str(bands),
+                       "--out", str(tmp_path / "out"), "--no-progress"],
+              rf"error: {bands} spectral band\(s\): the calibration needs at least 6")
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
 class Reached(Exception):
     """Raised by a stand-in for the calibration: every input has been read by then."""
 
