@@ -4,7 +4,8 @@
   with ``os.replace`` on success, removed on error -- with the usual permissions (0666 minus the umask),
   never ``mkstemp``'s private 0600.
 * Output folders: :class:`OutputFolder` is one run's ``--out``. It is checked before any work (not under
-  a file; not an existing non-empty folder unless ``force``; ``force`` never replaces a folder holding an
+  a file; in a folder this process may write in; not the current folder or one holding it; not an existing
+  non-empty folder unless ``force``; ``force`` never replaces a folder holding an
   input of the run or one that is not an earlier output of the same command), filled in a private staging
   folder ``.NAME.tmp-*`` next to it, and renamed into place as one unit at the end. An interrupted or
   failed run removes its staging folder and leaves the previous outputs as they were; of two runs to the
@@ -109,11 +110,15 @@ def save_npy(path: PathLike, array: np.ndarray) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _check_parents(path: Path) -> None:
+def _check_parents(path: Path, name: str) -> None:
+    """The nearest existing folder above ``path`` (``name``: how messages call it, e.g. ``--out DIR``) is a folder
+    this process may write in: the missing folders are made there and the output is written beside ``path``."""
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{name} cannot be written: no permission to write in {parent}")
             return
 
 
@@ -123,10 +128,10 @@ def _inside(inner: Path, outer: Path) -> bool:
 
 
 def check_output_file(path: PathLike, force: bool = False, inputs: Iterable[PathLike | None] = ()) -> Path:
-    """Check a single output file before any work: its folder can be made, it is not a folder, it is not
-    one of ``inputs``, and it does not exist yet unless ``force``. Creates its parent folder."""
+    """Check a single output file before any work: its folder can be made and written in, it is not a folder, it
+    is not one of ``inputs``, and it does not exist yet unless ``force``. Creates its parent folder."""
     path = Path(path)
-    _check_parents(path)
+    _check_parents(path, f"output {path}")
     if path.is_dir():
         raise UserError(f"output {path} is a folder; name a file")
     for source in filter(None, inputs):
@@ -156,7 +161,11 @@ class OutputFolder:
         self.markers = (marker,) if isinstance(marker, str) else tuple(marker)
         self.inputs = [Path(p) for p in inputs if p is not None]
         self.staging: Path | None = None
-        _check_parents(self.path)
+        if _inside(Path.cwd(), self.path):        # its staging folder would be made inside it, the rename then fails
+            where = "is" if self.path.resolve() == Path.cwd().resolve() else "holds"
+            raise UserError(f"--out {self.path} {where} the current folder: name a folder for the outputs "
+                            "(e.g. --out out)")
+        _check_parents(self.path, f"--out {self.path}")
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file; name a folder")
         if self._non_empty():
@@ -179,8 +188,11 @@ class OutputFolder:
                                 "choose another folder")
 
     def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        except OSError as err:                  # not the staging folder's name: the user never gave it
+            raise UserError(f"--out {self.path} cannot be written: {err.strerror or err}") from err
         os.chmod(self.staging, umask_mode(0o777))
         return self.staging
 

@@ -279,3 +279,43 @@ def test_the_mask_a_meas_file_holds_is_used_without_mask_and_noted_when_mask_dif
           r"--mask is needed: no --meas file holds a mask under key 'mask'")
     fails(capsys, ["--meas", str(snapshot), str(other), "--out", str(tmp_path / "x")],
           r"--meas: .*other.npz\['mask'\] and .*snapshot.npz\['mask'\] hold different masks .*name it with --mask")
+
+
+@pytest.mark.parametrize("out", [".", ""])
+def test_an_out_that_is_the_current_folder_is_one_line_before_any_work(tmp_path, monkeypatch, capsys, out):
+    """``--out .`` in an empty folder ran the whole calibration, then ended with 'OSError: [Errno 16] Device or
+    resource busy: '..tmp-…' -> '.'' (a traceback, exit 1) and the outputs were lost (cassi.files.OutputFolder)."""
+    import calib
+
+    write_inputs(tmp_path)
+    calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                    "--out", str(tmp_path / "y.npz")])
+    capsys.readouterr()
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    monkeypatch.setattr(calib, "calibrate", lambda *args, **kwargs: pytest.fail("the calibration ran"))
+    fails(capsys, ["--meas", str(tmp_path / "y.npz"), "--mask", str(tmp_path / "mask.mat"), "--out", out,
+                   "--no-progress"], r"error: --out \. is the current folder: name a folder for the outputs "
+                                     r"\(e\.g\. --out out\)$")
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_simulate_refuses_an_out_it_cannot_write_before_simulating(tmp_path, monkeypatch, capsys):
+    """``chattr +i`` (root may write anywhere chmod forbids): simulate ran, then failed writing."""
+    import shutil
+    import subprocess
+
+    import cassi.simulator
+
+    write_inputs(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(locked)]).returncode:
+        pytest.skip("chattr +i is not available here")
+    monkeypatch.setattr(cassi.simulator, "simulate_measurement", lambda *a, **k: pytest.fail("simulated"))
+    try:
+        fails(capsys, ["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                       "--out", str(locked / "y.npz")],
+              rf"error: output {locked / 'y.npz'} cannot be written: no permission to write in {locked}$")
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
