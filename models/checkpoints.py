@@ -14,7 +14,7 @@ from torch import nn
 
 from cassi.errors import UserError, one_line
 from cassi.progress import fit_progress
-from models.loading import WeightsMismatch, load_state_dict_checked, load_toolbox_checkpoint
+from models.loading import WeightsMismatch, load_state_dict_checked, load_toolbox_checkpoint, torch_load_weights
 from models.registry import create_model, get_entry
 from models.release import mask_identity, open_release, same_mask, state_dict_sha256
 
@@ -67,13 +67,6 @@ def other_mask_warning(released: torch.Tensor | None, mask: torch.Tensor, used: 
     if released is None or same_mask(released, mask):
         return None
     return f"{used} ({mask_identity(mask)}) is not the mask released with the network ({mask_identity(released)})"
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or pickled-object files
-        raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
 
 
 def _lightning_model_spec(hparams: Mapping[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
@@ -178,7 +171,7 @@ def load_lightning_checkpoint(path: str | Path, name: str | None = None) -> Load
     weights from the ``state_dict`` entries under the module's prefix (``model.``), the training mask from
     the datamodule's hyper-parameters. ``name``, if given, must agree."""
     path = Path(path)
-    raw = _torch_load(path)
+    raw = torch_load_weights(path)
     if not isinstance(raw, Mapping) or "state_dict" not in raw:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     hparams = raw.get("hyper_parameters")
@@ -239,7 +232,7 @@ def recorded_model_name(path: str | Path) -> str | None:
         if path.is_dir():
             return open_release(path).config["model"]["name"]
         if path.suffix.lower() == ".ckpt" and path.is_file():
-            hparams = _torch_load(path).get("hyper_parameters")
+            hparams = torch_load_weights(path).get("hyper_parameters")
             return _lightning_model_spec(hparams, path)[0] if isinstance(hparams, Mapping) else None
     except (OSError, ValueError, AttributeError):       # ReleaseError is a ValueError; a .ckpt not a mapping
         return None

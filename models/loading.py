@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -144,6 +145,37 @@ def _from_official(name: str, state_dict: Mapping[str, torch.Tensor], source: st
     return load_state_dict_checked(model, mapped, source=source).eval()
 
 
+ZIP_MAGIC, PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"    # how torch.save's files begin: a zip archive, an old pickle
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch could not read ``path``, said of the file: torch's own message for a file that is no checkpoint
+    at all is meaningless (a text file: '101', the KeyError of the pickle opcode its first letter happens to be)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "the file is empty, not a torch checkpoint"
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTOCOL)):
+        return "not a torch checkpoint (torch.save writes a zip archive, or a pickle before torch 1.6)"
+    if head.startswith(ZIP_MAGIC) and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "a zip archive without the data.pkl of torch.save (an .npz?), not a torch checkpoint"
+    if isinstance(error, EOFError):
+        return "the torch checkpoint ends early (truncated?)"
+    return f"cannot read as a weights-only torch checkpoint ({error})"
+
+
+def torch_load_weights(path: str | Path) -> Any:
+    """``torch.load`` of ``path`` onto the CPU, weights only (pickled objects other than tensors and plain containers
+    are never loaded); a file torch cannot read is a ``ValueError`` naming it and saying what it is."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt, foreign or pickled-object files
+        raise ValueError(f"{path}: {_unreadable(path, err)}") from err
+
+
 def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """A plain state dict from a toolbox ``.pth``: unwraps ``state_dict``/``model`` and strips ``module.``."""
     for key in ("state_dict", "model", "model_state_dict"):
@@ -162,8 +194,4 @@ def load_toolbox_checkpoint(name: str, path: str | Path, **overrides: Any) -> nn
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     check_known_checkpoint(name, path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or pickled-module files
-        raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({err})") from err
-    return _from_official(name, unwrap_checkpoint(raw, path), str(path), overrides)
+    return _from_official(name, unwrap_checkpoint(torch_load_weights(path), path), str(path), overrides)

@@ -47,3 +47,35 @@ def test_model_runs_on_a_mismatched_operator(name):
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(KeyError, match="known models: .*mst_s"):
         create_model("mst_xl")
+
+
+def test_a_weights_file_torch_cannot_read_is_said_to_be_what_it_is(tmp_path, capsys):
+    """A text file as ``--ckpt`` said 'cannot read as a weights-only torch checkpoint (101)': torch's KeyError of
+    the pickle opcode 'e' is; an empty one '()', an .npz '[enforce fail at inline_container.cc:180] ...'."""
+    import importlib
+
+    import numpy as np
+    from cli_checks import user_error
+
+    from models.checkpoints import load_weights
+
+    (tmp_path / "notes.pth").write_text("hello, these are my notes\n")
+    (tmp_path / "notes.ckpt").write_text("hello, these are my notes\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with open(tmp_path / "arrays.pth", "wb") as handle:
+        np.savez(handle, x=np.ones(3))
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:100])
+    said = {"notes.pth": r"not a torch checkpoint \(torch\.save writes a zip archive, or a pickle before torch 1\.6\)",
+            "notes.ckpt": r"not a torch checkpoint \(torch\.save writes a zip archive",
+            "empty.pth": "the file is empty, not a torch checkpoint",
+            "arrays.pth": r"a zip archive without the data\.pkl of torch\.save \(an \.npz\?\), not a torch checkpoint",
+            "legacy.pth": r"the torch checkpoint ends early \(truncated\?\)"}
+    for name, message in said.items():
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / name))}: {message}"):
+            load_weights(tmp_path / name, None if name.endswith(".ckpt") else "mst_s")
+    user_error(capsys, lambda: importlib.import_module("eval").main(
+        ["kaist", "--model", "mst_s", "--ckpt", str(tmp_path / "notes.pth"), "--out", str(tmp_path / "kaist")]),
+        rf"error: {re.escape(str(tmp_path / 'notes.pth'))}: not a torch checkpoint \(torch\.save writes a zip archive, "
+        r"or a pickle before torch 1\.6\)$")
