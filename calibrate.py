@@ -108,7 +108,8 @@ def simulate(args: argparse.Namespace) -> Path:
         raise UserError(f"mask {args.mask} is {tuple(mask.shape)} but cube {args.cube} is "
                         f"{tuple(cube.shape[1:])} (H, W)")
     check_mask(mask, args.mask)
-    mismatch = Mismatch(dx=args.dx, dy=args.dy, theta=args.theta, a1=args.a1, alpha=args.alpha)
+    mismatch = Mismatch(dx=args.dx, dy=args.dy, theta=args.theta, a1=float(args.step) if args.a1 is None else args.a1,
+                        alpha=args.alpha)
     warnings = check_instrument(CassiOperator(mask, cube.shape[0], args.step, mismatch))
     spatial, spectral = args.oversample
     y = simulate_measurement(cube[None], mask, mismatch, step=args.step, spatial=spatial, spectral=spectral)
@@ -613,7 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--dy", type=float, default=0.0, help="mask shift down, px (default %(default)s)")
     sim.add_argument("--theta", type=float, default=0.0,
                      help="mask rotation, degrees counter-clockwise (default %(default)s)")
-    sim.add_argument("--a1", type=float, default=2.0, help="dispersion, px per band (default %(default)s, nominal)")
+    sim.add_argument("--a1", type=float, default=None,
+                     help="dispersion, px per band (default: the --step, nominal)")
     sim.add_argument("--alpha", type=float, default=0.0, help="dispersion axis angle, degrees (default %(default)s)")
     sim.add_argument("--step", type=positive_int, default=2, help="nominal dispersion step, px per band (default "
                                                                   "%(default)s)")

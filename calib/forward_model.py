@@ -280,7 +280,7 @@ class EnlargedGridOperator(nn.Module):
     Args:
         mask: nominal coded mask (H, W).
         params: (B, 5) candidate parameters (dx, dy px; theta deg; a1 px/band; alpha deg), or one
-            :class:`Mismatch`; may require grad.
+            :class:`Mismatch` (one left without a1 has a1 = ``step``, :meth:`Mismatch.for_step`); may require grad.
         bands, step: band count L and nominal dispersion (px per band).
         spatial, spectral: oversampling N and K of the instrument model (the simulator's defaults 4, 2).
         windows: row windows ``[(r0, r1), ...]`` of equal height h (default: all H rows); columns are
@@ -307,7 +307,7 @@ class EnlargedGridOperator(nn.Module):
         if mask.dim() != 2:
             raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
         if isinstance(params, Mismatch):
-            params = params_tensor(params)
+            params = params_tensor(params.for_step(step))      # an a1 left out is the nominal slope, the step
         if params.dim() != 2 or params.shape[1] != 5:
             raise ValueError(f"params must be (B, 5) = (dx, dy, theta, a1, alpha), got {tuple(params.shape)}")
         if spatial < 1 or spectral < 1:

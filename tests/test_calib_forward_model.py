@@ -237,3 +237,17 @@ def test_cubic_mask_reading_is_keys_convolution_on_the_native_grid():
     assert torch.equal(linear, cubic)
     with pytest.raises(ValueError, match="native grid"):
         EnlargedGridOperator(mask, shift, spatial=4, spectral=2, interpolation="cubic")
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_mismatch_without_a1_disperses_at_the_step(step):
+    """``EnlargedGridOperator(mask, Mismatch(dx=0.5), step=3)`` dispersed at 2 px/band, the a1 a Mismatch reads when
+    left out, where CassiOperator and the simulator take the step (Mismatch.for_step)."""
+    mask = _mask(20, 24)
+    x = torch.rand(1, 28, 20, 24, dtype=torch.float64)
+    drift = Mismatch(dx=0.5)
+    native = EnlargedGridOperator(mask, drift, step=step, spatial=1, spectral=1)
+    torch.testing.assert_close(native(x), CassiOperator(mask, 28, step, drift)(x), rtol=0, atol=1e-12)
+    fine = EnlargedGridOperator(mask, drift, step=step, spatial=2, spectral=2)
+    torch.testing.assert_close(fine(x), EnlargedGridOperator(mask, Mismatch(dx=0.5, a1=float(step)), step=step,
+                                                             spatial=2, spectral=2)(x), rtol=0, atol=0)

@@ -319,3 +319,21 @@ def test_simulate_refuses_an_out_it_cannot_write_before_simulating(tmp_path, mon
               rf"error: output {locked / 'y.npz'} cannot be written: no permission to write in {locked}$")
     finally:
         subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_simulate_without_a1_disperses_at_the_step(tmp_path, capsys):
+    """``--step 3`` without ``--a1`` dispersed at 2 px/band (the explicit default a1 2.0, not the nominal slope) and
+    recorded a1 = 2; an a1 given (2.0 included) is kept."""
+    cube, mask = write_inputs(tmp_path)
+    for a1, expected in ((None, 3.0), ("2.0", 2.0)):
+        out = tmp_path / f"y{a1}.npz"
+        calibrate.main(["simulate", "--cube", str(tmp_path / "cube.npz"), "--mask", str(tmp_path / "mask.mat"),
+                        "--step", "3", "--out", str(out), *(["--a1", a1] if a1 else [])])
+        assert f"'a1': {expected}" in capsys.readouterr().out
+        saved = np.load(out)
+        assert saved["mismatch"][3] == expected and saved["step"] == 3
+        clean = simulate_measurement(torch.from_numpy(cube)[None], torch.from_numpy(mask), Mismatch(a1=expected),
+                                     step=3)
+        np.testing.assert_allclose(saved["y"], clean[0].numpy(), rtol=1e-6, atol=1e-6)
+    help_text = calibrate.build_parser()._subparsers._group_actions[0].choices["simulate"].format_help()
+    assert "(default: the --step, nominal)" in " ".join(help_text.split())
