@@ -23,8 +23,9 @@ class Mismatch:
     """Mask shift ``dx`` (px, right), ``dy`` (px, down), rotation ``theta`` (deg, counter-clockwise),
     dispersion slope ``a1`` (px per band; the nominal value equals the operator's step) and
     dispersion-axis angle ``alpha`` (deg). Fields are floats or 0-d tensors (which may require grad).
-    An ``a1`` left out reads 2.0 (the toolbox's step); :class:`cassi.CassiOperator` and
-    :func:`cassi.simulator.simulate_measurement` replace it by their ``step`` (:meth:`for_step`).
+    An ``a1`` left out reads 2.0 (the toolbox's step); :class:`cassi.CassiOperator`,
+    :func:`cassi.simulator.simulate_measurement` and the calibration model
+    (``calib.forward_model.EnlargedGridOperator``) replace it by their ``step`` (:meth:`for_step`).
     """
 
     dx: float | Tensor = 0.0
