@@ -166,14 +166,19 @@ def _unreadable(path: Path, error: Exception) -> str:
     return f"cannot read as a weights-only torch checkpoint ({error})"
 
 
-def torch_load_weights(path: str | Path) -> Any:
+def torch_load_weights(path: str | Path, mmap: bool = False, label: str | None = None) -> Any:
     """``torch.load`` of ``path`` onto the CPU, weights only (pickled objects other than tensors and plain containers
-    are never loaded); a file torch cannot read is a ``ValueError`` naming it and saying what it is."""
+    are never loaded); a file torch cannot read is a ``ValueError`` naming it (as ``label``, default the path) and
+    saying what it is, with torch's error as its ``__cause__``. ``mmap`` maps a zip-format file (torch.save's since
+    torch 1.6, the only kind torch maps) instead of reading it whole; any other file is read as without."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if mmap:
+            with open(path, "rb") as handle:
+                mmap = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for corrupt, foreign or pickled-object files
-        raise ValueError(f"{path}: {_unreadable(path, err)}") from err
+        raise ValueError(f"{label or path}: {_unreadable(path, err)}") from err
 
 
 def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:

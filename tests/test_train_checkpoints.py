@@ -267,6 +267,34 @@ def test_ckpt_path_last_without_a_last_checkpoint_is_an_error(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ckpt_path_torch_cannot_read_is_said_to_be_what_it_is(tmp_path, capsys):
+    """Was: a text file, an empty file or an .npz as --ckpt_path said torch's 'not a readable torch checkpoint
+    (RuntimeError: mmap can only be used with files saved with `torch.save(_use_new_zipfile_serialization=True)...'
+    ('[enforce fail at inline_container.cc:180] ...' of the .npz); a last.ckpt torch cannot read was not checked
+    (Lightning's traceback, exit 1, once the data were loaded). A pickle-format checkpoint (torch < 1.6) is read."""
+    import numpy as np
+
+    notes, empty, arrays, old = (tmp_path / name for name in ("notes.txt.ckpt", "empty.ckpt", "arrays.ckpt", "old.pth"))
+    notes.write_text("lr 4e-4, 300 epochs\n")
+    empty.write_bytes(b"")
+    with open(arrays, "wb") as handle:
+        np.savez(handle, x=np.zeros(3))
+    torch.save({"x": torch.zeros(3)}, old, _use_new_zipfile_serialization=False)
+    said = {notes: r"not a torch checkpoint \(torch\.save writes a zip archive, or a pickle before torch 1\.6\)",
+            empty: "the file is empty, not a torch checkpoint",
+            arrays: r"a zip archive without the data\.pkl of torch\.save \(an \.npz\?\), not a torch checkpoint",
+            old: r"is not a Lightning checkpoint of train\.py \(it holds the weights only"}
+    for path, what in said.items():
+        refused(capsys, lambda: run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(path)),
+                rf"error: --ckpt_path {re.escape(str(path))}:? {what}")
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"")                    # --ckpt_path last: the file it stands for
+    refused(capsys, lambda: run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", "last"),
+            rf"error: --ckpt_path {re.escape(str(folder / 'last.ckpt'))}: the file is empty, not a torch checkpoint$")
+    assert os.listdir(tmp_path / "run") == ["checkpoints"]     # refused before any work
+
+
 def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run, tmp_path, capsys):
     """Was: --ckpt_path best / hpc skipped the checks; a new process then stopped with Lightning's traceback (exit 1)
     once the data were loaded ('ModelCheckpoint is not configured to save the best model', 'no HPC checkpoint')."""
@@ -318,7 +346,7 @@ def test_a_slurm_requeue_checks_the_checkpoint_lightning_resumes_from(mst_run, t
             rf"{refused_line} .*holds another model .*; test under SLURM needs the model the checkpoint was trained")
     (root / "hpc_ckpt_2.ckpt").write_text("cut short")
     refused(capsys, lambda: run("fit", MST, root, *FIT), rf"error: {re.escape(str(root / 'hpc_ckpt_2.ckpt'))} \(the "
-                                                          r"checkpoint Lightning .*\): not a readable torch checkpoint")
+                                                          r"checkpoint Lightning .*\): not a torch checkpoint \(")
     os.remove(root / "hpc_ckpt_2.ckpt")
     assert sorted(os.listdir(root)) == ["hpc_ckpt_1.ckpt"]         # refused before any work
     (root / ".hpc_ckpt_2.ckpt.k3x9q2ab.tmp").write_text("")  # left by a save SLURM killed (cassi.files.atomic_path)

@@ -41,6 +41,7 @@ import os
 import pickle
 import sys
 import typing
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -63,6 +64,7 @@ from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.checkpoints import lightning_training_mask, other_mask_warning
+from models.loading import torch_load_weights
 from models.registry import forward_inputs, probe_measurement
 from models.release import mask_identity, same_mask
 from training.acceleration import check_accelerator
@@ -308,12 +310,11 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = F
     if not path.is_file():
         raise UserError(f"{checkpoint_label(path, slurm)}: no such checkpoint file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        return None                                  # holds other objects: Lightning loads it (or says why)
-    except Exception as err:
-        raise UserError(f"{checkpoint_label(path, slurm)}: not a readable torch checkpoint ({type(err).__name__}: "
-                        f"{one_line(str(err))})") from err
+        raw = torch_load_weights(path, mmap=True, label=checkpoint_label(path, slurm))
+    except ValueError as err:                        # what the file is: empty, no torch file, an .npz, truncated
+        if isinstance(err.__cause__, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            return None                              # holds other objects: Lightning loads it (or says why)
+        raise UserError(one_line(err)) from err
     if not isinstance(raw, Mapping) or "pytorch-lightning_version" not in raw:
         held = "the weights only, like an MST toolbox .pth" if isinstance(raw, Mapping) else type(raw).__name__
         raise UserError(f"{checkpoint_label(path, slurm)} is not a Lightning checkpoint of train.py (it holds {held}); "
@@ -757,9 +758,9 @@ class CassiCLI(LightningCLI):
 
     def _check_checkpoint(self, config: Namespace) -> None:
         """Before anything is built: ``--ckpt_path`` names a Lightning checkpoint (``last``: one exists in the
-        checkpoint folder) of the model this command asks for. ``best`` and ``hpc`` are replaced by the file they
-        stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as any other; without
-        ``--ckpt_path``, so is the checkpoint Lightning resumes from by itself in a SLURM job
+        checkpoint folder, checked as any other file) of the model this command asks for. ``best`` and ``hpc`` are
+        replaced by the file they stand for (:func:`best_checkpoint`, :func:`hpc_checkpoint`), which is checked as
+        any other; without ``--ckpt_path``, so is the checkpoint Lightning resumes from by itself in a SLURM job
         (:func:`slurm_resume_checkpoint`), which becomes ``--ckpt_path``: Lightning's own lookup reads the digits of
         every file name that holds ``hpc_ckpt_``, so the temp file an interrupted save left
         (``.hpc_ckpt_2.ckpt.k3x9q2ab.tmp``) sent it to a ``hpc_ckpt_2392.ckpt`` that does not exist."""
@@ -777,20 +778,12 @@ class CassiCLI(LightningCLI):
             resolved = hpc_checkpoint(config.trainer.default_root_dir)
         if resolved is not None:                     # Lightning loads the very file checked here
             ckpt_path = config.ckpt_path = str(resolved)
+        if str(ckpt_path) == "last":                 # checked as the file it stands for (None: a remote folder)
+            ckpt_path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
         checkpoint = check_resume_checkpoint(ckpt_path, slurm)
-        if str(ckpt_path) == "last":
-            path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
-        else:                                        # registry, remote best / hpc: None; a remote file: Lightning's
-            path = None if "://" in str(ckpt_path) else resolve_checkpoint(str(ckpt_path), None)
-        if path is None:
+        if checkpoint is None:                       # registry, remote: Lightning's; other objects: Lightning loads it
             return
-        if checkpoint is None:
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:
-                return                               # Lightning loads it itself, or says why
-        if not isinstance(checkpoint, Mapping):
-            return
+        path = Path(ckpt_path)
         check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"), slurm)
         self.checked_checkpoint = (path, checkpoint)
         if self.subcommand == "fit":
