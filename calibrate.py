@@ -197,12 +197,6 @@ def summary(result) -> str:
                      "score less the noise it carries moved the "
                      f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s); "
                      f"{noise['outcome']}")
-    basis = result.settings.get("spectral_basis")
-    if basis:
-        lines.append(f"spectral basis: {basis['used']} (the first {basis['directions']} directions of "
-                     f"{basis['learned_from']} {'kept' if basis['kept'] else 'refused'}: held-out error at the nominal "
-                     f"point {100 * basis['relative_margin']:+.1f} % +- {100 * basis['standard_error']:.1f} % against "
-                     "the DCT cosines, + = better)")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")

@@ -36,7 +36,6 @@ from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_
 from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
 from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
-from calib.network_score import choose_spectral_basis, network_spectral_basis
 from calib.noise_term import NoiseCorrection, correct_for_noise
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
@@ -173,14 +172,6 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
             raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
                             f"with the held-out criterion only (--solver {HELD_OUT})")
         inner = inner_solver(solver, ckpt, y[0], mask, bands, step, network)  # a bad solver fails here
-    basis_record = None
-    if inner is not None and inner.network is not None and refine_score.spectral_basis:
-        with clock.stage("0 spectral basis"):       # the held-out solves keep spectra in the network's directions
-            learned = network_spectral_basis(inner.network, solver, y[0], mask, bands, step)
-            kept, basis_record = choose_spectral_basis(learned, y, mask, bands, step, refine_score,
-                                                       status_settings.z, status_settings.blocks)
-        if kept:
-            search_score, refine_score = (s.with_(learned_basis=learned) for s in (search_score, refine_score))
     candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
     fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
@@ -266,10 +257,10 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                 "oversample": list(oversample), "mask_interpolation": chosen.interpolation,
                 "model_selection": selection, "device": str(device),
                 "captures": int(y.shape[0]),
-                "search": asdict(search), "search_score": chosen.cheap.settings.record(),
-                "refine_score": full.settings.record(),
+                "search": asdict(search), "search_score": asdict(chosen.cheap.settings),
+                "refine_score": asdict(full.settings),
                 "refinement": asdict(refinement), "status": asdict(status_settings),
-                "noise_correction": noise_record, "spectral_basis": basis_record, "diagnostics": diagnostics}
+                "noise_correction": noise_record, "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
     return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,
