@@ -33,13 +33,14 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd import Function
 
 from calib.placement import PlacementIndex, check_backend, default_backend, mask_products, pick, place
 from cassi.mismatch import Mismatch, dispersion_offsets
-from cassi.operator import MASK_INTERPOLATIONS
+from cassi.operator import MASK_INTERPOLATIONS, mask_tensor
 from cassi.translate import _overlap
 
 PARAMETER_NAMES = ("dx", "dy", "theta", "a1", "alpha")
@@ -278,7 +279,8 @@ class EnlargedGridOperator(nn.Module):
     """The N x K enlarged-grid instrument as a detector-grid operator, for a batch of candidates.
 
     Args:
-        mask: nominal coded mask (H, W).
+        mask: nominal coded mask (H, W), a tensor or numpy array; integer or boolean data as float32
+            (:func:`cassi.operator.mask_tensor`, as :class:`cassi.CassiOperator` takes it).
         params: (B, 5) candidate parameters (dx, dy px; theta deg; a1 px/band; alpha deg), or one
             :class:`Mismatch` (one left without a1 has a1 = ``step``, :meth:`Mismatch.for_step`); may require grad.
         bands, step: band count L and nominal dispersion (px per band).
@@ -292,11 +294,11 @@ class EnlargedGridOperator(nn.Module):
 
     The model lives on the mask's device; ``params`` may be on the CPU (the small per-candidate
     tables are computed there). ``forward``: cubes (E, L, h, W) -> (E, h, W + step*(L-1)) with E a
-    multiple of B*S (g consecutive entries share one candidate-window's masks) or 1; ``adjoint`` back. Same interface as :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv`
-    needs it.
+    multiple of B*S (g consecutive entries share one candidate-window's masks) or 1; ``adjoint`` back.
+    Same interface as :class:`cassi.CassiOperator` where :func:`cassi.gap_tv.gap_tv` needs it.
     """
 
-    def __init__(self, mask: Tensor, params: Tensor | Mismatch, bands: int = 28, step: int = 2,
+    def __init__(self, mask: Tensor | np.ndarray, params: Tensor | Mismatch, bands: int = 28, step: int = 2,
                  spatial: int = 4, spectral: int = 2,
                  windows: list[tuple[int, int]] | None = None, backend: str | None = None,
                  interpolation: str = "linear") -> None:
@@ -304,6 +306,7 @@ class EnlargedGridOperator(nn.Module):
         if interpolation not in MASK_INTERPOLATIONS or interpolation != "linear" and spatial != 1:
             raise ValueError(f"mask interpolation must be one of {MASK_INTERPOLATIONS} ('cubic' on the native "
                              f"grid, N = 1, only), got {interpolation!r} with N={spatial}")
+        mask = mask_tensor(mask)
         if mask.dim() != 2:
             raise ValueError(f"mask must be (H, W), got shape {tuple(mask.shape)}")
         if isinstance(params, Mismatch):
@@ -320,7 +323,6 @@ class EnlargedGridOperator(nn.Module):
         self.bands, self.step, self.spatial, self.spectral = bands, step, spatial, spectral
         self.windows, self.full_width, self.interpolation = windows, mask.shape[1], interpolation
         self.backend = check_backend(backend or default_backend(mask.device), mask.device)
-        mask = mask if mask.is_floating_point() else mask.float()
         weights, band, row, col = effective_mask_weights(params, bands, step, spatial, spectral)
         h, w = heights.pop(), mask.shape[1]
         kept = active_placements(band, row, col, h, w, w + step * (bands - 1))

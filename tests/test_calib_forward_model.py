@@ -4,6 +4,7 @@ These tests use a known cube on purpose: they test the model, not the (blind) ca
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,3 +252,15 @@ def test_a_mismatch_without_a1_disperses_at_the_step(step):
     fine = EnlargedGridOperator(mask, drift, step=step, spatial=2, spectral=2)
     torch.testing.assert_close(fine(x), EnlargedGridOperator(mask, Mismatch(dx=0.5, a1=float(step)), step=step,
                                                              spatial=2, spectral=2)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_a_numpy_mask_is_taken_as_the_tensor_one(backend):
+    """A numpy mask (float64, or 0/1 integers) is taken through cassi.operator.mask_tensor as CassiOperator and the
+    simulator take it; EnlargedGridOperator asked for ``mask.dim()`` and failed with an AttributeError."""
+    mask = _mask(20, 24)
+    x = torch.rand(1, 28, 20, 24, dtype=torch.float64)
+    expected = EnlargedGridOperator(mask, DRIFT, spatial=2, spectral=2, backend=backend)(x)
+    for array in (mask.numpy(), mask.numpy().astype(np.uint8)):
+        operator = EnlargedGridOperator(array, DRIFT, spatial=2, spectral=2, backend=backend)
+        torch.testing.assert_close(operator(x.to(operator.masks.dtype)), expected.to(operator.masks.dtype))
