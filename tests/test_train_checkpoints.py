@@ -110,6 +110,34 @@ def test_test_and_predict_read_the_checkpoint_once_for_the_mask_warning(mst_run,
         run(stage, MST, tmp_path / stage, *TEST, "--ckpt_path", str(last), *extra)
         assert loads == ["mapped", "whole"], (stage, loads)
 
+
+def test_fit_resume_reads_the_wandb_run_id_from_the_checkpoint_it_checked(mst_run, tmp_path, monkeypatch):
+    """Was: fit --ckpt_path with the W&B logger mapped the checkpoint twice before Lightning's load: once for the
+    checks, once more for the id of the W&B run to continue (training.callbacks.checkpoint_run_id). The id now comes
+    from the checkpoint the checks mapped."""
+    import wandb
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    shutil.copytree(mst_run[0] / "checkpoints", tmp_path / "copy" / "checkpoints")
+    last = tmp_path / "copy" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    torch.save({**checkpoint, "wandb": {"run_id": "fixa0001"}}, last)
+    loads, load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        if str(getattr(f, "path", f)) == str(last):
+            loads.append("mapped" if kwargs.get("mmap") else "whole")
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    try:
+        resumed = run("fit", MST, tmp_path / "copy", *FIT_WANDB, "--ckpt_path", "last")
+        assert resumed.trainer.logger.experiment.id == "fixa0001"       # the run that wrote it goes on
+    finally:
+        wandb.finish()
+    assert loads == ["mapped", "whole"]
+
 def test_test_prints_the_kaist_table_alone_unless_verbose(mst_run, tmp_path, capsys):
     """Was: Lightning's table of every logged value (~40 lines: each scene's metric) came before the KAIST table."""
     last = mst_run[0] / "checkpoints" / "last.ckpt"

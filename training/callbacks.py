@@ -7,6 +7,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from cassi.files import atomic_path, write_text
 from cassi.kaist_table import text_table
 from cassi.progress import fit_progress, progress_text
 from data.previews import save_comparison, save_segmentation, save_spectra
-from models.loading import torch_load_weights
 from models.registry import USER_MODULES_ENV, get_entry, user_modules
 from training.loggers import log_image_file, log_run_config, log_validation_scenes
 
@@ -261,14 +261,10 @@ class WandbRunId(pl.Callback):
                 return
 
 
-def checkpoint_run_id(path: str | Path) -> str | None:
-    """The W&B run id a checkpoint of this project records, or None."""
-    try:
-        raw = torch_load_weights(path, mmap=True)
-    except ValueError:  # checked before (training.cli.check_resume_checkpoint), or other objects: Lightning loads it
-        return None
-    record = raw.get("wandb") if isinstance(raw, dict) else None
-    return record.get("run_id") if isinstance(record, dict) else None
+def checkpoint_run_id(checkpoint: Mapping[str, Any]) -> str | None:
+    """The W&B run id a checkpoint of this project records (as :class:`WandbRunId` writes it), or None."""
+    record = checkpoint.get("wandb")
+    return record.get("run_id") if isinstance(record, Mapping) else None
 
 
 class PredictionWriter(BasePredictionWriter):

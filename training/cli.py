@@ -789,14 +789,13 @@ class CassiCLI(LightningCLI):
         if self.subcommand == "fit":
             warn_missing_loader_position(path, checkpoint, slurm)
 
-    @staticmethod
-    def _continue_wandb_run(config: Namespace) -> None:
-        """Resuming from a checkpoint continues the W&B run that wrote it (unless an id is given)."""
+    def _continue_wandb_run(self, config: Namespace) -> None:
+        """Resuming from a checkpoint continues the W&B run that wrote it (unless an id is given): the id it records
+        is taken from the checkpoint the checks read (:attr:`checked_checkpoint`), not read again."""
         logger = _logger_config(config.trainer)
-        path = resolve_checkpoint(str(config.ckpt_path), config.checkpoint.dirpath)
-        if logger is None or path is None or not path.is_file():
+        if logger is None or self.checked_checkpoint is None:   # registry, remote: Lightning's
             return
-        run_id = checkpoint_run_id(path)
+        run_id = checkpoint_run_id(self.checked_checkpoint[1])
         init_args = logger.get("init_args") or Namespace()
         if run_id and not init_args.get("id"):
             init_args.id = run_id                     # WandbLogger resumes an existing id ("allow")
