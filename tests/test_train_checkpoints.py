@@ -23,7 +23,7 @@ from models.checkpoints import load_lightning_checkpoint, training_progress
 from test_custom_model import user_module  # noqa: F401  (a fixture)
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
-from training.cli import data_differences
+from training.cli import check_resume_checkpoint, data_differences
 
 MST = CONFIGS / "smoke" / "mst_s.yaml"
 HSRA = CONFIGS / "smoke" / "hsra_s.yaml"
@@ -321,6 +321,36 @@ def test_a_ckpt_path_torch_cannot_read_is_said_to_be_what_it_is(tmp_path, capsys
     refused(capsys, lambda: run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", "last"),
             rf"error: --ckpt_path {re.escape(str(folder / 'last.ckpt'))}: the file is empty, not a torch checkpoint$")
     assert os.listdir(tmp_path / "run") == ["checkpoints"]     # refused before any work
+
+
+def test_a_ckpt_path_of_other_things_than_weights_is_refused(tmp_path, capsys):
+    """Was: a Lightning-looking checkpoint whose objects torch loads only with weights_only=False (a numpy array) went
+    on to Lightning, which ended in its traceback (WeightsUnpickler error ..., exit 1), as did one whose state_dict
+    holds a string ('Missing key(s) in state_dict', exit 1); a dict or list of no weights was said to hold "the
+    weights only, like an MST toolbox .pth" or "list". Now one line each (exit 2), in fit, test and predict."""
+    import numpy as np
+
+    stamp = {"pytorch-lightning_version": "2.6.6"}
+    objects, strings, plain, listed = (tmp_path / f"{name}.ckpt" for name in ("objects", "strings", "plain", "list"))
+    torch.save({**stamp, "state_dict": {"w": np.zeros(3)}}, objects)
+    torch.save({**stamp, "state_dict": {"w": "not a tensor"}}, strings)
+    torch.save({"state_dict": {"w": "not a tensor"}}, plain)
+    torch.save([1, 2], listed)
+    said = {objects: r" holds objects other than tensors and plain values \(numpy\.\S+\), which train\.py loads only "
+                     r"with --weights_only false: pass it if you trust the file \(loading runs its pickled code\)$",
+            strings: r": its state_dict holds a str at 'w', not a tensor: not a checkpoint train\.py can load$",
+            plain: r" is not a Lightning checkpoint of train\.py \(it holds a dict, not the weights of a model\); "
+                   r"--ckpt_path resumes a train\.py run$",
+            listed: r" is not a Lightning checkpoint of train\.py \(it holds a list, not the weights of a model\)"}
+    for path, what in said.items():
+        refused(capsys, lambda: run("test", MST, tmp_path / "run", *TEST, "--ckpt_path", str(path)),
+                rf"error: --ckpt_path {re.escape(str(path))}{what}")
+    refused(capsys, lambda: run("fit", MST, tmp_path / "run", *FIT, "--ckpt_path", str(objects)),
+            rf"error: --ckpt_path {re.escape(str(objects))} holds objects other than tensors")
+    refused(capsys, lambda: run("predict", MST, tmp_path / "run", *TEST, "--ckpt_path", str(strings)),
+            rf"error: --ckpt_path {re.escape(str(strings))}: its state_dict holds a str at 'w'")
+    assert not (tmp_path / "run").exists()                      # refused before any work
+    assert check_resume_checkpoint(objects, weights_only=False) is None    # --weights_only false: Lightning loads it
 
 
 def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run, tmp_path, capsys):

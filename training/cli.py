@@ -64,7 +64,7 @@ from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.checkpoints import lightning_training_mask, other_mask_warning
-from models.loading import torch_load_weights
+from models.loading import torch_load_weights, unwrap_checkpoint
 from models.registry import forward_inputs, probe_measurement
 from models.release import mask_identity, same_mask
 from training.acceleration import check_accelerator
@@ -298,29 +298,54 @@ def checkpoint_label(path: str | os.PathLike, slurm: bool = False) -> str:
     return f"--ckpt_path {path}"
 
 
-def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = False) -> Mapping | None:
-    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc"); so must the
-    file Lightning resumes from in a SLURM job (``slurm``). Returns the checkpoint (loaded memory-mapped, weights
-    only), or None for the special values and for a file that holds other objects than tensors and plain values
-    (Lightning loads those itself, or says why)."""
+def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = False,
+                            weights_only: bool | None = None) -> Mapping | None:
+    """Before any work: ``--ckpt_path`` must name a Lightning checkpoint (or "last" / "best" / "hpc") whose
+    ``state_dict`` holds tensors; so must the file Lightning resumes from in a SLURM job (``slurm``). A file that
+    holds other objects than tensors and plain values is refused unless ``weights_only`` (``train.py
+    --weights_only``) is False: Lightning loads it then. Returns the checkpoint (loaded memory-mapped, weights
+    only), or None for the special values and for such a file loaded by Lightning."""
     if ckpt_path is None or str(ckpt_path) in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path) \
             or str(ckpt_path).startswith("registry"):
         return None
     path = Path(ckpt_path)
+    label = checkpoint_label(path, slurm)
     if not path.is_file():
-        raise UserError(f"{checkpoint_label(path, slurm)}: no such checkpoint file")
+        raise UserError(f"{label}: no such checkpoint file")
     try:
-        raw = torch_load_weights(path, mmap=True, label=checkpoint_label(path, slurm))
+        raw = torch_load_weights(path, mmap=True, label=label)
     except ValueError as err:                        # what the file is: empty, no torch file, an .npz, truncated
         if isinstance(err.__cause__, pickle.UnpicklingError) and zipfile.is_zipfile(path):
-            return None                              # holds other objects: Lightning loads it (or says why)
+            if weights_only is False:                # the user trusts it: Lightning loads it (or says why)
+                return None
+            refused = re.search(r"GLOBAL (\S+)", str(err.__cause__))     # the object torch would not unpickle
+            named = f" ({refused.group(1)})" if refused else ""
+            raise UserError(f"{label} holds objects other than tensors and plain values{named}, which train.py loads "
+                            "only with --weights_only false: pass it if you trust the file (loading runs its pickled "
+                            "code)") from err
         raise UserError(one_line(err)) from err
     if not isinstance(raw, Mapping) or "pytorch-lightning_version" not in raw:
-        held = "the weights only, like an MST toolbox .pth" if isinstance(raw, Mapping) else type(raw).__name__
-        raise UserError(f"{checkpoint_label(path, slurm)} is not a Lightning checkpoint of train.py (it holds {held}); "
-                        f"--ckpt_path resumes a train.py run; evaluate these weights with "
+        try:
+            unwrap_checkpoint(raw)
+        except ValueError:
+            raise UserError(f"{label} is not a Lightning checkpoint of train.py (it holds a {type(raw).__name__}, "
+                            "not the weights of a model); --ckpt_path resumes a train.py run") from None
+        raise UserError(f"{label} is not a Lightning checkpoint of train.py (it holds the weights only, like an MST "
+                        f"toolbox .pth); --ckpt_path resumes a train.py run; evaluate these weights with "
                         f"'eval.py kaist --model NAME --ckpt {path}'")
+    problem = state_dict_problem(raw.get("state_dict"))
+    if problem:
+        raise UserError(f"{label}: its state_dict {problem}: not a checkpoint train.py can load")
     return raw
+
+
+def state_dict_problem(state: Any) -> str | None:
+    """What keeps a Lightning checkpoint's ``state_dict`` from being a model's weights (a mapping of names to
+    tensors), said of it ("holds a str at 'w', not a tensor"), or None."""
+    if not isinstance(state, Mapping):
+        return "is missing" if state is None else f"is a {type(state).__name__}, not a mapping of names to tensors"
+    odd = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
+    return None if odd is None else f"holds a {type(state[odd]).__name__} at {odd!r}, not a tensor"
 
 
 def _plain(value: Any) -> Any:
@@ -464,11 +489,12 @@ def last_checkpoint(dirpath: str | None, subcommand: str | None) -> Path | None:
                     "RUN_FOLDER, or a checkpoint file with --ckpt_path FILE")
 
 
-def best_checkpoint(dirpath: str | None) -> Path | None:
+def best_checkpoint(dirpath: str | None, weights_only: bool | None = None) -> Path | None:
     """The file ``--ckpt_path best`` stands for: the best checkpoint of the run in the checkpoint folder, as its
     newest ``last*.ckpt`` records it (``ModelCheckpoint``'s ``best_model_path``; looked up in that folder when the
     run folder has moved). None for a remote folder (Lightning looks itself). Lightning knows the best checkpoint only
-    in the process that trained it: a new ``train.py`` stopped with its traceback once the data were loaded."""
+    in the process that trained it: a new ``train.py`` stopped with its traceback once the data were loaded.
+    ``weights_only``: ``--weights_only``, as :func:`check_resume_checkpoint` takes it."""
     if dirpath is None or "://" in str(dirpath):
         return None
     last = resolve_checkpoint("last", dirpath)
@@ -476,7 +502,7 @@ def best_checkpoint(dirpath: str | None) -> Path | None:
         raise UserError(f"--ckpt_path best: no last checkpoint (last.ckpt) in {dirpath} to tell which checkpoint of "
                         "the run is the best; pass the folder of the run with --trainer.default_root_dir RUN_FOLDER, "
                         "or a checkpoint file with --ckpt_path FILE")
-    checkpoint = check_resume_checkpoint(last) or {}
+    checkpoint = check_resume_checkpoint(last, weights_only=weights_only) or {}
     recorded = [state.get("best_model_path") for key, state in (checkpoint.get("callbacks") or {}).items()
                 if str(key).startswith("ModelCheckpoint") and isinstance(state, Mapping)]
     for best in filter(None, recorded):
@@ -773,15 +799,15 @@ class CassiCLI(LightningCLI):
             config.ckpt_path = str(ckpt_path)        # as with --ckpt_path hpc: Lightning loads the file checked here
         resolved = None
         if str(ckpt_path) == "best":
-            resolved = best_checkpoint(config.checkpoint.dirpath)
+            resolved = best_checkpoint(config.checkpoint.dirpath, config.get("weights_only"))
         elif str(ckpt_path) == "hpc":
             resolved = hpc_checkpoint(config.trainer.default_root_dir)
         if resolved is not None:                     # Lightning loads the very file checked here
             ckpt_path = config.ckpt_path = str(resolved)
         if str(ckpt_path) == "last":                 # checked as the file it stands for (None: a remote folder)
             ckpt_path = last_checkpoint(config.checkpoint.dirpath, self.subcommand)
-        checkpoint = check_resume_checkpoint(ckpt_path, slurm)
-        if checkpoint is None:                       # registry, remote: Lightning's; other objects: Lightning loads it
+        checkpoint = check_resume_checkpoint(ckpt_path, slurm, config.get("weights_only"))
+        if checkpoint is None:                       # registry, remote, objects with --weights_only false: Lightning's
             return
         path = Path(ckpt_path)
         check_checkpoint_settings(path, checkpoint, config.model, self.subcommand, config.get("data"), slurm)
@@ -793,7 +819,7 @@ class CassiCLI(LightningCLI):
         """Resuming from a checkpoint continues the W&B run that wrote it (unless an id is given): the id it records
         is taken from the checkpoint the checks read (:attr:`checked_checkpoint`), not read again."""
         logger = _logger_config(config.trainer)
-        if logger is None or self.checked_checkpoint is None:   # registry, remote: Lightning's
+        if logger is None or self.checked_checkpoint is None:   # registry, remote, --weights_only false: Lightning's
             return
         run_id = checkpoint_run_id(self.checked_checkpoint[1])
         init_args = logger.get("init_args") or Namespace()
