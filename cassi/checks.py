@@ -8,8 +8,9 @@ is possible but suspicious is a warning (to record in the output), never silence
   rotate the mask file instead).
 * Instrument (:func:`check_instrument`): some light through the mask must reach the detector (a shift
   of 1e6 px leaves an all-zero measurement); less than half of it is a warning.
-* Measurement (:func:`check_measurement`): finite, some positive value (photon counts); values below
-  -5 % of the maximum are a warning (read noise makes small negative values, not large ones).
+* Measurement (:func:`check_measurement`): finite, some positive value and a positive total (photon counts: a
+  negative total is a sign-flipped measurement or a too large background subtracted); values below -5 % of the
+  maximum are a warning (read noise makes small negative values, not large ones).
 * Mask (:func:`check_mask`): finite, non-negative, not zero everywhere.
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def check_instrument(op: CassiOperator, what: str = "mismatch") -> list[str]:
 
 
 def check_measurement(y: Tensor, where: str = "measurement") -> list[str]:
-    """Raise for a measurement without light or with NaN / Inf; returns warnings (large negative values)."""
+    """Raise for a measurement without light, with a total <= 0 (sign-flipped) or with NaN / Inf, naming it as
+    ``where``; returns warnings (large negative values)."""
     y = torch.as_tensor(y)
     if not torch.isfinite(y).all():
         raise UserError(f"{where}: {int((~torch.isfinite(y)).sum())} values are NaN or Inf")
@@ -81,6 +83,11 @@ def check_measurement(y: Tensor, where: str = "measurement") -> list[str]:
     if top <= 0:
         raise UserError(f"{where}: no positive value (range [{low:.4g}, {top:.4g}]): a measurement counts "
                         "photons, so it cannot be all zeros or negative")
+    total = float(y.double().sum())
+    if total <= 0:
+        raise UserError(f"{where}: the measurement sums to {total:.4g} (values in [{low:.4g}, {top:.4g}]): photon "
+                        "counts add up to the light that reached the detector, a positive total, so it looks "
+                        "sign-flipped (-y) or a too large background was subtracted")
     if low < -NEGATIVE_WARNING_FRACTION * top:
         return [f"{where}: values down to {low:.4g} ({100 * -low / top:.1f} % of the maximum {top:.4g}); photon "
                 "counts are not negative beyond read noise (was a background subtracted?)"]

@@ -371,6 +371,9 @@ EVAL_CASES = {
                                        r"scenario III estimate from .*theta90.json: \|theta\| = 90 deg"),
     "real all-zero capture": (["real", "--data.root", "{f}/real_zero"],
                               r"real_zero/scene1.mat\['meas_real'\]: no positive value"),
+    "real sign-flipped capture": (["real", "--data.root", "{f}/real_flipped"],
+                                  r"real_flipped/scene1.mat\['meas_real'\]: the measurement sums to -\d.* so it looks "
+                                  r"sign-flipped"),
     "real scale 0": (["real", "--data.root", "{f}/real_ok", "--scale", "0"], r"--scale: must be a finite number > 0"),
     "real limit 0": (["real", "--data.root", "{f}/real_ok", "--limit", "0"], r"--limit: must be a positive integer"),
     "export NaN weights": (["export", "--ckpt", "{f}/nan.pth", "--model", "mst_s", "--mask", "{f}/mask.mat"],
@@ -392,8 +395,10 @@ def eval_files(files) -> Path:
     np.savez(files / "oparray.npz", **{**arrays, "mask": synthetic.numpy(), "dx": np.array([1.0, 2.0])})
     (files / "dxnull.json").write_text(json.dumps({"estimate": {"dx": None, "dy": 0.1}}))
     (files / "theta90.json").write_text(json.dumps({"estimate": {"theta": 90.0}}))
-    for name, y in (("real_zero", np.zeros((SIZE, SIZE + 54), np.float32)),
-                    ("real_ok", np.load(files / "y.npz")["y"])):
+    y_ok = np.load(files / "y.npz")["y"]
+    flipped = -y_ok + 0.02 * y_ok.max() * np.random.default_rng(0).standard_normal(y_ok.shape, np.float32)
+    for name, y in (("real_zero", np.zeros((SIZE, SIZE + 54), np.float32)), ("real_ok", y_ok),
+                    ("real_flipped", flipped)):
         (files / name).mkdir()
         scipy.io.savemat(files / name / "mask.mat", {"mask": mask.numpy()})
         scipy.io.savemat(files / name / "scene1.mat", {"meas_real": y})
@@ -422,7 +427,7 @@ def test_physical_warnings_are_recorded_in_the_outputs(eval_files, tmp_path):
     root.mkdir()
     y = np.load(eval_files / "y.npz")["y"]
     scipy.io.savemat(root / "mask.mat", {"mask": load_mask(eval_files / "mask.mat")})
-    scipy.io.savemat(root / "scene1.mat", {"meas_real": y - 0.2 * y.max()})
+    scipy.io.savemat(root / "scene1.mat", {"meas_real": y - 0.1 * y.max()})     # a positive total still
     assert ev("real", "--data.root", root, "--gap.iterations", 2, "--no-previews", "--out", tmp_path / "real") == 0
     warnings = json.loads((tmp_path / "real" / "results.json").read_text())["warnings"]
     assert len(warnings) == 1 and "photon counts are not negative beyond read noise" in warnings[0]
@@ -443,6 +448,15 @@ def test_physical_checks_of_the_api():
     assert check_measurement(torch.rand(4, 4) - 0.01) == []  # read noise: small negative values are fine
     with pytest.raises(UserError, match="no positive value"):
         check_measurement(torch.zeros(4, 4))
+    # sign-flipped (-y with read noise: a few pixels positive): was only the warning of large negative values
+    y = torch.rand(SIZE, SIZE + 54, generator=torch.Generator().manual_seed(0)) * 3
+    flipped = -y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    assert float(flipped.max()) > 0
+    with pytest.raises(UserError, match=r"^scene1\.mat\['meas_real'\]: the measurement sums to -4\d\d\d \(values in "
+                                        r"\[-3\.\d+, 0\.\d+\]\): photon counts add up to the light that reached the "
+                                        r"detector, a positive total, so it looks sign-flipped \(-y\) or a too large "
+                                        r"background was subtracted$"):
+        check_measurement(flipped, "scene1.mat['meas_real']")
 
 
 API_CASES = {
