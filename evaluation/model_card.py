@@ -130,7 +130,8 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
         return ["## Training", "", "Not recorded (the weights did not come from a train.py checkpoint).", ""]
     hp, data, val = training.get("hyper_parameters", {}), training.get("data", {}), training.get("validation", {})
     schedule = hp.get("scheduler", "?") + (f" {hp['scheduler_kwargs']}" if hp.get("scheduler_kwargs") else "")
-    instrument = ", ".join(f"{k} {hp[k]}" for k in ("mismatch", "noise", "operator") if hp.get(k)) or "nominal, noise-free"
+    instrument = ", ".join(f"{k} {hp[k]}" for k in ("mismatch", "noise", "operator") if hp.get(k)) \
+        or "nominal, noise-free"
     source = data.get("source", "auto")
     where = f"`{data['root']}`" if data.get("root") else "built-in synthetic scenes"
     if data.get("mask"):
@@ -155,7 +156,8 @@ def _training_lines(training: dict[str, Any] | None) -> list[str]:
              f"- {_progress(training)}"
              + (f"; W&B run `{training['wandb_run_id']}`" if training.get("wandb_run_id") else "")]
     scenes = val.get("scenes") or []
-    lines.append(f"- validation: {len(scenes)} held-out training scene(s) ({', '.join(scenes) or 'names not recorded'}),"
+    lines.append(f"- validation: {len(scenes)} held-out training scene(s) "
+                 f"({', '.join(scenes) or 'names not recorded'}),"
                  f" {data.get('val_crops_per_scene', 1)} crop(s) of {data.get('val_crop') or data.get('crop')} px each"
                  f" (never {test_set})")
     if val.get("monitor"):
@@ -189,8 +191,8 @@ def _metrics_lines(config: dict[str, Any], metrics: dict[str, Any] | None) -> li
         lines.append(f"| {row['name']} | {_number(row.get('psnr'))} | {_number(row.get('ssim'), 4)} | "
                      f"{_number(row.get('sam'))} | {_number(row.get('ergas'))} |")
     mean = metrics["mean"]
-    lines.append(f"| **mean of {len(metrics['scenes'])}** | {_number(mean.get('psnr'))} | {_number(mean.get('ssim'), 4)}"
-                 f" | {_number(mean.get('sam'))} | {_number(mean.get('ergas'))} |")
+    lines.append(f"| **mean of {len(metrics['scenes'])}** | {_number(mean.get('psnr'))} | "
+                 f"{_number(mean.get('ssim'), 4)} | {_number(mean.get('sam'))} | {_number(mean.get('ergas'))} |")
     return lines + [""]
 
 
