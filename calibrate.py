@@ -197,6 +197,12 @@ def summary(result) -> str:
                      "score less the noise it carries moved the "
                      f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s); "
                      f"{noise['outcome']}")
+    basis = result.settings.get("spectral_basis")
+    if basis:
+        lines.append(f"spectral basis: {basis['used']} (the first {basis['directions']} directions of "
+                     f"{basis['learned_from']} {'kept' if basis['kept'] else 'refused'}: held-out error at the nominal "
+                     f"point {100 * basis['relative_margin']:+.1f} % +- {100 * basis['standard_error']:.1f} % against "
+                     "the DCT cosines, + = better)")
     reading = selection.get("interpolation")
     handed = result.settings.get("handed_mask")
     unshift = (handed or {}).get("unshift")
@@ -417,7 +423,8 @@ def run_calibration(args: argparse.Namespace) -> dict[str, Path]:
                                solver_check=args.check_solver, device=device,
                                status_settings=StatusSettings(tolerance=tuple(args.tolerance)),
                                **({"mask_interpolations": ("linear",)} if args.mask_reading == "linear" else {}),
-                               **({"noise_correction": None} if args.no_noise_correction else {}), network=network)
+                               **({"noise_correction": None} if args.no_noise_correction else {}), network=network,
+                               network_stage=args.network_stage)
             result.timings["startup_s"] = round(startup, 3)
             result.settings["mask_source"] = mask_source
             print(summary(result), flush=True)
@@ -555,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "s2_transformer, ...) with --ckpt")
     cal.add_argument("--ckpt", default=None,
                      help="network checkpoint: .pth state dict, train.py .ckpt or release folder")
+    cal.add_argument("--network-stage", action="store_true",
+                     help="a network solver: after the held-out stages (whose solves use the spectral directions of "
+                          "the network's cube), polish and refine once more on the held-out criterion with the "
+                          "network's cube at each candidate as prior mean, gradients through the network "
+                          "(calibration.json: settings.network_stage; measured less accurate, README 'Inner solver')")
     cal.add_argument("--check-solver", action="store_true",
                      help="reconstruct with the solver (GAP-TV for heldout) and the nominal / calibrated operator "
                           "and report its residual before / after")
@@ -582,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "estimates under one model)")
     cal.add_argument("--no-noise-correction", action="store_true",
                      help="skip the refinement on the held-out score less the noise it carries (the last stage "
-                          "of heldout, the start of a network solver's; calibration.json: settings.noise_correction)")
+                          "of heldout and of a network solver; the start of gap_tv's and --network-stage's; "
+                          "calibration.json: settings.noise_correction)")
     cal.add_argument("--tolerance", type=non_negative_float, nargs=5, default=list(CALIBRATION_TOLERANCE.values()),
                      metavar=("DX", "DY", "THETA", "A1", "ALPHA"),
                      help="the accuracy an 'ok' status vouches for (px, px, deg, px/band, deg; default "

@@ -13,16 +13,22 @@ the nominal point and at the estimate (residual before / after). Only ``y`` and 
 are used.
 
 The inner solver (``solver``) decides the estimate. ``heldout`` (the default): the held-out score
-throughout, as above. ``gap_tv`` or a mask-aware network S (:mod:`calib.solver_score`): the held-out
-pipeline above chooses the forward model and gives the starting point (a network forward per grid
-point would cost hours on a CPU); from there S's criterion (for a network, the held-out criterion with
-its cube as prior mean, :mod:`calib.network_score`), through the chosen model, ranks a round
-of coordinate polishing and is the loss of Algorithm 2 (gradients through S); these stages are recorded with the
-suffix " (solver)" in ``history`` and ``timings``. The status tests stay those of the held-out criterion
-(:mod:`calib.status`, whose noise model they need), run at S's estimate: they say whether the calibrated model
-explains the measurement and whether the held-out landscape pins each parameter there; one more test compares the
-held-out criterion's own refined estimate with S's, and a significantly better held-out point makes the status
-"ambiguous" (:func:`calib.status.solver_agreement`).
+throughout, as above. ``gap_tv`` (:mod:`calib.solver_score`): the held-out pipeline above chooses the forward
+model and gives the starting point; from there GAP-TV's measurement residual through the chosen model ranks a
+round of coordinate polishing and is the loss of Algorithm 2 (gradients through the unrolled solver). A
+mask-aware network S: S reconstructs the measurement at the nominal instrument once, and every held-out
+solve of the pipeline above (Algorithm 1, model selection, Algorithm 2, the noise-corrected stage, the
+status tests) keeps spectra in the first principal directions of S's cube instead of the DCT cosines
+(:func:`calib.network_score.network_spectral_basis`, unless they predict the held-out pixels far worse:
+:func:`calib.network_score.choose_spectral_basis`); with ``network_stage`` a polish and Algorithm 2 follow on
+the held-out criterion with S's cube at each candidate as prior mean, gradients through S
+(:mod:`calib.network_score`; measured less accurate on the pseudo-real crops, README "Inner solver"). The
+stages S decides after the held-out ones are recorded with the suffix " (solver)" in ``history`` and
+``timings``. The status tests stay those of the held-out criterion (:mod:`calib.status`, whose noise model
+they need), run at S's estimate: they say whether the calibrated model explains the measurement and whether
+the held-out landscape pins each parameter there; one more test compares the held-out criterion's own
+refined estimate with S's, and a significantly better held-out point makes the status "ambiguous"
+(:func:`calib.status.solver_agreement`).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_
 from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
 from calib.model_selection import CANDIDATE_MODELS, check_interpolation, search_model, select_and_refine
+from calib.network_score import choose_spectral_basis, network_spectral_basis
 from calib.noise_term import NoiseCorrection, correct_for_noise
 from calib.ranges import Ranges, pixel_scales
 from calib.refine import RefineSettings, refine
@@ -112,6 +119,14 @@ def _solver_check(solver_name: str, solve: Solver, y: Tensor, mask: Tensor, band
     return out
 
 
+def _criterion_name(basis: dict | None) -> str:
+    """What decided a held-out estimate (``settings.criterion``): the held-out CG criterion, and the network
+    whose spectral directions its solves used, if any (``basis``: ``settings.spectral_basis``)."""
+    if basis is None or not basis["kept"]:
+        return "held-out CG"
+    return f"held-out CG with the spectral directions of {basis['learned_from']}"
+
+
 def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands: int = 28, step: int = 2,
               ranges: Ranges | dict | None = None, progress: bool = True,
               search: SearchSettings = SearchSettings(), refinement: RefineSettings = RefineSettings(),
@@ -122,7 +137,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
               models: tuple[tuple[int, int], ...] = CANDIDATE_MODELS,
               mask_interpolations: tuple[str, ...] = MASK_INTERPOLATIONS,
               noise_correction: NoiseCorrection | None = NoiseCorrection(),
-              network: nn.Module | None = None) -> CalibrationResult:
+              network: nn.Module | None = None, network_stage: bool = False) -> CalibrationResult:
     """Estimate the instrument mismatch from one measurement ``y`` (H, W + step*(L-1)) and the nominal
     coded ``mask`` (H, W), blind (no scene is given or used); or one instrument from M captures
     ``y`` (M, H, W + step*(L-1)) (a scene each): every stage scores the mean of the captures' held-out
@@ -141,7 +156,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     better held-out score is kept, ``result.settings["model_selection"]["interpolation"]`` records both,
     estimates that differ by more than 0.1 pixel units make the status "ambiguous"); ("linear",): no check.
     ``network``: a network ``solver``'s weights already loaded from ``ckpt`` (:func:`calib.solvers.load_network`:
-    calibrations of several captures share one load); None: loaded here.
+    calibrations of several captures share one load); None: loaded here. ``network_stage``: a network ``solver``
+    also polishes and refines with its cube as the held-out solves' prior mean (module docstring;
+    ``result.settings["network_stage"]``); other solvers refuse it.
     ``solver_check``: run that reconstruction (off: ``result.checks`` is empty).
     ``noise_correction``: the last refinement on the noise-corrected score (:class:`NoiseCorrection`; None:
     none; the record is ``result.settings["noise_correction"]``).
@@ -172,6 +189,16 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
             raise UserError(f"--solver {solver} calibrates from one capture; several captures are fitted jointly "
                             f"with the held-out criterion only (--solver {HELD_OUT})")
         inner = inner_solver(solver, ckpt, y[0], mask, bands, step, network)  # a bad solver fails here
+        if network_stage and (inner is None or inner.network is None):
+            raise UserError(f"--network-stage is only used with a network solver, not {solver}")
+    basis_record = None
+    if inner is not None and inner.network is not None and refine_score.spectral_basis:
+        with clock.stage("0 spectral basis"):       # the held-out solves keep spectra in the network's directions
+            learned = network_spectral_basis(inner.network, solver, y[0], mask, bands, step)
+            kept, basis_record = choose_spectral_basis(learned, y, mask, bands, step, refine_score,
+                                                       status_settings.z, status_settings.blocks)
+        if kept:
+            search_score, refine_score = (s.with_(learned_basis=learned) for s in (search_score, refine_score))
     candidates = [tuple(oversample)] if oversample is not None else [tuple(m) for m in models]
     fits = [search_model(y, mask, bands, step, model, ranges, search, search_score, refine_score,
                          status_settings.blocks, progress, compare=len(candidates) > 1) for model in candidates]
@@ -217,7 +244,7 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                                    sum(e["evaluations"] for e in noise_record["steps"]) + 1, wall, cpu,
                                    noise_record["steps"]))
     criterion, heldout_point = None, None
-    if inner is not None:               # S decides from the held-out estimate, through the chosen model
+    if inner is not None and (inner.network is None or network_stage):   # S decides from the held-out estimate
         heldout_point = point.clone()
         criterion = inner.criterion(y[0], mask, bands, step, full.settings, point[None])
         with clock.stage("0 solver nominal"):
@@ -252,15 +279,16 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         checks = _solver_check(GAP_TV if solver == HELD_OUT else solver, solve, y, mask, bands, step, estimate,
                                oversample, chosen.interpolation, clock)
     settings = {"solver": solver, "ckpt": None if ckpt is None else str(Path(ckpt).resolve()),
-                "criterion": "held-out CG" if criterion is None else criterion.describe(),
+                "criterion": _criterion_name(basis_record) if criterion is None else criterion.describe(),
+                "network_stage": criterion is not None and inner.network is not None,
                 "bands": bands, "step": step, "ranges": ranges.to_dict(),
                 "oversample": list(oversample), "mask_interpolation": chosen.interpolation,
                 "model_selection": selection, "device": str(device),
                 "captures": int(y.shape[0]),
-                "search": asdict(search), "search_score": asdict(chosen.cheap.settings),
-                "refine_score": asdict(full.settings),
+                "search": asdict(search), "search_score": chosen.cheap.settings.record(),
+                "refine_score": full.settings.record(),
                 "refinement": asdict(refinement), "status": asdict(status_settings),
-                "noise_correction": noise_record, "diagnostics": diagnostics}
+                "noise_correction": noise_record, "spectral_basis": basis_record, "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
     return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,

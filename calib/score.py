@@ -22,12 +22,14 @@ the truth. With the spectra confined to 6 cosines (which fit the pseudo-KAIST cu
 truth predicts ~9 % better than that point, and 8 instead of 7 of the 10 benchmark scenes land in
 tolerance. The subspace system converges slowly, so the warm starts are solved long (150 / 80
 iterations) and candidates start from them.
+A network solver replaces the cosines by the first k principal directions of its own cube's spectra
+(:class:`SpectralBasis`, ``ScoreSettings.learned_basis``; :mod:`calib.network_score`).
 Only the measurement and the nominal mask enter: no ground truth.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -36,6 +38,32 @@ from torch.utils.checkpoint import checkpoint as recompute
 from calib.forward_model import EnlargedGridOperator
 
 MASK_BYTES_PER_CHUNK = 24 * 2 ** 20    # candidates are scored in chunks whose effective masks fit this
+
+
+@dataclass(frozen=True)
+class SpectralBasis:
+    """Spectral directions learned from one reconstruction of the measurement: orthonormal columns over the band
+    index, most energy first. In :class:`ScoreSettings` (``learned_basis``) they replace the DCT-II cosines: the
+    held-out solves keep each spectrum in the span of the first k of them."""
+
+    source: str                               # what they were learned from (calibration.json records it)
+    columns: tuple[tuple[float, ...], ...]    # the directions, each L values
+
+    @classmethod
+    def from_cube(cls, cube: Tensor, source: str) -> "SpectralBasis":
+        """The principal directions of the spectra of ``cube`` (L, H, W), uncentred (the first is the mean
+        spectrum's): the left singular vectors of the (L, H*W) matrix of its spectra."""
+        if cube.dim() != 3 or not torch.isfinite(cube).all():
+            raise ValueError(f"a spectral basis is learned from a finite cube (L, H, W), got shape {tuple(cube.shape)}")
+        directions = torch.linalg.svd(cube.detach().cpu().double().reshape(cube.shape[0], -1), full_matrices=False)[0]
+        return cls(source, tuple(tuple(float(v) for v in column) for column in directions.T))
+
+    def matrix(self, bands: int, k: int) -> Tensor:
+        """The first ``k`` directions as columns (bands, k) float32."""
+        if len(self.columns[0]) != bands or not 1 <= k <= len(self.columns):
+            raise ValueError(f"the learned spectral basis has {len(self.columns)} directions of {len(self.columns[0])} "
+                             f"bands; asked for {k} of {bands}")
+        return torch.tensor(self.columns[:k], dtype=torch.float64).T.float()
 
 
 @dataclass(frozen=True)
@@ -51,14 +79,28 @@ class ScoreSettings:
     reference_iterations: int = 150  # iterations of the first warm-start solve (at the nominal point)
     rebase_iterations: int = 80    # iterations of later warm-start solves, from the previous ones
     folds: int = 2                 # 2: both halves predict each other; 1: one half predicts the other
-    spectral_basis: int = 6        # k: spectra in the span of the first k DCT-II cosines (0: all L bands free)
+    spectral_basis: int = 6        # k: spectra in the first k DCT-II cosines or learned directions (0: all free)
     seed: int = 0                  # held-out split
     spatial: int = 4               # model oversampling N
     spectral: int = 2              # model oversampling K
     interpolation: str = "linear"  # how the model reads the mask between pixels ("cubic": N = 1 only)
+    learned_basis: SpectralBasis | None = None   # the spectra's k directions instead of the DCT cosines
 
     def with_(self, **changes) -> "ScoreSettings":
         return replace(self, **changes)
+
+    def record(self) -> dict:
+        """The settings as ``calibration.json`` records them: a learned basis by its source, not its numbers."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["learned_basis"] = None if self.learned_basis is None else self.learned_basis.source
+        return out
+
+    def basis(self, bands: int) -> Tensor | None:
+        """The spectra's basis (bands, k) float32: the first k learned directions, or DCT-II cosines; None for k = 0."""
+        k = self.spectral_basis
+        if not k:
+            return None
+        return self.learned_basis.matrix(bands, k) if self.learned_basis is not None else dct_basis(bands, k)
 
 
 def stripe_windows(height: int, stripes: int, rows: int) -> list[tuple[int, int]]:
@@ -82,16 +124,18 @@ def dct_basis(bands: int, k: int) -> Tensor:
     return (cosines / cosines.norm(dim=0)).float()
 
 
-def dct_band_curvature(bands: int, k: int) -> Tensor:
-    """Eigenvalues ``4 sin^2(pi j / 2L)`` of ``D_b^T D_b`` (Neumann band differences) on the first k
-    DCT-II cosines, which it diagonalises: (k,) float32."""
-    return (4 * torch.sin(math.pi * torch.arange(k, dtype=torch.float64) / (2 * bands)) ** 2).float()
+def band_roughness(basis: Tensor) -> Tensor:
+    """``||D_b u_j||^2`` for the columns u_j of ``basis`` (L, k), D_b the band differences (Neumann ends): the
+    diagonal of ``U^T D_b^T D_b U``, which the band penalty of the subspace solves uses (:func:`_smoothness`). The
+    DCT-II cosines diagonalise ``D_b^T D_b`` (eigenvalues ``4 sin^2(pi j / 2L)``), so for them this is the whole
+    penalty; for learned directions it penalises each direction's roughness. (k,) float32."""
+    return torch.diff(basis.double(), dim=0).pow(2).sum(0).float()
 
 
 def _smoothness(x: Tensor, lam: float, mu: float, band_curvature: Tensor | None = None) -> Tensor:
     """``(lam (D_r^T D_r + D_c^T D_c) + mu D_b^T D_b) x`` for first differences along rows, columns
-    and bands of x (B, L, h, W), Neumann ends. With ``band_curvature`` (k,), x holds DCT coefficients
-    (B, k, h, W) and the band term is ``mu * band_curvature * x`` (see :func:`dct_band_curvature`)."""
+    and bands of x (B, L, h, W), Neumann ends. With ``band_curvature`` (k,), x holds basis coefficients
+    (B, k, h, W) and the band term is ``mu * band_curvature * x`` (see :func:`band_roughness`)."""
     out = torch.zeros_like(x)
     dims = ((2, lam), (3, lam)) if band_curvature is not None else ((2, lam), (3, lam), (1, mu))
     for dim, weight in dims:
@@ -141,7 +185,7 @@ def regularised_solve(op: EnlargedGridOperator | SpectralSubspace, y: Tensor, we
 
     ``y`` (B, h, Wm); ``weight`` (1 or B, h, Wm) in {0, 1}; ``x0`` (B, L, h, W), a constant.
     Returns x (B, L, h, W), or with ``predict`` (x, A x). For a :class:`SpectralSubspace` operator x
-    holds the DCT coefficients (B, k, h, W) and ``band_curvature`` is :func:`dct_band_curvature`.
+    holds the basis coefficients (B, k, h, W) and ``band_curvature`` is :func:`band_roughness` of the basis.
     Batched (one system per batch entry); differentiable in the operator; ``checkpoint`` recomputes
     each iteration in backward.
     Without autograd, a subspace operator on the numba backend runs the whole solve as one CPU kernel
@@ -236,9 +280,9 @@ class HeldOutScore:
         self.held_out = (1 - self.fits) * (interior * scale).repeat_interleave(folds, 0)
         scale = float((self.mask ** 2).mean())
         self.lam, self.mu = settings.smooth_space * scale, settings.smooth_spectrum * scale
-        k = settings.spectral_basis
-        self.basis = dct_basis(bands, k).to(y.device) if k else None
-        self.band_curvature = dct_band_curvature(bands, k).to(y.device) if k else None
+        basis = settings.basis(bands)
+        self.basis = basis.to(y.device) if basis is not None else None
+        self.band_curvature = band_roughness(basis).to(y.device) if basis is not None else None
         self.reference: Tensor | None = None
         nominal = torch.tensor([[0.0, 0.0, 0.0, float(step), 0.0]], dtype=torch.float64)
         self.set_reference(nominal if reference is None else reference)

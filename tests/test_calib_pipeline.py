@@ -33,8 +33,8 @@ def test_frozen_mst_solver_runs_in_the_pipeline(tmp_path):
     path = tmp_path / "mst_s_random.pth"
     torch.save(create_model("mst_s").state_dict(), path)
     y, mask = measure(32, Mismatch(dx=0.4, a1=2.01))
-    result = calibrate(y, mask, solver="mst_s", ckpt=str(path), progress=False, **QUICK)
-    assert result.checks["solver"] == "mst_s"
+    result = calibrate(y, mask, solver="mst_s", ckpt=str(path), progress=False, network_stage=True, **QUICK)
+    assert result.checks["solver"] == "mst_s" and result.settings["network_stage"] is True
     assert result.settings["noise_correction"]["steps"]          # the network starts from the corrected point
     names = [r.name for r in result.history]
     assert names.index("2F noise-corrected") < names.index("1e polish (solver)")

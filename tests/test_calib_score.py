@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
 
 import pytest
 import torch
 
 import calib
 from calib.forward_model import EnlargedGridOperator, params_tensor
-from calib.score import (HeldOutScore, ScoreSettings, SpectralSubspace, _smoothness, dct_band_curvature, dct_basis,
+from calib.score import (HeldOutScore, ScoreSettings, SpectralSubspace, _smoothness, band_roughness, dct_basis,
                          stripe_windows)
 from cassi import Mismatch
 from cassi.noise import add_noise
@@ -37,11 +39,15 @@ def test_dct_basis_is_orthonormal_and_diagonalises_band_differences():
     basis = dct_basis(28, 6).double()
     assert torch.allclose(basis.T @ basis, torch.eye(6, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(basis[:, 0], torch.full((28,), 28 ** -0.5, dtype=torch.float64))
-    # the band-difference penalty of U z equals the coefficient-space penalty with dct_band_curvature
+    # the band-difference penalty of U z equals the coefficient-space penalty with band_roughness, whose values on
+    # the cosines are the eigenvalues 4 sin^2(pi j / 2L) of the Neumann band differences
+    roughness = band_roughness(basis).double()
+    assert torch.allclose(roughness, 4 * torch.sin(math.pi * torch.arange(6.0, dtype=torch.float64) / 56) ** 2,
+                          atol=1e-6)
     z = torch.randn(2, 6, 3, 5, dtype=torch.float64)
     x = torch.einsum("lk,bkhw->blhw", basis, z)
     on_bands = (x * _smoothness(x, 0.0, 1.0)).sum()
-    on_coefficients = (z * _smoothness(z, 0.0, 1.0, dct_band_curvature(28, 6))).sum()
+    on_coefficients = (z * _smoothness(z, 0.0, 1.0, roughness)).sum()
     assert float(on_coefficients) == pytest.approx(float(on_bands), rel=1e-5)
     with pytest.raises(ValueError, match="spectral basis size"):
         dct_basis(28, 29)
@@ -123,3 +129,26 @@ def test_several_captures_score_as_the_mean_of_their_scores(measurement):
     assert joint.residuals(points).shape[1] == 2 * _small_score(y, mask).residuals(points).shape[1]
     q = points[1].clone().requires_grad_(True)
     assert torch.isfinite(torch.autograd.grad(joint.loss(q[None]), q)[0]).all()
+
+
+def test_a_learned_spectral_basis_spans_the_cube_it_is_learned_from_and_replaces_the_cosines():
+    """calib.score.SpectralBasis: the principal directions of a cube's spectra; in ScoreSettings.learned_basis the
+    held-out solves use its first k directions instead of k DCT cosines, and calibration.json records its source."""
+    gen = torch.Generator().manual_seed(0)
+    spectra = torch.linalg.qr(torch.randn(28, 3, generator=gen, dtype=torch.float64))[0]        # a 3-D subspace
+    cube = torch.einsum("lk,khw->lhw", spectra, torch.rand(3, 8, 9, generator=gen, dtype=torch.float64))
+    learned = calib.score.SpectralBasis.from_cube(cube, "a test cube")
+    first = learned.matrix(28, 3).double()
+    assert torch.allclose(first.T @ first, torch.eye(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(first @ (first.T @ spectra), spectra, atol=1e-5)      # the first 3 span the cube's spectra
+    settings = ScoreSettings(learned_basis=learned)
+    assert torch.equal(settings.basis(28), learned.matrix(28, 6))
+    assert torch.equal(ScoreSettings().basis(28), dct_basis(28, 6))
+    assert settings.record()["learned_basis"] == "a test cube" and json.dumps(settings.record())
+    mask = (torch.rand(24, 24, generator=gen) > 0.5).float()
+    y = simulate_measurement(torch.rand(1, 28, 24, 24, generator=gen), mask)[0]
+    assert torch.equal(HeldOutScore(y, mask, settings=settings.with_(stripes=1)).basis.cpu(), learned.matrix(28, 6))
+    with pytest.raises(ValueError, match="has 28 directions of 28 bands; asked for 6 of 31"):
+        learned.matrix(31, 6)
+    with pytest.raises(ValueError, match=r"finite cube \(L, H, W\), got shape \(28, 72\)"):
+        calib.score.SpectralBasis.from_cube(cube.reshape(28, -1), "flat")

@@ -15,7 +15,7 @@ import calibrate
 from calib import calibrate as run_calibration
 from calib.forward_model import PARAMETER_NAMES, params_tensor
 from calib.score import ScoreSettings
-from calib.network_score import NetworkHeldOutScore
+from calib.network_score import NetworkHeldOutScore, choose_spectral_basis, network_spectral_basis
 from calib.solver_score import SolverScore
 from calib.solvers import GAP_TV, HELD_OUT, check_network_inputs, load_network, load_solver, network_solver, \
     solver_names
@@ -69,6 +69,8 @@ BAD_SOLVERS = {
     "mst_s_real": (["--solver", "mst_s_real", "--ckpt", "{f}/mst_s.pth"], r"mst_s_real does not take the coded mask"),
     "gap_tv with a checkpoint": (["--solver", "gap_tv", "--ckpt", "{f}/mst_s.pth"], r"only used with a network solver"),
     "heldout with a checkpoint": (["--ckpt", "{f}/mst_s.pth"], r"only used with a network solver, not heldout"),
+    "a network stage without a network": (["--solver", "gap_tv", "--network-stage"],
+                                          r"--network-stage is only used with a network solver, not gap_tv$"),
     "size rules": (["--meas", "{f}/y30.npz", "--mask", "{f}/mask30.mat", "--solver", "mst_s", "--ckpt", "{f}/mst_s.pth"],
                    r"solver mst_s cannot reconstruct a 30x30 scene"),
 }
@@ -259,6 +261,30 @@ def test_the_network_criterion_is_lowest_at_the_truth_where_the_network_residual
     assert any(residual_off_truth), residual_off_truth
 
 
+def test_the_official_networks_spectral_directions_are_used_and_a_random_networks_are_refused():
+    """calib.network_score: the held-out solves of a network solver keep spectra in the span of the first 6
+    directions of the network's cube at the nominal instrument (blind: y and the handed mask), unless those predict
+    the held-out pixels far worse than the DCT cosines. Official BiSRNet on a 64 x 64 crop of pseudo-real scene3
+    (a cube BiSRNet did not make: the real-data model's output), KAIST mask, N=4 K=2 instrument with drift and
+    noise: kept; a randomly initialised BiSRNet on the same measurement: refused."""
+    from data.io import load_cube, load_mask
+    from cassi.noise import add_noise
+    from cassi.simulator import simulate_measurement
+
+    cube = torch.from_numpy(load_cube(shared_path("data", "pseudo_real", "scene3.npz")))[:, 100:164, 128:192]
+    mask = torch.from_numpy(load_mask(shared_path("data", "kaist", "mask.mat")))[100:164, 100:164]
+    drift = Mismatch(dx=0.5, dy=0.3, theta=0.1, a1=2.01, alpha=0.2)
+    y = add_noise(simulate_measurement((cube / cube.max())[None], mask, drift, 2, 4, 2), 1e4, 0.005, 0)[0]
+    settings = ScoreSettings(stripes=2, rows=24, iterations=12)
+    official = load_network("bisrnet", shared_path("weights", "bisrnet_simulation.pth"))
+    torch.manual_seed(0)
+    for network, expected in ((official, True), (create_model("bisrnet").eval(), False)):
+        learned = network_spectral_basis(network, "bisrnet", y, mask, 28, 2)
+        kept, record = choose_spectral_basis(learned, y, mask, 28, 2, settings, 2.0, 16)
+        assert kept is expected and record["used"] == ("learned" if expected else "DCT-II cosines"), record
+    assert record["relative_margin"] < -0.5           # the random directions: far worse (98 % here)
+
+
 def test_filled_network_inputs_do_not_see_the_pixels_they_are_scored_on(inputs):
     """``fill=True``: each fold's network cube is the same whatever that fold's held-out pixels hold (they
     are replaced by the plain criterion's prediction from the fitted pixels); without ``fill`` it changes."""
@@ -274,9 +300,41 @@ def test_filled_network_inputs_do_not_see_the_pixels_they_are_scored_on(inputs):
         assert torch.equal(*cubes) == same, fill
 
 
-def test_the_solver_decides_and_calibration_json_records_it(inputs):
+def test_a_network_solver_decides_through_the_held_out_stages_unless_its_own_stage_is_asked_for(inputs):
+    """By default a network solver's cube gives the held-out solves their spectral directions and no stage of its
+    own follows (its prior-mean stage measured less accurate: README "Inner solver"); random weights' directions are
+    refused, so here the held-out criterion with the DCT cosines decides, and calibration.json says so."""
     folder, y, mask = inputs
     result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False, **QUICK)
+    assert result.settings["network_stage"] is False and result.settings["criterion"] == "held-out CG"
+    assert not [r.name for r in result.history if r.name.endswith(" (solver)")]
+    assert "heldout_optimum" not in result.tests and result.checks["solver"] == "bisrnet"
+    assert not result.settings["spectral_basis"]["kept"]
+
+
+def test_kept_network_directions_are_what_every_held_out_solve_uses(inputs, monkeypatch):
+    """When the guard keeps the network's directions, the search's and the refinement's held-out solves both use
+    them (not the DCT cosines) and calibration.json names their source as the criterion."""
+    import calib.pipeline
+
+    folder, y, mask = inputs
+    guard = calib.pipeline.choose_spectral_basis
+    monkeypatch.setattr(calib.pipeline, "choose_spectral_basis",
+                        lambda *args: (True, {**guard(*args)[1], "kept": True, "used": "learned"}))
+    result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False, **QUICK)
+    source = "bisrnet's cube of the measurement at the nominal instrument"
+    assert result.settings["search_score"]["learned_basis"] == source
+    assert result.settings["refine_score"]["learned_basis"] == source
+    assert result.settings["criterion"] == f"held-out CG with the spectral directions of {source}"
+
+
+def test_the_solver_decides_and_calibration_json_records_it(inputs):
+    """``network_stage=True`` (``--network-stage``): the network's cube as prior mean decides a last polish and
+    refinement, which calibration.json records."""
+    folder, y, mask = inputs
+    result = run_calibration(y, mask, solver="bisrnet", ckpt=str(folder / "bisrnet.pth"), progress=False,
+                             network_stage=True, **QUICK)
+    assert result.settings["network_stage"] is True
     criterion = result.settings["criterion"]
     assert result.settings["solver"] == "bisrnet" and criterion["solver"] == "BiSRNet"
     assert criterion["criterion"] == "held-out CG with the network's cube as prior mean"
@@ -285,9 +343,15 @@ def test_the_solver_decides_and_calibration_json_records_it(inputs):
     assert content["settings"]["solver"] == "bisrnet"
     # the estimate's recorded score is the network criterion's (which ranked the polish and the refinement),
     # up to the warm starts (the pipeline's came from its last re-centring, these from the estimate)
-    settings = ScoreSettings(**{k: v for k, v in criterion.items() if k not in ("criterion", "solver", "fill_held_out")})
-    estimate = params_tensor(result.estimate)
+    # random weights: the network cube's spectral directions predict the held-out pixels far worse than the DCT
+    # cosines, so the held-out solves keep the cosines (the record says so)
     network = load_network("bisrnet", folder / "bisrnet.pth")
+    basis = content["settings"]["spectral_basis"]
+    assert not basis["kept"] and basis["used"] == "DCT-II cosines" and basis["relative_margin"] < -0.1
+    assert criterion["learned_basis"] is None and "0 spectral basis_s" in result.timings
+    settings = ScoreSettings(**{k: v for k, v in criterion.items()
+                                if k not in ("criterion", "solver", "fill_held_out")})
+    estimate = params_tensor(result.estimate)
     assert result.score == pytest.approx(float(NetworkHeldOutScore(y, mask, network, settings=settings,
                                                                    reference=estimate)(estimate)[0]), rel=1e-2)
     assert all(math.isfinite(v) for v in result.estimate.to_dict().values())

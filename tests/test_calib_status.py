@@ -128,10 +128,14 @@ def test_a_dark_capture_is_refused_or_fails_with_the_reason():
     _, mask = measure(48, TRUTH)
     with pytest.raises(ValueError, match="all zeros"):
         calibrate(torch.zeros(48, 48 + 54), mask, **QUICK)
-    dark = torch.from_numpy(np.random.default_rng(0).normal(0, 0.005, (48, 48 + 54)).astype(np.float32))
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.005, (48, 48 + 54)).astype(np.float32))
+    assert float(noise.sum()) < 0    # read noise about zero that happens to sum below zero: no light to calibrate
+    with pytest.raises(ValueError, match="sums to"):
+        calibrate(noise, mask, **QUICK)
+    dark = noise + 0.002             # a dark frame: read noise on a small dark level, no scene
     result = calibrate(dark, mask, **QUICK)
     assert result.status == "failed"
-    assert any("no better than zero" in r for r in result.reasons), result.reasons
+    assert any("no better than zero" in r or "code does not explain" in r for r in result.reasons), result.reasons
 
 
 def kaist_rows(rows: slice = slice(112, 144)) -> tuple[torch.Tensor, torch.Tensor]:
