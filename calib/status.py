@@ -47,7 +47,8 @@ of one instrument (a joint fit), the *capture test*: the nominal test repeated o
 components; a capture that the joint estimate predicts worse than the uncalibrated instrument, beyond
 the noise, means the captures do not agree on one instrument (or the model lacks something one of
 them needs). And the *uncertainty test*: a parameter whose ``z`` uncertainties (:mod:`calib.uncertainty`:
-the criterion's noise and its prior sensitivity in quadrature) exceed ``tolerance`` -- the accuracy an "ok"
+the criterion's noise, its prior sensitivity and, with a network's learned spectral directions, how far
+the minimum moves with the DCT cosines instead, in quadrature) exceed ``tolerance`` -- the accuracy an "ok"
 vouches for (default :data:`cassi.tolerance.CALIBRATION_TOLERANCE`) -- is not pinned to it. The uncertainty
 reads that off a quadratic model of the criterion; the *tolerance test* asks the criterion itself: the score
 at the estimate +- the tolerance along each parameter must rise by more than the noise at both ends
@@ -291,14 +292,17 @@ def tolerance_test(full: HeldOutScore, point: Tensor, ranges: Ranges, settings: 
 
 def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, Tensor]], components: Tensor,
                      scales: Tensor, settings: StatusSettings, tests: dict, other_offset: Tensor | None = None,
-                     captures: int = 1) -> list[str]:
+                     captures: int = 1, basis_variant: tuple[Tensor, Tensor] | None = None) -> list[str]:
     """The estimate's uncertainty (:mod:`calib.uncertainty`): standard errors under the criterion's own noise
     (``errors`` (N,) and ``jac`` (5, N) from :func:`local_jacobian`, ``components`` (N,) the status's noise
     components; for a joint fit of ``captures`` > 1, the larger of that and the sandwich over whole captures,
     both recorded), the prior sensitivity (``variants``: (errors, jac) of the criterion with its spatial
     smoothness weight scaled by each of ``prior_factors``, at the same point) and, for an estimate another
     inner solver decided, ``other_offset`` (5,): the held-out criterion's own estimate less it (two blind
-    criteria that disagree by that much); in quadrature, into ``tests["uncertainty"]``. A reason for
+    criteria that disagree by that much) and, for a criterion with learned spectral directions,
+    ``basis_variant``: (errors, jac) of the same criterion with the DCT cosines instead (the spectral basis
+    sensitivity: how far the Gauss-Newton minimum moves with the basis); in quadrature, into
+    ``tests["uncertainty"]``. A reason for
     "ambiguous" for each parameter whose ``z`` uncertainties exceed ``tolerance``, the accuracy an "ok"
     vouches for."""
     noise = sandwich_standard_errors(errors, jac, components, scales)
@@ -308,11 +312,14 @@ def uncertainty_test(errors: Tensor, jac: Tensor, variants: list[tuple[Tensor, T
         joint = {"standard_error_by_component": dict(zip(PARAMETER_NAMES, noise.tolist())),
                  "standard_error_by_capture": dict(zip(PARAMETER_NAMES, by_capture.tolist()))}
         noise = torch.maximum(noise, by_capture)
+    offset = gauss_newton_offset(errors, jac, scales)
     prior = torch.zeros_like(noise)
     if variants:
-        offset = gauss_newton_offset(errors, jac, scales)
         prior = prior_sensitivity([gauss_newton_offset(e, j, scales) for e, j in variants], offset)
     terms = [("standard_error", "criterion noise", noise), ("prior_sensitivity", "prior sensitivity", prior)]
+    if basis_variant is not None:
+        moved = gauss_newton_offset(*basis_variant, scales) - offset
+        terms.append(("basis_sensitivity", "spectral basis", moved.abs()))
     if other_offset is not None:
         terms.append(("solver_disagreement", "held-out vs solver", other_offset.to(torch.float64).abs()))
     total = torch.stack([value for _, _, value in terms]).pow(2).sum(0).sqrt()
@@ -426,8 +433,14 @@ def assess(score: HeldOutScore, full: HeldOutScore, y: Tensor, mask: Tensor, poi
     variants = [local_jacobian(score_like(full, y, mask, point, settings.warm_iterations,
                                           smooth_space=full.settings.smooth_space * factor), point, scales, settings)
                 for factor in settings.prior_factors]
+    basis_variant = None
+    if full.settings.learned_basis is not None:     # the learned spectral directions against the cosines they replaced
+        cosines = HeldOutScore(y, mask, full.bands, full.step, full.settings.with_(learned_basis=None), full.backend,
+                               reference=point[None])
+        basis_variant = local_jacobian(cosines, point, scales, settings)
     ambiguous += uncertainty_test(errors, jac, variants, full.block_ids(settings.blocks), scales, settings, tests,
-                                  None if heldout_point is None else heldout_point - point, full.captures)
+                                  None if heldout_point is None else heldout_point - point, full.captures,
+                                  basis_variant)
     if full.captures > 1:
         slices = [(2 + i * len(offsets) + j, f"{name} {float(offsets[j] * steps[i]):+.3g} {PARAMETER_UNITS[name]} "
                    "from the joint estimate") for i, name in enumerate(PARAMETER_NAMES) for j in range(len(offsets))]

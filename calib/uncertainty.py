@@ -17,8 +17,9 @@ the held-out pixels' prediction can explain, and where the soft dx-a1-alpha vall
 Gauss-Newton offset ``-H^-1 J e`` of each variant at the estimate, less the plain criterion's own, root
 mean square over the variants (:func:`gauss_newton_offset`). The uncertainty reported is the two in
 quadrature (:func:`calib.status.uncertainty_test`; for an estimate another inner solver decided, with a
-third: its distance to the held-out criterion's own estimate). Measured on the benchmark's 20 scenes
-(README "Uncertainty"): the true error lay within 2 standard errors for 73 of 100 parameters with the
+third: its distance to the held-out criterion's own estimate; for a criterion with a network's learned
+spectral directions, with the Gauss-Newton offset of the same criterion with the DCT cosines, less its
+own). Measured on the benchmark's 20 scenes (README "Uncertainty"): the true error lay within 2 standard errors for 73 of 100 parameters with the
 noise alone, within 2 combined uncertainties for 85.
 A forward model that lacks something is a bias neither sees: it shows as estimates of several captures
 that disagree by more than their uncertainties. For a joint fit of M captures the components of one capture

@@ -326,6 +326,9 @@ def test_kept_network_directions_are_what_every_held_out_solve_uses(inputs, monk
     assert result.settings["search_score"]["learned_basis"] == source
     assert result.settings["refine_score"]["learned_basis"] == source
     assert result.settings["criterion"] == f"held-out CG with the spectral directions of {source}"
+    # the uncertainty holds how far the DCT cosines move the criterion's minimum
+    moved = result.tests["uncertainty"]["basis_sensitivity"]
+    assert set(moved) == set(PARAMETER_NAMES) and all(math.isfinite(v) and v >= 0 for v in moved.values())
 
 
 def test_the_solver_decides_and_calibration_json_records_it(inputs):
@@ -349,6 +352,7 @@ def test_the_solver_decides_and_calibration_json_records_it(inputs):
     basis = content["settings"]["spectral_basis"]
     assert not basis["kept"] and basis["used"] == "DCT-II cosines" and basis["relative_margin"] < -0.1
     assert criterion["learned_basis"] is None and "0 spectral basis_s" in result.timings
+    assert "basis_sensitivity" not in result.tests["uncertainty"]      # no learned directions to weigh
     settings = ScoreSettings(**{k: v for k, v in criterion.items()
                                 if k not in ("criterion", "solver", "fill_held_out")})
     estimate = params_tensor(result.estimate)

@@ -102,6 +102,28 @@ def test_the_status_vouches_only_for_what_the_uncertainty_allows(prior_move, fla
     assert all("uncertain by" in r and "vouches for" in r and "prior sensitivity 0.5" in r for r in reasons)
 
 
+def test_learned_spectral_directions_are_as_uncertain_as_the_cosines_move_the_minimum():
+    """With a network's learned spectral directions in the criterion, the same criterion with the DCT cosines
+    (``basis_variant``) puts its Gauss-Newton minimum 0.12 away in dx: dx's uncertainty holds that 0.12 in
+    quadrature, and a tolerance that admits the noise alone is not met (measured: an "ok" 0.10 px off in dx
+    whose noise and prior terms said +-0.018)."""
+    errors, jacobian, _ = linear_problem(7)
+    components = torch.arange(COMPONENTS).repeat_interleave(PER_COMPONENT)
+    scales = torch.ones(5, dtype=torch.float64)
+    noise = sandwich_standard_errors(errors, jacobian, components, scales)
+    settings = StatusSettings(tolerance=(2 * float(noise[0]) + 0.1, 10.0, 10.0, 10.0, 10.0))
+    tests = {}
+    assert uncertainty_test(errors, jacobian, [], components, scales, settings, tests) == []
+    assert "basis_sensitivity" not in tests["uncertainty"]
+    cosines = prior_variants(errors, jacobian, [[0.12, 0.0, 0.0, 0.0, 0.0]])[0]
+    reasons = uncertainty_test(errors, jacobian, [], components, scales, settings, tests, basis_variant=cosines)
+    record = tests["uncertainty"]
+    assert record["basis_sensitivity"]["dx"] == pytest.approx(0.12)
+    assert record["basis_sensitivity"]["a1"] == pytest.approx(0.0, abs=1e-9)
+    assert record["uncertainty"]["dx"] == pytest.approx((float(noise[0]) ** 2 + 0.12 ** 2) ** 0.5)
+    assert len(reasons) == 1 and reasons[0].startswith("dx is uncertain by") and "spectral basis 0.12" in reasons[0]
+
+
 def test_an_estimate_another_solver_decided_is_as_uncertain_as_the_two_criteria_disagree():
     """With the held-out criterion's own estimate 0.3 away in a1, a1's uncertainty holds that 0.3 (in
     quadrature with the other terms) and an a1 tolerance that admits the noise alone is not met."""
