@@ -4,7 +4,8 @@ Library code raises :class:`UserError` (a ``ValueError``) -- or ``ValueError`` /
 ``FileExistsError`` / ``KeyError`` -- with a message that names the file, key, shape or option that is
 wrong. ``train.py``, ``eval.py`` and ``calibrate.py`` run their command inside :func:`cli_errors`, which
 turns those errors into ``PROG: error: MESSAGE`` (one line) and exit code 2, Ctrl-C / SIGTERM into one
-line and exit code 130, and :class:`OutputConflict` (a run whose ``--out`` was taken by a concurrent run)
+line and exit code 130 (inside numba's compiler, once it has returned: an interrupt there crashed the
+process), and :class:`OutputConflict` (a run whose ``--out`` was taken by a concurrent run)
 into one line and exit code 1. Any other exception keeps its traceback. ``CASSI_DEBUG=1`` in the
 environment re-raises user errors too, with their traceback.
 
@@ -77,11 +78,36 @@ def one_line(error: BaseException | str) -> str:
 
 
 _received: list[int] = []      # SIGINT / SIGTERM received inside a cli_errors block
+# code a signal must not interrupt: numba's compiler and llvmlite call back into Python from native code, where
+# an exception is swallowed ("Exception ignored") and leaves LLVM half-built (seen: a RuntimeError "no compiled
+# object yet", an abort and a segfault instead of exit 130)
+NATIVE_CALLBACK_PACKAGES = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
+RECHECK_SECONDS = 0.05         # how often a deferred interrupt looks whether that code has returned
 
 
-def _interrupt(signum: int, frame) -> NoReturn:
-    _received.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
+def _in_native_callback_code(frame) -> bool:
+    """Whether ``frame`` or a caller of it runs code of :data:`NATIVE_CALLBACK_PACKAGES`."""
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in NATIVE_CALLBACK_PACKAGES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum: int, frame) -> None:
+    """SIGINT / SIGTERM inside a :func:`cli_errors` block: ``KeyboardInterrupt``, or inside numba's compiler
+    (:func:`_in_native_callback_code`) a recheck every :data:`RECHECK_SECONDS` (SIGALRM) until it has returned."""
+    if signum != signal.SIGALRM:
+        _received.append(signum)
+    elif not _received:                 # not a recheck of ours
+        return
+    if _in_native_callback_code(frame) and hasattr(signal, "setitimer"):
+        if signum != signal.SIGALRM and len(_received) == 1:   # os.write: safe inside a handler, unlike print
+            os.write(2, b"interrupt received: stopping once numba has finished compiling its kernels (a first run "
+                        b"compiles them for up to a minute; later runs read them from its cache)\n")
+        signal.setitimer(signal.ITIMER_REAL, RECHECK_SECONDS)
+        return
+    raise KeyboardInterrupt(f"signal {_received[-1]}")
 
 
 def check_interrupted() -> None:
@@ -112,26 +138,30 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     interrupt swallowed on its way up (see :func:`check_interrupted`) still ends the run with 130.
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGALRM,) if hasattr(signal, "setitimer") else ())
     previous = {sig: signal.signal(sig, _interrupt) for sig in handled} if in_main_thread else {}
     _received.clear()
     try:
         yield
         check_interrupted()
-    except KeyboardInterrupt as err:
-        _release_interrupted_frames(err)
-        print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
-              file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except OutputConflict as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILED) from None
-    except (*USER_ERRORS, *extra) as err:
-        if os.environ.get(DEBUG_ENV) or getattr(err, "cassi_during_run", False):
+    except BaseException as err:
+        # after a signal, whatever failed is its consequence (a native callback swallowed the interrupt)
+        if isinstance(err, KeyboardInterrupt) or (_received and isinstance(err, Exception)):
+            _release_interrupted_frames(err)
+            print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
+                  file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        if isinstance(err, OutputConflict):
+            print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(EXIT_FAILED) from None
+        if not isinstance(err, (*USER_ERRORS, *extra)) or os.environ.get(DEBUG_ENV) or getattr(
+                err, "cassi_during_run", False):
             raise
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
+        if previous and hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
         _received.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -225,6 +225,42 @@ def test_interrupted_run_leaves_the_previous_outputs_intact(files, tmp_path, sig
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_an_interrupt_inside_numbas_compiler_waits_until_it_returns(tmp_path):
+    """Seen in CI: SIGTERM while numba compiled a kernel (llvmlite calls back into Python from native code, which
+    swallows the interrupt and leaves LLVM half-built) ended in a RuntimeError traceback, an abort or a segfault
+    instead of exit 130. The interrupt now waits until that code has returned. A stand-in compiler: code whose file
+    lies in a folder named numba."""
+    source = "def compile_step(kill):\n    kill()\n    end = time.time() + 0.3\n    while time.time() < end:\n" \
+             "        pass\n    return 'compiled'\n"
+    namespace = {"time": time}
+    exec(compile(source, str(tmp_path / "numba" / "compiler.py"), "exec"), namespace)
+    finished = []
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors("prog"):
+            finished.append(namespace["compile_step"](lambda: os.kill(os.getpid(), signal.SIGTERM)))
+            time.sleep(5)                                  # the interrupt lands here, once the compiler returned
+    assert stop.value.code == 130 and finished == ["compiled"]
+
+
+def test_a_failure_after_a_swallowed_interrupt_exits_130(capsys):
+    """After a signal a native callback swallowed, numba's compile failed ("no compiled object yet") and the run
+    ended in that traceback (exit 1): whatever fails after a signal is the interrupt's doing. Without a signal
+    the same error keeps its traceback."""
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors("prog"):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass                                       # swallowed, as in a native callback
+            raise RuntimeError("no compiled object yet")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().startswith("prog: interrupted")
+    with pytest.raises(RuntimeError, match="no compiled object"):
+        with cli_errors("prog"):
+            raise RuntimeError("no compiled object yet")
+
+
 def test_a_swallowed_interrupt_still_exits_130_and_publishes_nothing(tmp_path, capsys):
     """Seen under load: Ctrl-C during numba's compilation raised inside a native callback, Python printed
     "Exception ignored" and the run went on to write its outputs and exit 0."""
