@@ -12,9 +12,21 @@ if TYPE_CHECKING:
     import torch
 
 
+def strict_float32() -> None:
+    """Turn TF32 off for cuDNN convolutions and cuBLAS matrix products, so that float32 on a GPU is float32.
+    PyTorch lets cuDNN convolutions round their inputs to TF32 by default: on an H200 that moved BiSRNet's mean
+    PSNR on three scenes by +0.04 dB against the CPU, and with TF32 off the GPU gave the CPU's 27.29 dB
+    (``benchmarks/bench_devices.py``). Legacy flags, which every torch >= 2.1 takes."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def check_device(name: str) -> "torch.device":
     """The torch device ``name`` ("cpu", "cuda", "cuda:N"); :class:`UserError` naming it when this machine
-    does not have it."""
+    does not have it. A CUDA device also gets :func:`strict_float32`: the tools that report metrics and
+    estimates (eval.py, calibrate.py) compute in full float32 wherever they run."""
     import torch
 
     try:
@@ -29,4 +41,5 @@ def check_device(name: str) -> "torch.device":
                             "(torch.cuda.is_available() is False); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        strict_float32()
     return device

@@ -9,6 +9,8 @@ whose operator fixes the geometry only). ``fits_measurement``: the cube is fitte
 """
 from __future__ import annotations
 
+import copy
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -64,10 +66,21 @@ class Network:
         self.name = loaded.name
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval()
+        self._copies: weakref.WeakKeyDictionary[CassiOperator, CassiOperator] = weakref.WeakKeyDictionary()
+
+    def on_device(self, op: CassiOperator) -> CassiOperator:
+        """``op`` on the network's device: ``op`` itself where its mask is there, else a copy made once per operator.
+        The caller's operator is never moved (``nn.Module.to`` moves in place, and the caller goes on measuring
+        CPU scenes through it)."""
+        if op.mask.device == self.device:
+            return op
+        if op not in self._copies:
+            self._copies[op] = copy.deepcopy(op).to(self.device)
+        return self._copies[op]
 
     def __call__(self, y: Tensor, op: CassiOperator) -> Tensor:
         with torch.no_grad():
-            inputs = forward_inputs(self.model, y.to(self.device), op.to(self.device))
+            inputs = forward_inputs(self.model, y.to(self.device), self.on_device(op))
             return self.model.reconstruction(self.model(**inputs)).float().cpu()
 
     @property

@@ -70,6 +70,24 @@ def test_calibrate_refuses_a_missing_device_before_any_work(tmp_path, device):
     assert not out.exists()
 
 
+def test_a_cuda_device_computes_in_full_float32(monkeypatch):
+    """check_device("cuda") turns TF32 off (cuDNN's default TF32 convolutions moved BiSRNet's PSNR on a GPU); a CPU
+    device leaves the flags alone. CUDA is faked: the flags are plain settings on a CPU build too."""
+    from cassi.devices import check_device
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        check_device("cpu")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        assert check_device("cuda").type == "cuda"
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_check_solver_reports_the_gap_tv_residual(tmp_path, capsys):
     import json
 

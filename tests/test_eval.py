@@ -1120,3 +1120,20 @@ def test_real_operator_of_a_handed_mask_read_as_a_resampled_code(tmp_path, capsy
     assert run_cli("real", "--data.root", root, *FAST_GAP, "--no-previews", "--operator", operator,
                    "--out", tmp_path / "run2") == 2
     assert "the operator's mask is the binary code recovered from a handed mask" in capsys.readouterr().err
+
+
+def test_network_leaves_the_callers_operator_on_its_device():
+    """A network on another device reconstructs through a copy of the operator made once: ``nn.Module.to`` moves in
+    place, and run_scenarios goes on measuring CPU scenes through the same operator (on a GPU this failed with
+    "Expected all tensors to be on the same device" at the second scene). The meta device stands in for CUDA."""
+    from evaluation.reconstructors import Network
+    from models import create_model
+    from models.checkpoints import LoadedModel
+
+    network = Network(LoadedModel(create_model("mst_s"), "mst_s", {}, {"kind": "test"}), "meta")
+    op = CassiOperator(synthetic_mask(16, 16), 28, 2)
+    moved = network.on_device(op)
+    assert op.mask.device.type == "cpu" and moved.mask.device.type == "meta"
+    assert network.on_device(op) is moved
+    on_meta = CassiOperator(synthetic_mask(16, 16), 28, 2).to("meta")
+    assert network.on_device(on_meta) is on_meta
