@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -166,11 +167,17 @@ def _unreadable(path: Path, error: Exception) -> str:
     return f"cannot read as a weights-only torch checkpoint ({error})"
 
 
+class PickledObjectsError(ValueError):
+    """A torch checkpoint (zip or pre-1.6 pickle format) holding pickled objects other than tensors and plain
+    containers, which only ``torch.load(weights_only=False)`` reads (running its pickled code)."""
+
+
 def torch_load_weights(path: str | Path, mmap: bool = False, label: str | None = None) -> Any:
     """``torch.load`` of ``path`` onto the CPU, weights only (pickled objects other than tensors and plain containers
     are never loaded); a file torch cannot read is a ``ValueError`` naming it (as ``label``, default the path) and
-    saying what it is, with torch's error as its ``__cause__``. ``mmap`` maps a zip-format file (torch.save's since
-    torch 1.6, the only kind torch maps) instead of reading it whole; any other file is read as without."""
+    saying what it is, with torch's error as its ``__cause__``: a :class:`PickledObjectsError` where it is a torch
+    checkpoint of other objects. ``mmap`` maps a zip-format file (torch.save's since torch 1.6, the only kind torch
+    maps) instead of reading it whole; any other file is read as without."""
     path = Path(path)
     try:
         if mmap:
@@ -178,7 +185,10 @@ def torch_load_weights(path: str | Path, mmap: bool = False, label: str | None =
                 mmap = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for corrupt, foreign or pickled-object files
-        raise ValueError(f"{label or path}: {_unreadable(path, err)}") from err
+        why = _unreadable(path, err)
+        if isinstance(err, pickle.UnpicklingError) and why.startswith("cannot read as a weights-only"):
+            raise PickledObjectsError(f"{label or path}: {why}") from err
+        raise ValueError(f"{label or path}: {why}") from err
 
 
 def unwrap_checkpoint(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from models.checkpoints import load_lightning_checkpoint, training_progress
 from test_custom_model import user_module  # noqa: F401  (a fixture)
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
+from cassi.errors import UserError
 from training.cli import check_resume_checkpoint, data_differences
 
 MST = CONFIGS / "smoke" / "mst_s.yaml"
@@ -351,6 +352,20 @@ def test_a_ckpt_path_of_other_things_than_weights_is_refused(tmp_path, capsys):
             rf"error: --ckpt_path {re.escape(str(strings))}: its state_dict holds a str at 'w'")
     assert not (tmp_path / "run").exists()                      # refused before any work
     assert check_resume_checkpoint(objects, weights_only=False) is None    # --weights_only false: Lightning loads it
+
+
+def test_a_pre_zip_checkpoint_of_objects_loads_with_weights_only_false(tmp_path):
+    """Was: a checkpoint in torch's pre-1.6 pickle format holding objects was refused with torch's whole message even
+    with --weights_only false (only zip files were passed on to Lightning)."""
+    import numpy as np
+
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"pytorch-lightning_version": "1.5.0", "state_dict": {"w": np.zeros(3)}}, legacy,
+               _use_new_zipfile_serialization=False)
+    assert check_resume_checkpoint(legacy, weights_only=False) is None
+    with pytest.raises(UserError, match=r"holds objects other than tensors and plain values \(numpy\.\S+\), which "
+                                        r"train\.py loads only with --weights_only false"):
+        check_resume_checkpoint(legacy)
 
 
 def test_ckpt_path_best_and_hpc_are_checked_as_the_files_they_stand_for(mst_run, tmp_path, capsys):

@@ -38,10 +38,8 @@ import io
 import json
 import re
 import os
-import pickle
 import sys
 import typing
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -64,7 +62,7 @@ from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
 from data.datamodule import MOVABLE_PATHS, RESUME_FREE_SETTINGS, CassiDataModule, resume_settings
 from models.checkpoints import lightning_training_mask, other_mask_warning
-from models.loading import torch_load_weights, unwrap_checkpoint
+from models.loading import PickledObjectsError, torch_load_weights, unwrap_checkpoint
 from models.registry import forward_inputs, probe_measurement
 from models.release import mask_identity, same_mask
 from training.acceleration import check_accelerator
@@ -315,7 +313,7 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = F
     try:
         raw = torch_load_weights(path, mmap=True, label=label)
     except ValueError as err:                        # what the file is: empty, no torch file, an .npz, truncated
-        if isinstance(err.__cause__, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        if isinstance(err, PickledObjectsError):
             if weights_only is False:                # the user trusts it: Lightning loads it (or says why)
                 return None
             refused = re.search(r"GLOBAL (\S+)", str(err.__cause__))     # the object torch would not unpickle
