@@ -24,7 +24,7 @@ from test_custom_model import user_module  # noqa: F401  (a fixture)
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
 from cassi.errors import UserError
-from training.cli import check_resume_checkpoint, data_differences
+from training.cli import check_resume_checkpoint, data_differences, state_dict_problem
 
 MST = CONFIGS / "smoke" / "mst_s.yaml"
 HSRA = CONFIGS / "smoke" / "hsra_s.yaml"
@@ -536,3 +536,23 @@ def test_resume_hint_of_a_network_of_ones_own_names_the_environment_that_registe
     assert "resume with: CASSI_MODELS=tiny_cassi_resume python train.py fit" in summary_text(trainer, None,
                                                                                             "tiny_resume")
     assert "resume with: python train.py fit" in summary_text(trainer, None, "mst_s")     # a published network
+
+
+def test_a_modules_extra_state_is_not_taken_for_a_foreign_object():
+    """Was: a model whose module keeps extra state (nn.Module.get_extra_state: any picklable value, saved under
+    '<prefix>_extra_state') was refused as "holds a dict at ..., not a tensor"."""
+
+    class Counter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(2))
+
+        def get_extra_state(self) -> dict:
+            return {"seen": 3}
+
+        def set_extra_state(self, state: dict) -> None:
+            pass
+
+    state = torch.nn.Sequential(Counter()).state_dict()
+    assert "0._extra_state" in state and state_dict_problem(state) is None
+    assert state_dict_problem({**state, "0.bias": "x"}) == "holds a str at '0.bias', not a tensor"

@@ -75,6 +75,7 @@ DESCRIPTION = ("Train CASSI reconstruction networks (README, 'Training'): fit --
                "with --ckpt_path last; test --ckpt_path PATH prints the KAIST-protocol table of eval.py kaist; "
                "predict writes the reconstructions (--predictions.path out.mat|.npz).")
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+EXTRA_STATE_SUFFIX = "_extra_state"                 # where nn.Module.state_dict keeps get_extra_state()'s value
 # Model hyper-parameters a checkpoint's weights are only valid with (every subcommand), and those that may change
 # when a run is resumed (they change speed and memory, not the run's results).
 ARCHITECTURE_HPARAMS = ("model_name", "model_kwargs", "bands", "step")
@@ -339,10 +340,12 @@ def check_resume_checkpoint(ckpt_path: str | os.PathLike | None, slurm: bool = F
 
 def state_dict_problem(state: Any) -> str | None:
     """What keeps a Lightning checkpoint's ``state_dict`` from being a model's weights (a mapping of names to
-    tensors), said of it ("holds a str at 'w', not a tensor"), or None."""
+    tensors), said of it ("holds a str at 'w', not a tensor"), or None. A module's extra state (``get_extra_state``,
+    saved under a key ending in ``_extra_state``) may be any picklable value."""
     if not isinstance(state, Mapping):
         return "is missing" if state is None else f"is a {type(state).__name__}, not a mapping of names to tensors"
-    odd = next((key for key, value in state.items() if not isinstance(value, torch.Tensor)), None)
+    odd = next((key for key, value in state.items()
+                if not isinstance(value, torch.Tensor) and not str(key).endswith(EXTRA_STATE_SUFFIX)), None)
     return None if odd is None else f"holds a {type(state[odd]).__name__} at {odd!r}, not a tensor"
 
 
