@@ -55,7 +55,8 @@ def timed_run(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
             rc = "timeout"
     wall = time.perf_counter() - start
     tail = log.read_text(errors="replace").splitlines()[-(3 if rc == 0 else 25):]
-    print(f"  {' '.join(argv[:3])} ... rc={rc} wall {wall:.1f} s | {' / '.join(tail)[-(300 if rc == 0 else 3000):]}", flush=True)
+    shown = " / ".join(tail)[-(300 if rc == 0 else 3000):]
+    print(f"  {' '.join(argv[:3])} ... rc={rc} wall {wall:.1f} s | {shown}", flush=True)
     return {"argv": argv, "rc": rc, "wall_s": round(wall, 2), "tail": tail}
 
 
