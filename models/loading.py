@@ -147,6 +147,7 @@ def _from_official(name: str, state_dict: Mapping[str, torch.Tensor], source: st
 
 
 ZIP_MAGIC, PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"    # how torch.save's files begin: a zip archive, an old pickle
+WEIGHTS_ONLY_REFUSED = "cannot read as a weights-only torch checkpoint"   # a torch file, whole, that torch refused
 
 
 def _unreadable(path: Path, error: Exception) -> str:
@@ -164,7 +165,7 @@ def _unreadable(path: Path, error: Exception) -> str:
                 return "a zip archive without the data.pkl of torch.save (an .npz?), not a torch checkpoint"
     if isinstance(error, EOFError):
         return "the torch checkpoint ends early (truncated?)"
-    return f"cannot read as a weights-only torch checkpoint ({error})"
+    return f"{WEIGHTS_ONLY_REFUSED} ({error})"
 
 
 class PickledObjectsError(ValueError):
@@ -186,7 +187,7 @@ def torch_load_weights(path: str | Path, mmap: bool = False, label: str | None =
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for corrupt, foreign or pickled-object files
         why = _unreadable(path, err)
-        if isinstance(err, pickle.UnpicklingError) and why.startswith("cannot read as a weights-only"):
+        if isinstance(err, pickle.UnpicklingError) and why.startswith(WEIGHTS_ONLY_REFUSED):
             raise PickledObjectsError(f"{label or path}: {why}") from err
         raise ValueError(f"{label or path}: {why}") from err
 
