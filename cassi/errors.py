@@ -83,6 +83,24 @@ _received: list[int] = []      # SIGINT / SIGTERM received inside a cli_errors b
 # object yet", an abort and a segfault instead of exit 130)
 NATIVE_CALLBACK_PACKAGES = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
 RECHECK_SECONDS = 0.05         # how often a deferred interrupt looks whether that code has returned
+_deferring: list[bool] = []    # non-empty inside interrupts_deferred(): a signal is recorded, not raised
+_written: list[str] = []       # outputs renamed into place inside the current cli_errors block
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT / SIGTERM inside the block are recorded, not raised (:func:`check_interrupted` raises them after it):
+    for steps that must not stop half-way, such as renaming a run's outputs into place."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+
+
+def record_written(path: str | os.PathLike) -> None:
+    """Note that ``path`` now holds this run's outputs: an interrupt after this says so instead of "not written"."""
+    _written.append(str(path))
 
 
 def _in_native_callback_code(frame) -> bool:
@@ -100,6 +118,8 @@ def _interrupt(signum: int, frame) -> None:
     if signum != signal.SIGALRM:
         _received.append(signum)
     elif not _received:                 # not a recheck of ours
+        return
+    if _deferring:
         return
     if _in_native_callback_code(frame) and hasattr(signal, "setitimer"):
         if signum != signal.SIGALRM and len(_received) == 1:   # os.write: safe inside a handler, unlike print
@@ -141,6 +161,7 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     handled = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGALRM,) if hasattr(signal, "setitimer") else ())
     previous = {sig: signal.signal(sig, _interrupt) for sig in handled} if in_main_thread else {}
     _received.clear()
+    _written.clear()
     try:
         yield
         check_interrupted()
@@ -148,7 +169,9 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
         # after a signal, whatever failed is its consequence (a native callback swallowed the interrupt)
         if isinstance(err, KeyboardInterrupt) or (_received and isinstance(err, Exception)):
             _release_interrupted_frames(err)
-            print(f"{prog}: interrupted; this run's outputs were not written (earlier outputs are unchanged)",
+            print(f"{prog}: interrupted; " + (f"this run's outputs were already written: {', '.join(_written)}"
+                                              if _written else
+                                              "this run's outputs were not written (earlier outputs are unchanged)"),
                   file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
         if isinstance(err, OutputConflict):
@@ -163,6 +186,7 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
         if previous and hasattr(signal, "setitimer"):
             signal.setitimer(signal.ITIMER_REAL, 0)
         _received.clear()
+        _written.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from cassi.errors import OutputConflict, UserError, check_interrupted
+from cassi.errors import OutputConflict, UserError, check_interrupted, interrupts_deferred, record_written
 
 PathLike = str | os.PathLike
 
@@ -50,7 +50,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.chmod(tmp, umask_mode(0o666))
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        with interrupts_deferred():
+            os.replace(tmp, path)
+            record_written(path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -205,9 +207,16 @@ class OutputFolder:
                 shutil.rmtree(self.staging)
 
     def _commit(self) -> None:
+        """Rename the staging folder into place, Ctrl-C held back until it is (--force's two renames included)."""
         check_interrupted()                              # a swallowed Ctrl-C must not publish the outputs
+        with interrupts_deferred():
+            self._rename_into_place()
+        check_interrupted()
+
+    def _rename_into_place(self) -> None:
         try:
             os.rename(self.staging, self.path)            # atomic; takes the place of a missing or empty folder
+            record_written(self.path)
             return
         except OSError as err:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
@@ -217,9 +226,11 @@ class OutputFolder:
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
             os.rename(self.path, old / self.path.name)
             os.rename(self.staging, self.path)
+            record_written(self.path)
             shutil.rmtree(old)
             return
         kept = self.path.with_name(f"{self.path.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.rename(self.staging, kept)
+        record_written(kept)
         raise OutputConflict(f"--out {self.path} was written by another run while this one ran; this run's "
                              f"outputs are in {kept}")

@@ -278,6 +278,52 @@ def test_a_swallowed_interrupt_still_exits_130_and_publishes_nothing(tmp_path, c
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+def test_an_interrupt_while_force_replaces_the_outputs_waits_until_they_are_in_place(tmp_path, monkeypatch, capsys):
+    """Was: Ctrl-C between --force's two renames left the earlier outputs in a hidden '.out.old-*' folder and removed
+    the new ones (no outputs where the user looks). Now the renames finish first; the run still exits 130 and says
+    where its outputs are."""
+    from types import SimpleNamespace
+
+    import cassi.files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.json").write_text('{"run": 1}')
+    renames = []
+
+    def rename_with_a_signal(src, dst):
+        os.rename(src, dst)                                # the first try fails: out is not empty
+        renames.append(Path(dst).parent.name)
+        if Path(dst).parent.name.startswith(".out.old-"):
+            os.kill(os.getpid(), signal.SIGINT)            # lands between --force's two renames
+
+    monkeypatch.setattr(cassi.files, "os", SimpleNamespace(**{**vars(os), "rename": rename_with_a_signal}))
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors("prog"):
+            with OutputFolder(out, "x.json", force=True) as staging:
+                (staging / "x.json").write_text('{"run": 2}')
+    assert stop.value.code == 130 and renames[0].startswith(".out.old-") and len(renames) == 2
+    assert (out / "x.json").read_text() == '{"run": 2}' and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert capsys.readouterr().err.strip() == f"prog: interrupted; this run's outputs were already written: {out}"
+
+
+def test_an_interrupt_after_the_outputs_were_written_says_so(tmp_path, capsys):
+    """Was: Ctrl-C after the outputs were renamed into place (while the summary was printed) said they were not
+    written."""
+    with pytest.raises(SystemExit) as stop:
+        with cli_errors("prog"):
+            with OutputFolder(tmp_path / "out", "x.json") as staging:
+                (staging / "x.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert stop.value.code == 130 and (tmp_path / "out" / "x.json").exists()
+    assert capsys.readouterr().err.strip() == \
+        f"prog: interrupted; this run's outputs were already written: {tmp_path / 'out'}"
+    with pytest.raises(SystemExit):
+        with cli_errors("prog"):                           # a new block forgets the last one's outputs
+            raise KeyboardInterrupt
+    assert "were not written" in capsys.readouterr().err
+
+
 HALF_BUILT = """
 import sys
 sys.path.insert(0, {repo!r})
