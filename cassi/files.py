@@ -50,9 +50,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.chmod(tmp, umask_mode(0o666))
     try:
         yield Path(tmp)
-        with interrupts_deferred():
-            os.replace(tmp, path)
-            record_written(path)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
