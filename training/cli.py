@@ -57,6 +57,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from cassi import CassiOperator
+from cassi.devices import strict_float32
 from cassi.errors import EXIT_USER_ERROR, UserError, cli_errors, mark_during_run, one_line
 from cassi.files import atomic_path, check_output_file
 from cassi.progress import fit_progress
@@ -877,6 +878,7 @@ class CassiCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.check_before_run("test")
+        protocol_precision(self.trainer.strategy.root_device)
 
     def after_test(self) -> None:
         """The KAIST table (after Lightning's list of logged values with ``--verbose true``)."""
@@ -885,9 +887,18 @@ class CassiCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self.check_before_run("predict")
+        protocol_precision(self.trainer.strategy.root_device)
         for writer in self.trainer.callbacks:
             if isinstance(writer, PredictionWriter) and self.datamodule is not None:
                 check_predictions_path(writer, self.trainer.default_root_dir, self.datamodule)
+
+
+def protocol_precision(device: torch.device) -> None:
+    """``test`` and ``predict`` on a GPU compute in full float32 (:func:`cassi.devices.strict_float32`), as
+    ``eval.py --device cuda`` does, so that their KAIST table is eval.py's; ``fit`` keeps PyTorch's defaults (cuDNN's
+    TF32 convolutions) and the precision the trainer is given."""
+    if device.type == "cuda":
+        strict_float32()
 
 
 def main(args: list[str] | None = None) -> CassiCLI:
