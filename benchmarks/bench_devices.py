@@ -18,6 +18,8 @@ the outputs, as a user waits for them):
   instrument operator) on ``cuda``.
 * ``eval``: ``eval.py kaist --model bisrnet`` with the official weights on ``cpu`` and ``cuda`` (synthetic
   scenes at the KAIST mask's size): the mean PSNR must agree.
+* ``eval_real``: ``eval.py real --model bisrnet_real`` with the official real-data weights on the first two
+  real captures, on ``cpu`` and ``cuda``: the mean scaled residual must agree (there is no truth to score).
 * ``train``: ``train.py fit`` smoke runs (MST-S, HSRA, CRSDUN, BiSRNet) with ``--trainer.accelerator gpu
   --trainer.precision bf16-mixed``; they must finish with exit code 0.
 
@@ -39,7 +41,7 @@ from typing import Any
 
 from benchmarks.common import REPO, SHARED_DATA
 
-PARTS = ("calib", "train", "eval", "real", "calib_bisrnet", "real_joint", "check_solver")
+PARTS = ("calib", "train", "eval", "real", "calib_bisrnet", "real_joint", "check_solver", "eval_real")
 ESTIMATE_KEYS = ("dx", "dy", "theta", "a1", "alpha")
 SMOKE_CONFIGS = ("mst_s", "hsra_s", "crsdun_3stg", "bisrnet")
 
@@ -141,6 +143,12 @@ def main() -> int:
                         ["kaist", "--model", "bisrnet", "--ckpt", str(weights), "--mask",
                          str(shared / "data" / "kaist" / "mask.mat"), "--synthetic.count", "3"],
                         device, work, f"eval_{device}", args.timeout)
+            elif part == "eval_real":
+                real_weights = shared / "weights" / "bisrnet_real_state_dict.pth"
+                for device in ("cpu", "cuda"):
+                    runs[f"eval_real_{device}"] = evaluation(
+                        ["real", "--model", "bisrnet_real", "--ckpt", str(real_weights), "--data.root",
+                         str(shared / "data" / "real"), "--limit", "2"], device, work, f"eval_real_{device}", args.timeout)
             elif part == "train":
                 for config in SMOKE_CONFIGS:
                     runs[f"train_{config}"] = timed_run(
