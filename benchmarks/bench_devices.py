@@ -148,7 +148,8 @@ def main() -> int:
                 for device in ("cpu", "cuda"):
                     runs[f"eval_real_{device}"] = evaluation(
                         ["real", "--model", "bisrnet_real", "--ckpt", str(real_weights), "--data.root",
-                         str(shared / "data" / "real"), "--limit", "2"], device, work, f"eval_real_{device}", args.timeout)
+                         str(shared / "data" / "real"), "--limit", "2"],
+                        device, work, f"eval_real_{device}", args.timeout)
             elif part == "train":
                 for config in SMOKE_CONFIGS:
                     runs[f"train_{config}"] = timed_run(
