@@ -176,19 +176,26 @@ def _reconstruction_metrics() -> type:
         ``protocol="kaist"``: the three metrics on 8-bit quantised cubes (``kaist_psnr``, ``kaist_ssim``, and SAM
         of the quantised cubes, as ``quality_assessment.m``); ``"float"``: ``psnr``, ``ssim``, ``sam`` on the raw
         values with ``data_range``. ``compute()`` returns {"psnr", "ssim", "sam"} as 0-d float64 tensors.
+        ``bands``: the band count L, when known: a batch whose dimension 1 is not L is refused, naming its shape
+        (a channels-last (B, H, W, L) batch would otherwise be scored over the wrong axis).
         """
 
         full_state_update = False
 
-        def __init__(self, protocol: str = "kaist", data_range: float = 1.0, **kwargs):
+        def __init__(self, protocol: str = "kaist", data_range: float = 1.0, bands: int | None = None, **kwargs):
             super().__init__(**kwargs)
             if protocol not in ("kaist", "float"):
                 raise ValueError(f"protocol must be 'kaist' or 'float', got {protocol!r}")
-            self.protocol, self.data_range = protocol, data_range
+            self.protocol, self.data_range, self.bands = protocol, data_range, bands
             for name in ("psnr_sum", "ssim_sum", "sam_sum", "count"):
                 self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
         def update(self, pred: Tensor, target: Tensor) -> None:
+            shape = tuple(pred.shape)
+            if self.bands is not None and (len(shape) != 4 or shape[1] != self.bands):
+                raise ValueError(f"prediction {shape}: expected (B, L, H, W) with L = bands = {self.bands}"
+                                 + (" (a (B, H, W, L) batch? permute it, x.permute(0, 3, 1, 2))"
+                                    if len(shape) == 4 and shape[3] == self.bands else ""))
             pred, target = pred.detach(), target.detach()
             if self.protocol == "kaist":
                 pred, target, data_range = quantize_8bit(pred), quantize_8bit(target), 255.0

@@ -168,3 +168,14 @@ def test_reconstruction_metrics_accumulates_and_merges_like_ddp():
     assert torch.allclose(flt.compute()["psnr"], psnr(pred, target).mean())
     with pytest.raises(ValueError, match="protocol"):
         ReconstructionMetrics(protocol="matlab")
+
+
+def test_reconstruction_metrics_refuse_a_channels_last_batch_when_told_the_band_count():
+    """Was: a (B, H, W, L) batch was scored over the wrong axis without a word."""
+    pred, target = _pair(b=2, bands=28)
+    metrics = ReconstructionMetrics(bands=28)
+    metrics.update(pred, target)
+    last = pred.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"expected \(B, L, H, W\) with L = bands = 28 \(a \(B, H, W, L\) batch\?"):
+        metrics.update(*last)
+    ReconstructionMetrics().update(*last)                   # without bands the shape cannot be told apart

@@ -98,7 +98,7 @@ class CassiModule(pl.LightningModule, ABC):
         if compile:
             self.model.compile(**(compile_kwargs or {}))
         self.instrument = Instrument(bands, step, mismatch, noise, measurement_gain, operator)
-        self.val_metrics = ReconstructionMetrics(protocol=val_protocol)
+        self.val_metrics = ReconstructionMetrics(protocol=val_protocol, bands=bands)
         self.scene_metrics = nn.ModuleList()
         self.scene_names: list[str] = []
         # rank 0's first validation crop of every held-out scene seen, for the preview callback
@@ -132,7 +132,8 @@ class CassiModule(pl.LightningModule, ABC):
         names = self._validation_scene_names()
         if names and len(names) != len(self.scene_metrics):
             protocol = self.hparams.val_protocol
-            self.scene_metrics = nn.ModuleList(ReconstructionMetrics(protocol=protocol) for _ in names)
+            self.scene_metrics = nn.ModuleList(ReconstructionMetrics(protocol=protocol, bands=self.hparams.bands)
+                                               for _ in names)
             self.scene_names = names
 
     def _datamodule(self) -> Any:
