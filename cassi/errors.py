@@ -84,7 +84,7 @@ _received: list[int] = []      # SIGINT / SIGTERM received inside a cli_errors b
 NATIVE_CALLBACK_PACKAGES = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
 RECHECK_SECONDS = 0.05         # how often a deferred interrupt looks whether that code has returned
 _deferring: list[bool] = []    # non-empty inside interrupts_deferred(): a signal is recorded, not raised
-_written: list[str] = []       # outputs renamed into place inside the current cli_errors block
+_written: list[str] | None = None   # outputs renamed into place inside the current cli_errors block (None: none open)
 
 
 @contextmanager
@@ -99,8 +99,10 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def record_written(path: str | os.PathLike) -> None:
-    """Note that ``path`` now holds this run's outputs: an interrupt after this says so instead of "not written"."""
-    _written.append(str(path))
+    """Note that ``path`` now holds this run's outputs: an interrupt after this says so instead of "not written"
+    (inside a :func:`cli_errors` block; elsewhere nothing is kept)."""
+    if _written is not None:
+        _written.append(str(path))
 
 
 def _in_native_callback_code(frame) -> bool:
@@ -160,8 +162,9 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
     in_main_thread = threading.current_thread() is threading.main_thread()
     handled = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGALRM,) if hasattr(signal, "setitimer") else ())
     previous = {sig: signal.signal(sig, _interrupt) for sig in handled} if in_main_thread else {}
+    global _written
     _received.clear()
-    _written.clear()
+    _written = []
     try:
         yield
         check_interrupted()
@@ -186,7 +189,7 @@ def cli_errors(prog: str, extra: tuple[type[BaseException], ...] = ()) -> Iterat
         if previous and hasattr(signal, "setitimer"):
             signal.setitimer(signal.ITIMER_REAL, 0)
         _received.clear()
-        _written.clear()
+        _written = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
