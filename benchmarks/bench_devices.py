@@ -20,6 +20,9 @@ the outputs, as a user waits for them):
   scenes at the KAIST mask's size): the mean PSNR must agree.
 * ``eval_real``: ``eval.py real --model bisrnet_real`` with the official real-data weights on the first two
   real captures, on ``cpu`` and ``cuda``: the mean scaled residual must agree (there is no truth to score).
+* ``profile``: ``calib.calibrate`` of the snapshot on ``cuda`` in-process under ``torch.profiler``: the busiest
+  CUDA kernels, the kernel count and the GPU's busy time against the wall time (whether the GPU path is bound
+  by the GPU or by the host launching its many small kernels; on an H200 it took 11.7 CPU s of 12 s wall).
 * ``train``: ``train.py fit`` smoke runs (MST-S, HSRA, CRSDUN, BiSRNet) with ``--trainer.accelerator gpu
   --trainer.precision bf16-mixed``; they must finish with exit code 0.
 
@@ -41,7 +44,7 @@ from typing import Any
 
 from benchmarks.common import REPO, SHARED_DATA
 
-PARTS = ("calib", "train", "eval", "real", "calib_bisrnet", "real_joint", "check_solver", "eval_real")
+PARTS = ("calib", "train", "eval", "real", "calib_bisrnet", "real_joint", "check_solver", "eval_real", "profile")
 ESTIMATE_KEYS = ("dx", "dy", "theta", "a1", "alpha")
 SMOKE_CONFIGS = ("mst_s", "hsra_s", "crsdun_3stg", "bisrnet")
 
@@ -91,6 +94,31 @@ def evaluation(argv: list[str], device: str, work: Path, name: str, timeout: flo
     return run
 
 
+def profile_calibration(snapshot: Path, rows: int = 15, device: str = "cuda", crop: int | None = None) -> None:
+    """Print where ``calib.calibrate`` of ``snapshot`` (an .npz with ``y`` and ``mask``) spends its time on ``cuda``:
+    the top CUDA kernels by GPU time, the kernel count, and the GPU's busy seconds against the wall seconds.
+    ``crop``: only the first rows (a quick check of this function on the CPU)."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from calib import calibrate
+
+    with np.load(snapshot) as data:
+        y, mask = torch.from_numpy(data["y"][:crop]), torch.from_numpy(data["mask"][:crop])
+    start = time.perf_counter()
+    gpu = device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        calibrate(y, mask, device=device, progress=False)
+        if gpu:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    kernels = [event for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(event.device_time for event in kernels) / 1e6
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows))
+    print(f"profile: {len(kernels)} CUDA kernels, GPU busy {busy:.1f} s of {wall:.1f} s wall (profiled)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(SHARED_DATA.parent),
@@ -98,7 +126,11 @@ def main() -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     parser.add_argument("--timeout", type=float, default=150, help="seconds allowed to each subprocess")
     parser.add_argument("--out", default=str(REPO / "outputs" / "bench_devices.json"))
+    parser.add_argument("--profile-child", default=None, help=argparse.SUPPRESS)   # the profile part's subprocess
     args = parser.parse_args()
+    if args.profile_child:
+        profile_calibration(Path(args.profile_child))
+        return 0
     shared, parts = Path(args.shared), args.parts.split(",")
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -150,6 +182,10 @@ def main() -> int:
                         ["real", "--model", "bisrnet_real", "--ckpt", str(real_weights), "--data.root",
                          str(shared / "data" / "real"), "--limit", "2"],
                         device, work, f"eval_real_{device}", args.timeout)
+            elif part == "profile":
+                runs[part] = timed_run(["-m", "benchmarks.bench_devices", "--profile-child", str(snapshot)],
+                                       2 * args.timeout, work / "profile.log")
+                print((work / "profile.log").read_text(errors="replace")[-6000:], flush=True)
             elif part == "train":
                 for config in SMOKE_CONFIGS:
                     runs[f"train_{config}"] = timed_run(
