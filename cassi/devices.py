@@ -12,15 +12,17 @@ if TYPE_CHECKING:
     import torch
 
 
-def strict_float32() -> None:
-    """Turn TF32 off for cuDNN convolutions and cuBLAS matrix products, so that float32 on a GPU is float32.
-    PyTorch lets cuDNN convolutions round their inputs to TF32 by default: on an H200 that moved BiSRNet's mean
-    PSNR on three scenes by +0.04 dB against the CPU, and with TF32 off the GPU gave the CPU's 27.29 dB
-    (``benchmarks/bench_devices.py``). Legacy flags, which every torch >= 2.1 takes."""
+def strict_float32(device: "torch.device") -> None:
+    """Where ``device`` is a CUDA device, turn TF32 off for cuDNN convolutions and cuBLAS matrix products, so that
+    float32 on the GPU is float32; on any other device nothing changes. PyTorch lets cuDNN convolutions round their
+    inputs to TF32 by default: on an H200 that moved BiSRNet's mean PSNR on three scenes by +0.04 dB against the
+    CPU, and with TF32 off the GPU gave the CPU's 27.29 dB (``benchmarks/bench_devices.py``). Legacy flags, which
+    every torch >= 2.1 takes."""
     import torch
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def check_device(name: str) -> "torch.device":
@@ -41,5 +43,5 @@ def check_device(name: str) -> "torch.device":
                             "(torch.cuda.is_available() is False); use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        strict_float32()
+    strict_float32(device)
     return device

@@ -88,16 +88,17 @@ def test_a_cuda_device_computes_in_full_float32(monkeypatch):
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def test_train_test_and_predict_on_a_gpu_compute_in_full_float32():
-    """train.py test / predict on a GPU give eval.py's table: TF32 off there too; on the CPU nothing changes."""
-    from training.cli import protocol_precision
+def test_strict_float32_changes_only_a_cuda_device():
+    """What train.py test / predict call with the trainer's device, so that on a GPU they give eval.py's table: TF32
+    off there; on the CPU nothing changes."""
+    from cassi.devices import strict_float32
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        protocol_precision(torch.device("cpu"))
+        strict_float32(torch.device("cpu"))
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        protocol_precision(torch.device("cuda", 0))
+        strict_float32(torch.device("cuda", 0))
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -878,7 +878,7 @@ class CassiCLI(LightningCLI):
 
     def before_test(self) -> None:
         self.check_before_run("test")
-        protocol_precision(self.trainer.strategy.root_device)
+        strict_float32(self.trainer.strategy.root_device)     # the KAIST table of eval.py --device cuda
 
     def after_test(self) -> None:
         """The KAIST table (after Lightning's list of logged values with ``--verbose true``)."""
@@ -887,18 +887,10 @@ class CassiCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self.check_before_run("predict")
-        protocol_precision(self.trainer.strategy.root_device)
+        strict_float32(self.trainer.strategy.root_device)     # float32 as eval.py --device cuda
         for writer in self.trainer.callbacks:
             if isinstance(writer, PredictionWriter) and self.datamodule is not None:
                 check_predictions_path(writer, self.trainer.default_root_dir, self.datamodule)
-
-
-def protocol_precision(device: torch.device) -> None:
-    """``test`` and ``predict`` on a GPU compute in full float32 (:func:`cassi.devices.strict_float32`), as
-    ``eval.py --device cuda`` does, so that their KAIST table is eval.py's; ``fit`` keeps PyTorch's defaults (cuDNN's
-    TF32 convolutions) and the precision the trainer is given."""
-    if device.type == "cuda":
-        strict_float32()
 
 
 def main(args: list[str] | None = None) -> CassiCLI:
