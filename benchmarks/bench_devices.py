@@ -94,10 +94,9 @@ def evaluation(argv: list[str], device: str, work: Path, name: str, timeout: flo
     return run
 
 
-def profile_calibration(snapshot: Path, rows: int = 15, device: str = "cuda", crop: int | None = None) -> None:
+def profile_calibration(snapshot: Path, rows: int = 15) -> None:
     """Print where ``calib.calibrate`` of ``snapshot`` (an .npz with ``y`` and ``mask``) spends its time on ``cuda``:
-    the top CUDA kernels by GPU time, the kernel count, and the GPU's busy seconds against the wall seconds.
-    ``crop``: only the first rows (a quick check of this function on the CPU)."""
+    the top CUDA kernels by GPU time, the kernel count, and the GPU's busy seconds against the wall seconds."""
     import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -105,13 +104,11 @@ def profile_calibration(snapshot: Path, rows: int = 15, device: str = "cuda", cr
     from calib import calibrate
 
     with np.load(snapshot) as data:
-        y, mask = torch.from_numpy(data["y"][:crop]), torch.from_numpy(data["mask"][:crop])
+        y, mask = torch.from_numpy(data["y"]), torch.from_numpy(data["mask"])
     start = time.perf_counter()
-    gpu = device.startswith("cuda")
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
-        calibrate(y, mask, device=device, progress=False)
-        if gpu:
-            torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        calibrate(y, mask, device="cuda", progress=False)
+        torch.cuda.synchronize()
     wall = time.perf_counter() - start
     kernels = [event for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA]
     busy = sum(event.device_time for event in kernels) / 1e6
@@ -142,6 +139,8 @@ def main() -> int:
         return 0
     snapshot = shared / "data" / "kaist_meas" / "scene01_snapshot.npz"
     weights = shared / "weights" / "bisrnet_simulation.pth"
+    real = shared / "data" / "real"
+    real_mask = ["--mask", str(real / "mask.mat")]
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "cpu_threads": os.cpu_count(), "runs": {}}
     print(f"bench_devices: {report['device']}, torch {report['torch']}, {report['cpu_threads']} CPU threads",
@@ -159,14 +158,10 @@ def main() -> int:
             elif part == "calib_bisrnet":
                 runs[part] = calibration(["--meas", str(snapshot), "--solver", "bisrnet", "--ckpt", str(weights)],
                                          "cuda", work, part, args.timeout)
-            elif part == "real":
-                runs[part] = calibration(["--meas", str(shared / "data" / "real" / "scene1.mat"), "--mask",
-                                          str(shared / "data" / "real" / "mask.mat")], "cuda", work, part,
-                                         2 * args.timeout)
-            elif part == "real_joint":
-                runs[part] = calibration(["--meas", *(str(shared / "data" / "real" / f"scene{k}.mat") for k in (1, 2)),
-                                          "--mask", str(shared / "data" / "real" / "mask.mat")], "cuda", work, part,
-                                         2 * args.timeout)
+            elif part in ("real", "real_joint"):
+                captures = (1,) if part == "real" else (1, 2)
+                runs[part] = calibration(["--meas", *(str(real / f"scene{k}.mat") for k in captures), *real_mask],
+                                         "cuda", work, part, 2 * args.timeout)
             elif part == "check_solver":
                 runs[part] = calibration(["--meas", str(snapshot), "--check-solver"], "cuda", work, part, args.timeout)
             elif part == "eval":
@@ -180,7 +175,7 @@ def main() -> int:
                 for device in ("cpu", "cuda"):
                     runs[f"eval_real_{device}"] = evaluation(
                         ["real", "--model", "bisrnet_real", "--ckpt", str(real_weights), "--data.root",
-                         str(shared / "data" / "real"), "--limit", "2"],
+                         str(real), "--limit", "2"],
                         device, work, f"eval_real_{device}", args.timeout)
             elif part == "profile":
                 runs[part] = timed_run(["-m", "benchmarks.bench_devices", "--profile-child", str(snapshot)],
