@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
+from cassi.errors import UserError
 from cli_checks import user_error
 from models.checkpoints import load_lightning_checkpoint, training_progress
 from test_custom_model import user_module  # noqa: F401  (a fixture)
 from test_train import CONFIGS, QUIET, cli, one_step
 from training.callbacks import DEFAULT_ROOT, summary_text
-from cassi.errors import UserError
 from training.cli import check_resume_checkpoint, data_differences, state_dict_problem
 
 MST = CONFIGS / "smoke" / "mst_s.yaml"
