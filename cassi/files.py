@@ -208,14 +208,19 @@ class OutputFolder:
         """Rename the staging folder into place, Ctrl-C held back until it is (--force's two renames included)."""
         check_interrupted()                              # a swallowed Ctrl-C must not publish the outputs
         with interrupts_deferred():
-            self._rename_into_place()
+            written = self._rename_into_place()
+            record_written(written)
+        if written != self.path:
+            raise OutputConflict(f"--out {self.path} was written by another run while this one ran; this run's "
+                                 f"outputs are in {written}")
         check_interrupted()
 
-    def _rename_into_place(self) -> None:
+    def _rename_into_place(self) -> Path:
+        """Rename the staging folder to ``self.path``, or, where a concurrent run took it first, to a name beside it;
+        the folder it now is."""
         try:
             os.rename(self.staging, self.path)            # atomic; takes the place of a missing or empty folder
-            record_written(self.path)
-            return
+            return self.path
         except OSError as err:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
@@ -224,11 +229,8 @@ class OutputFolder:
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
             os.rename(self.path, old / self.path.name)
             os.rename(self.staging, self.path)
-            record_written(self.path)
             shutil.rmtree(old)
-            return
+            return self.path
         kept = self.path.with_name(f"{self.path.name}.{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.rename(self.staging, kept)
-        record_written(kept)
-        raise OutputConflict(f"--out {self.path} was written by another run while this one ran; this run's "
-                             f"outputs are in {kept}")
+        return kept
