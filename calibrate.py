@@ -197,6 +197,9 @@ def summary(result) -> str:
                      "score less the noise it carries moved the "
                      f"estimate {noise['moved_pixel_units']:.3f} pixel units in {len(noise['steps'])} step(s); "
                      f"{noise['outcome']}")
+    mirror = result.settings.get("mirror_test")
+    if mirror and mirror["applied"]:
+        lines.append(f"a1: mirror test: {mirror['reason']}")
     basis = result.settings.get("spectral_basis")
     if basis:
         lines.append(f"spectral basis: {basis['used']} (the first {basis['directions']} directions of "

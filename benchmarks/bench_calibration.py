@@ -144,11 +144,13 @@ def _median(values: list[float]) -> float:
 def model_choice(result) -> str:
     """The forward model the calibration chose and the candidates' held-out scores, in one phrase."""
     selection = result.settings["model_selection"]
+    mirror = result.settings.get("mirror_test") or {}
+    moved = f"; a1 {mirror['a1']:.4f} set to {mirror['step']} by the mirror test" if mirror.get("applied") else ""
     if selection["mode"] != "auto":
-        return "model N={}, K={} (named)".format(*selection["chosen"])
+        return "model N={}, K={} (named){}".format(*selection["chosen"], moved)
     scores = " ".join("{},{}: {:.5f}".format(*c["oversample"], c["score"]) for c in selection["candidates"])
     return (f"model N={selection['chosen'][0]}, K={selection['chosen'][1]} ({scores}; margin "
-            f"{selection['margin_in_standard_errors']:.1f} SE)")
+            f"{selection['margin_in_standard_errors']:.1f} SE){moved}")
 
 
 def draw_mismatch(rng: np.random.Generator) -> Mismatch:
@@ -217,7 +219,8 @@ def drifted_scenes(cubes: list[tuple[str, torch.Tensor]], rng: np.random.Generat
                "recovery_ratio": ratio, "seconds": calibrator.wall, "cpu_seconds": calibrator.cpu,
                "cli": calibrator.cli_run,
                "held_out_nominal": calibrator.result.nominal_score, "held_out_calibrated": calibrator.result.score,
-               "model_selection": calibrator.result.settings["model_selection"], "timings": calibrator.result.timings}
+               "model_selection": calibrator.result.settings["model_selection"],
+               "mirror_test": calibrator.result.settings["mirror_test"], "timings": calibrator.result.timings}
         rows.append(row)
         cli = calibrator.cli_run
         cli_text = (f"{cli['wall_to_json']:6.1f} {cli['wall_to_exit']:6.1f} {cli['cpu']:6.1f} "
@@ -352,7 +355,8 @@ def kaist_snapshots(args: argparse.Namespace) -> list[dict]:
         err = {k: est[k] - tru[k] for k in tru}
         rows.append({"file": path.name, "true": tru, "estimate": est, "error": err, "status": result.status,
                      "reasons": result.reasons, "seconds": wall, "cpu_seconds": cpu,
-                     "model_selection": result.settings["model_selection"]})
+                     "model_selection": result.settings["model_selection"],
+                     "mirror_test": result.settings["mirror_test"]})
         print(f"{path.stem:18} " + " ".join(f"{k} {tru[k]:+.3f}->{est[k]:+.3f}" for k in tru)
               + f"  {model_choice(result)}  status {result.status}  {wall:.0f} s wall {cpu:.0f} s CPU"
               + "".join(f"\n{'':18} {reason}" for reason in result.reasons), flush=True)
@@ -406,7 +410,7 @@ def real_captures(args: argparse.Namespace) -> list[dict]:
                      "held_out_calibrated": result.score, "checks": result.checks,
                      "oversample": result.settings["oversample"], "seconds": wall, "cpu_seconds": cpu,
                      "model_selection": result.settings["model_selection"],
-                     "uncertainty": result.uncertainty})
+                     "mirror_test": result.settings["mirror_test"], "uncertainty": result.uncertainty})
         print(f"{name:8} " + " ".join(f"{k} {v:+.4f} ({result.uncertainty.get(k, math.nan):.2g})"
                                       for k, v in result.estimate.to_dict().items())
               + f"  held-out residual {result.nominal_score:.5f} -> {result.score:.5f}  {model_choice(result)}"

@@ -6,7 +6,8 @@ candidate forward model, the choice of model by the held-out score in the full s
 model's search estimate (:mod:`calib.model_selection`; skipped when the caller names one), Algorithm 2
 (:mod:`calib.refine`) with the full setting (for the chosen model, or for every candidate and a second
 comparison when the first is not decisive), a last refinement on the held-out score less the noise it
-carries (:mod:`calib.noise_term`; for a network solver, before its own stage), the status tests and 1-D landscape slices
+carries (:mod:`calib.noise_term`; for a network solver, before its own stage), the mirror test of a1 about
+the grid-aligned slope (:mod:`calib.dispersion_symmetry`), the status tests and 1-D landscape slices
 through the estimate (:mod:`calib.status`, cheap setting: the slices span about a pixel, where it
 resolves the landscape as the search does), and the user's solver run through the calibration forward model at
 the nominal point and at the estimate (residual before / after). Only ``y`` and the nominal ``mask``
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from calib.dispersion_symmetry import mirror_test
 from calib.forward_model import MASK_INTERPOLATIONS, PARAMETER_NAMES, params_to_mismatch
 from calib.handed_mask import read_handed_mask
 from calib.instrument import instrument_operator
@@ -243,6 +245,14 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         history.append(StageRecord("2F noise-corrected", params_to_mismatch(point).to_dict(), point_score,
                                    sum(e["evaluations"] for e in noise_record["steps"]) + 1, wall, cpu,
                                    noise_record["steps"]))
+    with clock.stage("2M mirror test"):     # a1 in one of two mirror-image minima about a1 = step?
+        point, mirror_record = mirror_test(full, point, step, ranges, scales, status_settings.z,
+                                            status_settings.blocks)
+        full.set_reference(point[None])
+        point_score = float(full(point[None])[0])
+    wall, cpu = clock.last("2M mirror test")
+    history.append(StageRecord("2M mirror test", params_to_mismatch(point).to_dict(), point_score,
+                               mirror_record.get("evaluations", 0), wall, cpu))
     criterion, heldout_point = None, None
     if inner is not None and (inner.network is None or network_stage):   # S decides from the held-out estimate
         heldout_point = point.clone()
@@ -288,7 +298,8 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
                 "search": asdict(search), "search_score": chosen.cheap.settings.record(),
                 "refine_score": full.settings.record(),
                 "refinement": asdict(refinement), "status": asdict(status_settings),
-                "noise_correction": noise_record, "spectral_basis": basis_record, "diagnostics": diagnostics}
+                "noise_correction": noise_record, "mirror_test": mirror_record, "spectral_basis": basis_record,
+                "diagnostics": diagnostics}
     log = [{"stage": stage, "point": dict(zip(PARAMETER_NAMES, point)), "score": value}
            for stage, point, value in evaluations.log]
     return handed.to_handed_frame(CalibrationResult(estimate, point_score, nominal_score, assessment.status,
