@@ -248,8 +248,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
     with clock.stage("2M mirror test"):     # a1 in one of two mirror-image minima about a1 = step?
         point, mirror_record = mirror_test(full, point, step, ranges, scales, status_settings.z,
                                             status_settings.blocks)
-        full.set_reference(point[None])
-        point_score = float(full(point[None])[0])
+        if "profile" in mirror_record:      # the test moved the warm starts: back to the estimate
+            full.set_reference(point[None])
+            point_score = float(full(point[None])[0])
     wall, cpu = clock.last("2M mirror test")
     history.append(StageRecord("2M mirror test", params_to_mismatch(point).to_dict(), point_score,
                                mirror_record.get("evaluations", 0), wall, cpu))

@@ -24,8 +24,9 @@ class FixedScore:
     """Block scores of the candidates by their a1: ``levels[a1] * (1 + 0.1 n_k) / blocks``, n_k a fixed draw per
     candidate (paired standard error of a difference about 3.5 % of the score)."""
 
-    def __init__(self, levels: dict[float, float]) -> None:
+    def __init__(self, levels: dict[float, float], model: tuple[int, int] = (1, 1)) -> None:
         self.levels = levels
+        self.settings = REFINE_SCORE.with_(spatial=model[0], spectral=model[1])
 
     def set_reference(self, params: torch.Tensor) -> None:
         pass
@@ -47,6 +48,13 @@ def test_the_decision(levels, applied, said, monkeypatch):
     assert record["applied"] is applied and said in record["reason"]
     assert float(moved[3]) == (2.0 if applied else 2.012)
     assert torch.equal(moved[[0, 1, 2, 4]], point(2.012)[[0, 1, 2, 4]])
+
+
+def test_only_the_native_grid_is_tested():
+    """The enlarged model (N = 4, K = 2) spreads each band over its dispersion: no whole-column cusp to test."""
+    levels = {2.012: 1.0, 1.988: 1.004, 2.0: 1.15}      # what the native grid would move to a1 = 2
+    moved, record = mirror_test(FixedScore(levels, (4, 2)), point(2.012), 2, Ranges(), SCALES, 2.0, 16)
+    assert not record["applied"] and "not run" in record["reason"] and float(moved[3]) == 2.012
 
 
 def test_a_mirror_outside_the_range_is_not_scored():
@@ -83,9 +91,10 @@ def test_the_pipeline_records_the_test_and_the_cli_says_when_it_applied():
     from cassi import Mismatch
     from test_calib_status import QUICK, measure
 
-    result = calibrate(*measure(48, Mismatch(dx=0.5, a1=2.03)), **QUICK)
+    result = calibrate(*measure(48, Mismatch(dx=0.5, a1=2.03)), oversample=(1, 1), **QUICK)
     record = result.settings["mirror_test"]
-    assert record["a1"] == pytest.approx(result.estimate.a1) and not record["applied"]
+    assert set(record["profile"]) == {"estimate", "mirror", "aligned"}
+    assert record["a1"] == pytest.approx(result.estimate.a1) and not record["applied"], record["reason"]
     assert [r.name for r in result.history].count("2M mirror test") == 1 and "2M mirror test_s" in result.timings
     assert "mirror test" not in summary(result)
     result.settings["mirror_test"] = {**record, "applied": True, "reason": "REASON"}
