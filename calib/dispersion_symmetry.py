@@ -15,14 +15,14 @@ So the test compares three profile points -- the estimate's a1, its mirror image
 the other four parameters refined at each (dx trades against a1; :data:`PROFILE`) -- and when the mirror
 scores the same as the estimate within the criterion's noise while step scores worse beyond it (the W,
 not a flat profile), the estimate moves to the profile point at a1 = step: the only slope the symmetric
-landscape points at. Otherwise the estimate is kept as it was.
+landscape points at. Otherwise the estimate is kept as it was. Scores are paired block by block
+(:meth:`calib.score.HeldOutScore.block_scores`), as in :mod:`calib.status`. The criterion's minimum is
+then not at the estimate, and the status tests say so (a1's tolerance test, its uncertainty).
 
 Only on the native grid (N = K = 1), where the W was measured. The enlarged model (N = 4, K = 2) spreads
 every band over its own dispersion already; run there too (a first version), the test never applied on
 the 20 benchmark scenes, but on pseudo-real crop scene2_0 (truth a1 2.0169, estimate 2.0146) the mirror
-scored only 2.0 standard errors worse: applying would have put a1 0.017 off. Scores are paired block by block
-(:meth:`calib.score.HeldOutScore.block_scores`), as in :mod:`calib.status`. The criterion's minimum is
-then not at the estimate, and the status tests say so (a1's tolerance test, its uncertainty).
+scored only 2.0 standard errors worse: applying would have put a1 0.017 off.
 """
 from __future__ import annotations
 
