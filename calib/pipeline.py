@@ -275,7 +275,9 @@ def calibrate(y: Tensor, mask: Tensor, solver: str = HELD_OUT, ckpt=None, bands:
         assessment = assess(chosen.cheap, full, y, mask, point, ranges, scales, status_settings, nominal_parts,
                             heldout_point)
         if criterion is not None and assessment.status != "failed":
-            solver_agreement(full, point, chosen.point, scales, assessment, status_settings)
+            # the plain criterion's own minimum, or where the mirror test put a1 (its wells are the cusp's)
+            own = heldout_point if mirror_record["applied"] else chosen.point
+            solver_agreement(full, point, own, scales, assessment, status_settings)
     if assessment.status == "ok" and selection_reasons:
         assessment.status = "ambiguous"
     if assessment.status != "failed":
