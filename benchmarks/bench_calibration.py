@@ -144,8 +144,8 @@ def _median(values: list[float]) -> float:
 def model_choice(result) -> str:
     """The forward model the calibration chose and the candidates' held-out scores, in one phrase."""
     selection = result.settings["model_selection"]
-    mirror = result.settings.get("mirror_test") or {}
-    moved = f"; a1 {mirror['a1']:.4f} set to {mirror['step']} by the mirror test" if mirror.get("applied") else ""
+    mirror = result.settings["mirror_test"]
+    moved = f"; a1 {mirror['a1']:.4f} set to {mirror['step']} by the mirror test" if mirror["applied"] else ""
     if selection["mode"] != "auto":
         return "model N={}, K={} (named){}".format(*selection["chosen"], moved)
     scores = " ".join("{},{}: {:.5f}".format(*c["oversample"], c["score"]) for c in selection["candidates"])

@@ -460,11 +460,11 @@ def solver_agreement(full: HeldOutScore, point: Tensor, heldout_point: Tensor, s
     """For an estimate ``point`` (5,) decided by another inner solver: does the held-out criterion
     (``full``, refinement setting) agree? ``heldout_point`` (5,) is the plain criterion's own minimum (its
     refinement, before the noise-corrected stage): the test compares ``full``'s plain scores, so it asks
-    whether that criterion's minimum is significantly lower than its score at ``point``. (When the mirror test
-    moved a1 to the grid-aligned step, :mod:`calib.dispersion_symmetry`, the caller passes the point it moved
-    to: the minima either side of step are the split placements' artifact, not the held-out answer.) (The uncertainty's
-    "held-out vs solver" term measures a distance instead, so it uses the best held-out estimate, the
-    noise-corrected one: :func:`assess`'s ``heldout_point``.)
+    whether that criterion's minimum is significantly lower than its score at ``point``. Where the mirror test
+    (:mod:`calib.dispersion_symmetry`) moved a1 to the grid-aligned step, the caller passes the point it moved
+    to instead: the minima either side of step are the split placements' artifact, not the held-out answer.
+    (The uncertainty's "held-out vs solver" term measures a distance instead, so it uses the best held-out
+    estimate, the noise-corrected one: :func:`assess`'s ``heldout_point``.)
     If it lies more than ``agreement_distance`` pixel units away (``scales``, :func:`calib.ranges.pixel_scales`)
     and scores lower than ``point`` by more than ``z`` standard errors, the two criteria disagree on
     the minimum and an "ok" becomes "ambiguous" (measured: the BiSRNet criterion put pseudo-KAIST
